@@ -1,0 +1,26 @@
+# A small image that runs the exporter as a non-root user.
+#   docker build -t braze-export .
+#   docker run --rm -e BRAZE_API_KEY -v $PWD/configs:/config:ro -v $PWD/exports:/data \
+#       braze-export run /config/example.yaml --out /data
+ARG PYTHON_IMAGE=python:3.12-slim
+FROM ${PYTHON_IMAGE}
+
+ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 PATH=/opt/braze-export/bin:$PATH
+
+WORKDIR /src
+COPY pyproject.toml README.md ./
+COPY exporter ./exporter
+# A virtual environment works the same on python:*-slim and on Debian's own python3
+# (which refuses system-wide pip installs); only runtime dependencies go in.
+RUN python3 -m venv /opt/braze-export \
+ && /opt/braze-export/bin/pip install --quiet . \
+ && rm -rf /src
+COPY configs /opt/braze-export/configs
+
+RUN useradd --create-home --uid 10001 --shell /usr/sbin/nologin exporter \
+ && mkdir -p /data && chown exporter /data
+USER exporter
+WORKDIR /data
+ENTRYPOINT ["braze-export"]
+CMD ["--help"]

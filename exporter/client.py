@@ -1,0 +1,163 @@
+"""One Braze call, and the one place that decides what its response means."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+
+from exporter.config import ApiKey
+from exporter.errors import (
+    AuthError,
+    MalformedResponse,
+    RateLimited,
+    SeriesError,
+    ServerError,
+    TransportError,
+)
+from exporter.plan import Request, period_of
+from exporter.ratelimit import RateHeaders, parse_rate_headers
+
+__all__ = ["PATH", "BrazeClient", "Point", "Response", "interpret"]
+
+PATH = "/sessions/data_series"
+_MAX_BODY = 4 * 1024 * 1024  # 100 points are a few KiB; anything near this is not a series
+
+
+@dataclass(frozen=True, slots=True)
+class Point:
+    time: str  # exactly as Braze sent it
+    sessions: int
+    period: int
+
+
+@dataclass(frozen=True)
+class Response:
+    status: int
+    rate: RateHeaders
+    body: bytes
+
+
+class BrazeClient:
+    """GETs one request. The session is injected: one per run, shared by every worker."""
+
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        endpoint: str,
+        api_key: ApiKey,
+        *,
+        timeout_s: float = 30.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._session = session
+        self._url = endpoint.rstrip("/") + PATH
+        self._headers = {
+            "Authorization": f"Bearer {api_key.reveal()}",
+            "Accept": "application/json",
+        }
+        self._timeout = aiohttp.ClientTimeout(
+            total=timeout_s, connect=min(10.0, timeout_s), sock_read=timeout_s
+        )
+        self._clock = clock
+
+    async def get(self, request: Request) -> Response:
+        """Send it; any failure to get a whole response becomes a TransportError."""
+        try:
+            async with self._session.get(
+                self._url, params=request.params(), headers=self._headers, timeout=self._timeout
+            ) as resp:
+                body = await resp.content.read(_MAX_BODY)
+                return Response(resp.status, parse_rate_headers(resp.headers, self._clock()), body)
+        except TimeoutError:
+            raise TransportError("no response in time", series=request.series) from None
+        except aiohttp.ClientError as exc:
+            # The exception text names host and port at most: never the query or headers.
+            raise TransportError(
+                f"connection failed ({type(exc).__name__})", series=request.series
+            ) from None
+
+
+def interpret(request: Request, response: Response) -> list[Point]:
+    """The points of a good response; otherwise the classified ApiError for it."""
+    status, series = response.status, request.series
+    if status == 200:
+        return _points(request, response.body)
+    message = _braze_message(response.body)
+    if status == 429:
+        reset = response.rate.retry_after_at or response.rate.reset_at
+        raise RateLimited(message or "rate limit reached", series=series, reset_at=reset)
+    if status in (401, 403):
+        hint = (
+            "check the REST API key, its permission sessions.data_series and that "
+            "braze.endpoint is your instance's REST host"
+        )
+        raise AuthError(f"{message or 'refused'}; {hint}", series=series, status=status)
+    if status in (400, 404):
+        raise SeriesError(message or "rejected", series=series, status=status)
+    if status >= 500 or status == 408:
+        raise ServerError(message or "server error", series=series, status=status)
+    raise SeriesError(message or "unexpected status", series=series, status=status)
+
+
+def _points(request: Request, body: bytes) -> list[Point]:
+    series = request.series
+    try:
+        doc = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        raise MalformedResponse("body is not JSON", series=series, status=200) from None
+    if not isinstance(doc, dict) or not isinstance(doc.get("data"), list):
+        raise MalformedResponse("body has no data list", series=series, status=200)
+    if doc.get("message") != "success":
+        raise MalformedResponse("message is not 'success'", series=series, status=200)
+    points: dict[int, Point] = {}
+    for item in doc["data"]:
+        point = _point(request, item)
+        if point.period in points:
+            raise MalformedResponse(f"time {point.time!r} appears twice", series=series, status=200)
+        points[point.period] = point
+    return [points[p] for p in sorted(points)]
+
+
+def _point(request: Request, item: Any) -> Point:
+    series = request.series
+    if not isinstance(item, dict):
+        raise MalformedResponse("a data item is not an object", series=series, status=200)
+    label, sessions = item.get("time"), item.get("sessions")
+    if not isinstance(label, str):
+        raise MalformedResponse("a data item has no time", series=series, status=200)
+    if type(sessions) is not int or sessions < 0:
+        raise MalformedResponse(
+            f"sessions at {label!r} is not a non-negative integer", series=series, status=200
+        )
+    try:
+        period = period_of(series.unit, label)
+    except ValueError:
+        raise MalformedResponse(
+            f"time {label!r} is not a {series.unit}", series=series, status=200
+        ) from None
+    if not request.first <= period <= request.last:
+        raise MalformedResponse(
+            f"time {label!r} is outside the requested window", series=series, status=200
+        )
+    return Point(label, sessions, period)
+
+
+def _braze_message(body: bytes) -> str:
+    """Braze's ``message`` and ``errors``, trimmed; never more than a line of text."""
+    try:
+        doc: Mapping[str, Any] = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        return ""
+    if not isinstance(doc, dict):
+        return ""
+    parts = [str(doc.get("message") or "")]
+    errors = doc.get("errors")
+    if isinstance(errors, list) and errors:
+        parts.append("; ".join(str(e) for e in errors[:3]))
+    text = ": ".join(p for p in parts if p).replace("\n", " ")
+    return text[:300]

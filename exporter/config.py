@@ -1,0 +1,390 @@
+"""The YAML config: load, validate, resolve defaults.
+
+Every problem becomes one line ``FILE: key.path: what is wrong, got VALUE`` inside a single
+:class:`ConfigError`, so a user fixes all of them in one pass and nothing is fetched or
+written before the config is known to be good.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+import os
+import typing
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import date
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from exporter.errors import ConfigError
+
+__all__ = [
+    "DEFAULT_ENDPOINT",
+    "ENDPOINT_ENV",
+    "ApiKey",
+    "BrazeSettings",
+    "Config",
+    "Export",
+    "Limits",
+    "Output",
+    "Unit",
+    "Window",
+    "check_endpoint",
+    "load_config",
+    "resolve_api_key",
+]
+
+DEFAULT_ENDPOINT = "https://rest.iad-01.braze.com"
+ENDPOINT_ENV = "BRAZE_REST_ENDPOINT"
+_LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1"}
+_MAX_ID = 256
+
+Unit = Literal["day", "hour"]
+# Ids are data: anything printable goes, the writers encode it before it touches a path.
+Id = Annotated[str, StringConstraints(min_length=1, max_length=_MAX_ID)]
+LaxDate = Annotated[date, Field(strict=False)]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class BrazeSettings(_Model):
+    endpoint: str = DEFAULT_ENDPOINT
+    api_key_env: Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")] = (
+        "BRAZE_API_KEY"
+    )
+    timeout_s: float = Field(30.0, gt=0, le=600)
+
+    @field_validator("endpoint")
+    @classmethod
+    def _endpoint(cls, value: str) -> str:
+        return check_endpoint(value)
+
+
+class Limits(_Model):
+    # 10**9 is far above any Braze plan; the throughput benchmark needs 10**8 to lift the limiter.
+    requests_per_hour: int = Field(250_000, ge=1, le=1_000_000_000)
+    share: float = Field(1.0, gt=0, le=1)
+    reserve: float = Field(0.1, ge=0, lt=1)
+    concurrency: int = Field(16, ge=1, le=1000)
+    max_attempts: int = Field(8, ge=1, le=100)
+
+
+class Output(_Model):
+    dir: Annotated[str, StringConstraints(min_length=1)] = "exports"
+    format: Literal["jsonl", "csv"] = "jsonl"
+
+
+class Window(_Model):
+    days: int | None = Field(None, ge=1, le=36_600)
+    start: LaxDate | None = None
+    end: LaxDate | None = None
+
+    @model_validator(mode="after")
+    def _one_form(self) -> Window:
+        if self.days is not None and (self.start is not None or self.end is not None):
+            raise ValueError("give either days or start/end, not both")
+        if self.days is None and (self.start is None or self.end is None):
+            raise ValueError("needs days, or both start and end")
+        if self.start is not None and self.end is not None and self.end < self.start:
+            raise ValueError(f"end {self.end} is before start {self.start}")
+        return self
+
+
+class Export(_Model):
+    name: Annotated[str, StringConstraints(min_length=1, max_length=100)]
+    segment_ids: Annotated[list[Id], Field(min_length=1)]
+    app_ids: Annotated[list[Id | None], Field(min_length=1)] = [None]
+    units: Annotated[list[Unit], Field(min_length=1)] = ["day"]
+    window: Window
+
+
+class _File(_Model):
+    version: Literal[1]
+    braze: BrazeSettings = BrazeSettings()
+    limits: Limits = Limits()
+    timezone: str = "UTC"
+    output: Output = Output()
+    exports: Annotated[list[Export], Field(min_length=1)]
+
+    @field_validator("timezone")
+    @classmethod
+    def _zone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            hint = _did_you_mean(value, _zone_names())
+            raise ValueError(f"unknown IANA time zone {value!r}{hint}") from None
+        return value
+
+    @field_validator("exports")
+    @classmethod
+    def _unique_names(cls, exports: list[Export]) -> list[Export]:
+        seen: set[str] = set()
+        for export in exports:
+            if export.name in seen:
+                raise ValueError(f"duplicate export name {export.name!r}")
+            seen.add(export.name)
+        return exports
+
+
+@dataclass(frozen=True)
+class Config:
+    """A validated config with every default resolved."""
+
+    source: Path
+    braze: BrazeSettings
+    limits: Limits
+    timezone: str
+    output: Output
+    exports: tuple[Export, ...]
+
+    @property
+    def tz(self) -> ZoneInfo:
+        return ZoneInfo(self.timezone)
+
+    @property
+    def fingerprint(self) -> str:
+        """sha256 of the resolved config (it holds no secret, only the key's variable name)."""
+        doc = {
+            "braze": self.braze.model_dump(mode="json"),
+            "limits": self.limits.model_dump(mode="json"),
+            "timezone": self.timezone,
+            "output": self.output.model_dump(mode="json"),
+            "exports": [e.model_dump(mode="json") for e in self.exports],
+        }
+        blob = json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
+        return hashlib.sha256(blob).hexdigest()
+
+
+class ApiKey:
+    """The REST API key. Its repr and str never show it; only :meth:`reveal` does."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "ApiKey('***')"
+
+    __str__ = __repr__
+
+
+def check_endpoint(value: str) -> str:
+    """An https URL with a host and nothing else, or plain http on loopback (the sandbox)."""
+    parts = urlsplit(value.strip())
+    if parts.scheme not in ("https", "http") or not parts.hostname:
+        raise ValueError(f"must be an https:// URL such as {DEFAULT_ENDPOINT}, got {value!r}")
+    if parts.scheme == "http" and parts.hostname not in _LOOPBACK_HOSTS:
+        raise ValueError("must use https:// (plain http is allowed only on loopback)")
+    if parts.query or parts.fragment or parts.username or parts.password:
+        raise ValueError("must be a bare host URL, with no query, fragment or credentials")
+    return value.strip().rstrip("/")
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that keeps dates as text, so a bad date is a config error, not a crash."""
+
+
+_Loader.yaml_implicit_resolvers = {
+    first: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:timestamp"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+
+
+def load_config(path: str | os.PathLike[str], env: Mapping[str, str] | None = None) -> Config:
+    """Read, validate and resolve a config file; raise ConfigError listing every problem."""
+    env = os.environ if env is None else env
+    source = Path(path)
+    if source.is_dir():
+        raise ConfigError(f"{source}: is a directory, not a config file")
+    try:
+        text = source.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{source}: no such file") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{source}: cannot read: {exc}") from None
+    try:
+        raw = yaml.load(text, Loader=_Loader)  # noqa: S506 - _Loader is a SafeLoader
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        problem = exc.problem or exc.context or "invalid YAML"
+        raise ConfigError(f"{source}: {where}YAML syntax error: {problem}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{source}: YAML syntax error: {exc}") from None
+    if not isinstance(raw, dict):
+        got = "an empty file" if raw is None else type(raw).__name__
+        raise ConfigError(f"{source}: must be a mapping with version: 1 and exports, got {got}")
+    try:
+        model = _File.model_validate(raw)
+    except ValidationError as exc:
+        lines = [f"{source}: {_describe(err)}" for err in exc.errors()]
+        raise ConfigError("\n".join(lines)) from None
+    braze = model.braze
+    override = env.get(ENDPOINT_ENV)
+    if override:
+        try:
+            braze = braze.model_copy(update={"endpoint": check_endpoint(override)})
+        except ValueError as exc:
+            raise ConfigError(f"{ENDPOINT_ENV}: {exc}") from None
+    return Config(
+        source=source,
+        braze=braze,
+        limits=model.limits,
+        timezone=model.timezone,
+        output=model.output,
+        exports=tuple(model.exports),
+    )
+
+
+def resolve_api_key(config: Config, env: Mapping[str, str] | None = None) -> ApiKey:
+    """The key from ``$api_key_env``, or from the file named by ``${api_key_env}_FILE``."""
+    env = os.environ if env is None else env
+    name = config.braze.api_key_env
+    value = env.get(name)
+    if value is None and env.get(f"{name}_FILE"):
+        key_file = Path(env[f"{name}_FILE"])
+        try:
+            value = key_file.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ConfigError(f"{name}_FILE: cannot read {key_file}: {exc.strerror}") from None
+    if value is None:
+        raise ConfigError(
+            f"{config.source}: braze.api_key_env: environment variable {name} is not set "
+            f"(set it to the REST API key, or set {name}_FILE to a file holding it)"
+        )
+    value = value.strip()
+    if not value:
+        raise ConfigError(f"{config.source}: braze.api_key_env: {name} is empty")
+    if value[0] in "'\"" or any(c.isspace() for c in value):
+        # Braze answers 401 to a quoted key; say so before spending a request on it.
+        raise ConfigError(f"{config.source}: braze.api_key_env: {name} holds quotes or spaces")
+    return ApiKey(value)
+
+
+# --- error wording -------------------------------------------------------------------------
+
+_TYPE_NAMES = {
+    "int_type": "an integer",
+    "float_type": "a number",
+    "string_type": "a string",
+    "bool_type": "true or false",
+    "list_type": "a list",
+    "model_type": "a mapping",
+    "dict_type": "a mapping",
+    "date_type": "a date YYYY-MM-DD",
+}
+_BOUNDS = {
+    "greater_than": ">",
+    "greater_than_equal": ">=",
+    "less_than": "<",
+    "less_than_equal": "<=",
+}
+
+
+def _describe(err: Any) -> str:
+    loc: tuple[str | int, ...] = tuple(err["loc"])
+    kind: str = err["type"]
+    ctx: dict[str, Any] = err.get("ctx") or {}
+    value = err.get("input")
+    if kind == "extra_forbidden":
+        known = _fields_at(loc[:-1])
+        return f"{_path(loc)}: unknown key{_did_you_mean(str(loc[-1]), known)}"
+    path = _path(loc) or "(top level)"
+    if kind == "missing":
+        return f"{path}: required key is missing"
+    if kind in _BOUNDS:
+        bound = next(iter(ctx.values()))
+        return f"{path}: must be {_BOUNDS[kind]} {bound:g}, got {_show(value)}"
+    if kind in _TYPE_NAMES:
+        return f"{path}: must be {_TYPE_NAMES[kind]}, got {_show(value)}"
+    if kind == "literal_error":
+        return f"{path}: must be {ctx.get('expected')}, got {_show(value)}"
+    if kind in ("too_short", "string_too_short"):
+        return f"{path}: must not be empty"
+    if kind in ("too_long", "string_too_long"):
+        return f"{path}: is too long (at most {ctx.get('max_length')} characters)"
+    if kind == "string_pattern_mismatch":
+        return f"{path}: must be an environment variable name, got {_show(value)}"
+    if kind.startswith("date_"):
+        return f"{path}: must be a date YYYY-MM-DD, got {_show(value)}"
+    if kind == "value_error":
+        return f"{path}: {str(err['msg']).removeprefix('Value error, ')}"
+    return f"{path}: {err['msg']}, got {_show(value)}"
+
+
+def _path(loc: Sequence[str | int]) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else part)
+    return out
+
+
+def _show(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, dict):
+        return "a mapping"
+    if isinstance(value, list):
+        return "a list"
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _fields_at(loc: Sequence[str | int]) -> list[str]:
+    """Names of the keys allowed at ``loc``, for did-you-mean hints."""
+    model: Any = _File
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        field = model.model_fields.get(part)
+        if field is None:
+            return []
+        model = _model_in(field.annotation)
+        if model is None:
+            return []
+    return list(model.model_fields)
+
+
+def _model_in(annotation: Any) -> type[BaseModel] | None:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in typing.get_args(annotation):
+        found = _model_in(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def _did_you_mean(word: str, choices: Sequence[str]) -> str:
+    close = difflib.get_close_matches(word, choices, n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _zone_names() -> list[str]:
+    import zoneinfo
+
+    return sorted(zoneinfo.available_timezones())

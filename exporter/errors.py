@@ -1,0 +1,98 @@
+"""The one exception tree of the exporter.
+
+    ExporterError
+    ├── ConfigError              the config or the command line is wrong (exit 2)
+    └── ApiError                 one Braze call went wrong; carries the series it belongs to
+        ├── RetryableError       worth another attempt
+        │   ├── RateLimited      429: wait until the reset time the server named
+        │   ├── ServerError      5xx
+        │   ├── TransportError   timeout, reset connection, DNS, ...
+        │   └── MalformedResponse  a 200 whose body is not a valid series
+        ├── SeriesError          400 / 404: this series cannot be fetched, the others can
+        └── AuthError            401 / 403: no request of this run can succeed (exit 3)
+
+Messages never contain the API key, a header or a full URL: only the series, the status and
+what Braze said.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from exporter.plan import Series
+
+__all__ = [
+    "ApiError",
+    "AuthError",
+    "ConfigError",
+    "ExporterError",
+    "MalformedResponse",
+    "RateLimited",
+    "RetryableError",
+    "SeriesError",
+    "ServerError",
+    "TransportError",
+]
+
+
+class ExporterError(Exception):
+    """Root of every error the exporter raises on purpose."""
+
+
+class ConfigError(ExporterError):
+    """The config file or the command line is invalid; nothing was fetched or written."""
+
+
+class ApiError(ExporterError):
+    """One call to Braze failed."""
+
+    def __init__(self, message: str, *, series: Series | None = None, status: int | None = None):
+        super().__init__(message)
+        self.message = message
+        self.series = series
+        self.status = status
+
+    def __str__(self) -> str:
+        where = f"{self.series.label}: " if self.series is not None else ""
+        code = f"HTTP {self.status}: " if self.status is not None else ""
+        return f"{where}{code}{self.message}"
+
+
+class RetryableError(ApiError):
+    """A transient failure: the same request may succeed later."""
+
+
+class RateLimited(RetryableError):
+    """429: the workspace budget is spent until ``reset_at`` (epoch seconds), if known."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        series: Series | None = None,
+        status: int | None = 429,
+        reset_at: float | None = None,
+    ):
+        super().__init__(message, series=series, status=status)
+        self.reset_at = reset_at
+
+
+class ServerError(RetryableError):
+    """5xx from Braze or a proxy in front of it."""
+
+
+class TransportError(RetryableError):
+    """No usable HTTP response: timeout, reset connection, refused connection."""
+
+
+class MalformedResponse(RetryableError):
+    """HTTP 200 but the body is not a valid series; never written as data."""
+
+
+class SeriesError(ApiError):
+    """400 / 404: this series cannot be fetched; the run goes on with the others."""
+
+
+class AuthError(ApiError):
+    """401 / 403: the key, its permission or the instance host is wrong; the run stops."""

@@ -1,0 +1,197 @@
+"""Fan the plan's requests out to N workers through the budget; record each series' fate.
+
+A bounded queue feeds ``concurrency`` workers in one TaskGroup: no task per request, so a plan
+of millions of requests costs the memory of the queue. A request goes: budget (gate + token)
+-> client -> interpret -> writer -> state. A 400/404 fails its series (its other requests are
+skipped), an exhausted retry fails its series, a 401/403 stops everything. ``stop()`` (a
+signal) ends the feed; in-flight requests get ``grace_s`` to finish before they are cancelled.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+from exporter.client import BrazeClient, Point, interpret
+from exporter.errors import ApiError, AuthError, ExporterError
+from exporter.plan import Plan, Request, Series
+from exporter.ratelimit import Budget
+from exporter.retry import RetryPolicy, call_with_retries
+from exporter.state import State
+from exporter.writers import PartitionWriter, WrittenFile
+
+__all__ = ["Pipeline", "RunResult"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RunResult:
+    requests_planned: int = 0
+    requests_sent: int = 0  # HTTP attempts, retries included
+    requests_done: int = 0
+    requests_skipped: int = 0  # already done in an earlier run
+    retries: int = 0
+    rate_limited: int = 0
+    rows_written: int = 0
+    series_done: int = 0  # every request of the series done or skipped
+    failures: dict[Series, str] = field(default_factory=dict)
+    files: dict[str, WrittenFile] = field(default_factory=dict)
+    auth_error: AuthError | None = None
+    interrupted: bool = False
+    started: float = 0.0
+    finished: float = 0.0
+
+    @property
+    def elapsed(self) -> float:
+        return max(0.0, self.finished - self.started)
+
+
+class Pipeline:
+    def __init__(
+        self,
+        *,
+        client: BrazeClient,
+        budget: Budget,
+        writer: PartitionWriter,
+        state: State | None,
+        policy: RetryPolicy,
+        concurrency: int,
+        fresh: bool = False,
+        grace_s: float = 10.0,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.client = client
+        self.budget = budget
+        self.writer = writer
+        self.state = state
+        self.policy = policy
+        self.concurrency = concurrency
+        self.fresh = fresh
+        self.grace_s = grace_s
+        self._sleep = sleep
+        self._clock = clock
+        self.result = RunResult()
+        self._stopping = asyncio.Event()
+        self._in_flight = 0
+        self._left: dict[Series, int] = {}
+
+    def stop(self) -> None:
+        """Take no new work; the caller's grace period then bounds what is in flight."""
+        self.result.interrupted = True
+        self._stopping.set()
+
+    def elapsed(self) -> float:
+        return self._clock() - self.result.started if self.result.started else 0.0
+
+    @property
+    def in_flight(self) -> int:
+        return self._in_flight
+
+    async def run(self, plan: Plan) -> RunResult:
+        result = self.result
+        result.requests_planned = len(plan.requests)
+        result.started = self._clock()
+        for request in plan.requests:
+            self._left[request.series] = self._left.get(request.series, 0) + 1
+        result.series_done = len(plan.series) - len(self._left)
+        queue: asyncio.Queue[Request | None] = asyncio.Queue(maxsize=2 * self.concurrency)
+        watcher: asyncio.Task[None] | None = None
+        try:
+            async with asyncio.TaskGroup() as group:
+                tasks = [group.create_task(self._worker(queue)) for _ in range(self.concurrency)]
+                tasks.append(group.create_task(self._feed(plan, queue)))
+                watcher = asyncio.create_task(self._watch_stop(tasks))
+        except* AuthError as errors:
+            result.auth_error = errors.exceptions[0]  # type: ignore[assignment]
+        finally:
+            if watcher is not None:
+                watcher.cancel()
+                await asyncio.wait([watcher])
+            result.finished = self._clock()
+        return result
+
+    async def _feed(self, plan: Plan, queue: asyncio.Queue[Request | None]) -> None:
+        skip_done = self.state is not None and not self.fresh
+        for request in plan.requests:
+            if self._stopping.is_set():
+                break
+            if skip_done and self.state is not None and self.state.is_done(request):
+                self.result.requests_skipped += 1
+                self._one_less(request.series)
+                continue
+            await queue.put(request)
+        for _ in range(self.concurrency):
+            await queue.put(None)
+
+    async def _watch_stop(self, tasks: list[asyncio.Task[None]]) -> None:
+        """After stop(), give in-flight requests grace_s, then cancel the stragglers."""
+        await self._stopping.wait()
+        _, pending = await asyncio.wait(tasks, timeout=self.grace_s)
+        if pending:
+            log.warning("stopping: cancelling %d request(s) still in flight", self._in_flight)
+            for task in pending:
+                task.cancel()
+
+    async def _worker(self, queue: asyncio.Queue[Request | None]) -> None:
+        while (request := await queue.get()) is not None:
+            if self._stopping.is_set() or request.series in self.result.failures:
+                continue
+            self._in_flight += 1
+            try:
+                await self._one(request)
+            except AuthError:
+                raise
+            except ApiError as exc:
+                self._fail(
+                    request.series,
+                    exc.message if exc.status is None else f"HTTP {exc.status}: {exc.message}",
+                )
+            except ExporterError as exc:
+                self._fail(request.series, str(exc))
+            finally:
+                self._in_flight -= 1
+
+    async def _one(self, request: Request) -> None:
+        points = await call_with_retries(
+            lambda: self._attempt(request),
+            policy=self.policy,
+            label=request.series.label,
+            on_retry=self._count_retry,
+            sleep=self._sleep,
+        )
+        written = await self.writer.write(request.series, points)
+        for item in written:
+            self.result.files[str(item.path)] = item
+        if self.state is not None:
+            self.state.mark_done(request, len(points))
+        self.result.requests_done += 1
+        self.result.rows_written += len(points)
+        self._one_less(request.series)
+
+    def _count_retry(self) -> None:
+        self.result.retries += 1
+
+    def _one_less(self, series: Series) -> None:
+        self._left[series] -= 1
+        if self._left[series] == 0:
+            self.result.series_done += 1
+
+    async def _attempt(self, request: Request) -> list[Point]:
+        await self.budget.acquire()
+        self.result.requests_sent += 1
+        response = await self.client.get(request)
+        self.budget.observe(response.rate)
+        if response.status == 429:
+            self.result.rate_limited += 1
+            self.budget.rate_limited(response.rate)
+        return interpret(request, response)
+
+    def _fail(self, series: Series, reason: str) -> None:
+        if series not in self.result.failures:
+            log.error("failed %s: %s", series.label, reason)
+            self.result.failures[series] = reason

@@ -1,0 +1,204 @@
+"""Config + as-of date -> the minimal list of Braze requests. Pure: no I/O, no clock.
+
+Periods are integers so ranges can be merged and sliced with arithmetic: a day period is a
+proleptic ordinal (``date.toordinal()``) of a local day in the config's time zone; an hour
+period is the number of whole hours since the Unix epoch, in UTC. Hour series are always
+requested and labelled in UTC so no label is ambiguous across a DST change.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, time, timedelta
+from urllib.parse import quote
+from zoneinfo import ZoneInfo
+
+from exporter.config import Config, Export, Unit, Window
+
+__all__ = [
+    "MAX_LENGTH",
+    "Plan",
+    "Request",
+    "Series",
+    "build_plan",
+    "ending_at",
+    "hour_range",
+    "period_of",
+    "resolve_window",
+]
+
+MAX_LENGTH = 100  # Braze accepts length 1..100
+_EPOCH_ORDINAL = date(1970, 1, 1).toordinal()
+
+
+@dataclass(frozen=True)
+class Series:
+    """One exported series: a segment, an app (None: the whole workspace) and a unit."""
+
+    segment_id: str
+    app_id: str | None
+    unit: Unit
+
+    def sort_key(self) -> tuple[str, bool, str, str]:
+        return (self.segment_id, self.app_id is not None, self.app_id or "", self.unit)
+
+    @property
+    def label(self) -> str:
+        # quote() keeps the label on one line whatever the ids hold.
+        app = "_all" if self.app_id is None else quote(self.app_id, safe="")
+        return f"segment={quote(self.segment_id, safe='')} app={app} unit={self.unit}"
+
+
+@dataclass(frozen=True)
+class Request:
+    """One GET /sessions/data_series call: ``length`` periods from ``first`` on."""
+
+    series: Series
+    first: int
+    length: int
+    ending_at: str
+
+    @property
+    def last(self) -> int:
+        return self.first + self.length - 1
+
+    @property
+    def key(self) -> str:
+        """Identity of the request for the resume state."""
+        s = self.series
+        app = "" if s.app_id is None else s.app_id
+        return "\x1f".join(
+            (
+                s.segment_id,
+                app,
+                "1" if s.app_id is not None else "0",
+                s.unit,
+                str(self.first),
+                str(self.length),
+            )
+        )
+
+    def params(self) -> dict[str, str]:
+        params = {
+            "length": str(self.length),
+            "unit": self.series.unit,
+            "ending_at": self.ending_at,
+            "segment_id": self.series.segment_id,
+        }
+        if self.series.app_id is not None:
+            params["app_id"] = self.series.app_id
+        return params
+
+
+@dataclass(frozen=True)
+class Plan:
+    as_of: date
+    timezone: str
+    requests: tuple[Request, ...]
+    series: tuple[Series, ...]
+    series_by_export: dict[str, tuple[Series, ...]] = field(default_factory=dict)
+    warnings: tuple[str, ...] = ()
+
+
+def resolve_window(window: Window, as_of: date) -> tuple[date, date] | None:
+    """The inclusive local days a window covers before ``as_of``; None when none are left."""
+    if window.days is not None:
+        return as_of - timedelta(days=window.days), as_of - timedelta(days=1)
+    assert window.start is not None
+    assert window.end is not None
+    end = min(window.end, as_of - timedelta(days=1))
+    return None if end < window.start else (window.start, end)
+
+
+def hour_range(first_day: date, last_day: date, tz: ZoneInfo) -> tuple[int, int]:
+    """UTC hour periods that overlap the local days ``first_day..last_day`` (inclusive)."""
+    start = datetime.combine(first_day, time(0), tz).timestamp()
+    stop = datetime.combine(last_day + timedelta(days=1), time(0), tz).timestamp()
+    return math.floor(start / 3600), math.ceil(stop / 3600) - 1
+
+
+def ending_at(unit: Unit, period: int, tz: ZoneInfo) -> str:
+    """The last second of a period, with the offset Braze should read it in."""
+    if unit == "day":
+        day = date.fromordinal(period)
+        return datetime.combine(day, time(23, 59, 59), tz).isoformat()
+    return datetime.fromtimestamp(period * 3600 + 3599, UTC).isoformat()
+
+
+def period_of(unit: Unit, label: str) -> int:
+    """The period a Braze ``time`` label names; ValueError when it is not a valid label."""
+    if unit == "day":
+        return date.fromisoformat(label[:10]).toordinal()
+    moment = datetime.fromisoformat(label)
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    if moment.minute or moment.second or moment.microsecond:
+        raise ValueError(f"{label!r} is not the start of an hour")
+    return math.floor(moment.timestamp() / 3600)
+
+
+def build_plan(config: Config, as_of: date) -> Plan:
+    tz = config.tz
+    warnings: list[str] = []
+    ranges: dict[Series, list[tuple[int, int]]] = {}
+    by_export: dict[str, tuple[Series, ...]] = {}
+    for export in config.exports:
+        days = resolve_window(export.window, as_of)
+        if export.window.end is not None and export.window.end >= as_of:
+            warnings.append(
+                f"exports.{export.name}: end {export.window.end} is not before the as-of date "
+                f"{as_of}; clipped to {as_of - timedelta(days=1)} (only complete days export)"
+            )
+        if days is None:
+            warnings.append(f"exports.{export.name}: window has no complete day before {as_of}")
+        series = tuple(_expand(export))
+        by_export[export.name] = series
+        if days is None:
+            continue
+        for s in series:
+            if s.unit == "day":
+                span = (days[0].toordinal(), days[1].toordinal())
+            else:
+                span = hour_range(days[0], days[1], tz)
+            ranges.setdefault(s, []).append(span)
+    requests = [
+        Request(s, first, length, ending_at(s.unit, first + length - 1, tz))
+        for s in sorted(ranges, key=Series.sort_key)
+        for lo, hi in _merge(ranges[s])
+        for first, length in _slices(lo, hi)
+    ]
+    all_series = tuple(
+        sorted({s for group in by_export.values() for s in group}, key=Series.sort_key)
+    )
+    return Plan(as_of, config.timezone, tuple(requests), all_series, by_export, tuple(warnings))
+
+
+def _expand(export: Export) -> Iterator[Series]:
+    seen: set[Series] = set()
+    for segment in export.segment_ids:
+        for app in export.app_ids:
+            for unit in export.units:
+                s = Series(segment, app, unit)
+                if s not in seen:
+                    seen.add(s)
+                    yield s
+
+
+def _merge(spans: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Union of inclusive integer ranges; touching ranges join so no extra request is made."""
+    merged: list[tuple[int, int]] = []
+    for lo, hi in sorted(spans):
+        if merged and lo <= merged[-1][1] + 1:
+            merged[-1] = (merged[-1][0], max(merged[-1][1], hi))
+        else:
+            merged.append((lo, hi))
+    return merged
+
+
+def _slices(lo: int, hi: int) -> Iterator[tuple[int, int]]:
+    # Anchored at the range's start, so a backfill's early requests keep their identity (and
+    # their resume state) when the range's end moves forward on a later day.
+    for first in range(lo, hi + 1, MAX_LENGTH):
+        yield first, min(MAX_LENGTH, hi - first + 1)

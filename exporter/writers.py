@@ -1,0 +1,172 @@
+"""Series points -> partition files, merged by time and replaced atomically.
+
+Layout: ``{dir}/sessions/unit={unit}/segment_id={seg}/app_id={app}/{period}.{fmt}`` where
+``{period}`` is the month (day series) or the UTC date (hour series) of the data's own time.
+A write reads the partition, lets new values replace old ones period by period (Braze restates
+recent days), sorts, and swaps the file in with temp file + fsync + rename, so a reader or a
+crash only ever sees the old or the new whole file. Files hold data only: the same points give
+the same bytes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import hashlib
+import io
+import json
+import os
+import tempfile
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import UTC, date, datetime
+from pathlib import Path
+from urllib.parse import quote
+
+from exporter.client import Point
+from exporter.errors import ExporterError
+from exporter.plan import Series, period_of
+
+__all__ = ["WORK_DIR", "PartitionWriter", "WrittenFile", "encode_id", "partition_path"]
+
+WORK_DIR = ".braze-export"  # temp files and state: same file system as the data, not beside it
+_COLUMNS = ("time", "sessions", "segment_id", "app_id", "unit")
+_LOCK_STRIPES = 1024
+_MAX_COMPONENT = 200  # file systems allow 255 bytes per name; leave room for the key= prefix
+
+
+@dataclass(frozen=True)
+class WrittenFile:
+    path: Path
+    rows: int
+    sha256: str
+
+
+def encode_id(value: str | None) -> str:
+    """A path component for an id: percent-encoded so it cannot name another directory.
+
+    ``_all`` stands for the workspace (no app id), so a real id starting with ``_`` has that
+    character encoded too. Very long ids keep a readable prefix plus a hash.
+    """
+    if value is None:
+        return "_all"
+    encoded = quote(value, safe="")
+    if encoded.startswith("_"):
+        encoded = "%5F" + encoded[1:]
+    if len(encoded) > _MAX_COMPONENT:
+        digest = hashlib.sha256(value.encode()).hexdigest()[:16]
+        encoded = f"{encoded[:150]}~{digest}"
+    return encoded
+
+
+def partition_of(series: Series, period: int) -> str:
+    if series.unit == "day":
+        return date.fromordinal(period).strftime("%Y-%m")
+    return datetime.fromtimestamp(period * 3600, UTC).strftime("%Y-%m-%d")
+
+
+def partition_path(root: Path, series: Series, partition: str, fmt: str) -> Path:
+    return (
+        root
+        / "sessions"
+        / f"unit={series.unit}"
+        / f"segment_id={encode_id(series.segment_id)}"
+        / f"app_id={encode_id(series.app_id)}"
+        / f"{partition}.{fmt}"
+    )
+
+
+class PartitionWriter:
+    def __init__(self, root: Path, fmt: str, *, durable: bool = True) -> None:
+        self.root = root
+        self.fmt = fmt
+        self.durable = durable
+        self.tmp_dir = root / WORK_DIR / "tmp"
+        self._locks = [asyncio.Lock() for _ in range(_LOCK_STRIPES)]
+
+    async def write(self, series: Series, points: Iterable[Point]) -> list[WrittenFile]:
+        """Merge points into their partitions. Two writers of one file take turns."""
+        groups: dict[str, list[Point]] = {}
+        for point in points:
+            groups.setdefault(partition_of(series, point.period), []).append(point)
+        written = []
+        for partition, group in sorted(groups.items()):
+            path = partition_path(self.root, series, partition, self.fmt)
+            async with self._locks[hash(path) % _LOCK_STRIPES]:
+                try:
+                    written.append(await asyncio.to_thread(self._merge_sync, path, series, group))
+                except OSError as exc:
+                    raise ExporterError(
+                        f"{series.label}: cannot write {path}: {exc.strerror or exc}"
+                    ) from None
+        return written
+
+    def _merge_sync(self, path: Path, series: Series, points: list[Point]) -> WrittenFile:
+        rows = self._read(path, series)
+        for point in points:
+            rows[point.period] = (point.time, point.sessions)
+        data = self._render(series, [rows[p] for p in sorted(rows)])
+        self._replace(path, data)
+        return WrittenFile(path, len(rows), hashlib.sha256(data).hexdigest())
+
+    def _read(self, path: Path, series: Series) -> dict[int, tuple[str, int]]:
+        try:
+            text = path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            return {}
+        rows: dict[int, tuple[str, int]] = {}
+        try:
+            if self.fmt == "jsonl":
+                for line in text.splitlines():
+                    obj = json.loads(line)
+                    rows[period_of(series.unit, obj["time"])] = (obj["time"], int(obj["sessions"]))
+            else:
+                for rec in csv.DictReader(io.StringIO(text)):
+                    rows[period_of(series.unit, rec["time"])] = (rec["time"], int(rec["sessions"]))
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ExporterError(
+                f"{series.label}: cannot merge into {path}: it is not a file this tool wrote "
+                f"({type(exc).__name__}); move it away and rerun"
+            ) from None
+        return rows
+
+    def _render(self, series: Series, rows: list[tuple[str, int]]) -> bytes:
+        ids = (series.segment_id, series.app_id, series.unit)
+        if self.fmt == "jsonl":
+            lines = [
+                json.dumps(dict(zip(_COLUMNS, (t, n, *ids), strict=True)), ensure_ascii=False)
+                for t, n in rows
+            ]
+            return ("\n".join(lines) + "\n").encode()
+        buf = io.StringIO()
+        out = csv.writer(buf, lineterminator="\n")
+        out.writerow(_COLUMNS)
+        app = "" if series.app_id is None else series.app_id
+        out.writerows((t, n, series.segment_id, app, series.unit) for t, n in rows)
+        return buf.getvalue().encode()
+
+    def _replace(self, path: Path, data: bytes) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.tmp_dir.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=self.tmp_dir, suffix=".part")
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(data)
+                if self.durable:
+                    handle.flush()
+                    os.fsync(handle.fileno())
+            os.chmod(tmp, 0o644)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        if self.durable:
+            _fsync_dir(path.parent)
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,122 @@
+"""Shared fixtures: config files on disk and a sandbox server on a free loopback port."""
+
+from __future__ import annotations
+
+import asyncio
+import textwrap
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import ClientResponse, web
+from aioresponses import aioresponses
+
+from exporter.sandbox import SandboxOptions, start_sandbox
+
+KEY = "sandbox-key-5f1e2d3c4b5a69788796a5b4"
+
+
+@pytest.fixture
+def write_config(tmp_path: Path) -> Callable[..., Path]:
+    """Write YAML text (dedented) to a config file and return its path."""
+
+    def write(text: str, name: str = "config.yaml") -> Path:
+        path = tmp_path / name
+        path.write_text(textwrap.dedent(text), encoding="utf-8")
+        return path
+
+    return write
+
+
+@dataclass
+class ServerHandle:
+    url: str
+    app: web.Application
+    options: SandboxOptions
+
+
+class _ThreadedSandbox:
+    """The sandbox in its own thread and event loop, for tests that call the sync CLI."""
+
+    def __init__(self, options: SandboxOptions) -> None:
+        self.options = options
+        self.app = web.Application()
+        self.loop = asyncio.new_event_loop()
+        self.ready = threading.Event()
+        self.url = ""
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+
+    def _serve(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        runner, self.url = self.loop.run_until_complete(start_sandbox(self.options))
+        self.app = runner.app
+        self.ready.set()
+        self.loop.run_forever()
+        self.loop.run_until_complete(runner.cleanup())
+        self.loop.close()
+
+    def __enter__(self) -> ServerHandle:
+        self.thread.start()
+        assert self.ready.wait(10), "sandbox did not start"
+        return ServerHandle(self.url, self.app, self.options)
+
+    def __exit__(self, *_: object) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+
+
+@pytest.fixture
+def sandbox_server() -> Callable[..., _ThreadedSandbox]:
+    """Factory: ``with sandbox_server(limit=..., deny=True) as server: ...``."""
+
+    def start(**options: object) -> _ThreadedSandbox:
+        options.setdefault("api_key", KEY)
+        return _ThreadedSandbox(SandboxOptions(**options))  # type: ignore[arg-type]
+
+    return start
+
+
+@pytest.fixture
+def env_key(monkeypatch: pytest.MonkeyPatch) -> str:
+    monkeypatch.setenv("BRAZE_API_KEY", KEY)
+    monkeypatch.delenv("BRAZE_REST_ENDPOINT", raising=False)
+    return KEY
+
+
+class _NoStreamWriter:
+    output_size = 0
+
+
+class _CompatResponse(ClientResponse):
+    """aiohttp 3.14 made ``stream_writer`` a required argument that aioresponses 0.7.x does
+    not pass (pnuckowski/aioresponses#289); give it a finished one."""
+
+    def __init__(self, method: str, url: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("stream_writer", _NoStreamWriter())
+        super().__init__(method, url, **kwargs)
+
+
+class mocked_http(aioresponses):
+    """aioresponses that works with the aiohttp this project installs."""
+
+    def add(self, url: Any, method: str = "GET", **kwargs: Any) -> None:  # type: ignore[override]
+        kwargs.setdefault("response_class", _CompatResponse)
+        super().add(url, method, **kwargs)
+
+
+class FakeClock:
+    """A wall clock that only moves when something sleeps on it."""
+
+    def __init__(self, now: float = 1_700_000_000.0) -> None:
+        self.now = now
+        self.sleeps: list[float] = []
+
+    def __call__(self) -> float:
+        return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.now += max(0.0, seconds)

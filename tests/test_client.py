@@ -1,0 +1,182 @@
+"""One Braze call and what each kind of response means."""
+
+from __future__ import annotations
+
+import json
+import re
+from datetime import date
+from typing import Any
+
+import aiohttp
+import pytest
+from multidict import CIMultiDict
+
+from exporter.client import BrazeClient, Response, interpret
+from exporter.config import ApiKey
+from exporter.errors import (
+    AuthError,
+    MalformedResponse,
+    RateLimited,
+    RetryableError,
+    SeriesError,
+    ServerError,
+    TransportError,
+)
+from exporter.plan import Request, Series
+from exporter.ratelimit import RateHeaders, parse_rate_headers
+from tests.conftest import mocked_http
+
+SERIES = Series("seg-a", "app-1", "day")
+FIRST = date(2024, 4, 28).toordinal()
+REQUEST = Request(SERIES, FIRST, 3, "2024-04-30T23:59:59+00:00")
+URL = re.compile(r"^https://rest\.test/sessions/data_series\?.*$")
+
+
+def _body(data: Any, message: str = "success") -> bytes:
+    return json.dumps({"message": message, "data": data}).encode()
+
+
+def _ok(*days: str) -> Response:
+    return Response(200, RateHeaders(), _body([{"time": d, "sessions": 5} for d in days]))
+
+
+def test_success_gives_points_in_time_order() -> None:
+    """A 200 success body becomes points keyed by their period, time kept verbatim."""
+    points = interpret(REQUEST, _ok("2024-04-30", "2024-04-28", "2024-04-29"))
+    assert [p.time for p in points] == ["2024-04-28", "2024-04-29", "2024-04-30"]
+    assert [p.period for p in points] == [FIRST, FIRST + 1, FIRST + 2]
+
+
+@pytest.mark.parametrize(
+    ("status", "error"),
+    [
+        (400, SeriesError),
+        (404, SeriesError),
+        (401, AuthError),
+        (403, AuthError),
+        (429, RateLimited),
+        (500, ServerError),
+        (502, ServerError),
+        (503, ServerError),
+        (504, ServerError),
+    ],
+)
+def test_status_classification(status: int, error: type[Exception]) -> None:
+    """Each documented status maps to its error class, with Braze's message kept."""
+    body = json.dumps({"message": "Bad thing", "errors": ["detail one"]}).encode()
+    with pytest.raises(error) as caught:
+        interpret(REQUEST, Response(status, RateHeaders(), body))
+    assert "Bad thing: detail one" in str(caught.value)
+    assert SERIES.label in str(caught.value)
+
+
+def test_retryable_and_final_classes() -> None:
+    """429/5xx/malformed are retryable; 400/404/401/403 are not."""
+    assert issubclass(RateLimited, RetryableError)
+    assert issubclass(ServerError, RetryableError)
+    assert issubclass(MalformedResponse, RetryableError)
+    assert issubclass(TransportError, RetryableError)
+    assert not issubclass(SeriesError, RetryableError)
+    assert not issubclass(AuthError, RetryableError)
+
+
+def test_auth_error_says_what_to_check() -> None:
+    """401/403 name the key, the permission and the host."""
+    with pytest.raises(AuthError, match=r"sessions\.data_series.*braze\.endpoint"):
+        interpret(REQUEST, Response(401, RateHeaders(), b"{}"))
+
+
+def test_429_carries_the_reset_time() -> None:
+    """The reset epoch from X-RateLimit-Reset travels with the error."""
+    rate = parse_rate_headers(CIMultiDict({"x-ratelimit-reset": "1700000000"}), now=0)
+    with pytest.raises(RateLimited) as caught:
+        interpret(REQUEST, Response(429, rate, b""))
+    assert caught.value.reset_at == 1_700_000_000
+
+
+@pytest.mark.parametrize(
+    ("body", "why"),
+    [
+        (b"<html>oops", "not JSON"),
+        (b'{"message": "success", "da', "not JSON"),
+        (b'{"message": "success"}', "no data list"),
+        (json.dumps({"message": "success", "data": {}}).encode(), "no data list"),
+        (_body([{"time": "2024-04-28", "sessions": 1}], message="oops"), "not 'success'"),
+        (_body([{"time": "2024-04-28", "sessions": -1}]), "non-negative integer"),
+        (_body([{"time": "2024-04-28", "sessions": 1.5}]), "non-negative integer"),
+        (_body([{"time": "2024-04-28", "sessions": "3"}]), "non-negative integer"),
+        (_body([{"time": "2024-04-28", "sessions": True}]), "non-negative integer"),
+        (_body([{"time": "2024-04-27", "sessions": 1}]), "outside the requested window"),
+        (_body([{"time": "2024-05-01", "sessions": 1}]), "outside the requested window"),
+        (_body([{"time": "yesterday", "sessions": 1}]), "is not a day"),
+        (_body([{"sessions": 1}]), "has no time"),
+        (_body(["2024-04-28"]), "not an object"),
+        (_body([{"time": "2024-04-28", "sessions": 1}] * 2), "appears twice"),
+    ],
+)
+def test_malformed_success_bodies_are_never_data(body: bytes, why: str) -> None:
+    """A 200 whose body is not a valid series in the window is a retryable error."""
+    with pytest.raises(MalformedResponse, match=why):
+        interpret(REQUEST, Response(200, RateHeaders(), body))
+
+
+def test_hour_labels_are_checked_against_the_window() -> None:
+    """Hour points must be whole UTC hours inside the request."""
+    hours = Series("seg-a", None, "hour")
+    first = 474_000
+    request = Request(hours, first, 2, "x")
+    from datetime import UTC, datetime
+
+    good = datetime.fromtimestamp(first * 3600, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+    points = interpret(
+        request, Response(200, RateHeaders(), _body([{"time": good, "sessions": 1}]))
+    )
+    assert points[0].period == first
+    late = datetime.fromtimestamp((first + 2) * 3600, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+    with pytest.raises(MalformedResponse, match="outside"):
+        interpret(request, Response(200, RateHeaders(), _body([{"time": late, "sessions": 1}])))
+
+
+async def test_get_sends_bearer_auth_and_query_params() -> None:
+    """The key goes in the Authorization header, never in the URL."""
+    async with aiohttp.ClientSession() as session:
+        client = BrazeClient(session, "https://rest.test", ApiKey("k-secret"))
+        with mocked_http() as mocked:
+            mocked.get(
+                URL,
+                status=200,
+                body=_body([]),
+                headers={
+                    "X-RateLimit-Limit": "250000",
+                    "X-RateLimit-Remaining": "9",
+                    "X-RateLimit-Reset": "1700000000",
+                },
+            )
+            response = await client.get(REQUEST)
+            ((_, url), calls) = next(iter(mocked.requests.items()))
+        call = calls[0].kwargs
+    assert call["headers"]["Authorization"] == "Bearer k-secret"
+    assert call["params"] == {
+        "length": "3",
+        "unit": "day",
+        "ending_at": "2024-04-30T23:59:59+00:00",
+        "segment_id": "seg-a",
+        "app_id": "app-1",
+    }
+    assert "k-secret" not in str(url)
+    assert response.rate == RateHeaders(250_000, 9, 1_700_000_000.0, None)
+
+
+async def test_timeouts_and_connection_errors_are_transport_errors() -> None:
+    """No response at all becomes a retryable TransportError without URL or key."""
+    async with aiohttp.ClientSession() as session:
+        client = BrazeClient(session, "https://rest.test", ApiKey("k-secret"))
+        with mocked_http() as mocked:
+            mocked.get(URL, exception=TimeoutError())
+            with pytest.raises(TransportError, match="no response in time"):
+                await client.get(REQUEST)
+            mocked.get(URL, exception=aiohttp.ClientConnectionError("reset by peer"))
+            with pytest.raises(TransportError, match="connection failed") as caught:
+                await client.get(REQUEST)
+    assert "k-secret" not in str(caught.value)
+    assert "rest.test" not in str(caught.value)

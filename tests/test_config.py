@@ -1,0 +1,212 @@
+"""Config loading: defaults, and one clear line per invalid value."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import date
+from pathlib import Path
+
+import pytest
+
+from exporter.config import ApiKey, load_config, resolve_api_key
+from exporter.errors import ConfigError
+
+GOOD = """\
+version: 1
+exports:
+  - name: nightly
+    segment_ids: [seg-a]
+    window: {days: 7}
+"""
+
+
+def _export(extra: str = "", window: str = "{days: 7}") -> str:
+    return f"""\
+version: 1
+exports:
+  - name: nightly
+    segment_ids: [seg-a]
+    window: {window}
+{extra}"""
+
+
+def test_defaults_are_resolved(write_config: Callable[..., Path]) -> None:
+    """A minimal config gets the documented defaults."""
+    config = load_config(write_config(GOOD), env={})
+    assert config.braze.endpoint == "https://rest.iad-01.braze.com"
+    assert config.braze.api_key_env == "BRAZE_API_KEY"
+    assert config.braze.timeout_s == 30
+    assert config.limits.requests_per_hour == 250_000
+    assert config.limits.share == 1.0
+    assert config.limits.reserve == 0.1
+    assert config.limits.concurrency == 16
+    assert config.timezone == "UTC"
+    assert (config.output.dir, config.output.format) == ("exports", "jsonl")
+    export = config.exports[0]
+    assert export.app_ids == [None]
+    assert export.units == ["day"]
+
+
+def test_full_example_config_is_valid() -> None:
+    """The shipped configs load."""
+    root = Path(__file__).parent.parent / "configs"
+    for name in ("demo.yaml", "example.yaml"):
+        assert load_config(root / name, env={}).exports
+
+
+def test_dates_parse_from_bare_and_quoted_yaml(write_config: Callable[..., Path]) -> None:
+    """start/end accept YAML dates, quoted or not."""
+    path = write_config(_export(window="{start: 2024-01-01, end: '2024-06-30'}"))
+    window = load_config(path, env={}).exports[0].window
+    assert (window.start, window.end) == (date(2024, 1, 1), date(2024, 6, 30))
+
+
+def test_endpoint_env_overrides_file(write_config: Callable[..., Path]) -> None:
+    """BRAZE_REST_ENDPOINT wins over braze.endpoint."""
+    config = load_config(
+        write_config(GOOD), env={"BRAZE_REST_ENDPOINT": "https://rest.fra-01.braze.eu/"}
+    )
+    assert config.braze.endpoint == "https://rest.fra-01.braze.eu"
+
+
+def test_endpoint_env_is_validated(write_config: Callable[..., Path]) -> None:
+    """A plain-http endpoint from the environment is refused too."""
+    with pytest.raises(ConfigError, match="BRAZE_REST_ENDPOINT: must use https://"):
+        load_config(write_config(GOOD), env={"BRAZE_REST_ENDPOINT": "http://example.com"})
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (_export(window="{days: 0}"), "exports[0].window.days: must be >= 1, got 0"),
+        (_export(window="{days: '7'}"), "exports[0].window.days: must be an integer, got '7'"),
+        (
+            _export(window="{start: 2024-06-30, end: 2024-01-01}"),
+            "exports[0].window: end 2024-01-01 is before start 2024-06-30",
+        ),
+        (_export(window="{start: 2024-01-01}"), "exports[0].window: needs days, or both"),
+        (
+            _export(window="{days: 3, start: 2024-01-01, end: 2024-01-02}"),
+            "exports[0].window: give either days or start/end, not both",
+        ),
+        (
+            _export(window="{start: 2024-13-01, end: 2024-12-31}"),
+            "exports[0].window.start: must be a date YYYY-MM-DD, got '2024-13-01'",
+        ),
+        (
+            _export("    units: [week]\n"),
+            "exports[0].units[0]: must be 'day' or 'hour', got 'week'",
+        ),
+        (_export("    units: []\n"), "exports[0].units: must not be empty"),
+        (_export("    app_ids: []\n"), "exports[0].app_ids: must not be empty"),
+        (_export("    app_ids: ['']\n"), "exports[0].app_ids[0]: must not be empty"),
+        (
+            _export(f"    app_ids: [{'x' * 257}]\n"),
+            "exports[0].app_ids[0]: is too long (at most 256 characters)",
+        ),
+        (
+            _export("    windw: {days: 1}\n"),
+            "exports[0].windw: unknown key (did you mean 'window'?)",
+        ),
+        (
+            "version: 1\nexports: []\n",
+            "exports: must not be empty",
+        ),
+        (
+            GOOD + "  - name: nightly\n    segment_ids: [b]\n    window: {days: 1}\n",
+            "exports: duplicate export name 'nightly'",
+        ),
+        (GOOD + "timezone: Mars/Olympus\n", "timezone: unknown IANA time zone 'Mars/Olympus'"),
+        (
+            GOOD + "timezone: Europe/Berlinn\n",
+            "(did you mean 'Europe/Berlin'?)",
+        ),
+        (GOOD + "limits: {share: 0}\n", "limits.share: must be > 0, got 0"),
+        (GOOD + "limits: {share: 1.5}\n", "limits.share: must be <= 1, got 1.5"),
+        (GOOD + "limits: {concurrency: 1001}\n", "limits.concurrency: must be <= 1000, got 1001"),
+        (GOOD + "limits: {requests_per_hour: -5}\n", "limits.requests_per_hour: must be >= 1"),
+        (GOOD + "limits: {reserve: 1}\n", "limits.reserve: must be < 1, got 1"),
+        (GOOD + "limitz: {}\n", "limitz: unknown key (did you mean 'limits'?)"),
+        (GOOD + "output: {format: parquet}\n", "output.format: must be 'jsonl' or 'csv'"),
+        (
+            GOOD + "braze: {endpoint: 'http://rest.iad-01.braze.com'}\n",
+            "braze.endpoint: must use https://",
+        ),
+        (GOOD + "braze: {endpoint: 'rest.iad-01.braze.com'}\n", "braze.endpoint: must be an"),
+        (GOOD + "braze: {api_key_env: 'MY KEY'}\n", "braze.api_key_env: must be an environment"),
+        (GOOD + "braze: {timeout_s: 0}\n", "braze.timeout_s: must be > 0, got 0"),
+        (GOOD.replace("version: 1", "version: 2"), "version: must be 1, got 2"),
+        (GOOD.replace("version: 1\n", ""), "version: required key is missing"),
+        ("version: 1\n", "exports: required key is missing"),
+        (_export().replace("    segment_ids: [seg-a]\n", ""), "exports[0].segment_ids: required"),
+        (_export().replace("[seg-a]", "seg-a"), "exports[0].segment_ids: must be a list"),
+        (_export().replace("[seg-a]", "[7]"), "exports[0].segment_ids[0]: must be a string, got 7"),
+        ("- just\n- a list\n", "must be a mapping with version: 1 and exports, got list"),
+        ("", "must be a mapping with version: 1 and exports, got an empty file"),
+        ("version: 1\nexports: [\n", "line 3, column 1: YAML syntax error"),
+    ],
+)
+def test_invalid_values_are_named_by_path(
+    write_config: Callable[..., Path], text: str, expected: str
+) -> None:
+    """Each invalid value is reported with the file and its key path."""
+    path = write_config(text)
+    with pytest.raises(ConfigError) as caught:
+        load_config(path, env={})
+    message = str(caught.value)
+    assert message.startswith(f"{path}: ")
+    assert expected in message
+
+
+def test_every_problem_is_listed(write_config: Callable[..., Path]) -> None:
+    """Several bad values give one line each, not only the first."""
+    path = write_config(GOOD + "limits: {share: 0, concurrency: 0}\n")
+    with pytest.raises(ConfigError) as caught:
+        load_config(path, env={})
+    lines = str(caught.value).splitlines()
+    assert len(lines) == 2
+    assert all(line.startswith(f"{path}: limits.") for line in lines)
+
+
+def test_missing_file_and_directory(tmp_path: Path) -> None:
+    """A missing file or a directory as CONFIG is a clear error."""
+    with pytest.raises(ConfigError, match="no such file"):
+        load_config(tmp_path / "nope.yaml", env={})
+    with pytest.raises(ConfigError, match="is a directory"):
+        load_config(tmp_path, env={})
+
+
+def test_api_key_from_env_and_file(write_config: Callable[..., Path], tmp_path: Path) -> None:
+    """The key comes from $BRAZE_API_KEY, or from the file $BRAZE_API_KEY_FILE names."""
+    config = load_config(write_config(GOOD), env={})
+    assert resolve_api_key(config, {"BRAZE_API_KEY": "k-123"}).reveal() == "k-123"
+    key_file = tmp_path / "key"
+    key_file.write_text("k-456\n")
+    assert resolve_api_key(config, {"BRAZE_API_KEY_FILE": str(key_file)}).reveal() == "k-456"
+
+
+def test_api_key_problems(write_config: Callable[..., Path]) -> None:
+    """Unset, empty and quoted keys are refused before any request."""
+    config = load_config(write_config(GOOD), env={})
+    with pytest.raises(ConfigError, match="environment variable BRAZE_API_KEY is not set"):
+        resolve_api_key(config, {})
+    with pytest.raises(ConfigError, match="BRAZE_API_KEY is empty"):
+        resolve_api_key(config, {"BRAZE_API_KEY": "  "})
+    with pytest.raises(ConfigError, match="holds quotes or spaces"):
+        resolve_api_key(config, {"BRAZE_API_KEY": '"abc"'})
+
+
+def test_api_key_repr_hides_the_secret() -> None:
+    """Neither repr nor str of the key shows it."""
+    key = ApiKey("super-secret-value")
+    assert "super-secret-value" not in repr(key)
+    assert "super-secret-value" not in str(key)
+    assert "super-secret-value" not in f"{key!r} {key}"
+
+
+def test_fingerprint_tracks_the_resolved_config(write_config: Callable[..., Path]) -> None:
+    """Equal configs hash equal; a changed value changes the hash."""
+    one = load_config(write_config(GOOD, "a.yaml"), env={})
+    two = load_config(write_config(GOOD, "b.yaml"), env={})
+    three = load_config(write_config(GOOD + "timezone: Europe/Berlin\n", "c.yaml"), env={})
+    assert one.fingerprint == two.fingerprint != three.fingerprint

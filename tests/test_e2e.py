@@ -1,0 +1,260 @@
+"""End to end through the CLI, the real HTTP path and the sandbox on loopback."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from datetime import date
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote
+
+import pytest
+
+from exporter.cli import main
+from exporter.config import load_config
+from exporter.plan import build_plan
+from exporter.sandbox import sandbox_stats, session_count
+from exporter.writers import WORK_DIR
+
+AS_OF = "2024-07-01"
+CONFIG = """\
+version: 1
+timezone: America/New_York
+limits: {{concurrency: 8}}
+output: {{dir: {out}, format: {fmt}}}
+exports:
+  - name: nightly
+    segment_ids: [seg-a, "odd/seg id"]
+    app_ids: [null, app-1]
+    units: [day, hour]
+    window: {{days: 3}}
+  - name: backfill
+    segment_ids: [seg-a]
+    units: [day]
+    window: {{start: 2024-01-01, end: 2024-06-30}}
+"""
+
+
+def _data_files(out: Path) -> list[Path]:
+    return sorted(p for p in out.rglob("*") if p.is_file() and WORK_DIR not in p.parts)
+
+
+def _check_every_row(out: Path) -> int:
+    """Every row equals the sandbox's own value; returns how many rows there are."""
+    count = 0
+    for path in _data_files(out):
+        unit, segment, app = (part.split("=", 1)[1] for part in path.parts[-4:-1])
+        segment_id = unquote(segment)
+        app_id = None if app == "_all" else unquote(app)
+        if path.suffix == ".jsonl":
+            rows: list[dict[str, Any]] = [json.loads(x) for x in path.read_text().splitlines()]
+        else:
+            header, *lines = path.read_text().splitlines()
+            rows = [dict(zip(header.split(","), line.split(","), strict=True)) for line in lines]
+        times = [r["time"] for r in rows]
+        assert times == sorted(times)
+        assert len(set(times)) == len(times)
+        for row in rows:
+            assert row["segment_id"] == segment_id
+            assert (row["app_id"] or None) == app_id
+            assert row["unit"] == unit
+            assert int(row["sessions"]) == session_count(segment_id, app_id, unit, row["time"])
+        count += len(rows)
+    return count
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "csv"])
+def test_sandbox_run_writes_every_point_exactly_once(
+    tmp_path: Path,
+    write_config: Callable[..., Path],
+    fmt: str,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """run --sandbox writes every planned period once, each with the sandbox's value."""
+    out = tmp_path / "out"
+    path = write_config(CONFIG.format(out=out, fmt=fmt))
+    assert main(["run", str(path), "--sandbox", "--as-of", AS_OF]) == 0
+    plan = build_plan(load_config(path, env={}), date.fromisoformat(AS_OF))
+    assert _check_every_row(out) == sum(r.length for r in plan.requests)
+    summary = capsys.readouterr().out
+    assert f"series: {len(plan.series)} ok, 0 failed" in summary
+    assert f"requests: {len(plan.requests)} done" in summary
+    hour_files = list((out / "sessions/unit=hour").rglob(f"*.{fmt}"))
+    assert {p.name for p in hour_files} == {f"2024-06-{d}.{fmt}" for d in (28, 29, 30)} | {
+        f"2024-07-01.{fmt}"
+    }  # New York days end at 04:00 UTC the next day
+
+
+def test_real_endpoint_path_key_resume_and_fresh(
+    tmp_path: Path,
+    write_config: Callable[..., Path],
+    sandbox_server: Any,
+    env_key: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """With the key from the environment: a rerun skips done requests, --fresh refetches
+    and rewrites byte-identical files."""
+    out = tmp_path / "out"
+    path = write_config(CONFIG.format(out=out, fmt="jsonl"))
+    with sandbox_server() as server:
+        monkeypatch.setenv("BRAZE_REST_ENDPOINT", server.url)
+        assert main(["run", str(path), "--as-of", AS_OF]) == 0
+        first = {p: p.read_bytes() for p in _data_files(out)}
+        sent_first = sandbox_stats(server.app).requests
+        capsys.readouterr()
+        assert main(["run", str(path), "--as-of", AS_OF]) == 0
+        assert sandbox_stats(server.app).requests == sent_first  # nothing fetched again
+        assert "0 done" in capsys.readouterr().out
+        assert main(["run", str(path), "--as-of", AS_OF, "--fresh"]) == 0
+        assert sandbox_stats(server.app).requests == 2 * sent_first
+    assert {p: p.read_bytes() for p in _data_files(out)} == first
+
+
+def test_auth_refused_exits_3_with_advice(
+    tmp_path: Path,
+    write_config: Callable[..., Path],
+    sandbox_server: Any,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A wrong key stops the run with exit 3 and says what to check."""
+    out = tmp_path / "out"
+    path = write_config(CONFIG.format(out=out, fmt="jsonl"))
+    monkeypatch.setenv("BRAZE_API_KEY", "wrong-key-123")
+    with sandbox_server() as server:
+        monkeypatch.setenv("BRAZE_REST_ENDPOINT", server.url)
+        assert main(["run", str(path), "--as-of", AS_OF]) == 3
+        sent = sandbox_stats(server.app).requests
+    err = capsys.readouterr().err
+    assert "HTTP 401" in err
+    assert "sessions.data_series" in err
+    assert "wrong-key-123" not in err
+    assert sent <= 8  # the run stopped instead of trying every request
+    assert _data_files(out) == []
+
+
+def test_denied_permission_exits_3(
+    tmp_path: Path,
+    write_config: Callable[..., Path],
+    sandbox_server: Any,
+    env_key: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A 403 stops the run with exit 3."""
+    path = write_config(CONFIG.format(out=tmp_path / "out", fmt="jsonl"))
+    with sandbox_server(deny=True) as server:
+        monkeypatch.setenv("BRAZE_REST_ENDPOINT", server.url)
+        assert main(["run", str(path), "--as-of", AS_OF]) == 3
+    assert "HTTP 403" in capsys.readouterr().err
+
+
+def test_a_rejected_series_fails_alone(
+    tmp_path: Path,
+    write_config: Callable[..., Path],
+    sandbox_server: Any,
+    env_key: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A 400 fails that segment's series, the others are written, exit 1 lists the failures."""
+    out = tmp_path / "out"
+    path = write_config(CONFIG.format(out=out, fmt="jsonl"))
+    with sandbox_server(reject_segments=frozenset({"odd/seg id"})) as server:
+        monkeypatch.setenv("BRAZE_REST_ENDPOINT", server.url)
+        assert main(["run", str(path), "--as-of", AS_OF]) == 1
+        rejected = sandbox_stats(server.app).requests - sandbox_stats(server.app).ok
+    summary = capsys.readouterr().out
+    assert "series: 4 ok, 4 failed" in summary
+    assert (
+        "failed segment=odd%2Fseg%20id app=_all unit=day: HTTP 400: Invalid segment_id" in summary
+    )
+    assert rejected == 4  # one request per failed series: no retries of a 400
+    assert _check_every_row(out) > 0
+    assert not (out / "sessions/unit=day/segment_id=odd%2Fseg%20id").exists()
+
+
+def test_rate_limited_run_waits_for_reset_and_completes(
+    tmp_path: Path,
+    write_config: Callable[..., Path],
+    sandbox_server: Any,
+    env_key: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Against a tiny window the run pauses at the reserve and still writes everything."""
+    out = tmp_path / "out"
+    text = """\
+version: 1
+limits: {requests_per_hour: 1000000, reserve: 0.2, concurrency: 4}
+exports:
+  - name: many
+    segment_ids: [s1, s2, s3, s4, s5, s6, s7, s8, s9, s10, s11, s12]
+    window: {days: 1}
+"""
+    path = write_config(text)
+    with sandbox_server(limit=5, window_s=1.0) as server:
+        monkeypatch.setenv("BRAZE_REST_ENDPOINT", server.url)
+        assert main(["run", str(path), "--as-of", AS_OF, "--out", str(out)]) == 0
+        stats = sandbox_stats(server.app)
+    assert stats.ok == 12
+    assert stats.max_in_window <= 5
+    assert _check_every_row(out) == 12
+
+
+def test_config_error_exits_2_and_writes_nothing(
+    tmp_path: Path, write_config: Callable[..., Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An invalid config is exit 2 with the key path; no output directory appears."""
+    out = tmp_path / "out"
+    path = write_config(CONFIG.format(out=out, fmt="jsonl").replace("days: 3", "days: 0"))
+    assert main(["run", str(path), "--sandbox"]) == 2
+    assert "exports[0].window.days: must be >= 1, got 0" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_run_without_key_exits_2(
+    tmp_path: Path,
+    write_config: Callable[..., Path],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """No key in the environment: exit 2 before anything is fetched or written."""
+    monkeypatch.delenv("BRAZE_API_KEY", raising=False)
+    monkeypatch.delenv("BRAZE_API_KEY_FILE", raising=False)
+    out = tmp_path / "out"
+    path = write_config(CONFIG.format(out=out, fmt="jsonl"))
+    assert main(["run", str(path)]) == 2
+    assert "BRAZE_API_KEY is not set" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_plan_json_lists_every_request(
+    tmp_path: Path, write_config: Callable[..., Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """plan --json has one entry per request with Braze's parameters."""
+    path = write_config(CONFIG.format(out=tmp_path / "out", fmt="jsonl"))
+    assert main(["plan", str(path), "--as-of", AS_OF, "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["series"] == 8
+    # 7 series x 1 request; seg-a's day series is the backfill's 182 days, which contain
+    # the nightly's 3, in 2 requests.
+    assert len(doc["requests"]) == 9
+    first = doc["requests"][0]
+    assert set(first) == {"segment_id", "app_id", "unit", "length", "ending_at"}
+
+
+def test_plan_and_validate_summaries(
+    tmp_path: Path, write_config: Callable[..., Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """plan states series, requests, budget and time; validate summarises the config."""
+    path = write_config(CONFIG.format(out=tmp_path / "out", fmt="jsonl"))
+    assert main(["plan", str(path), "--as-of", AS_OF]) == 0
+    text = capsys.readouterr().out
+    assert "series:   8" in text
+    assert "requests: 9" in text
+    assert "250,000 requests/hour" in text
+    assert "time:" in text
+    assert main(["validate", str(path)]) == 0
+    assert "valid. 2 export(s)" in capsys.readouterr().out

@@ -1,0 +1,170 @@
+"""Partition files: layout, merge by time, atomic replace, safe paths."""
+
+from __future__ import annotations
+
+import json
+import os
+from datetime import UTC, date, datetime
+from pathlib import Path
+
+import pytest
+
+from exporter.client import Point
+from exporter.errors import ExporterError
+from exporter.plan import Series, period_of
+from exporter.writers import WORK_DIR, PartitionWriter, encode_id, partition_path
+
+DAY = Series("seg-a", None, "day")
+
+
+def _days(start: str, values: list[int]) -> list[Point]:
+    first = date.fromisoformat(start).toordinal()
+    return [
+        Point(date.fromordinal(first + i).isoformat(), value, first + i)
+        for i, value in enumerate(values)
+    ]
+
+
+def _rows(path: Path) -> list[dict[str, object]]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+async def test_jsonl_rows_have_the_documented_shape(tmp_path: Path) -> None:
+    """One object per point, keys in order, time verbatim, workspace app_id null."""
+    writer = PartitionWriter(tmp_path, "jsonl")
+    (written,) = await writer.write(DAY, _days("2024-04-29", [42, 7]))
+    path = tmp_path / "sessions/unit=day/segment_id=seg-a/app_id=_all/2024-04.jsonl"
+    assert written.path == path
+    assert written.rows == 2
+    assert path.read_text() == (
+        '{"time": "2024-04-29", "sessions": 42, "segment_id": "seg-a", "app_id": null, '
+        '"unit": "day"}\n'
+        '{"time": "2024-04-30", "sessions": 7, "segment_id": "seg-a", "app_id": null, '
+        '"unit": "day"}\n'
+    )
+
+
+async def test_csv_rows_have_the_documented_shape(tmp_path: Path) -> None:
+    """CSV has the header and an empty app_id for the workspace."""
+    writer = PartitionWriter(tmp_path, "csv")
+    await writer.write(DAY, _days("2024-04-30", [42]))
+    path = tmp_path / "sessions/unit=day/segment_id=seg-a/app_id=_all/2024-04.csv"
+    assert path.read_text() == "time,sessions,segment_id,app_id,unit\n2024-04-30,42,seg-a,,day\n"
+
+
+async def test_points_split_by_the_datas_own_month(tmp_path: Path) -> None:
+    """A request spanning two months writes two partitions."""
+    writer = PartitionWriter(tmp_path, "jsonl")
+    written = await writer.write(DAY, _days("2024-04-29", [1, 2, 3, 4]))
+    assert [w.path.name for w in written] == ["2024-04.jsonl", "2024-05.jsonl"]
+    assert [w.rows for w in written] == [2, 2]
+
+
+async def test_hour_series_partition_by_utc_date(tmp_path: Path) -> None:
+    """Hour points go to a file per UTC day."""
+    hours = Series("seg-a", "app-1", "hour")
+    first = period_of("hour", "2024-04-30T22:00:00")
+    points = [
+        Point(
+            datetime.fromtimestamp((first + i) * 3600, UTC).strftime("%Y-%m-%dT%H:%M:%S"),
+            i,
+            first + i,
+        )
+        for i in range(4)
+    ]
+    written = await PartitionWriter(tmp_path, "jsonl").write(hours, points)
+    assert [w.path.name for w in written] == ["2024-04-30.jsonl", "2024-05-01.jsonl"]
+    assert written[0].path.parent.name == "app_id=app-1"
+
+
+async def test_rerun_and_overlap_never_duplicate_and_restated_values_win(tmp_path: Path) -> None:
+    """Writing the same and overlapping points again keeps one row per time, newest value."""
+    writer = PartitionWriter(tmp_path, "jsonl")
+    await writer.write(DAY, _days("2024-04-01", [1, 2, 3, 4, 5]))
+    first_bytes = next(tmp_path.rglob("*.jsonl")).read_bytes()
+    await writer.write(DAY, _days("2024-04-01", [1, 2, 3, 4, 5]))
+    path = next(tmp_path.rglob("*.jsonl"))
+    assert path.read_bytes() == first_bytes  # same data, same bytes
+    await writer.write(DAY, _days("2024-04-04", [40, 50, 60]))
+    rows = _rows(path)
+    assert [r["time"] for r in rows] == [f"2024-04-0{d}" for d in range(1, 7)]
+    assert [r["sessions"] for r in rows] == [1, 2, 3, 40, 50, 60]
+
+
+async def test_out_of_order_writes_end_sorted(tmp_path: Path) -> None:
+    """Later periods written first still end in time order."""
+    writer = PartitionWriter(tmp_path, "csv")
+    await writer.write(DAY, _days("2024-04-20", [5]))
+    await writer.write(DAY, _days("2024-04-02", [1]))
+    lines = next(tmp_path.rglob("*.csv")).read_text().splitlines()
+    assert [line.split(",")[0] for line in lines[1:]] == ["2024-04-02", "2024-04-20"]
+
+
+async def test_replace_is_atomic_and_leaves_no_temp_file(tmp_path: Path) -> None:
+    """Temp files live under .braze-export/ and are gone after the rename."""
+    writer = PartitionWriter(tmp_path, "jsonl")
+    await writer.write(DAY, _days("2024-04-01", [1]))
+    assert writer.tmp_dir == tmp_path / WORK_DIR / "tmp"
+    assert list(writer.tmp_dir.iterdir()) == []
+    data_files = [p for p in tmp_path.rglob("*") if p.is_file() and WORK_DIR not in p.parts]
+    assert len(data_files) == 1
+
+
+async def test_a_failed_write_keeps_the_old_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """If the rename never happens, the old file is intact and no temp file stays."""
+    writer = PartitionWriter(tmp_path, "jsonl")
+    await writer.write(DAY, _days("2024-04-01", [1]))
+    path = next(tmp_path.rglob("*.jsonl"))
+    before = path.read_bytes()
+
+    def fail(*_: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "replace", fail)
+    with pytest.raises(ExporterError, match="No space left on device"):
+        await writer.write(DAY, _days("2024-04-01", [99]))
+    assert path.read_bytes() == before
+    assert list(writer.tmp_dir.iterdir()) == []
+
+
+async def test_a_foreign_file_is_not_overwritten(tmp_path: Path) -> None:
+    """A partition file that is not ours stops that series with a clear message."""
+    path = partition_path(tmp_path, DAY, "2024-04", "jsonl")
+    path.parent.mkdir(parents=True)
+    path.write_text("hello\n")
+    with pytest.raises(ExporterError, match="not a file this tool wrote"):
+        await PartitionWriter(tmp_path, "jsonl").write(DAY, _days("2024-04-01", [1]))
+    assert path.read_text() == "hello\n"
+
+
+@pytest.mark.parametrize(
+    ("raw", "encoded"),
+    [
+        ("seg-a", "seg-a"),
+        ("a/b", "a%2Fb"),
+        ("../../x", "..%2F..%2Fx"),
+        ("%2F", "%252F"),
+        ("..", ".."),
+        ("_all", "%5Fall"),
+        ("späti", "sp%C3%A4ti"),
+        (None, "_all"),
+    ],
+)
+def test_ids_are_percent_encoded(raw: str | None, encoded: str) -> None:
+    """Ids are data: separators are encoded, and no real id can read as the workspace."""
+    assert encode_id(raw) == encoded
+
+
+async def test_hostile_ids_stay_inside_the_output_dir(tmp_path: Path) -> None:
+    """Traversal-looking ids write below output.dir under their key= directory."""
+    root = tmp_path / "out"
+    for segment in ["../../x", "a/b", "..", ".", "%2F", "/etc/passwd", "späti", "x" * 256]:
+        series = Series(segment, "../app", "day")
+        for written in await PartitionWriter(root, "jsonl").write(series, _days("2024-04-01", [1])):
+            resolved = written.path.resolve()
+            assert resolved.is_relative_to(root.resolve())
+            assert resolved.parent.parent.name.startswith("segment_id=")
+            assert all(len(part.encode()) <= 255 for part in resolved.parts)
+    assert {p.name for p in tmp_path.iterdir()} == {"out"}
