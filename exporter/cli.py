@@ -15,8 +15,6 @@ from datetime import date, datetime
 from pathlib import Path
 from typing import Any
 
-import aiohttp
-
 from exporter import __version__
 from exporter.config import ApiKey, Config, load_config, resolve_api_key
 from exporter.errors import ConfigError
@@ -45,6 +43,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"error: {exc}".replace("\n", "\nerror: "), file=sys.stderr)
         return EXIT_USAGE
+    except KeyboardInterrupt:
+        # Only before the run installs its own handlers (while starting up): nothing to save.
+        print("interrupted", file=sys.stderr)
+        return EXIT_SIGNAL[signal.SIGINT]
     return code
 
 
@@ -243,7 +245,7 @@ async def _run(
     args: argparse.Namespace, config: Config, plan: Plan, key: ApiKey | None, out_dir: Path
 ) -> int:
     # Imported here: the pipeline module is only needed by this command.
-    from exporter.client import BrazeClient
+    from exporter.client import BrazeClient, make_session
     from exporter.pipeline import Pipeline
 
     limits = config.limits
@@ -256,14 +258,16 @@ async def _run(
     state = State(
         out_dir / WORK_DIR / STATE_FILE, scope=f"{config.output.format}|{config.timezone}"
     )
-    connector = aiohttp.TCPConnector(limit=limits.concurrency, limit_per_host=limits.concurrency)
+    writer = PartitionWriter(out_dir, config.output.format)
+    if removed := writer.remove_stale_temp_files():
+        log.info("removed %d temp file(s) left by an interrupted run", removed)
     try:
-        async with aiohttp.ClientSession(connector=connector) as session:
+        async with make_session(limits.concurrency) as session:
             budget = Budget(limits.requests_per_hour, limits.share, limits.reserve)
             pipeline = Pipeline(
                 client=BrazeClient(session, endpoint, key, timeout_s=config.braze.timeout_s),
                 budget=budget,
-                writer=PartitionWriter(out_dir, config.output.format),
+                writer=writer,
                 state=state,
                 policy=RetryPolicy(max_attempts=limits.max_attempts),
                 concurrency=limits.concurrency,
@@ -305,7 +309,7 @@ async def _run(
         if runner is not None:
             await runner.cleanup()
 
-    for line in summary_lines(result, plan, budget.allowed_per_hour):
+    for line in summary_lines(result, plan, budget):
         print(line)
     if received:
         print(

@@ -22,7 +22,7 @@ from exporter.errors import (
 from exporter.plan import Request, period_of
 from exporter.ratelimit import RateHeaders, parse_rate_headers
 
-__all__ = ["PATH", "BrazeClient", "Point", "Response", "interpret"]
+__all__ = ["PATH", "BrazeClient", "Point", "Response", "interpret", "make_session"]
 
 PATH = "/sessions/data_series"
 _MAX_BODY = 4 * 1024 * 1024  # 100 points are a few KiB; anything near this is not a series
@@ -40,6 +40,18 @@ class Response:
     status: int
     rate: RateHeaders
     body: bytes
+
+
+def make_session(concurrency: int) -> aiohttp.ClientSession:
+    """The run's one session: a connection per worker at most, and no hidden retries."""
+    connector = aiohttp.TCPConnector(limit=concurrency, limit_per_host=concurrency)
+    session = aiohttp.ClientSession(connector=connector)
+    # aiohttp silently resends an idempotent request once when a kept-alive connection turns
+    # out closed. That attempt would bypass the budget's token and our retry log, so turn it
+    # off: the retry policy handles the TransportError. (No public switch as of aiohttp 3.14.)
+    if hasattr(session, "_retry_connection"):
+        session._retry_connection = False
+    return session
 
 
 class BrazeClient:

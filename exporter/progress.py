@@ -9,6 +9,7 @@ from typing import TextIO
 
 from exporter.pipeline import RunResult
 from exporter.plan import Plan
+from exporter.ratelimit import Budget
 
 __all__ = ["Progress", "eta_seconds", "format_duration", "status_line", "summary_lines"]
 
@@ -82,7 +83,8 @@ class Progress:
             self.stream.flush()
 
 
-def summary_lines(result: RunResult, plan: Plan, allowed_per_hour: float) -> list[str]:
+def summary_lines(result: RunResult, plan: Plan, budget: Budget) -> list[str]:
+    allowed_per_hour = budget.allowed_per_hour
     failed = len(result.failures)
     ok = len(plan.series) - failed
     per_s = result.requests_sent / result.elapsed if result.elapsed > 0 else 0.0
@@ -94,7 +96,8 @@ def summary_lines(result: RunResult, plan: Plan, allowed_per_hour: float) -> lis
         f"rows: {result.rows_written} written to {len(result.files)} files",
         f"budget: {result.requests_sent} requests sent in {format_duration(result.elapsed)} "
         f"({per_s:.1f}/s); allowed {_rate(allowed_per_hour)}/hour "
-        f"({allowed_per_hour / 3600:.1f}/s)",
+        f"({allowed_per_hour / 3600:.1f}/s); paused {budget.pauses} time(s) for the reserve "
+        f"or a 429",
     ]
     for series, reason in sorted(result.failures.items(), key=lambda i: i[0].sort_key()):
         lines.append(f"failed {series.label}: {reason}")

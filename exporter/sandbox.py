@@ -66,6 +66,7 @@ class SandboxStats:
     rate_limited: int = 0
     faults: int = 0
     max_in_window: int = 0
+    repeated: int = 0  # distinct requests received more than once (retries, resumed runs)
     window_counts: dict[int, int] = field(default_factory=dict)
 
 
@@ -141,7 +142,11 @@ class _Sandbox:
         segment, app, unit, labels = params
         if segment in opts.reject_segments:
             return _error(400, "Invalid segment_id", headers, [f"segment {segment} not found"])
-        fault = self._fault(request.query_string)
+        n = self._seen.get(request.query_string, 0)
+        self._seen[request.query_string] = n + 1
+        if n == 1:
+            self.stats.repeated += 1
+        fault = self._fault(request.query_string, n)
         if fault is not None:
             self.stats.faults += 1
             return await _faulty(request, fault, headers, opts.slow_s)
@@ -164,11 +169,10 @@ class _Sandbox:
         self.stats.ok += 1
         return web.json_response({"message": "success", "data": data}, headers=headers)
 
-    def _fault(self, query: str) -> str | None:
+    def _fault(self, query: str, n: int) -> str | None:
+        """Whether the n-th receipt of this exact request fails, and how."""
         if self.options.fault_rate <= 0:
             return None
-        n = self._seen.get(query, 0)
-        self._seen[query] = n + 1
         roll = _hash01(f"{self.options.seed}\x1f{query}\x1f{n}")
         if roll >= self.options.fault_rate:
             return None
@@ -274,7 +278,10 @@ async def start_sandbox(
     options: SandboxOptions | None = None, host: str = "127.0.0.1", port: int = 0
 ) -> tuple[web.AppRunner, str]:
     """Start it in this event loop; returns the runner (call ``cleanup()``) and its URL."""
-    runner = web.AppRunner(make_app(options), access_log=None, handle_signals=False)
+    # A short shutdown: a "slow" fault may still be sleeping when its client has given up.
+    runner = web.AppRunner(
+        make_app(options), access_log=None, handle_signals=False, shutdown_timeout=0.5
+    )
     await runner.setup()
     site = web.TCPSite(runner, host, port)
     await site.start()

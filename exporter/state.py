@@ -23,7 +23,8 @@ class State:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         self._scope = scope
-        self._db = sqlite3.connect(path, isolation_level=None)
+        # Shards of one export may share the directory: wait for each other's commits.
+        self._db = sqlite3.connect(path, isolation_level=None, timeout=60)
         self._db.execute("PRAGMA journal_mode=WAL")
         # NORMAL skips the fsync per commit; WAL still keeps every commit across a process kill.
         self._db.execute("PRAGMA synchronous=NORMAL")
@@ -40,9 +41,6 @@ class State:
         self._db.execute(
             "INSERT OR REPLACE INTO done (key, rows) VALUES (?, ?)", (self._key(request), rows)
         )
-
-    def forget_all(self) -> None:
-        self._db.execute("DELETE FROM done")
 
     def close(self) -> None:
         self._db.close()

@@ -84,6 +84,19 @@ class PartitionWriter:
         self.tmp_dir = root / WORK_DIR / "tmp"
         self._locks = [asyncio.Lock() for _ in range(_LOCK_STRIPES)]
 
+    def remove_stale_temp_files(self) -> int:
+        """Delete temp files left by processes that died mid-write (kill -9, power loss).
+
+        Only files of processes no longer alive: shards may share this directory.
+        """
+        removed = 0
+        for tmp in self.tmp_dir.glob("*.part"):
+            pid = tmp.name.split("-", 1)[0]
+            if pid.isdigit() and not _alive(int(pid)):
+                tmp.unlink(missing_ok=True)
+                removed += 1
+        return removed
+
     async def write(self, series: Series, points: Iterable[Point]) -> list[WrittenFile]:
         """Merge points into their partitions. Two writers of one file take turns."""
         groups: dict[str, list[Point]] = {}
@@ -148,7 +161,7 @@ class PartitionWriter:
     def _replace(self, path: Path, data: bytes) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.tmp_dir.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=self.tmp_dir, suffix=".part")
+        fd, tmp = tempfile.mkstemp(dir=self.tmp_dir, prefix=f"{os.getpid()}-", suffix=".part")
         try:
             with os.fdopen(fd, "wb") as handle:
                 handle.write(data)
@@ -162,6 +175,16 @@ class PartitionWriter:
             raise
         if self.durable:
             _fsync_dir(path.parent)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _fsync_dir(directory: Path) -> None:
