@@ -1,4 +1,4 @@
-"""Command line: parse arguments, set up logging, wire the parts, map outcomes to exit codes."""
+"""Command line: parse arguments, set up logging, call the parts, print, map to exit codes."""
 
 from __future__ import annotations
 
@@ -7,44 +7,50 @@ import asyncio
 import json
 import logging
 import os
+import re
 import secrets
 import signal
 import sys
 from collections.abc import Sequence
 from datetime import date, datetime
 from pathlib import Path
-from typing import Any
 
 from exporter import __version__
-from exporter.config import ApiKey, Config, load_config, resolve_api_key
-from exporter.errors import ConfigError
+from exporter.config import Config, load_config, resolve_api_key
+from exporter.errors import ConfigError, ExporterError
+from exporter.logs import new_run_id, set_secret, setup_logging
 from exporter.plan import Plan, build_plan
-from exporter.progress import Progress, eta_seconds, format_duration, status_line, summary_lines
-from exporter.ratelimit import Budget
-from exporter.retry import RetryPolicy
-from exporter.sandbox import SandboxOptions, run_sandbox, start_sandbox
-from exporter.state import STATE_FILE, State
-from exporter.writers import WORK_DIR, PartitionWriter
+from exporter.progress import eta_seconds, format_duration
+from exporter.runner import (
+    EXIT_AUTH,
+    EXIT_FAILED,
+    EXIT_OK,
+    EXIT_SIGNAL,
+    EXIT_USAGE,
+    RunOptions,
+    execute,
+)
+from exporter.sandbox import SandboxOptions, run_sandbox
 
 __all__ = ["EXIT_AUTH", "EXIT_FAILED", "EXIT_OK", "EXIT_USAGE", "main"]
-
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_AUTH = 0, 1, 2, 3
-EXIT_SIGNAL = {signal.SIGINT: 130, signal.SIGTERM: 143}
 
 log = logging.getLogger("exporter")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = _parser()
-    args = parser.parse_args(argv)
-    _setup_logging(args.log_level)
+    args = _parser().parse_args(argv)
+    args.run_id = new_run_id()
+    args.log_handler = setup_logging(args.log_level, args.log_format, run_id=args.run_id)
     try:
         code: int = args.func(args)
     except ConfigError as exc:
         print(f"error: {exc}".replace("\n", "\nerror: "), file=sys.stderr)
         return EXIT_USAGE
+    except ExporterError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
     except KeyboardInterrupt:
-        # Only before the run installs its own handlers (while starting up): nothing to save.
+        # Only before a run installs its own handlers (while starting up): nothing to save.
         print("interrupted", file=sys.stderr)
         return EXIT_SIGNAL[signal.SIGINT]
     return code
@@ -57,7 +63,17 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     parser.add_argument(
-        "--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"], type=str.upper
+        "--log-level",
+        default="INFO",
+        type=str.upper,
+        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+        help="default INFO",
+    )
+    parser.add_argument(
+        "--log-format",
+        default="text",
+        choices=["text", "json"],
+        help="text for people (default), json: one object per line with run_id and event",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -66,14 +82,12 @@ def _parser() -> argparse.ArgumentParser:
     validate.set_defaults(func=_cmd_validate)
 
     plan = sub.add_parser("plan", help="show the requests a run would make, and their cost")
-    plan.add_argument("config")
-    plan.add_argument("--as-of", type=_date, help="YYYY-MM-DD; default: today in the config's zone")
+    _plan_args(plan)
     plan.add_argument("--json", action="store_true", help="list every request as JSON")
     plan.set_defaults(func=_cmd_plan)
 
     run = sub.add_parser("run", help="export")
-    run.add_argument("config")
-    run.add_argument("--as-of", type=_date, help="YYYY-MM-DD; default: today in the config's zone")
+    _plan_args(run)
     run.add_argument("--out", help="output directory (overrides output.dir)")
     run.add_argument(
         "--sandbox",
@@ -90,9 +104,13 @@ def _parser() -> argparse.ArgumentParser:
         type=float,
         default=None,
         metavar="S",
-        help="seconds between progress lines (default 0.5 on a terminal, else 10)",
+        help="seconds between progress updates (default 0.5 on a terminal, else 10)",
     )
     run.set_defaults(func=_cmd_run)
+
+    check = sub.add_parser("verify", help="recheck the files of a run against its manifests")
+    check.add_argument("dir", help="the output directory of earlier runs")
+    check.set_defaults(func=_cmd_verify)
 
     box = sub.add_parser("sandbox", help="serve the Braze-compatible sandbox")
     box.add_argument("--host", default="127.0.0.1")
@@ -127,6 +145,20 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _plan_args(command: argparse.ArgumentParser) -> None:
+    command.add_argument("config")
+    command.add_argument(
+        "--as-of", type=_date, help="YYYY-MM-DD; default: today in the config's time zone"
+    )
+    command.add_argument(
+        "--shard",
+        type=_shard,
+        metavar="K/N",
+        help="only the K-th of N disjoint parts of the series, with 1/N of "
+        "the budget (for N parallel jobs)",
+    )
+
+
 def _date(text: str) -> date:
     try:
         return date.fromisoformat(text)
@@ -134,28 +166,27 @@ def _date(text: str) -> date:
         raise argparse.ArgumentTypeError(f"must be a date YYYY-MM-DD, got {text!r}") from None
 
 
-def _setup_logging(level: str) -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(level)
-    # aiohttp's own loggers would repeat what our errors already say, with URLs.
-    logging.getLogger("aiohttp").setLevel(logging.ERROR)
+def _shard(text: str) -> tuple[int, int]:
+    match = re.fullmatch(r"(\d+)/(\d+)", text)
+    if not match or not 1 <= int(match[1]) <= int(match[2]) <= 1000:
+        raise argparse.ArgumentTypeError(f"must be K/N with 1 <= K <= N <= 1000, got {text!r}")
+    return int(match[1]), int(match[2])
 
 
 def _load(args: argparse.Namespace) -> tuple[Config, Plan]:
     config = load_config(args.config)
-    as_of = getattr(args, "as_of", None) or datetime.now(config.tz).date()
-    plan = build_plan(config, as_of)
+    as_of = args.as_of or datetime.now(config.tz).date()
+    plan = build_plan(config, as_of, args.shard)
     for warning in plan.warnings:
-        log.warning("%s", warning)
+        log.warning("%s", warning, extra={"event": "plan_warning"})
     return config, plan
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
     config = load_config(args.config)
-    series = {s for e in config.exports for s in _series_of(e)}
+    series = {
+        (s, a, u) for e in config.exports for s in e.segment_ids for a in e.app_ids for u in e.units
+    }
     key_var = config.braze.api_key_env
     key_state = (
         "set"
@@ -173,17 +204,13 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _series_of(export: Any) -> list[tuple[str, str | None, str]]:
-    return [(s, a, u) for s in export.segment_ids for a in export.app_ids for u in export.units]
-
-
 def _cmd_plan(args: argparse.Namespace) -> int:
     config, plan = _load(args)
-    limits = config.limits
     if args.json:
         doc = {
             "as_of": plan.as_of.isoformat(),
             "timezone": plan.timezone,
+            "shard": None if plan.shard is None else f"{plan.shard[0]}/{plan.shard[1]}",
             "series": len(plan.series),
             "requests": [
                 {
@@ -199,14 +226,18 @@ def _cmd_plan(args: argparse.Namespace) -> int:
         json.dump(doc, sys.stdout, indent=1)
         print()
         return EXIT_OK
-    allowed = limits.requests_per_hour * limits.share
-    eta = eta_seconds(len(plan.requests), limits.requests_per_hour, limits.share, limits.reserve)
+    limits = config.limits
+    shards = plan.shard[1] if plan.shard else 1
+    share = limits.share / shards
+    allowed = limits.requests_per_hour * share
+    eta = eta_seconds(len(plan.requests), limits.requests_per_hour, share, limits.reserve)
     periods = sum(r.length for r in plan.requests)
-    print(f"plan for {config.source} as of {plan.as_of} ({plan.timezone})")
+    part = f", shard {plan.shard[0]}/{shards}" if plan.shard else ""
+    print(f"plan for {config.source} as of {plan.as_of} ({plan.timezone}{part})")
     print(f"series:   {len(plan.series):,}")
     print(f"requests: {len(plan.requests):,} (for {periods:,} periods, at most 100 per request)")
     print(
-        f"budget:   {allowed:,.0f} requests/hour ({limits.share:.0%} of "
+        f"budget:   {allowed:,.0f} requests/hour ({share:.0%} of "
         f"{limits.requests_per_hour:,}; {allowed / 3600:.1f}/s), pausing when the workspace "
         f"has {limits.reserve:.0%} left"
     )
@@ -214,7 +245,59 @@ def _cmd_plan(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _cmd_run(args: argparse.Namespace) -> int:
+    config, plan = _load(args)
+    key = None if args.sandbox else resolve_api_key(config)
+    if key is not None:
+        set_secret(args.log_handler, key.reveal())
+    out_dir = Path(args.out or config.output.dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ConfigError(f"output directory {out_dir} exists and is not a directory")
+    options = RunOptions(
+        out_dir=out_dir,
+        run_id=args.run_id,
+        fresh=args.fresh,
+        sandbox=args.sandbox,
+        progress_interval=args.progress_interval,
+    )
+    outcome = asyncio.run(execute(config, plan, key, options))
+    for line in outcome.summary:
+        print(line)
+    print(f"manifest: {outcome.manifest}")
+    log.info(
+        "run finished with exit status %d",
+        outcome.exit_code,
+        extra={"event": "run_finished", "status": outcome.exit_code},
+    )
+    if outcome.signal_name:
+        print(
+            f"interrupted by {outcome.signal_name}: completed requests are saved; "
+            f"rerun the same command to resume",
+            file=sys.stderr,
+        )
+    elif outcome.result.auth_error is not None:
+        print(f"error: {outcome.result.auth_error}", file=sys.stderr)
+    return outcome.exit_code
+
+
+def _cmd_verify(args: argparse.Namespace) -> int:
+    from exporter.manifest import verify
+
+    report = verify(Path(args.dir))
+    for name in report.changed:
+        print(f"changed: {name}")
+    for name in report.missing:
+        print(f"missing: {name}")
+    print(
+        f"{report.ok} file(s) ok, {len(report.changed)} changed, {len(report.missing)} missing "
+        f"({report.manifests} manifest(s), latest {report.latest.name})"
+    )
+    return EXIT_OK if not report.changed and not report.missing else EXIT_FAILED
+
+
 def _cmd_sandbox(args: argparse.Namespace) -> int:
+    if not 0 <= args.fault_rate <= 1:
+        raise ConfigError(f"--fault-rate must be between 0 and 1, got {args.fault_rate}")
     options = SandboxOptions(
         api_key=args.api_key,
         limit=args.limit,
@@ -226,99 +309,5 @@ def _cmd_sandbox(args: argparse.Namespace) -> int:
         deny=args.deny,
         restate=secrets.randbelow(10**6) + 1 if args.restate else 0,
     )
-    if not 0 <= options.fault_rate <= 1:
-        raise ConfigError(f"--fault-rate must be between 0 and 1, got {options.fault_rate}")
     run_sandbox(options, args.host, args.port)
     return EXIT_OK
-
-
-def _cmd_run(args: argparse.Namespace) -> int:
-    config, plan = _load(args)
-    key = None if args.sandbox else resolve_api_key(config)
-    out_dir = Path(args.out or config.output.dir)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise ConfigError(f"output directory {out_dir} exists and is not a directory")
-    return asyncio.run(_run(args, config, plan, key, out_dir))
-
-
-async def _run(
-    args: argparse.Namespace, config: Config, plan: Plan, key: ApiKey | None, out_dir: Path
-) -> int:
-    # Imported here: the pipeline module is only needed by this command.
-    from exporter.client import BrazeClient, make_session
-    from exporter.pipeline import Pipeline
-
-    limits = config.limits
-    runner = None
-    endpoint = config.braze.endpoint
-    if key is None:
-        key = ApiKey(secrets.token_urlsafe(24))
-        runner, endpoint = await start_sandbox(SandboxOptions(api_key=key.reveal()))
-        log.info("sandbox started on %s", endpoint)
-    state = State(
-        out_dir / WORK_DIR / STATE_FILE, scope=f"{config.output.format}|{config.timezone}"
-    )
-    writer = PartitionWriter(out_dir, config.output.format)
-    if removed := writer.remove_stale_temp_files():
-        log.info("removed %d temp file(s) left by an interrupted run", removed)
-    try:
-        async with make_session(limits.concurrency) as session:
-            budget = Budget(limits.requests_per_hour, limits.share, limits.reserve)
-            pipeline = Pipeline(
-                client=BrazeClient(session, endpoint, key, timeout_s=config.braze.timeout_s),
-                budget=budget,
-                writer=writer,
-                state=state,
-                policy=RetryPolicy(max_attempts=limits.max_attempts),
-                concurrency=limits.concurrency,
-                fresh=args.fresh,
-            )
-            received: list[int] = []
-
-            def on_signal(signum: int) -> None:
-                if not received:
-                    log.warning(
-                        "received %s: finishing requests in flight, then stopping",
-                        signal.Signals(signum).name,
-                    )
-                received.append(signum)
-                pipeline.stop()
-
-            loop = asyncio.get_running_loop()
-            for signum in EXIT_SIGNAL:
-                loop.add_signal_handler(signum, on_signal, signum)
-            interactive = sys.stderr.isatty()
-            interval = args.progress_interval or (0.5 if interactive else 10.0)
-            progress = Progress(
-                sys.stderr,
-                lambda: status_line(pipeline.result, plan, pipeline.elapsed()),
-                interactive=interactive,
-                interval_s=interval,
-            )
-            ticker = asyncio.create_task(progress.run())
-            try:
-                result = await pipeline.run(plan)
-            finally:
-                ticker.cancel()
-                await asyncio.wait([ticker])
-                progress.close()
-                for signum in EXIT_SIGNAL:
-                    loop.remove_signal_handler(signum)
-    finally:
-        state.close()
-        if runner is not None:
-            await runner.cleanup()
-
-    for line in summary_lines(result, plan, budget):
-        print(line)
-    if received:
-        print(
-            f"interrupted by {signal.Signals(received[0]).name}: completed requests are saved; "
-            f"rerun the same command to resume",
-            file=sys.stderr,
-        )
-        return EXIT_SIGNAL[signal.Signals(received[0])]
-    if result.auth_error is not None:
-        print(f"error: {result.auth_error}", file=sys.stderr)
-        return EXIT_AUTH
-    return EXIT_FAILED if result.failures else EXIT_OK

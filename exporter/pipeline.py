@@ -21,25 +21,32 @@ from exporter.plan import Plan, Request, Series
 from exporter.ratelimit import Budget
 from exporter.retry import RetryPolicy, call_with_retries
 from exporter.state import State
-from exporter.writers import PartitionWriter, WrittenFile
+from exporter.writers import PartitionWriter
 
-__all__ = ["Pipeline", "RunResult"]
+__all__ = ["Pipeline", "RunResult", "Tally"]
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class Tally:
+    """Counts for one series, or for the whole run."""
+
+    sent: int = 0  # HTTP attempts, retries included
+    done: int = 0
+    skipped: int = 0  # already done in an earlier run
+    retries: int = 0
+    rate_limited: int = 0
+    rows: int = 0
 
 
 @dataclass
 class RunResult:
     requests_planned: int = 0
-    requests_sent: int = 0  # HTTP attempts, retries included
-    requests_done: int = 0
-    requests_skipped: int = 0  # already done in an earlier run
-    retries: int = 0
-    rate_limited: int = 0
-    rows_written: int = 0
+    totals: Tally = field(default_factory=Tally)
+    by_series: dict[Series, Tally] = field(default_factory=dict)
     series_done: int = 0  # every request of the series done or skipped
     failures: dict[Series, str] = field(default_factory=dict)
-    files: dict[str, WrittenFile] = field(default_factory=dict)
     auth_error: AuthError | None = None
     interrupted: bool = False
     started: float = 0.0
@@ -48,6 +55,14 @@ class RunResult:
     @property
     def elapsed(self) -> float:
         return max(0.0, self.finished - self.started)
+
+    def count(self, series: Series, name: str, n: int = 1) -> None:
+        """Add ``n`` to one counter of the series and of the totals."""
+        tally = self.by_series.get(series)
+        if tally is None:
+            tally = self.by_series[series] = Tally()
+        setattr(tally, name, getattr(tally, name) + n)
+        setattr(self.totals, name, getattr(self.totals, name) + n)
 
 
 class Pipeline:
@@ -121,7 +136,7 @@ class Pipeline:
             if self._stopping.is_set():
                 break
             if skip_done and self.state is not None and self.state.is_done(request):
-                self.result.requests_skipped += 1
+                self.result.count(request.series, "skipped")
                 self._one_less(request.series)
                 continue
             await queue.put(request)
@@ -133,7 +148,11 @@ class Pipeline:
         await self._stopping.wait()
         _, pending = await asyncio.wait(tasks, timeout=self.grace_s)
         if pending:
-            log.warning("stopping: cancelling %d request(s) still in flight", self._in_flight)
+            log.warning(
+                "stopping: cancelling %d request(s) still in flight",
+                self._in_flight,
+                extra={"event": "cancel_in_flight"},
+            )
             for task in pending:
                 task.cancel()
 
@@ -161,20 +180,15 @@ class Pipeline:
             lambda: self._attempt(request),
             policy=self.policy,
             label=request.series.label,
-            on_retry=self._count_retry,
+            on_retry=lambda: self.result.count(request.series, "retries"),
             sleep=self._sleep,
         )
-        written = await self.writer.write(request.series, points)
-        for item in written:
-            self.result.files[str(item.path)] = item
+        await self.writer.write(request.series, points)
         if self.state is not None:
             self.state.mark_done(request, len(points))
-        self.result.requests_done += 1
-        self.result.rows_written += len(points)
+        self.result.count(request.series, "done")
+        self.result.count(request.series, "rows", len(points))
         self._one_less(request.series)
-
-    def _count_retry(self) -> None:
-        self.result.retries += 1
 
     def _one_less(self, series: Series) -> None:
         self._left[series] -= 1
@@ -183,15 +197,20 @@ class Pipeline:
 
     async def _attempt(self, request: Request) -> list[Point]:
         await self.budget.acquire()
-        self.result.requests_sent += 1
+        self.result.count(request.series, "sent")
         response = await self.client.get(request)
         self.budget.observe(response.rate)
         if response.status == 429:
-            self.result.rate_limited += 1
+            self.result.count(request.series, "rate_limited")
             self.budget.rate_limited(response.rate)
         return interpret(request, response)
 
     def _fail(self, series: Series, reason: str) -> None:
         if series not in self.result.failures:
-            log.error("failed %s: %s", series.label, reason)
+            log.error(
+                "failed %s: %s",
+                series.label,
+                reason,
+                extra={"event": "series_failed", "series": series.label},
+            )
             self.result.failures[series] = reason

@@ -8,6 +8,7 @@ requested and labelled in UTC so no label is ambiguous across a DST change.
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -27,6 +28,7 @@ __all__ = [
     "hour_range",
     "period_of",
     "resolve_window",
+    "shard_of",
 ]
 
 MAX_LENGTH = 100  # Braze accepts length 1..100
@@ -100,6 +102,7 @@ class Plan:
     series: tuple[Series, ...]
     series_by_export: dict[str, tuple[Series, ...]] = field(default_factory=dict)
     warnings: tuple[str, ...] = ()
+    shard: tuple[int, int] | None = None
 
 
 def resolve_window(window: Window, as_of: date) -> tuple[date, date] | None:
@@ -139,7 +142,16 @@ def period_of(unit: Unit, label: str) -> int:
     return math.floor(moment.timestamp() / 3600)
 
 
-def build_plan(config: Config, as_of: date) -> Plan:
+def shard_of(series: Series, count: int) -> int:
+    """The shard (1..count) a series belongs to: a stable hash, the same on every machine."""
+    key = f"{series.segment_id}\x1f{series.app_id is not None}\x1f{series.app_id}\x1f{series.unit}"
+    digest = hashlib.blake2b(key.encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") % count + 1
+
+
+def build_plan(config: Config, as_of: date, shard: tuple[int, int] | None = None) -> Plan:
+    """The requests for ``config`` as of a date; with ``shard=(k, n)`` only the k-th of n
+    disjoint parts of the series."""
     tz = config.tz
     warnings: list[str] = []
     ranges: dict[Series, list[tuple[int, int]]] = {}
@@ -153,7 +165,9 @@ def build_plan(config: Config, as_of: date) -> Plan:
             )
         if days is None:
             warnings.append(f"exports.{export.name}: window has no complete day before {as_of}")
-        series = tuple(_expand(export))
+        series = tuple(
+            s for s in _expand(export) if shard is None or shard_of(s, shard[1]) == shard[0]
+        )
         by_export[export.name] = series
         if days is None:
             continue
@@ -172,7 +186,9 @@ def build_plan(config: Config, as_of: date) -> Plan:
     all_series = tuple(
         sorted({s for group in by_export.values() for s in group}, key=Series.sort_key)
     )
-    return Plan(as_of, config.timezone, tuple(requests), all_series, by_export, tuple(warnings))
+    return Plan(
+        as_of, config.timezone, tuple(requests), all_series, by_export, tuple(warnings), shard
+    )
 
 
 def _expand(export: Export) -> Iterator[Series]:

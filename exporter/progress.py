@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 from collections.abc import Callable
 from typing import TextIO
@@ -12,6 +13,8 @@ from exporter.plan import Plan
 from exporter.ratelimit import Budget
 
 __all__ = ["Progress", "eta_seconds", "format_duration", "status_line", "summary_lines"]
+
+log = logging.getLogger(__name__)
 
 
 def format_duration(seconds: float) -> str:
@@ -25,8 +28,8 @@ def format_duration(seconds: float) -> str:
 
 
 def eta_seconds(requests: int, requests_per_hour: float, share: float, reserve: float) -> float:
-    """Lower bound on the time ``requests`` take: at the bucket's rate while the hour's pool
-    lasts, and at most (limit - reserve) per hour beyond that."""
+    """Least time ``requests`` take: at the bucket's rate while the hour's pool lasts, and at
+    most (limit - reserve) per hour beyond that."""
     if requests <= 0:
         return 0.0
     per_hour = requests_per_hour * min(share, 1 - reserve)
@@ -36,27 +39,24 @@ def eta_seconds(requests: int, requests_per_hour: float, share: float, reserve: 
 
 
 def status_line(result: RunResult, plan: Plan, elapsed: float) -> str:
-    to_do = result.requests_planned - result.requests_skipped
-    left = to_do - result.requests_done
-    rate = result.requests_sent / elapsed if elapsed > 0 else 0.0
+    totals = result.totals
+    to_do = result.requests_planned - totals.skipped
+    left = to_do - totals.done
+    rate = totals.sent / elapsed if elapsed > 0 else 0.0
     eta = format_duration(left / rate) if rate > 0 and left > 0 else "-"
     return (
-        f"series {result.series_done}/{len(plan.series)} | requests {result.requests_done}/"
-        f"{to_do} | {rate:.1f} req/s | ETA {eta} | "
-        f"retries {result.retries} | 429s {result.rate_limited} | failed {len(result.failures)}"
+        f"series {result.series_done}/{len(plan.series)} | requests {totals.done}/{to_do} | "
+        f"{rate:.1f} req/s | ETA {eta} | retries {totals.retries} | 429s {totals.rate_limited} | "
+        f"failed {len(result.failures)}"
     )
 
 
 class Progress:
-    """Redraws one line on a terminal; prints a plain line every ``interval_s`` elsewhere."""
+    """On a terminal: one line redrawn in place. Elsewhere: a log line every ``interval_s``
+    (so CI logs and JSON logs get one concise record, never a flood of carriage returns)."""
 
     def __init__(
-        self,
-        stream: TextIO,
-        line: Callable[[], str],
-        *,
-        interactive: bool,
-        interval_s: float,
+        self, stream: TextIO, line: Callable[[], str], *, interactive: bool, interval_s: float
     ) -> None:
         self.stream = stream
         self.line = line
@@ -72,10 +72,10 @@ class Progress:
     def draw(self) -> None:
         if self.interactive:
             self.stream.write("\r\x1b[2K" + self.line())
+            self.stream.flush()
             self._drawn = True
         else:
-            self.stream.write("progress: " + self.line() + "\n")
-        self.stream.flush()
+            log.info("progress: %s", self.line(), extra={"event": "progress"})
 
     def close(self) -> None:
         if self._drawn:
@@ -83,26 +83,21 @@ class Progress:
             self.stream.flush()
 
 
-def summary_lines(result: RunResult, plan: Plan, budget: Budget) -> list[str]:
-    allowed_per_hour = budget.allowed_per_hour
+def summary_lines(result: RunResult, plan: Plan, budget: Budget, files: int) -> list[str]:
+    totals = result.totals
     failed = len(result.failures)
-    ok = len(plan.series) - failed
-    per_s = result.requests_sent / result.elapsed if result.elapsed > 0 else 0.0
+    # Over a few seconds the bucket's initial burst would make the average look too high.
+    pace = f" ({totals.sent / result.elapsed:.1f}/s)" if result.elapsed >= 5 else ""
+    allowed = budget.allowed_per_hour
     lines = [
-        f"series: {ok} ok, {failed} failed",
-        f"requests: {result.requests_done} done, {result.requests_skipped} skipped (already "
-        f"done), {result.requests_sent} sent, {result.retries} retried, "
-        f"{result.rate_limited} rate-limited",
-        f"rows: {result.rows_written} written to {len(result.files)} files",
-        f"budget: {result.requests_sent} requests sent in {format_duration(result.elapsed)} "
-        f"({per_s:.1f}/s); allowed {_rate(allowed_per_hour)}/hour "
-        f"({allowed_per_hour / 3600:.1f}/s); paused {budget.pauses} time(s) for the reserve "
-        f"or a 429",
+        f"series: {len(plan.series) - failed} ok, {failed} failed",
+        f"requests: {totals.done} done, {totals.skipped} skipped (already done), "
+        f"{totals.sent} sent, {totals.retries} retried, {totals.rate_limited} rate-limited",
+        f"rows: {totals.rows} written to {files} files",
+        f"budget: {totals.sent} requests sent in {format_duration(result.elapsed)}{pace}; "
+        f"allowed {math.floor(allowed):,}/hour ({allowed / 3600:.1f}/s); "
+        f"paused {budget.pauses} time(s) for the reserve or a 429",
     ]
     for series, reason in sorted(result.failures.items(), key=lambda i: i[0].sort_key()):
         lines.append(f"failed {series.label}: {reason}")
     return lines
-
-
-def _rate(per_hour: float) -> str:
-    return f"{math.floor(per_hour):,}"

@@ -27,7 +27,14 @@ from exporter.client import Point
 from exporter.errors import ExporterError
 from exporter.plan import Series, period_of
 
-__all__ = ["WORK_DIR", "PartitionWriter", "WrittenFile", "encode_id", "partition_path"]
+__all__ = [
+    "WORK_DIR",
+    "PartitionWriter",
+    "WrittenFile",
+    "atomic_write",
+    "encode_id",
+    "partition_path",
+]
 
 WORK_DIR = ".braze-export"  # temp files and state: same file system as the data, not beside it
 _COLUMNS = ("time", "sessions", "segment_id", "app_id", "unit")
@@ -83,6 +90,7 @@ class PartitionWriter:
         self.durable = durable
         self.tmp_dir = root / WORK_DIR / "tmp"
         self._locks = [asyncio.Lock() for _ in range(_LOCK_STRIPES)]
+        self.files: dict[Path, WrittenFile] = {}  # every file this writer wrote, latest state
 
     def remove_stale_temp_files(self) -> int:
         """Delete temp files left by processes that died mid-write (kill -9, power loss).
@@ -107,11 +115,14 @@ class PartitionWriter:
             path = partition_path(self.root, series, partition, self.fmt)
             async with self._locks[hash(path) % _LOCK_STRIPES]:
                 try:
-                    written.append(await asyncio.to_thread(self._merge_sync, path, series, group))
+                    item = await asyncio.to_thread(self._merge_sync, path, series, group)
                 except OSError as exc:
                     raise ExporterError(
                         f"{series.label}: cannot write {path}: {exc.strerror or exc}"
                     ) from None
+                # Recorded under the lock, so the last write of a file is the one kept.
+                self.files[path] = item
+                written.append(item)
         return written
 
     def _merge_sync(self, path: Path, series: Series, points: list[Point]) -> WrittenFile:
@@ -159,22 +170,27 @@ class PartitionWriter:
         return buf.getvalue().encode()
 
     def _replace(self, path: Path, data: bytes) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.tmp_dir.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=self.tmp_dir, prefix=f"{os.getpid()}-", suffix=".part")
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(data)
-                if self.durable:
-                    handle.flush()
-                    os.fsync(handle.fileno())
-            os.chmod(tmp, 0o644)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        if self.durable:
-            _fsync_dir(path.parent)
+        atomic_write(path, data, self.tmp_dir, durable=self.durable)
+
+
+def atomic_write(path: Path, data: bytes, tmp_dir: Path, *, durable: bool = True) -> None:
+    """Replace ``path`` with ``data`` whole: temp file in ``tmp_dir``, fsync, rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp_dir.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=tmp_dir, prefix=f"{os.getpid()}-", suffix=".part")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            if durable:
+                handle.flush()
+                os.fsync(handle.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    if durable:
+        _fsync_dir(path.parent)
 
 
 def _alive(pid: int) -> bool:

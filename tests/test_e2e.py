@@ -13,6 +13,7 @@ import pytest
 
 from exporter.cli import main
 from exporter.config import load_config
+from exporter.manifest import RUNS_DIR
 from exporter.plan import build_plan
 from exporter.sandbox import sandbox_stats, session_count
 from exporter.writers import WORK_DIR
@@ -37,7 +38,9 @@ exports:
 
 
 def _data_files(out: Path) -> list[Path]:
-    return sorted(p for p in out.rglob("*") if p.is_file() and WORK_DIR not in p.parts)
+    return sorted(
+        p for p in out.rglob("*") if p.is_file() and not {WORK_DIR, RUNS_DIR} & set(p.parts)
+    )
 
 
 def _check_every_row(out: Path) -> int:

@@ -66,8 +66,8 @@ async def test_every_attempt_takes_a_token(tmp_path: Path) -> None:
     pipeline, seen = await _run(tmp_path, options, _plan(20), budget)
     result = pipeline.result
     assert result.failures == {}
-    assert result.retries > 0
-    assert budget.acquired == result.requests_sent == seen == 20 + result.retries
+    assert result.totals.retries > 0
+    assert budget.acquired == result.totals.sent == seen == 20 + result.totals.retries
 
 
 async def test_a_failed_series_sends_no_more_requests(tmp_path: Path) -> None:
@@ -83,7 +83,7 @@ async def test_a_failed_series_sends_no_more_requests(tmp_path: Path) -> None:
     options = SandboxOptions(limit=0, reject_segments=frozenset({"bad"}))
     pipeline, seen = await _run(tmp_path, options, plan, CountingBudget())
     assert set(pipeline.result.failures) == {bad}
-    assert pipeline.result.requests_done == 3
+    assert pipeline.result.totals.done == 3
     assert seen <= 3 + 3  # at most the in-flight ones of "bad" were sent before it failed
     assert pipeline.result.series_done == 1
 
@@ -107,4 +107,4 @@ async def test_stop_takes_no_new_work(tmp_path: Path) -> None:
     finally:
         await runner.cleanup()
     assert result.interrupted
-    assert result.requests_sent == 0
+    assert result.totals.sent == 0

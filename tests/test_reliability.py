@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from exporter.cli import main
+from exporter.manifest import RUNS_DIR
 from exporter.sandbox import sandbox_stats
 from exporter.writers import WORK_DIR
 from tests.conftest import KEY
@@ -53,7 +54,7 @@ def _snapshot(out: Path) -> dict[str, bytes]:
     return {
         str(p.relative_to(out)): p.read_bytes()
         for p in sorted(out.rglob("*"))
-        if p.is_file() and WORK_DIR not in p.parts and "_runs" not in p.parts
+        if p.is_file() and not {WORK_DIR, RUNS_DIR} & set(p.parts)
     }
 
 

@@ -1,0 +1,161 @@
+"""One export run, wired: session, budget, client, writer, state, pipeline, progress, manifest.
+
+The CLI parses arguments and prints; this module owns the lifetime of everything a run opens,
+turns signals into a clean stop, and decides the exit status.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import signal
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from exporter.client import BrazeClient, make_session
+from exporter.config import ApiKey, Config
+from exporter.manifest import build_manifest, write_manifest
+from exporter.pipeline import Pipeline, RunResult
+from exporter.plan import Plan
+from exporter.progress import Progress, status_line, summary_lines
+from exporter.ratelimit import Budget
+from exporter.retry import RetryPolicy
+from exporter.sandbox import SandboxOptions, start_sandbox
+from exporter.state import STATE_FILE, State
+from exporter.writers import WORK_DIR, PartitionWriter
+
+__all__ = [
+    "EXIT_AUTH",
+    "EXIT_FAILED",
+    "EXIT_OK",
+    "EXIT_SIGNAL",
+    "EXIT_USAGE",
+    "RunOptions",
+    "RunOutcome",
+    "execute",
+]
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_AUTH = 0, 1, 2, 3
+EXIT_SIGNAL = {signal.SIGINT: 130, signal.SIGTERM: 143}
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    out_dir: Path
+    run_id: str
+    fresh: bool = False
+    sandbox: bool = False
+    progress_interval: float | None = None
+
+
+@dataclass
+class RunOutcome:
+    exit_code: int
+    result: RunResult
+    summary: list[str]
+    manifest: Path
+    signal_name: str | None = None
+
+
+def _exit_code(result: RunResult, signals: list[int]) -> int:
+    if signals:
+        return EXIT_SIGNAL[signal.Signals(signals[0])]
+    if result.auth_error is not None:
+        return EXIT_AUTH
+    return EXIT_FAILED if result.failures else EXIT_OK
+
+
+async def execute(
+    config: Config, plan: Plan, key: ApiKey | None, options: RunOptions
+) -> RunOutcome:
+    """Run the plan; ``key`` None means: start a sandbox in-process and use it."""
+    started_at = time.time()
+    limits = config.limits
+    shards = plan.shard[1] if plan.shard else 1
+    budget = Budget(limits.requests_per_hour, limits.share / shards, limits.reserve)
+    writer = PartitionWriter(options.out_dir, config.output.format)
+    if removed := writer.remove_stale_temp_files():
+        log.info("removed %d temp file(s) left by an interrupted run", removed)
+    runner, endpoint = None, config.braze.endpoint
+    if key is None:
+        key = ApiKey(secrets.token_urlsafe(24))
+        runner, endpoint = await start_sandbox(SandboxOptions(api_key=key.reveal()))
+        log.info("sandbox started on %s", endpoint, extra={"event": "sandbox_started"})
+    state = State(
+        options.out_dir / WORK_DIR / STATE_FILE, scope=f"{config.output.format}|{config.timezone}"
+    )
+    signals: list[int] = []
+    try:
+        async with make_session(limits.concurrency) as session:
+            pipeline = Pipeline(
+                client=BrazeClient(session, endpoint, key, timeout_s=config.braze.timeout_s),
+                budget=budget,
+                writer=writer,
+                state=state,
+                policy=RetryPolicy(max_attempts=limits.max_attempts),
+                concurrency=limits.concurrency,
+                fresh=options.fresh,
+            )
+            result = await _with_signals_and_progress(pipeline, plan, signals, options)
+    finally:
+        state.close()
+        if runner is not None:
+            await runner.cleanup()
+    code = _exit_code(result, signals)
+    manifest = write_manifest(
+        options.out_dir,
+        build_manifest(
+            run_id=options.run_id,
+            config=config,
+            plan=plan,
+            result=result,
+            budget=budget,
+            files=writer.files,
+            out_dir=options.out_dir,
+            started_at=started_at,
+            finished_at=time.time(),
+            exit_code=code,
+        ),
+    )
+    name = signal.Signals(signals[0]).name if signals else None
+    summary = summary_lines(result, plan, budget, len(writer.files))
+    return RunOutcome(code, result, summary, manifest, name)
+
+
+async def _with_signals_and_progress(
+    pipeline: Pipeline, plan: Plan, signals: list[int], options: RunOptions
+) -> RunResult:
+    def on_signal(signum: int) -> None:
+        if not signals:
+            log.warning(
+                "received %s: finishing requests in flight (10s at most), then stopping",
+                signal.Signals(signum).name,
+                extra={"event": "signal"},
+            )
+        signals.append(signum)
+        pipeline.stop()
+
+    loop = asyncio.get_running_loop()
+    for signum in EXIT_SIGNAL:
+        loop.add_signal_handler(signum, on_signal, signum)
+    interactive = sys.stderr.isatty()
+    progress = Progress(
+        sys.stderr,
+        lambda: status_line(pipeline.result, plan, pipeline.elapsed()),
+        interactive=interactive,
+        interval_s=options.progress_interval or (0.5 if interactive else 10.0),
+    )
+    ticker = asyncio.create_task(progress.run())
+    try:
+        return await pipeline.run(plan)
+    finally:
+        ticker.cancel()
+        await asyncio.wait([ticker])
+        progress.close()
+        for signum in EXIT_SIGNAL:
+            loop.remove_signal_handler(signum)
