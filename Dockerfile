@@ -8,12 +8,15 @@ FROM ${PYTHON_IMAGE}
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 PATH=/opt/braze-export/bin:$PATH
 
+# Only for builds behind a TLS-inspecting proxy: a CA bundle path mounted into the build.
+ARG PIP_CERT=""
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY exporter ./exporter
 # A virtual environment works the same on python:*-slim and on Debian's own python3
 # (which refuses system-wide pip installs); only runtime dependencies go in.
 RUN python3 -m venv /opt/braze-export \
+ && if [ -n "$PIP_CERT" ]; then export PIP_CERT; else unset PIP_CERT; fi \
  && /opt/braze-export/bin/pip install --quiet . \
  && rm -rf /src
 COPY configs /opt/braze-export/configs

@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: demo test lint typecheck pytest bench clean install dev
+.PHONY: demo test lint typecheck pytest bench clean install dev container-test
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -37,6 +37,10 @@ pytest: $(VENV)/.installed-dev
 	$(BIN)/python -m pytest -q
 
 test: lint typecheck pytest
+
+# Builds the Dockerfile with buildah (no Docker engine needed) and runs the image on the demo.
+container-test:
+	bash scripts/container-test.sh
 
 bench: $(VENV)/.installed-dev
 	$(BIN)/python bench/run_all.py

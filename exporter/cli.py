@@ -32,13 +32,13 @@ from exporter.runner import (
 )
 from exporter.sandbox import SandboxOptions, run_sandbox
 
-__all__ = ["EXIT_AUTH", "EXIT_FAILED", "EXIT_OK", "EXIT_USAGE", "main"]
+__all__ = ["EXIT_AUTH", "EXIT_FAILED", "EXIT_OK", "EXIT_USAGE", "build_parser", "main"]
 
 log = logging.getLogger("exporter")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    args = build_parser().parse_args(argv)
     args.run_id = new_run_id()
     args.log_handler = setup_logging(args.log_level, args.log_format, run_id=args.run_id)
     try:
@@ -56,7 +56,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     return code
 
 
-def _parser() -> argparse.ArgumentParser:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="braze-export",
         description="Export Braze app session series (GET /sessions/data_series) to files.",

@@ -120,7 +120,12 @@ class Budget:
         if until > self._paused_until:
             if self._paused_until <= self._clock():
                 self.pauses += 1
-                log.info("budget: pausing all requests for %.1fs (%s)", until - self._clock(), why)
+                log.info(
+                    "budget: pausing all requests for %.1fs (%s)",
+                    until - self._clock(),
+                    why,
+                    extra={"event": "budget_pause", "wait_s": round(until - self._clock(), 3)},
+                )
             self._paused_until = until
 
 

@@ -109,6 +109,12 @@ async def call_with_retries(
             state.attempt_number,
             exc,
             wait,
+            extra={
+                "event": "retry",
+                "series": label,
+                "attempt": state.attempt_number,
+                "wait_s": round(wait, 3),
+            },
         )
 
     retrying = AsyncRetrying(

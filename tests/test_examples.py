@@ -1,0 +1,95 @@
+"""The CI and Kubernetes examples parse, keep the key a secret, and call real CLI flags."""
+
+from __future__ import annotations
+
+import re
+import shlex
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from exporter.cli import build_parser
+
+EXAMPLES = Path(__file__).parent.parent / "examples"
+IMAGE = "ghcr.io/your-org/braze-export:latest"
+# Sample values for the template expressions the examples use.
+SUBSTITUTIONS = {
+    r"\$\{\{ matrix\.shard \}\}": "2",
+    r"\$\{\{ inputs\.as_of \}\}": "2025-01-01",
+    r"\$\(\(JOB_COMPLETION_INDEX \+ 1\)\)": "3",
+}
+
+
+def _load(name: str) -> Any:
+    return yaml.safe_load((EXAMPLES / name).read_text())
+
+
+def _cli_args(command: str) -> list[str]:
+    for pattern, value in SUBSTITUTIONS.items():
+        command = re.sub(pattern, value, command)
+    return shlex.split(command)
+
+
+def _check_cli(argv: list[str]) -> Any:
+    """The arguments parse with the real parser (argparse exits on anything unknown)."""
+    return build_parser().parse_args(argv)
+
+
+def _steps(workflow: dict[Any, Any]) -> list[dict[str, Any]]:
+    return [step for job in workflow["jobs"].values() for step in job["steps"]]
+
+
+@pytest.mark.parametrize("name", ["github-nightly.yml", "github-backfill-sharded.yml"])
+def test_github_workflows(name: str) -> None:
+    """Workflows have a trigger, pass the key from secrets and run valid commands."""
+    workflow = _load(name)
+    triggers = workflow.get("on", workflow.get(True))  # YAML 1.1 reads a bare `on` as true
+    assert triggers
+    runs = [s["run"] for s in _steps(workflow) if IMAGE in s.get("run", "")]
+    assert runs
+    for run in runs:
+        argv = _cli_args(run.split(IMAGE, 1)[1])
+        _check_cli(argv)
+    exporting = [s for s in _steps(workflow) if "run /config" in s.get("run", "")]
+    for step in exporting:
+        assert step["env"]["BRAZE_API_KEY"] == "${{ secrets.BRAZE_API_KEY }}"
+        assert "-e BRAZE_API_KEY" in step["run"]
+
+
+def test_backfill_workflow_shards_with_a_matrix() -> None:
+    """Each matrix job runs its own shard of the same N."""
+    workflow = _load("github-backfill-sharded.yml")
+    job = workflow["jobs"]["backfill"]
+    shards = job["strategy"]["matrix"]["shard"]
+    (step,) = [s for s in job["steps"] if "--shard" in s.get("run", "")]
+    args = _check_cli(_cli_args(step["run"].split(IMAGE, 1)[1]))
+    assert args.shard == (2, len(shards))
+
+
+def test_kubernetes_cronjob() -> None:
+    """The CronJob runs as non-root, takes the key from a Secret and valid arguments."""
+    cron = _load("k8s-cronjob.yaml")
+    assert (cron["apiVersion"], cron["kind"]) == ("batch/v1", "CronJob")
+    pod = cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    (container,) = pod["containers"]
+    assert container["image"] == IMAGE
+    _check_cli(container["args"])
+    (env,) = container["env"]
+    assert env["name"] == "BRAZE_API_KEY"
+    assert "secretKeyRef" in env["valueFrom"]
+
+
+def test_kubernetes_backfill_job_uses_shards() -> None:
+    """The indexed Job gives pod k the shard k+1 of `completions`."""
+    job = _load("k8s-backfill-job.yaml")
+    assert (job["apiVersion"], job["kind"]) == ("batch/v1", "Job")
+    assert job["spec"]["completionMode"] == "Indexed"
+    (container,) = job["spec"]["template"]["spec"]["containers"]
+    script = container["args"][0]
+    argv = _cli_args(script.split("exec braze-export", 1)[1])
+    args = _check_cli(argv)
+    assert args.shard == (3, job["spec"]["completions"])
+    assert "secretKeyRef" in container["env"][0]["valueFrom"]

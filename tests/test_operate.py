@@ -1,0 +1,252 @@
+"""Operating it: progress, JSON logs, the run manifest and verify, sharding."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+from collections.abc import Callable
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from exporter.cli import main
+from exporter.config import load_config
+from exporter.logs import new_run_id, setup_logging
+from exporter.pipeline import RunResult
+from exporter.plan import Plan, build_plan
+from exporter.progress import Progress, status_line
+from tests.conftest import KEY
+
+AS_OF = "2024-07-01"
+CONFIG = """\
+version: 1
+output: {{dir: {out}}}
+exports:
+  - name: daily
+    segment_ids: [s1, s2, s3, s4, s5, s6, s7, s8]
+    app_ids: [null, app-1]
+    window: {{days: 5}}
+  - name: hourly
+    segment_ids: [s1, s2]
+    units: [hour]
+    window: {{days: 2}}
+"""
+
+
+def _manifest(out: Path) -> dict[str, Any]:
+    (path,) = (out / "_runs").glob("*.json")
+    doc: dict[str, Any] = json.loads(path.read_text())
+    return doc
+
+
+def test_manifest_records_the_run(
+    tmp_path: Path, write_config: Callable[..., Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The manifest has config hash, as-of, counts per export, budget and every file's sha."""
+    out = tmp_path / "out"
+    path = write_config(CONFIG.format(out=out))
+    assert main(["run", str(path), "--sandbox", "--as-of", AS_OF]) == 0
+    doc = _manifest(out)
+    assert doc["config"] == {"path": str(path), "sha256": load_config(path, env={}).fingerprint}
+    assert doc["as_of"] == AS_OF
+    assert doc["exit_code"] == 0
+    assert doc["totals"]["series"] == 18
+    assert doc["totals"]["rows_written"] == 16 * 5 + 2 * 48
+    assert doc["exports"]["daily"]["series_ok"] == 16
+    assert doc["exports"]["hourly"]["requests_done"] == 2
+    assert doc["budget"]["allowed_per_hour"] == 250_000
+    assert doc["budget"]["requests_sent"] == doc["totals"]["requests_made"] == 18
+    files = {f["path"]: f for f in doc["files"]}
+    assert len(files) == 16 + 4
+    data = out / "sessions/unit=day/segment_id=s1/app_id=_all/2024-06.jsonl"
+    assert files["sessions/unit=day/segment_id=s1/app_id=_all/2024-06.jsonl"]["rows"] == 5
+    assert data.read_text().count("\n") == 5
+    assert f"manifest: {out}/_runs/" in capsys.readouterr().out
+
+
+def test_verify_reports_changed_and_missing_files(
+    tmp_path: Path, write_config: Callable[..., Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """verify passes on untouched output and names every changed or missing file."""
+    out = tmp_path / "out"
+    assert (
+        main(["run", str(write_config(CONFIG.format(out=out))), "--sandbox", "--as-of", AS_OF]) == 0
+    )
+    assert main(["verify", str(out)]) == 0
+    assert "20 file(s) ok, 0 changed, 0 missing" in capsys.readouterr().out
+    changed = out / "sessions/unit=day/segment_id=s2/app_id=app-1/2024-06.jsonl"
+    changed.write_text(changed.read_text().replace("s2", "s9"))
+    (out / "sessions/unit=hour/segment_id=s1/app_id=_all/2024-06-29.jsonl").unlink()
+    assert main(["verify", str(out)]) == 1
+    text = capsys.readouterr().out
+    assert "changed: sessions/unit=day/segment_id=s2/app_id=app-1/2024-06.jsonl" in text
+    assert "missing: sessions/unit=hour/segment_id=s1/app_id=_all/2024-06-29.jsonl" in text
+
+
+def test_verify_without_manifest_is_an_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A directory no run wrote is said to have no manifest."""
+    assert main(["verify", str(tmp_path)]) == 1
+    assert "no run manifest" in capsys.readouterr().err
+
+
+def test_json_logs_carry_run_id_and_event(
+    tmp_path: Path,
+    write_config: Callable[..., Path],
+    sandbox_server: Any,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """--log-format json: every stderr line is an object with run_id and event; no key."""
+    monkeypatch.setenv("BRAZE_API_KEY", KEY)
+    out = tmp_path / "out"
+    path = write_config(CONFIG.format(out=out))
+    with sandbox_server(reject_segments=frozenset({"s3"})) as server:
+        monkeypatch.setenv("BRAZE_REST_ENDPOINT", server.url)
+        code = main(
+            [
+                "--log-format",
+                "json",
+                "run",
+                str(path),
+                "--as-of",
+                AS_OF,
+                "--progress-interval",
+                "0.01",
+            ]
+        )
+    assert code == 1
+    err = capsys.readouterr().err
+    records = [json.loads(line) for line in err.splitlines() if line.startswith("{")]
+    assert records
+    assert {r["run_id"] for r in records} == {_manifest(out)["run_id"]}
+    events = {r["event"] for r in records}
+    assert {"series_failed", "run_finished"} <= events
+    failed = next(r for r in records if r["event"] == "series_failed")
+    assert failed["series"].startswith("segment=s3 ")
+    assert KEY not in err
+
+
+def test_redaction_filter_hides_the_key_even_if_logged() -> None:
+    """A library that logged the key would show *** instead."""
+    stream = io.StringIO()
+    setup_logging("INFO", "text", run_id="r1", secret="sekrit-123", stream=stream)
+    logging.getLogger("somelib").warning("header Authorization: Bearer %s", "sekrit-123")
+    assert "sekrit-123" not in stream.getvalue()
+    assert "Bearer ***" in stream.getvalue()
+
+
+def test_run_ids_sort_by_start_time() -> None:
+    """Run ids start with a UTC timestamp, so manifests list in run order."""
+    assert new_run_id(1_700_000_000) < new_run_id(1_700_000_001)
+    assert new_run_id(1_700_000_000).startswith("20231114T221320Z-")
+
+
+def _plan() -> Plan:
+    return Plan(date(2024, 7, 1), "UTC", (), ())
+
+
+def test_progress_redraws_one_line_on_a_terminal() -> None:
+    """Interactive progress rewrites the same line with a carriage return."""
+    stream = io.StringIO()
+    progress = Progress(stream, lambda: "series 1/2", interactive=True, interval_s=1)
+    progress.draw()
+    progress.draw()
+    progress.close()
+    assert stream.getvalue().count("\r") == 3
+    assert "\n" not in stream.getvalue()
+
+
+def test_progress_logs_a_line_per_interval_elsewhere(caplog: pytest.LogCaptureFixture) -> None:
+    """Without a terminal each update is one log record, no carriage return."""
+    stream = io.StringIO()
+    progress = Progress(stream, lambda: "series 1/2", interactive=False, interval_s=10)
+    with caplog.at_level(logging.INFO):
+        progress.draw()
+    assert [r.getMessage() for r in caplog.records] == ["progress: series 1/2"]
+    assert stream.getvalue() == ""
+
+
+def test_status_line_says_what_matters() -> None:
+    """Series and requests done, rate, ETA, retries, 429s and failures are all shown."""
+    result = RunResult(requests_planned=100)
+    result.totals.sent, result.totals.done, result.totals.retries = 50, 40, 10
+    result.totals.rate_limited = 2
+    line = status_line(result, _plan(), elapsed=10)
+    assert line == (
+        "series 0/0 | requests 40/100 | 5.0 req/s | ETA 12.0s | retries 10 | 429s 2 | failed 0"
+    )
+
+
+def test_shards_are_disjoint_and_cover_everything(write_config: Callable[..., Path]) -> None:
+    """Shards 1..N of a plan partition its series and requests."""
+    config = load_config(write_config(CONFIG.format(out="x")), env={})
+    whole = build_plan(config, date(2024, 7, 1))
+    parts = [build_plan(config, date(2024, 7, 1), (k, 3)) for k in (1, 2, 3)]
+    series = [set(p.series) for p in parts]
+    assert all(series)  # every shard has work at this size
+    assert set.union(*series) == set(whole.series)
+    assert sum(len(s) for s in series) == len(whole.series)
+    assert sorted(r.key for p in parts for r in p.requests) == sorted(r.key for r in whole.requests)
+
+
+def test_sharded_runs_write_what_one_run_writes(
+    tmp_path: Path, write_config: Callable[..., Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Two shards into one directory give the same files as one unsharded run, each shard
+    with half the budget."""
+    one, two = tmp_path / "one", tmp_path / "two"
+    assert (
+        main(
+            [
+                "run",
+                str(write_config(CONFIG.format(out=one), "a.yaml")),
+                "--sandbox",
+                "--as-of",
+                AS_OF,
+            ]
+        )
+        == 0
+    )
+    sharded = write_config(CONFIG.format(out=two), "b.yaml")
+    for k in (1, 2):
+        assert main(["run", str(sharded), "--sandbox", "--as-of", AS_OF, "--shard", f"{k}/2"]) == 0
+    assert "allowed 125,000/hour" in capsys.readouterr().out
+
+    def files(root: Path) -> dict[str, bytes]:
+        return {
+            str(p.relative_to(root)): p.read_bytes()
+            for p in (root / "sessions").rglob("*")
+            if p.is_file()
+        }
+
+    assert files(one) == files(two)
+    assert len(list((two / "_runs").glob("*.json"))) == 2
+
+
+def test_plan_shows_the_shards_budget(
+    write_config: Callable[..., Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """plan --shard states the shard and its share of the budget."""
+    assert (
+        main(
+            ["plan", str(write_config(CONFIG.format(out="x"))), "--as-of", AS_OF, "--shard", "2/4"]
+        )
+        == 0
+    )
+    text = capsys.readouterr().out
+    assert "shard 2/4" in text
+    assert "62,500 requests/hour (25% of 250,000" in text
+
+
+@pytest.mark.parametrize("bad", ["0/2", "3/2", "1", "a/b", "1/0"])
+def test_bad_shard_is_a_usage_error(bad: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """--shard must be K/N with 1 <= K <= N."""
+    with pytest.raises(SystemExit) as caught:
+        main(["plan", "x.yaml", "--shard", bad])
+    assert caught.value.code == 2
+    assert "must be K/N" in capsys.readouterr().err
