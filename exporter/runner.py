@@ -24,7 +24,7 @@ from exporter.progress import Progress, status_line, summary_lines
 from exporter.ratelimit import Budget
 from exporter.retry import RetryPolicy
 from exporter.sandbox import SandboxOptions, start_sandbox
-from exporter.state import STATE_FILE, State
+from exporter.state import State, state_path
 from exporter.writers import WORK_DIR, PartitionWriter
 
 __all__ = [
@@ -81,14 +81,15 @@ async def execute(
     writer = PartitionWriter(options.out_dir, config.output.format)
     if removed := writer.remove_stale_temp_files():
         log.info("removed %d temp file(s) left by an interrupted run", removed)
+    state = State(
+        state_path(options.out_dir / WORK_DIR, plan.shard),
+        scope=f"{config.output.format}|{config.timezone}",
+    )
     runner, endpoint = None, config.braze.endpoint
     if key is None:
         key = ApiKey(secrets.token_urlsafe(24))
         runner, endpoint = await start_sandbox(SandboxOptions(api_key=key.reveal()))
         log.info("sandbox started on %s", endpoint, extra={"event": "sandbox_started"})
-    state = State(
-        options.out_dir / WORK_DIR / STATE_FILE, scope=f"{config.output.format}|{config.timezone}"
-    )
     signals: list[int] = []
     try:
         async with make_session(limits.concurrency) as session:
@@ -103,6 +104,7 @@ async def execute(
             )
             result = await _with_signals_and_progress(pipeline, plan, signals, options)
     finally:
+        writer.close()
         state.close()
         if runner is not None:
             await runner.cleanup()

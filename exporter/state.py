@@ -3,6 +3,7 @@
 A request is recorded only after its rows are in their partition files, so a crash at any
 moment loses at most the requests in flight, and those are simply fetched again (the merge
 makes that harmless). SQLite in WAL mode survives ``kill -9`` of the writer at any point.
+One run holds the file's lock for its whole life; shards each have their own file.
 """
 
 from __future__ import annotations
@@ -10,11 +11,15 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
+from exporter.errors import ExporterError
 from exporter.plan import Request
 
-__all__ = ["STATE_FILE", "State"]
+__all__ = ["State", "state_path"]
 
-STATE_FILE = "state.sqlite"
+
+def state_path(work_dir: Path, shard: tuple[int, int] | None) -> Path:
+    """One state file per shard, so parallel shards never wait for each other's locks."""
+    return work_dir / ("state.sqlite" if shard is None else f"state-{shard[0]}of{shard[1]}.sqlite")
 
 
 class State:
@@ -23,17 +28,34 @@ class State:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         self._scope = scope
-        # Shards of one export may share the directory: wait for each other's commits.
-        self._db = sqlite3.connect(path, isolation_level=None, timeout=60)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        # NORMAL skips the fsync per commit; WAL still keeps every commit across a process kill.
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.execute("CREATE TABLE IF NOT EXISTS done (key TEXT PRIMARY KEY, rows INTEGER)")
+        self._db = sqlite3.connect(path, isolation_level=None, timeout=2)
+        try:
+            # One run owns the file: an exclusive lock taken once, not per commit.
+            self._db.execute("PRAGMA locking_mode=EXCLUSIVE")
+            self._db.execute("PRAGMA journal_mode=WAL")
+            # NORMAL skips the fsync per commit; WAL still keeps every commit across a kill.
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.execute(
+                "CREATE TABLE IF NOT EXISTS done (key TEXT PRIMARY KEY, rows INTEGER) WITHOUT ROWID"
+            )
+            self._db.execute("BEGIN IMMEDIATE")  # take the lock now, not at the first write
+            self._db.execute("COMMIT")
+            self._empty = self._db.execute("SELECT 1 FROM done LIMIT 1").fetchone() is None
+        except sqlite3.OperationalError as exc:
+            self._db.close()
+            if "locked" in str(exc):
+                raise ExporterError(
+                    f"{path.parent.parent}: another run is exporting into this directory "
+                    "right now; wait for it to finish, or use another --out"
+                ) from None
+            raise ExporterError(f"{path}: cannot open the resume state: {exc}") from None
 
     def _key(self, request: Request) -> str:
         return f"{self._scope}\x1e{request.key}"
 
     def is_done(self, request: Request) -> bool:
+        if self._empty:  # a first run: no lookup per request
+            return False
         row = self._db.execute("SELECT 1 FROM done WHERE key = ?", (self._key(request),))
         return row.fetchone() is not None
 

@@ -222,3 +222,22 @@ def test_the_key_appears_in_no_output(
     assert b"retry" in b"".join(outputs)  # the logs did talk about the faults
     for blob in outputs:
         assert KEY.encode() not in blob
+
+
+def test_a_second_run_into_the_same_directory_is_refused(
+    tmp_path: Path, write_config: Callable[..., Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """While one run holds the state, another into the same directory stops with a clear
+    message (exit 1) instead of interleaving; shards use their own state files."""
+    from exporter.state import State, state_path
+
+    out = tmp_path / "out"
+    config = write_config(_config(out, days=1))
+    holder = State(state_path(out / WORK_DIR, None), scope="jsonl|Europe/Berlin")
+    try:
+        assert main(["run", str(config), "--sandbox", "--as-of", AS_OF]) == 1
+        assert "another run is exporting into this directory" in capsys.readouterr().err
+        assert main(["run", str(config), "--sandbox", "--as-of", AS_OF, "--shard", "1/2"]) == 0
+    finally:
+        holder.close()
+    assert (out / WORK_DIR / "state-1of2.sqlite").exists()

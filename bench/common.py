@@ -1,0 +1,118 @@
+"""Shared pieces of the benchmarks: the sandbox in its own process, measured subprocesses."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from exporter.sandbox import free_port
+
+ROOT = Path(__file__).resolve().parent.parent
+KEY = "bench-key-0123456789abcdef"
+# One day every series covers; fixed so that runs are comparable.
+AS_OF = "2024-07-01"
+
+
+@dataclass
+class Sandbox:
+    url: str
+    proc: subprocess.Popen[bytes]
+
+    def stats(self) -> dict[str, Any]:
+        with urllib.request.urlopen(f"{self.url}/_sandbox/stats", timeout=30) as resp:  # noqa: S310 - loopback
+            doc: dict[str, Any] = json.load(resp)
+            return doc
+
+
+@contextmanager
+def sandbox(*args: str) -> Iterator[Sandbox]:
+    """``braze-export sandbox`` in a separate process on a free loopback port."""
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "exporter", "sandbox", "--port", str(port), "--api-key", KEY, *args],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline().decode()
+        if "listening" not in line:
+            raise RuntimeError(f"sandbox did not start: {line}")
+        yield Sandbox(f"http://127.0.0.1:{port}", proc)
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+@dataclass
+class Measured:
+    wall_s: float
+    cpu_s: float
+    peak_rss_mb: float
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def measure(argv: list[str], env: dict[str, str] | None = None, cwd: Path = ROOT) -> Measured:
+    """Run a command to completion; its wall time, CPU seconds (user + sys) and peak RSS."""
+    out_path = Path(os.environ.get("TMPDIR", "/tmp")) / f"bench-{os.getpid()}.out"
+    err_path = out_path.with_suffix(".err")
+    with out_path.open("w") as out, err_path.open("w") as err:
+        started = time.perf_counter()
+        proc = subprocess.Popen(argv, cwd=cwd, env=env, stdout=out, stderr=err)
+        _, status, usage = os.wait4(proc.pid, 0)
+        wall = time.perf_counter() - started
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    result = Measured(
+        wall_s=wall,
+        cpu_s=usage.ru_utime + usage.ru_stime,
+        peak_rss_mb=usage.ru_maxrss / 1024,  # Linux reports KiB
+        returncode=proc.returncode,
+        stdout=out_path.read_text(),
+        stderr=err_path.read_text(),
+    )
+    out_path.unlink()
+    err_path.unlink()
+    return result
+
+
+def exporter_env(url: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BRAZE_")}
+    env.update(BRAZE_API_KEY=KEY, BRAZE_REST_ENDPOINT=url, PYTHONPATH=str(ROOT))
+    return env
+
+
+def write_config(path: Path, body: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(body)
+    return path
+
+
+def machine() -> str:
+    cpu = "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return (
+        f"{os.cpu_count()} cores ({cpu}), Python {platform.python_version()}, {platform.system()}"
+    )
+
+
+def verdict(ok: bool, text: str) -> str:
+    return f"verdict: {'PASS' if ok else 'MISS'}: {text}"

@@ -1,0 +1,101 @@
+"""1. Throughput ceiling: the exporter vs a naive baseline, limiter lifted, 20,000 requests.
+
+The sandbox runs in its own process without a rate limit; the exporter's budget is
+10^8 requests/hour. Both write the same 20,000 files (200 segments x 100 apps, one day each).
+Prints requests/s, CPU seconds per 1,000 requests and peak RSS for both, and a verdict
+against the goal of 1,500 requests/s (20x Braze's 69.4/s).
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+from bench.common import (
+    AS_OF,
+    ROOT,
+    Measured,
+    exporter_env,
+    machine,
+    measure,
+    sandbox,
+    verdict,
+    write_config,
+)
+
+GOAL = 1500.0
+
+
+def config(out: Path, segments: int, apps: int, concurrency: int) -> str:
+    return f"""\
+version: 1
+limits: {{requests_per_hour: 100000000, concurrency: {concurrency}}}
+output: {{dir: {out}}}
+exports:
+  - name: bench
+    segment_ids: [{", ".join(f"segment-{i:04d}" for i in range(segments))}]
+    app_ids: [{", ".join(f"app-{i:03d}" for i in range(apps))}]
+    window: {{days: 1}}
+"""
+
+
+def row(name: str, requests: int, m: Measured) -> str:
+    return (
+        f"| {name} | {requests:,} | {m.wall_s:.1f} | {requests / m.wall_s:,.0f} | "
+        f"{m.cpu_s / requests * 1000:.2f} | {m.peak_rss_mb:.0f} |"
+    )
+
+
+def run(segments: int = 200, apps: int = 100, concurrency: int = 64) -> dict[str, float]:
+    requests = segments * apps
+    work = Path(tempfile.mkdtemp(prefix="bench-throughput-"))
+    try:
+        with sandbox("--limit", "0") as box:
+            env = exporter_env(box.url)
+            cfg = write_config(
+                work / "bench.yaml", config(work / "out", segments, apps, concurrency)
+            )
+            ours = measure(
+                [sys.executable, "-m", "exporter", "run", str(cfg), "--as-of", AS_OF], env=env
+            )
+            assert ours.returncode == 0, ours.stderr
+            base = measure(
+                [
+                    sys.executable,
+                    str(ROOT / "bench" / "baseline.py"),
+                    str(cfg),
+                    str(work / "baseline"),
+                    box.url,
+                    AS_OF,
+                ],
+                env=env,
+            )
+            assert base.returncode == 0, base.stderr
+        same = sorted(
+            p.relative_to(work / "out") for p in (work / "out/sessions").rglob("*.jsonl")
+        ) == sorted(
+            p.relative_to(work / "baseline") for p in (work / "baseline/sessions").rglob("*.jsonl")
+        )
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    print(f"throughput: {requests:,} requests, sandbox unthrottled in its own process; {machine()}")
+    print("| client | requests | wall s | requests/s | CPU s per 1,000 requests | peak RSS MB |")
+    print("|---|---|---|---|---|---|")
+    print(row(f"braze-export (concurrency {concurrency})", requests, ours))
+    print(row("naive baseline (sequential)", requests, base))
+    rate = requests / ours.wall_s
+    print(f"same files written by both: {same}")
+    print(
+        verdict(
+            rate >= GOAL and same,
+            f"{rate:,.0f} requests/s vs goal {GOAL:,.0f} ({rate / 69.44:.0f}x Braze's limit), "
+            f"{rate / (requests / base.wall_s):.1f}x the baseline",
+        )
+    )
+    return {"rate": rate, "baseline_rate": requests / base.wall_s}
+
+
+if __name__ == "__main__":
+    run()
