@@ -43,7 +43,7 @@ container-test:
 	bash scripts/container-test.sh
 
 bench: $(VENV)/.installed-dev
-	$(BIN)/python bench/run_all.py
+	$(BIN)/python -m bench.run_all
 
 clean:
 	rm -rf $(VENV) demo-out .mypy_cache .ruff_cache .pytest_cache

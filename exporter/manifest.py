@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -18,10 +19,10 @@ from typing import Any
 from exporter import __version__
 from exporter.config import Config
 from exporter.errors import ExporterError
-from exporter.pipeline import RunResult, Tally
+from exporter.pipeline import RunResult
 from exporter.plan import Plan, Series
 from exporter.ratelimit import Budget
-from exporter.writers import WORK_DIR, WrittenFile, atomic_write
+from exporter.writers import WORK_DIR, atomic_write
 
 __all__ = ["RUNS_DIR", "Verification", "build_manifest", "verify", "write_manifest"]
 
@@ -36,17 +37,13 @@ def _series_doc(series: Series) -> dict[str, str | None]:
     return {"segment_id": series.segment_id, "app_id": series.app_id, "unit": series.unit}
 
 
-def _counts(series: tuple[Series, ...], result: RunResult) -> dict[str, Any]:
-    total = Tally()
-    for s in series:
-        tally = result.by_series.get(s)
-        if tally is not None:
-            for name in Tally.__slots__:
-                setattr(total, name, getattr(total, name) + getattr(tally, name))
-    failed = [s for s in series if s in result.failures]
+def _counts(indices: Iterable[int], plan: Plan, result: RunResult) -> dict[str, Any]:
+    chosen = list(indices)
+    total = result.by_series.sum(chosen)
+    failed = [plan.series[i] for i in chosen if plan.series[i] in result.failures]
     return {
-        "series": len(series),
-        "series_ok": len(series) - len(failed),
+        "series": len(chosen),
+        "series_ok": len(chosen) - len(failed),
         "series_failed": len(failed),
         "failures": [
             {**_series_doc(s), "reason": result.failures[s]}
@@ -68,8 +65,6 @@ def build_manifest(
     plan: Plan,
     result: RunResult,
     budget: Budget,
-    files: dict[Path, WrittenFile],
-    out_dir: Path,
     started_at: float,
     finished_at: float,
     exit_code: int,
@@ -88,9 +83,12 @@ def build_manifest(
         "exit_code": exit_code,
         "interrupted": result.interrupted,
         "auth_error": None if result.auth_error is None else str(result.auth_error),
-        "totals": {"requests_planned": result.requests_planned, **_counts(plan.series, result)},
+        "totals": {
+            "requests_planned": result.requests_planned,
+            **_counts(range(len(plan.series)), plan, result),
+        },
         "exports": {
-            name: _counts(series, result) for name, series in plan.series_by_export.items()
+            name: _counts(indices, plan, result) for name, indices in plan.series_by_export.items()
         },
         "budget": {
             "allowed_per_hour": budget.allowed_per_hour,
@@ -101,17 +99,30 @@ def build_manifest(
             "workspace_limit_seen": budget.last_seen.limit,
             "workspace_remaining_seen": budget.last_seen.remaining,
         },
-        "files": [
-            {"path": str(path.relative_to(out_dir)), "rows": item.rows, "sha256": item.sha256}
-            for path, item in sorted(files.items())
-        ],
     }
 
 
-def write_manifest(out_dir: Path, doc: dict[str, Any]) -> Path:
+def write_manifest(
+    out_dir: Path, doc: dict[str, Any], files: Iterable[tuple[str, int, str]]
+) -> Path:
+    """Write ``doc`` plus its ``files`` list atomically, streaming the list: a run of 100,000
+    series must not hold 100,000 entries in memory to describe itself."""
     path = out_dir / RUNS_DIR / f"{doc['run_id']}.json"
-    data = (json.dumps(doc, indent=1, ensure_ascii=False) + "\n").encode()
-    atomic_write(path, data, out_dir / WORK_DIR / "tmp")
+    head = json.dumps(doc, indent=1, ensure_ascii=False)
+    assert head.endswith("\n}")
+
+    def chunks() -> Iterator[bytes]:
+        yield (head[:-2] + ',\n "files": [').encode()
+        separator = "\n  "
+        for relative, rows, sha256 in files:
+            entry = json.dumps(
+                {"path": relative, "rows": rows, "sha256": sha256}, ensure_ascii=False
+            )
+            yield (separator + entry).encode()
+            separator = ",\n  "
+        yield b"\n ]\n}\n"
+
+    atomic_write(path, chunks(), out_dir / WORK_DIR / "tmp")
     return path
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+from array import array
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
@@ -35,7 +36,7 @@ MAX_LENGTH = 100  # Braze accepts length 1..100
 _EPOCH_ORDINAL = date(1970, 1, 1).toordinal()
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Series:
     """One exported series: a segment, an app (None: the whole workspace) and a unit."""
 
@@ -53,7 +54,7 @@ class Series:
         return f"segment={quote(self.segment_id, safe='')} app={app} unit={self.unit}"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Request:
     """One GET /sessions/data_series call: ``length`` periods from ``first`` on."""
 
@@ -61,6 +62,7 @@ class Request:
     first: int
     length: int
     ending_at: str
+    index: int = 0  # position of the series in its Plan's ``series``
 
     @property
     def last(self) -> int:
@@ -100,7 +102,8 @@ class Plan:
     timezone: str
     requests: tuple[Request, ...]
     series: tuple[Series, ...]
-    series_by_export: dict[str, tuple[Series, ...]] = field(default_factory=dict)
+    # Positions in ``series`` of each export's series (4 bytes each, for 100,000s of them).
+    series_by_export: dict[str, array[int]] = field(default_factory=dict)
     warnings: tuple[str, ...] = ()
     shard: tuple[int, int] | None = None
 
@@ -154,7 +157,8 @@ def build_plan(config: Config, as_of: date, shard: tuple[int, int] | None = None
     disjoint parts of the series."""
     tz = config.tz
     warnings: list[str] = []
-    ranges: dict[Series, list[tuple[int, int]]] = {}
+    # A series' spans: one tuple in the usual case, a list once exports overlap (memory).
+    ranges: dict[Series, tuple[int, int] | list[tuple[int, int]]] = {}
     by_export: dict[str, tuple[Series, ...]] = {}
     for export in config.exports:
         days = resolve_window(export.window, as_of)
@@ -171,23 +175,43 @@ def build_plan(config: Config, as_of: date, shard: tuple[int, int] | None = None
         by_export[export.name] = series
         if days is None:
             continue
+        day_span = (days[0].toordinal(), days[1].toordinal())
+        hour_span = hour_range(days[0], days[1], tz)
         for s in series:
-            if s.unit == "day":
-                span = (days[0].toordinal(), days[1].toordinal())
+            span = day_span if s.unit == "day" else hour_span
+            known = ranges.get(s)
+            if known is None:
+                ranges[s] = span
+            elif isinstance(known, list):
+                known.append(span)
             else:
-                span = hour_range(days[0], days[1], tz)
-            ranges.setdefault(s, []).append(span)
-    requests = [
-        Request(s, first, length, ending_at(s.unit, first + length - 1, tz))
-        for s in sorted(ranges, key=Series.sort_key)
-        for lo, hi in _merge(ranges[s])
-        for first, length in _slices(lo, hi)
-    ]
+                ranges[s] = [known, span]
     all_series = tuple(
         sorted({s for group in by_export.values() for s in group}, key=Series.sort_key)
     )
+    index = {s: i for i, s in enumerate(all_series)}
+    # Series of one window end alike: one ending_at string serves all of their requests.
+    endings: dict[tuple[str, int], str] = {}
+
+    def end_of(unit: Unit, last: int) -> str:
+        key = (unit, last)
+        if key not in endings:
+            endings[key] = ending_at(unit, last, tz)
+        return endings[key]
+
+    requests = []
+    for s in all_series:
+        spans = ranges.pop(s, None)
+        if spans is None:
+            continue
+        for lo, hi in _merge(spans if isinstance(spans, list) else [spans]):
+            for first, length in _slices(lo, hi):
+                requests.append(
+                    Request(s, first, length, end_of(s.unit, first + length - 1), index[s])
+                )
+    exports = {name: array("i", (index[s] for s in group)) for name, group in by_export.items()}
     return Plan(
-        as_of, config.timezone, tuple(requests), all_series, by_export, tuple(warnings), shard
+        as_of, config.timezone, tuple(requests), all_series, exports, tuple(warnings), shard
     )
 
 

@@ -87,10 +87,14 @@ class Budget:
         self.last_seen: RateHeaders = RateHeaders()
 
     async def acquire(self) -> None:
-        """Wait for the gate to open, then for a token."""
-        while (delay := self._paused_until - self._clock()) > 0:
-            await self._sleep(delay)
-        await self.limiter.acquire()
+        """Wait for the gate to open and for a token, and check the gate again after the
+        token: workers queued for tokens must not slip through a pause that began meanwhile."""
+        while True:
+            while (delay := self._paused_until - self._clock()) > 0:
+                await self._sleep(delay)
+            await self.limiter.acquire()
+            if self._paused_until <= self._clock():
+                return
 
     @property
     def paused_for(self) -> float:

@@ -84,6 +84,8 @@ async def execute(
     state = State(
         state_path(options.out_dir / WORK_DIR, plan.shard),
         scope=f"{config.output.format}|{config.timezone}",
+        run_id=options.run_id,
+        root=options.out_dir,
     )
     runner, endpoint = None, config.braze.endpoint
     if key is None:
@@ -103,29 +105,26 @@ async def execute(
                 fresh=options.fresh,
             )
             result = await _with_signals_and_progress(pipeline, plan, signals, options)
-    finally:
-        writer.close()
-        state.close()
-        if runner is not None:
-            await runner.cleanup()
-    code = _exit_code(result, signals)
-    manifest = write_manifest(
-        options.out_dir,
-        build_manifest(
+        code = _exit_code(result, signals)
+        doc = build_manifest(
             run_id=options.run_id,
             config=config,
             plan=plan,
             result=result,
             budget=budget,
-            files=writer.files,
-            out_dir=options.out_dir,
             started_at=started_at,
             finished_at=time.time(),
             exit_code=code,
-        ),
-    )
+        )
+        manifest = write_manifest(options.out_dir, doc, state.files())
+        files = state.file_count()
+    finally:
+        writer.close()
+        state.close()
+        if runner is not None:
+            await runner.cleanup()
     name = signal.Signals(signals[0]).name if signals else None
-    summary = summary_lines(result, plan, budget, len(writer.files))
+    summary = summary_lines(result, plan, budget, files)
     return RunOutcome(code, result, summary, manifest, name)
 
 

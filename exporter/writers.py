@@ -45,11 +45,12 @@ _WRITER_THREADS = 8
 _MAX_COMPONENT = 200  # file systems allow 255 bytes per name; leave room for the key= prefix
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class WrittenFile:
     path: Path
     rows: int
     sha256: str
+    version: int  # order of the writes of one file: a later write has a higher version
 
 
 def encode_id(value: str | None) -> str:
@@ -93,7 +94,7 @@ class PartitionWriter:
         self.durable = durable
         self.tmp_dir = root / WORK_DIR / "tmp"
         self._locks = [asyncio.Lock() for _ in range(_LOCK_STRIPES)]
-        self.files: dict[Path, WrittenFile] = {}  # every file this writer wrote, latest state
+        self._versions = itertools.count(1)
         # File creation and fsync wait on the disk, not the CPU: a few threads keep several
         # in progress (the kernel commits their journal entries together) off the event loop.
         self._pool = ThreadPoolExecutor(max_workers=_WRITER_THREADS, thread_name_prefix="writer")
@@ -126,24 +127,24 @@ class PartitionWriter:
             async with self._locks[hash(path) % _LOCK_STRIPES]:
                 try:
                     item = await asyncio.get_running_loop().run_in_executor(
-                        self._pool, self._merge_sync, path, series, group
+                        self._pool, self._merge_sync, path, series, group, next(self._versions)
                     )
                 except OSError as exc:
                     raise ExporterError(
                         f"{series.label}: cannot write {path}: {exc.strerror or exc}"
                     ) from None
-                # Recorded under the lock, so the last write of a file is the one kept.
-                self.files[path] = item
                 written.append(item)
         return written
 
-    def _merge_sync(self, path: Path, series: Series, points: list[Point]) -> WrittenFile:
+    def _merge_sync(
+        self, path: Path, series: Series, points: list[Point], version: int
+    ) -> WrittenFile:
         rows = self._read(path, series)
         for point in points:
             rows[point.period] = (point.time, point.sessions)
         data = self._render(series, [rows[p] for p in sorted(rows)])
         self._replace(path, data)
-        return WrittenFile(path, len(rows), hashlib.sha256(data).hexdigest())
+        return WrittenFile(path, len(rows), hashlib.sha256(data).hexdigest(), version)
 
     def _read(self, path: Path, series: Series) -> dict[int, tuple[str, int]]:
         try:
@@ -185,9 +186,12 @@ class PartitionWriter:
         atomic_write(path, data, self.tmp_dir, durable=self.durable)
 
 
-def atomic_write(path: Path, data: bytes, tmp_dir: Path, *, durable: bool = True) -> None:
-    """Replace ``path`` with ``data`` whole: temp file in ``tmp_dir``, fsync, rename, fsync of
-    the directory. Directories are created only when missing (a syscall saved per write)."""
+def atomic_write(
+    path: Path, data: bytes | Iterable[bytes], tmp_dir: Path, *, durable: bool = True
+) -> None:
+    """Replace ``path`` with ``data`` (bytes, or chunks of them) whole: temp file in
+    ``tmp_dir``, fsync, rename, fsync of the directory. Directories are created only when
+    missing (a syscall saved per write)."""
     tmp = os.path.join(tmp_dir, f"{os.getpid()}-{next(_TEMP_NAMES)}.part")
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
     try:
@@ -197,9 +201,10 @@ def atomic_write(path: Path, data: bytes, tmp_dir: Path, *, durable: bool = True
         fd = os.open(tmp, flags, 0o644)
     try:
         try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
+            for chunk in (data,) if isinstance(data, bytes) else data:
+                view = memoryview(chunk)
+                while view:
+                    view = view[os.write(fd, view) :]
             if durable:
                 os.fsync(fd)
         finally:

@@ -31,7 +31,7 @@ def _plan(segments: int, days: int = 3) -> Plan:
     last = date(2024, 6, 30).toordinal()
     requests = tuple(
         Request(
-            Series(f"s{i}", None, "day"), last - days + 1, days, ending_at("day", last, UTC_ZONE)
+            Series(f"s{i}", None, "day"), last - days + 1, days, ending_at("day", last, UTC_ZONE), i
         )
         for i in range(segments)
     )
@@ -75,8 +75,8 @@ async def test_a_failed_series_sends_no_more_requests(tmp_path: Path) -> None:
     last = date(2024, 6, 30).toordinal()
     bad, good = Series("bad", None, "day"), Series("good", None, "day")
     requests = tuple(
-        Request(s, last - 9 * k - 8, 9, ending_at("day", last - 9 * k, UTC_ZONE))
-        for s in (bad, good)
+        Request(s, last - 9 * k - 8, 9, ending_at("day", last - 9 * k, UTC_ZONE), i)
+        for i, s in enumerate((bad, good))
         for k in range(3)
     )
     plan = Plan(date(2024, 7, 1), "UTC", requests, (bad, good))

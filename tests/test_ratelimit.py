@@ -95,3 +95,25 @@ async def test_stale_headers_never_shorten_a_pause() -> None:
     budget.rate_limited(RateHeaders(reset_at=1030))
     budget.observe(RateHeaders(limit=10, remaining=0, reset_at=990))
     assert budget.paused_for == pytest.approx(30 + RESET_MARGIN_S)
+
+
+async def test_a_pause_stops_workers_already_waiting_for_a_token() -> None:
+    """A worker that passed the gate before a pause began does not send during it."""
+    clock = FakeClock(1000.0)
+    budget = Budget(3600, 1.0, 0.1, clock=clock, sleep=clock.sleep)  # one token per second
+
+    class PauseWhileWaiting:
+        """Stands in for the limiter: the pause starts while the worker waits for a token."""
+
+        def __init__(self) -> None:
+            self.calls = 0
+
+        async def acquire(self) -> None:
+            self.calls += 1
+            if self.calls == 1:
+                budget.rate_limited(RateHeaders(reset_at=1030))
+
+    budget.limiter = PauseWhileWaiting()  # type: ignore[assignment]
+    await budget.acquire()
+    assert clock.now >= 1030
+    assert budget.limiter.calls == 2  # type: ignore[attr-defined]

@@ -1,0 +1,20 @@
+"""`make bench`: every benchmark in turn, each printing its table and verdict."""
+
+from __future__ import annotations
+
+from bench import budget, economy, scale, throughput
+
+
+def main() -> None:
+    for name, bench in (
+        ("1. throughput", throughput.run),
+        ("2. budget", budget.run),
+        ("3. scale", scale.run),
+        ("4. economy", economy.run),
+    ):
+        print(f"\n== {name} ==", flush=True)
+        bench()
+
+
+if __name__ == "__main__":
+    main()
