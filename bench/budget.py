@@ -20,24 +20,26 @@ from typing import Any
 
 import aiohttp
 
-from bench.common import AS_OF, KEY, Sandbox, exporter_env, machine, sandbox, verdict, write_config
+from bench.common import (
+    AS_OF,
+    KEY,
+    Sandbox,
+    exporter_env,
+    grid_config,
+    machine,
+    sandbox,
+    verdict,
+    write_config,
+)
 
 LIMIT, WINDOW = 300, 10.0
 RESERVE = 0.1
 
 
 def config(out: Path, share: float, series: int) -> str:
-    segments, apps = series // 50, 50
-    return f"""\
-version: 1
-limits: {{requests_per_hour: {int(LIMIT * 3600 / WINDOW)}, share: {share}, reserve: {RESERVE}}}
-output: {{dir: {out}}}
-exports:
-  - name: bench
-    segment_ids: [{", ".join(f"segment-{i:03d}" for i in range(segments))}]
-    app_ids: [{", ".join(f"app-{i:02d}" for i in range(apps))}]
-    window: {{days: 1}}
-"""
+    rate = int(LIMIT * 3600 / WINDOW)
+    limits = f"requests_per_hour: {rate}, share: {share}, reserve: {RESERVE}"
+    return grid_config(out, series // 50, 50, limits)
 
 
 async def _compete(url: str, per_s: float, stop: asyncio.Event) -> dict[str, int]:

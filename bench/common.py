@@ -94,6 +94,20 @@ def exporter_env(url: str) -> dict[str, str]:
     return env
 
 
+def grid_config(out: Path, segments: int, apps: int, limits: str) -> str:
+    """A config of ``segments x apps`` day series, one day each: one request per series."""
+    return f"""\
+version: 1
+limits: {{{limits}}}
+output: {{dir: {out}}}
+exports:
+  - name: bench
+    segment_ids: [{", ".join(f"segment-{i:04d}" for i in range(segments))}]
+    app_ids: [{", ".join(f"app-{i:03d}" for i in range(apps))}]
+    window: {{days: 1}}
+"""
+
+
 def write_config(path: Path, body: str) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(body)

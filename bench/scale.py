@@ -12,7 +12,16 @@ import time
 from datetime import date
 from pathlib import Path
 
-from bench.common import AS_OF, exporter_env, machine, measure, sandbox, verdict, write_config
+from bench.common import (
+    AS_OF,
+    exporter_env,
+    grid_config,
+    machine,
+    measure,
+    sandbox,
+    verdict,
+    write_config,
+)
 from exporter.config import load_config
 from exporter.plan import build_plan
 
@@ -21,16 +30,7 @@ GOAL_RATIO = 1.5
 
 
 def config(out: Path, segments: int, apps: int) -> str:
-    return f"""\
-version: 1
-limits: {{requests_per_hour: 100000000, concurrency: 64}}
-output: {{dir: {out}}}
-exports:
-  - name: scale
-    segment_ids: [{", ".join(f"segment-{i:04d}" for i in range(segments))}]
-    app_ids: [{", ".join(f"app-{i:03d}" for i in range(apps))}]
-    window: {{days: 1}}
-"""
+    return grid_config(out, segments, apps, "requests_per_hour: 100000000, concurrency: 64")
 
 
 def one(segments: int, apps: int) -> dict[str, float]:

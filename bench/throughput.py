@@ -18,6 +18,7 @@ from bench.common import (
     ROOT,
     Measured,
     exporter_env,
+    grid_config,
     machine,
     measure,
     sandbox,
@@ -29,16 +30,9 @@ GOAL = 1500.0
 
 
 def config(out: Path, segments: int, apps: int, concurrency: int) -> str:
-    return f"""\
-version: 1
-limits: {{requests_per_hour: 100000000, concurrency: {concurrency}}}
-output: {{dir: {out}}}
-exports:
-  - name: bench
-    segment_ids: [{", ".join(f"segment-{i:04d}" for i in range(segments))}]
-    app_ids: [{", ".join(f"app-{i:03d}" for i in range(apps))}]
-    window: {{days: 1}}
-"""
+    return grid_config(
+        out, segments, apps, f"requests_per_hour: 100000000, concurrency: {concurrency}"
+    )
 
 
 def row(name: str, requests: int, m: Measured) -> str:

@@ -50,7 +50,8 @@ class SeriesCounters:
     a few bytes per series instead of an object and a dict entry each (100,000s of series)."""
 
     def __init__(self, size: int) -> None:
-        self._columns = {name: array("q", bytes(8 * size)) for name in COUNTERS}
+        # 32-bit counts: a series has at most some millions of periods, rows or requests.
+        self._columns = {name: array("i", bytes(4 * size)) for name in COUNTERS}
 
     def add(self, index: int, name: str, n: int = 1) -> None:
         self._columns[name][index] += n

@@ -190,6 +190,8 @@ def build_plan(config: Config, as_of: date, shard: tuple[int, int] | None = None
         sorted({s for group in by_export.values() for s in group}, key=Series.sort_key)
     )
     index = {s: i for i, s in enumerate(all_series)}
+    exports = {name: array("i", (index[s] for s in group)) for name, group in by_export.items()}
+    del by_export, index  # the plan's peak memory is here: let go of what is no longer needed
     # Series of one window end alike: one ending_at string serves all of their requests.
     endings: dict[tuple[str, int], str] = {}
 
@@ -200,16 +202,13 @@ def build_plan(config: Config, as_of: date, shard: tuple[int, int] | None = None
         return endings[key]
 
     requests = []
-    for s in all_series:
+    for i, s in enumerate(all_series):
         spans = ranges.pop(s, None)
         if spans is None:
             continue
         for lo, hi in _merge(spans if isinstance(spans, list) else [spans]):
             for first, length in _slices(lo, hi):
-                requests.append(
-                    Request(s, first, length, end_of(s.unit, first + length - 1), index[s])
-                )
-    exports = {name: array("i", (index[s] for s in group)) for name, group in by_export.items()}
+                requests.append(Request(s, first, length, end_of(s.unit, first + length - 1), i))
     return Plan(
         as_of, config.timezone, tuple(requests), all_series, exports, tuple(warnings), shard
     )
