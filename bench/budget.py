@@ -104,7 +104,8 @@ def scenario(name: str, share: float, competitor_per_s: float, series: int) -> d
     may_use = min(LIMIT * share, LIMIT * (1 - RESERVE)) / WINDOW
     # The first and last windows are partial (the run starts and ends mid-window); whole
     # windows in between say what the exporter gets out of a window.
-    per_window = list(stats["windows"].values())[1:-1]
+    # (Only alone: the sandbox's window counts would include a competitor's requests.)
+    per_window = list(stats["windows"].values())[1:-1] if not competitor_per_s else []
     full = sum(per_window) / len(per_window) / (may_use * WINDOW) if per_window else float("nan")
     result = {
         "requests": sent,
@@ -121,7 +122,8 @@ def scenario(name: str, share: float, competitor_per_s: float, series: int) -> d
     }
     print(
         f"| {name} | {sent:,} | {elapsed:.1f} | {achieved:.2f} | {may_use:.2f} | "
-        f"{result['utilisation']:.1%} | {full:.1%} | {stats['max_in_window']} / {LIMIT} | "
+        f"{result['utilisation']:.1%} | {'-' if full != full else f'{full:.1%}'} | "
+        f"{stats['max_in_window']} / {LIMIT} | "
         f"{result['exporter_429']} | {competitor['sent']} / {competitor['rate_limited']} |"
     )
     return result
