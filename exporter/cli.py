@@ -19,6 +19,7 @@ from exporter import __version__
 from exporter.config import Config, load_config, resolve_api_key
 from exporter.errors import ConfigError, ExporterError
 from exporter.logs import new_run_id, set_secret, setup_logging
+from exporter.manifest import verify
 from exporter.plan import Plan, build_plan
 from exporter.progress import eta_seconds, format_duration
 from exporter.runner import (
@@ -281,8 +282,6 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_verify(args: argparse.Namespace) -> int:
-    from exporter.manifest import verify
-
     report = verify(Path(args.dir))
     for name in report.changed:
         print(f"changed: {name}")

@@ -22,7 +22,7 @@ import json
 import math
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 
@@ -184,8 +184,7 @@ class _Sandbox:
         return web.json_response(doc)
 
 
-def _parse(query: dict[str, str] | object, now: float) -> tuple[str, str | None, str, list[str]]:
-    assert hasattr(query, "get")
+def _parse(query: Mapping[str, str], now: float) -> tuple[str, str | None, str, list[str]]:
     length_text = query.get("length")
     if length_text is None:
         raise ValueError("length is required")
