@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from datetime import date
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
@@ -261,3 +261,33 @@ def test_plan_and_validate_summaries(
     assert "time:" in text
     assert main(["validate", str(path)]) == 0
     assert "valid. 2 export(s)" in capsys.readouterr().out
+
+
+def test_restated_values_replace_old_ones_without_duplicates(
+    tmp_path: Path,
+    write_config: Callable[..., Path],
+    sandbox_server: Any,
+    env_key: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """When Braze restates recent days, a rerun over them overwrites those rows in place and
+    leaves older rows untouched."""
+    out = tmp_path / "out"
+    path = write_config(CONFIG.format(out=out, fmt="jsonl"))
+    day = out / "sessions/unit=day/segment_id=seg-a/app_id=_all/2024-06.jsonl"
+    # The sandbox's "now" is the as-of date, so the last 3 days are the recent ones.
+    now = datetime(2024, 7, 1, 6, tzinfo=UTC).timestamp()
+    with sandbox_server(clock=lambda: now) as server:
+        monkeypatch.setenv("BRAZE_REST_ENDPOINT", server.url)
+        assert main(["run", str(path), "--as-of", AS_OF]) == 0
+    before = [json.loads(line) for line in day.read_text().splitlines()]
+    with sandbox_server(clock=lambda: now, restate=7) as server:
+        monkeypatch.setenv("BRAZE_REST_ENDPOINT", server.url)
+        assert main(["run", str(path), "--as-of", AS_OF, "--fresh"]) == 0
+    after = [json.loads(line) for line in day.read_text().splitlines()]
+    assert [r["time"] for r in after] == [r["time"] for r in before]  # no row added
+    changed = [b["time"] for b, a in zip(before, after, strict=True) if b != a]
+    assert changed == ["2024-06-28", "2024-06-29", "2024-06-30"]
+    for row in after:
+        restate = 7 if row["time"] in changed else 0
+        assert row["sessions"] == session_count("seg-a", None, "day", row["time"], restate)
