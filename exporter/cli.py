@@ -32,6 +32,7 @@ from exporter.runner import (
     execute,
 )
 from exporter.sandbox import SandboxOptions, run_sandbox
+from exporter.writers import WORK_DIR
 
 __all__ = ["EXIT_AUTH", "EXIT_FAILED", "EXIT_OK", "EXIT_USAGE", "build_parser", "main"]
 
@@ -252,8 +253,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if key is not None:
         set_secret(args.log_handler, key.reveal())
     out_dir = Path(args.out or config.output.dir)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise ConfigError(f"output directory {out_dir} exists and is not a directory")
+    try:
+        (out_dir / WORK_DIR).mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"output directory {out_dir}: cannot use it ({exc.strerror})") from None
     options = RunOptions(
         out_dir=out_dir,
         run_id=args.run_id,

@@ -291,3 +291,14 @@ def test_restated_values_replace_old_ones_without_duplicates(
     for row in after:
         restate = 7 if row["time"] in changed else 0
         assert row["sessions"] == session_count("seg-a", None, "day", row["time"], restate)
+
+
+def test_an_unusable_output_directory_is_a_usage_error(
+    tmp_path: Path, write_config: Callable[..., Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--out below a regular file: exit 2 with the reason, no traceback."""
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    path = write_config(CONFIG.format(out=tmp_path / "out", fmt="jsonl"))
+    assert main(["run", str(path), "--sandbox", "--out", str(blocker / "sub")]) == 2
+    assert "cannot use it (Not a directory)" in capsys.readouterr().err
