@@ -169,7 +169,11 @@ def test_signals_stop_cleanly_and_resume(
     config = write_config(_config(out, rate=180_000))
     with sandbox_server(limit=0) as server:
         stopped = _Exporter(config, server.url)
-        time.sleep(1.0)
+        # Signal once some work is done (however slow the machine is to start Python).
+        deadline = time.monotonic() + 30
+        while not _snapshot(out) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.2)
         sent_at = time.monotonic()
         stopped.proc.send_signal(signum)
         assert stopped.wait(15) == code
