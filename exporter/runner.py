@@ -119,7 +119,7 @@ async def execute(
         manifest = write_manifest(options.out_dir, doc, state.files())
         files = state.file_count()
     finally:
-        writer.close()
+        await writer.aclose()
         state.close()
         if runner is not None:
             await runner.cleanup()

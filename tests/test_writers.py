@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 from datetime import UTC, date, datetime
@@ -9,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from exporter import writers
 from exporter.client import Point
 from exporter.errors import ExporterError
 from exporter.plan import Series, period_of
@@ -168,3 +170,53 @@ async def test_hostile_ids_stay_inside_the_output_dir(tmp_path: Path) -> None:
             assert resolved.parent.parent.name.startswith("segment_id=")
             assert all(len(part.encode()) <= 255 for part in resolved.parts)
     assert {p.name for p in tmp_path.iterdir()} == {"out"}
+
+
+async def test_a_failed_sync_fails_the_batch_and_keeps_the_old_files(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """If making a batch durable fails, its writes fail, nothing is renamed, no temp stays."""
+    writer = PartitionWriter(tmp_path, "jsonl")
+    await writer.write(DAY, _days("2024-04-01", [1]))
+    path = next(tmp_path.rglob("*.jsonl"))
+    before = path.read_bytes()
+
+    def broken(fd: int) -> None:
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(writers, "_syncfs", broken)
+    monkeypatch.setattr(os, "fsync", broken)
+    with pytest.raises(ExporterError, match="Input/output error"):
+        await writer.write(DAY, _days("2024-04-01", [99]))
+    assert path.read_bytes() == before
+    assert list(writer.tmp_dir.iterdir()) == []
+    await writer.aclose()
+
+
+async def test_without_syncfs_each_file_is_fsynced(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Where the platform has no syncfs, the batch fsyncs each file and directory instead."""
+    synced: list[int] = []
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        synced.append(fd)
+        real_fsync(fd)
+
+    monkeypatch.setattr(writers, "_syncfs", None)
+    monkeypatch.setattr(os, "fsync", fsync)
+    writer = PartitionWriter(tmp_path, "jsonl")
+    await writer.write(DAY, _days("2024-04-30", [1, 2]))  # two partitions, one after the other
+    assert len(synced) == 2 * 2  # per partition: its temp file, then its directory
+    assert len(list(tmp_path.rglob("*.jsonl"))) == 2
+    await writer.aclose()
+
+
+async def test_concurrent_writes_of_one_file_all_land(tmp_path: Path) -> None:
+    """Many writers of the same partition at once: every row ends in the file, once."""
+    writer = PartitionWriter(tmp_path, "jsonl")
+    await asyncio.gather(*(writer.write(DAY, _days(f"2024-04-{d:02d}", [d])) for d in range(1, 31)))
+    rows = _rows(next(tmp_path.rglob("*.jsonl")))
+    assert [r["sessions"] for r in rows] == list(range(1, 31))
+    await writer.aclose()
