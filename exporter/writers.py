@@ -3,9 +3,9 @@
 Layout: ``{dir}/sessions/unit={unit}/segment_id={seg}/app_id={app}/{period}.{fmt}`` where
 ``{period}`` is the month (day series) or the UTC date (hour series) of the data's own time.
 A write reads the partition, lets new values replace old ones period by period (Braze restates
-recent days), sorts, and swaps the file in with temp file + fsync + rename, so a reader or a
-crash only ever sees the old or the new whole file. Files hold data only: the same points give
-the same bytes.
+recent days), sorts, and swaps the file in with a durable temp file and a rename (batched: see
+PartitionWriter), so a reader or a crash only ever sees the old or the new whole file. Files
+hold data only: the same points give the same bytes.
 """
 
 from __future__ import annotations
