@@ -112,23 +112,33 @@ async def test_replace_is_atomic_and_leaves_no_temp_file(tmp_path: Path) -> None
     assert len(data_files) == 1
 
 
+@pytest.mark.parametrize(
+    ("broken", "message"),
+    [("rename", "No space left on device"), ("sync", "Input/output error")],
+)
 async def test_a_failed_write_keeps_the_old_file(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, broken: str, message: str
 ) -> None:
-    """If the rename never happens, the old file is intact and no temp file stays."""
+    """If the rename or the batch's sync fails, the write fails, the old file is intact and
+    no temp file stays."""
     writer = PartitionWriter(tmp_path, "jsonl")
     await writer.write(DAY, _days("2024-04-01", [1]))
     path = next(tmp_path.rglob("*.jsonl"))
     before = path.read_bytes()
 
     def fail(*_: object) -> None:
-        raise OSError(28, "No space left on device")
+        raise OSError(28 if broken == "rename" else 5, message)
 
-    monkeypatch.setattr(os, "replace", fail)
-    with pytest.raises(ExporterError, match="No space left on device"):
+    if broken == "rename":
+        monkeypatch.setattr(os, "replace", fail)
+    else:
+        monkeypatch.setattr(writers, "_syncfs", fail)
+        monkeypatch.setattr(os, "fsync", fail)
+    with pytest.raises(ExporterError, match=message):
         await writer.write(DAY, _days("2024-04-01", [99]))
     assert path.read_bytes() == before
     assert list(writer.tmp_dir.iterdir()) == []
+    await writer.aclose()
 
 
 async def test_a_foreign_file_is_not_overwritten(tmp_path: Path) -> None:
@@ -170,27 +180,6 @@ async def test_hostile_ids_stay_inside_the_output_dir(tmp_path: Path) -> None:
             assert resolved.parent.parent.name.startswith("segment_id=")
             assert all(len(part.encode()) <= 255 for part in resolved.parts)
     assert {p.name for p in tmp_path.iterdir()} == {"out"}
-
-
-async def test_a_failed_sync_fails_the_batch_and_keeps_the_old_files(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """If making a batch durable fails, its writes fail, nothing is renamed, no temp stays."""
-    writer = PartitionWriter(tmp_path, "jsonl")
-    await writer.write(DAY, _days("2024-04-01", [1]))
-    path = next(tmp_path.rglob("*.jsonl"))
-    before = path.read_bytes()
-
-    def broken(fd: int) -> None:
-        raise OSError(5, "Input/output error")
-
-    monkeypatch.setattr(writers, "_syncfs", broken)
-    monkeypatch.setattr(os, "fsync", broken)
-    with pytest.raises(ExporterError, match="Input/output error"):
-        await writer.write(DAY, _days("2024-04-01", [99]))
-    assert path.read_bytes() == before
-    assert list(writer.tmp_dir.iterdir()) == []
-    await writer.aclose()
 
 
 async def test_without_syncfs_each_file_is_fsynced(
