@@ -53,10 +53,14 @@ class ApiError(ExporterError):
         self.series = series
         self.status = status
 
+    @property
+    def reason(self) -> str:
+        """What went wrong, without the series: ``HTTP 400: Invalid segment_id``."""
+        return self.message if self.status is None else f"HTTP {self.status}: {self.message}"
+
     def __str__(self) -> str:
         where = f"{self.series.label}: " if self.series is not None else ""
-        code = f"HTTP {self.status}: " if self.status is not None else ""
-        return f"{where}{code}{self.message}"
+        return f"{where}{self.reason}"
 
 
 class RetryableError(ApiError):

@@ -124,10 +124,6 @@ class Pipeline:
     def elapsed(self) -> float:
         return self._clock() - self.result.started if self.result.started else 0.0
 
-    @property
-    def in_flight(self) -> int:
-        return self._in_flight
-
     async def run(self, plan: Plan) -> RunResult:
         result = self.result
         result.requests_planned = len(plan.requests)
@@ -155,11 +151,11 @@ class Pipeline:
         return result
 
     async def _feed(self, plan: Plan, queue: asyncio.Queue[Request | None]) -> None:
-        skip_done = self.state is not None and not self.fresh
+        state = None if self.fresh else self.state  # what is done already, unless --fresh
         for request in plan.requests:
             if self._stopping.is_set():
                 break
-            if skip_done and self.state is not None and self.state.is_done(request):
+            if state is not None and state.is_done(request):
                 self.result.count(request, "skipped")
                 self._note_if_series_done(request)
                 continue
@@ -190,10 +186,7 @@ class Pipeline:
             except AuthError:
                 raise
             except ApiError as exc:
-                self._fail(
-                    request.series,
-                    exc.message if exc.status is None else f"HTTP {exc.status}: {exc.message}",
-                )
+                self._fail(request.series, exc.reason)
             except ExporterError as exc:
                 self._fail(request.series, str(exc))
             finally:

@@ -88,12 +88,12 @@ async def execute(
         root=options.out_dir,
     )
     runner, endpoint = None, config.braze.endpoint
-    if key is None:
-        key = ApiKey(secrets.token_urlsafe(24))
-        runner, endpoint = await start_sandbox(SandboxOptions(api_key=key.reveal()))
-        log.info("sandbox started on %s", endpoint, extra={"event": "sandbox_started"})
     signals: list[int] = []
     try:
+        if key is None:
+            key = ApiKey(secrets.token_urlsafe(24))
+            runner, endpoint = await start_sandbox(SandboxOptions(api_key=key.reveal()))
+            log.info("sandbox started on %s", endpoint, extra={"event": "sandbox_started"})
         async with make_session(limits.concurrency) as session:
             pipeline = Pipeline(
                 client=BrazeClient(session, endpoint, key, timeout_s=config.braze.timeout_s),
