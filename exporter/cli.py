@@ -186,14 +186,12 @@ def _load(args: argparse.Namespace) -> tuple[Config, Plan]:
 
 def _cmd_validate(args: argparse.Namespace) -> int:
     config = load_config(args.config)
-    series = {
-        (s, a, u) for e in config.exports for s in e.segment_ids for a in e.app_ids for u in e.units
-    }
+    series = build_plan(config, datetime.now(config.tz).date()).series  # as the planner counts
     key_var = config.braze.api_key_env
     key_state = (
         "set"
         if os.environ.get(key_var) or os.environ.get(f"{key_var}_FILE")
-        else ("NOT set: run will refuse to start without it, unless --sandbox")
+        else "NOT set: run will refuse to start without it, unless --sandbox"
     )
     print(
         f"{config.source}: valid. {len(config.exports)} export(s) "
