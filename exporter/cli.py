@@ -18,7 +18,7 @@ from pathlib import Path
 from exporter import __version__
 from exporter.config import Config, load_config, resolve_api_key
 from exporter.errors import ConfigError, ExporterError
-from exporter.logs import new_run_id, set_secret, setup_logging
+from exporter.logs import logging_for_run, new_run_id, set_secret
 from exporter.manifest import verify
 from exporter.plan import Plan, build_plan
 from exporter.progress import eta_seconds, format_duration
@@ -42,7 +42,12 @@ log = logging.getLogger("exporter")
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     args.run_id = new_run_id()
-    args.log_handler = setup_logging(args.log_level, args.log_format, run_id=args.run_id)
+    with logging_for_run(args.log_level, args.log_format, run_id=args.run_id) as handler:
+        args.log_handler = handler
+        return _dispatch(args)
+
+
+def _dispatch(args: argparse.Namespace) -> int:
     try:
         code: int = args.func(args)
     except ConfigError as exc:

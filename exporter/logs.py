@@ -13,10 +13,12 @@ import logging
 import secrets
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import TextIO
 
-__all__ = ["FIELDS", "new_run_id", "set_secret", "setup_logging"]
+__all__ = ["FIELDS", "logging_for_run", "new_run_id", "set_secret", "setup_logging"]
 
 FIELDS = ("event", "series", "attempt", "wait_s", "status")
 
@@ -89,3 +91,16 @@ def set_secret(handler: logging.Handler, secret: str) -> None:
     for flt in handler.filters:
         if isinstance(flt, _Context):
             flt.secret = secret
+
+
+@contextmanager
+def logging_for_run(level: str, fmt: str, *, run_id: str) -> Iterator[logging.Handler]:
+    """setup_logging for the length of a command; the root logger is put back afterwards
+    (``main()`` may run more than once in a process: tests, embedding)."""
+    root = logging.getLogger()
+    saved, saved_level = root.handlers[:], root.level
+    try:
+        yield setup_logging(level, fmt, run_id=run_id)
+    finally:
+        root.handlers[:] = saved
+        root.setLevel(saved_level)

@@ -56,6 +56,11 @@ class _ThreadedSandbox:
         self.ready.set()
         self.loop.run_forever()
         self.loop.run_until_complete(runner.cleanup())
+        # Handlers still sleeping (a "slow" fault) end here, not as destroyed pending tasks.
+        pending = asyncio.all_tasks(self.loop)
+        for task in pending:
+            task.cancel()
+        self.loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
         self.loop.close()
 
     def __enter__(self) -> ServerHandle:

@@ -134,8 +134,13 @@ def test_json_logs_carry_run_id_and_event(
 def test_redaction_filter_hides_the_key_even_if_logged() -> None:
     """A library that logged the key would show *** instead."""
     stream = io.StringIO()
-    setup_logging("INFO", "text", run_id="r1", secret="sekrit-123", stream=stream)
-    logging.getLogger("somelib").warning("header Authorization: Bearer %s", "sekrit-123")
+    root = logging.getLogger()
+    saved = root.handlers[:]
+    try:
+        setup_logging("INFO", "text", run_id="r1", secret="sekrit-123", stream=stream)
+        logging.getLogger("somelib").warning("header Authorization: Bearer %s", "sekrit-123")
+    finally:
+        root.handlers[:] = saved
     assert "sekrit-123" not in stream.getvalue()
     assert "Bearer ***" in stream.getvalue()
 
