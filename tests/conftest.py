@@ -14,7 +14,9 @@ import pytest
 from aiohttp import ClientResponse, web
 from aioresponses import aioresponses
 
+from exporter.manifest import RUNS_DIR
 from exporter.sandbox import SandboxOptions, start_sandbox
+from exporter.writers import WORK_DIR
 
 KEY = "sandbox-key-5f1e2d3c4b5a69788796a5b4"
 
@@ -110,6 +112,20 @@ class mocked_http(aioresponses):
     def add(self, url: Any, method: str = "GET", **kwargs: Any) -> None:  # type: ignore[override]
         kwargs.setdefault("response_class", _CompatResponse)
         super().add(url, method, **kwargs)
+
+
+def data_files(out: Path) -> list[Path]:
+    """The data files under an output directory: not the state, temp files or manifests."""
+    return sorted(
+        p
+        for p in out.rglob("*")
+        if p.is_file() and not {WORK_DIR, RUNS_DIR} & set(p.relative_to(out).parts)
+    )
+
+
+def snapshot(out: Path) -> dict[str, bytes]:
+    """Every data file's bytes by its path relative to ``out``: for byte-identity checks."""
+    return {str(p.relative_to(out)): p.read_bytes() for p in data_files(out)}
 
 
 class FakeClock:

@@ -13,10 +13,9 @@ import pytest
 
 from exporter.cli import main
 from exporter.config import load_config
-from exporter.manifest import RUNS_DIR
 from exporter.plan import build_plan
 from exporter.sandbox import sandbox_stats, session_count
-from exporter.writers import WORK_DIR
+from tests.conftest import data_files
 
 AS_OF = "2024-07-01"
 CONFIG = """\
@@ -37,16 +36,10 @@ exports:
 """
 
 
-def _data_files(out: Path) -> list[Path]:
-    return sorted(
-        p for p in out.rglob("*") if p.is_file() and not {WORK_DIR, RUNS_DIR} & set(p.parts)
-    )
-
-
 def _check_every_row(out: Path) -> int:
     """Every row equals the sandbox's own value; returns how many rows there are."""
     count = 0
-    for path in _data_files(out):
+    for path in data_files(out):
         unit, segment, app = (part.split("=", 1)[1] for part in path.parts[-4:-1])
         segment_id = unquote(segment)
         app_id = None if app == "_all" else unquote(app)
@@ -104,7 +97,7 @@ def test_real_endpoint_path_key_resume_and_fresh(
     with sandbox_server() as server:
         monkeypatch.setenv("BRAZE_REST_ENDPOINT", server.url)
         assert main(["run", str(path), "--as-of", AS_OF]) == 0
-        first = {p: p.read_bytes() for p in _data_files(out)}
+        first = {p: p.read_bytes() for p in data_files(out)}
         sent_first = sandbox_stats(server.app).requests
         capsys.readouterr()
         assert main(["run", str(path), "--as-of", AS_OF]) == 0
@@ -112,7 +105,7 @@ def test_real_endpoint_path_key_resume_and_fresh(
         assert "0 done" in capsys.readouterr().out
         assert main(["run", str(path), "--as-of", AS_OF, "--fresh"]) == 0
         assert sandbox_stats(server.app).requests == 2 * sent_first
-    assert {p: p.read_bytes() for p in _data_files(out)} == first
+    assert {p: p.read_bytes() for p in data_files(out)} == first
 
 
 def test_auth_refused_exits_3_with_advice(
@@ -135,7 +128,7 @@ def test_auth_refused_exits_3_with_advice(
     assert "sessions.data_series" in err
     assert "wrong-key-123" not in err
     assert sent <= 8  # the run stopped instead of trying every request
-    assert _data_files(out) == []
+    assert data_files(out) == []
 
 
 def test_denied_permission_exits_3(

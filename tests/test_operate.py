@@ -18,7 +18,7 @@ from exporter.logs import new_run_id, setup_logging
 from exporter.pipeline import RunResult
 from exporter.plan import Plan, build_plan
 from exporter.progress import Progress, status_line
-from tests.conftest import KEY
+from tests.conftest import KEY, snapshot
 
 AS_OF = "2024-07-01"
 CONFIG = """\
@@ -222,14 +222,7 @@ def test_sharded_runs_write_what_one_run_writes(
         assert main(["run", str(sharded), "--sandbox", "--as-of", AS_OF, "--shard", f"{k}/2"]) == 0
     assert "allowed 125,000/hour" in capsys.readouterr().out
 
-    def files(root: Path) -> dict[str, bytes]:
-        return {
-            str(p.relative_to(root)): p.read_bytes()
-            for p in (root / "sessions").rglob("*")
-            if p.is_file()
-        }
-
-    assert files(one) == files(two)
+    assert snapshot(one) == snapshot(two)
     assert len(list((two / "_runs").glob("*.json"))) == 2
 
 

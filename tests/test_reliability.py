@@ -16,10 +16,9 @@ from typing import Any
 import pytest
 
 from exporter.cli import main
-from exporter.manifest import RUNS_DIR
 from exporter.sandbox import sandbox_stats
 from exporter.writers import WORK_DIR
-from tests.conftest import KEY
+from tests.conftest import KEY, snapshot
 
 AS_OF = "2024-07-01"
 ROOT = Path(__file__).parent.parent
@@ -50,17 +49,9 @@ exports:
 """
 
 
-def _snapshot(out: Path) -> dict[str, bytes]:
-    return {
-        str(p.relative_to(out)): p.read_bytes()
-        for p in sorted(out.rglob("*"))
-        if p.is_file() and not {WORK_DIR, RUNS_DIR} & set(p.parts)
-    }
-
-
 def _assert_whole_files(out: Path) -> None:
     """Every data file is complete: whole lines of valid JSON, nothing half-written."""
-    for name, data in _snapshot(out).items():
+    for name, data in snapshot(out).items():
         assert data.endswith(b"\n"), name
         for line in data.decode().splitlines():
             json.loads(line)
@@ -118,8 +109,8 @@ def test_faults_leave_output_identical_to_a_clean_run(
         assert main(["run", str(config), "--as-of", AS_OF]) == 0
         stats = sandbox_stats(server.app)
     assert stats.faults > 20  # with 180 requests, every kind had its chance
-    assert _snapshot(faulty) == _snapshot(clean)
-    assert len(_snapshot(clean)) > 100
+    assert snapshot(faulty) == snapshot(clean)
+    assert len(snapshot(clean)) > 100
 
 
 @pytest.mark.slow
@@ -135,7 +126,7 @@ def test_kill_9_at_random_moments_then_rerun_is_identical(
     with sandbox_server(limit=0) as server:
         config = write_config(_config(reference), "ref.yaml")
         assert _Exporter(config, server.url).wait(60) == 0
-    expected = _snapshot(reference)
+    expected = snapshot(reference)
     rng = random.Random(20261126)
     for trial in range(4):
         out = tmp_path / f"trial-{trial}"
@@ -147,11 +138,11 @@ def test_kill_9_at_random_moments_then_rerun_is_identical(
             killed.proc.send_signal(signal.SIGKILL)
             assert killed.wait(10) == -signal.SIGKILL
             _assert_whole_files(out)
-            assert _snapshot(out) != expected, "the kill came too late to test anything"
+            assert snapshot(out) != expected, "the kill came too late to test anything"
             rerun = _Exporter(config, server.url, "rerun.")
             assert rerun.wait(60) == 0, rerun.stderr
             repeated = sandbox_stats(server.app).repeated
-        assert _snapshot(out) == expected
+        assert snapshot(out) == expected
         assert repeated <= concurrency
 
 
@@ -171,7 +162,7 @@ def test_signals_stop_cleanly_and_resume(
         stopped = _Exporter(config, server.url)
         # Signal once some work is done (however slow the machine is to start Python).
         deadline = time.monotonic() + 30
-        while not _snapshot(out) and time.monotonic() < deadline:
+        while not snapshot(out) and time.monotonic() < deadline:
             time.sleep(0.05)
         time.sleep(0.2)
         sent_at = time.monotonic()
