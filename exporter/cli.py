@@ -27,14 +27,23 @@ from exporter.runner import (
     EXIT_FAILED,
     EXIT_OK,
     EXIT_SIGNAL,
+    EXIT_UNREACHABLE,
     EXIT_USAGE,
     RunOptions,
     execute,
 )
-from exporter.sandbox import SandboxOptions, run_sandbox
+from exporter.sandbox import HOUR_LABELS, SEMANTICS, SandboxOptions, run_sandbox
 from exporter.writers import WORK_DIR
 
-__all__ = ["EXIT_AUTH", "EXIT_FAILED", "EXIT_OK", "EXIT_USAGE", "build_parser", "main"]
+__all__ = [
+    "EXIT_AUTH",
+    "EXIT_FAILED",
+    "EXIT_OK",
+    "EXIT_UNREACHABLE",
+    "EXIT_USAGE",
+    "build_parser",
+    "main",
+]
 
 log = logging.getLogger("exporter")
 
@@ -148,6 +157,20 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="recent days read differently every time the sandbox starts",
     )
+    box.add_argument(
+        "--semantics",
+        choices=SEMANTICS,
+        default="contains",
+        help="which periods a request covers: the one containing ending_at and those before "
+        "it (contains, default), the ones before it (exclusive), or contains with days cut "
+        "in UTC (utc)",
+    )
+    box.add_argument(
+        "--hour-labels",
+        choices=sorted(HOUR_LABELS),
+        default="naive",
+        help="hour time labels: 2024-01-05T10:00:00 (naive, default), ...Z (z), ...+00:00 (offset)",
+    )
     box.set_defaults(func=_cmd_sandbox)
     return parser
 
@@ -182,7 +205,13 @@ def _shard(text: str) -> tuple[int, int]:
 
 def _load(args: argparse.Namespace) -> tuple[Config, Plan]:
     config = load_config(args.config)
-    as_of = args.as_of or datetime.now(config.tz).date()
+    today = datetime.now(config.tz).date()
+    if args.as_of is not None and args.as_of > today:
+        raise ConfigError(
+            f"--as-of {args.as_of} is after today ({today} in {config.timezone}): only days "
+            "that have ended can be exported"
+        )
+    as_of = args.as_of or today
     plan = build_plan(config, as_of, args.shard)
     for warning in plan.warnings:
         log.warning("%s", warning, extra={"event": "plan_warning"})
@@ -284,6 +313,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
         )
     elif outcome.result.auth_error is not None:
         print(f"error: {outcome.result.auth_error}", file=sys.stderr)
+    elif outcome.result.unreachable is not None:
+        print(f"error: {outcome.result.unreachable}", file=sys.stderr)
     return outcome.exit_code
 
 
@@ -313,6 +344,8 @@ def _cmd_sandbox(args: argparse.Namespace) -> int:
         reject_segments=frozenset(args.reject_segment),
         deny=args.deny,
         restate=secrets.randbelow(10**6) + 1 if args.restate else 0,
+        semantics=args.semantics,
+        hour_labels=args.hour_labels,
     )
     run_sandbox(options, args.host, args.port)
     return EXIT_OK

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+import socket
+import ssl
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
+from yarl import URL
 
 from exporter.config import ApiKey
 from exporter.errors import (
@@ -77,25 +80,62 @@ class BrazeClient:
         )
         self._clock = clock
 
-    async def get(self, request: Request) -> Response:
-        """Send it; any failure to get a whole response becomes a TransportError."""
+    @property
+    def host(self) -> str:
+        """``host:port`` of the endpoint, for messages (never the path or query)."""
+        url = URL(self._url)
+        return f"{url.host}:{url.port}"
+
+    async def get(self, request: Request, ending_at: str | None = None) -> Response:
+        """Send it (with ``ending_at`` instead of the request's own when given, as calibration
+        shifts it); any failure to get a whole response becomes a TransportError."""
         try:
             async with self._session.get(
-                self._url, params=request.params(), headers=self._headers, timeout=self._timeout
+                self._url,
+                params=request.params(ending_at),
+                headers=self._headers,
+                timeout=self._timeout,
             ) as resp:
                 body = await resp.content.read(_MAX_BODY)
                 return Response(resp.status, parse_rate_headers(resp.headers, self._clock()), body)
         except TimeoutError:
-            raise TransportError("no response in time", series=request.series) from None
-        except aiohttp.ClientError as exc:
-            # The exception text names host and port at most: never the query or headers.
             raise TransportError(
-                f"connection failed ({type(exc).__name__})", series=request.series
+                f"no response from {self.host} in time", series=request.series, cause="timeout"
+            ) from None
+        except aiohttp.ClientError as exc:
+            cause, text = _transport_cause(exc)
+            # Never the exception's own text: it could hold the query. Host and cause only.
+            raise TransportError(
+                f"{text} ({self.host})", series=request.series, cause=cause
             ) from None
 
 
+def _transport_cause(exc: aiohttp.ClientError) -> tuple[str, str]:
+    """(cause, words) for a failed exchange: what a user can check."""
+    if isinstance(exc, aiohttp.ClientConnectorCertificateError | aiohttp.ClientSSLError):
+        return "tls", "TLS handshake failed (certificate not trusted or wrong host)"
+    if isinstance(exc, aiohttp.ClientConnectorDNSError):
+        return "dns", "host name not resolved"
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        os_error = exc.os_error
+        if isinstance(os_error, ConnectionRefusedError):
+            return "refused", "connection refused"
+        if isinstance(os_error, socket.gaierror):
+            return "dns", "host name not resolved"
+        if isinstance(os_error, ssl.SSLError):
+            return "tls", "TLS handshake failed"
+        return "refused", f"cannot connect ({os_error.strerror or type(os_error).__name__})"
+    if isinstance(exc, aiohttp.ServerDisconnectedError | aiohttp.ClientOSError):
+        return "reset", "connection closed before a whole response"
+    if isinstance(exc, aiohttp.ClientPayloadError):
+        return "reset", "response body cut short"
+    return "other", f"request failed ({type(exc).__name__})"
+
+
 def interpret(request: Request, response: Response) -> list[Point]:
-    """The points of a good response; otherwise the classified ApiError for it."""
+    """The well-formed points of a good response, sorted by period, whatever periods they
+    are: which of them the run wants is coverage's business, not a reason to retry (Braze
+    does not document which periods a request covers). Otherwise the classified ApiError."""
     status, series = response.status, request.series
     if status == 200:
         return _points(request, response.body)
@@ -150,12 +190,8 @@ def _point(request: Request, item: Any) -> Point:
         period = period_of(series.unit, label)
     except ValueError:
         raise MalformedResponse(
-            f"time {label!r} is not a {series.unit}", series=series, status=200
+            f"time {label!r} is not a valid {series.unit} label", series=series, status=200
         ) from None
-    if not request.first <= period <= request.last:
-        raise MalformedResponse(
-            f"time {label!r} is outside the requested window", series=series, status=200
-        )
     return Point(label, sessions, period)
 
 

@@ -36,6 +36,7 @@ from exporter.errors import ConfigError
 __all__ = [
     "DEFAULT_ENDPOINT",
     "ENDPOINT_ENV",
+    "UNITS",
     "ApiKey",
     "BrazeSettings",
     "Config",
@@ -55,6 +56,7 @@ _LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1"}
 _MAX_ID = 256
 
 Unit = Literal["day", "hour"]
+UNITS: tuple[Unit, ...] = ("day", "hour")
 # Ids are data: anything printable goes, the writers encode it before it touches a path.
 Id = Annotated[str, StringConstraints(min_length=1, max_length=_MAX_ID)]
 LaxDate = Annotated[date, Field(strict=False)]
@@ -120,6 +122,8 @@ class _File(_Model):
     braze: BrazeSettings = BrazeSettings()
     limits: Limits = Limits()
     timezone: str = "UTC"
+    # Braze restates recent days: periods this close to the as-of date stay provisional.
+    settle_days: int = Field(3, ge=0, le=100)
     output: Output = Output()
     exports: Annotated[list[Export], Field(min_length=1)]
 
@@ -154,6 +158,7 @@ class Config:
     timezone: str
     output: Output
     exports: tuple[Export, ...]
+    settle_days: int = 3
 
     @property
     def tz(self) -> ZoneInfo:
@@ -166,6 +171,7 @@ class Config:
             "braze": self.braze.model_dump(mode="json"),
             "limits": self.limits.model_dump(mode="json"),
             "timezone": self.timezone,
+            "settle_days": self.settle_days,
             "output": self.output.model_dump(mode="json"),
             "exports": [e.model_dump(mode="json") for e in self.exports],
         }
@@ -199,6 +205,11 @@ def check_endpoint(value: str) -> str:
         raise ValueError("must use https:// (plain http is allowed only on loopback)")
     if parts.query or parts.fragment or parts.username or parts.password:
         raise ValueError("must be a bare host URL, with no query, fragment or credentials")
+    if parts.path not in ("", "/"):
+        raise ValueError(
+            f"must be the instance's REST host only, such as {DEFAULT_ENDPOINT}, without a "
+            f"path (got path {parts.path!r}); the exporter adds /sessions/data_series itself"
+        )
     return value.strip().rstrip("/")
 
 
@@ -255,6 +266,7 @@ def load_config(path: str | os.PathLike[str], env: Mapping[str, str] | None = No
         timezone=model.timezone,
         output=model.output,
         exports=tuple(model.exports),
+        settle_days=model.settle_days,
     )
 
 

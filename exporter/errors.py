@@ -2,6 +2,8 @@
 
     ExporterError
     ├── ConfigError              the config or the command line is wrong (exit 2)
+    ├── Unreachable              nothing can work: the endpoint is not reachable or not Braze
+    │                            (exit 4)
     └── ApiError                 one Braze call went wrong; carries the series it belongs to
         ├── RetryableError       worth another attempt
         │   ├── RateLimited      429: wait until the reset time the server named
@@ -33,6 +35,7 @@ __all__ = [
     "SeriesError",
     "ServerError",
     "TransportError",
+    "Unreachable",
 ]
 
 
@@ -87,7 +90,22 @@ class ServerError(RetryableError):
 
 
 class TransportError(RetryableError):
-    """No usable HTTP response: timeout, reset connection, refused connection."""
+    """No usable HTTP response: timeout, reset connection, refused connection.
+
+    ``cause`` is one of ``refused``, ``dns``, ``tls``, ``timeout``, ``reset``, ``other``;
+    the first three happen before any HTTP exchange (``connect_failed``)."""
+
+    def __init__(self, message: str, *, series: Series | None = None, cause: str = "other"):
+        super().__init__(message, series=series)
+        self.cause = cause
+
+    @property
+    def connect_failed(self) -> bool:
+        return self.cause in ("refused", "dns", "tls")
+
+
+class Unreachable(ExporterError):
+    """The run cannot succeed at all: every connection fails, or the host is not Braze's."""
 
 
 class MalformedResponse(RetryableError):

@@ -17,10 +17,10 @@ from pathlib import Path
 from typing import Any
 
 from exporter import __version__
-from exporter.config import Config
+from exporter.config import UNITS, Config
 from exporter.errors import ExporterError
-from exporter.pipeline import RunResult
-from exporter.plan import Plan, Series
+from exporter.pipeline import RunResult, Tally, account
+from exporter.plan import Plan, Series, span_label
 from exporter.ratelimit import Budget
 from exporter.writers import WORK_DIR, atomic_write
 
@@ -39,19 +39,37 @@ def _series_doc(series: Series) -> dict[str, str | None]:
 
 def _counts(indices: Iterable[int], plan: Plan, result: RunResult) -> dict[str, Any]:
     chosen = list(indices)
-    total = result.by_series.sum(chosen)
-    failed = [plan.series[i] for i in chosen if plan.series[i] in result.failures]
+    total = result.by_series.sum(chosen) if result.coverage is not None else Tally()
+    report = account(result, plan, chosen)
+    coverage = result.coverage
     return {
-        "series": len(chosen),
-        "series_ok": len(chosen) - len(failed),
-        "series_failed": len(failed),
+        "series": report.series,
+        "series_complete": report.complete,
+        "series_incomplete": report.series_incomplete,
+        "series_failed": len(report.failed),
         "failures": [
-            {**_series_doc(s), "reason": result.failures[s]}
-            for s in sorted(failed, key=Series.sort_key)
+            {**_series_doc(plan.series[i]), "reason": result.failures[plan.series[i]]}
+            for i in report.failed
         ],
+        "incomplete": [
+            {
+                **_series_doc(plan.series[i]),
+                "missing": [
+                    span_label(plan.series[i].unit, lo, hi)
+                    for lo, hi in (coverage.missing(i) if coverage is not None else [])
+                ],
+            }
+            for i in report.incomplete
+        ],
+        "periods_planned": report.periods_planned,
+        "periods_written": report.periods_written,
+        "periods_already_done": report.periods_already_done,
+        "periods_missing": report.periods_missing,
+        "points_outside_window": report.outside_window,
         "requests_made": total.sent,
         "requests_done": total.done,
         "requests_skipped": total.skipped,
+        "requests_gap_fill": total.gap,
         "requests_retried": total.retries,
         "rate_limited": total.rate_limited,
         "rows_written": total.rows,
@@ -83,6 +101,17 @@ def build_manifest(
         "exit_code": exit_code,
         "interrupted": result.interrupted,
         "auth_error": None if result.auth_error is None else str(result.auth_error),
+        "unreachable": None if result.unreachable is None else str(result.unreachable),
+        "settle_days": config.settle_days,
+        "calibration": {
+            unit: {
+                "offset": result.calibration.shift(unit),
+                "measured": {
+                    str(k): v for k, v in sorted(result.calibration.measured(unit).items())
+                },
+            }
+            for unit in UNITS
+        },
         "totals": {
             "requests_planned": result.requests_planned,
             **_counts(range(len(plan.series)), plan, result),

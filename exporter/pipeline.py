@@ -1,10 +1,17 @@
-"""Fan the plan's requests out to N workers through the budget; record each series' fate.
+"""Fan the plan's requests out to N workers through the budget; account for every period.
 
 A bounded queue feeds ``concurrency`` workers in one TaskGroup: no task per request, so a plan
 of millions of requests costs the memory of the queue. A request goes: budget (gate + token)
--> client -> interpret -> writer -> state. A 400/404 fails its series (its other requests are
-skipped), an exhausted retry fails its series, a 401/403 stops everything. ``stop()`` (a
-signal) ends the feed; in-flight requests get ``grace_s`` to finish before they are cancelled.
+-> client -> interpret -> calibration -> coverage (only periods in the series' planned window
+are kept) -> writer -> state.
+
+The feed first sends the planned requests whose window still misses a period, then runs up to
+``gap_passes`` gap-fill passes for what is still missing (Braze's windows may sit elsewhere
+than we assume), stopping early when a pass adds nothing. A 400/404 fails its series (its
+other requests are skipped), an exhausted retry fails its series, a 401/403 stops everything,
+and so does a run whose first connections all fail or whose endpoint answers nothing but 404
+(:class:`~exporter.errors.Unreachable`). ``stop()`` (a signal) ends the feed; in-flight
+requests get ``grace_s`` to finish before they are cancelled.
 """
 
 from __future__ import annotations
@@ -15,21 +22,52 @@ import time
 from array import array
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from zoneinfo import ZoneInfo
 
 from exporter.client import BrazeClient, Point, interpret
-from exporter.errors import ApiError, AuthError, ExporterError
-from exporter.plan import Plan, Request, Series
+from exporter.coverage import COMPLETE, Calibration, Coverage, gap_requests, runs
+from exporter.errors import (
+    ApiError,
+    AuthError,
+    ExporterError,
+    SeriesError,
+    TransportError,
+    Unreachable,
+)
+from exporter.plan import Plan, Request, Series, describe_periods, ending_at
 from exporter.ratelimit import Budget
 from exporter.retry import RetryPolicy, call_with_retries
 from exporter.state import State
 from exporter.writers import PartitionWriter
 
-__all__ = ["COUNTERS", "Pipeline", "RunResult", "SeriesCounters", "Tally"]
+__all__ = [
+    "COUNTERS",
+    "Accounting",
+    "Pipeline",
+    "RunResult",
+    "SeriesCounters",
+    "Tally",
+    "account",
+]
 
 log = logging.getLogger(__name__)
 
 
-COUNTERS = ("sent", "done", "skipped", "retries", "rate_limited", "rows", "planned")
+COUNTERS = (
+    "sent",
+    "done",
+    "skipped",
+    "retries",
+    "rate_limited",
+    "rows",
+    "planned",
+    "gap",
+    "outside",
+)
+# Fail fast: this many connection failures (refused, DNS, TLS) before any HTTP answer, or
+# this many 404s (capped at the series count) before any success, and nothing can work.
+CONNECT_FAILURES_TO_GIVE_UP = 5
+NOT_FOUND_TO_GIVE_UP = 3
 
 
 @dataclass(slots=True)
@@ -37,12 +75,14 @@ class Tally:
     """Counts for the whole run, or summed over some series."""
 
     sent: int = 0  # HTTP attempts, retries included
-    done: int = 0
-    skipped: int = 0  # already done in an earlier run
+    done: int = 0  # requests answered and written
+    skipped: int = 0  # planned requests whose periods were all there already
     retries: int = 0
     rate_limited: int = 0
-    rows: int = 0
+    rows: int = 0  # rows written (a period that two responses brought counts twice)
     planned: int = 0  # requests the plan has
+    gap: int = 0  # gap-fill requests queued
+    outside: int = 0  # well-formed points outside the series' planned window: not written
 
 
 class SeriesCounters:
@@ -70,9 +110,11 @@ class RunResult:
     requests_planned: int = 0
     totals: Tally = field(default_factory=Tally)
     by_series: SeriesCounters = field(default_factory=lambda: SeriesCounters(0))
-    series_done: int = 0  # every request of the series done or skipped
+    coverage: Coverage | None = None
+    calibration: Calibration = field(default_factory=Calibration)
     failures: dict[Series, str] = field(default_factory=dict)
     auth_error: AuthError | None = None
+    unreachable: Unreachable | None = None
     interrupted: bool = False
     started: float = 0.0
     finished: float = 0.0
@@ -80,6 +122,14 @@ class RunResult:
     @property
     def elapsed(self) -> float:
         return max(0.0, self.finished - self.started)
+
+    @property
+    def series_complete(self) -> int:
+        return 0 if self.coverage is None else self.coverage.count(COMPLETE)
+
+    @property
+    def series_failed(self) -> int:
+        return len(self.failures)
 
     def count(self, request: Request, name: str, n: int = 1) -> None:
         """Add ``n`` to one counter of the request's series and of the totals."""
@@ -99,6 +149,8 @@ class Pipeline:
         concurrency: int,
         fresh: bool = False,
         grace_s: float = 10.0,
+        gap_passes: int = 3,
+        calibration: Calibration | None = None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -110,30 +162,44 @@ class Pipeline:
         self.concurrency = concurrency
         self.fresh = fresh
         self.grace_s = grace_s
+        self.gap_passes = gap_passes
         self._sleep = sleep
         self._clock = clock
-        self.result = RunResult()
+        self.result = RunResult(calibration=calibration or Calibration())
         self._stopping = asyncio.Event()
         self._in_flight = 0
+        self._answered = False  # any HTTP response at all
+        self._succeeded = False  # any 200
+        self._connect_failures = 0
+        self._not_found = 0
+        self._endings: dict[tuple[str, int], str] = {}
+        self._plan: Plan | None = None
 
     def stop(self) -> None:
         """Take no new work; the caller's grace period then bounds what is in flight."""
         self.result.interrupted = True
         self._stopping.set()
 
+    @property
+    def stopping(self) -> bool:
+        return self._stopping.is_set()
+
     def elapsed(self) -> float:
         return self._clock() - self.result.started if self.result.started else 0.0
 
     async def run(self, plan: Plan) -> RunResult:
         result = self.result
+        self._plan = plan
+        self._tz = ZoneInfo(plan.timezone)
         result.requests_planned = len(plan.requests)
         result.started = self._clock()
         result.by_series = SeriesCounters(len(plan.series))
         for request in plan.requests:
             result.count(request, "planned")
-        result.series_done = sum(
-            1 for i in range(len(plan.series)) if result.by_series.get(i, "planned") == 0
-        )
+        done = None
+        if self.state is not None and not self.fresh:  # what is done already, unless --fresh
+            done = self.state.done({s.key: i for i, s in enumerate(plan.series)})
+        result.coverage = Coverage(plan, done)
         queue: asyncio.Queue[Request | None] = asyncio.Queue(maxsize=2 * self.concurrency)
         watcher: asyncio.Task[None] | None = None
         try:
@@ -143,6 +209,8 @@ class Pipeline:
                 watcher = asyncio.create_task(self._watch_stop(tasks))
         except* AuthError as errors:
             result.auth_error = errors.exceptions[0]  # type: ignore[assignment]
+        except* Unreachable as errors:
+            result.unreachable = errors.exceptions[0]  # type: ignore[assignment]
         finally:
             if watcher is not None:
                 watcher.cancel()
@@ -151,17 +219,40 @@ class Pipeline:
         return result
 
     async def _feed(self, plan: Plan, queue: asyncio.Queue[Request | None]) -> None:
-        state = None if self.fresh else self.state  # what is done already, unless --fresh
+        coverage = self._coverage
         for request in plan.requests:
             if self._stopping.is_set():
                 break
-            if state is not None and state.is_done(request):
+            if not coverage.needs(request):
                 self.result.count(request, "skipped")
-                self._note_if_series_done(request)
                 continue
             await queue.put(request)
+        await queue.join()
+        missing = self._missing_total()
+        for _ in range(self.gap_passes):
+            if self._stopping.is_set() or missing == 0:
+                break
+            for index in list(coverage.open_series()):
+                for request in gap_requests(plan, index, coverage.missing(index)):
+                    if self._stopping.is_set():
+                        break
+                    self.result.count(request, "gap")
+                    await queue.put(request)
+            await queue.join()
+            before, missing = missing, self._missing_total()
+            if missing >= before:
+                break  # the pass added nothing: more passes would not either
         for _ in range(self.concurrency):
             await queue.put(None)
+
+    @property
+    def _coverage(self) -> Coverage:
+        assert self.result.coverage is not None
+        return self.result.coverage
+
+    def _missing_total(self) -> int:
+        coverage = self._coverage
+        return sum(hi - lo + 1 for i in coverage.open_series() for lo, hi in coverage.missing(i))
 
     async def _watch_stop(self, tasks: list[asyncio.Task[None]]) -> None:
         """After stop(), give in-flight requests grace_s, then cancel the stragglers."""
@@ -178,51 +269,129 @@ class Pipeline:
 
     async def _worker(self, queue: asyncio.Queue[Request | None]) -> None:
         while (request := await queue.get()) is not None:
-            if self._stopping.is_set() or request.series in self.result.failures:
-                continue
-            self._in_flight += 1
             try:
-                await self._one(request)
-            except AuthError:
-                raise
-            except ApiError as exc:
-                self._fail(request.series, exc.reason)
-            except ExporterError as exc:
-                self._fail(request.series, str(exc))
+                if self._stopping.is_set():
+                    continue
+                if not self._coverage.needs(request):
+                    # The series failed, or other requests brought these periods meanwhile.
+                    if not request.gap:
+                        self.result.count(request, "skipped")
+                    continue
+                self._in_flight += 1
+                try:
+                    await self._one(request)
+                except (AuthError, Unreachable):
+                    raise
+                except SeriesError as exc:
+                    if request.gap:  # the gap stays missing and is reported; no failure
+                        log.warning(
+                            "gap-fill %s %s: %s",
+                            request.series.label,
+                            self._periods(request),
+                            exc.reason,
+                            extra={"event": "gap_failed", "series": request.series.label},
+                        )
+                    else:
+                        self._fail(request, exc.reason)
+                except ApiError as exc:
+                    self._fail(request, exc.reason)
+                except ExporterError as exc:
+                    self._fail(request, str(exc))
+                finally:
+                    self._in_flight -= 1
             finally:
-                self._in_flight -= 1
+                queue.task_done()
+        queue.task_done()
 
     async def _one(self, request: Request) -> None:
         points = await call_with_retries(
             lambda: self._attempt(request),
             policy=self.policy,
-            label=request.series.label,
+            label=f"{request.series.label} {self._periods(request)}",
             on_retry=lambda: self.result.count(request, "retries"),
             sleep=self._sleep,
         )
-        written = await self.writer.write(request.series, points)
-        if self.state is not None:
-            self.state.mark_done(request, len(points), written)
+        index = request.index
+        coverage = self._coverage
+        inside = coverage.inside(index, points)
+        if len(inside) < len(points):
+            self.result.count(request, "outside", len(points) - len(inside))
+        written = await self.writer.write(request.series, inside) if inside else []
+        spans = runs(p.period for p in inside)
+        if self.state is not None and spans:
+            plan = self._plan
+            assert plan is not None
+            # Without a settle boundary (a plan built by hand), every period is provisional.
+            settle_from = plan.settle_from.get(request.series.unit, -(2**62))
+            self.state.record(request.series.key, spans, settle_from, written)
+        coverage.record(index, spans)
         self.result.count(request, "done")
-        self.result.count(request, "rows", len(points))
-        self._note_if_series_done(request)
+        self.result.count(request, "rows", len(inside))
 
-    def _note_if_series_done(self, request: Request) -> None:
-        counters, i = self.result.by_series, request.index
-        if counters.get(i, "done") + counters.get(i, "skipped") == counters.get(i, "planned"):
-            self.result.series_done += 1
+    def _sent_ending(self, request: Request) -> tuple[int, str]:
+        """The period ``ending_at`` names for this request, shifted by the calibrated offset,
+        and its text."""
+        unit = request.series.unit
+        shift = self.result.calibration.shift(unit)
+        end = request.last - shift
+        if shift == 0 and request.ending_at:
+            return end, request.ending_at
+        key = (unit, end)
+        text = self._endings.get(key)
+        if text is None:
+            text = self._endings[key] = ending_at(unit, end, self._tz)
+        return end, text
 
     async def _attempt(self, request: Request) -> list[Point]:
+        end, text = self._sent_ending(request)
         await self.budget.acquire()
         self.result.count(request, "sent")
-        response = await self.client.get(request)
+        try:
+            response = await self.client.get(request, text)
+        except TransportError as exc:
+            self._note_transport(exc)
+            raise
+        self._answered = True
         self.budget.observe(response.rate)
         if response.status == 429:
             self.result.count(request, "rate_limited")
             self.budget.rate_limited(response.rate)
-        return interpret(request, response)
+        elif response.status == 404:
+            self._note_not_found()
+        points = interpret(request, response)
+        self._succeeded = True
+        self.result.calibration.observe(request.series.unit, request.length, end, points)
+        return points
 
-    def _fail(self, series: Series, reason: str) -> None:
+    def _note_transport(self, exc: TransportError) -> None:
+        if self._answered or not exc.connect_failed:
+            return
+        self._connect_failures += 1
+        if self._connect_failures >= CONNECT_FAILURES_TO_GIVE_UP:
+            raise Unreachable(
+                f"cannot reach {self.client.host}: {exc.message}. Check braze.endpoint (or "
+                f"$BRAZE_REST_ENDPOINT) is your instance's REST host (see README, Hosts), "
+                f"and that this machine can reach it (proxy, firewall, DNS, CA bundle)"
+            )
+
+    def _note_not_found(self) -> None:
+        if self._succeeded:
+            return
+        self._not_found += 1
+        plan = self._plan
+        assert plan is not None
+        if self._not_found >= min(NOT_FOUND_TO_GIVE_UP, len(plan.series)):
+            raise Unreachable(
+                f"{self.client.host} answers 404 to /sessions/data_series: it is not a Braze "
+                f"REST host. Check braze.endpoint (or $BRAZE_REST_ENDPOINT) is your "
+                f"instance's REST host, such as https://rest.iad-01.braze.com, with no path"
+            )
+
+    def _periods(self, request: Request) -> str:
+        return describe_periods(request.series.unit, request.first, request.last)
+
+    def _fail(self, request: Request, reason: str) -> None:
+        series = request.series
         if series not in self.result.failures:
             log.error(
                 "failed %s: %s",
@@ -231,3 +400,46 @@ class Pipeline:
                 extra={"event": "series_failed", "series": series.label},
             )
             self.result.failures[series] = reason
+            self._coverage.fail(request.index)
+
+
+@dataclass
+class Accounting:
+    """Where every planned period of some series stands at the end of a run."""
+
+    series: int = 0
+    complete: int = 0
+    incomplete: list[int] = field(default_factory=list)  # series indices
+    failed: list[int] = field(default_factory=list)
+    periods_planned: int = 0
+    periods_already_done: int = 0  # recorded as done by earlier runs
+    periods_written: int = 0  # newly present after this run
+    periods_missing: int = 0
+    outside_window: int = 0
+
+    @property
+    def series_incomplete(self) -> int:
+        return len(self.incomplete)
+
+
+def account(result: RunResult, plan: Plan, indices: Sequence[int] | range) -> Accounting:
+    """Complete (every planned period present), failed (with a reason in ``failures``) or
+    incomplete (interrupted, never attempted, or periods missing after gap-fill)."""
+    coverage = result.coverage or Coverage(plan)
+    out = Accounting()
+    for i in indices:
+        out.series += 1
+        planned, missing = coverage.planned_size(i), coverage.missing_size(i)
+        already = coverage.already_done[i]
+        out.periods_planned += planned
+        out.periods_missing += missing
+        out.periods_already_done += already
+        out.periods_written += planned - missing - already
+        out.outside_window += result.by_series.get(i, "outside") if result.coverage else 0
+        if plan.series[i] in result.failures:
+            out.failed.append(i)
+        elif coverage.status[i] == COMPLETE:
+            out.complete += 1
+        else:
+            out.incomplete.append(i)
+    return out

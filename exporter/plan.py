@@ -18,6 +18,7 @@ from urllib.parse import quote
 from zoneinfo import ZoneInfo
 
 from exporter.config import Config, Export, Unit, Window
+from exporter.errors import ConfigError
 
 __all__ = [
     "MAX_LENGTH",
@@ -25,11 +26,15 @@ __all__ = [
     "Request",
     "Series",
     "build_plan",
+    "describe_periods",
     "ending_at",
     "hour_range",
+    "merge_spans",
+    "period_label",
     "period_of",
     "resolve_window",
     "shard_of",
+    "span_label",
 ]
 
 MAX_LENGTH = 100  # Braze accepts length 1..100
@@ -48,6 +53,13 @@ class Series:
         return (self.segment_id, self.app_id is not None, self.app_id or "", self.unit)
 
     @property
+    def key(self) -> str:
+        """Identity of the series in the resume state (not a display string)."""
+        app = "" if self.app_id is None else self.app_id
+        has_app = "1" if self.app_id is not None else "0"
+        return "\x1f".join((self.segment_id, app, has_app, self.unit))
+
+    @property
     def label(self) -> str:
         # quote() keeps the label on one line whatever the ids hold.
         app = "_all" if self.app_id is None else quote(self.app_id, safe="")
@@ -56,39 +68,27 @@ class Series:
 
 @dataclass(frozen=True, slots=True)
 class Request:
-    """One GET /sessions/data_series call: ``length`` periods from ``first`` on."""
+    """One GET /sessions/data_series call that wants ``length`` periods from ``first`` on.
+
+    ``ending_at`` is the planner's value (the last second of ``last``); a calibrated run may
+    send another (see :mod:`exporter.coverage`). ``gap`` marks a gap-fill request."""
 
     series: Series
     first: int
     length: int
     ending_at: str
     index: int = 0  # position of the series in its Plan's ``series``
+    gap: bool = False
 
     @property
     def last(self) -> int:
         return self.first + self.length - 1
 
-    @property
-    def key(self) -> str:
-        """Identity of the request for the resume state."""
-        s = self.series
-        app = "" if s.app_id is None else s.app_id
-        return "\x1f".join(
-            (
-                s.segment_id,
-                app,
-                "1" if s.app_id is not None else "0",
-                s.unit,
-                str(self.first),
-                str(self.length),
-            )
-        )
-
-    def params(self) -> dict[str, str]:
+    def params(self, ending_at: str | None = None) -> dict[str, str]:
         params = {
             "length": str(self.length),
             "unit": self.series.unit,
-            "ending_at": self.ending_at,
+            "ending_at": ending_at or self.ending_at,
             "segment_id": self.series.segment_id,
         }
         if self.series.app_id is not None:
@@ -106,6 +106,26 @@ class Plan:
     series_by_export: dict[str, array[int]] = field(default_factory=dict)
     warnings: tuple[str, ...] = ()
     shard: tuple[int, int] | None = None
+    # Series i's requests are requests[first_request[i]:first_request[i + 1]] (derived from
+    # ``requests``, which are grouped by series, when not given).
+    first_request: array[int] | None = None
+    # Per unit, the first period still settling (within settle_days of as_of): provisional.
+    settle_from: dict[str, int] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.first_request is None:
+            starts = array("i", [0] * (len(self.series) + 1))
+            for request in self.requests:
+                starts[request.index + 1] += 1
+            for i in range(len(self.series)):
+                starts[i + 1] += starts[i]
+            object.__setattr__(self, "first_request", starts)
+
+    def requests_of(self, index: int) -> tuple[Request, ...]:
+        """The planned requests of series ``index``."""
+        starts = self.first_request
+        assert starts is not None
+        return self.requests[starts[index] : starts[index + 1]]
 
 
 def resolve_window(window: Window, as_of: date) -> tuple[date, date] | None:
@@ -145,6 +165,25 @@ def period_of(unit: Unit, label: str) -> int:
     return math.floor(moment.timestamp() / 3600)
 
 
+def period_label(unit: Unit | str, period: int) -> str:
+    """A period for people: ``2024-01-05`` (day) or ``2024-01-05T10:00Z`` (UTC hour)."""
+    if unit == "day":
+        return date.fromordinal(period).isoformat()
+    return datetime.fromtimestamp(period * 3600, UTC).strftime("%Y-%m-%dT%H:%MZ")
+
+
+def span_label(unit: Unit | str, first: int, last: int) -> str:
+    """``2024-01-01..2024-04-09``, or one label when ``first == last``."""
+    if first == last:
+        return period_label(unit, first)
+    return f"{period_label(unit, first)}..{period_label(unit, last)}"
+
+
+def describe_periods(unit: Unit | str, first: int, last: int) -> str:
+    """``periods 2024-01-01..2024-04-09``: which periods a request or a gap is about."""
+    return f"period{'' if first == last else 's'} {span_label(unit, first, last)}"
+
+
 def shard_of(series: Series, count: int) -> int:
     """The shard (1..count) a series belongs to: a stable hash, the same on every machine."""
     key = f"{series.segment_id}\x1f{series.app_id is not None}\x1f{series.app_id}\x1f{series.unit}"
@@ -162,13 +201,17 @@ def build_plan(config: Config, as_of: date, shard: tuple[int, int] | None = None
     by_export: dict[str, tuple[Series, ...]] = {}
     for export in config.exports:
         days = resolve_window(export.window, as_of)
-        if export.window.end is not None and export.window.end >= as_of:
+        if export.window.end is not None and export.window.end >= as_of and days is not None:
             warnings.append(
                 f"exports.{export.name}: end {export.window.end} is not before the as-of date "
                 f"{as_of}; clipped to {as_of - timedelta(days=1)} (only complete days export)"
             )
         if days is None:
-            warnings.append(f"exports.{export.name}: window has no complete day before {as_of}")
+            raise ConfigError(
+                f"{config.source}: exports.{export.name}.window: no complete day before the "
+                f"as-of date {as_of} (days are complete once they have ended in "
+                f"{config.timezone})"
+            )
         series = tuple(
             s for s in _expand(export) if shard is None or shard_of(s, shard[1]) == shard[0]
         )
@@ -202,15 +245,28 @@ def build_plan(config: Config, as_of: date, shard: tuple[int, int] | None = None
         return endings[key]
 
     requests = []
+    first_request = array("i", [0])
     for i, s in enumerate(all_series):
         spans = ranges.pop(s, None)
-        if spans is None:
-            continue
-        for lo, hi in _merge(spans if isinstance(spans, list) else [spans]):
+        for lo, hi in merge_spans(spans if isinstance(spans, list) else [spans] if spans else []):
             for first, length in _slices(lo, hi):
                 requests.append(Request(s, first, length, end_of(s.unit, first + length - 1), i))
+        first_request.append(len(requests))
+    settle_day = as_of - timedelta(days=config.settle_days)
+    settle_from = {
+        "day": settle_day.toordinal(),
+        "hour": hour_range(settle_day, settle_day, tz)[0],
+    }
     return Plan(
-        as_of, config.timezone, tuple(requests), all_series, exports, tuple(warnings), shard
+        as_of,
+        config.timezone,
+        tuple(requests),
+        all_series,
+        exports,
+        tuple(warnings),
+        shard,
+        first_request,
+        settle_from,
     )
 
 
@@ -225,7 +281,7 @@ def _expand(export: Export) -> Iterator[Series]:
                     yield s
 
 
-def _merge(spans: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:
+def merge_spans(spans: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:
     """Union of inclusive integer ranges; touching ranges join so no extra request is made."""
     merged: list[tuple[int, int]] = []
     for lo, hi in sorted(spans):

@@ -8,8 +8,8 @@ import math
 from collections.abc import Callable
 from typing import TextIO
 
-from exporter.pipeline import RunResult
-from exporter.plan import Plan
+from exporter.pipeline import RunResult, account
+from exporter.plan import Plan, span_label
 from exporter.ratelimit import Budget
 
 __all__ = ["Progress", "eta_seconds", "format_duration", "status_line", "summary_lines"]
@@ -40,14 +40,14 @@ def eta_seconds(requests: int, requests_per_hour: float, share: float, reserve: 
 
 def status_line(result: RunResult, plan: Plan, elapsed: float) -> str:
     totals = result.totals
-    to_do = result.requests_planned - totals.skipped
+    to_do = result.requests_planned - totals.skipped + totals.gap
     left = to_do - totals.done
     rate = totals.sent / elapsed if elapsed > 0 else 0.0
     eta = format_duration(left / rate) if rate > 0 and left > 0 else "-"
     return (
-        f"series {result.series_done}/{len(plan.series)} | requests {totals.done}/{to_do} | "
-        f"{rate:.1f} req/s | ETA {eta} | retries {totals.retries} | 429s {totals.rate_limited} | "
-        f"failed {len(result.failures)}"
+        f"series {result.series_complete}/{len(plan.series)} complete | requests "
+        f"{totals.done}/{to_do} | {rate:.1f} req/s | ETA {eta} | retries {totals.retries} | "
+        f"429s {totals.rate_limited} | failed {result.series_failed}"
     )
 
 
@@ -83,21 +83,46 @@ class Progress:
             self.stream.flush()
 
 
-def summary_lines(result: RunResult, plan: Plan, budget: Budget, files: int) -> list[str]:
+def summary_lines(
+    result: RunResult, plan: Plan, budget: Budget, files: int, most: int = 10
+) -> list[str]:
+    """The end-of-run report: never calls a series complete that is not, and names what is
+    missing (the first ``most`` series of each kind; the manifest lists them all)."""
     totals = result.totals
-    failed = len(result.failures)
+    report = account(result, plan, range(len(plan.series)))
     # Over a few seconds the bucket's initial burst would make the average look too high.
     pace = f" ({totals.sent / result.elapsed:.1f}/s)" if result.elapsed >= 5 else ""
     allowed = budget.allowed_per_hour
     lines = [
-        f"series: {len(plan.series) - failed} ok, {failed} failed",
+        f"series: {report.complete} complete, {report.series_incomplete} incomplete, "
+        f"{len(report.failed)} failed (of {report.series})",
+        f"periods: {report.periods_planned} planned, {report.periods_written} written, "
+        f"{report.periods_already_done} already done, {report.periods_missing} missing; "
+        f"{report.outside_window} returned outside the window (not written)",
         f"requests: {totals.done} done, {totals.skipped} skipped (already done), "
-        f"{totals.sent} sent, {totals.retries} retried, {totals.rate_limited} rate-limited",
+        f"{totals.gap} gap-fill, {totals.sent} sent, {totals.retries} retried, "
+        f"{totals.rate_limited} rate-limited",
         f"rows: {totals.rows} written to {files} files",
         f"budget: {totals.sent} requests sent in {format_duration(result.elapsed)}{pace}; "
         f"allowed {math.floor(allowed):,}/hour ({allowed / 3600:.1f}/s); "
         f"paused {budget.pauses} time(s) for the reserve or a 429",
     ]
-    for series, reason in sorted(result.failures.items(), key=lambda i: i[0].sort_key()):
+    for series, reason in sorted(result.failures.items(), key=lambda i: i[0].sort_key())[:most]:
         lines.append(f"failed {series.label}: {reason}")
+    coverage = result.coverage
+    for index in report.incomplete[:most]:
+        missing = coverage.missing(index) if coverage is not None else []
+        lines.append(
+            f"incomplete {plan.series[index].label}: missing {_spans(plan, index, missing)}"
+        )
+    hidden = max(0, len(result.failures) - most) + max(0, report.series_incomplete - most)
+    if hidden:
+        lines.append(f"... and {hidden} more failed or incomplete series: see the manifest")
     return lines
+
+
+def _spans(plan: Plan, index: int, spans: list[tuple[int, int]], most: int = 3) -> str:
+    unit = plan.series[index].unit
+    words = [span_label(unit, lo, hi) for lo, hi in spans[:most]]
+    more = f" and {len(spans) - most} more range(s)" if len(spans) > most else ""
+    return ", ".join(words) + more

@@ -14,9 +14,11 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from exporter.client import BrazeClient, make_session
-from exporter.config import ApiKey, Config
+from exporter.config import UNITS, ApiKey, Config, Unit
+from exporter.coverage import COMPLETE, Calibration
 from exporter.manifest import build_manifest, write_manifest
 from exporter.pipeline import Pipeline, RunResult
 from exporter.plan import Plan
@@ -32,13 +34,14 @@ __all__ = [
     "EXIT_FAILED",
     "EXIT_OK",
     "EXIT_SIGNAL",
+    "EXIT_UNREACHABLE",
     "EXIT_USAGE",
     "RunOptions",
     "RunOutcome",
     "execute",
 ]
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_AUTH = 0, 1, 2, 3
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_AUTH, EXIT_UNREACHABLE = 0, 1, 2, 3, 4
 EXIT_SIGNAL = {signal.SIGINT: 130, signal.SIGTERM: 143}
 
 log = logging.getLogger(__name__)
@@ -67,7 +70,19 @@ def _exit_code(result: RunResult, signals: list[int]) -> int:
         return EXIT_SIGNAL[signal.Signals(signals[0])]
     if result.auth_error is not None:
         return EXIT_AUTH
-    return EXIT_FAILED if result.failures else EXIT_OK
+    if result.unreachable is not None:
+        return EXIT_UNREACHABLE
+    coverage = result.coverage
+    complete = coverage is not None and coverage.count(COMPLETE) == len(coverage.status)
+    return EXIT_OK if complete and not result.failures else EXIT_FAILED
+
+
+def source_of(endpoint: str, sandbox: bool) -> str:
+    """What produced the rows, for the resume state's scope and the manifest."""
+    if sandbox:
+        return "sandbox"
+    parts = urlsplit(endpoint)
+    return f"{parts.hostname}:{parts.port}" if parts.port else str(parts.hostname)
 
 
 async def execute(
@@ -81,9 +96,11 @@ async def execute(
     writer = PartitionWriter(options.out_dir, config.output.format)
     if removed := writer.remove_stale_temp_files():
         log.info("removed %d temp file(s) left by an interrupted run", removed)
+    source = source_of(config.braze.endpoint, key is None)
     state = State(
         state_path(options.out_dir / WORK_DIR, plan.shard),
-        scope=f"{config.output.format}|{config.timezone}",
+        scope=f"{source}|{config.output.format}|{config.timezone}",
+        as_of=plan.as_of.toordinal(),
         run_id=options.run_id,
         root=options.out_dir,
     )
@@ -103,8 +120,10 @@ async def execute(
                 policy=RetryPolicy(max_attempts=limits.max_attempts),
                 concurrency=limits.concurrency,
                 fresh=options.fresh,
+                calibration=Calibration(_saved_offsets(state)),
             )
             result = await _with_signals_and_progress(pipeline, plan, signals, options)
+        _save_offsets(state, result.calibration)
         code = _exit_code(result, signals)
         doc = build_manifest(
             run_id=options.run_id,
@@ -126,6 +145,22 @@ async def execute(
     name = signal.Signals(signals[0]).name if signals else None
     summary = summary_lines(result, plan, budget, files)
     return RunOutcome(code, result, summary, manifest, name)
+
+
+def _saved_offsets(state: State) -> dict[Unit, int]:
+    """Window offsets an earlier run into this directory measured: start from them."""
+    saved: dict[Unit, int] = {}
+    for unit in UNITS:
+        value = state.get_meta(f"offset.{unit}")
+        if value is not None and value.lstrip("-").isdigit():
+            saved[unit] = int(value)
+    return saved
+
+
+def _save_offsets(state: State, calibration: Calibration) -> None:
+    for unit in UNITS:
+        if calibration.measured(unit):
+            state.set_meta(f"offset.{unit}", str(calibration.shift(unit)))
 
 
 async def _with_signals_and_progress(

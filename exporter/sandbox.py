@@ -6,8 +6,16 @@ bad parameters, ``length`` points in Braze's ``time`` format, and a fixed-window
 realistic (weekly and daily rhythms) functions of (segment, app, unit, time), so a test can
 check every exported row against :func:`session_count`.
 
-A request covers the ``length`` periods ending with the period that contains ``ending_at``:
-day periods are dates in ``ending_at``'s own offset, hour periods are UTC hours.
+Which periods a request covers is one of three window semantics, since Braze does not document
+it (``SandboxOptions.semantics``):
+
+* ``contains`` (the default): the ``length`` periods ending with the period that contains
+  ``ending_at``; day periods are dates in ``ending_at``'s own offset, hour periods UTC hours;
+* ``exclusive``: the window ends one period *before* the one containing ``ending_at``;
+* ``utc``: as ``contains``, but days are cut in UTC whatever offset ``ending_at`` carries.
+
+Hour labels are written naive (``2024-01-05T10:00:00``), with ``Z`` or with ``+00:00``
+(``SandboxOptions.hour_labels``).
 
 Faults for reliability tests are deterministic: whether the n-th identical request fails, and
 how, is a hash of (seed, parameters, n), whatever order requests arrive in.
@@ -30,6 +38,8 @@ from aiohttp import web
 
 __all__ = [
     "FAULT_KINDS",
+    "HOUR_LABELS",
+    "SEMANTICS",
     "SandboxOptions",
     "SandboxStats",
     "free_port",
@@ -41,6 +51,8 @@ __all__ = [
 ]
 
 FAULT_KINDS = ("500", "502", "503", "504", "reset", "slow", "truncated", "bad_series")
+SEMANTICS = ("contains", "exclusive", "utc")
+HOUR_LABELS = {"naive": "", "z": "Z", "offset": "+00:00"}
 _WEEKDAY = (1.0, 1.04, 1.06, 1.03, 0.97, 0.82, 0.78)
 
 
@@ -56,6 +68,8 @@ class SandboxOptions:
     deny: bool = False
     restate: int = 0  # 0: values never change; another number: recent days read differently
     restate_days: int = 3
+    semantics: str = "contains"  # one of SEMANTICS
+    hour_labels: str = "naive"  # a key of HOUR_LABELS
     clock: Callable[[], float] = time.time
 
 
@@ -136,7 +150,7 @@ class _Sandbox:
         if opts.deny:
             return _error(403, "API key lacks permission sessions.data_series", headers)
         try:
-            params = _parse(request.query, opts.clock())
+            params = _parse(request.query, opts.clock(), opts.semantics, opts.hour_labels)
         except ValueError as exc:
             return _error(400, "Invalid parameters", headers, [str(exc)])
         segment, app, unit, labels = params
@@ -184,7 +198,9 @@ class _Sandbox:
         return web.json_response(doc)
 
 
-def _parse(query: Mapping[str, str], now: float) -> tuple[str, str | None, str, list[str]]:
+def _parse(
+    query: Mapping[str, str], now: float, semantics: str = "contains", hour_labels: str = "naive"
+) -> tuple[str, str | None, str, list[str]]:
     length_text = query.get("length")
     if length_text is None:
         raise ValueError("length is required")
@@ -207,13 +223,16 @@ def _parse(query: Mapping[str, str], now: float) -> tuple[str, str | None, str, 
         raise ValueError(f"ending_at must be an ISO 8601 datetime, got {raw_end!r}") from None
     if end.tzinfo is None:
         end = end.replace(tzinfo=UTC)
+    back = 1 if semantics == "exclusive" else 0
     if unit == "day":
-        last = end.date()
+        last = (end.astimezone(UTC) if semantics == "utc" else end).date()
+        last -= timedelta(days=back)
         labels = [(last - timedelta(days=i)).isoformat() for i in range(length - 1, -1, -1)]
     else:
-        top = math.floor(end.timestamp() / 3600)
+        top = math.floor(end.timestamp() / 3600) - back
+        suffix = HOUR_LABELS[hour_labels]
         labels = [
-            datetime.fromtimestamp((top - i) * 3600, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+            datetime.fromtimestamp((top - i) * 3600, UTC).strftime("%Y-%m-%dT%H:%M:%S") + suffix
             for i in range(length - 1, -1, -1)
         ]
     return segment, query.get("app_id"), unit, labels

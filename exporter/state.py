@@ -1,23 +1,38 @@
 """What is already done, so a rerun resumes instead of re-fetching.
 
-A request is recorded only after its rows are in their partition files, so a crash at any
-moment loses at most the requests in flight, and those are simply fetched again (the merge
-makes that harmless). SQLite in WAL mode survives ``kill -9`` of the writer at any point.
-One run holds the file's lock for its whole life; shards each have their own file.
+Done is recorded per series and period, not per request: whichever request brought a
+period (Braze's windows may sit elsewhere than planned) and whatever the shard layout, a
+period written is a period done. A record counts only for the same ``scope``: the source
+(Braze host, or the sandbox), the output format and the time zone that decide the rows.
+
+Periods close to the as-of date (``settle_days``) are recorded as *provisional*: Braze
+restates recent data, so they count as done only for runs with the same as-of date (a
+resumed run), and a later run reads them again.
+
+Periods are recorded only after their rows are durably in their partition files, so a crash
+at any moment loses at most the requests in flight, and those are simply fetched again (the
+merge makes that harmless). SQLite in WAL mode survives ``kill -9`` of the writer at any
+point. One run holds its file's lock for its whole life; shards each have their own file,
+and every run also reads the records of the other layouts' files in the same directory.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import sqlite3
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 from exporter.errors import ExporterError
-from exporter.plan import Request
 from exporter.writers import WrittenFile
 
 __all__ = ["State", "state_path"]
+
+log = logging.getLogger(__name__)
+
+Span = tuple[int, int]
+_SETTLED = 0  # ``as_of`` column of a settled record; provisional records hold their run's as-of
 
 
 def state_path(work_dir: Path, shard: tuple[int, int] | None) -> Path:
@@ -25,74 +40,161 @@ def state_path(work_dir: Path, shard: tuple[int, int] | None) -> Path:
     return work_dir / ("state.sqlite" if shard is None else f"state-{shard[0]}of{shard[1]}.sqlite")
 
 
-class State:
-    """Done requests, and the files this run wrote (for its manifest, kept out of memory)."""
+_SCHEMA = (
+    "CREATE TABLE IF NOT EXISTS periods (scope TEXT, series TEXT, lo INTEGER, hi INTEGER, "
+    "as_of INTEGER, PRIMARY KEY (scope, series, lo, hi, as_of)) WITHOUT ROWID",
+    "CREATE TABLE IF NOT EXISTS files (run_id TEXT, path TEXT, rows INTEGER, "
+    "sha256 TEXT, version INTEGER, PRIMARY KEY (run_id, path)) WITHOUT ROWID",
+    "CREATE TABLE IF NOT EXISTS meta (scope TEXT, key TEXT, value TEXT, "
+    "PRIMARY KEY (scope, key)) WITHOUT ROWID",
+)
 
-    def __init__(self, path: Path, *, scope: str, run_id: str = "", root: Path | None = None):
-        """``scope`` names what else decides a request's rows (format, time zone); file
-        paths are recorded relative to ``root``."""
+
+class State:
+    """Done periods, and the files this run wrote (for its manifest, kept out of memory)."""
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        scope: str,
+        as_of: int,
+        run_id: str = "",
+        root: Path | None = None,
+    ):
+        """``scope`` names what decides a period's rows (source, format, time zone);
+        ``as_of`` is the run's as-of date ordinal; file paths are recorded relative to
+        ``root``. Raises ExporterError when the file is locked by another run or damaged."""
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         self._scope = scope
+        self._as_of = as_of
         self._run_id = run_id
         self._root = str(root if root is not None else path.parent.parent)
-        self._db = sqlite3.connect(path, isolation_level=None, timeout=2)
+        try:
+            self._db = sqlite3.connect(path, isolation_level=None, timeout=2)
+        except sqlite3.Error as exc:
+            raise _unusable(path, exc) from None
         try:
             # One run owns the file: an exclusive lock taken once, not per commit.
             self._db.execute("PRAGMA locking_mode=EXCLUSIVE")
             self._db.execute("PRAGMA journal_mode=WAL")
             # NORMAL skips the fsync per commit; WAL still keeps every commit across a kill.
             self._db.execute("PRAGMA synchronous=NORMAL")
-            self._db.execute(
-                "CREATE TABLE IF NOT EXISTS done (key TEXT PRIMARY KEY, rows INTEGER) WITHOUT ROWID"
-            )
-            self._db.execute(
-                "CREATE TABLE IF NOT EXISTS files (run_id TEXT, path TEXT, rows INTEGER, "
-                "sha256 TEXT, version INTEGER, PRIMARY KEY (run_id, path)) WITHOUT ROWID"
-            )
+            for statement in _SCHEMA:
+                self._db.execute(statement)
             self._db.execute("BEGIN IMMEDIATE")  # take the lock now, not at the first write
+            # Provisional records of earlier as-of dates will never count again.
+            self._db.execute(
+                "DELETE FROM periods WHERE scope = ? AND as_of != ? AND as_of < ?",
+                (scope, _SETTLED, as_of),
+            )
             self._db.execute("COMMIT")
-            self._empty = self._db.execute("SELECT 1 FROM done LIMIT 1").fetchone() is None
-        except sqlite3.OperationalError as exc:
+        except sqlite3.Error as exc:
             self._db.close()
             if "locked" in str(exc):
                 raise ExporterError(
                     f"{path.parent.parent}: another run is exporting into this directory "
                     "right now; wait for it to finish, or use another --out"
                 ) from None
-            raise ExporterError(f"{path}: cannot open the resume state: {exc}") from None
+            raise _unusable(path, exc) from None
 
-    def _key(self, request: Request) -> str:
-        return f"{self._scope}\x1e{request.key}"
+    def done(self, keys: Mapping[str, int]) -> dict[int, list[Span]]:
+        """The recorded spans of the series in ``keys`` (series key -> caller's index), from
+        this file and from the other state files of the directory (other shard layouts)."""
+        found: dict[int, list[Span]] = {}
+        sources = [self._db, *self._others()]
+        for db in sources:
+            try:
+                rows = db.execute(
+                    "SELECT series, lo, hi FROM periods WHERE scope = ? AND as_of IN (?, ?)",
+                    (self._scope, _SETTLED, self._as_of),
+                )
+                for series, lo, hi in rows:
+                    index = keys.get(series)
+                    if index is not None:
+                        found.setdefault(index, []).append((lo, hi))
+            except sqlite3.Error as exc:
+                if db is self._db:
+                    raise _unusable(self.path, exc) from None
+                log.debug("skipping another layout's state file: %s", exc)
+            finally:
+                if db is not self._db:
+                    db.close()
+        return found
 
-    def is_done(self, request: Request) -> bool:
-        if self._empty:  # a first run: no lookup per request
-            return False
-        row = self._db.execute("SELECT 1 FROM done WHERE key = ?", (self._key(request),))
-        return row.fetchone() is not None
+    def _others(self) -> Iterator[sqlite3.Connection]:
+        """Read-only connections to the directory's other state files. One that is locked
+        belongs to a shard of this layout running now: its series are not ours."""
+        for other in sorted(self.path.parent.glob("state*.sqlite")):
+            if other == self.path:
+                continue
+            try:
+                yield sqlite3.connect(f"file:{other}?mode=ro", uri=True, timeout=0.1)
+            except sqlite3.Error as exc:
+                log.debug("cannot open %s: %s", other, exc)
 
-    def mark_done(self, request: Request, rows: int, written: Iterable[WrittenFile] = ()) -> None:
-        """Record the request as done, with the files it wrote, in one transaction."""
+    def record(
+        self,
+        series_key: str,
+        spans: Sequence[Span],
+        settle_from: int,
+        written: Iterable[WrittenFile] = (),
+    ) -> None:
+        """Record written periods, and the files holding them, in one transaction. Periods
+        from ``settle_from`` on are provisional. Raises ExporterError when it cannot (disk
+        full): the series fails, the others go on."""
+        rows: list[tuple[str, str, int, int, int]] = []
+        for lo, hi in spans:
+            if lo < settle_from:
+                rows.append((self._scope, series_key, lo, min(hi, settle_from - 1), _SETTLED))
+            if hi >= settle_from:
+                rows.append((self._scope, series_key, max(lo, settle_from), hi, self._as_of))
         db = self._db
-        db.execute("BEGIN")
         try:
-            db.execute(
-                "INSERT OR REPLACE INTO done (key, rows) VALUES (?, ?)", (self._key(request), rows)
+            db.execute("BEGIN")
+            try:
+                db.executemany("INSERT OR IGNORE INTO periods VALUES (?, ?, ?, ?, ?)", rows)
+                db.executemany(
+                    "INSERT INTO files (run_id, path, rows, sha256, version) "
+                    "VALUES (?, ?, ?, ?, ?) ON CONFLICT (run_id, path) DO UPDATE SET "
+                    "rows = excluded.rows, sha256 = excluded.sha256, "
+                    "version = excluded.version "
+                    "WHERE excluded.version > files.version",  # writes may finish out of order
+                    [
+                        (
+                            self._run_id,
+                            os.path.relpath(f.path, self._root),
+                            f.rows,
+                            f.sha256,
+                            f.version,
+                        )
+                        for f in written
+                    ],
+                )
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+        except sqlite3.Error as exc:
+            raise ExporterError(
+                f"cannot record progress in {self.path} ({exc}); the rows are written, "
+                "a rerun fetches them again"
+            ) from None
+
+    def get_meta(self, key: str) -> str | None:
+        row = self._db.execute(
+            "SELECT value FROM meta WHERE scope = ? AND key = ?", (self._scope, key)
+        ).fetchone()
+        return None if row is None else str(row[0])
+
+    def set_meta(self, key: str, value: str) -> None:
+        try:
+            self._db.execute(
+                "INSERT OR REPLACE INTO meta VALUES (?, ?, ?)", (self._scope, key, value)
             )
-            db.executemany(
-                "INSERT INTO files (run_id, path, rows, sha256, version) VALUES (?, ?, ?, ?, ?) "
-                "ON CONFLICT (run_id, path) DO UPDATE SET rows = excluded.rows, "
-                "sha256 = excluded.sha256, version = excluded.version "
-                "WHERE excluded.version > files.version",  # two requests may finish out of order
-                [
-                    (self._run_id, os.path.relpath(f.path, self._root), f.rows, f.sha256, f.version)
-                    for f in written
-                ],
-            )
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
+        except sqlite3.Error as exc:
+            log.warning("cannot record %s in %s: %s", key, self.path, exc)
 
     def files(self) -> Iterator[tuple[str, int, str]]:
         """(path, rows, sha256) of every file this run wrote, by path."""
@@ -107,3 +209,11 @@ class State:
 
     def close(self) -> None:
         self._db.close()
+
+
+def _unusable(path: Path, exc: sqlite3.Error) -> ExporterError:
+    return ExporterError(
+        f"{path}: the resume state cannot be used ({exc}). Delete it to go on: the data "
+        "files stay as they are, only the record of what is done is lost, so the next run "
+        "fetches every period of its windows again"
+    )

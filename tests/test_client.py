@@ -106,35 +106,56 @@ def test_429_carries_the_reset_time() -> None:
         (_body([{"time": "2024-04-28", "sessions": 1.5}]), "non-negative integer"),
         (_body([{"time": "2024-04-28", "sessions": "3"}]), "non-negative integer"),
         (_body([{"time": "2024-04-28", "sessions": True}]), "non-negative integer"),
-        (_body([{"time": "2024-04-27", "sessions": 1}]), "outside the requested window"),
-        (_body([{"time": "2024-05-01", "sessions": 1}]), "outside the requested window"),
-        (_body([{"time": "yesterday", "sessions": 1}]), "is not a day"),
+        (_body([{"time": "yesterday", "sessions": 1}]), "is not a valid day label"),
         (_body([{"sessions": 1}]), "has no time"),
         (_body(["2024-04-28"]), "not an object"),
         (_body([{"time": "2024-04-28", "sessions": 1}] * 2), "appears twice"),
     ],
 )
 def test_malformed_success_bodies_are_never_data(body: bytes, why: str) -> None:
-    """A 200 whose body is not a valid series in the window is a retryable error."""
+    """A 200 whose body is not a well-formed series is a retryable error."""
     with pytest.raises(MalformedResponse, match=why):
         interpret(REQUEST, Response(200, RateHeaders(), body))
 
 
-def test_hour_labels_are_checked_against_the_window() -> None:
-    """Hour points must be whole UTC hours inside the request."""
-    hours = Series("seg-a", None, "hour")
+def test_points_outside_the_request_are_data_not_errors() -> None:
+    """Braze's window may sit elsewhere than asked: well-formed points all come back, sorted."""
+    points = interpret(
+        REQUEST,
+        Response(
+            200,
+            RateHeaders(),
+            _body(
+                [
+                    {"time": "2024-05-01", "sessions": 3},
+                    {"time": "2024-04-27", "sessions": 1},
+                ]
+            ),
+        ),
+    )
+    assert [p.time for p in points] == ["2024-04-27", "2024-05-01"]
+
+
+@pytest.mark.parametrize("suffix", ["", "Z", "+00:00", ".000Z"])
+def test_every_iso_spelling_of_an_hour_label_is_accepted(suffix: str) -> None:
+    """Naive, Z and +00:00 hour labels name the same UTC hour; time stays Braze's string."""
     first = 474_000
-    request = Request(hours, first, 2, "x")
+    request = Request(Series("seg-a", None, "hour"), first, 2, "x")
     from datetime import UTC, datetime
 
-    good = datetime.fromtimestamp(first * 3600, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+    label = datetime.fromtimestamp(first * 3600, UTC).strftime("%Y-%m-%dT%H:%M:%S") + suffix
     points = interpret(
-        request, Response(200, RateHeaders(), _body([{"time": good, "sessions": 1}]))
+        request, Response(200, RateHeaders(), _body([{"time": label, "sessions": 1}]))
     )
-    assert points[0].period == first
-    late = datetime.fromtimestamp((first + 2) * 3600, UTC).strftime("%Y-%m-%dT%H:%M:%S")
-    with pytest.raises(MalformedResponse, match="outside"):
-        interpret(request, Response(200, RateHeaders(), _body([{"time": late, "sessions": 1}])))
+    assert (points[0].period, points[0].time) == (first, label)
+
+
+def test_an_hour_label_that_is_not_a_whole_hour_is_malformed() -> None:
+    """10:30 is no hour period."""
+    request = Request(Series("seg-a", None, "hour"), 474_000, 2, "x")
+    body = _body([{"time": "2024-01-26T10:30:00", "sessions": 1}])
+    with pytest.raises(MalformedResponse, match="is not a valid hour label"):
+        interpret(request, Response(200, RateHeaders(), body))
 
 
 async def test_get_sends_bearer_auth_and_query_params() -> None:
@@ -173,10 +194,26 @@ async def test_timeouts_and_connection_errors_are_transport_errors() -> None:
         client = BrazeClient(session, "https://rest.test", ApiKey("k-secret"))
         with mocked_http() as mocked:
             mocked.get(URL, exception=TimeoutError())
-            with pytest.raises(TransportError, match="no response in time"):
+            with pytest.raises(TransportError, match=r"no response from rest\.test:443 in time"):
                 await client.get(REQUEST)
-            mocked.get(URL, exception=aiohttp.ClientConnectionError("reset by peer"))
-            with pytest.raises(TransportError, match="connection failed") as caught:
+            mocked.get(URL, exception=aiohttp.ServerDisconnectedError())
+            with pytest.raises(TransportError, match="connection closed") as caught:
                 await client.get(REQUEST)
+    assert caught.value.cause == "reset"
+    assert not caught.value.connect_failed
     assert "k-secret" not in str(caught.value)
-    assert "rest.test" not in str(caught.value)
+    assert "/sessions" not in str(caught.value)
+
+
+async def test_a_refused_connection_names_host_and_cause() -> None:
+    """A real refused port: the message says which host and why, and it is connection-level."""
+    from exporter.sandbox import free_port
+
+    port = free_port()
+    async with aiohttp.ClientSession() as session:
+        client = BrazeClient(session, f"http://127.0.0.1:{port}", ApiKey("k-secret"))
+        with pytest.raises(TransportError) as caught:
+            await client.get(REQUEST)
+    assert caught.value.cause == "refused"
+    assert caught.value.connect_failed
+    assert str(caught.value).endswith(f"connection refused (127.0.0.1:{port})")

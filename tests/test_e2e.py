@@ -74,7 +74,7 @@ def test_sandbox_run_writes_every_point_exactly_once(
     plan = build_plan(load_config(path, env={}), date.fromisoformat(AS_OF))
     assert _check_every_row(out) == sum(r.length for r in plan.requests)
     summary = capsys.readouterr().out
-    assert f"series: {len(plan.series)} ok, 0 failed" in summary
+    assert f"series: {len(plan.series)} complete, 0 incomplete, 0 failed" in summary
     assert f"requests: {len(plan.requests)} done" in summary
     hour_files = list((out / "sessions/unit=hour").rglob(f"*.{fmt}"))
     assert {p.name for p in hour_files} == {f"2024-06-{d}.{fmt}" for d in (28, 29, 30)} | {
@@ -163,7 +163,7 @@ def test_a_rejected_series_fails_alone(
         assert main(["run", str(path), "--as-of", AS_OF]) == 1
         rejected = sandbox_stats(server.app).requests - sandbox_stats(server.app).ok
     summary = capsys.readouterr().out
-    assert "series: 4 ok, 4 failed" in summary
+    assert "series: 4 complete, 0 incomplete, 4 failed" in summary
     assert (
         "failed segment=odd%2Fseg%20id app=_all unit=day: HTTP 400: Invalid segment_id" in summary
     )

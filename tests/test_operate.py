@@ -16,7 +16,7 @@ from exporter.cli import main
 from exporter.config import load_config
 from exporter.logs import new_run_id, setup_logging
 from exporter.pipeline import RunResult
-from exporter.plan import Plan, build_plan
+from exporter.plan import Plan, Request, build_plan
 from exporter.progress import Progress, status_line
 from tests.conftest import KEY, snapshot
 
@@ -55,7 +55,7 @@ def test_manifest_records_the_run(
     assert doc["exit_code"] == 0
     assert doc["totals"]["series"] == 18
     assert doc["totals"]["rows_written"] == 16 * 5 + 2 * 48
-    assert doc["exports"]["daily"]["series_ok"] == 16
+    assert doc["exports"]["daily"]["series_complete"] == 16
     assert doc["exports"]["hourly"]["requests_done"] == 2
     assert doc["budget"]["allowed_per_hour"] == 250_000
     assert doc["budget"]["requests_sent"] == doc["totals"]["requests_made"] == 18
@@ -183,7 +183,8 @@ def test_status_line_says_what_matters() -> None:
     result.totals.rate_limited = 2
     line = status_line(result, _plan(), elapsed=10)
     assert line == (
-        "series 0/0 | requests 40/100 | 5.0 req/s | ETA 12.0s | retries 10 | 429s 2 | failed 0"
+        "series 0/0 complete | requests 40/100 | 5.0 req/s | ETA 12.0s | retries 10 | "
+        "429s 2 | failed 0"
     )
 
 
@@ -196,7 +197,11 @@ def test_shards_are_disjoint_and_cover_everything(write_config: Callable[..., Pa
     assert all(series)  # every shard has work at this size
     assert set.union(*series) == set(whole.series)
     assert sum(len(s) for s in series) == len(whole.series)
-    assert sorted(r.key for p in parts for r in p.requests) == sorted(r.key for r in whole.requests)
+
+    def ids(requests: tuple[Request, ...]) -> list[tuple[str, int, int]]:
+        return sorted((r.series.key, r.first, r.length) for r in requests)
+
+    assert ids(tuple(r for p in parts for r in p.requests)) == ids(whole.requests)
 
 
 def test_sharded_runs_write_what_one_run_writes(

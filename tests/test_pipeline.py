@@ -85,7 +85,7 @@ async def test_a_failed_series_sends_no_more_requests(tmp_path: Path) -> None:
     assert set(pipeline.result.failures) == {bad}
     assert pipeline.result.totals.done == 3
     assert seen <= 3 + 3  # at most the in-flight ones of "bad" were sent before it failed
-    assert pipeline.result.series_done == 1
+    assert pipeline.result.series_complete == 1
 
 
 async def test_stop_takes_no_new_work(tmp_path: Path) -> None:

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from exporter.config import Config, load_config
+from exporter.errors import ConfigError
 from exporter.plan import Series, build_plan, ending_at, period_of
 
 AS_OF = date(2024, 7, 1)
@@ -111,12 +112,19 @@ def test_end_on_or_after_as_of_is_clipped_with_a_warning(
     assert any("clipped to 2024-06-30" in w for w in plan.warnings)
 
 
-def test_window_entirely_after_as_of_plans_nothing(config_for: Callable[..., Config]) -> None:
-    """A window with no complete day yet makes no request and says why."""
-    plan = build_plan(config_for(window="{start: 2024-07-01, end: 2024-07-05}"), AS_OF)
-    assert plan.requests == ()
-    assert any("no complete day" in w for w in plan.warnings)
-    assert len(plan.series) == 1
+def test_window_entirely_after_as_of_is_a_config_error(config_for: Callable[..., Config]) -> None:
+    """A window with no complete day yet is refused, naming the export, with no second
+    (clipping) warning."""
+    config = config_for(window="{start: 2024-07-01, end: 2024-07-05}")
+    with pytest.raises(ConfigError, match=r"exports\.\w+\.window: no complete day before"):
+        build_plan(config, AS_OF)
+
+
+def test_a_clipped_window_warns_once(config_for: Callable[..., Config]) -> None:
+    """An end on or after the as-of date is clipped with one warning."""
+    plan = build_plan(config_for(window="{start: 2024-06-01, end: 2024-07-05}"), AS_OF)
+    assert len(plan.warnings) == 1
+    assert "clipped to 2024-06-30" in plan.warnings[0]
 
 
 def test_same_series_in_two_exports_is_fetched_once(config_for: Callable[..., Config]) -> None:
@@ -139,9 +147,9 @@ def test_slices_are_anchored_at_the_start(config_for: Callable[..., Config]) -> 
     config = config_for(window="{start: 2024-01-01, end: 2024-12-31}")
     early = build_plan(config, date(2024, 8, 1)).requests
     later = build_plan(config, date(2024, 12, 1)).requests
-    assert early[0].key == later[0].key
-    assert early[1].key == later[1].key
-    assert early[2].key != later[2].key  # the partial last slice grows
+    assert (early[0].first, early[0].length) == (later[0].first, later[0].length)
+    assert (early[1].first, early[1].length) == (later[1].first, later[1].length)
+    assert early[2].length < later[2].length  # the partial last slice grows
 
 
 def test_app_ids_expand_with_segments_and_units(

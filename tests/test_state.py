@@ -1,41 +1,105 @@
-"""The resume state: done requests and the run's file records."""
+"""The resume state: done periods per series and source, and the run's file records."""
 
 from __future__ import annotations
 
+import sqlite3
 from datetime import date
 from pathlib import Path
 
-from exporter.plan import Request, Series
+import pytest
+
+from exporter.errors import ExporterError
 from exporter.state import State, state_path
 from exporter.writers import WrittenFile
 
-REQUEST = Request(Series("s", None, "day"), date(2024, 6, 1).toordinal(), 3, "x")
+AS_OF = date(2024, 7, 1).toordinal()
+JUNE_1 = date(2024, 6, 1).toordinal()
+KEYS = {"s": 0, "t": 1}
+NEVER = 2**40  # a settle boundary no period reaches: everything settled
 
 
-def test_done_requests_survive_reopening(tmp_path: Path) -> None:
-    """A request marked done is done for the next run with the same scope only."""
-    path = state_path(tmp_path / ".braze-export", None)
-    state = State(path, scope="jsonl|UTC")
-    assert not state.is_done(REQUEST)
-    state.mark_done(REQUEST, 3)
+def _open(
+    tmp_path: Path,
+    scope: str = "braze|jsonl|UTC",
+    *,
+    shard: tuple[int, int] | None = None,
+    as_of: int = AS_OF,
+) -> State:
+    path = state_path(tmp_path / ".braze-export", shard)
+    return State(path, scope=scope, as_of=as_of, root=tmp_path)
+
+
+def test_done_periods_survive_reopening_for_the_same_scope_only(tmp_path: Path) -> None:
+    """Recorded periods are done for the next run of the same source, format and zone only."""
+    state = _open(tmp_path)
+    state.record("s", [(JUNE_1, JUNE_1 + 2)], NEVER)
     state.close()
-    again = State(path, scope="jsonl|UTC")
-    assert again.is_done(REQUEST)
+    again = _open(tmp_path)
+    assert again.done(KEYS) == {0: [(JUNE_1, JUNE_1 + 2)]}
     again.close()
-    other = State(path, scope="csv|UTC")
-    assert not other.is_done(REQUEST)
-    other.close()
+    for scope in ("sandbox|jsonl|UTC", "braze|csv|UTC", "other-host|jsonl|UTC"):
+        other = _open(tmp_path, scope)
+        assert other.done(KEYS) == {}
+        other.close()
+
+
+def test_provisional_periods_count_only_for_the_same_as_of(tmp_path: Path) -> None:
+    """Periods from the settle boundary on are done for a resumed run, not for a later one."""
+    state = _open(tmp_path)
+    state.record("s", [(JUNE_1, JUNE_1 + 9)], JUNE_1 + 7)
+    state.close()
+    resumed = _open(tmp_path)
+    assert sorted(resumed.done(KEYS)[0]) == [(JUNE_1, JUNE_1 + 6), (JUNE_1 + 7, JUNE_1 + 9)]
+    resumed.close()
+    tomorrow = _open(tmp_path, as_of=AS_OF + 1)
+    assert tomorrow.done(KEYS) == {0: [(JUNE_1, JUNE_1 + 6)]}
+    tomorrow.close()
+
+
+def test_other_shard_layouts_state_is_read(tmp_path: Path) -> None:
+    """Work recorded by shards 1/2 and 2/2 counts for an unsharded run, and the other way."""
+    for shard, key in (((1, 2), "s"), ((2, 2), "t")):
+        part = _open(tmp_path, shard=shard)
+        part.record(key, [(JUNE_1, JUNE_1)], NEVER)
+        part.close()
+    whole = _open(tmp_path)
+    assert whole.done(KEYS) == {0: [(JUNE_1, JUNE_1)], 1: [(JUNE_1, JUNE_1)]}
+    whole.close()
 
 
 def test_the_latest_write_of_a_file_is_kept_whatever_the_commit_order(tmp_path: Path) -> None:
     """Two requests writing one file may commit out of order: the higher version wins."""
-    state = State(tmp_path / ".braze-export/state.sqlite", scope="s", run_id="r1", root=tmp_path)
+    state = State(
+        tmp_path / ".braze-export/state.sqlite", scope="s", as_of=AS_OF, run_id="r1", root=tmp_path
+    )
     data = tmp_path / "sessions/a.jsonl"
-    state.mark_done(REQUEST, 1, [WrittenFile(data, 5, "new", version=2)])
-    state.mark_done(REQUEST, 1, [WrittenFile(data, 3, "old", version=1)])
+    state.record("s", [(JUNE_1, JUNE_1)], NEVER, [WrittenFile(data, 5, "new", version=2)])
+    state.record("s", [(JUNE_1, JUNE_1)], NEVER, [WrittenFile(data, 3, "old", version=1)])
     assert list(state.files()) == [("sessions/a.jsonl", 5, "new")]
     assert state.file_count() == 1
     state.close()
+
+
+def test_a_damaged_state_file_says_what_to_do_and_what_it_costs(tmp_path: Path) -> None:
+    """A corrupt state.sqlite is one clear error: delete it, the data stays, periods refetch."""
+    path = state_path(tmp_path / ".braze-export", None)
+    path.parent.mkdir(parents=True)
+    path.write_bytes(b"this is not a database" * 100)
+    with pytest.raises(ExporterError, match="Delete it to go on: the data files stay"):
+        _open(tmp_path)
+
+
+def test_a_failed_record_is_an_exporter_error(tmp_path: Path) -> None:
+    """SQLite failing to record (disk full, say) raises ExporterError, not sqlite3.Error."""
+    state = _open(tmp_path)
+
+    class Broken:
+        def execute(self, *_: object) -> None:
+            raise sqlite3.OperationalError("database or disk is full")
+
+    state._db = Broken()  # type: ignore[assignment]
+    with pytest.raises(ExporterError, match="disk is full"):
+        state.record("s", [(JUNE_1, JUNE_1)], NEVER)
 
 
 def test_shards_have_their_own_state_file(tmp_path: Path) -> None:
