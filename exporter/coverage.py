@@ -223,7 +223,8 @@ def describe_offset(unit: Unit, offset: int) -> str:
     many = "" if abs(offset) == 1 else f"{abs(offset)} "
     unit_words = f"{unit}s" if abs(offset) != 1 else unit
     where = "before" if offset < 0 else "after"
-    why = " (days cut in UTC rather than the config's time zone?)" if unit == "day" else ""
+    utc = unit == "day" and offset > 0
+    why = " (days cut in UTC rather than the config's time zone?)" if utc else ""
     return (
         f"Braze returned {unit} windows ending {many or 'one '}{unit_words} {where} the "
         f"{unit} containing ending_at{why}; later requests are shifted to match"

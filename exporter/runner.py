@@ -78,11 +78,9 @@ def _exit_code(result: RunResult, signals: list[int]) -> int:
 
 
 def source_of(endpoint: str, sandbox: bool) -> str:
-    """What produced the rows, for the resume state's scope and the manifest."""
-    if sandbox:
-        return "sandbox"
-    parts = urlsplit(endpoint)
-    return f"{parts.hostname}:{parts.port}" if parts.port else str(parts.hostname)
+    """What produced the rows, for the resume state's scope and the manifest: the sandbox, or
+    the endpoint's host name (the instance; its port is no part of which workspace it is)."""
+    return "sandbox" if sandbox else str(urlsplit(endpoint).hostname)
 
 
 async def execute(

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from exporter.client import BrazeClient, make_session
 from exporter.config import ApiKey
-from exporter.pipeline import Pipeline
+from exporter.pipeline import Pipeline, account
 from exporter.plan import Plan, Request, Series, ending_at
 from exporter.ratelimit import Budget
 from exporter.retry import RetryPolicy
@@ -108,3 +108,5 @@ async def test_stop_takes_no_new_work(tmp_path: Path) -> None:
         await runner.cleanup()
     assert result.interrupted
     assert result.totals.sent == 0
+    report = account(result, _plan(5), range(5))
+    assert (report.complete, report.series_incomplete, report.periods_missing) == (0, 5, 15)

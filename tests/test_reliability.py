@@ -171,6 +171,9 @@ def test_signals_stop_cleanly_and_resume(
         assert stopped.wait(15) == code
         assert time.monotonic() - sent_at < 10
         assert "rerun the same command to resume" in stopped.stderr
+        counts = re.search(r"series: (\d+) complete, (\d+) incomplete", stopped.stdout)
+        assert counts is not None
+        assert int(counts[2]) > 0  # an interrupted run calls no unfinished series complete
         _assert_whole_files(out)
         rerun = _Exporter(config, server.url, "rerun.")
         assert rerun.wait(60) == 0

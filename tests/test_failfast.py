@@ -1,0 +1,174 @@
+"""Fail fast when nothing can work, and never call a series complete that is not."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+from collections.abc import Callable, Iterator
+from datetime import date, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import web
+
+from exporter.cli import main
+from exporter.sandbox import free_port, sandbox_stats
+from tests.conftest import data_files
+
+AS_OF = "2024-07-01"
+CONFIG = """\
+version: 1
+limits: {{concurrency: {concurrency}}}
+output: {{dir: {out}}}
+braze: {{endpoint: "{endpoint}"}}
+exports:
+  - name: many
+    segment_ids: [{segments}]
+    units: [day, hour]
+    window: {{days: 3}}
+"""
+
+
+def _config(
+    write_config: Callable[..., Path],
+    out: Path,
+    endpoint: str = "https://rest.iad-01.braze.com",
+    segments: int = 20,
+    concurrency: int = 8,
+) -> Path:
+    names = ", ".join(f"seg-{i}" for i in range(segments))
+    return write_config(
+        CONFIG.format(out=out, endpoint=endpoint, segments=names, concurrency=concurrency)
+    )
+
+
+def _manifest(out: Path) -> dict[str, Any]:
+    doc: dict[str, Any] = json.loads(next((out / "_runs").glob("*.json")).read_text())
+    return doc
+
+
+def test_a_refused_port_stops_the_run_at_once_naming_host_and_cause(
+    tmp_path: Path,
+    write_config: Callable[..., Path],
+    env_key: str,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """40 series against a closed port: exit 4 after a handful of attempts, not 320."""
+    port = free_port()
+    out = tmp_path / "out"
+    config = _config(write_config, out, f"http://127.0.0.1:{port}")
+    assert main(["run", str(config), "--as-of", AS_OF]) == 4
+    printed = capsys.readouterr()
+    assert f"cannot reach 127.0.0.1:{port}: connection refused" in printed.err
+    assert "braze.endpoint" in printed.err
+    assert "Traceback" not in printed.err
+    doc = _manifest(out)
+    assert doc["exit_code"] == 4
+    assert doc["totals"]["requests_made"] <= 8 + 5  # the first wave, then it gave up
+    assert doc["totals"]["series_complete"] == 0
+    assert doc["totals"]["series_incomplete"] == 40
+
+
+class _NotBraze:
+    """A real HTTP server that answers 404 to everything (a wrong host or path)."""
+
+    def __init__(self) -> None:
+        self.hits = 0
+        self.url = ""
+        self.loop = asyncio.new_event_loop()
+        self.ready = threading.Event()
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+
+    async def _handle(self, _: web.Request) -> web.Response:
+        self.hits += 1
+        return web.json_response({"message": "Not Found"}, status=404)
+
+    def _serve(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        app = web.Application()
+        app.router.add_route("*", "/{tail:.*}", self._handle)
+        runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        self.loop.run_until_complete(runner.setup())
+        port = free_port()
+        self.loop.run_until_complete(web.TCPSite(runner, "127.0.0.1", port).start())
+        self.url = f"http://127.0.0.1:{port}"
+        self.ready.set()
+        self.loop.run_forever()
+        self.loop.run_until_complete(runner.cleanup())
+        self.loop.close()
+
+
+@pytest.fixture
+def not_braze() -> Iterator[_NotBraze]:
+    server = _NotBraze()
+    server.thread.start()
+    assert server.ready.wait(10)
+    yield server
+    server.loop.call_soon_threadsafe(server.loop.stop)
+    server.thread.join(10)
+
+
+def test_an_endpoint_that_only_answers_404_stops_the_run(
+    tmp_path: Path,
+    write_config: Callable[..., Path],
+    env_key: str,
+    not_braze: _NotBraze,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Every series would get 404: exit 4 after a few, saying it is not a Braze REST host."""
+    out = tmp_path / "out"
+    config = _config(write_config, out, not_braze.url)
+    assert main(["run", str(config), "--as-of", AS_OF]) == 4
+    err = capsys.readouterr().err
+    assert "answers 404 to /sessions/data_series: it is not a Braze REST host" in err
+    assert not_braze.hits <= 8 + 3
+    assert data_files(out) == []
+
+
+@pytest.mark.parametrize(
+    "endpoint",
+    ["https://rest.iad-01.braze.com/sessions/data_series", "https://rest.iad-01.braze.com/api/v1"],
+)
+def test_an_endpoint_with_a_path_is_refused_by_validate(
+    tmp_path: Path,
+    write_config: Callable[..., Path],
+    capsys: pytest.CaptureFixture[str],
+    endpoint: str,
+) -> None:
+    """braze.endpoint is a bare host: a path is a usage error naming the key."""
+    config = _config(write_config, tmp_path / "out", endpoint)
+    assert main(["validate", str(config)]) == 2
+    assert "braze.endpoint: must be the instance's REST host only" in capsys.readouterr().err
+
+
+def test_a_refused_run_calls_no_series_complete(
+    tmp_path: Path,
+    write_config: Callable[..., Path],
+    sandbox_server: Any,
+    env_key: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """403: the summary and the manifest count every series as incomplete, none as ok."""
+    out = tmp_path / "out"
+    config = _config(write_config, out, segments=8)
+    with sandbox_server(deny=True) as server:
+        monkeypatch.setenv("BRAZE_REST_ENDPOINT", server.url)
+        assert main(["run", str(config), "--as-of", AS_OF]) == 3
+        assert sandbox_stats(server.app).requests <= 8
+    assert "series: 0 complete, 16 incomplete, 0 failed (of 16)" in capsys.readouterr().out
+    totals = _manifest(out)["totals"]
+    assert (totals["series_complete"], totals["series_incomplete"]) == (0, 16)
+    assert "series_ok" not in totals
+
+
+def test_an_as_of_after_today_is_a_usage_error(
+    tmp_path: Path, write_config: Callable[..., Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--as-of tomorrow (in the config's zone) exits 2 before anything happens."""
+    config = _config(write_config, tmp_path / "out")
+    tomorrow = (date.today() + timedelta(days=2)).isoformat()
+    assert main(["plan", str(config), "--as-of", tomorrow]) == 2
+    assert "is after today" in capsys.readouterr().err
