@@ -16,7 +16,8 @@ from datetime import date, datetime
 from pathlib import Path
 
 from exporter import __version__
-from exporter.config import Config, load_config, resolve_api_key
+from exporter.config import ApiKey, Config, load_config, resolve_api_key
+from exporter.doctor import DoctorReport, diagnose
 from exporter.errors import ConfigError, ExporterError
 from exporter.logs import logging_for_run, new_run_id, set_secret
 from exporter.manifest import verify
@@ -32,7 +33,7 @@ from exporter.runner import (
     RunOptions,
     execute,
 )
-from exporter.sandbox import HOUR_LABELS, SEMANTICS, SandboxOptions, run_sandbox
+from exporter.sandbox import HOUR_LABELS, SEMANTICS, SandboxOptions, run_sandbox, start_sandbox
 from exporter.writers import WORK_DIR
 
 __all__ = [
@@ -123,6 +124,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds between progress updates (default 0.5 on a terminal, else 10)",
     )
     run.set_defaults(func=_cmd_run)
+
+    doctor = sub.add_parser(
+        "doctor",
+        help="first contact with a workspace: endpoint, key, rate limit, label formats and "
+        "window offset, with a verdict (at most 5 requests)",
+    )
+    doctor.add_argument("config")
+    doctor.add_argument(
+        "--sandbox", action="store_true", help="check against the in-process sandbox instead"
+    )
+    doctor.set_defaults(func=_cmd_doctor)
 
     check = sub.add_parser("verify", help="recheck the files of a run against its manifests")
     check.add_argument("dir", help="the output directory of earlier runs")
@@ -316,6 +328,30 @@ def _cmd_run(args: argparse.Namespace) -> int:
     elif outcome.result.unreachable is not None:
         print(f"error: {outcome.result.unreachable}", file=sys.stderr)
     return outcome.exit_code
+
+
+def _cmd_doctor(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    as_of = datetime.now(config.tz).date()
+    key = None if args.sandbox else resolve_api_key(config)
+    if key is not None:
+        set_secret(args.log_handler, key.reveal())
+
+    async def check() -> DoctorReport:
+        if key is not None:
+            return await diagnose(config, key, config.braze.endpoint, as_of)
+        token = ApiKey(secrets.token_urlsafe(24))
+        runner, url = await start_sandbox(SandboxOptions(api_key=token.reveal()))
+        try:
+            return await diagnose(config, token, url, as_of)
+        finally:
+            await runner.cleanup()
+
+    report = asyncio.run(check())
+    for line in report.lines:
+        print(line)
+    print(f"verdict: {report.verdict}")
+    return report.exit_code
 
 
 def _cmd_verify(args: argparse.Namespace) -> int:

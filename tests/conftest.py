@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import textwrap
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,7 +15,7 @@ from aiohttp import ClientResponse, web
 from aioresponses import aioresponses
 
 from exporter.manifest import RUNS_DIR
-from exporter.sandbox import SandboxOptions, start_sandbox
+from exporter.sandbox import SandboxOptions, free_port, start_sandbox
 from exporter.writers import WORK_DIR
 
 KEY = "sandbox-key-5f1e2d3c4b5a69788796a5b4"
@@ -141,3 +141,42 @@ class FakeClock:
     async def sleep(self, seconds: float) -> None:
         self.sleeps.append(seconds)
         self.now += max(0.0, seconds)
+
+
+class NotBraze:
+    """A real HTTP server that answers 404 to everything (a wrong host or path)."""
+
+    def __init__(self) -> None:
+        self.hits = 0
+        self.url = ""
+        self.loop = asyncio.new_event_loop()
+        self.ready = threading.Event()
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+
+    async def _handle(self, _: web.Request) -> web.Response:
+        self.hits += 1
+        return web.json_response({"message": "Not Found"}, status=404)
+
+    def _serve(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        app = web.Application()
+        app.router.add_route("*", "/{tail:.*}", self._handle)
+        runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        self.loop.run_until_complete(runner.setup())
+        port = free_port()
+        self.loop.run_until_complete(web.TCPSite(runner, "127.0.0.1", port).start())
+        self.url = f"http://127.0.0.1:{port}"
+        self.ready.set()
+        self.loop.run_forever()
+        self.loop.run_until_complete(runner.cleanup())
+        self.loop.close()
+
+
+@pytest.fixture
+def not_braze() -> Iterator[NotBraze]:
+    server = NotBraze()
+    server.thread.start()
+    assert server.ready.wait(10)
+    yield server
+    server.loop.call_soon_threadsafe(server.loop.stop)
+    server.thread.join(10)

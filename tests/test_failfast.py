@@ -2,20 +2,17 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
-import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
-from aiohttp import web
 
 from exporter.cli import main
 from exporter.sandbox import free_port, sandbox_stats
-from tests.conftest import data_files
+from tests.conftest import NotBraze, data_files
 
 AS_OF = "2024-07-01"
 CONFIG = """\
@@ -71,50 +68,11 @@ def test_a_refused_port_stops_the_run_at_once_naming_host_and_cause(
     assert doc["totals"]["series_incomplete"] == 40
 
 
-class _NotBraze:
-    """A real HTTP server that answers 404 to everything (a wrong host or path)."""
-
-    def __init__(self) -> None:
-        self.hits = 0
-        self.url = ""
-        self.loop = asyncio.new_event_loop()
-        self.ready = threading.Event()
-        self.thread = threading.Thread(target=self._serve, daemon=True)
-
-    async def _handle(self, _: web.Request) -> web.Response:
-        self.hits += 1
-        return web.json_response({"message": "Not Found"}, status=404)
-
-    def _serve(self) -> None:
-        asyncio.set_event_loop(self.loop)
-        app = web.Application()
-        app.router.add_route("*", "/{tail:.*}", self._handle)
-        runner = web.AppRunner(app, access_log=None, handle_signals=False)
-        self.loop.run_until_complete(runner.setup())
-        port = free_port()
-        self.loop.run_until_complete(web.TCPSite(runner, "127.0.0.1", port).start())
-        self.url = f"http://127.0.0.1:{port}"
-        self.ready.set()
-        self.loop.run_forever()
-        self.loop.run_until_complete(runner.cleanup())
-        self.loop.close()
-
-
-@pytest.fixture
-def not_braze() -> Iterator[_NotBraze]:
-    server = _NotBraze()
-    server.thread.start()
-    assert server.ready.wait(10)
-    yield server
-    server.loop.call_soon_threadsafe(server.loop.stop)
-    server.thread.join(10)
-
-
 def test_an_endpoint_that_only_answers_404_stops_the_run(
     tmp_path: Path,
     write_config: Callable[..., Path],
     env_key: str,
-    not_braze: _NotBraze,
+    not_braze: NotBraze,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     """Every series would get 404: exit 4 after a few, saying it is not a Braze REST host."""

@@ -1,0 +1,209 @@
+"""The first-contact check against a real workspace: ``braze-export doctor CONFIG``.
+
+It spends at most :data:`MAX_REQUESTS` requests (today two: one small probe of 3 periods per
+unit the config uses, on the config's first series). It reports, in plain lines:
+
+* whether the endpoint was reached (DNS, TCP, TLS), or why not;
+* whether the key was accepted (401) and has the permission (403), with what to check;
+* the rate-limit headers and how much of the hour's pool other traffic has already used;
+* the ``time`` label format of each unit;
+* the window offset observed against the planner's assumption (see :mod:`exporter.coverage`).
+
+It ends with one ``verdict:`` line. Exit status: 0 ready, 1 a problem a run would survive
+(429, 5xx, odd bodies), 3 authentication, 4 nothing reachable.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
+from zoneinfo import ZoneInfo
+
+from exporter.client import BrazeClient, Point, Response, interpret, make_session
+from exporter.config import ApiKey, Config, Unit
+from exporter.coverage import describe_offset
+from exporter.errors import ApiError, AuthError, RetryableError, TransportError
+from exporter.plan import Request, Series, ending_at, hour_range, span_label
+from exporter.ratelimit import RateHeaders
+
+__all__ = ["MAX_REQUESTS", "DoctorReport", "diagnose"]
+
+MAX_REQUESTS = 5
+EXIT_READY, EXIT_PROBLEM, EXIT_AUTH, EXIT_UNREACHABLE = 0, 1, 3, 4
+_PROBE_LENGTH = 3
+
+
+@dataclass
+class DoctorReport:
+    lines: list[str] = field(default_factory=list)
+    verdict: str = ""
+    exit_code: int = EXIT_READY
+    requests: int = 0
+
+    def say(self, text: str) -> None:
+        self.lines.append(text)
+
+
+def _probe(series: Series, as_of: date, tz: ZoneInfo) -> Request:
+    """Three complete periods that ended well before the as-of date."""
+    if series.unit == "day":
+        last = (as_of - timedelta(days=2)).toordinal()
+    else:
+        last = hour_range(as_of - timedelta(days=2), as_of - timedelta(days=2), tz)[1]
+    return Request(
+        series, last - _PROBE_LENGTH + 1, _PROBE_LENGTH, ending_at(series.unit, last, tz)
+    )
+
+
+def _label_format(unit: Unit, label: str) -> str:
+    if unit == "day":
+        return "an ISO date" if len(label) == 10 else "a date with a time part"
+    if label.endswith("Z"):
+        return "UTC with Z"
+    if label.endswith("+00:00"):
+        return "UTC with +00:00"
+    if len(label) == 19:
+        return "naive (read as UTC)"
+    return "with an offset other than UTC (read as that instant)"
+
+
+def _rate_line(rate: RateHeaders, sent: int, now: float) -> str:
+    if rate.limit is None or rate.remaining is None:
+        return "rate limit: no X-RateLimit headers seen; runs pace themselves by limits.*"
+    used = max(0, rate.limit - rate.remaining - sent)
+    share = used / rate.limit if rate.limit else 0.0
+    reset = rate.reset_at
+    if reset is None:
+        when = "no reset time given"
+    elif reset > 10**11:
+        when = f"X-RateLimit-Reset {reset:.0f} looks like milliseconds"
+    elif reset < now:
+        when = "X-RateLimit-Reset is already in the past"
+    else:
+        at = datetime.fromtimestamp(reset, UTC).strftime("%H:%M:%SZ")
+        when = f"resets in {math.ceil(reset - now)}s (at {at})"
+    return (
+        f"rate limit: {rate.limit:,} per window, {rate.remaining:,} remaining, {when}; other "
+        f"traffic has used {used:,} ({share:.1%}) of this window's pool"
+    )
+
+
+async def diagnose(
+    config: Config,
+    key: ApiKey,
+    endpoint: str,
+    as_of: date,
+    *,
+    clock: Callable[[], float] = time.time,
+) -> DoctorReport:
+    """Probe ``endpoint`` as a run of ``config`` would; never more than MAX_REQUESTS."""
+    report = DoctorReport()
+    tz = config.tz
+    export = config.exports[0]
+    units = list(dict.fromkeys(u for e in config.exports for u in e.units))
+    segment, app = export.segment_ids[0], export.app_ids[0]
+    report.say(
+        f"probing segment_id={segment!r} app_id={app!r} for unit(s) {', '.join(units)}; "
+        f"days cut in {config.timezone}"
+    )
+    async with make_session(1) as session:
+        client = BrazeClient(session, endpoint, key, timeout_s=config.braze.timeout_s)
+        rate: RateHeaders | None = None
+        reached = False
+        for unit in units:
+            probe = _probe(Series(segment, app, unit), as_of, tz)
+            response = await _send(client, probe, None, report)
+            if response is None:
+                return report
+            if not reached:
+                reached = True
+                how = "DNS, TCP and TLS" if endpoint.startswith("https:") else "plain HTTP"
+                report.say(f"endpoint: reached {client.host} ({how} ok)")
+            rate = response.rate if response.rate.limit is not None else rate
+            points = _points(probe, response, report)
+            if points is None:
+                return report
+            if unit == units[0]:
+                report.say("key: accepted, with the permission sessions.data_series")
+            _window(probe, points, report, unit)
+        if rate is not None or reached:
+            report.say(_rate_line(rate or RateHeaders(), report.requests, clock()))
+    if report.exit_code == EXIT_READY:
+        report.verdict = (
+            f"ready: runs against {client.host} will export every planned period "
+            f"({report.requests} request(s) spent)"
+        )
+    return report
+
+
+async def _send(
+    client: BrazeClient, probe: Request, ending: str | None, report: DoctorReport
+) -> Response | None:
+    report.requests += 1
+    try:
+        return await client.get(probe, ending)
+    except TransportError as exc:
+        report.say(f"endpoint: {exc.message}")
+        hint = {
+            "dns": "check the host name in braze.endpoint (see README, Hosts) and DNS",
+            "tls": "check the CA bundle (SSL_CERT_FILE) or a TLS-inspecting proxy",
+            "refused": "check braze.endpoint, proxies and firewalls",
+        }.get(exc.cause, "check the network path to Braze, then retry")
+        report.verdict = f"unreachable: {hint}"
+        report.exit_code = EXIT_UNREACHABLE if exc.connect_failed else EXIT_PROBLEM
+        return None
+
+
+def _points(probe: Request, response: Response, report: DoctorReport) -> list[Point] | None:
+    if response.status == 404:
+        report.say(f"endpoint: {probe.series.unit} probe answered 404")
+        report.verdict = (
+            "not Braze: this host answers 404 to /sessions/data_series; set braze.endpoint "
+            "to your instance's REST host, such as https://rest.iad-01.braze.com"
+        )
+        report.exit_code = EXIT_UNREACHABLE
+        return None
+    try:
+        return interpret(probe, response)
+    except AuthError as exc:
+        word = "key: rejected (401)" if exc.status == 401 else "key: lacks permission (403)"
+        report.say(f"{word}: {exc.message}")
+        report.verdict = (
+            "the key is invalid, quoted, or for another instance"
+            if exc.status == 401
+            else "the key needs the permission sessions.data_series (Settings > API Keys)"
+        )
+        report.exit_code = EXIT_AUTH
+    except RetryableError as exc:
+        report.say(f"{probe.series.unit}: {exc.reason}")
+        report.verdict = "Braze is busy or odd right now: runs retry this; try doctor later"
+        report.exit_code = EXIT_PROBLEM
+    except ApiError as exc:
+        report.say(f"{probe.series.unit}: {exc.reason}")
+        report.verdict = "the probe was refused: check the first export's segment_id/app_id"
+        report.exit_code = EXIT_PROBLEM
+    return None
+
+
+def _window(probe: Request, points: list[Point], report: DoctorReport, unit: Unit) -> None:
+    asked = span_label(unit, probe.first, probe.last)
+    if not points:
+        report.say(f"{unit}: asked for {asked}, got no points: cannot see the window")
+        return
+    got = span_label(unit, points[0].period, points[-1].period)
+    report.say(f"{unit}: labels like {points[-1].time!r} ({_label_format(unit, points[-1].time)})")
+    whole = len(points) == probe.length and points[-1].period - points[0].period == probe.length - 1
+    if not whole:
+        report.say(f"{unit}: asked for {asked}, got {got}: not a whole window, offset unknown")
+        return
+    offset = points[-1].period - probe.last
+    if offset == 0:
+        report.say(f"{unit}: asked for {asked}, got {got}: {describe_offset(unit, 0)}")
+    else:
+        report.say(
+            f"{unit}: asked for {asked}, got {got}: {describe_offset(unit, offset)} "
+            "(runs measure this themselves and shift)"
+        )

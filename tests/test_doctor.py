@@ -1,0 +1,134 @@
+"""doctor: the first contact with a workspace, in each window semantics and auth case."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from exporter.cli import main
+from exporter.sandbox import free_port, sandbox_stats
+from tests.conftest import NotBraze
+
+CONFIG = """\
+version: 1
+timezone: America/New_York
+exports:
+  - name: e
+    segment_ids: [seg-a]
+    units: [day, hour]
+    window: {days: 3}
+"""
+
+
+def _doctor(
+    write_config: Callable[..., Path],
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    url: str,
+) -> tuple[int, str]:
+    monkeypatch.setenv("BRAZE_REST_ENDPOINT", url)
+    code = main(["doctor", str(write_config(CONFIG))])
+    printed = capsys.readouterr()
+    assert "Traceback" not in printed.err
+    return code, printed.out
+
+
+@pytest.mark.parametrize(
+    ("semantics", "day_words", "hour_words"),
+    [
+        ("contains", "ending with the day that contains", "ending with the hour that contains"),
+        ("exclusive", "ending one day before", "ending one hour before"),
+        (
+            "utc",
+            "ending one day after the day containing ending_at (days cut in UTC",
+            "ending with the hour that contains",
+        ),
+    ],
+)
+def test_doctor_reports_the_window_offset_of_each_unit(
+    write_config: Callable[..., Path],
+    sandbox_server: Any,
+    env_key: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    semantics: str,
+    day_words: str,
+    hour_words: str,
+) -> None:
+    """Each semantics is named in plain words per unit; two requests; verdict ready."""
+    with sandbox_server(semantics=semantics, hour_labels="z") as server:
+        code, out = _doctor(write_config, capsys, monkeypatch, server.url)
+        assert sandbox_stats(server.app).requests == 2
+    assert code == 0
+    day = next(line for line in out.splitlines() if line.startswith("day: asked"))
+    hour = next(line for line in out.splitlines() if line.startswith("hour: asked"))
+    assert day_words in day
+    assert hour_words in hour
+    assert "hour: labels like" in out
+    assert "(UTC with Z)" in out
+    assert "other traffic has used 0 (0.0%)" in out
+    assert out.splitlines()[-1].startswith("verdict: ready")
+
+
+@pytest.mark.parametrize(
+    ("server", "code", "words"),
+    [
+        ({"api_key": "another-key"}, 3, "key: rejected (401)"),
+        ({"deny": True}, 3, "key: lacks permission (403)"),
+    ],
+)
+def test_doctor_names_auth_problems(
+    write_config: Callable[..., Path],
+    sandbox_server: Any,
+    env_key: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    server: dict[str, Any],
+    code: int,
+    words: str,
+) -> None:
+    """401 and 403 exit 3 with what to check, after one request."""
+    with sandbox_server(**server) as handle:
+        got, out = _doctor(write_config, capsys, monkeypatch, handle.url)
+        assert sandbox_stats(handle.app).requests == 1
+    assert got == code
+    assert words in out
+    assert "verdict: the key" in out
+
+
+def test_doctor_on_a_closed_port_exits_4(
+    write_config: Callable[..., Path],
+    env_key: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Nothing listening: the host and 'connection refused', exit 4."""
+    port = free_port()
+    code, out = _doctor(write_config, capsys, monkeypatch, f"http://127.0.0.1:{port}")
+    assert code == 4
+    assert f"connection refused (127.0.0.1:{port})" in out
+    assert "verdict: unreachable" in out
+
+
+def test_doctor_on_a_host_that_is_not_braze_exits_4(
+    write_config: Callable[..., Path],
+    env_key: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    not_braze: NotBraze,
+) -> None:
+    """A 404 says the host is not a Braze REST host."""
+    code, out = _doctor(write_config, capsys, monkeypatch, not_braze.url)
+    assert code == 4
+    assert "verdict: not Braze" in out
+
+
+def test_doctor_sandbox_needs_no_key(
+    write_config: Callable[..., Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """doctor --sandbox runs with no key in the environment."""
+    assert main(["doctor", str(write_config(CONFIG)), "--sandbox"]) == 0
+    assert "verdict: ready" in capsys.readouterr().out
