@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from bench import budget, economy, scale, throughput
+from bench import budget, economy, scale, semantics, throughput
 
 
 def main() -> None:
@@ -11,6 +11,7 @@ def main() -> None:
         ("2. budget", budget.run),
         ("3. scale", scale.run),
         ("4. economy", economy.run),
+        ("5. semantics", semantics.run),
     ):
         print(f"\n== {name} ==", flush=True)
         bench()
