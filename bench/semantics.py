@@ -1,10 +1,11 @@
 """5. Window semantics: the request overhead of not knowing Braze's window in advance.
 
-A 1-year day backfill plus a 9-day hour backfill of 6 segment/app pairs (3 segments x 2
-apps: 6 day series of 365 days and 6 hour series of 9 days, 12 series in all) runs against the sandbox in each window semantics, in a New York and
-a UTC config, from an empty directory (no offset measured yet). Each run must end with every
-planned period exactly once; the table compares the requests made with the plan's minimum
-and with the bound: minimum + concurrency + one per series.
+A 1-year day backfill plus a 9-day hour backfill of 6 segment/app pairs (3 segments x 2 apps:
+6 day series of 365 days and 6 hour series of 9 days, 12 series in all) runs against the
+sandbox in each window semantics, in a New York and a UTC config, from an empty directory
+(no offset measured yet). Each run must end with every planned period exactly once; the
+table compares the requests made with the plan's minimum and with the bound: minimum +
+concurrency + one per series.
 """
 
 from __future__ import annotations
