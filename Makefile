@@ -22,6 +22,7 @@ dev: $(VENV)/.installed-dev
 
 demo: $(VENV)/.installed
 	$(BIN)/braze-export validate configs/demo.yaml
+	$(BIN)/braze-export doctor configs/demo.yaml --sandbox
 	$(BIN)/braze-export plan configs/demo.yaml
 	$(BIN)/braze-export run configs/demo.yaml --sandbox --out demo-out
 	@echo "demo files are under demo-out/sessions/"

@@ -106,14 +106,14 @@ class BrazeClient:
             cause, text = _transport_cause(exc)
             # Never the exception's own text: it could hold the query. Host and cause only.
             raise TransportError(
-                f"{text} ({self.host})", series=request.series, cause=cause
+                f"{text} ({self.host})", series=request.series, cause=cause, detail=text
             ) from None
 
 
 def _transport_cause(exc: aiohttp.ClientError) -> tuple[str, str]:
     """(cause, words) for a failed exchange: what a user can check."""
     if isinstance(exc, aiohttp.ClientConnectorCertificateError | aiohttp.ClientSSLError):
-        return "tls", "TLS handshake failed (certificate not trusted or wrong host)"
+        return "tls", "TLS handshake failed: certificate not trusted, or not this host's"
     if isinstance(exc, aiohttp.ClientConnectorDNSError):
         return "dns", "host name not resolved"
     if isinstance(exc, aiohttp.ClientConnectorError):

@@ -95,9 +95,12 @@ class TransportError(RetryableError):
     ``cause`` is one of ``refused``, ``dns``, ``tls``, ``timeout``, ``reset``, ``other``;
     the first three happen before any HTTP exchange (``connect_failed``)."""
 
-    def __init__(self, message: str, *, series: Series | None = None, cause: str = "other"):
+    def __init__(
+        self, message: str, *, series: Series | None = None, cause: str = "other", detail: str = ""
+    ):
         super().__init__(message, series=series)
         self.cause = cause
+        self.detail = detail or message  # the cause in words, without the host
 
     @property
     def connect_failed(self) -> bool:

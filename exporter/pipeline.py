@@ -369,7 +369,7 @@ class Pipeline:
         self._connect_failures += 1
         if self._connect_failures >= CONNECT_FAILURES_TO_GIVE_UP:
             raise Unreachable(
-                f"cannot reach {self.client.host}: {exc.message}. Check braze.endpoint (or "
+                f"cannot reach {self.client.host}: {exc.detail}. Check braze.endpoint (or "
                 f"$BRAZE_REST_ENDPOINT) is your instance's REST host (see README, Hosts), "
                 f"and that this machine can reach it (proxy, firewall, DNS, CA bundle)"
             )

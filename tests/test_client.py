@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from datetime import date
 from typing import Any
 
@@ -217,3 +218,44 @@ async def test_a_refused_connection_names_host_and_cause() -> None:
     assert caught.value.cause == "refused"
     assert caught.value.connect_failed
     assert str(caught.value).endswith(f"connection refused (127.0.0.1:{port})")
+
+
+def _key() -> Any:
+    from aiohttp.client_reqrep import ConnectionKey
+
+    return ConnectionKey("rest.test", 443, True, True, None, None, None, None)
+
+
+@pytest.mark.parametrize(
+    ("error", "cause", "words"),
+    [
+        (
+            lambda: aiohttp.ClientConnectorDNSError(_key(), OSError(-2, "Name unknown")),
+            "dns",
+            "host name not resolved",
+        ),
+        (
+            lambda: aiohttp.ClientConnectorCertificateError(_key(), ValueError("self-signed")),
+            "tls",
+            "TLS handshake failed: certificate not trusted, or not this host's",
+        ),
+        (
+            lambda: aiohttp.ClientConnectorError(_key(), ConnectionRefusedError(111, "refused")),
+            "refused",
+            "connection refused",
+        ),
+    ],
+)
+async def test_connection_failures_name_their_cause(
+    error: Callable[[], Exception], cause: str, words: str
+) -> None:
+    """DNS, certificate and refused connections are connection-level, with the host named."""
+    async with aiohttp.ClientSession() as session:
+        client = BrazeClient(session, "https://rest.test", ApiKey("k-secret"))
+        with mocked_http() as mocked:
+            mocked.get(URL, exception=error())
+            with pytest.raises(TransportError) as caught:
+                await client.get(REQUEST)
+    assert caught.value.cause == cause
+    assert caught.value.connect_failed
+    assert str(caught.value).endswith(f"{words} (rest.test:443)")

@@ -58,7 +58,7 @@ def test_a_refused_port_stops_the_run_at_once_naming_host_and_cause(
     config = _config(write_config, out, f"http://127.0.0.1:{port}")
     assert main(["run", str(config), "--as-of", AS_OF]) == 4
     printed = capsys.readouterr()
-    assert f"cannot reach 127.0.0.1:{port}: connection refused" in printed.err
+    assert f"cannot reach 127.0.0.1:{port}: connection refused. Check" in printed.err
     assert "braze.endpoint" in printed.err
     assert "Traceback" not in printed.err
     doc = _manifest(out)
