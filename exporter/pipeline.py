@@ -198,7 +198,7 @@ class Pipeline:
             result.count(request, "planned")
         done = None
         if self.state is not None and not self.fresh:  # what is done already, unless --fresh
-            done = self.state.done({s.key: i for i, s in enumerate(plan.series)})
+            done = self.state.done(lambda: {s.key: i for i, s in enumerate(plan.series)})
         result.coverage = Coverage(plan, done)
         queue: asyncio.Queue[Request | None] = asyncio.Queue(maxsize=2 * self.concurrency)
         watcher: asyncio.Task[None] | None = None

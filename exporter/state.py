@@ -21,7 +21,7 @@ from __future__ import annotations
 import logging
 import os
 import sqlite3
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 from exporter.errors import ExporterError
@@ -99,18 +99,20 @@ class State:
                 ) from None
             raise _unusable(path, exc) from None
 
-    def done(self, keys: Mapping[str, int]) -> dict[int, list[Span]]:
-        """The recorded spans of the series in ``keys`` (series key -> caller's index), from
-        this file and from the other state files of the directory (other shard layouts)."""
+    def done(self, series_keys: Callable[[], Mapping[str, int]]) -> dict[int, list[Span]]:
+        """The recorded spans of the series ``series_keys()`` maps (series key -> caller's
+        index), from this file and from the other state files of the directory (other shard
+        layouts). The map is only built when there are records to look up: a first run of
+        100,000s of series need not hold it."""
         found: dict[int, list[Span]] = {}
-        sources = [self._db, *self._others()]
-        for db in sources:
+        keys: Mapping[str, int] | None = None
+        query = "SELECT series, lo, hi FROM periods WHERE scope = ? AND as_of IN (?, ?)"
+        for db in [self._db, *self._others()]:
             try:
-                rows = db.execute(
-                    "SELECT series, lo, hi FROM periods WHERE scope = ? AND as_of IN (?, ?)",
-                    (self._scope, _SETTLED, self._as_of),
-                )
+                rows = db.execute(query, (self._scope, _SETTLED, self._as_of))
                 for series, lo, hi in rows:
+                    if keys is None:
+                        keys = series_keys()
                     index = keys.get(series)
                     if index is not None:
                         found.setdefault(index, []).append((lo, hi))

@@ -35,11 +35,11 @@ def test_done_periods_survive_reopening_for_the_same_scope_only(tmp_path: Path) 
     state.record("s", [(JUNE_1, JUNE_1 + 2)], NEVER)
     state.close()
     again = _open(tmp_path)
-    assert again.done(KEYS) == {0: [(JUNE_1, JUNE_1 + 2)]}
+    assert again.done(lambda: KEYS) == {0: [(JUNE_1, JUNE_1 + 2)]}
     again.close()
     for scope in ("sandbox|jsonl|UTC", "braze|csv|UTC", "other-host|jsonl|UTC"):
         other = _open(tmp_path, scope)
-        assert other.done(KEYS) == {}
+        assert other.done(lambda: KEYS) == {}
         other.close()
 
 
@@ -49,10 +49,10 @@ def test_provisional_periods_count_only_for_the_same_as_of(tmp_path: Path) -> No
     state.record("s", [(JUNE_1, JUNE_1 + 9)], JUNE_1 + 7)
     state.close()
     resumed = _open(tmp_path)
-    assert sorted(resumed.done(KEYS)[0]) == [(JUNE_1, JUNE_1 + 6), (JUNE_1 + 7, JUNE_1 + 9)]
+    assert sorted(resumed.done(lambda: KEYS)[0]) == [(JUNE_1, JUNE_1 + 6), (JUNE_1 + 7, JUNE_1 + 9)]
     resumed.close()
     tomorrow = _open(tmp_path, as_of=AS_OF + 1)
-    assert tomorrow.done(KEYS) == {0: [(JUNE_1, JUNE_1 + 6)]}
+    assert tomorrow.done(lambda: KEYS) == {0: [(JUNE_1, JUNE_1 + 6)]}
     tomorrow.close()
 
 
@@ -63,7 +63,7 @@ def test_other_shard_layouts_state_is_read(tmp_path: Path) -> None:
         part.record(key, [(JUNE_1, JUNE_1)], NEVER)
         part.close()
     whole = _open(tmp_path)
-    assert whole.done(KEYS) == {0: [(JUNE_1, JUNE_1)], 1: [(JUNE_1, JUNE_1)]}
+    assert whole.done(lambda: KEYS) == {0: [(JUNE_1, JUNE_1)], 1: [(JUNE_1, JUNE_1)]}
     whole.close()
 
 
