@@ -31,7 +31,7 @@ from exporter.runner import (
     RunOptions,
     execute,
 )
-from exporter.sandbox import SandboxOptions, run_sandbox
+from exporter.sandbox import RESET_STYLES, SandboxOptions, run_sandbox
 from exporter.writers import WORK_DIR
 
 __all__ = ["EXIT_AUTH", "EXIT_FAILED", "EXIT_OK", "EXIT_USAGE", "build_parser", "main"]
@@ -143,6 +143,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="answer 400 for this segment (repeatable)",
     )
     box.add_argument("--deny", action="store_true", help="answer 403 to everything")
+    box.add_argument(
+        "--reset-style",
+        choices=RESET_STYLES,
+        default="seconds",
+        help="how X-RateLimit-Reset is written: seconds (epoch seconds, as Braze does), ms "
+        "(epoch milliseconds), past (a time already gone) or missing (default seconds)",
+    )
     box.add_argument(
         "--restate",
         action="store_true",
@@ -312,6 +319,7 @@ def _cmd_sandbox(args: argparse.Namespace) -> int:
         slow_s=args.slow_s,
         reject_segments=frozenset(args.reject_segment),
         deny=args.deny,
+        reset_style=args.reset_style,
         restate=secrets.randbelow(10**6) + 1 if args.restate else 0,
     )
     run_sandbox(options, args.host, args.port)
