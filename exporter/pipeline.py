@@ -15,9 +15,10 @@ import time
 from array import array
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, date, datetime
 
 from exporter.client import BrazeClient, Point, interpret
-from exporter.errors import ApiError, AuthError, ExporterError
+from exporter.errors import ApiError, AuthError, ExporterError, RateLimited, RetryableError
 from exporter.plan import Plan, Request, Series
 from exporter.ratelimit import Budget
 from exporter.retry import RetryPolicy, call_with_retries
@@ -193,13 +194,19 @@ class Pipeline:
                 self._in_flight -= 1
 
     async def _one(self, request: Request) -> None:
-        points = await call_with_retries(
-            lambda: self._attempt(request),
-            policy=self.policy,
-            label=request.series.label,
-            on_retry=lambda: self.result.count(request, "retries"),
-            sleep=self._sleep,
-        )
+        try:
+            points = await call_with_retries(
+                lambda: self._attempt(request),
+                policy=self.policy,
+                label=_describe(request),
+                on_retry=lambda: self.result.count(request, "retries"),
+                stopping=self._stopping.is_set,
+                sleep=self._sleep,
+            )
+        except RetryableError:
+            if self._stopping.is_set():
+                return  # retries ended by stop(): interrupted, not failed
+            raise
         written = await self.writer.write(request.series, points)
         if self.state is not None:
             self.state.mark_done(request, len(points), written)
@@ -216,10 +223,15 @@ class Pipeline:
         await self.budget.acquire()
         self.result.count(request, "sent")
         response = await self.client.get(request)
-        self.budget.observe(response.rate)
+        self.budget.observe(response.rate, status=response.status)
         if response.status == 429:
             self.result.count(request, "rate_limited")
-            self.budget.rate_limited(response.rate)
+            until = self.budget.rate_limited(response.rate)
+            try:
+                return interpret(request, response)
+            except RateLimited as exc:
+                exc.reset_at = until  # the budget's sanitized pause, never the raw header
+                raise
         return interpret(request, response)
 
     def _fail(self, series: Series, reason: str) -> None:
@@ -231,3 +243,15 @@ class Pipeline:
                 extra={"event": "series_failed", "series": series.label},
             )
             self.result.failures[series] = reason
+
+
+def _describe(request: Request) -> str:
+    """Which request: ``segment=a app=_all unit=day periods 2024-01-01..2024-04-09``."""
+    unit = request.series.unit
+
+    def name(period: int) -> str:
+        if unit == "day":
+            return date.fromordinal(period).isoformat()
+        return datetime.fromtimestamp(period * 3600, UTC).strftime("%Y-%m-%dT%H:00Z")
+
+    return f"{request.series.label} periods {name(request.first)}..{name(request.last)}"
