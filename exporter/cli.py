@@ -33,7 +33,14 @@ from exporter.runner import (
     RunOptions,
     execute,
 )
-from exporter.sandbox import HOUR_LABELS, SEMANTICS, SandboxOptions, run_sandbox, start_sandbox
+from exporter.sandbox import (
+    HOUR_LABELS,
+    RESET_STYLES,
+    SEMANTICS,
+    SandboxOptions,
+    run_sandbox,
+    start_sandbox,
+)
 from exporter.writers import WORK_DIR
 
 __all__ = [
@@ -164,6 +171,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="answer 400 for this segment (repeatable)",
     )
     box.add_argument("--deny", action="store_true", help="answer 403 to everything")
+    box.add_argument(
+        "--reset-style",
+        choices=RESET_STYLES,
+        default="seconds",
+        help="how X-RateLimit-Reset is written: seconds (epoch seconds, as Braze does), ms "
+        "(epoch milliseconds), past (a time already gone) or missing (default seconds)",
+    )
     box.add_argument(
         "--restate",
         action="store_true",
@@ -379,6 +393,7 @@ def _cmd_sandbox(args: argparse.Namespace) -> int:
         slow_s=args.slow_s,
         reject_segments=frozenset(args.reject_segment),
         deny=args.deny,
+        reset_style=args.reset_style,
         restate=secrets.randbelow(10**6) + 1 if args.restate else 0,
         semantics=args.semantics,
         hour_labels=args.hour_labels,

@@ -36,6 +36,7 @@ from exporter.errors import ConfigError
 __all__ = [
     "DEFAULT_ENDPOINT",
     "ENDPOINT_ENV",
+    "MAX_PAUSE_S",
     "UNITS",
     "ApiKey",
     "BrazeSettings",
@@ -52,6 +53,8 @@ __all__ = [
 
 DEFAULT_ENDPOINT = "https://rest.iad-01.braze.com"
 ENDPOINT_ENV = "BRAZE_REST_ENDPOINT"
+# Braze's rate-limit window is an hour: no pause needs to outlast it by more than 5 minutes.
+MAX_PAUSE_S = 3900.0
 _LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1"}
 _MAX_ID = 256
 
@@ -86,6 +89,7 @@ class Limits(_Model):
     reserve: float = Field(0.1, ge=0, lt=1)
     concurrency: int = Field(16, ge=1, le=1000)
     max_attempts: int = Field(8, ge=1, le=100)
+    max_pause_s: float = Field(MAX_PAUSE_S, ge=1, le=MAX_PAUSE_S)
 
 
 class Output(_Model):

@@ -30,6 +30,8 @@ from exporter.errors import (
     ApiError,
     AuthError,
     ExporterError,
+    RateLimited,
+    RetryableError,
     SeriesError,
     TransportError,
     Unreachable,
@@ -304,13 +306,19 @@ class Pipeline:
         queue.task_done()
 
     async def _one(self, request: Request) -> None:
-        points = await call_with_retries(
-            lambda: self._attempt(request),
-            policy=self.policy,
-            label=f"{request.series.label} {self._periods(request)}",
-            on_retry=lambda: self.result.count(request, "retries"),
-            sleep=self._sleep,
-        )
+        try:
+            points = await call_with_retries(
+                lambda: self._attempt(request),
+                policy=self.policy,
+                label=f"{request.series.label} {self._periods(request)}",
+                on_retry=lambda: self.result.count(request, "retries"),
+                stopping=self._stopping.is_set,
+                sleep=self._sleep,
+            )
+        except RetryableError:
+            if self._stopping.is_set():
+                return  # retries ended by stop(): interrupted, not failed
+            raise
         index = request.index
         coverage = self._coverage
         inside = coverage.inside(index, points)
@@ -352,10 +360,15 @@ class Pipeline:
             self._note_transport(exc)
             raise
         self._answered = True
-        self.budget.observe(response.rate)
+        self.budget.observe(response.rate, status=response.status)
         if response.status == 429:
             self.result.count(request, "rate_limited")
-            self.budget.rate_limited(response.rate)
+            until = self.budget.rate_limited(response.rate)
+            try:
+                interpret(request, response)
+            except RateLimited as exc:
+                exc.reset_at = until  # the budget's sanitized pause, never the raw header
+                raise
         elif response.status == 404:
             self._note_not_found()
         points = interpret(request, response)

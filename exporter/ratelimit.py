@@ -8,6 +8,13 @@ keep us polite:
 * a gate that every request passes before taking a token. It closes until
   ``X-RateLimit-Reset`` when Braze says the pool is down to the reserve that production keeps,
   and on any 429, so one worker's 429 pauses all of them.
+
+Header values are data, not orders (other APIs send Reset in milliseconds, in the past, or not
+at all). :meth:`Budget.sane` checks each one against the clock: a Reset that looks like
+milliseconds is converted; a Reset or Retry-After in the past, missing, or further ahead than
+one window plus a margin is dropped, and the gate then closes for a pool-wide exponential
+backoff instead; a negative value, or a Remaining above Limit, is ignored. Every pause is
+clamped to ``max_pause_s``. Each kind of anomaly is logged once per run.
 """
 
 from __future__ import annotations
@@ -23,7 +30,17 @@ from email.utils import parsedate_to_datetime
 
 from aiolimiter import AsyncLimiter
 
-__all__ = ["Budget", "RateHeaders", "bucket_shape", "parse_rate_headers"]
+from exporter.config import MAX_PAUSE_S
+
+__all__ = [
+    "BACKOFF_BASE_S",
+    "BACKOFF_MAX_S",
+    "RESET_HORIZON_S",
+    "Budget",
+    "RateHeaders",
+    "bucket_shape",
+    "parse_rate_headers",
+]
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +48,27 @@ Clock = Callable[[], float]
 Sleep = Callable[[float], Awaitable[None]]
 
 RESET_MARGIN_S = 0.25  # Reset is in whole seconds; a little after it the window has moved on
+RESET_HORIZON_S = MAX_PAUSE_S  # a Reset further ahead than one window and a margin is not one
+BACKOFF_BASE_S = 1.0  # the pool-wide backoff when the headers say nothing usable
+BACKOFF_MAX_S = 60.0
+# Epoch seconds have 10 digits until the year 2286; 10**11 seconds is the year 5138, while
+# 10**11 milliseconds was 1973. Anything from here to 10**14 is read as milliseconds.
+_MS_FROM, _MS_TO = 1e11, 1e14
+
+_ANOMALIES = {
+    "reset_ms": "X-RateLimit-Reset looks like milliseconds; reading it as seconds",
+    "reset_past": "X-RateLimit-Reset is already in the past; ignoring it, pauses back off "
+    "from 1s to 60s instead",
+    "reset_far": "X-RateLimit-Reset is more than an hour ahead; ignoring it, pauses back off "
+    "from 1s to 60s instead",
+    "reset_missing": "no X-RateLimit-Reset where a pause is needed; pauses back off from 1s "
+    "to 60s instead",
+    "retry_after": "Retry-After is not in the future or more than an hour ahead; ignoring it",
+    "negative": "a negative X-RateLimit-Limit, -Remaining or -Reset; ignoring it",
+    "over_limit": "X-RateLimit-Remaining is above X-RateLimit-Limit; ignoring it",
+    "clamped": "a pause longer than limits.max_pause_s ({max_pause_s:g}s) was asked for; "
+    "pausing {max_pause_s:g}s instead",
+}
 
 
 @dataclass(frozen=True)
@@ -44,8 +82,9 @@ class RateHeaders:
 
 
 def parse_rate_headers(headers: Mapping[str, str], now: float) -> RateHeaders:
-    """Read X-RateLimit-* and Retry-After. ``headers`` must look keys up case-insensitively
-    (aiohttp's CIMultiDict does); over HTTP/2 the names arrive lowercase."""
+    """Read X-RateLimit-* and Retry-After as they are; :meth:`Budget.sane` judges them.
+    ``headers`` must look keys up case-insensitively (aiohttp's CIMultiDict does); over
+    HTTP/2 the names arrive lowercase."""
     return RateHeaders(
         limit=_int(headers.get("X-RateLimit-Limit")),
         remaining=_int(headers.get("X-RateLimit-Remaining")),
@@ -71,6 +110,7 @@ class Budget:
         share: float,
         reserve: float,
         *,
+        max_pause_s: float = MAX_PAUSE_S,
         clock: Clock = time.time,
         sleep: Sleep = asyncio.sleep,
         jitter: Callable[[], float] = random.random,
@@ -79,10 +119,13 @@ class Budget:
         burst, period = bucket_shape(self.allowed_per_hour)
         self.limiter = AsyncLimiter(burst, period)
         self.reserve = reserve
+        self.max_pause_s = max_pause_s
         self._clock = clock
         self._sleep = sleep
         self._jitter = jitter
         self._paused_until = 0.0
+        self._streak = 0  # 429s (and blind reserve pauses) in a row, without a success between
+        self._logged: set[str] = set()
         self.pauses = 0
         self.last_seen: RateHeaders = RateHeaders()
 
@@ -100,37 +143,121 @@ class Budget:
     def paused_for(self) -> float:
         return max(0.0, self._paused_until - self._clock())
 
-    def observe(self, headers: RateHeaders) -> None:
-        """Close the gate until Reset when the pool is down to the reserve."""
+    def sane(self, headers: RateHeaders) -> RateHeaders:
+        """The headers with every implausible value dropped (None), Reset in seconds."""
+        now = self._clock()
+        limit, remaining, reset = headers.limit, headers.remaining, headers.reset_at
+        if any(v is not None and v < 0 for v in (limit, remaining, reset)):
+            self._anomaly("negative")
+            limit, remaining = _unless_negative(limit), _unless_negative(remaining)
+            reset = None if reset is None or reset < 0 else reset
+        if limit is not None and remaining is not None and remaining > limit:
+            self._anomaly("over_limit")
+            remaining = None
+        if reset is not None and _MS_FROM <= reset < _MS_TO:
+            self._anomaly("reset_ms")
+            reset /= 1000
+        if reset is not None and reset <= now:
+            self._anomaly("reset_past")
+            reset = None
+        elif reset is not None and reset > now + RESET_HORIZON_S:
+            self._anomaly("reset_far")
+            reset = None
+        retry_after = headers.retry_after_at
+        if retry_after is not None and not now < retry_after <= now + RESET_HORIZON_S:
+            self._anomaly("retry_after")
+            retry_after = None
+        return RateHeaders(limit, remaining, reset, retry_after)
+
+    def observe(self, headers: RateHeaders, *, status: int = 200) -> None:
+        """Close the gate until Reset when the pool is down to the reserve. A success above
+        the reserve ends a run of backoffs."""
+        raw, headers = headers, self.sane(headers)
         if headers.limit is not None:
             self.last_seen = headers
-        if headers.remaining is None or headers.limit is None or headers.reset_at is None:
+        if status == 429:
+            return  # rate_limited() decides that pause
+        low = (
+            headers.remaining is not None
+            and headers.limit is not None
+            and headers.remaining <= math.ceil(self.reserve * headers.limit)
+        )
+        if not low:
+            if 200 <= status < 300:
+                self._streak = 0
             return
-        if headers.remaining <= math.ceil(self.reserve * headers.limit):
+        if headers.reset_at is not None:
             self._pause(headers.reset_at + RESET_MARGIN_S, "reserve")
+        else:
+            # The pool is nearly spent and nothing says when it refills: slow down, more and
+            # more while it stays low.
+            if raw.reset_at is None:
+                self._anomaly("reset_missing")
+            self._escalate()
+            self._pause(self._backoff_until(), "reserve, backing off")
 
     def rate_limited(self, headers: RateHeaders) -> float:
-        """A 429: close the gate for everyone until the pool resets; return that time."""
+        """A 429: close the gate for everyone; return when it opens again.
+
+        Retry-After or Reset, when plausible, set the time; otherwise the shared backoff does.
+        A 429 that follows another without a success between also waits at least the
+        backoff, so a server whose Reset lies cannot draw us into a tight loop either."""
+        raw, headers = headers, self.sane(headers)
+        self._escalate()
         until = headers.retry_after_at or headers.reset_at
         if until is None:
-            # Braze always sends Reset; a proxy's bare 429 gets a short, jittered pause.
-            until = self._clock() + 1.0
-        # Jitter so that paused workers do not all hit the new window in the same millisecond.
-        until += RESET_MARGIN_S + self._jitter() * RESET_MARGIN_S
+            if raw.reset_at is None:
+                self._anomaly("reset_missing")
+        else:
+            # Jitter so that paused workers do not all hit the new window in the same
+            # millisecond.
+            until += RESET_MARGIN_S + self._jitter() * RESET_MARGIN_S
+        if until is None or self._streak > 1:
+            until = max(until or 0.0, self._backoff_until())
         self._pause(until, "429")
-        return until
+        return self._paused_until
+
+    def _gate_open(self) -> bool:
+        return self._paused_until <= self._clock()
+
+    def _escalate(self) -> None:
+        """One more pause in a row. Only a pause that begins while the gate is open counts:
+        the answers to requests sent before it closed are one event, not many."""
+        if self._gate_open():
+            self._streak += 1
+
+    def _backoff_until(self) -> float:
+        """The end of the shared backoff: 1 s, 2 s, 4 s ... 60 s, each +-25%."""
+        if not self._gate_open():
+            return self._paused_until
+        step = BACKOFF_BASE_S * 2.0 ** min(max(self._streak, 1) - 1, 16)
+        return self._clock() + min(BACKOFF_MAX_S, step * (0.75 + 0.5 * self._jitter()))
 
     def _pause(self, until: float, why: str) -> None:
+        now = self._clock()
+        if until - now > self.max_pause_s:
+            self._anomaly("clamped")
+            until = now + self.max_pause_s
         if until > self._paused_until:
-            if self._paused_until <= self._clock():
+            if self._paused_until <= now:
                 self.pauses += 1
                 log.info(
                     "budget: pausing all requests for %.1fs (%s)",
-                    until - self._clock(),
+                    until - now,
                     why,
-                    extra={"event": "budget_pause", "wait_s": round(until - self._clock(), 3)},
+                    extra={"event": "budget_pause", "wait_s": round(until - now, 3)},
                 )
             self._paused_until = until
+
+    def _anomaly(self, kind: str) -> None:
+        if kind not in self._logged:
+            self._logged.add(kind)
+            message = _ANOMALIES[kind].format(max_pause_s=self.max_pause_s)
+            log.warning(message, extra={"event": "rate_header_anomaly"})
+
+
+def _unless_negative(value: int | None) -> int | None:
+    return None if value is None or value < 0 else value
 
 
 def _int(value: str | None) -> int | None:

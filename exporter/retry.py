@@ -2,9 +2,11 @@
 
 Only RetryableError is retried. Transient failures (5xx, timeouts, resets, malformed bodies)
 back off exponentially with full jitter and count against ``max_attempts``; a 429 waits until
-the pool's reset (the Budget's gate holds every other worker meanwhile) and counts against its
-own, larger cap, since waiting out a busy hour is normal. Every retry is logged before its
-sleep. When the policy gives up, the last original error is raised.
+``RateLimited.reset_at``, which the caller sets to when the Budget's gate opens again (never the
+raw header: the Budget has sanity-checked it), and counts against its own, larger cap, since
+waiting out a busy hour is normal. A wait that would end past ``max_total_s`` is not begun, and
+no retry starts once ``stopping()`` is true. Every retry is logged before its sleep. When the
+policy gives up, the last original error is raised.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from typing import TypeVar
 
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type
 
-from exporter.errors import RateLimited, RetryableError
+from exporter.errors import ApiError, RateLimited, RetryableError
 
 __all__ = ["RetryPolicy", "call_with_retries"]
 
@@ -40,11 +42,16 @@ class _Budget:
     """Per-request counters behind tenacity's stop and wait callbacks."""
 
     def __init__(
-        self, policy: RetryPolicy, clock: Callable[[], float], rand: Callable[[], float]
+        self,
+        policy: RetryPolicy,
+        clock: Callable[[], float],
+        rand: Callable[[], float],
+        stopping: Callable[[], bool],
     ) -> None:
         self.policy = policy
         self.clock = clock
         self.rand = rand
+        self.stopping = stopping
         self.failures = 0
         self.limited = 0
         self.counted = 0
@@ -62,10 +69,14 @@ class _Budget:
         return exc
 
     def stop(self, state: RetryCallState) -> bool:
-        self._count(state)
-        too_long = self.clock() - self.started >= self.policy.max_total_s
+        exc = self._count(state)
+        deadline = self.started + self.policy.max_total_s
+        too_long = self.clock() >= deadline or (
+            isinstance(exc, RateLimited) and exc.reset_at is not None and exc.reset_at > deadline
+        )
         return (
-            too_long
+            self.stopping()
+            or too_long
             or self.failures >= self.policy.max_attempts
             or self.limited >= self.policy.max_rate_limited
         )
@@ -74,7 +85,7 @@ class _Budget:
         exc = self._count(state)
         if isinstance(exc, RateLimited):
             # The Budget has closed its gate until then; waiting here keeps this request's
-            # log line honest and never retries before the reset.
+            # log line honest and never retries before the gate opens.
             reset = exc.reset_at if exc.reset_at is not None else self.clock() + 1.0
             return max(0.0, reset - self.clock())
         cap = min(
@@ -93,21 +104,26 @@ async def call_with_retries(
     policy: RetryPolicy,
     label: str,
     on_retry: Callable[[], None] = lambda: None,
+    stopping: Callable[[], bool] = lambda: False,
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     clock: Callable[[], float] = time.time,  # wall clock: 429 resets are epoch seconds
     rand: Callable[[], float] = random.random,
 ) -> T:
-    counters = _Budget(policy, clock, rand)
+    """Call ``fn`` until it succeeds or the policy gives up. ``label`` names the request in
+    the retry log lines; ``stopping`` returning true ends the retries (the run is stopping)."""
+    counters = _Budget(policy, clock, rand, stopping)
+    last: list[BaseException] = []
 
     def before_sleep(state: RetryCallState) -> None:
         exc = _error(state)
+        last[:] = [exc] if exc is not None else []
         wait = state.next_action.sleep if state.next_action is not None else 0.0
         on_retry()
         log.warning(
             "retry %s: attempt %d failed (%s); next in %.1fs",
             label,
             state.attempt_number,
-            exc,
+            exc.reason if isinstance(exc, ApiError) else exc,  # the label names the series
             wait,
             extra={
                 "event": "retry",
@@ -126,6 +142,8 @@ async def call_with_retries(
         reraise=True,
     )
     async for attempt in retrying:
+        if last and stopping():
+            raise last[0]  # stopped during the wait: do not start another attempt
         with attempt:
             return await fn()
     raise AssertionError("unreachable: tenacity either returns or re-raises")  # pragma: no cover

@@ -90,7 +90,12 @@ async def execute(
     started_at = time.time()
     limits = config.limits
     shards = plan.shard[1] if plan.shard else 1
-    budget = Budget(limits.requests_per_hour, limits.share / shards, limits.reserve)
+    budget = Budget(
+        limits.requests_per_hour,
+        limits.share / shards,
+        limits.reserve,
+        max_pause_s=limits.max_pause_s,
+    )
     writer = PartitionWriter(options.out_dir, config.output.format)
     if removed := writer.remove_stale_temp_files():
         log.info("removed %d temp file(s) left by an interrupted run", removed)

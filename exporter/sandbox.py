@@ -2,9 +2,11 @@
 
 It behaves as Braze documents the endpoint: Bearer auth, 400 with ``message``/``errors`` for
 bad parameters, ``length`` points in Braze's ``time`` format, and a fixed-window rate limit with
-``X-RateLimit-Limit/Remaining/Reset`` on every response. Session counts are deterministic and
-realistic (weekly and daily rhythms) functions of (segment, app, unit, time), so a test can
-check every exported row against :func:`session_count`.
+``X-RateLimit-Limit/Remaining/Reset`` on every response (``reset_style`` writes Reset in epoch
+seconds as Braze does, or in the odd shapes other APIs send: milliseconds, a time already gone,
+or not at all). Session counts are deterministic and realistic (weekly and daily rhythms)
+functions of (segment, app, unit, time), so a test can check every exported row against
+:func:`session_count`.
 
 Which periods a request covers is one of three window semantics, since Braze does not document
 it (``SandboxOptions.semantics``):
@@ -39,6 +41,7 @@ from aiohttp import web
 __all__ = [
     "FAULT_KINDS",
     "HOUR_LABELS",
+    "RESET_STYLES",
     "SEMANTICS",
     "SandboxOptions",
     "SandboxStats",
@@ -53,6 +56,8 @@ __all__ = [
 FAULT_KINDS = ("500", "502", "503", "504", "reset", "slow", "truncated", "bad_series")
 SEMANTICS = ("contains", "exclusive", "utc")
 HOUR_LABELS = {"naive": "", "z": "Z", "offset": "+00:00"}
+# How X-RateLimit-Reset is written: Braze's epoch seconds, or the odd shapes other APIs send.
+RESET_STYLES = ("seconds", "ms", "past", "missing")
 _WEEKDAY = (1.0, 1.04, 1.06, 1.03, 0.97, 0.82, 0.78)
 
 
@@ -71,7 +76,12 @@ class SandboxOptions:
     semantics: str = "contains"  # one of SEMANTICS
     missing_days: frozenset[str] = frozenset()  # dates never returned (a hole in the data)
     hour_labels: str = "naive"  # a key of HOUR_LABELS
+    reset_style: str = "seconds"  # one of RESET_STYLES
     clock: Callable[[], float] = time.time
+
+    def __post_init__(self) -> None:
+        if self.reset_style not in RESET_STYLES:
+            raise ValueError(f"reset_style must be one of {', '.join(RESET_STYLES)}")
 
 
 @dataclass
@@ -128,8 +138,14 @@ class _Sandbox:
         headers = {
             "X-RateLimit-Limit": str(opts.limit),
             "X-RateLimit-Remaining": str(max(0, opts.limit - used)),
-            "X-RateLimit-Reset": str(reset),
         }
+        if opts.reset_style == "seconds":
+            headers["X-RateLimit-Reset"] = str(reset)
+        elif opts.reset_style == "ms":
+            headers["X-RateLimit-Reset"] = str(reset * 1000)
+        elif opts.reset_style == "past":
+            # A stale value: a reset that has already happened, a minute before this window.
+            headers["X-RateLimit-Reset"] = str(math.floor(window * opts.window_s) - 60)
         return headers, over
 
     async def handle(self, request: web.Request) -> web.StreamResponse:

@@ -40,6 +40,7 @@ def test_defaults_are_resolved(write_config: Callable[..., Path]) -> None:
     assert config.limits.share == 1.0
     assert config.limits.reserve == 0.1
     assert config.limits.concurrency == 16
+    assert config.limits.max_pause_s == 3900
     assert config.timezone == "UTC"
     assert (config.output.dir, config.output.format) == ("exports", "jsonl")
     export = config.exports[0]

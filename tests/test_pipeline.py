@@ -2,17 +2,24 @@
 
 from __future__ import annotations
 
-from datetime import date
+import json
+import logging
+import time
+from collections.abc import Callable
+from datetime import UTC, date, datetime
 from pathlib import Path
 
-from exporter.client import BrazeClient, make_session
+import pytest
+
+from exporter.client import BrazeClient, Response, make_session
 from exporter.config import ApiKey
 from exporter.pipeline import Pipeline, account
 from exporter.plan import Plan, Request, Series, ending_at
-from exporter.ratelimit import Budget
+from exporter.ratelimit import RESET_MARGIN_S, Budget, RateHeaders
 from exporter.retry import RetryPolicy
 from exporter.sandbox import SandboxOptions, sandbox_stats, start_sandbox
 from exporter.writers import PartitionWriter
+from tests.conftest import FakeClock
 
 UTC_ZONE = __import__("zoneinfo").ZoneInfo("UTC")
 
@@ -110,3 +117,99 @@ async def test_stop_takes_no_new_work(tmp_path: Path) -> None:
     assert result.totals.sent == 0
     report = account(result, _plan(5), range(5))
     assert (report.complete, report.series_incomplete, report.periods_missing) == (0, 5, 15)
+
+
+class ScriptedClient(BrazeClient):
+    """Answers each request from a script instead of the network."""
+
+    def __init__(self, *answers: Response, on_get: Callable[[], None] = lambda: None) -> None:
+        self.answers = list(answers)
+        self.on_get = on_get
+        self.calls = 0
+
+    async def get(self, request: Request, ending_at: str | None = None) -> Response:
+        self.calls += 1
+        self.on_get()
+        return self.answers.pop(0)
+
+
+def _days_body(*days: str) -> bytes:
+    return json.dumps(
+        {"message": "success", "data": [{"time": d, "sessions": 7} for d in days]}
+    ).encode()
+
+
+OK_3_DAYS = Response(200, RateHeaders(), _days_body("2024-06-28", "2024-06-29", "2024-06-30"))
+
+
+def _scripted_pipeline(
+    tmp_path: Path, client: BrazeClient, clock: FakeClock
+) -> tuple[Pipeline, Budget]:
+    budget = Budget(10**8, 1.0, 0.1, clock=clock, sleep=clock.sleep, jitter=lambda: 0.5)
+    pipeline = Pipeline(
+        client=client,
+        budget=budget,
+        writer=PartitionWriter(tmp_path, "jsonl", durable=False),
+        state=None,
+        policy=RetryPolicy(),
+        concurrency=1,
+        sleep=clock.sleep,
+    )
+    return pipeline, budget
+
+
+async def test_a_429_waits_the_budgets_pause_not_the_raw_reset(tmp_path: Path) -> None:
+    """A 429 whose Reset is in milliseconds is retried after 30 s, not thousands of years."""
+    clock = FakeClock(time.time())  # the retry policy reads the wall clock
+    reset_ms = (clock.now + 30) * 1000
+    limited = Response(429, RateHeaders(limit=10, remaining=0, reset_at=reset_ms), b"{}")
+    pipeline, _ = _scripted_pipeline(tmp_path, ScriptedClient(limited, OK_3_DAYS), clock)
+    result = await pipeline.run(_plan(1))
+    assert result.totals.done == 1
+    assert result.totals.rate_limited == 1
+    assert sum(clock.sleeps) == pytest.approx(30 + 1.5 * RESET_MARGIN_S, abs=1)
+
+
+async def test_a_stop_ends_retries_and_the_series_is_not_failed(tmp_path: Path) -> None:
+    """stop() while a request fails: no retry is sent and the series is interrupted, not failed."""
+    clock = FakeClock(time.time())
+    pipeline: Pipeline | None = None
+
+    def stop() -> None:
+        assert pipeline is not None
+        pipeline.stop()
+
+    client = ScriptedClient(Response(503, RateHeaders(), b"{}"), OK_3_DAYS, on_get=stop)
+    pipeline, _ = _scripted_pipeline(tmp_path, client, clock)
+    result = await pipeline.run(_plan(1))
+    assert client.calls == 1
+    assert result.failures == {}
+    assert result.totals.done == 0
+
+
+async def test_retry_lines_name_the_request_by_its_periods(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A retry line names the series once and the request's days, or its UTC hours."""
+    clock = FakeClock(time.time())
+    first_hour = int(datetime(2024, 6, 30, 22, tzinfo=UTC).timestamp()) // 3600
+    hours = Request(Series("h", None, "hour"), first_hour, 2, "2024-06-30T23:59:59+00:00")
+    day_plan = _plan(1)
+    plan = Plan(date(2024, 7, 1), "UTC", (day_plan.requests[0], hours), (*day_plan.series,))
+    failing = Response(503, RateHeaders(), b'{"message": "busy"}')
+    hour_body = _hours_body("2024-06-30T22:00:00", "2024-06-30T23:00:00")
+    client = ScriptedClient(failing, OK_3_DAYS, failing, Response(200, RateHeaders(), hour_body))
+    pipeline, _ = _scripted_pipeline(tmp_path, client, clock)
+    with caplog.at_level(logging.WARNING):
+        await pipeline.run(plan)
+    assert [r.getMessage().split(": attempt")[0] for r in caplog.records] == [
+        "retry segment=s0 app=_all unit=day periods 2024-06-28..2024-06-30",
+        "retry segment=h app=_all unit=hour periods 2024-06-30T22:00Z..2024-06-30T23:00Z",
+    ]
+    assert all(r.getMessage().count("segment=") == 1 for r in caplog.records)
+
+
+def _hours_body(*hours: str) -> bytes:
+    return json.dumps(
+        {"message": "success", "data": [{"time": h, "sessions": 7} for h in hours]}
+    ).encode()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 from multidict import CIMultiDict
 
@@ -117,3 +119,180 @@ async def test_a_pause_stops_workers_already_waiting_for_a_token() -> None:
     await budget.acquire()
     assert clock.now >= 1030
     assert budget.limiter.calls == 2  # type: ignore[attr-defined]
+
+
+# --- header values are data, not orders ------------------------------------------------------
+
+NOW = 1_700_000_000.0
+
+
+def _budget(clock: FakeClock, **kwargs: float) -> Budget:
+    # jitter 0.5: backoff steps land exactly on 1 s, 2 s, 4 s ...
+    return Budget(10**8, 1.0, 0.1, clock=clock, sleep=clock.sleep, jitter=lambda: 0.5, **kwargs)
+
+
+def _after_pause(clock: FakeClock, budget: Budget) -> None:
+    """Let the gate open, as the workers' wait would."""
+    clock.now += budget.paused_for
+
+
+def _warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+
+
+def test_a_reset_in_milliseconds_is_read_as_seconds(caplog: pytest.LogCaptureFixture) -> None:
+    """Reset 1700000030000 pauses for 30 s, not for 54,000 years, and says why."""
+    clock = FakeClock(NOW)
+    budget = _budget(clock)
+    with caplog.at_level(logging.WARNING):
+        budget.observe(RateHeaders(limit=1000, remaining=100, reset_at=(NOW + 30) * 1000))
+    assert budget.paused_for == pytest.approx(30 + RESET_MARGIN_S)
+    assert _warnings(caplog) == ["X-RateLimit-Reset looks like milliseconds; reading it as seconds"]
+    _after_pause(clock, budget)
+    until = budget.rate_limited(RateHeaders(limit=1000, remaining=0, reset_at=(NOW + 90) * 1000))
+    assert until - NOW == pytest.approx(90 + 1.5 * RESET_MARGIN_S)
+
+
+@pytest.mark.parametrize(
+    ("reset", "warning"),
+    [
+        (NOW - 60, "X-RateLimit-Reset is already in the past"),
+        (NOW + 2 * 3600, "X-RateLimit-Reset is more than an hour ahead"),
+        (None, "no X-RateLimit-Reset where a pause is needed"),
+        (-5.0, "a negative X-RateLimit-Limit, -Remaining or -Reset"),
+    ],
+    ids=["past", "far", "missing", "negative"],
+)
+def test_an_unusable_reset_on_a_429_backs_off_one_second(
+    reset: float | None, warning: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A Reset in the past, too far ahead, missing or negative: the 429 waits the backoff."""
+    clock = FakeClock(NOW)
+    budget = _budget(clock)
+    with caplog.at_level(logging.WARNING):
+        until = budget.rate_limited(RateHeaders(limit=10, remaining=0, reset_at=reset))
+    assert until - NOW == pytest.approx(1.0)
+    assert budget.paused_for == pytest.approx(1.0)
+    assert any(m.startswith(warning) for m in _warnings(caplog))
+
+
+def test_429s_in_a_row_double_the_backoff_up_to_60s() -> None:
+    """Each 429 after the gate reopened waits twice as long as the last, at most 60 s."""
+    clock = FakeClock(NOW)
+    budget = _budget(clock)
+    waits = []
+    for _ in range(9):
+        waits.append(budget.rate_limited(RateHeaders(reset_at=NOW - 1)) - clock.now)
+        _after_pause(clock, budget)
+    assert waits == pytest.approx([1, 2, 4, 8, 16, 32, 60, 60, 60])
+
+
+def test_the_backoff_has_jitter() -> None:
+    """The backoff varies by +-25% with the random draw."""
+    low = Budget(10**8, 1.0, 0.1, clock=FakeClock(NOW), jitter=lambda: 0.0)
+    high = Budget(10**8, 1.0, 0.1, clock=FakeClock(NOW), jitter=lambda: 1.0)
+    assert low.rate_limited(RateHeaders()) - NOW == pytest.approx(0.75)
+    assert high.rate_limited(RateHeaders()) - NOW == pytest.approx(1.25)
+
+
+def test_a_success_resets_the_backoff() -> None:
+    """After a 200 with room left in the pool, the next 429 backs off 1 s again."""
+    clock = FakeClock(NOW)
+    budget = _budget(clock)
+    for _ in range(3):
+        budget.rate_limited(RateHeaders())
+        _after_pause(clock, budget)
+    budget.observe(RateHeaders(limit=1000, remaining=500, reset_at=NOW + 600), status=200)
+    assert budget.rate_limited(RateHeaders()) - clock.now == pytest.approx(1.0)
+
+
+async def test_the_backoff_is_shared_by_all_workers() -> None:
+    """429s answered to requests already in flight join the pause; they do not grow it."""
+    clock = FakeClock(NOW)
+    budget = _budget(clock)
+    first = budget.rate_limited(RateHeaders())
+    clock.now += 0.1
+    others = [budget.rate_limited(RateHeaders()) for _ in range(7)]  # the other workers
+    assert others == [first] * 7
+    for _ in range(3):
+        await budget.acquire()
+        assert clock.now >= first
+    assert budget.rate_limited(RateHeaders()) - clock.now == pytest.approx(2.0)
+
+
+def test_a_lying_reset_cannot_draw_us_into_a_tight_loop() -> None:
+    """429s in a row whose Reset is always 0.1 s ahead still wait the growing backoff."""
+    clock = FakeClock(NOW)
+    budget = _budget(clock)
+    waits = []
+    for _ in range(4):
+        waits.append(budget.rate_limited(RateHeaders(reset_at=clock.now + 0.1)) - clock.now)
+        _after_pause(clock, budget)
+    assert waits[0] == pytest.approx(0.1 + 1.5 * RESET_MARGIN_S)  # the first is believed
+    assert waits[1:] == pytest.approx([2, 4, 8])
+
+
+def test_a_low_pool_without_a_usable_reset_slows_down() -> None:
+    """At the reserve with Reset missing, the gate closes for the backoff, growing while low."""
+    clock = FakeClock(NOW)
+    budget = _budget(clock)
+    waits = []
+    for _ in range(3):
+        budget.observe(RateHeaders(limit=1000, remaining=50), status=200)
+        waits.append(budget.paused_for)
+        _after_pause(clock, budget)
+    assert waits == pytest.approx([1, 2, 4])
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        RateHeaders(limit=1000, remaining=-1, reset_at=NOW + 30),
+        RateHeaders(limit=-1000, remaining=5, reset_at=NOW + 30),
+        RateHeaders(limit=1000, remaining=5000, reset_at=NOW + 30),
+    ],
+    ids=["negative-remaining", "negative-limit", "remaining-above-limit"],
+)
+def test_nonsense_remaining_or_limit_is_ignored(headers: RateHeaders) -> None:
+    """A negative value, or Remaining above Limit, neither pauses nor is reported as seen."""
+    clock = FakeClock(NOW)
+    budget = _budget(clock)
+    budget.observe(headers)
+    assert budget.paused_for == 0
+    assert budget.last_seen.remaining is None
+
+
+@pytest.mark.parametrize("retry_after", [NOW, NOW - 30, NOW + 2 * 3600], ids=["now", "past", "far"])
+def test_an_implausible_retry_after_falls_back_to_reset(retry_after: float) -> None:
+    """Retry-After now, in the past or hours ahead is ignored; the plausible Reset decides."""
+    clock = FakeClock(NOW)
+    budget = _budget(clock)
+    until = budget.rate_limited(RateHeaders(reset_at=NOW + 20, retry_after_at=retry_after))
+    assert until - NOW == pytest.approx(20 + 1.5 * RESET_MARGIN_S)
+
+
+def test_every_pause_is_clamped_to_max_pause_s(caplog: pytest.LogCaptureFixture) -> None:
+    """Reserve pauses and 429 pauses never exceed max_pause_s, whatever Reset says."""
+    clock = FakeClock(NOW)
+    budget = _budget(clock, max_pause_s=10)
+    with caplog.at_level(logging.WARNING):
+        budget.observe(RateHeaders(limit=1000, remaining=0, reset_at=NOW + 1800))
+        assert budget.paused_for == pytest.approx(10)
+        _after_pause(clock, budget)
+        until = budget.rate_limited(RateHeaders(reset_at=clock.now + 1800))
+    assert until - clock.now == pytest.approx(10)
+    assert _warnings(caplog) == [
+        "a pause longer than limits.max_pause_s (10s) was asked for; pausing 10s instead"
+    ]
+
+
+def test_each_kind_of_anomaly_is_logged_once(caplog: pytest.LogCaptureFixture) -> None:
+    """Many odd headers of two kinds give two warnings, not one per response."""
+    clock = FakeClock(NOW)
+    budget = _budget(clock)
+    with caplog.at_level(logging.WARNING):
+        for _ in range(5):
+            budget.rate_limited(RateHeaders(reset_at=(clock.now + 5) * 1000))
+            budget.observe(RateHeaders(limit=10, remaining=50))
+            _after_pause(clock, budget)
+    assert len(_warnings(caplog)) == 2

@@ -7,6 +7,7 @@ import logging
 import pytest
 
 from exporter.errors import MalformedResponse, RateLimited, SeriesError, ServerError
+from exporter.plan import Series
 from exporter.retry import RetryPolicy, call_with_retries
 from tests.conftest import FakeClock
 
@@ -93,11 +94,60 @@ async def test_429_waits_until_reset_and_has_its_own_cap() -> None:
 
 
 async def test_each_retry_is_logged_before_its_sleep(caplog: pytest.LogCaptureFixture) -> None:
-    """The log says series, attempt, wait and cause."""
+    """One line says which request, the attempt, the cause and the wait; the series once."""
     clock = FakeClock()
+    error = ServerError("upstream timeout", status=504, series=Series("a", None, "day"))
+    label = "segment=a app=_all unit=day periods 2024-01-01..2024-04-09"
     with caplog.at_level(logging.WARNING):
-        await _call(Flaky(ServerError("upstream timeout", status=504)), clock)
+        await call_with_retries(
+            Flaky(error), policy=RetryPolicy(), label=label, sleep=clock.sleep, rand=lambda: 1.0
+        )
     (record,) = caplog.records
     assert record.getMessage() == (
-        "retry seg: attempt 1 failed (HTTP 504: upstream timeout); next in 0.5s"
+        f"retry {label}: attempt 1 failed (HTTP 504: upstream timeout); next in 0.5s"
     )
+
+
+async def test_no_retry_starts_once_stopping() -> None:
+    """A stop requested before the wait: the error is raised at once, nothing slept."""
+    clock = FakeClock()
+    fn = Flaky(ServerError("a"), ServerError("b"))
+    with pytest.raises(ServerError, match="a"):
+        await call_with_retries(
+            fn, policy=RetryPolicy(), label="seg", sleep=clock.sleep, stopping=lambda: True
+        )
+    assert fn.calls == 1
+    assert clock.sleeps == []
+
+
+async def test_a_stop_during_the_wait_starts_no_retry() -> None:
+    """A stop requested while waiting: the wait ends and no further attempt is made."""
+    clock = FakeClock()
+    stopped: list[bool] = []
+
+    async def sleep(seconds: float) -> None:
+        await clock.sleep(seconds)
+        stopped.append(True)  # the signal arrives during the wait
+
+    fn = Flaky(RateLimited("slow down", reset_at=clock.now + 30))
+    with pytest.raises(RateLimited):
+        await call_with_retries(
+            fn,
+            policy=RetryPolicy(),
+            label="seg",
+            sleep=sleep,
+            clock=clock,
+            stopping=lambda: bool(stopped),
+        )
+    assert fn.calls == 1
+    assert clock.sleeps == [30.0]
+
+
+async def test_a_429_wait_past_the_total_cap_is_not_begun() -> None:
+    """A 429 whose pause would end after max_total_s gives up now instead of sleeping."""
+    clock = FakeClock(1000.0)
+    fn = Flaky(RateLimited("slow down", reset_at=1000.0 + 4 * 3600))
+    with pytest.raises(RateLimited):
+        await _call(fn, clock)
+    assert fn.calls == 1
+    assert clock.sleeps == []
