@@ -118,8 +118,10 @@ def test_verify_counts_a_killed_runs_files_by_its_journal(
     run = ["run", str(config), "--sandbox", "--out", str(out), "--as-of", AS_OF]
     assert main(run) == 0
     assert main([*run, "--fresh"]) == 0
-    manifests = sorted((out / "_runs").glob("*.json"))
-    first = json.loads(manifests[0].read_text())
+    # Two runs in one second: their run ids need not sort in run order; sequences do.
+    docs = {path: json.loads(path.read_text()) for path in (out / "_runs").glob("*.json")}
+    manifests = sorted(docs, key=lambda path: docs[path]["sequence"])
+    first = docs[manifests[0]]
     # The earlier run as if killed before its manifest, with an older content of one file:
     journal = out / "_runs" / f"{first['run_id']}.journal.jsonl"
     lines = [{"run_id": first["run_id"], "sequence": first["sequence"]}, *first["files"]]
