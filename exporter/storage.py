@@ -108,6 +108,20 @@ class DirLock:
     ) -> DirLock:
         """Register as a holder of ``root``, or raise DirectoryBusy naming the holder in the
         way. Removes the records and temp files of holders that died."""
+        try:
+            return cls._acquire(root, layout, shard, command, now)
+        except OSError as exc:  # a full disk, a read-only mount: one line, not a traceback
+            raise ExporterError(f"{root}: cannot register this run ({exc.strerror})") from None
+
+    @classmethod
+    def _acquire(
+        cls,
+        root: Path,
+        layout: str,
+        shard: tuple[int, int] | None,
+        command: str,
+        now: float | None,
+    ) -> DirLock:
         locks = root / WORK_DIR / _LOCKS
         locks.mkdir(parents=True, exist_ok=True)
         with _registry(locks):

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from exporter.cli import main
-from exporter.errors import DirectoryBusy
+from exporter.errors import DirectoryBusy, ExporterError
 from exporter.storage import WORK_DIR, DirLock
 from tests.conftest import data_files, snapshot
 from tests.test_reliability import AS_OF, ROOT, _config, _env, _Exporter
@@ -96,6 +96,14 @@ def test_only_other_shards_of_one_layout_may_share(
             DirLock.acquire(tmp_path, layout="other", shard=(2, 2), command="c")
     finally:
         holder.release()
+
+
+def test_a_directory_that_cannot_hold_a_lock_is_one_line(tmp_path: Path) -> None:
+    """An OSError while registering (here: the locks path is a file) is an ExporterError."""
+    (tmp_path / WORK_DIR).mkdir()
+    (tmp_path / LOCKS).write_text("not a directory")
+    with pytest.raises(ExporterError, match="cannot register this run"):
+        DirLock.acquire(tmp_path, layout="L", shard=None, command="c")
 
 
 @pytest.mark.slow
