@@ -9,6 +9,7 @@ import logging
 import os
 import re
 import secrets
+import shlex
 import signal
 import sys
 from collections.abc import Sequence
@@ -18,13 +19,14 @@ from pathlib import Path
 from exporter import __version__
 from exporter.config import ApiKey, Config, load_config, resolve_api_key
 from exporter.doctor import DoctorReport, diagnose
-from exporter.errors import ConfigError, ExporterError
+from exporter.errors import ConfigError, DirectoryBusy, ExporterError
 from exporter.logs import logging_for_run, new_run_id, set_secret
 from exporter.manifest import verify
 from exporter.plan import Plan, build_plan
 from exporter.progress import eta_seconds, format_duration
 from exporter.runner import (
     EXIT_AUTH,
+    EXIT_BUSY,
     EXIT_FAILED,
     EXIT_OK,
     EXIT_SIGNAL,
@@ -41,23 +43,28 @@ from exporter.sandbox import (
     run_sandbox,
     start_sandbox,
 )
-from exporter.writers import WORK_DIR
+from exporter.storage import WORK_DIR
 
 __all__ = [
     "EXIT_AUTH",
+    "EXIT_BUSY",
     "EXIT_FAILED",
     "EXIT_OK",
     "EXIT_UNREACHABLE",
     "EXIT_USAGE",
+    "SANDBOX_OUT",
     "build_parser",
     "main",
 ]
+
+SANDBOX_OUT = "sandbox-out"  # never the config's output.dir: invented rows beside real ones
 
 log = logging.getLogger("exporter")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    args.command_line = shlex.join(["braze-export", *(sys.argv[1:] if argv is None else argv)])
     args.run_id = new_run_id()
     with logging_for_run(args.log_level, args.log_format, run_id=args.run_id) as handler:
         args.log_handler = handler
@@ -70,6 +77,9 @@ def _dispatch(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"error: {exc}".replace("\n", "\nerror: "), file=sys.stderr)
         return EXIT_USAGE
+    except DirectoryBusy as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_BUSY
     except ExporterError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_FAILED
@@ -112,7 +122,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="export")
     _plan_args(run)
-    run.add_argument("--out", help="output directory (overrides output.dir)")
+    run.add_argument(
+        "--out",
+        help=f"output directory (default: output.dir; with --sandbox: ./{SANDBOX_OUT})",
+    )
     run.add_argument(
         "--sandbox",
         action="store_true",
@@ -143,7 +156,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     doctor.set_defaults(func=_cmd_doctor)
 
-    check = sub.add_parser("verify", help="recheck the files of a run against its manifests")
+    check = sub.add_parser(
+        "verify", help="check every data file against the latest run that recorded it"
+    )
     check.add_argument("dir", help="the output directory of earlier runs")
     check.set_defaults(func=_cmd_verify)
 
@@ -310,7 +325,18 @@ def _cmd_run(args: argparse.Namespace) -> int:
     key = None if args.sandbox else resolve_api_key(config)
     if key is not None:
         set_secret(args.log_handler, key.reveal())
-    out_dir = Path(args.out or config.output.dir)
+    if args.out:
+        out_dir = Path(args.out)
+    elif args.sandbox:
+        out_dir = Path(SANDBOX_OUT)
+        log.info(
+            "sandbox run: writing to %s/, not to output.dir (%s); --out DIR chooses",
+            out_dir,
+            config.output.dir,
+            extra={"event": "sandbox_out"},
+        )
+    else:
+        out_dir = Path(config.output.dir)
     try:
         (out_dir / WORK_DIR).mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -321,6 +347,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         fresh=args.fresh,
         sandbox=args.sandbox,
         progress_interval=args.progress_interval,
+        command=args.command_line,
     )
     outcome = asyncio.run(execute(config, plan, key, options))
     for line in outcome.summary:
@@ -370,15 +397,15 @@ def _cmd_doctor(args: argparse.Namespace) -> int:
 
 def _cmd_verify(args: argparse.Namespace) -> int:
     report = verify(Path(args.dir))
-    for name in report.changed:
-        print(f"changed: {name}")
-    for name in report.missing:
-        print(f"missing: {name}")
+    for kind in ("changed", "missing", "unknown"):
+        for name in getattr(report, kind):
+            print(f"{kind}: {name}")
+    journals = f", {report.journals} journal(s) of killed runs" if report.journals else ""
     print(
-        f"{report.ok} file(s) ok, {len(report.changed)} changed, {len(report.missing)} missing "
-        f"({report.manifests} manifest(s), latest {report.latest.name})"
+        f"{report.ok} file(s) ok, {len(report.changed)} changed, {len(report.missing)} missing, "
+        f"{len(report.unknown)} unknown ({report.manifests} manifest(s){journals})"
     )
-    return EXIT_OK if not report.changed and not report.missing else EXIT_FAILED
+    return EXIT_FAILED if report.changed or report.missing or report.unknown else EXIT_OK
 
 
 def _cmd_sandbox(args: argparse.Namespace) -> int:

@@ -4,6 +4,7 @@
     ├── ConfigError              the config or the command line is wrong (exit 2)
     ├── Unreachable              nothing can work: the endpoint is not reachable or not Braze
     │                            (exit 4)
+    ├── DirectoryBusy            another run holds the output directory (exit 5)
     └── ApiError                 one Braze call went wrong; carries the series it belongs to
         ├── RetryableError       worth another attempt
         │   ├── RateLimited      429: wait until the reset time the server named
@@ -28,6 +29,7 @@ __all__ = [
     "ApiError",
     "AuthError",
     "ConfigError",
+    "DirectoryBusy",
     "ExporterError",
     "MalformedResponse",
     "RateLimited",
@@ -45,6 +47,10 @@ class ExporterError(Exception):
 
 class ConfigError(ExporterError):
     """The config file or the command line is invalid; nothing was fetched or written."""
+
+
+class DirectoryBusy(ExporterError):
+    """Another live run writes into the output directory, and the two could lose rows."""
 
 
 class ApiError(ExporterError):

@@ -1,5 +1,9 @@
 """The run manifest: what a run did, in ``{dir}/_runs/{run_id}.json``; and checking it later.
 
+``verify`` accounts for every data file under ``sessions/``: each is vouched for by the latest
+record of it (manifests, and the journals of runs killed before their manifest), or reported
+as unknown.
+
 Data files stay data only: everything about the run (config hash, counts, budget, the files
 it wrote with their row counts and sha256) lives here. It holds no secret: the config is
 represented by its path and the hash of its resolved values, which name the key's variable,
@@ -18,15 +22,16 @@ from typing import Any
 
 from exporter import __version__
 from exporter.config import UNITS, Config
-from exporter.errors import ExporterError
+from exporter.errors import ConfigError, DirectoryBusy, ExporterError
 from exporter.pipeline import RunResult, Tally, account
 from exporter.plan import Plan, Series, span_label
 from exporter.ratelimit import Budget
-from exporter.writers import WORK_DIR, atomic_write
+from exporter.storage import JOURNAL_SUFFIX, RUNS_DIR, WORK_DIR, live_holders
+from exporter.writers import atomic_write
 
 __all__ = ["RUNS_DIR", "Verification", "build_manifest", "verify", "write_manifest"]
 
-RUNS_DIR = "_runs"
+DATA_DIR = "sessions"
 
 
 def _iso(epoch: float) -> str:
@@ -86,12 +91,18 @@ def build_manifest(
     started_at: float,
     finished_at: float,
     exit_code: int,
+    source: dict[str, Any],
+    sequence: int,
 ) -> dict[str, Any]:
+    """``source``: where the rows came from (``sandbox``, ``endpoint_host``); ``sequence``:
+    the run's place among the holders of the directory (orders the runs for verify)."""
     elapsed = max(finished_at - started_at, 1e-9)
     return {
         "run_id": run_id,
+        "sequence": sequence,
         "tool": f"braze-export {__version__}",
         "config": {"path": str(config.source), "sha256": config.fingerprint},
+        "source": source,
         "as_of": plan.as_of.isoformat(),
         "timezone": plan.timezone,
         "shard": None if plan.shard is None else f"{plan.shard[0]}/{plan.shard[1]}",
@@ -132,7 +143,7 @@ def build_manifest(
 
 
 def write_manifest(
-    out_dir: Path, doc: dict[str, Any], files: Iterable[tuple[str, int, str]]
+    out_dir: Path, doc: dict[str, Any], files: Iterable[tuple[str, int, str]], token: str
 ) -> Path:
     """Write ``doc`` plus its ``files`` list atomically, streaming the list: a run of 100,000
     series must not hold 100,000 entries in memory to describe itself."""
@@ -151,41 +162,80 @@ def write_manifest(
             separator = ",\n  "
         yield b"\n ]\n}\n"
 
-    atomic_write(path, chunks(), out_dir / WORK_DIR / "tmp")
+    atomic_write(path, chunks(), out_dir / WORK_DIR / "tmp", token=token)
     return path
 
 
 @dataclass
 class Verification:
-    latest: Path
     manifests: int
+    journals: int  # runs killed before their manifest: their journal vouches for their files
     ok: int = 0
     changed: list[str] = field(default_factory=list)
     missing: list[str] = field(default_factory=list)
+    unknown: list[str] = field(default_factory=list)  # no run recorded it: junk, or lost
 
 
 def verify(out_dir: Path) -> Verification:
-    """Recheck every file the manifests list against the sha256 its latest manifest recorded
-    (runs that skipped work by resuming list only what they wrote, so all are read)."""
-    runs = sorted((out_dir / RUNS_DIR).glob("*.json"))
-    if not runs:
-        raise ExporterError(f"{out_dir}: no run manifest under {RUNS_DIR}/")
+    """Check every data file against the sha256 of the latest run that recorded it, and name
+    the data files no run recorded."""
+    if not out_dir.is_dir():
+        raise ConfigError(f"{out_dir}: no such directory")
+    if holders := live_holders(out_dir):
+        raise DirectoryBusy(
+            f"{out_dir} is being written by a run ({holders[0].describe()}); "
+            "verify it after the run ends"
+        )
+    runs = out_dir / RUNS_DIR
+    manifests = sorted(runs.glob("*.json"))
+    journals = sorted(runs.glob(f"*{JOURNAL_SUFFIX}"))
+    data = out_dir / DATA_DIR
+    if not manifests and not journals and not data.is_dir():
+        raise ExporterError(f"{out_dir}: no run manifest under {RUNS_DIR}/ and no data")
+    records = [_manifest_records(m) for m in manifests] + [_journal_records(j) for j in journals]
     expected: dict[str, str] = {}
-    for manifest in runs:  # run ids sort by start time: later entries win
-        try:
-            doc = json.loads(manifest.read_text(encoding="utf-8"))
-            expected.update((str(f["path"]), str(f["sha256"])) for f in doc["files"])
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise ExporterError(f"{manifest}: not a readable run manifest ({exc})") from None
-    report = Verification(runs[-1], manifests=len(runs))
-    for relative, digest in sorted(expected.items()):
-        try:
-            actual = hashlib.sha256((out_dir / relative).read_bytes()).hexdigest()
-        except FileNotFoundError:
+    for _, files in sorted(records, key=lambda r: r[0]):  # later runs win
+        expected.update(files)
+    report = Verification(manifests=len(manifests), journals=len(journals))
+    on_disk = {str(p.relative_to(out_dir)) for p in data.rglob("*") if p.is_file()}
+    for relative in sorted(on_disk | expected.keys()):
+        digest = expected.get(relative)
+        if digest is None:
+            report.unknown.append(relative)
+        elif relative not in on_disk:
             report.missing.append(relative)
-            continue
-        if actual == digest:
+        elif hashlib.sha256((out_dir / relative).read_bytes()).hexdigest() == digest:
             report.ok += 1
         else:
             report.changed.append(relative)
     return report
+
+
+_Records = tuple[tuple[int, str], dict[str, str]]  # (order, {path: sha256})
+
+
+def _manifest_records(manifest: Path) -> _Records:
+    try:
+        doc = json.loads(manifest.read_text(encoding="utf-8"))
+        files = {str(f["path"]): str(f["sha256"]) for f in doc["files"]}
+        # Manifests of versions without a sequence are older than any with one.
+        return (int(doc.get("sequence", 0)), str(doc["run_id"])), files
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ExporterError(f"{manifest}: not a readable run manifest ({exc})") from None
+
+
+def _journal_records(journal: Path) -> _Records:
+    try:
+        lines = journal.read_text(encoding="utf-8").splitlines()
+        head = json.loads(lines[0])
+        order = (int(head["sequence"]), str(head["run_id"]))
+    except (OSError, ValueError, KeyError, TypeError, IndexError) as exc:
+        raise ExporterError(f"{journal}: not a readable run journal ({exc})") from None
+    files: dict[str, str] = {}
+    for line in lines[1:]:
+        try:
+            entry = json.loads(line)
+            files[str(entry["path"])] = str(entry["sha256"])  # later lines win
+        except (ValueError, KeyError, TypeError):
+            continue  # a line torn by a power loss: its file is then reported as unknown
+    return order, files

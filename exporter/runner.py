@@ -7,6 +7,7 @@ turns signals into a clean stop, and decides the exit status.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import secrets
 import signal
@@ -14,6 +15,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 from exporter.client import BrazeClient, make_session
@@ -27,10 +29,12 @@ from exporter.ratelimit import Budget
 from exporter.retry import RetryPolicy
 from exporter.sandbox import SandboxOptions, start_sandbox
 from exporter.state import State, state_path
-from exporter.writers import WORK_DIR, PartitionWriter
+from exporter.storage import WORK_DIR, DirLock, Journal
+from exporter.writers import PartitionWriter
 
 __all__ = [
     "EXIT_AUTH",
+    "EXIT_BUSY",
     "EXIT_FAILED",
     "EXIT_OK",
     "EXIT_SIGNAL",
@@ -41,7 +45,7 @@ __all__ = [
     "execute",
 ]
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_AUTH, EXIT_UNREACHABLE = 0, 1, 2, 3, 4
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_AUTH, EXIT_UNREACHABLE, EXIT_BUSY = 0, 1, 2, 3, 4, 5
 EXIT_SIGNAL = {signal.SIGINT: 130, signal.SIGTERM: 143}
 
 log = logging.getLogger(__name__)
@@ -54,6 +58,7 @@ class RunOptions:
     fresh: bool = False
     sandbox: bool = False
     progress_interval: float | None = None
+    command: str = "braze-export run"  # shown to a run that finds the directory held
 
 
 @dataclass
@@ -77,10 +82,13 @@ def _exit_code(result: RunResult, signals: list[int]) -> int:
     return EXIT_OK if complete and not result.failures else EXIT_FAILED
 
 
-def source_of(endpoint: str, sandbox: bool) -> str:
-    """What produced the rows, for the resume state's scope and the manifest: the sandbox, or
-    the endpoint's host name (the instance; its port is no part of which workspace it is)."""
-    return "sandbox" if sandbox else str(urlsplit(endpoint).hostname)
+def source_of(endpoint: str, sandbox: bool) -> dict[str, Any]:
+    """What produced the rows, for the manifest and the resume state's scope: the sandbox's
+    invented data, or the Braze instance's host (its port is no part of which one it is)."""
+    return {
+        "sandbox": sandbox,
+        "endpoint_host": "127.0.0.1" if sandbox else urlsplit(endpoint).hostname,
+    }
 
 
 async def execute(
@@ -96,23 +104,41 @@ async def execute(
         limits.reserve,
         max_pause_s=limits.max_pause_s,
     )
-    writer = PartitionWriter(options.out_dir, config.output.format)
-    if removed := writer.remove_stale_temp_files():
-        log.info("removed %d temp file(s) left by an interrupted run", removed)
     source = source_of(config.braze.endpoint, key is None)
-    state = State(
-        state_path(options.out_dir / WORK_DIR, plan.shard),
-        scope=f"{source}|{config.output.format}|{config.timezone}",
-        as_of=plan.as_of.toordinal(),
-        run_id=options.run_id,
-        root=options.out_dir,
-    )
-    runner, endpoint = None, config.braze.endpoint
+    origin = "sandbox" if source["sandbox"] else source["endpoint_host"]
     signals: list[int] = []
-    try:
+    async with contextlib.AsyncExitStack() as stack:  # closes in reverse order
+        lock = DirLock.acquire(
+            options.out_dir,
+            layout=f"{config.fingerprint}|{source['sandbox']}",
+            shard=plan.shard,
+            command=options.command,
+        )
+        stack.callback(lock.release)
+        if lock.stale_temp_files:
+            log.info("removed %d temp file(s) left by an interrupted run", lock.stale_temp_files)
+        journal = Journal(options.out_dir, options.run_id, lock.holder.sequence)
+        stack.callback(journal.close, remove=False)
+        state = State(
+            state_path(options.out_dir / WORK_DIR, plan.shard),
+            scope=f"{origin}|{config.output.format}|{config.timezone}",
+            as_of=plan.as_of.toordinal(),
+            run_id=options.run_id,
+            root=options.out_dir,
+        )
+        stack.callback(state.close)
+        writer = PartitionWriter(
+            options.out_dir,
+            config.output.format,
+            token=lock.token,
+            on_written=lambda files: journal.record((f.path, f.rows, f.sha256) for f in files),
+        )
+        stack.push_async_callback(writer.aclose)
+        endpoint = config.braze.endpoint
         if key is None:
             key = ApiKey(secrets.token_urlsafe(24))
             runner, endpoint = await start_sandbox(SandboxOptions(api_key=key.reveal()))
+            stack.push_async_callback(runner.cleanup)
             log.info("sandbox started on %s", endpoint, extra={"event": "sandbox_started"})
         async with make_session(limits.concurrency) as session:
             pipeline = Pipeline(
@@ -137,14 +163,15 @@ async def execute(
             started_at=started_at,
             finished_at=time.time(),
             exit_code=code,
+            source=source,
+            sequence=lock.holder.sequence,
         )
-        manifest = write_manifest(options.out_dir, doc, state.files())
+        manifest = write_manifest(options.out_dir, doc, state.files(), lock.token)
         files = state.file_count()
-    finally:
-        await writer.aclose()
-        state.close()
-        if runner is not None:
-            await runner.cleanup()
+        if not result.interrupted:
+            # The manifest now vouches for every file. An interrupted run keeps its journal:
+            # a write cancelled at the stop may still land, unmarked in the state.
+            journal.close(remove=True)
     name = signal.Signals(signals[0]).name if signals else None
     summary = summary_lines(result, plan, budget, files)
     return RunOutcome(code, result, summary, manifest, name)

@@ -18,6 +18,7 @@ import io
 import itertools
 import json
 import os
+import secrets
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -28,6 +29,7 @@ from urllib.parse import quote
 from exporter.client import Point
 from exporter.errors import ExporterError
 from exporter.plan import Series, period_of
+from exporter.storage import WORK_DIR
 
 __all__ = [
     "WORK_DIR",
@@ -38,7 +40,6 @@ __all__ = [
     "partition_path",
 ]
 
-WORK_DIR = ".braze-export"  # temp files and state: same file system as the data, not beside it
 _COLUMNS = ("time", "sessions", "segment_id", "app_id", "unit")
 _LOCK_STRIPES = 1024
 _TEMP_NAMES = itertools.count()
@@ -110,11 +111,23 @@ class PartitionWriter:
     disk waits they hide (profiled in bench/throughput.py).
     """
 
-    def __init__(self, root: Path, fmt: str, *, durable: bool = True) -> None:
+    def __init__(
+        self,
+        root: Path,
+        fmt: str,
+        *,
+        durable: bool = True,
+        token: str | None = None,
+        on_written: Callable[[list[WrittenFile]], None] | None = None,
+    ) -> None:
+        """``token`` names the temp files (the directory lock's holder token); ``on_written``
+        hears of every batch of files once their renames are durable (the run's journal)."""
         self.root = root
         self.fmt = fmt
         self.durable = durable
         self.tmp_dir = root / WORK_DIR / "tmp"
+        self.token = token or secrets.token_hex(8)
+        self._on_written = on_written
         self._locks = [asyncio.Lock() for _ in range(_LOCK_STRIPES)]
         self._versions = itertools.count(1)
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="syncer")
@@ -131,19 +144,6 @@ class PartitionWriter:
             os.close(self._root_fd)
             self._root_fd = None
 
-    def remove_stale_temp_files(self) -> int:
-        """Delete temp files left by processes that died mid-write (kill -9, power loss).
-
-        Only files of processes no longer alive: shards may share this directory.
-        """
-        removed = 0
-        for tmp in self.tmp_dir.glob("*.part"):
-            pid = tmp.name.split("-", 1)[0]
-            if pid.isdigit() and not _alive(int(pid)):
-                tmp.unlink(missing_ok=True)
-                removed += 1
-        return removed
-
     async def write(self, series: Series, points: Iterable[Point]) -> list[WrittenFile]:
         """Merge points into their partitions. Two writers of one file take turns."""
         groups: dict[str, list[Point]] = {}
@@ -157,9 +157,8 @@ class PartitionWriter:
                     staged = self._stage(path, series, group, next(self._versions))
                     await self._commit(staged)
                 except OSError as exc:
-                    raise ExporterError(
-                        f"{series.label}: cannot write {path}: {exc.strerror or exc}"
-                    ) from None
+                    # The pipeline puts the series' label in front.
+                    raise ExporterError(f"cannot write {path}: {exc.strerror or exc}") from None
                 written.append(staged.item)
         return written
 
@@ -169,7 +168,7 @@ class PartitionWriter:
             rows[point.period] = (point.time, point.sessions)
         data = self._render(series, [rows[p] for p in sorted(rows)])
         item = WrittenFile(path, len(rows), hashlib.sha256(data).hexdigest(), version)
-        tmp, fd = _temp_file(self.tmp_dir)
+        tmp, fd = _temp_file(self.tmp_dir, self.token)
         try:
             _write_all(fd, (data,))
         except BaseException:
@@ -197,6 +196,8 @@ class PartitionWriter:
                 renamed = [staged for staged in batch if staged.error is None]
                 if self.durable and renamed:
                     await _run_sync(loop, self._pool, self._sync_names, renamed)
+                if self._on_written is not None:
+                    self._on_written([s.item for s in batch if s.error is None])
                 for staged in batch:
                     if staged.done.done():  # its writer was cancelled; the file is in place
                         continue
@@ -242,7 +243,7 @@ class PartitionWriter:
                     rows[period_of(series.unit, rec["time"])] = (rec["time"], int(rec["sessions"]))
         except (ValueError, KeyError, TypeError) as exc:
             raise ExporterError(
-                f"{series.label}: cannot merge into {path}: it is not a file this tool wrote "
+                f"cannot merge into {path}: it is not a file this tool wrote "
                 f"({type(exc).__name__}); move it away and rerun"
             ) from None
         return rows
@@ -264,11 +265,16 @@ class PartitionWriter:
 
 
 def atomic_write(
-    path: Path, data: bytes | Iterable[bytes], tmp_dir: Path, *, durable: bool = True
+    path: Path,
+    data: bytes | Iterable[bytes],
+    tmp_dir: Path,
+    *,
+    durable: bool = True,
+    token: str | None = None,
 ) -> None:
     """Replace ``path`` with ``data`` (bytes, or chunks of them) whole: temp file in
-    ``tmp_dir``, fsync, rename, fsync of the directory."""
-    tmp, fd = _temp_file(tmp_dir)
+    ``tmp_dir`` (named after ``token``), fsync, rename, fsync of the directory."""
+    tmp, fd = _temp_file(tmp_dir, token or secrets.token_hex(8))
     try:
         try:
             _write_all(fd, (data,) if isinstance(data, bytes) else data)
@@ -284,15 +290,19 @@ def atomic_write(
         _fsync_dir(path.parent)
 
 
-def _temp_file(tmp_dir: Path) -> tuple[str, int]:
-    """A new temp file (named after this process, for stale-file clean-up) and its fd."""
-    tmp = os.path.join(tmp_dir, f"{os.getpid()}-{next(_TEMP_NAMES)}.part")
+def _temp_file(tmp_dir: Path, token: str) -> tuple[str, int]:
+    """A new temp file and its fd. Named after the writer's lock token (random, so unique
+    across hosts and pid namespaces; the lock knows which tokens are dead); a name that
+    exists anyway is skipped, never an error."""
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
-    try:
-        return tmp, os.open(tmp, flags, 0o644)
-    except FileNotFoundError:
-        os.makedirs(tmp_dir, exist_ok=True)
-        return tmp, os.open(tmp, flags, 0o644)
+    while True:
+        tmp = os.path.join(tmp_dir, f"{token}-{next(_TEMP_NAMES)}.part")
+        try:
+            return tmp, os.open(tmp, flags, 0o644)
+        except FileExistsError:
+            continue
+        except FileNotFoundError:
+            os.makedirs(tmp_dir, exist_ok=True)
 
 
 def _write_all(fd: int, chunks: Iterable[bytes]) -> None:
@@ -353,16 +363,6 @@ def _load_syncfs() -> Callable[[int], None] | None:
 
 
 _syncfs = _load_syncfs()
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)  # signal 0: only asks whether the process exists
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass  # it exists, under another user
-    return True
 
 
 def _fsync_dir(directory: Path) -> None:

@@ -70,7 +70,7 @@ def test_sandbox_run_writes_every_point_exactly_once(
     """run --sandbox writes every planned period once, each with the sandbox's value."""
     out = tmp_path / "out"
     path = write_config(CONFIG.format(out=out, fmt=fmt))
-    assert main(["run", str(path), "--sandbox", "--as-of", AS_OF]) == 0
+    assert main(["run", str(path), "--sandbox", "--out", str(out), "--as-of", AS_OF]) == 0
     plan = build_plan(load_config(path, env={}), date.fromisoformat(AS_OF))
     assert _check_every_row(out) == sum(r.length for r in plan.requests)
     summary = capsys.readouterr().out
@@ -295,3 +295,54 @@ def test_an_unusable_output_directory_is_a_usage_error(
     path = write_config(CONFIG.format(out=tmp_path / "out", fmt="jsonl"))
     assert main(["run", str(path), "--sandbox", "--out", str(blocker / "sub")]) == 2
     assert "cannot use it (Not a directory)" in capsys.readouterr().err
+
+
+def test_a_sandbox_run_never_writes_into_output_dir(
+    tmp_path: Path,
+    write_config: Callable[..., Path],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Without --out, run --sandbox writes to ./sandbox-out, never to output.dir, and its
+    manifest says the rows came from the sandbox."""
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "out"
+    path = write_config(CONFIG.format(out=out, fmt="jsonl"))
+    assert main(["run", str(path), "--sandbox", "--as-of", AS_OF]) == 0
+    assert not out.exists()
+    assert _check_every_row(tmp_path / "sandbox-out") > 0
+    (manifest,) = (tmp_path / "sandbox-out/_runs").glob("*.json")
+    doc = json.loads(manifest.read_text())
+    assert doc["source"] == {"sandbox": True, "endpoint_host": "127.0.0.1"}
+
+
+def test_a_real_runs_manifest_names_its_endpoint_host(
+    tmp_path: Path,
+    write_config: Callable[..., Path],
+    sandbox_server: Any,
+    env_key: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A run against an endpoint records that host and that it was not the sandbox."""
+    out = tmp_path / "out"
+    path = write_config(CONFIG.format(out=out, fmt="jsonl").replace("days: 3", "days: 1"))
+    with sandbox_server() as server:
+        monkeypatch.setenv("BRAZE_REST_ENDPOINT", server.url.replace("127.0.0.1", "localhost"))
+        assert main(["run", str(path), "--as-of", AS_OF]) == 0
+    (manifest,) = (out / "_runs").glob("*.json")
+    doc = json.loads(manifest.read_text())
+    assert doc["source"] == {"sandbox": False, "endpoint_host": "localhost"}
+
+
+def test_a_series_error_names_its_series_once(
+    tmp_path: Path, write_config: Callable[..., Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A write failure reads `failed <label>: cannot write ...`, the label not repeated."""
+    out = tmp_path / "out"
+    (out / "sessions").mkdir(parents=True)
+    (out / "sessions/unit=hour").write_text("in the way")
+    path = write_config(CONFIG.format(out=out, fmt="jsonl"))
+    assert main(["run", str(path), "--sandbox", "--out", str(out), "--as-of", AS_OF]) == 1
+    captured = capsys.readouterr()
+    (line,) = [x for x in captured.out.splitlines() if "segment=seg-a app=_all unit=hour" in x]
+    assert line.startswith("failed segment=seg-a app=_all unit=hour: cannot write ")
+    assert line.count("unit=hour:") == 1

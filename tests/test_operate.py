@@ -18,6 +18,7 @@ from exporter.logs import new_run_id, setup_logging
 from exporter.pipeline import RunResult
 from exporter.plan import Plan, Request, build_plan
 from exporter.progress import Progress, status_line
+from exporter.storage import DirLock
 from tests.conftest import KEY, snapshot
 
 AS_OF = "2024-07-01"
@@ -48,7 +49,7 @@ def test_manifest_records_the_run(
     """The manifest has config hash, as-of, counts per export, budget and every file's sha."""
     out = tmp_path / "out"
     path = write_config(CONFIG.format(out=out))
-    assert main(["run", str(path), "--sandbox", "--as-of", AS_OF]) == 0
+    assert main(["run", str(path), "--sandbox", "--out", str(out), "--as-of", AS_OF]) == 0
     doc = _manifest(out)
     assert doc["config"] == {"path": str(path), "sha256": load_config(path, env={}).fingerprint}
     assert doc["as_of"] == AS_OF
@@ -72,9 +73,8 @@ def test_verify_reports_changed_and_missing_files(
 ) -> None:
     """verify passes on untouched output and names every changed or missing file."""
     out = tmp_path / "out"
-    assert (
-        main(["run", str(write_config(CONFIG.format(out=out))), "--sandbox", "--as-of", AS_OF]) == 0
-    )
+    config = write_config(CONFIG.format(out=out))
+    assert main(["run", str(config), "--sandbox", "--out", str(out), "--as-of", AS_OF]) == 0
     assert main(["verify", str(out)]) == 0
     assert "20 file(s) ok, 0 changed, 0 missing" in capsys.readouterr().out
     changed = out / "sessions/unit=day/segment_id=s2/app_id=app-1/2024-06.jsonl"
@@ -92,6 +92,69 @@ def test_verify_without_manifest_is_an_error(
     """A directory no run wrote is said to have no manifest."""
     assert main(["verify", str(tmp_path)]) == 1
     assert "no run manifest" in capsys.readouterr().err
+
+
+def test_verify_names_files_no_run_recorded(
+    tmp_path: Path, write_config: Callable[..., Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A junk file under sessions/ is reported as unknown and fails verify."""
+    out = tmp_path / "out"
+    config = write_config(CONFIG.format(out=out))
+    assert main(["run", str(config), "--sandbox", "--out", str(out), "--as-of", AS_OF]) == 0
+    (out / "sessions/unit=day/segment_id=s1/junk.txt").write_text("hello")
+    assert main(["verify", str(out)]) == 1
+    text = capsys.readouterr().out
+    assert "unknown: sessions/unit=day/segment_id=s1/junk.txt" in text
+    assert "20 file(s) ok, 0 changed, 0 missing, 1 unknown" in text
+
+
+def test_verify_counts_a_killed_runs_files_by_its_journal(
+    tmp_path: Path, write_config: Callable[..., Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Files of a run that never wrote its manifest are checked against its journal, and the
+    latest run's record of a file wins over an earlier one's."""
+    out = tmp_path / "out"
+    config = write_config(CONFIG.format(out=out))
+    run = ["run", str(config), "--sandbox", "--out", str(out), "--as-of", AS_OF]
+    assert main(run) == 0
+    assert main([*run, "--fresh"]) == 0
+    # Two runs in one second: their run ids need not sort in run order; sequences do.
+    docs = {path: json.loads(path.read_text()) for path in (out / "_runs").glob("*.json")}
+    manifests = sorted(docs, key=lambda path: docs[path]["sequence"])
+    first = docs[manifests[0]]
+    # The earlier run as if killed before its manifest, with an older content of one file:
+    journal = out / "_runs" / f"{first['run_id']}.journal.jsonl"
+    lines = [{"run_id": first["run_id"], "sequence": first["sequence"]}, *first["files"]]
+    lines[1] = {**lines[1], "sha256": "0" * 64}
+    journal.write_text("".join(json.dumps(line) + "\n" for line in lines) + '{"path": "torn')
+    manifests[0].unlink()
+    assert list((out / "_runs").glob("*.journal.jsonl")) == [journal]
+    assert main(["verify", str(out)]) == 0
+    assert "20 file(s) ok, 0 changed, 0 missing, 0 unknown" in capsys.readouterr().out
+    manifests[1].unlink()  # now only the journal vouches, and its first record is stale
+    assert main(["verify", str(out)]) == 1
+    assert f"changed: {lines[1]['path']}" in capsys.readouterr().out
+
+
+def test_verify_of_a_missing_directory_is_a_usage_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """verify /nonexistent exits 2 with one line."""
+    assert main(["verify", str(tmp_path / "nonexistent")]) == 2
+    assert capsys.readouterr().err == f"error: {tmp_path / 'nonexistent'}: no such directory\n"
+
+
+def test_verify_waits_for_a_run_in_progress(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """While a run holds the directory, verify exits 5 naming it instead of reporting its
+    half-written state."""
+    holder = DirLock.acquire(tmp_path, layout="L", shard=None, command="braze-export run x")
+    try:
+        assert main(["verify", str(tmp_path)]) == 5
+    finally:
+        holder.release()
+    assert "being written by a run (pid" in capsys.readouterr().err
 
 
 def test_json_logs_carry_run_id_and_event(
@@ -216,6 +279,8 @@ def test_sharded_runs_write_what_one_run_writes(
                 "run",
                 str(write_config(CONFIG.format(out=one), "a.yaml")),
                 "--sandbox",
+                "--out",
+                str(one),
                 "--as-of",
                 AS_OF,
             ]
@@ -224,7 +289,11 @@ def test_sharded_runs_write_what_one_run_writes(
     )
     sharded = write_config(CONFIG.format(out=two), "b.yaml")
     for k in (1, 2):
-        assert main(["run", str(sharded), "--sandbox", "--as-of", AS_OF, "--shard", f"{k}/2"]) == 0
+        shard = ["--shard", f"{k}/2"]
+        assert (
+            main(["run", str(sharded), "--sandbox", "--out", str(two), "--as-of", AS_OF, *shard])
+            == 0
+        )
     assert "allowed 125,000/hour" in capsys.readouterr().out
 
     assert snapshot(one) == snapshot(two)

@@ -18,7 +18,6 @@ import pytest
 
 from exporter.cli import main
 from exporter.sandbox import sandbox_stats
-from exporter.writers import WORK_DIR
 from tests.conftest import KEY, snapshot
 
 AS_OF = "2024-07-01"
@@ -68,12 +67,12 @@ class _Exporter:
     """``braze-export run`` in a subprocess; its output goes to files, never to pipes that
     could fill up."""
 
-    def __init__(self, config: Path, url: str, tag: str = "") -> None:
+    def __init__(self, config: Path, url: str, tag: str = "", *extra: str) -> None:
         self.out_path = config.with_suffix(f".{tag}stdout")
         self.err_path = config.with_suffix(f".{tag}stderr")
         with self.out_path.open("w") as out, self.err_path.open("w") as err:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "exporter", "run", str(config), "--as-of", AS_OF],
+                [sys.executable, "-m", "exporter", "run", str(config), "--as-of", AS_OF, *extra],
                 env=_env(url),
                 stdout=out,
                 stderr=err,
@@ -222,22 +221,3 @@ def test_the_key_appears_in_no_output(
     assert b"retry" in b"".join(outputs)  # the logs did talk about the faults
     for blob in outputs:
         assert KEY.encode() not in blob
-
-
-def test_a_second_run_into_the_same_directory_is_refused(
-    tmp_path: Path, write_config: Callable[..., Path], capsys: pytest.CaptureFixture[str]
-) -> None:
-    """While one run holds the state, another into the same directory stops with a clear
-    message (exit 1) instead of interleaving; shards use their own state files."""
-    from exporter.state import State, state_path
-
-    out = tmp_path / "out"
-    config = write_config(_config(out, days=1))
-    holder = State(state_path(out / WORK_DIR, None), scope="sandbox|jsonl|Europe/Berlin", as_of=1)
-    try:
-        assert main(["run", str(config), "--sandbox", "--as-of", AS_OF]) == 1
-        assert "another run is exporting into this directory" in capsys.readouterr().err
-        assert main(["run", str(config), "--sandbox", "--as-of", AS_OF, "--shard", "1/2"]) == 0
-    finally:
-        holder.close()
-    assert (out / WORK_DIR / "state-1of2.sqlite").exists()

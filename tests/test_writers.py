@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import os
 from datetime import UTC, date, datetime
@@ -139,6 +140,25 @@ async def test_a_failed_write_keeps_the_old_file(
     assert path.read_bytes() == before
     assert list(writer.tmp_dir.iterdir()) == []
     await writer.aclose()
+
+
+async def test_a_taken_temp_name_never_fails_a_write(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Temp names already taken (by a crashed process in another pid namespace, say) are
+    skipped: the write succeeds and leaves them alone."""
+    monkeypatch.setattr(writers, "_TEMP_NAMES", itertools.count())
+    writer = PartitionWriter(tmp_path, "jsonl", token="t0ken")
+    writer.tmp_dir.mkdir(parents=True)
+    taken = {f"{prefix}-{n}.part" for prefix in ("t0ken", os.getpid()) for n in range(5)}
+    for name in taken:
+        (writer.tmp_dir / name).write_text("taken")
+    (written,) = await writer.write(DAY, _days("2024-04-01", [1, 2]))
+    writers.atomic_write(tmp_path / "other", b"x", writer.tmp_dir, token="t0ken")
+    await writer.aclose()
+    assert written.rows == 2
+    assert (tmp_path / "other").read_bytes() == b"x"
+    assert {p.name for p in writer.tmp_dir.iterdir()} == taken
 
 
 async def test_a_foreign_file_is_not_overwritten(tmp_path: Path) -> None:
