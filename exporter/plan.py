@@ -25,6 +25,7 @@ __all__ = [
     "Request",
     "Series",
     "build_plan",
+    "count_series",
     "ending_at",
     "hour_range",
     "period_of",
@@ -211,6 +212,18 @@ def build_plan(config: Config, as_of: date, shard: tuple[int, int] | None = None
                 requests.append(Request(s, first, length, end_of(s.unit, first + length - 1), i))
     return Plan(
         as_of, config.timezone, tuple(requests), all_series, exports, tuple(warnings), shard
+    )
+
+
+def count_series(config: Config, shard: tuple[int, int] | None = None) -> int:
+    """``len(build_plan(config, ...).series)`` without planning a request (``validate``)."""
+    return len(
+        {
+            s
+            for export in config.exports
+            for s in _expand(export)
+            if shard is None or shard_of(s, shard[1]) == shard[0]
+        }
     )
 
 
