@@ -267,11 +267,13 @@ def _plan_args(command: argparse.ArgumentParser) -> None:
 
 def _date(text: str) -> date:
     try:
-        return check_date(date.fromisoformat(text))
-    except ValueError as exc:
-        if "must be a date" in str(exc):
-            raise argparse.ArgumentTypeError(str(exc)) from None
+        day = date.fromisoformat(text)
+    except ValueError:
         raise argparse.ArgumentTypeError(f"must be a date YYYY-MM-DD, got {text!r}") from None
+    try:
+        return check_date(day)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _shard(text: str) -> tuple[int, int]:
