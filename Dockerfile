@@ -1,7 +1,8 @@
 # A small image that runs the exporter as a non-root user.
 #   docker build -t braze-export .
-#   docker run --rm -e BRAZE_API_KEY -v $PWD/configs:/config:ro -v $PWD/exports:/data \
-#       braze-export run /config/example.yaml --out /data
+#   docker run --rm -e BRAZE_API_KEY --user "$(id -u):$(id -g)" \
+#       -v "$PWD/configs:/config:ro" -v "$PWD/exports:/data" \
+#       braze-export run /config/nightly.yaml --out /data
 ARG PYTHON_IMAGE=python:3.12-slim
 FROM ${PYTHON_IMAGE}
 

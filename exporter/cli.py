@@ -6,23 +6,25 @@ import argparse
 import asyncio
 import json
 import logging
+import math
 import os
 import re
 import secrets
 import shlex
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import date, datetime
 from pathlib import Path
+from typing import NoReturn
 
 from exporter import __version__
-from exporter.config import ApiKey, Config, load_config, resolve_api_key
+from exporter.config import ApiKey, Config, check_date, expand_home, load_config, resolve_api_key
 from exporter.doctor import DoctorReport, diagnose
 from exporter.errors import ConfigError, DirectoryBusy, ExporterError
 from exporter.logs import logging_for_run, new_run_id, set_secret
 from exporter.manifest import verify
-from exporter.plan import Plan, build_plan
+from exporter.plan import Plan, build_plan, count_series
 from exporter.progress import eta_seconds, format_duration
 from exporter.runner import (
     EXIT_AUTH,
@@ -36,6 +38,7 @@ from exporter.runner import (
     execute,
 )
 from exporter.sandbox import (
+    FAULT_KINDS,
     HOUR_LABELS,
     RESET_STYLES,
     SEMANTICS,
@@ -62,13 +65,51 @@ SANDBOX_OUT = "sandbox-out"  # never the config's output.dir: invented rows besi
 log = logging.getLogger("exporter")
 
 
+EPILOG = """\
+exit status:
+  0        every series complete
+  1        some series failed, or the run is incomplete (its manifest could not be
+           written); the summary says which and why
+  2        invalid config or command line: nothing was fetched or written
+  3        Braze refused the key (401/403): check the key, its permission and the host
+  4        the endpoint is unreachable (fail-fast)
+  5        the output directory is held by another run
+  130/143  interrupted by SIGINT (Ctrl-C) / SIGTERM: completed requests are saved, rerun to
+           resume; a second signal stops at once
+
+environment:
+  BRAZE_API_KEY        the REST API key (the variable braze.api_key_env names)
+  {api_key_env}_FILE   e.g. BRAZE_API_KEY_FILE: a file holding the key, read when the
+                       variable is unset or empty (mounted secrets)
+  BRAZE_REST_ENDPOINT  overrides braze.endpoint
+"""
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     args.command_line = shlex.join(["braze-export", *(sys.argv[1:] if argv is None else argv)])
     args.run_id = new_run_id()
-    with logging_for_run(args.log_level, args.log_format, run_id=args.run_id) as handler:
-        args.log_handler = handler
-        return _dispatch(args)
+    try:
+        with logging_for_run(args.log_level, args.log_format, run_id=args.run_id) as handler:
+            args.log_handler = handler
+            code = _dispatch(args)
+            sys.stdout.flush()  # a closed pipe shows here, not as noise at interpreter exit
+            return code
+    except BrokenPipeError:
+        # The reader went away (`plan --json | head`): stop writing, quietly. A run's status
+        # is the run's; anything else did not get all of its output out.
+        _silence_stdout()
+        return int(getattr(args, "exit_code", EXIT_FAILED))
+
+
+def _silence_stdout() -> None:
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):
+        return  # not a real file (tests capture it): nothing will flush to a closed pipe
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, fd)
+    os.close(devnull)
 
 
 def _dispatch(args: argparse.Namespace) -> int:
@@ -90,102 +131,141 @@ def _dispatch(args: argparse.Namespace) -> int:
     return code
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage errors are one line, like every other error, and exit 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"error: {self.prog}: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="braze-export",
         description="Export Braze app session series (GET /sessions/data_series) to files.",
-    )
-    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    parser.add_argument(
-        "--log-level",
-        default="INFO",
-        type=str.upper,
-        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
-        help="default INFO",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
-        "--log-format",
-        default="text",
-        choices=["text", "json"],
-        help="text for people (default), json: one object per line with run_id and event",
+        "--version", action="version", version=f"%(prog)s {__version__}", help="print the version"
     )
+    _global_args(parser, top=True)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    validate = sub.add_parser("validate", help="check a config and summarise it")
-    validate.add_argument("config")
+    def command(name: str, help: str) -> argparse.ArgumentParser:
+        made = sub.add_parser(
+            name,
+            help=help,
+            description=help,
+            epilog="exit status and environment: see braze-export --help",
+        )
+        _global_args(made, top=False)  # they parse after the command too
+        return made
+
+    validate = command("validate", "check a config and summarise it; sends nothing")
+    validate.add_argument("config", help="the YAML config file (no default)")
     validate.set_defaults(func=_cmd_validate)
 
-    plan = sub.add_parser("plan", help="show the requests a run would make, and their cost")
+    plan = command("plan", "show the requests a run would make, and their cost; sends nothing")
     _plan_args(plan)
-    plan.add_argument("--json", action="store_true", help="list every request as JSON")
+    plan.add_argument(
+        "--json", action="store_true", help="list every request as JSON (default: a summary)"
+    )
     plan.set_defaults(func=_cmd_plan)
 
-    run = sub.add_parser("run", help="export")
+    run = command("run", "export the series a config describes")
     _plan_args(run)
     run.add_argument(
         "--out",
+        metavar="DIR",
         help=f"output directory (default: output.dir; with --sandbox: ./{SANDBOX_OUT})",
     )
     run.add_argument(
         "--sandbox",
         action="store_true",
-        help="run against an in-process sandbox on loopback (no key needed)",
+        help="run against an in-process sandbox on loopback, no key needed (default: off)",
     )
     run.add_argument(
         "--fresh",
         action="store_true",
-        help="fetch everything again, ignoring what earlier runs completed",
+        help="fetch everything again, ignoring what earlier runs completed (default: off)",
     )
     run.add_argument(
         "--progress-interval",
-        type=float,
+        type=_number(">=", 0.01, "seconds"),
         default=None,
         metavar="S",
-        help="seconds between progress updates (default 0.5 on a terminal, else 10)",
+        help="seconds between progress updates, at least 0.01 (default: 0.5 on a terminal, "
+        "else 10)",
     )
     run.set_defaults(func=_cmd_run)
 
-    doctor = sub.add_parser(
+    doctor = command(
         "doctor",
-        help="first contact with a workspace: endpoint, key, rate limit, label formats and "
-        "window offset, with a verdict (at most 5 requests)",
+        "first contact with a workspace: endpoint, key, rate limit, label formats and window "
+        "offset, with a verdict (at most 5 requests)",
     )
-    doctor.add_argument("config")
+    doctor.add_argument("config", help="the YAML config file (no default)")
     doctor.add_argument(
-        "--sandbox", action="store_true", help="check against the in-process sandbox instead"
+        "--sandbox",
+        action="store_true",
+        help="check the in-process sandbox instead, no key needed (default: off)",
     )
     doctor.set_defaults(func=_cmd_doctor)
 
-    check = sub.add_parser(
-        "verify", help="check every data file against the latest run that recorded it"
-    )
-    check.add_argument("dir", help="the output directory of earlier runs")
+    check = command("verify", "check every data file against the latest run that recorded it")
+    check.add_argument("dir", help="the output directory of earlier runs (no default)")
     check.set_defaults(func=_cmd_verify)
 
-    box = sub.add_parser("sandbox", help="serve the Braze-compatible sandbox")
-    box.add_argument("--host", default="127.0.0.1")
-    box.add_argument("--port", type=int, default=8080)
-    box.add_argument("--api-key", help="accept only this Bearer token (default: any)")
+    box = command("sandbox", "serve the Braze-compatible sandbox until interrupted")
+    box.add_argument(
+        "--host", default="127.0.0.1", help="address to listen on (default: %(default)s)"
+    )
+    box.add_argument(
+        "--port", type=_port, default=8080, help="port, 0 for any free one (default: %(default)s)"
+    )
+    box.add_argument(
+        "--api-key", metavar="K", help="accept only this Bearer token (default: any token)"
+    )
     box.add_argument(
         "--limit",
-        type=int,
+        type=_integer(">=", 0),
         default=250_000,
-        help="requests per window, 0 for no limit (default 250000)",
+        metavar="N",
+        help="requests per window, 0 for no limit (default: %(default)s)",
     )
-    box.add_argument("--window", type=float, default=3600.0, help="seconds (default 3600)")
-    box.add_argument("--fault-rate", type=float, default=0.0, help="share of faulty responses")
-    box.add_argument("--seed", type=int, default=0, help="fault seed (default 0)")
     box.add_argument(
-        "--slow-s", type=float, default=60.0, help="how long a slow fault stalls (default 60)"
+        "--window",
+        type=_number(">", 0),
+        default=3600.0,
+        metavar="S",
+        help="rate-limit window in seconds (default: %(default)g)",
+    )
+    box.add_argument(
+        "--fault-rate",
+        type=_fraction,
+        default=0.0,
+        metavar="P",
+        help=f"share of faulty responses, 0..1, each one of: {', '.join(FAULT_KINDS)} "
+        "(default: %(default)g)",
+    )
+    box.add_argument(
+        "--seed", type=int, default=0, metavar="N", help="fault seed (default: %(default)s)"
+    )
+    box.add_argument(
+        "--slow-s",
+        type=_number(">=", 0),
+        default=60.0,
+        metavar="S",
+        help="how long a slow fault stalls, in seconds (default: %(default)g)",
     )
     box.add_argument(
         "--reject-segment",
         action="append",
         default=[],
         metavar="ID",
-        help="answer 400 for this segment (repeatable)",
+        help="answer 400 for this segment, repeatable (default: none)",
     )
-    box.add_argument("--deny", action="store_true", help="answer 403 to everything")
+    box.add_argument("--deny", action="store_true", help="answer 403 to everything (default: off)")
     box.add_argument(
         "--reset-style",
         choices=RESET_STYLES,
@@ -196,7 +276,7 @@ def build_parser() -> argparse.ArgumentParser:
     box.add_argument(
         "--restate",
         action="store_true",
-        help="recent days read differently every time the sandbox starts",
+        help="recent days read differently every time the sandbox starts (default: off)",
     )
     box.add_argument(
         "--semantics",
@@ -216,25 +296,50 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _global_args(parser: argparse.ArgumentParser, *, top: bool) -> None:
+    """--log-level and --log-format: the top level owns the defaults; after the command they
+    are SUPPRESSed unless given, so they never reset what was given before it."""
+    parser.add_argument(
+        "--log-level",
+        default="INFO" if top else argparse.SUPPRESS,
+        type=str.upper,
+        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+        help="how much to log to stderr (default: INFO)",
+    )
+    parser.add_argument(
+        "--log-format",
+        default="text" if top else argparse.SUPPRESS,
+        choices=["text", "json"],
+        help="text for people, json: one object per line with run_id and event (default: text)",
+    )
+
+
 def _plan_args(command: argparse.ArgumentParser) -> None:
-    command.add_argument("config")
+    command.add_argument("config", help="the YAML config file (no default)")
     command.add_argument(
-        "--as-of", type=_date, help="YYYY-MM-DD; default: today in the config's time zone"
+        "--as-of",
+        type=_date,
+        metavar="YYYY-MM-DD",
+        help="the day after the last exported day (default: today in the config's time zone)",
     )
     command.add_argument(
         "--shard",
         type=_shard,
         metavar="K/N",
         help="only the K-th of N disjoint parts of the series, with 1/N of "
-        "the budget (for N parallel jobs)",
+        "the budget, for N parallel jobs (default: all series)",
     )
 
 
 def _date(text: str) -> date:
     try:
-        return date.fromisoformat(text)
+        day = date.fromisoformat(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"must be a date YYYY-MM-DD, got {text!r}") from None
+    try:
+        return check_date(day)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _shard(text: str) -> tuple[int, int]:
@@ -242,6 +347,57 @@ def _shard(text: str) -> tuple[int, int]:
     if not match or not 1 <= int(match[1]) <= int(match[2]) <= 1000:
         raise argparse.ArgumentTypeError(f"must be K/N with 1 <= K <= N <= 1000, got {text!r}")
     return int(match[1]), int(match[2])
+
+
+_COMPARE = {">": float.__gt__, ">=": float.__ge__}
+
+
+def _number(op: str, bound: float, unit: str = "") -> Callable[[str], float]:
+    """An argparse type: a finite number ``op bound``."""
+    words = "at least" if op == ">=" and unit else op
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            value = math.nan
+        if not (math.isfinite(value) and _COMPARE[op](value, float(bound))):
+            need = f"{words} {bound:g}{' ' + unit if unit else ''}"
+            raise argparse.ArgumentTypeError(f"must be {need}, got {text!r}")
+        return value
+
+    return parse
+
+
+def _integer(op: str, bound: int) -> Callable[[str], int]:
+    """An argparse type: an integer ``op bound``."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or not _COMPARE[op](float(value), float(bound)):
+            raise argparse.ArgumentTypeError(f"must be an integer {op} {bound}, got {text!r}")
+        return value
+
+    return parse
+
+
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0 <= value <= 1:  # False for nan too
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {text!r}")
+    return value
+
+
+def _port(text: str) -> int:
+    if not text.isdigit() or not 0 <= int(text) <= 65535:
+        raise argparse.ArgumentTypeError(f"must be a port 0..65535, got {text!r}")
+    return int(text)
 
 
 def _load(args: argparse.Namespace) -> tuple[Config, Plan]:
@@ -259,9 +415,28 @@ def _load(args: argparse.Namespace) -> tuple[Config, Plan]:
     return config, plan
 
 
+def _output_dir(config: Config, out: str | None) -> Path:
+    """Where the run writes, refused when it cannot be a directory (nothing is created)."""
+    where = "--out" if out else f"{config.source}: output.dir"
+    try:
+        path = Path(expand_home(out) if out else config.output.dir)
+    except ValueError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+    for existing in (path, *path.parents):
+        if existing.exists():
+            if not existing.is_dir():
+                what = path if existing == path else existing
+                raise ConfigError(f"{where}: {what} is a file, not a directory")
+            if existing != path and not os.access(existing, os.W_OK | os.X_OK):
+                raise ConfigError(f"{where}: cannot create {path}: {existing} is not writable")
+            break
+    return path
+
+
 def _cmd_validate(args: argparse.Namespace) -> int:
     config = load_config(args.config)
-    series = build_plan(config, datetime.now(config.tz).date()).series  # as the planner counts
+    _output_dir(config, None)
+    series = count_series(config)  # as the planner counts, without planning a request
     key_var = config.braze.api_key_env
     key_state = (
         "set"
@@ -270,7 +445,7 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     )
     print(
         f"{config.source}: valid. {len(config.exports)} export(s) "
-        f"({', '.join(e.name for e in config.exports)}) covering {len(series)} series; days cut "
+        f"({', '.join(e.name for e in config.exports)}) covering {series:,} series; days cut "
         f"in {config.timezone}; {config.output.format} files under {config.output.dir}/; endpoint "
         f"{config.braze.endpoint}; key from ${key_var} ({key_state}); up to "
         f"{config.limits.requests_per_hour * config.limits.share:,.0f} requests/hour with "
@@ -325,18 +500,16 @@ def _cmd_run(args: argparse.Namespace) -> int:
     key = None if args.sandbox else resolve_api_key(config)
     if key is not None:
         set_secret(args.log_handler, key.reveal())
-    if args.out:
-        out_dir = Path(args.out)
-    elif args.sandbox:
-        out_dir = Path(SANDBOX_OUT)
+    if args.out or not args.sandbox:
+        out_dir = _output_dir(config, args.out)
+    else:
+        out_dir = _output_dir(config, SANDBOX_OUT)
         log.info(
             "sandbox run: writing to %s/, not to output.dir (%s); --out DIR chooses",
             out_dir,
             config.output.dir,
             extra={"event": "sandbox_out"},
         )
-    else:
-        out_dir = Path(config.output.dir)
     try:
         (out_dir / WORK_DIR).mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -350,9 +523,18 @@ def _cmd_run(args: argparse.Namespace) -> int:
         command=args.command_line,
     )
     outcome = asyncio.run(execute(config, plan, key, options))
+    args.exit_code = outcome.exit_code  # what main() returns should stdout be closed
     for line in outcome.summary:
         print(line)
-    print(f"manifest: {outcome.manifest}")
+    if outcome.manifest_error is None:
+        print(f"manifest: {outcome.manifest}")
+    else:
+        print(f"manifest: NOT written: {outcome.manifest_error}")
+        print(
+            f"error: run manifest {outcome.manifest} not written: {outcome.manifest_error}; "
+            f"the data files written are whole, but no manifest records them for verify",
+            file=sys.stderr,
+        )
     log.info(
         "run finished with exit status %d",
         outcome.exit_code,
@@ -409,8 +591,6 @@ def _cmd_verify(args: argparse.Namespace) -> int:
 
 
 def _cmd_sandbox(args: argparse.Namespace) -> int:
-    if not 0 <= args.fault_rate <= 1:
-        raise ConfigError(f"--fault-rate must be between 0 and 1, got {args.fault_rate}")
     options = SandboxOptions(
         api_key=args.api_key,
         limit=args.limit,
@@ -425,5 +605,12 @@ def _cmd_sandbox(args: argparse.Namespace) -> int:
         semantics=args.semantics,
         hour_labels=args.hour_labels,
     )
-    run_sandbox(options, args.host, args.port)
+    try:
+        run_sandbox(options, args.host, args.port)
+    except OSError as exc:  # a busy port, an address not on this machine
+        reason = os.strerror(exc.errno) if exc.errno and exc.errno > 0 else exc.strerror
+        raise ConfigError(
+            f"sandbox: cannot listen on {args.host}:{args.port}: {reason or exc}; "
+            f"choose another --port or --host"
+        ) from None
     return EXIT_OK

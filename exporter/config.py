@@ -2,17 +2,19 @@
 
 Every problem becomes one line ``FILE: key.path: what is wrong, got VALUE`` inside a single
 :class:`ConfigError`, so a user fixes all of them in one pass and nothing is fetched or
-written before the config is known to be good.
+written before the config is known to be good. A key given twice is such a problem too: YAML
+would let the last one win silently (a second ``exports:`` dropping the first).
 """
 
 from __future__ import annotations
 
 import difflib
+import functools
 import hashlib
 import json
 import os
 import typing
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
@@ -36,6 +38,8 @@ from exporter.errors import ConfigError
 __all__ = [
     "DEFAULT_ENDPOINT",
     "ENDPOINT_ENV",
+    "FIRST_DATE",
+    "LAST_DATE",
     "MAX_PAUSE_S",
     "UNITS",
     "ApiKey",
@@ -46,6 +50,7 @@ __all__ = [
     "Output",
     "Unit",
     "Window",
+    "check_date",
     "check_endpoint",
     "load_config",
     "resolve_api_key",
@@ -57,6 +62,10 @@ ENDPOINT_ENV = "BRAZE_REST_ENDPOINT"
 MAX_PAUSE_S = 3900.0
 _LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1"}
 _MAX_ID = 256
+# Dates the planner can do arithmetic on (hour periods count from 1970) with room to spare.
+FIRST_DATE, LAST_DATE = date(1970, 1, 1), date(2999, 12, 31)
+# Ids a YAML writer most likely meant as null (only an unquoted null or ~ is one).
+_NULL_LIKE = {"null", "none", "nil", "~"}
 
 Unit = Literal["day", "hour"]
 UNITS: tuple[Unit, ...] = ("day", "hour")
@@ -96,11 +105,21 @@ class Output(_Model):
     dir: Annotated[str, StringConstraints(min_length=1)] = "exports"
     format: Literal["jsonl", "csv"] = "jsonl"
 
+    @field_validator("dir")
+    @classmethod
+    def _home(cls, value: str) -> str:
+        return expand_home(value)
+
 
 class Window(_Model):
     days: int | None = Field(None, ge=1, le=36_600)
     start: LaxDate | None = None
     end: LaxDate | None = None
+
+    @field_validator("start", "end")
+    @classmethod
+    def _in_range(cls, value: date | None) -> date | None:
+        return None if value is None else check_date(value)
 
     @model_validator(mode="after")
     def _one_form(self) -> Window:
@@ -119,6 +138,8 @@ class Export(_Model):
     app_ids: Annotated[list[Id | None], Field(min_length=1)] = [None]
     units: Annotated[list[Unit], Field(min_length=1)] = ["day"]
     window: Window
+    # Opt-in for ids that read like null ('null', 'None', ...): refused unless this is true.
+    allow_null_like_ids: bool = False
 
 
 class _File(_Model):
@@ -134,11 +155,19 @@ class _File(_Model):
     @field_validator("timezone")
     @classmethod
     def _zone(cls, value: str) -> str:
+        if value == "localtime":
+            raise ValueError(
+                "'localtime' is the zone of whatever machine runs the export, so days would be "
+                "cut differently on each: name an IANA zone such as 'America/New_York' or 'UTC'"
+            )
         try:
             ZoneInfo(value)
+            known = value in _zone_names()  # exact case: 'utc' opens on some file systems
         except (ZoneInfoNotFoundError, ValueError):
+            known = False
+        if not known:
             hint = _did_you_mean(value, _zone_names())
-            raise ValueError(f"unknown IANA time zone {value!r}{hint}") from None
+            raise ValueError(f"unknown IANA time zone {value!r}{hint}")
         return value
 
     @field_validator("exports")
@@ -200,6 +229,21 @@ class ApiKey:
     __str__ = __repr__
 
 
+def check_date(value: date) -> date:
+    """A date the planner can work with."""
+    if not FIRST_DATE <= value <= LAST_DATE:
+        raise ValueError(f"must be a date from {FIRST_DATE} to {LAST_DATE}, got {value}")
+    return value
+
+
+def expand_home(value: str) -> str:
+    """``~`` and ``~user`` expanded; a ``~`` that cannot be is refused, never made a directory."""
+    expanded = os.path.expanduser(value)
+    if expanded.startswith("~"):
+        raise ValueError(f"cannot expand {value.split('/')[0]!r} (is HOME set?)")
+    return expanded
+
+
 def check_endpoint(value: str) -> str:
     """An https URL with a host and nothing else, or plain http on loopback (the sandbox)."""
     parts = urlsplit(value.strip())
@@ -239,8 +283,13 @@ def load_config(path: str | os.PathLike[str], env: Mapping[str, str] | None = No
         raise ConfigError(f"{source}: no such file") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{source}: cannot read: {exc}") from None
+    loader = _Loader(text)
     try:
-        raw = yaml.load(text, Loader=_Loader)  # noqa: S506 - _Loader is a SafeLoader
+        node = loader.get_single_node()
+        duplicates = [] if node is None else list(_duplicate_keys(node, ""))
+        if duplicates:
+            raise ConfigError("\n".join(f"{source}: {line}" for line in duplicates))
+        raw = None if node is None else loader.construct_document(node)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
@@ -248,6 +297,8 @@ def load_config(path: str | os.PathLike[str], env: Mapping[str, str] | None = No
         raise ConfigError(f"{source}: {where}YAML syntax error: {problem}") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"{source}: YAML syntax error: {exc}") from None
+    finally:
+        loader.dispose()
     if not isinstance(raw, dict):
         got = "an empty file" if raw is None else type(raw).__name__
         raise ConfigError(f"{source}: must be a mapping with version: 1 and exports, got {got}")
@@ -256,6 +307,8 @@ def load_config(path: str | os.PathLike[str], env: Mapping[str, str] | None = No
     except ValidationError as exc:
         lines = [f"{source}: {_describe(err)}" for err in exc.errors()]
         raise ConfigError("\n".join(lines)) from None
+    if placeholders := list(_null_like_ids(model.exports)):
+        raise ConfigError("\n".join(f"{source}: {line}" for line in placeholders))
     braze = model.braze
     override = env.get(ENDPOINT_ENV)
     if override:
@@ -275,16 +328,20 @@ def load_config(path: str | os.PathLike[str], env: Mapping[str, str] | None = No
 
 
 def resolve_api_key(config: Config, env: Mapping[str, str] | None = None) -> ApiKey:
-    """The key from ``$api_key_env``, or from the file named by ``${api_key_env}_FILE``."""
+    """The key from ``$api_key_env``, or, when that is unset or empty, from the file named by
+    ``${api_key_env}_FILE`` (``NAME=""`` is how many CI systems spell "unset")."""
     env = os.environ if env is None else env
     name = config.braze.api_key_env
     value = env.get(name)
-    if value is None and env.get(f"{name}_FILE"):
+    if not (value or "").strip() and env.get(f"{name}_FILE"):
         key_file = Path(env[f"{name}_FILE"])
         try:
             value = key_file.read_text(encoding="utf-8")
-        except OSError as exc:
-            raise ConfigError(f"{name}_FILE: cannot read {key_file}: {exc.strerror}") from None
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = getattr(exc, "strerror", None) or "not a text file"
+            raise ConfigError(f"{name}_FILE: cannot read {key_file}: {reason}") from None
+        if not value.strip():
+            raise ConfigError(f"{name}_FILE: {key_file} is empty")
     if value is None:
         raise ConfigError(
             f"{config.source}: braze.api_key_env: environment variable {name} is not set "
@@ -297,6 +354,50 @@ def resolve_api_key(config: Config, env: Mapping[str, str] | None = None) -> Api
         # Braze answers 401 to a quoted key; say so before spending a request on it.
         raise ConfigError(f"{config.source}: braze.api_key_env: {name} holds quotes or spaces")
     return ApiKey(value)
+
+
+def _duplicate_keys(node: yaml.Node, path: str) -> Iterator[str]:
+    """One line per key given twice in one mapping, at any depth (YAML keeps the last)."""
+    todo: list[tuple[yaml.Node, str]] = [(node, path)]
+    seen: set[int] = set()  # aliases share nodes: visit each once
+    while todo:
+        node, path = todo.pop()
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        if isinstance(node, yaml.SequenceNode):
+            todo.extend((item, f"{path}[{i}]") for i, item in enumerate(node.value))
+        elif isinstance(node, yaml.MappingNode):
+            first: dict[tuple[str, str], int] = {}
+            for key, value in node.value:
+                if not isinstance(key, yaml.ScalarNode) or key.tag == "tag:yaml.org,2002:merge":
+                    continue
+                where = f"{path}.{key.value}" if path else str(key.value)
+                line = key.start_mark.line + 1
+                if (key.tag, key.value) in first:
+                    yield (
+                        f"{where}: duplicate key at line {line} "
+                        f"(first at line {first[key.tag, key.value]}); give each key once"
+                    )
+                else:
+                    first[key.tag, key.value] = line
+                todo.append((value, where))
+
+
+def _null_like_ids(exports: Sequence[Export]) -> Iterator[str]:
+    """Ids such as 'null' or 'None': text, though the writer almost surely meant null."""
+    for i, export in enumerate(exports):
+        if export.allow_null_like_ids:
+            continue
+        for key, ids in (("segment_ids", export.segment_ids), ("app_ids", export.app_ids)):
+            for j, value in enumerate(ids):
+                if value is None or value.strip().casefold() not in _NULL_LIKE:
+                    continue
+                meant = " (write null unquoted for the whole workspace)" if key == "app_ids" else ""
+                yield (
+                    f"exports[{i}].{key}[{j}]: {value!r} is text that reads like null{meant}; if "
+                    f"it really is an id, set exports[{i}].allow_null_like_ids: true"
+                )
 
 
 # --- error wording -------------------------------------------------------------------------
@@ -396,11 +497,13 @@ def _model_in(annotation: Any) -> type[BaseModel] | None:
 
 
 def _did_you_mean(word: str, choices: Sequence[str]) -> str:
-    close = difflib.get_close_matches(word, choices, n=1, cutoff=0.6)
+    same = [c for c in choices if c.casefold() == word.casefold()]  # 'utc' -> 'UTC'
+    close = same or difflib.get_close_matches(word, choices, n=1, cutoff=0.6)
     return f" (did you mean {close[0]!r}?)" if close else ""
 
 
+@functools.cache
 def _zone_names() -> list[str]:
     import zoneinfo
 
-    return sorted(zoneinfo.available_timezones())
+    return sorted(zoneinfo.available_timezones() - {"localtime"})

@@ -32,6 +32,9 @@ from exporter.writers import atomic_write
 __all__ = ["RUNS_DIR", "Verification", "build_manifest", "verify", "write_manifest"]
 
 DATA_DIR = "sessions"
+# Shorter runs are mostly the token bucket's initial burst: a rate over them would overstate
+# the pace (297,271/hour for a demo allowed 250,000), so the manifest gives none.
+MIN_RATE_S = 60.0
 
 
 def _iso(epoch: float) -> str:
@@ -42,9 +45,14 @@ def _series_doc(series: Series) -> dict[str, str | None]:
     return {"segment_id": series.segment_id, "app_id": series.app_id, "unit": series.unit}
 
 
-def _counts(indices: Iterable[int], plan: Plan, result: RunResult) -> dict[str, Any]:
+def _counts(
+    indices: Iterable[int], plan: Plan, result: RunResult, counted: Iterable[int] | None = None
+) -> dict[str, Any]:
+    """Series outcomes over ``indices``; request and row counts over ``counted`` (default:
+    the same series)."""
     chosen = list(indices)
-    total = result.by_series.sum(chosen) if result.coverage is not None else Tally()
+    counts = chosen if counted is None else list(counted)
+    total = result.by_series.sum(counts) if result.coverage is not None else Tally()
     report = account(result, plan, chosen)
     coverage = result.coverage
     return {
@@ -127,19 +135,37 @@ def build_manifest(
             "requests_planned": result.requests_planned,
             **_counts(range(len(plan.series)), plan, result),
         },
-        "exports": {
-            name: _counts(indices, plan, result) for name, indices in plan.series_by_export.items()
-        },
+        "exports": _by_export(plan, result),
         "budget": {
             "allowed_per_hour": budget.allowed_per_hour,
             "requests_sent": result.totals.sent,
-            "effective_rate_per_s": round(result.totals.sent / elapsed, 3),
-            "effective_rate_per_hour": round(result.totals.sent / elapsed * 3600),
+            "effective_rate_per_s": (
+                round(result.totals.sent / elapsed, 3) if elapsed >= MIN_RATE_S else None
+            ),
+            "effective_rate_per_hour": (
+                round(result.totals.sent / elapsed * 3600) if elapsed >= MIN_RATE_S else None
+            ),
             "pauses": budget.pauses,
             "workspace_limit_seen": budget.last_seen.limit,
             "workspace_remaining_seen": budget.last_seen.remaining,
         },
     }
+
+
+def _by_export(plan: Plan, result: RunResult) -> dict[str, dict[str, Any]]:
+    """Each export's series outcomes; a series several exports list is fetched once, so its
+    requests and rows count in the first of them (config order) and exports add up to the
+    totals. ``series_shared`` says how many of an export's series were counted earlier."""
+    seen: set[int] = set()
+    docs = {}
+    for name, indices in plan.series_by_export.items():
+        own = [i for i in indices if i not in seen]
+        seen.update(own)
+        docs[name] = {
+            **_counts(indices, plan, result, own),
+            "series_shared": len(indices) - len(own),
+        }
+    return docs
 
 
 def write_manifest(

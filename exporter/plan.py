@@ -26,6 +26,7 @@ __all__ = [
     "Request",
     "Series",
     "build_plan",
+    "count_series",
     "describe_periods",
     "ending_at",
     "hour_range",
@@ -267,6 +268,18 @@ def build_plan(config: Config, as_of: date, shard: tuple[int, int] | None = None
         shard,
         first_request,
         settle_from,
+    )
+
+
+def count_series(config: Config, shard: tuple[int, int] | None = None) -> int:
+    """``len(build_plan(config, ...).series)`` without planning a request (``validate``)."""
+    return len(
+        {
+            s
+            for export in config.exports
+            for s in _expand(export)
+            if shard is None or shard_of(s, shard[1]) == shard[0]
+        }
     )
 
 

@@ -11,6 +11,7 @@ import contextlib
 import logging
 import secrets
 import signal
+import sqlite3
 import sys
 import time
 from dataclasses import dataclass
@@ -21,7 +22,7 @@ from urllib.parse import urlsplit
 from exporter.client import BrazeClient, make_session
 from exporter.config import UNITS, ApiKey, Config, Unit
 from exporter.coverage import COMPLETE, Calibration
-from exporter.manifest import build_manifest, write_manifest
+from exporter.manifest import RUNS_DIR, build_manifest, write_manifest
 from exporter.pipeline import Pipeline, RunResult
 from exporter.plan import Plan
 from exporter.progress import Progress, status_line, summary_lines
@@ -68,6 +69,7 @@ class RunOutcome:
     summary: list[str]
     manifest: Path
     signal_name: str | None = None
+    manifest_error: str | None = None  # why ``manifest`` could not be written (disk full)
 
 
 def _exit_code(result: RunResult, signals: list[int]) -> int:
@@ -166,7 +168,20 @@ async def execute(
             source=source,
             sequence=lock.holder.sequence,
         )
-        manifest = write_manifest(options.out_dir, doc, state.files(), lock.token)
+        manifest, manifest_error = options.out_dir / RUNS_DIR / f"{options.run_id}.json", None
+        try:
+            manifest = write_manifest(options.out_dir, doc, state.files(), lock.token)
+        except (OSError, sqlite3.Error) as exc:
+            # A full disk fails the series first and then this: the summary must still come
+            # out, and the status must not say "complete" when the run left no record.
+            manifest_error = getattr(exc, "strerror", None) or str(exc)
+            code = EXIT_FAILED if code == EXIT_OK else code
+            log.error(
+                "cannot write the run manifest %s: %s",
+                manifest,
+                manifest_error,
+                extra={"event": "manifest_failed"},
+            )
         files = state.file_count()
         if not result.interrupted:
             # The manifest now vouches for every file. An interrupted run keeps its journal:
@@ -174,7 +189,7 @@ async def execute(
             journal.close(remove=True)
     name = signal.Signals(signals[0]).name if signals else None
     summary = summary_lines(result, plan, budget, files)
-    return RunOutcome(code, result, summary, manifest, name)
+    return RunOutcome(code, result, summary, manifest, name, manifest_error)
 
 
 def _saved_offsets(state: State) -> dict[Unit, int]:
@@ -196,13 +211,23 @@ def _save_offsets(state: State, calibration: Calibration) -> None:
 async def _with_signals_and_progress(
     pipeline: Pipeline, plan: Plan, signals: list[int], options: RunOptions
 ) -> RunResult:
+    running = asyncio.create_task(pipeline.run(plan))
+
     def on_signal(signum: int) -> None:
+        name = signal.Signals(signum).name
         if not signals:
             log.warning(
-                "received %s: finishing requests in flight (10s at most), then stopping",
-                signal.Signals(signum).name,
+                "received %s: finishing requests in flight (%gs at most), then stopping; "
+                "signal again to stop at once",
+                name,
+                pipeline.grace_s,
                 extra={"event": "signal"},
             )
+        elif len(signals) == 1:
+            # The user will not wait out the grace period: cancel what is in flight now.
+            # Only finished requests were recorded, so a rerun refetches just those cut off.
+            log.warning("received %s again: stopping now", name, extra={"event": "signal"})
+            running.cancel()
         signals.append(signum)
         pipeline.stop()
 
@@ -210,15 +235,24 @@ async def _with_signals_and_progress(
     for signum in EXIT_SIGNAL:
         loop.add_signal_handler(signum, on_signal, signum)
     interactive = sys.stderr.isatty()
+    if options.progress_interval is not None:
+        interval = options.progress_interval
+    else:
+        interval = 0.5 if interactive else 10.0
     progress = Progress(
         sys.stderr,
         lambda: status_line(pipeline.result, plan, pipeline.elapsed()),
         interactive=interactive,
-        interval_s=options.progress_interval or (0.5 if interactive else 10.0),
+        interval_s=interval,
     )
     ticker = asyncio.create_task(progress.run())
     try:
-        return await pipeline.run(plan)
+        return await running
+    except asyncio.CancelledError:
+        current = asyncio.current_task()
+        if not running.cancelled() or (current is not None and current.cancelling()):
+            raise  # we are being cancelled ourselves, not by a second signal
+        return pipeline.result
     finally:
         ticker.cancel()
         await asyncio.wait([ticker])

@@ -181,10 +181,15 @@ class Journal:
     def __init__(self, root: Path, run_id: str, sequence: int) -> None:
         self.root = root
         self.path = journal_path(root, run_id)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._fd: int | None = os.open(
-            self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o644
-        )
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._fd: int | None = os.open(
+                self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o644
+            )
+        except OSError as exc:
+            raise ExporterError(
+                f"{self.path}: cannot start the run's journal ({exc.strerror or exc})"
+            ) from None
         self._append([{"run_id": run_id, "sequence": sequence}])
 
     def record(self, files: Iterable[tuple[Path, int, str]]) -> None:

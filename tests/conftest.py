@@ -21,6 +21,13 @@ from exporter.writers import WORK_DIR
 KEY = "sandbox-key-5f1e2d3c4b5a69788796a5b4"
 
 
+@pytest.fixture(autouse=True)
+def _in_tmp_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every test runs in its own directory: a default such as ./sandbox-out never lands in
+    the checkout."""
+    monkeypatch.chdir(tmp_path)
+
+
 @pytest.fixture
 def write_config(tmp_path: Path) -> Callable[..., Path]:
     """Write YAML text (dedented) to a config file and return its path."""

@@ -294,7 +294,7 @@ def test_an_unusable_output_directory_is_a_usage_error(
     blocker.write_text("x")
     path = write_config(CONFIG.format(out=tmp_path / "out", fmt="jsonl"))
     assert main(["run", str(path), "--sandbox", "--out", str(blocker / "sub")]) == 2
-    assert "cannot use it (Not a directory)" in capsys.readouterr().err
+    assert f"--out: {blocker} is a file, not a directory" in capsys.readouterr().err
 
 
 def test_a_sandbox_run_never_writes_into_output_dir(

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import re
 import shlex
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import pytest
 import yaml
 
 from exporter.cli import build_parser
+from exporter.config import load_config
 
 EXAMPLES = Path(__file__).parent.parent / "examples"
 IMAGE = "ghcr.io/your-org/braze-export:latest"
@@ -93,3 +96,49 @@ def test_kubernetes_backfill_job_uses_shards() -> None:
     args = _check_cli(argv)
     assert args.shard == (3, job["spec"]["completions"])
     assert "secretKeyRef" in container["env"][0]["valueFrom"]
+
+
+CONFIGS = Path(__file__).parent.parent / "configs"
+
+
+def _example_texts() -> dict[str, str]:
+    return {p.name: p.read_text() for p in sorted(EXAMPLES.iterdir())}
+
+
+def test_every_config_an_example_names_is_shipped_and_valid() -> None:
+    """Each /config/NAME.yaml an example runs, and each configs/ file a comment mounts, exists
+    in configs/ and loads."""
+    named = set()
+    for text in _example_texts().values():
+        named |= set(re.findall(r"/config/([\w.-]+\.yaml)", text))
+        named |= set(re.findall(r"configs/([\w.-]+\.yaml)", text))
+    assert {"nightly.yaml", "backfill.yaml"} <= named
+    for name in named:
+        assert load_config(CONFIGS / name, env={}).exports, name
+
+
+def _local_times(cron: str, zone: str, utc: bool) -> list[tuple[int, int]]:
+    """The local (hour, minute) a daily cron fires at in ``zone``, winter and summer."""
+    minute, hour = (int(f) for f in cron.split()[:2])
+    times = []
+    for month in (1, 7):
+        moment = datetime(2025, month, 15, hour, minute, tzinfo=UTC if utc else ZoneInfo(zone))
+        local = moment.astimezone(ZoneInfo(zone))
+        times.append((local.hour, local.minute))
+    return times
+
+
+@pytest.mark.parametrize("name", ["github-nightly.yml", "k8s-cronjob.yaml"])
+def test_nightly_schedule_fits_the_configs_time_zone(name: str) -> None:
+    """The nightly schedule fires between 02:00 and 12:00 in the config's own zone, winter and
+    summer: after its day has ended and Braze has had time to settle it, before the next."""
+    doc = _load(name)
+    if name.startswith("github"):
+        cron, zone_of_cron = doc[True]["schedule"][0]["cron"], None  # Actions: always UTC
+    else:
+        cron, zone_of_cron = doc["spec"]["schedule"], doc["spec"].get("timeZone")
+    config = load_config(CONFIGS / "nightly.yaml", env={})
+    if zone_of_cron is not None:
+        assert zone_of_cron == config.timezone
+    for hour, _ in _local_times(cron, config.timezone, utc=zone_of_cron is None):
+        assert 2 <= hour < 12, (name, cron, config.timezone)

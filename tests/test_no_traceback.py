@@ -1,0 +1,377 @@
+"""No traceback ever reaches a user: every failure is one clear line and a documented status.
+
+These run the real CLI in subprocesses (as a user or a CI job would), with hostile input for
+every subcommand, a reader that closes the pipe early, a busy port, a full disk and signals.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from exporter.cli import main
+from tests.conftest import KEY
+
+ROOT = Path(__file__).parent.parent
+AS_OF = "2024-07-01"
+GOOD = """\
+version: 1
+output: {{dir: {out}}}
+exports:
+  - name: nightly
+    segment_ids: [{segments}]
+    app_ids: [null, app-1]
+    units: [day, hour]
+    window: {{days: {days}}}
+"""
+
+
+def _good(out: Path, segments: int = 2, days: int = 3) -> str:
+    return GOOD.format(out=out, segments=", ".join(f"s{i}" for i in range(segments)), days=days)
+
+
+def _env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BRAZE_")}
+    env.update(PYTHONPATH=str(ROOT), **extra)
+    return env
+
+
+def _cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "exporter", *args]
+
+
+@pytest.fixture
+def busy_port() -> Iterator[int]:
+    """A loopback port something else already listens on."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        yield sock.getsockname()[1]
+
+
+def _hostile_cases(tmp: Path, port: int) -> dict[str, tuple[list[str], dict[str, str], set[int]]]:
+    """name -> (argv, extra environment, allowed exit statuses)."""
+    good = tmp / "good.yaml"
+    good.write_text(_good(tmp / "out"))
+    files = {
+        "binary.yaml": b"\xff\xfe\x00\x01garbage",
+        "dup.yaml": b"version: 1\nexports: []\nexports: []\n",
+        "bomb.yaml": b"a: &a [x, x, x, x, x, x, x, x]\n"
+        + b"".join(
+            f"{c}: &{c} [{', '.join(['*' + p] * 8)}]\n".encode()
+            for p, c in zip("abcdefg", "bcdefgh", strict=True)
+        )
+        + b"version: 1\n",
+        "century.yaml": _good(tmp / "c", segments=1, days=36600).encode(),
+        "file-out.yaml": _good(tmp / "afile").encode(),
+        "old.yaml": _good(tmp / "o")
+        .replace("{days: 3}", "{start: 0001-01-01, end: 0001-01-02}")
+        .encode(),
+        "list.yaml": b"- 1\n- 2\n",
+    }
+    for name, data in files.items():
+        (tmp / name).write_bytes(data)
+    (tmp / "afile").write_text("x")
+    (tmp / "key-dir").mkdir()
+    runs_blocked = tmp / "runs-blocked"
+    runs_blocked.mkdir()
+    (runs_blocked / "_runs").write_text("a file where the manifests go")
+    bad_manifests = tmp / "bad-manifests"
+    (bad_manifests / "_runs").mkdir(parents=True)
+    (bad_manifests / "_runs" / "x.json").write_text("{not json")
+    key = {"BRAZE_API_KEY": KEY}
+    usage, failed = {2}, {1}
+    cases: dict[str, tuple[list[str], dict[str, str], set[int]]] = {
+        "no command": ([], {}, usage),
+        "unknown command": (["frobnicate"], {}, usage),
+        "bad log level": (["--log-level", "LOUD", "validate", str(good)], {}, usage),
+        "bad log format after command": (["validate", str(good), "--log-format", "xml"], {}, usage),
+    }
+    for command in ("validate", "plan", "run"):
+        extra = ["--sandbox"] if command == "run" else []
+        for name in files:
+            if name == "file-out.yaml" and command in ("plan", "run"):
+                # plan writes nothing, and run --sandbox writes to ./sandbox-out: an output.dir
+                # that is a file does not matter to either.
+                continue
+            if name == "century.yaml" and command != "validate":
+                continue  # a valid plan, only big: validate must count it without planning
+            expect = {0} if name == "century.yaml" else usage
+            cases[f"{command} {name}"] = ([command, str(tmp / name), *extra], key, expect)
+        cases[f"{command} missing"] = ([command, str(tmp / "missing.yaml")], key, usage)
+        cases[f"{command} directory"] = ([command, str(tmp)], key, usage)
+    for args in (["--as-of", "0001-01-02"], ["--as-of", "9999-12-31"], ["--shard", "5/4"]):
+        cases[f"plan {args}"] = (["plan", str(good), *args], {}, usage)
+    for value in ("-1", "0", "nan"):
+        cases[f"run interval {value}"] = (
+            ["run", str(good), "--sandbox", "--progress-interval", value],
+            {},
+            usage,
+        )
+    cases["run no key"] = (["run", str(good)], {}, usage)
+    cases["run empty key"] = (["run", str(good)], {"BRAZE_API_KEY": ""}, usage)
+    cases["run key file is a dir"] = (
+        ["run", str(good)],
+        {"BRAZE_API_KEY_FILE": str(tmp / "key-dir")},
+        usage,
+    )
+    cases["run key file missing"] = (
+        ["run", str(good)],
+        {"BRAZE_API_KEY_FILE": str(tmp / "nope")},
+        usage,
+    )
+    cases["run out is a file"] = (
+        ["run", str(good), "--sandbox", "--out", str(tmp / "afile")],
+        {},
+        usage,
+    )
+    cases["run out below a file"] = (
+        ["run", str(good), "--sandbox", "--out", str(tmp / "afile" / "sub")],
+        {},
+        usage,
+    )
+    cases["run manifests dir is a file"] = (
+        ["run", str(good), "--sandbox", "--as-of", AS_OF, "--out", str(runs_blocked)],
+        {},
+        failed,
+    )
+    cases["run bad endpoint env"] = (
+        ["run", str(good)],
+        {**key, "BRAZE_REST_ENDPOINT": "ftp://x"},
+        usage,
+    )
+    cases["verify missing"] = (["verify", str(tmp / "nowhere")], {}, {1, 2})
+    cases["verify a file"] = (["verify", str(good)], {}, {1, 2})
+    cases["verify corrupt manifest"] = (["verify", str(bad_manifests)], {}, {1, 2})
+    cases["sandbox busy port"] = (["sandbox", "--port", str(port)], {}, usage)
+    cases["sandbox foreign address"] = (
+        ["sandbox", "--host", "192.0.2.1", "--port", "0"],
+        {},
+        usage,
+    )
+    for args in (["--window", "0"], ["--limit", "-1"], ["--fault-rate", "2"], ["--port", "x"]):
+        cases[f"sandbox {args}"] = (["sandbox", *args], {}, usage)
+    return cases
+
+
+@pytest.mark.slow
+def test_every_subcommand_with_hostile_input_fails_in_one_line(
+    tmp_path: Path, busy_port: int
+) -> None:
+    """Hostile input to every subcommand: a documented status, no traceback, error lines only."""
+    cases = _hostile_cases(tmp_path, busy_port)
+    procs = {
+        name: subprocess.Popen(
+            _cli(*argv),
+            env=_env(**env),
+            cwd=tmp_path,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        for name, (argv, env, _) in cases.items()
+    }
+    problems = []
+    for name, proc in procs.items():
+        _, err = proc.communicate(timeout=120)
+        text = err.decode(errors="replace")
+        allowed = cases[name][2]
+        if proc.returncode not in allowed:
+            problems.append(f"{name}: exit {proc.returncode}, expected {allowed}: {text!r}")
+        if "Traceback" in text or "Exception ignored" in text:
+            problems.append(f"{name}: traceback: {text}")
+        elif proc.returncode == 2 and not (
+            text.startswith("error: ")
+            and all(line.startswith("error: ") for line in text.splitlines())
+        ):
+            problems.append(f"{name}: not error lines only: {text!r}")
+    assert not problems, "\n".join(problems)
+    assert len(cases) > 40
+
+
+@pytest.mark.parametrize("command", ["plan", "validate"])
+def test_a_reader_that_closes_the_pipe_early_is_no_error(tmp_path: Path, command: str) -> None:
+    """`plan --json | head`: stdout closed early ends quietly (exit 1 documented), no traceback."""
+    config = tmp_path / "c.yaml"
+    config.write_text(_good(tmp_path / "out", segments=50, days=400))
+    args = [command, str(config), *(["--json"] if command == "plan" else [])]
+    proc = subprocess.Popen(_cli(*args), env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout is not None
+    proc.stdout.close()  # like `head` that has read enough
+    _, err = proc.communicate(timeout=60)
+    assert err == b""
+    assert proc.returncode == 1
+
+
+def test_a_run_whose_reader_went_away_keeps_its_status(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A finished run's summary to a closed stdout: the run's status, not a traceback."""
+    config = tmp_path / "c.yaml"
+    config.write_text(_good(tmp_path / "out"))
+
+    def closed(*_: object, **__: object) -> None:
+        raise BrokenPipeError(errno.EPIPE, "Broken pipe")
+
+    monkeypatch.setattr("builtins.print", closed)
+    assert main(["run", str(config), "--sandbox", "--as-of", AS_OF]) == 0
+
+
+def test_sandbox_on_a_busy_port_is_one_line(
+    busy_port: int, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """sandbox --port N with N taken: exit 2 and a line saying so, not an OSError traceback."""
+    assert main(["sandbox", "--port", str(busy_port)]) == 2
+    err = capsys.readouterr().err
+    assert err == (
+        f"error: sandbox: cannot listen on 127.0.0.1:{busy_port}: Address already in use; "
+        "choose another --port or --host\n"
+    )
+
+
+def test_a_manifest_that_cannot_be_written_still_gives_the_summary(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """ENOSPC writing the manifest: the summary prints, stderr says why, exit 1 (incomplete)."""
+    config = tmp_path / "c.yaml"
+    config.write_text(_good(tmp_path / "out"))
+
+    def full(*_: object) -> Path:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr("exporter.runner.write_manifest", full)
+    assert main(["run", str(config), "--sandbox", "--as-of", AS_OF]) == 1
+    out, err = capsys.readouterr()
+    assert "series: 8 complete, 0 incomplete, 0 failed" in out
+    assert "manifest: NOT written: No space left on device" in out
+    assert "error: run manifest " in err
+    assert "not written: No space left on device" in err
+
+
+@pytest.fixture
+def tiny_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 1 MiB tmpfs, where mounting is allowed (root); skipped elsewhere."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    mount, umount = shutil.which("mount"), shutil.which("umount")
+    if mount is None or umount is None or os.geteuid() != 0:
+        pytest.skip("needs root and mount(8) for a tmpfs")
+    made = subprocess.run(
+        [mount, "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(disk)],
+        capture_output=True,
+        check=False,
+    )
+    if made.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {made.stderr.decode().strip()}")
+    try:
+        yield disk
+    finally:
+        subprocess.run([umount, "-l", str(disk)], check=False)
+
+
+def _fill(disk: Path) -> None:
+    """Take every free byte of ``disk``."""
+    fd = os.open(disk / "filler", os.O_WRONLY | os.O_CREAT)
+    try:
+        with pytest.raises(OSError, match="No space left"):  # noqa: PT012 - the loop is what raises
+            while True:
+                os.write(fd, b"\0" * 4096)
+    finally:
+        os.close(fd)
+
+
+@pytest.mark.slow
+def test_a_full_disk_fails_the_series_and_still_prints_the_summary(tiny_disk: Path) -> None:
+    """On a really full disk (tmpfs) a run cannot even register in the directory's lock: one
+    line saying so, exit 1, no traceback (a disk that fills during the run is the in-process
+    manifest test above)."""
+    out = tiny_disk / "out"
+    config = tiny_disk.parent / "c.yaml"
+    config.write_text(_good(out))
+    run = _cli("run", str(config), "--sandbox", "--out", str(out), "--as-of", AS_OF)
+    first = subprocess.run(run, env=_env(), capture_output=True, timeout=60, check=False)
+    assert first.returncode == 0, first.stderr.decode()
+    _fill(tiny_disk)
+    again = subprocess.run(
+        [*run, "--fresh"], env=_env(), capture_output=True, timeout=60, check=False
+    )
+    err = again.stderr.decode()
+    assert "Traceback" not in err
+    assert again.returncode == 1
+    assert (
+        err.splitlines()[-1] == f"error: {out}: cannot register this run (No space left on device)"
+    )
+
+
+class _Exporter:
+    """A run against a server that accepts connections and never answers."""
+
+    def __init__(self, tmp: Path, port: int) -> None:
+        config = tmp / "c.yaml"
+        config.write_text(_good(tmp / "out") + "braze: {timeout_s: 120}\n")
+        self.err_path = tmp / "stderr"
+        with self.err_path.open("w") as err:
+            self.proc = subprocess.Popen(
+                _cli("run", str(config), "--as-of", AS_OF),
+                env=_env(BRAZE_API_KEY=KEY, BRAZE_REST_ENDPOINT=f"http://127.0.0.1:{port}"),
+                stdout=subprocess.PIPE,
+                stderr=err,
+            )
+
+    @property
+    def stderr(self) -> str:
+        return self.err_path.read_text()
+
+
+def _wait_for(condition: Callable[[], Any], timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.02)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("first", "second", "code"),
+    [
+        (signal.SIGINT, signal.SIGINT, 130),
+        (signal.SIGTERM, signal.SIGTERM, 143),
+        (signal.SIGINT, signal.SIGTERM, 130),
+    ],
+)
+def test_a_second_signal_stops_at_once(tmp_path: Path, first: int, second: int, code: int) -> None:
+    """A second Ctrl-C or SIGTERM during the 10 s grace period stops the run at once, still
+    with its summary and the first signal's status."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen(64)
+        server.settimeout(30)
+        exporter = _Exporter(tmp_path, server.getsockname()[1])
+        held, _ = server.accept()  # a request is in flight: it will hang until cancelled
+        try:
+            exporter.proc.send_signal(first)
+            _wait_for(lambda: "then stopping" in exporter.stderr)
+            sent = time.monotonic()
+            exporter.proc.send_signal(second)
+            out, _ = exporter.proc.communicate(timeout=30)
+            took = time.monotonic() - sent
+        finally:
+            held.close()
+    assert exporter.proc.returncode == code
+    assert took < 5, f"took {took:.1f}s: the grace period was waited out"
+    err = exporter.stderr
+    assert "again: stopping now" in err
+    assert "Traceback" not in err
+    assert "rerun the same command to resume" in err
+    assert b"series: " in out
