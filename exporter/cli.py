@@ -24,6 +24,7 @@ from exporter.logs import logging_for_run, new_run_id, set_secret
 from exporter.manifest import verify
 from exporter.plan import Plan, build_plan
 from exporter.progress import eta_seconds, format_duration
+from exporter.remote import ObjectStore, is_remote
 from exporter.runner import (
     EXIT_AUTH,
     EXIT_BUSY,
@@ -124,7 +125,15 @@ def build_parser() -> argparse.ArgumentParser:
     _plan_args(run)
     run.add_argument(
         "--out",
-        help=f"output directory (default: output.dir; with --sandbox: ./{SANDBOX_OUT})",
+        help="output directory, or s3://bucket/prefix, gs://..., az://... (default: "
+        f"output.dir; with --sandbox: ./{SANDBOX_OUT})",
+    )
+    run.add_argument(
+        "--work-dir",
+        type=Path,
+        metavar="DIR",
+        help="object storage only: local directory for the resume state while the run goes "
+        "(default: under $TMPDIR); it is checkpointed to the prefix every minute",
     )
     run.add_argument(
         "--sandbox",
@@ -159,7 +168,9 @@ def build_parser() -> argparse.ArgumentParser:
     check = sub.add_parser(
         "verify", help="check every data file against the latest run that recorded it"
     )
-    check.add_argument("dir", help="the output directory of earlier runs")
+    check.add_argument(
+        "dir", help="the output directory (or object storage prefix) of earlier runs"
+    )
     check.set_defaults(func=_cmd_verify)
 
     box = sub.add_parser("sandbox", help="serve the Braze-compatible sandbox")
@@ -326,22 +337,30 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if key is not None:
         set_secret(args.log_handler, key.reveal())
     if args.out:
-        out_dir = Path(args.out)
+        target = args.out
     elif args.sandbox:
-        out_dir = Path(SANDBOX_OUT)
+        target = SANDBOX_OUT
         log.info(
             "sandbox run: writing to %s/, not to output.dir (%s); --out DIR chooses",
-            out_dir,
+            target,
             config.output.dir,
             extra={"event": "sandbox_out"},
         )
     else:
-        out_dir = Path(config.output.dir)
-    try:
-        (out_dir / WORK_DIR).mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise ConfigError(f"output directory {out_dir}: cannot use it ({exc.strerror})") from None
+        target = config.output.dir
+    out_dir = Path(target)
+    if is_remote(target):
+        ObjectStore.open(target).close()  # a missing backend is a config error, up front
+    else:
+        try:
+            (out_dir / WORK_DIR).mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(
+                f"output directory {out_dir}: cannot use it ({exc.strerror})"
+            ) from None
     options = RunOptions(
+        remote=target if is_remote(target) else None,
+        work_dir=args.work_dir,
         out_dir=out_dir,
         run_id=args.run_id,
         fresh=args.fresh,
@@ -396,7 +415,7 @@ def _cmd_doctor(args: argparse.Namespace) -> int:
 
 
 def _cmd_verify(args: argparse.Namespace) -> int:
-    report = verify(Path(args.dir))
+    report = verify(args.dir)
     for kind in ("changed", "missing", "unknown"):
         for name in getattr(report, kind):
             print(f"{kind}: {name}")

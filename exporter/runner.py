@@ -26,6 +26,7 @@ from exporter.pipeline import Pipeline, RunResult
 from exporter.plan import Plan
 from exporter.progress import Progress, status_line, summary_lines
 from exporter.ratelimit import Budget
+from exporter.remote import RemoteRun, default_work_dir
 from exporter.retry import RetryPolicy
 from exporter.sandbox import SandboxOptions, start_sandbox
 from exporter.state import State, state_path
@@ -59,6 +60,8 @@ class RunOptions:
     sandbox: bool = False
     progress_interval: float | None = None
     command: str = "braze-export run"  # shown to a run that finds the directory held
+    remote: str | None = None  # an object storage URL: out_dir is then unused
+    work_dir: Path | None = None  # object storage: where the resume state lives while running
 
 
 @dataclass
@@ -66,7 +69,7 @@ class RunOutcome:
     exit_code: int
     result: RunResult
     summary: list[str]
-    manifest: Path
+    manifest: Path | str
     signal_name: str | None = None
 
 
@@ -108,30 +111,51 @@ async def execute(
     origin = "sandbox" if source["sandbox"] else source["endpoint_host"]
     signals: list[int] = []
     async with contextlib.AsyncExitStack() as stack:  # closes in reverse order
-        lock = DirLock.acquire(
-            options.out_dir,
-            layout=f"{config.fingerprint}|{source['sandbox']}",
-            shard=plan.shard,
-            command=options.command,
-        )
-        stack.callback(lock.release)
-        if lock.stale_temp_files:
-            log.info("removed %d temp file(s) left by an interrupted run", lock.stale_temp_files)
-        journal = Journal(options.out_dir, options.run_id, lock.holder.sequence)
-        stack.callback(journal.close, remove=False)
+        layout = f"{config.fingerprint}|{source['sandbox']}"
+        remote: RemoteRun | None = None
+        if options.remote is None:
+            root = options.out_dir
+            lock = DirLock.acquire(root, layout=layout, shard=plan.shard, command=options.command)
+            stack.callback(lock.release)
+            if lock.stale_temp_files:
+                log.info(
+                    "removed %d temp file(s) left by an interrupted run", lock.stale_temp_files
+                )
+            holder, state_dir = lock.holder, root / WORK_DIR
+            journal = Journal(root, options.run_id, holder.sequence)
+            stack.callback(journal.close, remove=False)
+            on_written = journal.record
+        else:
+            root = Path(".")  # paths relative to the prefix
+            remote = RemoteRun(
+                options.remote,
+                options.work_dir or default_work_dir(options.remote),
+                layout=layout,
+                shard=plan.shard,
+                command=options.command,
+                run_id=options.run_id,
+            )
+            stack.callback(remote.close)
+            holder, state_dir = remote.lock.holder, remote.work_dir
+            on_written = None  # the checkpoints upload the journal
         state = State(
-            state_path(options.out_dir / WORK_DIR, plan.shard),
+            state_path(state_dir, plan.shard),
             scope=f"{origin}|{config.output.format}|{config.timezone}",
             as_of=plan.as_of.toordinal(),
             run_id=options.run_id,
-            root=options.out_dir,
+            root=root,
         )
         stack.callback(state.close)
         writer = PartitionWriter(
-            options.out_dir,
+            root,
             config.output.format,
-            token=lock.token,
-            on_written=lambda files: journal.record((f.path, f.rows, f.sha256) for f in files),
+            token=holder.token,
+            on_written=(
+                None
+                if on_written is None
+                else lambda files: on_written((f.path, f.rows, f.sha256) for f in files)
+            ),
+            store=None if remote is None else remote.store,
         )
         stack.push_async_callback(writer.aclose)
         endpoint = config.braze.endpoint
@@ -151,9 +175,13 @@ async def execute(
                 fresh=options.fresh,
                 calibration=Calibration(_saved_offsets(state)),
             )
+            if remote is not None:
+                remote.start(state, on_lost=pipeline.stop)
             result = await _with_signals_and_progress(pipeline, plan, signals, options)
         _save_offsets(state, result.calibration)
         code = _exit_code(result, signals)
+        if remote is not None and remote.lost is not None:
+            code = EXIT_BUSY
         doc = build_manifest(
             run_id=options.run_id,
             config=config,
@@ -164,13 +192,16 @@ async def execute(
             finished_at=time.time(),
             exit_code=code,
             source=source,
-            sequence=lock.holder.sequence,
+            sequence=holder.sequence,
         )
-        manifest = write_manifest(options.out_dir, doc, state.files(), lock.token)
+        store = None if remote is None else remote.store
+        manifest = write_manifest(root, doc, state.files(), holder.token, store=store)
         files = state.file_count()
-        if not result.interrupted:
-            # The manifest now vouches for every file. An interrupted run keeps its journal:
-            # a write cancelled at the stop may still land, unmarked in the state.
+        # The manifest now vouches for every file. An interrupted run keeps its journal:
+        # a write cancelled at the stop may still land, unmarked in the state.
+        if remote is not None:
+            await remote.finish(journal_done=not result.interrupted)
+        elif not result.interrupted:
             journal.close(remove=True)
     name = signal.Signals(signals[0]).name if signals else None
     summary = summary_lines(result, plan, budget, files)
