@@ -24,7 +24,7 @@ from exporter.logs import logging_for_run, new_run_id, set_secret
 from exporter.manifest import verify
 from exporter.plan import Plan, build_plan
 from exporter.progress import eta_seconds, format_duration
-from exporter.remote import ObjectStore, is_remote
+from exporter.remote import CHECKPOINT_S, LOCK_TTL_S, ObjectStore, is_remote
 from exporter.runner import (
     EXIT_AUTH,
     EXIT_BUSY,
@@ -133,7 +133,16 @@ def build_parser() -> argparse.ArgumentParser:
         type=Path,
         metavar="DIR",
         help="object storage only: local directory for the resume state while the run goes "
-        "(default: under $TMPDIR); it is checkpointed to the prefix every minute",
+        "(default: under $TMPDIR); it is checkpointed to the prefix as the run goes",
+    )
+    run.add_argument(
+        "--checkpoint-interval",
+        type=float,
+        default=CHECKPOINT_S,
+        metavar="S",
+        help="object storage only: seconds between checkpoints of the resume state (and "
+        "renewals of the lock); a rerun on a fresh disk repeats at most this much work "
+        f"(default {CHECKPOINT_S:.0f})",
     )
     run.add_argument(
         "--sandbox",
@@ -349,6 +358,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
     else:
         target = config.output.dir
     out_dir = Path(target)
+    if not 0 < args.checkpoint_interval <= LOCK_TTL_S / 2:
+        raise ConfigError(
+            f"--checkpoint-interval must be above 0 and at most {LOCK_TTL_S / 2:.0f} seconds "
+            f"(the lock expires after {LOCK_TTL_S:.0f} seconds without renewal)"
+        )
     if is_remote(target):
         ObjectStore.open(target).close()  # a missing backend is a config error, up front
     else:
@@ -361,6 +375,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     options = RunOptions(
         remote=target if is_remote(target) else None,
         work_dir=args.work_dir,
+        checkpoint_s=args.checkpoint_interval,
         out_dir=out_dir,
         run_id=args.run_id,
         fresh=args.fresh,

@@ -26,7 +26,7 @@ from exporter.pipeline import Pipeline, RunResult
 from exporter.plan import Plan
 from exporter.progress import Progress, status_line, summary_lines
 from exporter.ratelimit import Budget
-from exporter.remote import RemoteRun, default_work_dir
+from exporter.remote import CHECKPOINT_S, RemoteRun, default_work_dir
 from exporter.retry import RetryPolicy
 from exporter.sandbox import SandboxOptions, start_sandbox
 from exporter.state import State, state_path
@@ -62,6 +62,7 @@ class RunOptions:
     command: str = "braze-export run"  # shown to a run that finds the directory held
     remote: str | None = None  # an object storage URL: out_dir is then unused
     work_dir: Path | None = None  # object storage: where the resume state lives while running
+    checkpoint_s: float = CHECKPOINT_S  # object storage: how often the state is uploaded
 
 
 @dataclass
@@ -134,6 +135,7 @@ async def execute(
                 shard=plan.shard,
                 command=options.command,
                 run_id=options.run_id,
+                checkpoint_s=options.checkpoint_s,
             )
             stack.callback(remote.close)
             holder, state_dir = remote.lock.holder, remote.work_dir
