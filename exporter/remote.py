@@ -155,6 +155,8 @@ class ObjectStore:
             self.fs.pipe_file(self.full(relative), data, mode="create")
         except FileExistsError:
             return False
+        except (FileNotFoundError, PermissionError) as exc:  # no bucket, no access
+            raise StorageError(f"cannot create {self.display(relative)}: {_reason(exc)}") from None
         except Exception as exc:
             raise StorageError(
                 f"cannot create {self.display(relative)}: {_reason(exc)}; the store must "
