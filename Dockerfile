@@ -11,6 +11,9 @@ ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 \
 
 # Only for builds behind a TLS-inspecting proxy: a CA bundle path mounted into the build.
 ARG PIP_CERT=""
+# Object storage backends to install (extras of the package): s3, gcs, azure, comma-separated;
+# empty for local directories only.
+ARG EXTRAS="s3"
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY exporter ./exporter
@@ -18,7 +21,7 @@ COPY exporter ./exporter
 # (which refuses system-wide pip installs); only runtime dependencies go in.
 RUN python3 -m venv /opt/braze-export \
  && if [ -n "$PIP_CERT" ]; then export PIP_CERT; else unset PIP_CERT; fi \
- && /opt/braze-export/bin/pip install --quiet . \
+ && /opt/braze-export/bin/pip install --quiet ".${EXTRAS:+[$EXTRAS]}" \
  && rm -rf /src
 COPY configs /opt/braze-export/configs
 

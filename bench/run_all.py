@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from bench import budget, economy, scale, semantics, throughput
+from bench import budget, economy, objectstore, scale, semantics, throughput
 
 
 def main() -> None:
@@ -12,6 +12,7 @@ def main() -> None:
         ("3. scale", scale.run),
         ("4. economy", economy.run),
         ("5. semantics", semantics.run),
+        ("6. object storage", objectstore.run),
     ):
         print(f"\n== {name} ==", flush=True)
         bench()

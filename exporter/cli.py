@@ -26,6 +26,7 @@ from exporter.logs import logging_for_run, new_run_id, set_secret
 from exporter.manifest import verify
 from exporter.plan import Plan, build_plan, count_series
 from exporter.progress import eta_seconds, format_duration
+from exporter.remote import CHECKPOINT_S, LOCK_TTL_S, ObjectStore, is_remote
 from exporter.runner import (
     EXIT_AUTH,
     EXIT_BUSY,
@@ -46,7 +47,6 @@ from exporter.sandbox import (
     run_sandbox,
     start_sandbox,
 )
-from exporter.storage import WORK_DIR
 
 __all__ = [
     "EXIT_AUTH",
@@ -177,7 +177,24 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--out",
         metavar="DIR",
-        help=f"output directory (default: output.dir; with --sandbox: ./{SANDBOX_OUT})",
+        help="output directory, or s3://bucket/prefix, gs://..., az://... (default: "
+        f"output.dir; with --sandbox: ./{SANDBOX_OUT})",
+    )
+    run.add_argument(
+        "--work-dir",
+        type=Path,
+        metavar="DIR",
+        help="object storage only: local directory for the resume state while the run goes "
+        "(default: under $TMPDIR); it is checkpointed to the prefix as the run goes",
+    )
+    run.add_argument(
+        "--checkpoint-interval",
+        type=float,
+        default=CHECKPOINT_S,
+        metavar="S",
+        help="object storage only: seconds between checkpoints of the resume state (and "
+        "renewals of the lock); a rerun on a fresh disk repeats at most this much work "
+        f"(default {CHECKPOINT_S:.0f})",
     )
     run.add_argument(
         "--sandbox",
@@ -213,7 +230,9 @@ def build_parser() -> argparse.ArgumentParser:
     doctor.set_defaults(func=_cmd_doctor)
 
     check = command("verify", "check every data file against the latest run that recorded it")
-    check.add_argument("dir", help="the output directory of earlier runs (no default)")
+    check.add_argument(
+        "dir", help="the output directory (or object storage prefix) of earlier runs (no default)"
+    )
     check.set_defaults(func=_cmd_verify)
 
     box = command("sandbox", "serve the Braze-compatible sandbox until interrupted")
@@ -500,21 +519,32 @@ def _cmd_run(args: argparse.Namespace) -> int:
     key = None if args.sandbox else resolve_api_key(config)
     if key is not None:
         set_secret(args.log_handler, key.reveal())
-    if args.out or not args.sandbox:
-        out_dir = _output_dir(config, args.out)
-    else:
-        out_dir = _output_dir(config, SANDBOX_OUT)
+    if args.out:
+        target = args.out
+    elif args.sandbox:
+        target = SANDBOX_OUT
         log.info(
             "sandbox run: writing to %s/, not to output.dir (%s); --out DIR chooses",
-            out_dir,
+            target,
             config.output.dir,
             extra={"event": "sandbox_out"},
         )
-    try:
-        (out_dir / WORK_DIR).mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise ConfigError(f"output directory {out_dir}: cannot use it ({exc.strerror})") from None
+    else:
+        target = config.output.dir
+    if not 0 < args.checkpoint_interval <= LOCK_TTL_S / 2:
+        raise ConfigError(
+            f"--checkpoint-interval must be above 0 and at most {LOCK_TTL_S / 2:.0f} seconds "
+            f"(the lock expires after {LOCK_TTL_S:.0f} seconds without renewal)"
+        )
+    if is_remote(target):
+        ObjectStore.open(target).close()  # a missing backend is a config error, up front
+        out_dir = Path(target)
+    else:
+        out_dir = _output_dir(config, args.out or (SANDBOX_OUT if args.sandbox else None))
     options = RunOptions(
+        remote=target if is_remote(target) else None,
+        work_dir=args.work_dir,
+        checkpoint_s=args.checkpoint_interval,
         out_dir=out_dir,
         run_id=args.run_id,
         fresh=args.fresh,
@@ -578,7 +608,7 @@ def _cmd_doctor(args: argparse.Namespace) -> int:
 
 
 def _cmd_verify(args: argparse.Namespace) -> int:
-    report = verify(Path(args.dir))
+    report = verify(args.dir)
     for kind in ("changed", "missing", "unknown"):
         for name in getattr(report, kind):
             print(f"{kind}: {name}")

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -26,6 +26,7 @@ from exporter.errors import ConfigError, DirectoryBusy, ExporterError
 from exporter.pipeline import RunResult, Tally, account
 from exporter.plan import Plan, Series, span_label
 from exporter.ratelimit import Budget
+from exporter.remote import ObjectStore, StorageError, is_remote, remote_holder
 from exporter.storage import JOURNAL_SUFFIX, RUNS_DIR, WORK_DIR, live_holders
 from exporter.writers import atomic_write
 
@@ -169,10 +170,16 @@ def _by_export(plan: Plan, result: RunResult) -> dict[str, dict[str, Any]]:
 
 
 def write_manifest(
-    out_dir: Path, doc: dict[str, Any], files: Iterable[tuple[str, int, str]], token: str
-) -> Path:
+    out_dir: Path,
+    doc: dict[str, Any],
+    files: Iterable[tuple[str, int, str]],
+    token: str,
+    *,
+    store: ObjectStore | None = None,
+) -> Path | str:
     """Write ``doc`` plus its ``files`` list atomically, streaming the list: a run of 100,000
-    series must not hold 100,000 entries in memory to describe itself."""
+    series must not hold 100,000 entries in memory to describe itself. With a ``store``, one
+    PUT of the whole object under the prefix (an object store has no append to stream to)."""
     path = out_dir / RUNS_DIR / f"{doc['run_id']}.json"
     head = json.dumps(doc, indent=1, ensure_ascii=False)
     assert head.endswith("\n}")
@@ -188,6 +195,13 @@ def write_manifest(
             separator = ",\n  "
         yield b"\n ]\n}\n"
 
+    if store is not None:
+        relative = f"{RUNS_DIR}/{doc['run_id']}.json"
+        try:
+            store.put_sync(relative, b"".join(chunks()))
+        except StorageError as exc:
+            raise ExporterError(str(exc)) from None
+        return store.display(relative)
     atomic_write(path, chunks(), out_dir / WORK_DIR / "tmp", token=token)
     return path
 
@@ -202,9 +216,18 @@ class Verification:
     unknown: list[str] = field(default_factory=list)  # no run recorded it: junk, or lost
 
 
-def verify(out_dir: Path) -> Verification:
+def verify(target: str | Path) -> Verification:
     """Check every data file against the sha256 of the latest run that recorded it, and name
-    the data files no run recorded."""
+    the data files no run recorded. ``target``: a directory or an object storage prefix."""
+    if is_remote(target):
+        store = ObjectStore.open(str(target))
+        try:
+            return _verify_store(store)
+        except StorageError as exc:
+            raise ExporterError(str(exc)) from None
+        finally:
+            store.close()
+    out_dir = Path(target)
     if not out_dir.is_dir():
         raise ConfigError(f"{out_dir}: no such directory")
     if holders := live_holders(out_dir):
@@ -213,24 +236,63 @@ def verify(out_dir: Path) -> Verification:
             "verify it after the run ends"
         )
     runs = out_dir / RUNS_DIR
-    manifests = sorted(runs.glob("*.json"))
-    journals = sorted(runs.glob(f"*{JOURNAL_SUFFIX}"))
     data = out_dir / DATA_DIR
-    if not manifests and not journals and not data.is_dir():
-        raise ExporterError(f"{out_dir}: no run manifest under {RUNS_DIR}/ and no data")
-    records = [_manifest_records(m) for m in manifests] + [_journal_records(j) for j in journals]
+    return _check(
+        str(out_dir),
+        [str(p.relative_to(out_dir)) for p in sorted(runs.glob("*.json"))],
+        [str(p.relative_to(out_dir)) for p in sorted(runs.glob(f"*{JOURNAL_SUFFIX}"))],
+        {str(p.relative_to(out_dir)) for p in data.rglob("*") if p.is_file()},
+        lambda relative: (out_dir / relative).read_bytes(),
+    )
+
+
+def _verify_store(store: ObjectStore) -> Verification:
+    if holder := remote_holder(store):
+        raise DirectoryBusy(
+            f"{store.url} is being written by a run ({holder.describe()}); "
+            "verify it after the run ends"
+        )
+    runs = store.list(RUNS_DIR)
+
+    def read(relative: str) -> bytes:
+        data = store.get(relative)
+        if data is None:
+            raise FileNotFoundError(relative)
+        return data
+
+    return _check(
+        store.url,
+        [r for r in runs if r.endswith(".json")],
+        [r for r in runs if r.endswith(JOURNAL_SUFFIX)],
+        set(store.list(DATA_DIR)),
+        read,
+    )
+
+
+def _check(
+    name: str,
+    manifests: list[str],
+    journals: list[str],
+    on_disk: set[str],
+    read: Callable[[str], bytes],
+) -> Verification:
+    """``manifests``, ``journals`` and ``on_disk`` (the data files): paths relative to the
+    output; ``read`` gives a file's bytes by that path."""
+    if not manifests and not journals and not on_disk:
+        raise ExporterError(f"{name}: no run manifest under {RUNS_DIR}/ and no data")
+    records = [_manifest_records(m, read) for m in manifests]
+    records += [_journal_records(j, read) for j in journals]
     expected: dict[str, str] = {}
     for _, files in sorted(records, key=lambda r: r[0]):  # later runs win
         expected.update(files)
     report = Verification(manifests=len(manifests), journals=len(journals))
-    on_disk = {str(p.relative_to(out_dir)) for p in data.rglob("*") if p.is_file()}
     for relative in sorted(on_disk | expected.keys()):
         digest = expected.get(relative)
         if digest is None:
             report.unknown.append(relative)
         elif relative not in on_disk:
             report.missing.append(relative)
-        elif hashlib.sha256((out_dir / relative).read_bytes()).hexdigest() == digest:
+        elif hashlib.sha256(read(relative)).hexdigest() == digest:
             report.ok += 1
         else:
             report.changed.append(relative)
@@ -240,9 +302,9 @@ def verify(out_dir: Path) -> Verification:
 _Records = tuple[tuple[int, str], dict[str, str]]  # (order, {path: sha256})
 
 
-def _manifest_records(manifest: Path) -> _Records:
+def _manifest_records(manifest: str, read: Callable[[str], bytes]) -> _Records:
     try:
-        doc = json.loads(manifest.read_text(encoding="utf-8"))
+        doc = json.loads(read(manifest).decode("utf-8"))
         files = {str(f["path"]): str(f["sha256"]) for f in doc["files"]}
         # Manifests of versions without a sequence are older than any with one.
         return (int(doc.get("sequence", 0)), str(doc["run_id"])), files
@@ -250,9 +312,9 @@ def _manifest_records(manifest: Path) -> _Records:
         raise ExporterError(f"{manifest}: not a readable run manifest ({exc})") from None
 
 
-def _journal_records(journal: Path) -> _Records:
+def _journal_records(journal: str, read: Callable[[str], bytes]) -> _Records:
     try:
-        lines = journal.read_text(encoding="utf-8").splitlines()
+        lines = read(journal).decode("utf-8").splitlines()
         head = json.loads(lines[0])
         order = (int(head["sequence"]), str(head["run_id"]))
     except (OSError, ValueError, KeyError, TypeError, IndexError) as exc:

@@ -27,6 +27,7 @@ from exporter.pipeline import Pipeline, RunResult
 from exporter.plan import Plan
 from exporter.progress import Progress, status_line, summary_lines
 from exporter.ratelimit import Budget
+from exporter.remote import CHECKPOINT_S, RemoteRun, default_work_dir
 from exporter.retry import RetryPolicy
 from exporter.sandbox import SandboxOptions, start_sandbox
 from exporter.state import State, state_path
@@ -60,6 +61,9 @@ class RunOptions:
     sandbox: bool = False
     progress_interval: float | None = None
     command: str = "braze-export run"  # shown to a run that finds the directory held
+    remote: str | None = None  # an object storage URL: out_dir is then unused
+    work_dir: Path | None = None  # object storage: where the resume state lives while running
+    checkpoint_s: float = CHECKPOINT_S  # object storage: how often the state is uploaded
 
 
 @dataclass
@@ -67,7 +71,7 @@ class RunOutcome:
     exit_code: int
     result: RunResult
     summary: list[str]
-    manifest: Path
+    manifest: Path | str
     signal_name: str | None = None
     manifest_error: str | None = None  # why ``manifest`` could not be written (disk full)
 
@@ -110,30 +114,52 @@ async def execute(
     origin = "sandbox" if source["sandbox"] else source["endpoint_host"]
     signals: list[int] = []
     async with contextlib.AsyncExitStack() as stack:  # closes in reverse order
-        lock = DirLock.acquire(
-            options.out_dir,
-            layout=f"{config.fingerprint}|{source['sandbox']}",
-            shard=plan.shard,
-            command=options.command,
-        )
-        stack.callback(lock.release)
-        if lock.stale_temp_files:
-            log.info("removed %d temp file(s) left by an interrupted run", lock.stale_temp_files)
-        journal = Journal(options.out_dir, options.run_id, lock.holder.sequence)
-        stack.callback(journal.close, remove=False)
+        layout = f"{config.fingerprint}|{source['sandbox']}"
+        remote: RemoteRun | None = None
+        if options.remote is None:
+            root = options.out_dir
+            lock = DirLock.acquire(root, layout=layout, shard=plan.shard, command=options.command)
+            stack.callback(lock.release)
+            if lock.stale_temp_files:
+                log.info(
+                    "removed %d temp file(s) left by an interrupted run", lock.stale_temp_files
+                )
+            holder, state_dir = lock.holder, root / WORK_DIR
+            journal = Journal(root, options.run_id, holder.sequence)
+            stack.callback(journal.close, remove=False)
+            on_written = journal.record
+        else:
+            root = Path(".")  # paths relative to the prefix
+            remote = RemoteRun(
+                options.remote,
+                options.work_dir or default_work_dir(options.remote),
+                layout=layout,
+                shard=plan.shard,
+                command=options.command,
+                run_id=options.run_id,
+                checkpoint_s=options.checkpoint_s,
+            )
+            stack.callback(remote.close)
+            holder, state_dir = remote.lock.holder, remote.work_dir
+            on_written = None  # the checkpoints upload the journal
         state = State(
-            state_path(options.out_dir / WORK_DIR, plan.shard),
+            state_path(state_dir, plan.shard),
             scope=f"{origin}|{config.output.format}|{config.timezone}",
             as_of=plan.as_of.toordinal(),
             run_id=options.run_id,
-            root=options.out_dir,
+            root=root,
         )
         stack.callback(state.close)
         writer = PartitionWriter(
-            options.out_dir,
+            root,
             config.output.format,
-            token=lock.token,
-            on_written=lambda files: journal.record((f.path, f.rows, f.sha256) for f in files),
+            token=holder.token,
+            on_written=(
+                None
+                if on_written is None
+                else lambda files: on_written((f.path, f.rows, f.sha256) for f in files)
+            ),
+            store=None if remote is None else remote.store,
         )
         stack.push_async_callback(writer.aclose)
         endpoint = config.braze.endpoint
@@ -153,9 +179,13 @@ async def execute(
                 fresh=options.fresh,
                 calibration=Calibration(_saved_offsets(state)),
             )
+            if remote is not None:
+                remote.start(state, on_lost=pipeline.stop)
             result = await _with_signals_and_progress(pipeline, plan, signals, options)
         _save_offsets(state, result.calibration)
         code = _exit_code(result, signals)
+        if remote is not None and remote.lost is not None:
+            code = EXIT_BUSY
         doc = build_manifest(
             run_id=options.run_id,
             config=config,
@@ -166,11 +196,13 @@ async def execute(
             finished_at=time.time(),
             exit_code=code,
             source=source,
-            sequence=lock.holder.sequence,
+            sequence=holder.sequence,
         )
-        manifest, manifest_error = options.out_dir / RUNS_DIR / f"{options.run_id}.json", None
+        store = None if remote is None else remote.store
+        manifest: Path | str = options.out_dir / RUNS_DIR / f"{options.run_id}.json"
+        manifest_error: str | None = None
         try:
-            manifest = write_manifest(options.out_dir, doc, state.files(), lock.token)
+            manifest = write_manifest(root, doc, state.files(), holder.token, store=store)
         except (OSError, sqlite3.Error) as exc:
             # A full disk fails the series first and then this: the summary must still come
             # out, and the status must not say "complete" when the run left no record.
@@ -183,9 +215,11 @@ async def execute(
                 extra={"event": "manifest_failed"},
             )
         files = state.file_count()
-        if not result.interrupted:
-            # The manifest now vouches for every file. An interrupted run keeps its journal:
-            # a write cancelled at the stop may still land, unmarked in the state.
+        # The manifest now vouches for every file. An interrupted run keeps its journal:
+        # a write cancelled at the stop may still land, unmarked in the state.
+        if remote is not None:
+            await remote.finish(journal_done=not result.interrupted)
+        elif not result.interrupted:
             journal.close(remove=True)
     name = signal.Signals(signals[0]).name if signals else None
     summary = summary_lines(result, plan, budget, files)

@@ -209,6 +209,14 @@ class State:
         count: int = row.fetchone()[0]
         return count
 
+    def snapshot(self, dest: Path) -> None:
+        """A consistent copy of the state in ``dest`` (SQLite's backup API), for checkpoints."""
+        copy = sqlite3.connect(dest)
+        try:
+            self._db.backup(copy)
+        finally:
+            copy.close()
+
     def close(self) -> None:
         self._db.close()
 

@@ -24,6 +24,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from pathlib import Path
+from typing import Protocol
 from urllib.parse import quote
 
 from exporter.client import Point
@@ -44,6 +45,17 @@ _COLUMNS = ("time", "sessions", "segment_id", "app_id", "unit")
 _LOCK_STRIPES = 1024
 _TEMP_NAMES = itertools.count()
 _MAX_COMPONENT = 200  # file systems allow 255 bytes per name; leave room for the key= prefix
+
+
+class Store(Protocol):
+    """Object storage as the writer sees it (exporter.remote.ObjectStore): whole objects by
+    path relative to the output prefix."""
+
+    async def read(self, relative: str) -> bytes | None: ...
+
+    async def put(self, relative: str, data: bytes) -> None: ...
+
+    def display(self, relative: str) -> str: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,10 +131,14 @@ class PartitionWriter:
         durable: bool = True,
         token: str | None = None,
         on_written: Callable[[list[WrittenFile]], None] | None = None,
+        store: Store | None = None,
     ) -> None:
         """``token`` names the temp files (the directory lock's holder token); ``on_written``
-        hears of every batch of files once their renames are durable (the run's journal)."""
+        hears of every batch of files once their renames are durable (the run's journal).
+        With a ``store`` (object storage), ``root`` is ``Path(".")``: paths are relative to
+        the store's prefix, and each partition is one GET and one whole-object PUT."""
         self.root = root
+        self.store = store
         self.fmt = fmt
         self.durable = durable
         self.tmp_dir = root / WORK_DIR / "tmp"
@@ -153,6 +169,9 @@ class PartitionWriter:
         for partition, group in sorted(groups.items()):
             path = partition_path(self.root, series, partition, self.fmt)
             async with self._locks[hash(path) % _LOCK_STRIPES]:
+                if self.store is not None:
+                    written.append(await self._put(self.store, path, series, group))
+                    continue
                 try:
                     staged = self._stage(path, series, group, next(self._versions))
                     await self._commit(staged)
@@ -162,12 +181,37 @@ class PartitionWriter:
                 written.append(staged.item)
         return written
 
-    def _stage(self, path: Path, series: Series, points: list[Point], version: int) -> _Staged:
-        rows = self._read(path, series)
+    async def _put(
+        self, store: Store, path: Path, series: Series, points: list[Point]
+    ) -> WrittenFile:
+        """Object storage: read the current object, merge, replace it whole."""
+        relative = path.as_posix()
+        try:
+            current = await store.read(relative)
+            rows = {} if current is None else self._parse(current, store.display(relative), series)
+            item, data = self._merge(rows, path, series, points, next(self._versions))
+            await store.put(relative, data)
+        except OSError as exc:
+            raise ExporterError(str(exc)) from None
+        if self._on_written is not None:
+            self._on_written([item])
+        return item
+
+    def _merge(
+        self,
+        rows: dict[int, tuple[str, int]],
+        path: Path,
+        series: Series,
+        points: list[Point],
+        version: int,
+    ) -> tuple[WrittenFile, bytes]:
         for point in points:
             rows[point.period] = (point.time, point.sessions)
         data = self._render(series, [rows[p] for p in sorted(rows)])
-        item = WrittenFile(path, len(rows), hashlib.sha256(data).hexdigest(), version)
+        return WrittenFile(path, len(rows), hashlib.sha256(data).hexdigest(), version), data
+
+    def _stage(self, path: Path, series: Series, points: list[Point], version: int) -> _Staged:
+        item, data = self._merge(self._read(path, series), path, series, points, version)
         tmp, fd = _temp_file(self.tmp_dir, self.token)
         try:
             _write_all(fd, (data,))
@@ -229,11 +273,16 @@ class PartitionWriter:
 
     def _read(self, path: Path, series: Series) -> dict[int, tuple[str, int]]:
         try:
-            text = path.read_text(encoding="utf-8")
+            data = path.read_bytes()
         except FileNotFoundError:
             return {}
+        return self._parse(data, str(path), series)
+
+    def _parse(self, data: bytes, name: str, series: Series) -> dict[int, tuple[str, int]]:
+        """The rows of a partition file this tool wrote, by period."""
         rows: dict[int, tuple[str, int]] = {}
         try:
+            text = data.decode("utf-8")
             if self.fmt == "jsonl":
                 for line in text.splitlines():
                     obj = json.loads(line)
@@ -243,7 +292,7 @@ class PartitionWriter:
                     rows[period_of(series.unit, rec["time"])] = (rec["time"], int(rec["sessions"]))
         except (ValueError, KeyError, TypeError) as exc:
             raise ExporterError(
-                f"cannot merge into {path}: it is not a file this tool wrote "
+                f"cannot merge into {name}: it is not a file this tool wrote "
                 f"({type(exc).__name__}); move it away and rerun"
             ) from None
         return rows

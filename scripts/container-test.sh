@@ -69,7 +69,7 @@ buildah run --isolation=chroot -v "$out:/data:rw" "$ctr" -- \
 
 files=$(find "$out/sessions" -type f -name '*.jsonl' | wc -l)
 owner=$(stat -c %u "$(find "$out/sessions" -type f | head -1)")
-grep -q "series: 18 ok, 0 failed" "$WORK/summary.txt"
+grep -q "series: 18 complete, 0 incomplete, 0 failed" "$WORK/summary.txt"
 [ "$files" -gt 50 ] || { echo "only $files data files written"; exit 1; }
 [ "$owner" = 10001 ] || { echo "files are owned by uid $owner, not the image's user"; exit 1; }
 if buildah run --isolation=chroot "$ctr" -- sh -c 'command -v pytest ruff mypy' >/dev/null 2>&1; then

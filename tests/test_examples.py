@@ -85,6 +85,24 @@ def test_kubernetes_cronjob() -> None:
     assert "secretKeyRef" in env["valueFrom"]
 
 
+def test_nightly_examples_write_to_a_bucket() -> None:
+    """The GitHub nightly and the CronJob export to (and the nightly verifies) an s3:// prefix,
+    with no credential in the files."""
+    cron = _load("k8s-cronjob.yaml")
+    (container,) = cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"]
+    assert _check_cli(container["args"]).out.startswith("s3://")
+    workflow = _load("github-nightly.yml")
+    out = next(iter(workflow["jobs"].values()))["env"]["OUT"]
+    assert out.startswith("s3://")
+    runs = [s["run"] for s in _steps(workflow) if IMAGE in s.get("run", "")]
+    commands = [_check_cli(_cli_args(r.split(IMAGE, 1)[1].replace('"$OUT"', out))) for r in runs]
+    assert [c.func.__name__ for c in commands] == ["_cmd_run", "_cmd_verify"]
+    assert commands[0].out == out
+    assert commands[1].dir == out
+    for name in ("github-nightly.yml", "k8s-cronjob.yaml"):
+        assert "AWS_SECRET_ACCESS_KEY:" not in (EXAMPLES / name).read_text()
+
+
 def test_kubernetes_backfill_job_uses_shards() -> None:
     """The indexed Job gives pod k the shard k+1 of `completions`."""
     job = _load("k8s-backfill-job.yaml")

@@ -85,7 +85,7 @@ def test_docker_examples_can_write_to_a_bind_mount() -> None:
     """Every documented `docker run` that writes to a bind-mounted directory runs as the
     caller (--user), since the image's uid 10001 rarely owns it."""
     writing = [(n, c) for n, c in _docker_runs() if re.search(r'-v "?\$\{?PWD\}?/exports', c)]
-    assert len(writing) >= 4
+    assert len(writing) >= 2  # README and Dockerfile; the examples write to a bucket
     for name, command in writing:
         assert '--user "$(id -u):$(id -g)"' in command, (name, command)
 

@@ -247,7 +247,7 @@ def test_a_manifest_that_cannot_be_written_still_gives_the_summary(
     config = tmp_path / "c.yaml"
     config.write_text(_good(tmp_path / "out"))
 
-    def full(*_: object) -> Path:
+    def full(*_: object, **__: object) -> Path:
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
     monkeypatch.setattr("exporter.runner.write_manifest", full)

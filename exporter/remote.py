@@ -1,0 +1,488 @@
+"""Output on object storage (``s3://``, ``gs://``, ``az://``) through fsspec.
+
+Layout under the prefix is the same as in a local directory (data under ``sessions/``,
+manifests under ``_runs/``); the bookkeeping differs because objects have no rename, no
+append and no flock:
+
+    .braze-export/lock/{epoch}.json   the lock: created with a conditional create
+                                      (S3 ``If-None-Match: *``, GCS ``ifGenerationMatch=0``,
+                                      Azure ``If-None-Match``), renewed by its holder
+    .braze-export/state*.sqlite       the resume state, checkpointed from the local work dir
+    _runs/{run_id}.journal.jsonl      the files a run has recorded, uploaded with each
+                                      checkpoint; removed once its manifest is written
+
+A partition is replaced by one PUT of the whole object, which object stores apply
+atomically: a reader sees the old or the new object, never part of one.
+
+The lock: a holder creates ``lock/{n+1}.json`` where ``n`` is the highest epoch present, and
+only if ``n`` is absent or expired. Of two runs racing for the same epoch, the conditional
+create lets exactly one win. The holder rewrites its own object with a later expiry every
+checkpoint; before that it checks that no higher epoch exists (somebody took over an expired
+lock): then it has lost the prefix and stops. Clocks of the hosts involved must agree to
+well within the lock's lifetime (5 minutes).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import os
+import secrets
+import socket
+import sqlite3
+import tempfile
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from exporter.errors import ConfigError, DirectoryBusy, ExporterError
+from exporter.state import State
+from exporter.storage import JOURNAL_SUFFIX, RUNS_DIR, WORK_DIR, Holder
+
+__all__ = [
+    "CHECKPOINT_S",
+    "LOCK_TTL_S",
+    "ObjectStore",
+    "RemoteLock",
+    "RemoteRun",
+    "StorageError",
+    "default_work_dir",
+    "is_remote",
+    "remote_holder",
+]
+
+# scheme -> (fsspec protocol, the extra that installs its backend)
+_BACKENDS = {
+    "s3": ("s3", "s3"),
+    "gs": ("gcs", "gcs"),
+    "gcs": ("gcs", "gcs"),
+    "az": ("az", "azure"),
+    "abfs": ("abfs", "azure"),
+    "abfss": ("abfs", "azure"),
+}
+LOCK_TTL_S = 300.0
+CHECKPOINT_S = 60.0
+_LOCK_DIR = f"{WORK_DIR}/lock"
+
+log = logging.getLogger(__name__)
+
+
+class StorageError(OSError):
+    """An object store call failed; the message names the object and the cause."""
+
+
+def is_remote(target: str | os.PathLike[str]) -> bool:
+    """Whether ``target`` names object storage (``scheme://...``) rather than a directory."""
+    return "://" in str(target)
+
+
+def default_work_dir(url: str) -> Path:
+    """Where the resume state lives while a run goes: per prefix, under $TMPDIR."""
+    digest = hashlib.sha256(url.rstrip("/").encode()).hexdigest()[:16]
+    return Path(tempfile.gettempdir()) / "braze-export" / digest
+
+
+class ObjectStore:
+    """A prefix in a bucket; paths are relative to it and use ``/``.
+
+    The fsspec calls are blocking; the writer's ``read``/``put`` run them in a small thread
+    pool (fsspec multiplexes them onto its own event loop), so many partitions are in flight.
+    """
+
+    def __init__(self, url: str, fs: Any, *, threads: int = 16) -> None:
+        self.url = url.rstrip("/")
+        self.fs = fs
+        self._root = self.url.split("://", 1)[1]
+        self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="store")
+
+    @classmethod
+    def open(cls, url: str) -> ObjectStore:
+        """The store for ``url``, or ConfigError naming what to install or fix."""
+        parts = urlsplit(url)
+        backend = _BACKENDS.get(parts.scheme)
+        if backend is None:
+            raise ConfigError(
+                f"output {url}: unknown storage scheme {parts.scheme!r}; use a directory, "
+                "s3://, gs:// or az://"
+            )
+        if not parts.netloc:
+            raise ConfigError(f"output {url}: no bucket (or container) named")
+        protocol, extra = backend
+        try:
+            import fsspec  # optional: only object storage needs it
+
+            fs = fsspec.filesystem(protocol, use_listings_cache=False, skip_instance_cache=True)
+        except ImportError:
+            raise ConfigError(
+                f"output {url}: the {parts.scheme}:// backend is not installed; install it "
+                f"with: pip install 'braze-export[{extra}]'"
+            ) from None
+        except Exception as exc:  # a backend's own set-up error (bad env config)
+            raise ConfigError(f"output {url}: cannot set up storage ({_reason(exc)})") from None
+        return cls(url, fs)
+
+    def full(self, relative: str) -> str:
+        return f"{self._root}/{relative}"
+
+    def display(self, relative: str) -> str:
+        return f"{self.url}/{relative}"
+
+    def get(self, relative: str) -> bytes | None:
+        try:
+            data: bytes = self.fs.cat_file(self.full(relative))
+        except FileNotFoundError:
+            return None
+        except Exception as exc:
+            raise StorageError(f"cannot read {self.display(relative)}: {_reason(exc)}") from None
+        return data
+
+    def put_sync(self, relative: str, data: bytes) -> None:
+        try:
+            self.fs.pipe_file(self.full(relative), data)
+        except Exception as exc:
+            raise StorageError(f"cannot write {self.display(relative)}: {_reason(exc)}") from None
+
+    def create(self, relative: str, data: bytes) -> bool:
+        """Write ``relative`` only if no object has that name; False if one has."""
+        try:
+            self.fs.pipe_file(self.full(relative), data, mode="create")
+        except FileExistsError:
+            return False
+        except (FileNotFoundError, PermissionError) as exc:  # no bucket, no access
+            raise StorageError(f"cannot create {self.display(relative)}: {_reason(exc)}") from None
+        except Exception as exc:
+            raise StorageError(
+                f"cannot create {self.display(relative)}: {_reason(exc)}; the store must "
+                "support conditional writes (S3 If-None-Match, GCS preconditions, Azure ETags)"
+            ) from None
+        return True
+
+    def delete(self, relative: str) -> None:
+        try:
+            self.fs.rm_file(self.full(relative))
+        except FileNotFoundError:
+            pass
+        except Exception as exc:
+            raise StorageError(f"cannot delete {self.display(relative)}: {_reason(exc)}") from None
+
+    def list(self, relative_dir: str) -> list[str]:
+        """Every object under ``relative_dir``, as paths relative to the prefix, sorted."""
+        try:
+            found = self.fs.find(self.full(relative_dir))
+        except FileNotFoundError:
+            return []
+        except Exception as exc:
+            raise StorageError(
+                f"cannot list {self.display(relative_dir)}: {_reason(exc)}"
+            ) from None
+        cut = len(self._root) + 1
+        return sorted(str(path)[cut:] for path in found)
+
+    async def read(self, relative: str) -> bytes | None:
+        """The object's bytes, or None if there is none (the writer's merge source)."""
+        return await asyncio.get_running_loop().run_in_executor(self._pool, self.get, relative)
+
+    async def put(self, relative: str, data: bytes) -> None:
+        """Replace the object whole (one PUT: readers see the old or the new object)."""
+        await asyncio.get_running_loop().run_in_executor(self._pool, self.put_sync, relative, data)
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)
+
+
+def _reason(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
+
+
+def _iso(epoch: float) -> str:
+    return datetime.fromtimestamp(epoch, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def _epoch_of(relative: str) -> int | None:
+    name = relative.rsplit("/", 1)[-1]
+    stem = name.removesuffix(".json")
+    return int(stem) if name.endswith(".json") and stem.isdigit() else None
+
+
+def _top_lock(store: ObjectStore) -> tuple[int, dict[str, Any] | None]:
+    """The highest lock epoch and its document (None: unreadable), or (0, None)."""
+    epochs = [e for e in map(_epoch_of, store.list(_LOCK_DIR)) if e is not None]
+    if not epochs:
+        return 0, None
+    top = max(epochs)
+    data = store.get(f"{_LOCK_DIR}/{top:012d}.json")
+    if data is None:  # released between the list and the read
+        return top, {"expires_epoch": 0}
+    try:
+        doc: dict[str, Any] = json.loads(data)
+        float(doc["expires_epoch"])
+    except (ValueError, KeyError, TypeError):
+        return top, None
+    return top, doc
+
+
+def _holder_of(doc: dict[str, Any]) -> Holder:
+    fields = {k: doc[k] for k in Holder.__dataclass_fields__ if k in doc}
+    shard = fields.pop("shard", None)
+    try:
+        return Holder(**fields, shard=None if shard is None else (int(shard[0]), int(shard[1])))
+    except TypeError:
+        return Holder("?", 0, "?", "?", "an unknown run", "?", None)
+
+
+def _busy(store: ObjectStore, doc: dict[str, Any] | None, epoch: int) -> DirectoryBusy:
+    if doc is None:
+        return DirectoryBusy(
+            f"{store.url} is locked by {store.display(f'{_LOCK_DIR}/{epoch:012d}.json')}, "
+            "which this version cannot read; delete it if no run is writing there"
+        )
+    return DirectoryBusy(
+        f"{store.url} is in use by another run ({_holder_of(doc).describe()}; its lock "
+        f"expires {_iso(float(doc['expires_epoch']))} unless renewed); wait for it to end, "
+        "or use another output prefix. On object storage, shards need a prefix each"
+    )
+
+
+def remote_holder(store: ObjectStore, now: float | None = None) -> Holder | None:
+    """The run holding the prefix now (its lock unexpired), if any."""
+    epoch, doc = _top_lock(store)
+    if epoch == 0:
+        return None
+    if doc is None:
+        return Holder("?", 0, "?", "?", "an unknown run", "?", None)
+    if float(doc["expires_epoch"]) <= (time.time() if now is None else now):
+        return None
+    return _holder_of(doc)
+
+
+class RemoteLock:
+    """A run's hold on a prefix: one lock object, created conditionally, renewed, released.
+
+    Shards are refused like any second run: one lock object cannot register several holders
+    atomically without read-modify-write conditions that not every store offers.
+    """
+
+    def __init__(self, store: ObjectStore, holder: Holder, epoch: int, ttl_s: float) -> None:
+        self.store = store
+        self.holder = holder
+        self.epoch = epoch
+        self.ttl_s = ttl_s
+        self.expires_at = 0.0
+        self.taken_over_from: str | None = None  # a crashed run whose expired lock we took
+        self._held = True
+
+    @property
+    def token(self) -> str:
+        return self.holder.token
+
+    @property
+    def name(self) -> str:
+        return f"{_LOCK_DIR}/{self.epoch:012d}.json"
+
+    @classmethod
+    def acquire(
+        cls,
+        store: ObjectStore,
+        *,
+        layout: str,
+        shard: tuple[int, int] | None,
+        command: str,
+        now: float | None = None,
+        ttl_s: float = LOCK_TTL_S,
+    ) -> RemoteLock:
+        """Take the prefix, or raise DirectoryBusy naming its live holder."""
+        now = time.time() if now is None else now
+        top, doc = _top_lock(store)
+        previous: Holder | None = None
+        if top:
+            if doc is None or float(doc["expires_epoch"]) > now:
+                raise _busy(store, doc, top)
+            previous = _holder_of(doc) if doc.get("token") else None
+        last_sequence = previous.sequence if previous is not None else 0
+        holder = Holder(
+            token=secrets.token_hex(8),
+            pid=os.getpid(),
+            host=socket.gethostname(),
+            started_at=_iso(now),
+            command=command,
+            layout=layout,
+            shard=shard,
+            sequence=max(last_sequence + 1, int(now * 1_000_000)),
+        )
+        lock = cls(store, holder, top + 1, ttl_s)
+        lock.expires_at = now + ttl_s
+        if not store.create(lock.name, lock._doc()):
+            _, winner = _top_lock(store)
+            raise _busy(store, winner, top + 1)
+        if previous is not None:
+            lock.taken_over_from = previous.describe()
+        for older in store.list(_LOCK_DIR):
+            epoch = _epoch_of(older)
+            if epoch is not None and epoch < lock.epoch:
+                store.delete(older)
+        return lock
+
+    def _doc(self) -> bytes:
+        doc = {
+            **asdict(self.holder),
+            "expires_at": _iso(self.expires_at),
+            "expires_epoch": self.expires_at,
+        }
+        return json.dumps(doc, indent=1).encode()
+
+    def renew(self, now: float | None = None) -> None:
+        """Push the expiry on; DirectoryBusy if another run took the prefix meanwhile."""
+        now = time.time() if now is None else now
+        top, doc = _top_lock(self.store)
+        if top != self.epoch:
+            self._held = False
+            who = _holder_of(doc).describe() if doc is not None else "another run"
+            raise DirectoryBusy(
+                f"{self.store.url}: this run's lock expired and {who} took the prefix over; "
+                "stopping"
+            )
+        self.expires_at = now + self.ttl_s
+        self.store.put_sync(self.name, self._doc())
+
+    def release(self) -> None:
+        if self._held:
+            self._held = False
+            try:
+                self.store.delete(self.name)
+            except StorageError as exc:
+                log.warning("%s; it expires by itself", exc)
+
+
+class RemoteRun:
+    """What a run on object storage holds: the store, its lock, the local work dir with the
+    resume state, and the checkpoints that copy that state (and the run's journal) up."""
+
+    def __init__(
+        self,
+        url: str,
+        work_dir: Path,
+        *,
+        layout: str,
+        shard: tuple[int, int] | None,
+        command: str,
+        run_id: str,
+        store: ObjectStore | None = None,
+        checkpoint_s: float = CHECKPOINT_S,
+    ) -> None:
+        self.store = store or ObjectStore.open(url)
+        try:
+            self.lock = RemoteLock.acquire(self.store, layout=layout, shard=shard, command=command)
+        except StorageError as exc:
+            self.store.close()
+            raise ConfigError(f"output {url}: cannot use it ({exc})") from None
+        if self.lock.taken_over_from:
+            log.info("took over the expired lock of %s", self.lock.taken_over_from)
+        self.work_dir = work_dir
+        self.run_id = run_id
+        self.checkpoint_s = checkpoint_s
+        self.lost: DirectoryBusy | None = None
+        self._ticker: asyncio.Task[None] | None = None
+        self._state: State | None = None
+        self._on_lost: Callable[[], None] = lambda: None
+        try:
+            self._restore_state()
+        except (StorageError, OSError) as exc:
+            self.close()
+            raise ExporterError(f"cannot restore the resume state: {exc}") from None
+
+    @property
+    def journal_name(self) -> str:
+        return f"{RUNS_DIR}/{self.run_id}{JOURNAL_SUFFIX}"
+
+    def _restore_state(self) -> None:
+        """The checkpointed state files replace local ones: the prefix is the truth (a local
+        copy may belong to a run on this disk that another host has since resumed)."""
+        self.work_dir.mkdir(parents=True, exist_ok=True)
+        for relative in self.store.list(WORK_DIR):
+            name = relative.rsplit("/", 1)[-1]
+            if relative.count("/") != 1 or not name.endswith(".sqlite"):
+                continue
+            data = self.store.get(relative)
+            if data is None:
+                continue
+            target = self.work_dir / name
+            for suffix in ("-wal", "-shm"):
+                target.with_name(name + suffix).unlink(missing_ok=True)
+            tmp = target.with_name(name + ".download")
+            tmp.write_bytes(data)
+            os.replace(tmp, target)
+
+    def start(self, state: State, on_lost: Callable[[], None]) -> None:
+        """Checkpoint ``state`` every ``checkpoint_s`` from now on, renewing the lock first;
+        ``on_lost`` stops the run if another run took the prefix over."""
+        self._state = state
+        self._on_lost = on_lost
+        self._ticker = asyncio.get_running_loop().create_task(self._tick())
+
+    async def _tick(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(self.checkpoint_s)
+            try:
+                await loop.run_in_executor(None, self.lock.renew)
+            except DirectoryBusy as exc:
+                log.error("%s", exc)
+                self.lost = exc
+                self._on_lost()
+                return
+            except StorageError as exc:
+                log.warning("cannot renew the lock: %s", exc)
+            try:
+                await self.checkpoint()
+            except (StorageError, OSError, sqlite3.Error) as exc:
+                log.warning("checkpoint failed, trying again in %.0fs: %s", self.checkpoint_s, exc)
+
+    async def checkpoint(self) -> None:
+        """Upload a consistent copy of the state, then the journal of the files it vouches
+        for. The copy is taken on the loop (SQLite connections stay in their thread)."""
+        state = self._state
+        assert state is not None, "checkpoint() before start()"
+        copy = self.work_dir / f"checkpoint-{self.lock.token}.sqlite"
+        copy.unlink(missing_ok=True)
+        try:
+            state.snapshot(copy)
+            data = copy.read_bytes()
+        finally:
+            copy.unlink(missing_ok=True)
+        head = {"run_id": self.run_id, "sequence": self.lock.holder.sequence}
+        lines = [head] + [{"path": p, "rows": r, "sha256": s} for p, r, s in state.files()]
+        journal = "".join(json.dumps(doc, ensure_ascii=False) + "\n" for doc in lines).encode()
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(None, self.store.put_sync, f"{WORK_DIR}/{state.path.name}", data)
+        await loop.run_in_executor(None, self.store.put_sync, self.journal_name, journal)
+
+    async def finish(self, *, journal_done: bool) -> None:
+        """Stop the checkpoints and take the last one; ``journal_done``: the manifest lists
+        the run's files now, so its journal goes."""
+        if self._ticker is not None:
+            self._ticker.cancel()
+            await asyncio.wait([self._ticker])
+            self._ticker = None
+            try:
+                await self.checkpoint()
+                if journal_done:
+                    await asyncio.get_running_loop().run_in_executor(
+                        None, self.store.delete, self.journal_name
+                    )
+            except (StorageError, OSError, sqlite3.Error) as exc:
+                log.warning("final checkpoint failed: %s", exc)
+
+    def close(self) -> None:
+        if self._ticker is not None:  # a run that failed before finish()
+            self._ticker.cancel()
+            self._ticker = None
+        self.lock.release()
+        self.store.close()
