@@ -14,10 +14,11 @@ WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY exporter ./exporter
 # A virtual environment works the same on python:*-slim and on Debian's own python3
-# (which refuses system-wide pip installs); only runtime dependencies go in.
+# (which refuses system-wide pip installs); only runtime dependencies go in, with pyarrow
+# (the parquet extra) so that every output format works in the image.
 RUN python3 -m venv /opt/braze-export \
  && if [ -n "$PIP_CERT" ]; then export PIP_CERT; else unset PIP_CERT; fi \
- && /opt/braze-export/bin/pip install --quiet . \
+ && /opt/braze-export/bin/pip install --quiet '.[parquet]' \
  && rm -rf /src
 COPY configs /opt/braze-export/configs
 
