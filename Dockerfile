@@ -13,12 +13,13 @@ ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 \
 ARG PIP_CERT=""
 # Object storage backends to install (extras of the package): s3, gcs, azure, comma-separated;
 # empty for local directories only.
-ARG EXTRAS="s3"
+ARG EXTRAS="s3,parquet"
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY exporter ./exporter
 # A virtual environment works the same on python:*-slim and on Debian's own python3
-# (which refuses system-wide pip installs); only runtime dependencies go in.
+# (which refuses system-wide pip installs); only runtime dependencies go in, with pyarrow
+# (the parquet extra) so that every output format works in the image.
 RUN python3 -m venv /opt/braze-export \
  && if [ -n "$PIP_CERT" ]; then export PIP_CERT; else unset PIP_CERT; fi \
  && /opt/braze-export/bin/pip install --quiet ".${EXTRAS:+[$EXTRAS]}" \

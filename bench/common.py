@@ -94,12 +94,12 @@ def exporter_env(url: str) -> dict[str, str]:
     return env
 
 
-def grid_config(out: Path, segments: int, apps: int, limits: str) -> str:
+def grid_config(out: Path, segments: int, apps: int, limits: str, fmt: str = "jsonl") -> str:
     """A config of ``segments x apps`` day series, one day each: one request per series."""
     return f"""\
 version: 1
 limits: {{{limits}}}
-output: {{dir: {out}}}
+output: {{dir: {out}, format: {fmt}}}
 exports:
   - name: bench
     segment_ids: [{", ".join(f"segment-{i:04d}" for i in range(segments))}]

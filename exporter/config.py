@@ -11,6 +11,7 @@ from __future__ import annotations
 import difflib
 import functools
 import hashlib
+import importlib.util
 import json
 import os
 import typing
@@ -103,7 +104,17 @@ class Limits(_Model):
 
 class Output(_Model):
     dir: Annotated[str, StringConstraints(min_length=1)] = "exports"
-    format: Literal["jsonl", "csv"] = "jsonl"
+    format: Literal["jsonl", "csv", "parquet"] = "jsonl"
+
+    @field_validator("format")
+    @classmethod
+    def _writable(cls, value: str) -> str:
+        # pyarrow is an optional extra: say so before anything is fetched.
+        if value == "parquet" and importlib.util.find_spec("pyarrow") is None:
+            raise ValueError(
+                "parquet needs pyarrow, which is not installed: pip install 'braze-export[parquet]'"
+            )
+        return value
 
     @field_validator("dir")
     @classmethod

@@ -1,22 +1,24 @@
 """Series points -> partition files, merged by time and replaced atomically.
 
-Layout: ``{dir}/sessions/unit={unit}/segment_id={seg}/app_id={app}/{period}.{fmt}`` where
-``{period}`` is the month (day series) or the UTC date (hour series) of the data's own time.
+Layout: ``{dir}/sessions/{unit}/segment-{seg}/{app}/{period}.{fmt}`` where ``{app}`` is
+``app-{id}``, or ``workspace`` for the series without an app id, and ``{period}`` is the month
+(day series) or the UTC date (hour series) of the data's own time. Ids are percent-encoded.
+No directory name holds ``=``: query engines that discover Hive partitions (DuckDB does by
+default) find none, so they read the ids from the rows, never from a path (see README). Each
+name starts with a fixed word, so no id can name a hidden (``.x``, ``_x``) or parent directory.
+
 A write reads the partition, lets new values replace old ones period by period (Braze restates
 recent days), sorts, and swaps the file in with a durable temp file and a rename (batched: see
 PartitionWriter), so a reader or a crash only ever sees the old or the new whole file. Files
-hold data only: the same points give the same bytes.
+hold data only: the same points give the same bytes (formats.py renders them).
 """
 
 from __future__ import annotations
 
 import asyncio
-import csv
 import ctypes
 import hashlib
-import io
 import itertools
-import json
 import os
 import secrets
 from collections.abc import Callable, Iterable
@@ -27,12 +29,14 @@ from pathlib import Path
 from typing import Protocol
 from urllib.parse import quote
 
+from exporter import formats
 from exporter.client import Point
 from exporter.errors import ExporterError
-from exporter.plan import Series, period_of
+from exporter.plan import Series
 from exporter.storage import WORK_DIR
 
 __all__ = [
+    "WORKSPACE",
     "WORK_DIR",
     "PartitionWriter",
     "WrittenFile",
@@ -41,10 +45,10 @@ __all__ = [
     "partition_path",
 ]
 
-_COLUMNS = ("time", "sessions", "segment_id", "app_id", "unit")
 _LOCK_STRIPES = 1024
 _TEMP_NAMES = itertools.count()
-_MAX_COMPONENT = 200  # file systems allow 255 bytes per name; leave room for the key= prefix
+_MAX_COMPONENT = 200  # file systems allow 255 bytes per name; leave room for the prefix
+WORKSPACE = "workspace"  # the directory of the series without an app id
 
 
 class Store(Protocol):
@@ -66,17 +70,10 @@ class WrittenFile:
     version: int  # order of the writes of one file: a later write has a higher version
 
 
-def encode_id(value: str | None) -> str:
-    """A path component for an id: percent-encoded so it cannot name another directory.
-
-    ``_all`` stands for the workspace (no app id), so a real id starting with ``_`` has that
-    character encoded too. Very long ids keep a readable prefix plus a hash.
-    """
-    if value is None:
-        return "_all"
+def encode_id(value: str) -> str:
+    """An id as a path component: percent-encoded, so it cannot name another directory.
+    Very long ids keep a readable prefix plus a hash."""
     encoded = quote(value, safe="")
-    if encoded.startswith("_"):
-        encoded = "%5F" + encoded[1:]
     if len(encoded) > _MAX_COMPONENT:
         digest = hashlib.sha256(value.encode()).hexdigest()[:16]
         encoded = f"{encoded[:150]}~{digest}"
@@ -90,12 +87,13 @@ def partition_of(series: Series, period: int) -> str:
 
 
 def partition_path(root: Path, series: Series, partition: str, fmt: str) -> Path:
+    app = WORKSPACE if series.app_id is None else f"app-{encode_id(series.app_id)}"
     return (
         root
         / "sessions"
-        / f"unit={series.unit}"
-        / f"segment_id={encode_id(series.segment_id)}"
-        / f"app_id={encode_id(series.app_id)}"
+        / series.unit
+        / f"segment-{encode_id(series.segment_id)}"
+        / app
         / f"{partition}.{fmt}"
     )
 
@@ -207,7 +205,7 @@ class PartitionWriter:
     ) -> tuple[WrittenFile, bytes]:
         for point in points:
             rows[point.period] = (point.time, point.sessions)
-        data = self._render(series, [rows[p] for p in sorted(rows)])
+        data = formats.encode(self.fmt, series, [(p, *rows[p]) for p in sorted(rows)])
         return WrittenFile(path, len(rows), hashlib.sha256(data).hexdigest(), version), data
 
     def _stage(self, path: Path, series: Series, points: list[Point], version: int) -> _Staged:
@@ -280,37 +278,15 @@ class PartitionWriter:
 
     def _parse(self, data: bytes, name: str, series: Series) -> dict[int, tuple[str, int]]:
         """The rows of a partition file this tool wrote, by period."""
-        rows: dict[int, tuple[str, int]] = {}
         try:
-            text = data.decode("utf-8")
-            if self.fmt == "jsonl":
-                for line in text.splitlines():
-                    obj = json.loads(line)
-                    rows[period_of(series.unit, obj["time"])] = (obj["time"], int(obj["sessions"]))
-            else:
-                for rec in csv.DictReader(io.StringIO(text)):
-                    rows[period_of(series.unit, rec["time"])] = (rec["time"], int(rec["sessions"]))
+            return formats.decode(self.fmt, series, data)
         except (ValueError, KeyError, TypeError) as exc:
             raise ExporterError(
                 f"cannot merge into {name}: it is not a file this tool wrote "
                 f"({type(exc).__name__}); move it away and rerun"
             ) from None
-        return rows
-
-    def _render(self, series: Series, rows: list[tuple[str, int]]) -> bytes:
-        ids = (series.segment_id, series.app_id, series.unit)
-        if self.fmt == "jsonl":
-            lines = [
-                json.dumps(dict(zip(_COLUMNS, (t, n, *ids), strict=True)), ensure_ascii=False)
-                for t, n in rows
-            ]
-            return ("\n".join(lines) + "\n").encode()
-        buf = io.StringIO()
-        out = csv.writer(buf, lineterminator="\n")
-        out.writerow(_COLUMNS)
-        app = "" if series.app_id is None else series.app_id
-        out.writerows((t, n, series.segment_id, app, series.unit) for t, n in rows)
-        return buf.getvalue().encode()
+        except ExporterError as exc:
+            raise ExporterError(f"cannot merge into {name}: {exc}") from None
 
 
 def atomic_write(

@@ -128,7 +128,7 @@ def test_endpoint_env_is_validated(write_config: Callable[..., Path]) -> None:
         (GOOD + "limits: {requests_per_hour: -5}\n", "limits.requests_per_hour: must be >= 1"),
         (GOOD + "limits: {reserve: 1}\n", "limits.reserve: must be < 1, got 1"),
         (GOOD + "limitz: {}\n", "limitz: unknown key (did you mean 'limits'?)"),
-        (GOOD + "output: {format: parquet}\n", "output.format: must be 'jsonl' or 'csv'"),
+        (GOOD + "output: {format: orc}\n", "output.format: must be 'jsonl', 'csv' or 'parquet'"),
         (
             GOOD + "braze: {endpoint: 'http://rest.iad-01.braze.com'}\n",
             "braze.endpoint: must use https://",

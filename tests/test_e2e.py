@@ -2,19 +2,21 @@
 
 from __future__ import annotations
 
+import csv
 import json
 from collections.abc import Callable
 from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote
 
+import pyarrow.parquet as pq
 import pytest
 
 from exporter.cli import main
 from exporter.config import load_config
-from exporter.plan import build_plan
+from exporter.plan import Series, build_plan
 from exporter.sandbox import sandbox_stats, session_count
+from exporter.writers import partition_path
 from tests.conftest import data_files
 
 AS_OF = "2024-07-01"
@@ -36,31 +38,40 @@ exports:
 """
 
 
+def read_rows(path: Path) -> list[dict[str, Any]]:
+    """A data file's rows as dicts, in file order, whatever its format."""
+    if path.suffix == ".parquet":
+        rows: list[dict[str, Any]] = pq.read_table(path).to_pylist()
+        return rows
+    if path.suffix == ".jsonl":
+        return [json.loads(x) for x in path.read_text().splitlines()]
+    with path.open(newline="") as f:
+        return [
+            {**r, "sessions": int(r["sessions"]), "app_id": r["app_id"] or None}
+            for r in csv.DictReader(f)
+        ]
+
+
 def _check_every_row(out: Path) -> int:
-    """Every row equals the sandbox's own value; returns how many rows there are."""
+    """Every row equals the sandbox's own value, in the file of its series; returns how many
+    rows there are."""
     count = 0
     for path in data_files(out):
-        unit, segment, app = (part.split("=", 1)[1] for part in path.parts[-4:-1])
-        segment_id = unquote(segment)
-        app_id = None if app == "_all" else unquote(app)
-        if path.suffix == ".jsonl":
-            rows: list[dict[str, Any]] = [json.loads(x) for x in path.read_text().splitlines()]
-        else:
-            header, *lines = path.read_text().splitlines()
-            rows = [dict(zip(header.split(","), line.split(","), strict=True)) for line in lines]
+        rows = read_rows(path)
         times = [r["time"] for r in rows]
         assert times == sorted(times)
         assert len(set(times)) == len(times)
         for row in rows:
-            assert row["segment_id"] == segment_id
-            assert (row["app_id"] or None) == app_id
-            assert row["unit"] == unit
-            assert int(row["sessions"]) == session_count(segment_id, app_id, unit, row["time"])
+            series = Series(row["segment_id"], row["app_id"], row["unit"])
+            assert partition_path(out, series, path.stem, path.suffix[1:]) == path
+            assert row["sessions"] == session_count(
+                row["segment_id"], row["app_id"], row["unit"], row["time"]
+            )
         count += len(rows)
     return count
 
 
-@pytest.mark.parametrize("fmt", ["jsonl", "csv"])
+@pytest.mark.parametrize("fmt", ["jsonl", "csv", "parquet"])
 def test_sandbox_run_writes_every_point_exactly_once(
     tmp_path: Path,
     write_config: Callable[..., Path],
@@ -76,7 +87,7 @@ def test_sandbox_run_writes_every_point_exactly_once(
     summary = capsys.readouterr().out
     assert f"series: {len(plan.series)} complete, 0 incomplete, 0 failed" in summary
     assert f"requests: {len(plan.requests)} done" in summary
-    hour_files = list((out / "sessions/unit=hour").rglob(f"*.{fmt}"))
+    hour_files = list((out / "sessions/hour").rglob(f"*.{fmt}"))
     assert {p.name for p in hour_files} == {f"2024-06-{d}.{fmt}" for d in (28, 29, 30)} | {
         f"2024-07-01.{fmt}"
     }  # New York days end at 04:00 UTC the next day
@@ -169,7 +180,7 @@ def test_a_rejected_series_fails_alone(
     )
     assert rejected == 4  # one request per failed series: no retries of a 400
     assert _check_every_row(out) > 0
-    assert not (out / "sessions/unit=day/segment_id=odd%2Fseg%20id").exists()
+    assert not (out / "sessions/day/segment-odd%2Fseg%20id").exists()
 
 
 def test_rate_limited_run_waits_for_reset_and_completes(
@@ -267,7 +278,7 @@ def test_restated_values_replace_old_ones_without_duplicates(
     leaves older rows untouched."""
     out = tmp_path / "out"
     path = write_config(CONFIG.format(out=out, fmt="jsonl"))
-    day = out / "sessions/unit=day/segment_id=seg-a/app_id=_all/2024-06.jsonl"
+    day = out / "sessions/day/segment-seg-a/workspace/2024-06.jsonl"
     # The sandbox's "now" is the as-of date, so the last 3 days are the recent ones.
     now = datetime(2024, 7, 1, 6, tzinfo=UTC).timestamp()
     with sandbox_server(clock=lambda: now) as server:
@@ -339,7 +350,7 @@ def test_a_series_error_names_its_series_once(
     """A write failure reads `failed <label>: cannot write ...`, the label not repeated."""
     out = tmp_path / "out"
     (out / "sessions").mkdir(parents=True)
-    (out / "sessions/unit=hour").write_text("in the way")
+    (out / "sessions/hour").write_text("in the way")
     path = write_config(CONFIG.format(out=out, fmt="jsonl"))
     assert main(["run", str(path), "--sandbox", "--out", str(out), "--as-of", AS_OF]) == 1
     captured = capsys.readouterr()

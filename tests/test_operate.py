@@ -62,8 +62,8 @@ def test_manifest_records_the_run(
     assert doc["budget"]["requests_sent"] == doc["totals"]["requests_made"] == 18
     files = {f["path"]: f for f in doc["files"]}
     assert len(files) == 16 + 4
-    data = out / "sessions/unit=day/segment_id=s1/app_id=_all/2024-06.jsonl"
-    assert files["sessions/unit=day/segment_id=s1/app_id=_all/2024-06.jsonl"]["rows"] == 5
+    data = out / "sessions/day/segment-s1/workspace/2024-06.jsonl"
+    assert files["sessions/day/segment-s1/workspace/2024-06.jsonl"]["rows"] == 5
     assert data.read_text().count("\n") == 5
     assert f"manifest: {out}/_runs/" in capsys.readouterr().out
 
@@ -77,13 +77,13 @@ def test_verify_reports_changed_and_missing_files(
     assert main(["run", str(config), "--sandbox", "--out", str(out), "--as-of", AS_OF]) == 0
     assert main(["verify", str(out)]) == 0
     assert "20 file(s) ok, 0 changed, 0 missing" in capsys.readouterr().out
-    changed = out / "sessions/unit=day/segment_id=s2/app_id=app-1/2024-06.jsonl"
+    changed = out / "sessions/day/segment-s2/app-app-1/2024-06.jsonl"
     changed.write_text(changed.read_text().replace("s2", "s9"))
-    (out / "sessions/unit=hour/segment_id=s1/app_id=_all/2024-06-29.jsonl").unlink()
+    (out / "sessions/hour/segment-s1/workspace/2024-06-29.jsonl").unlink()
     assert main(["verify", str(out)]) == 1
     text = capsys.readouterr().out
-    assert "changed: sessions/unit=day/segment_id=s2/app_id=app-1/2024-06.jsonl" in text
-    assert "missing: sessions/unit=hour/segment_id=s1/app_id=_all/2024-06-29.jsonl" in text
+    assert "changed: sessions/day/segment-s2/app-app-1/2024-06.jsonl" in text
+    assert "missing: sessions/hour/segment-s1/workspace/2024-06-29.jsonl" in text
 
 
 def test_verify_without_manifest_is_an_error(
@@ -101,10 +101,10 @@ def test_verify_names_files_no_run_recorded(
     out = tmp_path / "out"
     config = write_config(CONFIG.format(out=out))
     assert main(["run", str(config), "--sandbox", "--out", str(out), "--as-of", AS_OF]) == 0
-    (out / "sessions/unit=day/segment_id=s1/junk.txt").write_text("hello")
+    (out / "sessions/day/segment-s1/junk.txt").write_text("hello")
     assert main(["verify", str(out)]) == 1
     text = capsys.readouterr().out
-    assert "unknown: sessions/unit=day/segment_id=s1/junk.txt" in text
+    assert "unknown: sessions/day/segment-s1/junk.txt" in text
     assert "20 file(s) ok, 0 changed, 0 missing, 1 unknown" in text
 
 

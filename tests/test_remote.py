@@ -142,7 +142,7 @@ def test_restatements_merge_into_the_current_objects(
             assert main(["run", str(cfg), "--as-of", AS_OF, "--fresh"]) == 0
     after = _objects(bucket)
     assert after == snapshot(local)
-    name = "sessions/unit=day/segment_id=seg-0/app_id=_all/2024-06.jsonl"
+    name = "sessions/day/segment-seg-0/workspace/2024-06.jsonl"
     old = [json.loads(line) for line in before[name].splitlines()]
     new = [json.loads(line) for line in after[name].splitlines()]
     assert [r["time"] for r in new] == [r["time"] for r in old]  # no row added

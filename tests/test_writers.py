@@ -36,7 +36,7 @@ async def test_jsonl_rows_have_the_documented_shape(tmp_path: Path) -> None:
     """One object per point, keys in order, time verbatim, workspace app_id null."""
     writer = PartitionWriter(tmp_path, "jsonl")
     (written,) = await writer.write(DAY, _days("2024-04-29", [42, 7]))
-    path = tmp_path / "sessions/unit=day/segment_id=seg-a/app_id=_all/2024-04.jsonl"
+    path = tmp_path / "sessions/day/segment-seg-a/workspace/2024-04.jsonl"
     assert written.path == path
     assert written.rows == 2
     assert path.read_text() == (
@@ -51,7 +51,7 @@ async def test_csv_rows_have_the_documented_shape(tmp_path: Path) -> None:
     """CSV has the header and an empty app_id for the workspace."""
     writer = PartitionWriter(tmp_path, "csv")
     await writer.write(DAY, _days("2024-04-30", [42]))
-    path = tmp_path / "sessions/unit=day/segment_id=seg-a/app_id=_all/2024-04.csv"
+    path = tmp_path / "sessions/day/segment-seg-a/workspace/2024-04.csv"
     assert path.read_text() == "time,sessions,segment_id,app_id,unit\n2024-04-30,42,seg-a,,day\n"
 
 
@@ -77,7 +77,7 @@ async def test_hour_series_partition_by_utc_date(tmp_path: Path) -> None:
     ]
     written = await PartitionWriter(tmp_path, "jsonl").write(hours, points)
     assert [w.path.name for w in written] == ["2024-04-30.jsonl", "2024-05-01.jsonl"]
-    assert written[0].path.parent.name == "app_id=app-1"
+    assert written[0].path.parent.name == "app-app-1"
 
 
 async def test_rerun_and_overlap_never_duplicate_and_restated_values_win(tmp_path: Path) -> None:
@@ -179,14 +179,23 @@ async def test_a_foreign_file_is_not_overwritten(tmp_path: Path) -> None:
         ("../../x", "..%2F..%2Fx"),
         ("%2F", "%252F"),
         ("..", ".."),
-        ("_all", "%5Fall"),
+        ("_all", "_all"),
         ("späti", "sp%C3%A4ti"),
-        (None, "_all"),
+        ("x=1", "x%3D1"),
     ],
 )
-def test_ids_are_percent_encoded(raw: str | None, encoded: str) -> None:
-    """Ids are data: separators are encoded, and no real id can read as the workspace."""
+def test_ids_are_percent_encoded(raw: str, encoded: str) -> None:
+    """Ids are data: separators are encoded, and so is `=` (no name looks like a Hive key)."""
     assert encode_id(raw) == encoded
+
+
+def test_the_workspace_and_app_directories_cannot_collide() -> None:
+    """The series without an app id has its own directory; an app called `workspace` does not
+    land in it, and every name starts with a fixed word (nothing hidden, no `..`)."""
+    workspace = partition_path(Path("o"), Series("..", None, "day"), "2024-04", "csv")
+    named = partition_path(Path("o"), Series("_x", "workspace", "day"), "2024-04", "csv")
+    assert workspace.parts[-4:-1] == ("day", "segment-..", "workspace")
+    assert named.parts[-4:-1] == ("day", "segment-_x", "app-workspace")
 
 
 async def test_hostile_ids_stay_inside_the_output_dir(tmp_path: Path) -> None:
@@ -197,7 +206,7 @@ async def test_hostile_ids_stay_inside_the_output_dir(tmp_path: Path) -> None:
         for written in await PartitionWriter(root, "jsonl").write(series, _days("2024-04-01", [1])):
             resolved = written.path.resolve()
             assert resolved.is_relative_to(root.resolve())
-            assert resolved.parent.parent.name.startswith("segment_id=")
+            assert resolved.parent.parent.name.startswith("segment-")
             assert all(len(part.encode()) <= 255 for part in resolved.parts)
     assert {p.name for p in tmp_path.iterdir()} == {"out"}
 
