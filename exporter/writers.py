@@ -16,6 +16,7 @@ hold data only: the same points give the same bytes (formats.py renders them).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ctypes
 import hashlib
 import itertools
@@ -233,7 +234,8 @@ class PartitionWriter:
             _write_all(fd, (data,))
         except BaseException:
             os.close(fd)
-            Path(tmp).unlink(missing_ok=True)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
             raise
         return _Staged(tmp, fd, item, asyncio.get_running_loop().create_future())
 
