@@ -96,7 +96,7 @@ class BrazeClient:
                 headers=self._headers,
                 timeout=self._timeout,
             ) as resp:
-                body = await resp.content.read(_MAX_BODY)
+                body = await _read_body(resp)
                 return Response(resp.status, parse_rate_headers(resp.headers, self._clock()), body)
         except TimeoutError:
             raise TransportError(
@@ -110,10 +110,25 @@ class BrazeClient:
             ) from None
 
 
+async def _read_body(resp: aiohttp.ClientResponse) -> bytes:
+    """The whole body, however many pieces it arrives in; a body over _MAX_BODY is cut at
+    the limit (and then fails as malformed: it is no series)."""
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in resp.content.iter_chunked(64 * 1024):
+        chunks.append(chunk)
+        size += len(chunk)
+        if size >= _MAX_BODY:
+            break
+    return b"".join(chunks)
+
+
 def _transport_cause(exc: aiohttp.ClientError) -> tuple[str, str]:
     """(cause, words) for a failed exchange: what a user can check."""
-    if isinstance(exc, aiohttp.ClientConnectorCertificateError | aiohttp.ClientSSLError):
+    if isinstance(exc, aiohttp.ClientConnectorCertificateError):
         return "tls", "TLS handshake failed: certificate not trusted, or not this host's"
+    if isinstance(exc, aiohttp.ClientSSLError):
+        return "tls", "TLS handshake failed (is this port serving https?)"
     if isinstance(exc, aiohttp.ClientConnectorDNSError):
         return "dns", "host name not resolved"
     if isinstance(exc, aiohttp.ClientConnectorError):
@@ -182,6 +197,8 @@ def _point(request: Request, item: Any) -> Point:
     label, sessions = item.get("time"), item.get("sessions")
     if not isinstance(label, str):
         raise MalformedResponse("a data item has no time", series=series, status=200)
+    if type(sessions) is float and sessions.is_integer():
+        sessions = int(sessions)  # 40463.0 is a whole count some JSON encoders write so
     if type(sessions) is not int or sessions < 0:
         raise MalformedResponse(
             f"sessions at {label!r} is not a non-negative integer", series=series, status=200

@@ -262,6 +262,10 @@ def check_endpoint(value: str) -> str:
         raise ValueError(f"must be an https:// URL such as {DEFAULT_ENDPOINT}, got {value!r}")
     if parts.scheme == "http" and parts.hostname not in _LOOPBACK_HOSTS:
         raise ValueError("must use https:// (plain http is allowed only on loopback)")
+    try:
+        parts.port  # noqa: B018 - raises ValueError for a port out of range
+    except ValueError:
+        raise ValueError(f"has a port out of range 1..65535, got {value!r}") from None
     if parts.query or parts.fragment or parts.username or parts.password:
         raise ValueError("must be a bare host URL, with no query, fragment or credentials")
     if parts.path not in ("", "/"):

@@ -42,6 +42,7 @@ class DoctorReport:
     verdict: str = ""
     exit_code: int = EXIT_READY
     requests: int = 0
+    unmeasured: list[str] = field(default_factory=list)  # units whose offset is unknown
 
     def say(self, text: str) -> None:
         self.lines.append(text)
@@ -73,6 +74,11 @@ def _label_format(unit: Unit, label: str) -> str:
 def _rate_line(rate: RateHeaders, sent: int, now: float) -> str:
     if rate.limit is None or rate.remaining is None:
         return "rate limit: no X-RateLimit headers seen; runs pace themselves by limits.*"
+    if rate.limit <= 0 or not 0 <= rate.remaining <= rate.limit:
+        return (
+            f"rate limit: X-RateLimit-Remaining {rate.remaining} does not fit "
+            f"X-RateLimit-Limit {rate.limit}: runs ignore such values and pace themselves"
+        )
     used = max(0, rate.limit - rate.remaining - sent)
     share = used / rate.limit if rate.limit else 0.0
     reset = rate.reset_at
@@ -131,9 +137,16 @@ async def diagnose(
             _window(probe, points, report, unit)
         if rate is not None or reached:
             report.say(_rate_line(rate or RateHeaders(), report.requests, clock()))
-    if report.exit_code == EXIT_READY:
+    if report.exit_code == EXIT_READY and report.unmeasured:
         report.verdict = (
-            f"ready: runs against {client.host} will export every planned period "
+            f"reachable and authorised, but no whole window came back for "
+            f"{' and '.join(report.unmeasured)}: the window offset is unknown, and runs will "
+            f"measure it themselves and report any period Braze does not return "
+            f"({report.requests} request(s) spent)"
+        )
+    elif report.exit_code == EXIT_READY:
+        report.verdict = (
+            f"ready: endpoint, key and windows as runs need them "
             f"({report.requests} request(s) spent)"
         )
     return report
@@ -152,8 +165,12 @@ async def _send(
             "tls": "check the CA bundle (SSL_CERT_FILE) or a TLS-inspecting proxy",
             "refused": "check braze.endpoint, proxies and firewalls",
         }.get(exc.cause, "check the network path to Braze, then retry")
-        report.verdict = f"unreachable: {hint}"
-        report.exit_code = EXIT_UNREACHABLE if exc.connect_failed else EXIT_PROBLEM
+        if exc.connect_failed:
+            report.verdict = f"unreachable: {hint}"
+            report.exit_code = EXIT_UNREACHABLE
+        else:
+            report.verdict = f"no usable answer ({exc.detail}): {hint}"
+            report.exit_code = EXIT_PROBLEM
         return None
 
 
@@ -192,12 +209,14 @@ def _window(probe: Request, points: list[Point], report: DoctorReport, unit: Uni
     asked = span_label(unit, probe.first, probe.last)
     if not points:
         report.say(f"{unit}: asked for {asked}, got no points: cannot see the window")
+        report.unmeasured.append(unit)
         return
     got = span_label(unit, points[0].period, points[-1].period)
     report.say(f"{unit}: labels like {points[-1].time!r} ({_label_format(unit, points[-1].time)})")
     whole = len(points) == probe.length and points[-1].period - points[0].period == probe.length - 1
     if not whole:
         report.say(f"{unit}: asked for {asked}, got {got}: not a whole window, offset unknown")
+        report.unmeasured.append(unit)
         return
     offset = points[-1].period - probe.last
     if offset == 0:

@@ -314,11 +314,16 @@ def _manifest_records(manifest: str, read: Callable[[str], bytes]) -> _Records:
 
 def _journal_records(journal: str, read: Callable[[str], bytes]) -> _Records:
     try:
-        lines = read(journal).decode("utf-8").splitlines()
+        lines = read(journal).decode("utf-8", errors="replace").splitlines()
+    except OSError as exc:
+        raise ExporterError(f"{journal}: cannot read this run journal ({exc})") from None
+    try:
         head = json.loads(lines[0])
         order = (int(head["sequence"]), str(head["run_id"]))
-    except (OSError, ValueError, KeyError, TypeError, IndexError) as exc:
-        raise ExporterError(f"{journal}: not a readable run journal ({exc})") from None
+    except (ValueError, KeyError, TypeError, IndexError):
+        # Empty or torn at its first line (a full disk, a kill as the run began): it vouches
+        # for nothing, so a file only that run wrote is reported as unknown, never "ok".
+        return (-1, journal), {}
     files: dict[str, str] = {}
     for line in lines[1:]:
         try:

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from zoneinfo import ZoneInfo
 
 from exporter.client import BrazeClient, Point, interpret
-from exporter.coverage import COMPLETE, Calibration, Coverage, gap_requests, runs
+from exporter.coverage import COMPLETE, FAILED, Calibration, Coverage, gap_requests, runs
 from exporter.errors import (
     ApiError,
     AuthError,
@@ -67,7 +67,8 @@ COUNTERS = (
     "outside",
 )
 # Fail fast: this many connection failures (refused, DNS, TLS) before any HTTP answer, or
-# this many 404s (capped at the series count) before any success, and nothing can work.
+# 404s from this many segment/app pairs (or all the plan has) before any success, and
+# nothing can work.
 CONNECT_FAILURES_TO_GIVE_UP = 5
 NOT_FOUND_TO_GIVE_UP = 3
 
@@ -173,7 +174,8 @@ class Pipeline:
         self._answered = False  # any HTTP response at all
         self._succeeded = False  # any 200
         self._connect_failures = 0
-        self._not_found = 0
+        self._not_found: set[tuple[str, str | None]] = set()
+        self._not_found_limit = NOT_FOUND_TO_GIVE_UP
         self._endings: dict[tuple[str, int], str] = {}
         self._plan: Plan | None = None
 
@@ -202,6 +204,12 @@ class Pipeline:
         if self.state is not None and not self.fresh:  # what is done already, unless --fresh
             done = self.state.done(lambda: {s.key: i for i, s in enumerate(plan.series)})
         result.coverage = Coverage(plan, done)
+        pairs: set[tuple[str, str | None]] = set()
+        for s in plan.series:  # stop counting once there are enough
+            pairs.add((s.segment_id, s.app_id))
+            if len(pairs) >= NOT_FOUND_TO_GIVE_UP:
+                break
+        self._not_found_limit = len(pairs)
         queue: asyncio.Queue[Request | None] = asyncio.Queue(maxsize=2 * self.concurrency)
         watcher: asyncio.Task[None] | None = None
         try:
@@ -226,7 +234,8 @@ class Pipeline:
             if self._stopping.is_set():
                 break
             if not coverage.needs(request):
-                self.result.count(request, "skipped")
+                if coverage.status[request.index] != FAILED:  # periods all there already
+                    self.result.count(request, "skipped")
                 continue
             await queue.put(request)
         await queue.join()
@@ -276,7 +285,7 @@ class Pipeline:
                     continue
                 if not self._coverage.needs(request):
                     # The series failed, or other requests brought these periods meanwhile.
-                    if not request.gap:
+                    if not request.gap and self._coverage.status[request.index] != FAILED:
                         self.result.count(request, "skipped")
                     continue
                 self._in_flight += 1
@@ -370,7 +379,7 @@ class Pipeline:
                 exc.reset_at = until  # the budget's sanitized pause, never the raw header
                 raise
         elif response.status == 404:
-            self._note_not_found()
+            self._note_not_found(request.series)
         points = interpret(request, response)
         self._succeeded = True
         self.result.calibration.observe(request.series.unit, request.length, end, points)
@@ -387,13 +396,13 @@ class Pipeline:
                 f"and that this machine can reach it (proxy, firewall, DNS, CA bundle)"
             )
 
-    def _note_not_found(self) -> None:
+    def _note_not_found(self, series: Series) -> None:
+        """404 before any success, from several segment/app pairs (or all there are): the
+        host is no Braze REST host. One bad pair alone only fails its own series."""
         if self._succeeded:
             return
-        self._not_found += 1
-        plan = self._plan
-        assert plan is not None
-        if self._not_found >= min(NOT_FOUND_TO_GIVE_UP, len(plan.series)):
+        self._not_found.add((series.segment_id, series.app_id))
+        if len(self._not_found) >= self._not_found_limit:
             raise Unreachable(
                 f"{self.client.host} answers 404 to /sessions/data_series: it is not a Braze "
                 f"REST host. Check braze.endpoint (or $BRAZE_REST_ENDPOINT) is your "

@@ -158,7 +158,7 @@ def period_of(unit: Unit, label: str) -> int:
     """The period a Braze ``time`` label names; ValueError when it is not a valid label."""
     if unit == "day":
         return date.fromisoformat(label[:10]).toordinal()
-    moment = datetime.fromisoformat(label)
+    moment = datetime.fromisoformat(label.upper())  # RFC 3339 allows a lowercase t and z
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
     if moment.minute or moment.second or moment.microsecond:

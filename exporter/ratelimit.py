@@ -261,17 +261,17 @@ def _unless_negative(value: int | None) -> int | None:
 
 
 def _int(value: str | None) -> int | None:
-    try:
-        return None if value is None else int(float(value))
-    except ValueError:
-        return None
+    number = _float(value)
+    return None if number is None else int(number)
 
 
 def _float(value: str | None) -> float | None:
+    """A finite number, or None: ``nan``, ``inf`` and ``1e999`` are no header value."""
     try:
-        return None if value is None else float(value)
+        number = None if value is None else float(value)
     except ValueError:
         return None
+    return number if number is not None and math.isfinite(number) else None
 
 
 def _retry_after(value: str | None, now: float) -> float | None:

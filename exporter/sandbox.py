@@ -70,6 +70,8 @@ class SandboxOptions:
     seed: int = 0
     slow_s: float = 60.0  # how long a "slow" fault stalls; make it exceed the client timeout
     reject_segments: frozenset[str] = frozenset()
+    not_found_segments: frozenset[str] = frozenset()  # answered 404, as a wrong path would be
+    body_pieces: int = 1  # a 200 body written in this many pieces, 1 ms apart
     deny: bool = False
     restate: int = 0  # 0: values never change; another number: recent days read differently
     restate_days: int = 3
@@ -171,6 +173,8 @@ class _Sandbox:
         except ValueError as exc:
             return _error(400, "Invalid parameters", headers, [str(exc)])
         segment, app, unit, labels = params
+        if segment in opts.not_found_segments:
+            return _error(404, "Not Found", headers)
         if segment in opts.reject_segments:
             return _error(400, "Invalid segment_id", headers, [f"segment {segment} not found"])
         n = self._seen.get(request.query_string, 0)
@@ -199,6 +203,8 @@ class _Sandbox:
             if label[:10] not in opts.missing_days
         ]
         self.stats.ok += 1
+        if opts.body_pieces > 1:
+            return await _in_pieces(request, {"message": "success", "data": data}, headers, opts)
         return web.json_response({"message": "success", "data": data}, headers=headers)
 
     def _fault(self, query: str, n: int) -> str | None:
@@ -262,6 +268,21 @@ def _error(
     return web.json_response(
         {"message": message, "errors": errors or []}, status=status, headers=headers
     )
+
+
+async def _in_pieces(
+    request: web.Request, doc: object, headers: dict[str, str], opts: SandboxOptions
+) -> web.StreamResponse:
+    """A body that arrives in several reads, as it does from a real server over a network."""
+    body = json.dumps(doc).encode()
+    response = web.StreamResponse(headers={**headers, "Content-Type": "application/json"})
+    await response.prepare(request)
+    step = max(1, math.ceil(len(body) / opts.body_pieces))
+    for start in range(0, len(body), step):
+        await response.write(body[start : start + step])
+        await asyncio.sleep(0.001)
+    await response.write_eof()
+    return response
 
 
 async def _faulty(

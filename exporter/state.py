@@ -18,6 +18,7 @@ and every run also reads the records of the other layouts' files in the same dir
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sqlite3
@@ -176,7 +177,9 @@ class State:
                 )
                 db.execute("COMMIT")
             except BaseException:
-                db.execute("ROLLBACK")
+                # SQLite may have rolled back itself (disk full): the first error is the news.
+                with contextlib.suppress(sqlite3.Error):
+                    db.execute("ROLLBACK")
                 raise
         except sqlite3.Error as exc:
             raise ExporterError(

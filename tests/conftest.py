@@ -151,18 +151,26 @@ class FakeClock:
 
 
 class NotBraze:
-    """A real HTTP server that answers 404 to everything (a wrong host or path)."""
+    """A real HTTP server that answers 404 to everything (a wrong host or path); a test may
+    set ``status``, ``body`` and ``headers`` to make it answer something else, or ``close``
+    to drop every connection without an answer."""
 
     def __init__(self) -> None:
+        self.status = 404
+        self.body: Any = {"message": "Not Found"}
+        self.headers: dict[str, str] = {}
+        self.close = False
         self.hits = 0
         self.url = ""
         self.loop = asyncio.new_event_loop()
         self.ready = threading.Event()
         self.thread = threading.Thread(target=self._serve, daemon=True)
 
-    async def _handle(self, _: web.Request) -> web.Response:
+    async def _handle(self, request: web.Request) -> web.Response:
         self.hits += 1
-        return web.json_response({"message": "Not Found"}, status=404)
+        if self.close and request.transport is not None:
+            request.transport.abort()
+        return web.json_response(self.body, status=self.status, headers=self.headers)
 
     def _serve(self) -> None:
         asyncio.set_event_loop(self.loop)

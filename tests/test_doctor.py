@@ -132,3 +132,36 @@ def test_doctor_sandbox_needs_no_key(
     """doctor --sandbox runs with no key in the environment."""
     assert main(["doctor", str(write_config(CONFIG)), "--sandbox"]) == 0
     assert "verdict: ready" in capsys.readouterr().out
+
+
+def test_doctor_does_not_call_an_empty_answer_ready(
+    write_config: Callable[..., Path],
+    env_key: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    not_braze: NotBraze,
+) -> None:
+    """200 with no points: the offset is unknown, and the verdict says so instead of ready;
+    a Remaining above Limit is called out, not shown as fact."""
+    not_braze.status, not_braze.body = 200, {"message": "success", "data": []}
+    not_braze.headers = {"X-RateLimit-Limit": "1000", "X-RateLimit-Remaining": "2000"}
+    code, out = _doctor(write_config, capsys, monkeypatch, not_braze.url)
+    assert code == 0
+    assert (
+        "verdict: reachable and authorised, but no whole window came back for day and hour" in out
+    )
+    assert "X-RateLimit-Remaining 2000 does not fit X-RateLimit-Limit 1000" in out
+
+
+def test_doctor_on_a_server_that_drops_connections_exits_1(
+    write_config: Callable[..., Path],
+    env_key: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    not_braze: NotBraze,
+) -> None:
+    """Connected, then closed without an answer: not "unreachable", exit 1 with the cause."""
+    not_braze.close = True
+    code, out = _doctor(write_config, capsys, monkeypatch, not_braze.url)
+    assert code == 1
+    assert "verdict: no usable answer (connection closed before a whole response)" in out
