@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import logging
 import math
@@ -86,6 +87,9 @@ environment:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    for name in ("stdout", "stderr"):
+        if getattr(sys, name) is None:  # started with the stream closed (`>&-`)
+            setattr(sys, name, open(os.devnull, "w"))  # noqa: SIM115 - for the whole process
     args = build_parser().parse_args(argv)
     args.command_line = shlex.join(["braze-export", *(sys.argv[1:] if argv is None else argv)])
     args.run_id = new_run_id()
@@ -100,6 +104,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         # is the run's; anything else did not get all of its output out.
         _silence_stdout()
         return int(getattr(args, "exit_code", EXIT_FAILED))
+    except OSError as exc:
+        # Output that cannot be written (`> /dev/full`): one line on stderr, if it works.
+        _silence_stdout()
+        with contextlib.suppress(OSError):
+            print(f"error: cannot write the output: {exc.strerror or exc}", file=sys.stderr)
+        return int(getattr(args, "exit_code", EXIT_FAILED)) or EXIT_FAILED
 
 
 def _silence_stdout() -> None:
@@ -254,7 +264,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     box.add_argument(
         "--window",
-        type=_number(">", 0),
+        type=_number(">=", 0.01, "seconds"),
         default=3600.0,
         metavar="S",
         help="rate-limit window in seconds (default: %(default)g)",
@@ -515,6 +525,8 @@ def _cmd_plan(args: argparse.Namespace) -> int:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
+    if args.out == "":
+        raise ConfigError("--out: must not be empty (leave it out to use output.dir)")
     config, plan = _load(args)
     key = None if args.sandbox else resolve_api_key(config)
     if key is not None:
@@ -608,7 +620,15 @@ def _cmd_doctor(args: argparse.Namespace) -> int:
 
 
 def _cmd_verify(args: argparse.Namespace) -> int:
-    report = verify(args.dir)
+    if not args.dir:
+        raise ConfigError("verify: DIR must not be empty")
+    try:
+        target = args.dir if is_remote(args.dir) else expand_home(args.dir)
+    except ValueError as exc:
+        raise ConfigError(f"verify: {exc}") from None
+    report = verify(target)
+    for name in report.unreadable:
+        print(f"unreadable: {name}")
     for kind in ("changed", "missing", "unknown"):
         for name in getattr(report, kind):
             print(f"{kind}: {name}")
@@ -617,7 +637,8 @@ def _cmd_verify(args: argparse.Namespace) -> int:
         f"{report.ok} file(s) ok, {len(report.changed)} changed, {len(report.missing)} missing, "
         f"{len(report.unknown)} unknown ({report.manifests} manifest(s){journals})"
     )
-    return EXIT_FAILED if report.changed or report.missing or report.unknown else EXIT_OK
+    bad = report.changed or report.missing or report.unknown or report.unreadable
+    return EXIT_FAILED if bad else EXIT_OK
 
 
 def _cmd_sandbox(args: argparse.Namespace) -> int:

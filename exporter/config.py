@@ -249,6 +249,11 @@ def check_date(value: date) -> date:
 
 def expand_home(value: str) -> str:
     """``~`` and ``~user`` expanded; a ``~`` that cannot be is refused, never made a directory."""
+    if value == "~" or value.startswith("~/"):
+        home = os.environ.get("HOME")
+        if home is not None and not os.path.isabs(home):
+            # HOME="" or a relative HOME would put the output at / or somewhere unintended.
+            raise ValueError(f"cannot expand '~': HOME is {home!r}, not an absolute path")
     expanded = os.path.expanduser(value)
     if expanded.startswith("~"):
         raise ValueError(f"cannot expand {value.split('/')[0]!r} (is HOME set?)")
@@ -298,7 +303,11 @@ def load_config(path: str | os.PathLike[str], env: Mapping[str, str] | None = No
         raise ConfigError(f"{source}: no such file") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{source}: cannot read: {exc}") from None
-    loader = _Loader(text)
+    try:
+        loader = _Loader(text)  # reads the first characters already: control characters fail here
+    except yaml.YAMLError as exc:
+        first = str(exc).splitlines()[0]
+        raise ConfigError(f"{source}: YAML syntax error: {first}") from None
     try:
         node = loader.get_single_node()
         duplicates = [] if node is None else list(_duplicate_keys(node, ""))
@@ -311,7 +320,13 @@ def load_config(path: str | os.PathLike[str], env: Mapping[str, str] | None = No
         problem = exc.problem or exc.context or "invalid YAML"
         raise ConfigError(f"{source}: {where}YAML syntax error: {problem}") from None
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{source}: YAML syntax error: {exc}") from None
+        first = str(exc).splitlines()[0]
+        raise ConfigError(f"{source}: YAML syntax error: {first}") from None
+    except (ValueError, TypeError, OverflowError) as exc:
+        # An explicit tag with a value it cannot take (`!!int abc`, `!!timestamp 2024-13-45`).
+        raise ConfigError(f"{source}: YAML value error: {exc}") from None
+    except RecursionError:
+        raise ConfigError(f"{source}: YAML nested too deeply to be a config") from None
     finally:
         loader.dispose()
     if not isinstance(raw, dict):
@@ -385,8 +400,8 @@ def _duplicate_keys(node: yaml.Node, path: str) -> Iterator[str]:
         elif isinstance(node, yaml.MappingNode):
             first: dict[tuple[str, str], int] = {}
             for key, value in node.value:
-                if not isinstance(key, yaml.ScalarNode) or key.tag == "tag:yaml.org,2002:merge":
-                    continue
+                if not isinstance(key, yaml.ScalarNode):
+                    continue  # (two `<<:` merge keys are duplicates too: YAML keeps the last)
                 where = f"{path}.{key.value}" if path else str(key.value)
                 line = key.start_mark.line + 1
                 if (key.tag, key.value) in first:

@@ -214,6 +214,7 @@ class Verification:
     changed: list[str] = field(default_factory=list)
     missing: list[str] = field(default_factory=list)
     unknown: list[str] = field(default_factory=list)  # no run recorded it: junk, or lost
+    unreadable: list[str] = field(default_factory=list)  # files under _runs/ that are no record
 
 
 def verify(target: str | Path) -> Verification:
@@ -280,12 +281,19 @@ def _check(
     output; ``read`` gives a file's bytes by that path."""
     if not manifests and not journals and not on_disk:
         raise ExporterError(f"{name}: no run manifest under {RUNS_DIR}/ and no data")
-    records = [_manifest_records(m, read) for m in manifests]
+    report = Verification(manifests=len(manifests), journals=len(journals))
+    records = []
+    for manifest in manifests:
+        try:
+            records.append(_manifest_records(manifest, read))
+        except ExporterError:
+            # Not ours, or damaged: say so and check the rest (its files may then show as
+            # unknown), rather than refuse to check anything.
+            report.unreadable.append(manifest)
     records += [_journal_records(j, read) for j in journals]
     expected: dict[str, str] = {}
     for _, files in sorted(records, key=lambda r: r[0]):  # later runs win
         expected.update(files)
-    report = Verification(manifests=len(manifests), journals=len(journals))
     for relative in sorted(on_disk | expected.keys()):
         digest = expected.get(relative)
         if digest is None:
@@ -308,7 +316,7 @@ def _manifest_records(manifest: str, read: Callable[[str], bytes]) -> _Records:
         files = {str(f["path"]): str(f["sha256"]) for f in doc["files"]}
         # Manifests of versions without a sequence are older than any with one.
         return (int(doc.get("sequence", 0)), str(doc["run_id"])), files
-    except (OSError, ValueError, KeyError, TypeError) as exc:
+    except (OSError, ValueError, KeyError, TypeError, OverflowError, RecursionError) as exc:
         raise ExporterError(f"{manifest}: not a readable run manifest ({exc})") from None
 
 
@@ -320,7 +328,7 @@ def _journal_records(journal: str, read: Callable[[str], bytes]) -> _Records:
     try:
         head = json.loads(lines[0])
         order = (int(head["sequence"]), str(head["run_id"]))
-    except (ValueError, KeyError, TypeError, IndexError):
+    except (ValueError, KeyError, TypeError, IndexError, OverflowError, RecursionError):
         # Empty or torn at its first line (a full disk, a kill as the run began): it vouches
         # for nothing, so a file only that run wrote is reported as unknown, never "ok".
         return (-1, journal), {}
@@ -329,6 +337,6 @@ def _journal_records(journal: str, read: Callable[[str], bytes]) -> _Records:
         try:
             entry = json.loads(line)
             files[str(entry["path"])] = str(entry["sha256"])  # later lines win
-        except (ValueError, KeyError, TypeError):
+        except (ValueError, KeyError, TypeError, RecursionError):
             continue  # a line torn by a power loss: its file is then reported as unknown
     return order, files

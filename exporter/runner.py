@@ -22,6 +22,7 @@ from urllib.parse import urlsplit
 from exporter.client import BrazeClient, make_session
 from exporter.config import UNITS, ApiKey, Config, Unit
 from exporter.coverage import COMPLETE, Calibration
+from exporter.errors import ConfigError
 from exporter.manifest import RUNS_DIR, build_manifest, write_manifest
 from exporter.pipeline import Pipeline, RunResult
 from exporter.plan import Plan
@@ -125,9 +126,6 @@ async def execute(
                     "removed %d temp file(s) left by an interrupted run", lock.stale_temp_files
                 )
             holder, state_dir = lock.holder, root / WORK_DIR
-            journal = Journal(root, options.run_id, holder.sequence)
-            stack.callback(journal.close, remove=False)
-            on_written = journal.record
         else:
             root = Path(".")  # paths relative to the prefix
             remote = RemoteRun(
@@ -141,15 +139,21 @@ async def execute(
             )
             stack.callback(remote.close)
             holder, state_dir = remote.lock.holder, remote.work_dir
-            on_written = None  # the checkpoints upload the journal
+        scope = f"{origin}|{config.output.format}|{config.timezone}"
         state = State(
             state_path(state_dir, plan.shard),
-            scope=f"{origin}|{config.output.format}|{config.timezone}",
+            scope=scope,
             as_of=plan.as_of.toordinal(),
             run_id=options.run_id,
             root=root,
         )
         stack.callback(state.close)
+        _refuse_other_sources(state, scope, options.remote or str(options.out_dir))
+        on_written = None  # object storage: the checkpoints upload the journal
+        if remote is None:
+            journal = Journal(root, options.run_id, holder.sequence)
+            stack.callback(journal.close, remove=False)
+            on_written = journal.record
         writer = PartitionWriter(
             root,
             config.output.format,
@@ -215,15 +219,38 @@ async def execute(
                 extra={"event": "manifest_failed"},
             )
         files = state.file_count()
-        # The manifest now vouches for every file. An interrupted run keeps its journal:
-        # a write cancelled at the stop may still land, unmarked in the state.
+        # The manifest now vouches for every file. An interrupted run keeps its journal (a
+        # write cancelled at the stop may still land, unmarked in the state), and so does a
+        # run whose manifest could not be written: the journal is then its only record.
+        keep_journal = result.interrupted or manifest_error is not None
         if remote is not None:
-            await remote.finish(journal_done=not result.interrupted)
-        elif not result.interrupted:
+            await remote.finish(journal_done=not keep_journal)
+        elif not keep_journal:
             journal.close(remove=True)
     name = signal.Signals(signals[0]).name if signals else None
     summary = summary_lines(result, plan, budget, files)
     return RunOutcome(code, result, summary, manifest, name, manifest_error)
+
+
+def _refuse_other_sources(state: State, scope: str, where: str) -> None:
+    """Rows of another source (the sandbox, another Braze host) or days cut in another zone
+    would be merged into the same partition files as this run's: refuse, before anything."""
+    origin, fmt, zone = scope.split("|", 2)
+    for other in sorted(state.scopes()):
+        their_origin, their_fmt, their_zone = [*other.split("|", 2), "", ""][:3]
+        if their_fmt != fmt or other == scope:
+            continue
+        what = (
+            f"rows from {'the sandbox' if their_origin == 'sandbox' else their_origin}"
+            if their_origin != origin
+            else f"days cut in {their_zone}"
+        )
+        raise ConfigError(
+            f"{where} already holds {fmt} {what}; this run ("
+            f"{'the sandbox' if origin == 'sandbox' else origin}, days cut in {zone}) would "
+            "merge its rows into the same files. Use another --out (or output.dir), or "
+            "remove that output first"
+        )
 
 
 def _saved_offsets(state: State) -> dict[Unit, int]:

@@ -126,6 +126,20 @@ class State:
                     db.close()
         return found
 
+    def scopes(self) -> set[str]:
+        """Every scope the directory's state files hold records of (this one's included)."""
+        found: set[str] = set()
+        for db in [self._db, *self._others()]:
+            try:
+                found.update(row[0] for row in db.execute("SELECT DISTINCT scope FROM periods"))
+            except sqlite3.Error as exc:
+                if db is self._db:
+                    raise _unusable(self.path, exc) from None
+            finally:
+                if db is not self._db:
+                    db.close()
+        return found
+
     def _others(self) -> Iterator[sqlite3.Connection]:
         """Read-only connections to the directory's other state files. One that is locked
         belongs to a shard of this layout running now: its series are not ours."""
@@ -225,8 +239,16 @@ class State:
 
 
 def _unusable(path: Path, exc: sqlite3.Error) -> ExporterError:
+    text = str(exc)
+    if isinstance(exc, sqlite3.OperationalError) and not text.startswith("file is not"):
+        # The file may be fine: the disk is full, read-only, or failing. Deleting it would
+        # throw away the record of what is done for nothing.
+        return ExporterError(
+            f"{path}: cannot use the resume state ({text}); free disk space or fix the "
+            "permissions of the output directory, then rerun"
+        )
     return ExporterError(
-        f"{path}: the resume state cannot be used ({exc}). Delete it to go on: the data "
+        f"{path}: the resume state is damaged ({text}). Delete it to go on: the data "
         "files stay as they are, only the record of what is done is lost, so the next run "
         "fetches every period of its windows again"
     )

@@ -51,9 +51,9 @@ def test_progress_interval_must_be_positive(value: str, capsys: pytest.CaptureFi
 @pytest.mark.parametrize(
     ("args", "expected"),
     [
-        (["--window", "0"], "argument --window: must be > 0"),
-        (["--window", "-3"], "argument --window: must be > 0"),
-        (["--window", "nan"], "argument --window: must be > 0"),
+        (["--window", "0"], "argument --window: must be at least 0.01 seconds"),
+        (["--window", "-3"], "argument --window: must be at least 0.01 seconds"),
+        (["--window", "nan"], "argument --window: must be at least 0.01 seconds"),
         (["--limit", "-1"], "argument --limit: must be an integer >= 0"),
         (["--fault-rate", "1.5"], "argument --fault-rate: must be between 0 and 1"),
         (["--fault-rate", "-0.1"], "argument --fault-rate: must be between 0 and 1"),
