@@ -71,10 +71,12 @@ def decode(fmt: str, series: Series, data: bytes) -> dict[int, tuple[str, int]]:
     else:
         text = data.decode("utf-8")
         if fmt == "jsonl":
-            docs = (json.loads(line) for line in text.splitlines())
+            # split("\n"), not splitlines(): U+2028, U+0085 and the like may sit inside an id.
+            docs = (json.loads(line) for line in text.split("\n") if line)
             pairs = [(doc["time"], doc["sessions"]) for doc in docs]
         else:
-            pairs = [(rec["time"], rec["sessions"]) for rec in csv.DictReader(io.StringIO(text))]
+            reader = csv.DictReader(io.StringIO(text, newline=""))
+            pairs = [(rec["time"], rec["sessions"]) for rec in reader]
     return {period_of(series.unit, str(t)): (str(t), int(n)) for t, n in pairs}
 
 
@@ -88,11 +90,16 @@ def _encode_jsonl(series: Series, rows: Sequence[Row]) -> bytes:
 
 
 def _encode_csv(series: Series, rows: Sequence[Row]) -> bytes:
-    buf = io.StringIO()
+    buf = io.StringIO(newline="")
     out = csv.writer(buf, lineterminator="\n")
+    # The csv module quotes a field holding "\n" but not one holding a lone "\r", which a
+    # reader then takes for a line end: rows with one are written fully quoted.
+    quoted = csv.writer(buf, lineterminator="\n", quoting=csv.QUOTE_ALL)
     out.writerow(COLUMNS)
     app = "" if series.app_id is None else series.app_id
-    out.writerows((t, n, series.segment_id, app, series.unit) for _, t, n in rows)
+    for _, t, n in rows:
+        row = (t, n, series.segment_id, app, series.unit)
+        (quoted if any("\r" in str(field) for field in row) else out).writerow(row)
     return buf.getvalue().encode()
 
 

@@ -44,7 +44,7 @@ def read_rows(path: Path) -> list[dict[str, Any]]:
         rows: list[dict[str, Any]] = pq.read_table(path).to_pylist()
         return rows
     if path.suffix == ".jsonl":
-        return [json.loads(x) for x in path.read_text().splitlines()]
+        return [json.loads(x) for x in path.read_text().split("\n") if x]
     with path.open(newline="") as f:
         return [
             {**r, "sessions": int(r["sessions"]), "app_id": r["app_id"] or None}

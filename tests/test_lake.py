@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import sys
 from collections.abc import Callable
@@ -27,7 +28,18 @@ from tests.test_e2e import read_rows
 README = Path(__file__).resolve().parent.parent / "README.md"
 AS_OF = "2024-07-01"
 # Ids that a path cannot hold as they are, or that look like something else in one.
-SEGMENTS = ["seg/a b", "_späti", "_all", "x=1", "..", "007", "a,b;c", " padded "]
+SEGMENTS = [
+    "seg/a b",
+    "_späti",
+    "_all",
+    "x=1",
+    "..",
+    "007",
+    "a,b;c",
+    " padded ",
+    "cr\rin",  # a lone carriage return: csv must quote it
+    "ls\u2028ps\u2029nel\u0085",  # Unicode line ends: jsonl lines must not split there
+]
 APPS = ["null", '"_app/ü"', '"workspace"']
 CONFIG = """\
 version: 1
@@ -198,9 +210,15 @@ def test_the_readme_duckdb_query_returns_exactly_the_exported_rows(
     hold `/`, spaces, unicode, `=`, a leading `_`, `..` and a number, returns every exported
     row once, with the ids and the null app_id as in the config."""
     out = tmp_path / "exports"
-    segments = ", ".join(f'"{s}"' for s in SEGMENTS)
+    segments = ", ".join(json.dumps(s) for s in SEGMENTS)  # YAML reads JSON's escapes
     path = write_config(CONFIG.format(out=out, fmt=fmt, segments=segments, apps=", ".join(APPS)))
     assert main(["run", str(path), "--sandbox", "--out", str(out), "--as-of", AS_OF]) == 0
+    first = {p: p.read_bytes() for p in data_files(out)}
+    # A rerun merges into every file (ids with line-end characters included), changing none.
+    assert (
+        main(["run", str(path), "--sandbox", "--out", str(out), "--as-of", AS_OF, "--fresh"]) == 0
+    )
+    assert {p: p.read_bytes() for p in data_files(out)} == first
     plan = build_plan(load_config(path, env={}), date.fromisoformat(AS_OF))
 
     query = readme_queries()[fmt].replace("'exports/", f"'{out}/")
