@@ -8,6 +8,7 @@ import ssl
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from datetime import UTC, tzinfo
 from typing import Any
 
 import aiohttp
@@ -147,13 +148,14 @@ def _transport_cause(exc: aiohttp.ClientError) -> tuple[str, str]:
     return "other", f"request failed ({type(exc).__name__})"
 
 
-def interpret(request: Request, response: Response) -> list[Point]:
+def interpret(request: Request, response: Response, tz: tzinfo = UTC) -> list[Point]:
     """The well-formed points of a good response, sorted by period, whatever periods they
     are: which of them the run wants is coverage's business, not a reason to retry (Braze
-    does not document which periods a request covers). Otherwise the classified ApiError."""
+    does not document which periods a request covers). Otherwise the classified ApiError.
+    ``tz`` is the config's zone, for day labels that carry an offset."""
     status, series = response.status, request.series
     if status == 200:
-        return _points(request, response.body)
+        return _points(request, response.body, tz)
     message = _braze_message(response.body)
     if status == 429:
         reset = response.rate.retry_after_at or response.rate.reset_at
@@ -171,7 +173,7 @@ def interpret(request: Request, response: Response) -> list[Point]:
     raise SeriesError(message or "unexpected status", series=series, status=status)
 
 
-def _points(request: Request, body: bytes) -> list[Point]:
+def _points(request: Request, body: bytes, tz: tzinfo) -> list[Point]:
     series = request.series
     try:
         doc = json.loads(body)
@@ -183,14 +185,14 @@ def _points(request: Request, body: bytes) -> list[Point]:
         raise MalformedResponse("message is not 'success'", series=series, status=200)
     points: dict[int, Point] = {}
     for item in doc["data"]:
-        point = _point(request, item)
+        point = _point(request, item, tz)
         if point.period in points:
             raise MalformedResponse(f"time {point.time!r} appears twice", series=series, status=200)
         points[point.period] = point
     return [points[p] for p in sorted(points)]
 
 
-def _point(request: Request, item: Any) -> Point:
+def _point(request: Request, item: Any, tz: tzinfo) -> Point:
     series = request.series
     if not isinstance(item, dict):
         raise MalformedResponse("a data item is not an object", series=series, status=200)
@@ -204,7 +206,7 @@ def _point(request: Request, item: Any) -> Point:
             f"sessions at {label!r} is not a non-negative integer", series=series, status=200
         )
     try:
-        period = period_of(series.unit, label)
+        period = period_of(series.unit, label, tz)
     except ValueError:
         raise MalformedResponse(
             f"time {label!r} is not a valid {series.unit} label", series=series, status=200

@@ -43,6 +43,7 @@ class DoctorReport:
     exit_code: int = EXIT_READY
     requests: int = 0
     unmeasured: list[str] = field(default_factory=list)  # units whose offset is unknown
+    cut_elsewhere: bool = False  # days are not cut in the config's zone
 
     def say(self, text: str) -> None:
         self.lines.append(text)
@@ -129,12 +130,16 @@ async def diagnose(
                 how = "DNS, TCP and TLS" if endpoint.startswith("https:") else "plain HTTP"
                 report.say(f"endpoint: reached {client.host} ({how} ok)")
             rate = response.rate if response.rate.limit is not None else rate
-            points = _points(probe, response, report)
+            points = _points(probe, response, report, tz)
             if points is None:
                 return report
             if unit == units[0]:
                 report.say("key: accepted, with the permission sessions.data_series")
-            _window(probe, points, report, unit)
+            offset = _window(probe, points, report, unit)
+            if unit == "day" and offset is not None and _east_of_utc(probe.last, tz):
+                await _where_days_are_cut(client, probe, points[-1].period, report, tz)
+                if report.exit_code != EXIT_READY:
+                    return report
         if rate is not None or reached:
             report.say(_rate_line(rate or RateHeaders(), report.requests, clock()))
     if report.exit_code == EXIT_READY and report.unmeasured:
@@ -142,6 +147,12 @@ async def diagnose(
             f"reachable and authorised, but no whole window came back for "
             f"{' and '.join(report.unmeasured)}: the window offset is unknown, and runs will "
             f"measure it themselves and report any period Braze does not return "
+            f"({report.requests} request(s) spent)"
+        )
+    elif report.exit_code == EXIT_READY and report.cut_elsewhere:
+        report.verdict = (
+            f"ready, with a caveat: Braze cuts days elsewhere than {config.timezone}; set "
+            f"timezone to the zone Braze uses so the config says what the rows are "
             f"({report.requests} request(s) spent)"
         )
     elif report.exit_code == EXIT_READY:
@@ -174,7 +185,9 @@ async def _send(
         return None
 
 
-def _points(probe: Request, response: Response, report: DoctorReport) -> list[Point] | None:
+def _points(
+    probe: Request, response: Response, report: DoctorReport, tz: ZoneInfo
+) -> list[Point] | None:
     if response.status == 404:
         report.say(f"endpoint: {probe.series.unit} probe answered 404")
         report.verdict = (
@@ -184,7 +197,7 @@ def _points(probe: Request, response: Response, report: DoctorReport) -> list[Po
         report.exit_code = EXIT_UNREACHABLE
         return None
     try:
-        return interpret(probe, response)
+        return interpret(probe, response, tz)
     except AuthError as exc:
         word = "key: rejected (401)" if exc.status == 401 else "key: lacks permission (403)"
         report.say(f"{word}: {exc.message}")
@@ -205,19 +218,49 @@ def _points(probe: Request, response: Response, report: DoctorReport) -> list[Po
     return None
 
 
-def _window(probe: Request, points: list[Point], report: DoctorReport, unit: Unit) -> None:
+def _east_of_utc(period: int, tz: ZoneInfo) -> bool:
+    noon = datetime.combine(date.fromordinal(period), datetime.min.time().replace(hour=12), tz)
+    offset = noon.utcoffset()
+    return offset is not None and offset > timedelta(0)
+
+
+async def _where_days_are_cut(
+    client: BrazeClient, probe: Request, last: int, report: DoctorReport, tz: ZoneInfo
+) -> None:
+    """East of UTC, a window ending at 23:59:59 local ends on the same UTC date, so the first
+    probe cannot tell days cut in UTC from days cut in the config's zone. The same window
+    ending at 00:30 local can: that instant lies on the day before in UTC."""
+    day = date.fromordinal(probe.last)
+    early = datetime.combine(day, datetime.min.time().replace(minute=30), tz).isoformat()
+    response = await _send(client, probe, early, report)
+    if response is None:
+        return
+    points = _points(probe, response, report, tz)
+    if not points:
+        return
+    if points[-1].period == last:
+        report.say(f"day: ending_at {early} names the same day: days are cut in {tz.key}")
+    else:
+        report.say(
+            f"day: ending_at {early} named the day before: Braze cuts days in UTC (or another "
+            f"zone), not in {tz.key}; the rows are Braze's days (see README, First run)"
+        )
+        report.cut_elsewhere = True
+
+
+def _window(probe: Request, points: list[Point], report: DoctorReport, unit: Unit) -> int | None:
     asked = span_label(unit, probe.first, probe.last)
     if not points:
         report.say(f"{unit}: asked for {asked}, got no points: cannot see the window")
         report.unmeasured.append(unit)
-        return
+        return None
     got = span_label(unit, points[0].period, points[-1].period)
     report.say(f"{unit}: labels like {points[-1].time!r} ({_label_format(unit, points[-1].time)})")
     whole = len(points) == probe.length and points[-1].period - points[0].period == probe.length - 1
     if not whole:
         report.say(f"{unit}: asked for {asked}, got {got}: not a whole window, offset unknown")
         report.unmeasured.append(unit)
-        return
+        return None
     offset = points[-1].period - probe.last
     if offset == 0:
         report.say(f"{unit}: asked for {asked}, got {got}: {describe_offset(unit, 0)}")
@@ -226,3 +269,4 @@ def _window(probe: Request, points: list[Point], report: DoctorReport, unit: Uni
             f"{unit}: asked for {asked}, got {got}: {describe_offset(unit, offset)} "
             "(runs measure this themselves and shift)"
         )
+    return offset

@@ -28,7 +28,7 @@ import csv
 import io
 import json
 from collections.abc import Sequence
-from datetime import date
+from datetime import UTC, date, tzinfo
 from typing import Any
 
 from exporter.errors import ExporterError
@@ -62,7 +62,7 @@ def encode(fmt: str, series: Series, rows: Sequence[Row]) -> bytes:
     return _encode_parquet(series, rows)
 
 
-def decode(fmt: str, series: Series, data: bytes) -> dict[int, tuple[str, int]]:
+def decode(fmt: str, series: Series, data: bytes, tz: tzinfo = UTC) -> dict[int, tuple[str, int]]:
     """{period: (time, sessions)}; ValueError (or KeyError, TypeError) if ``data`` is not a
     file of ``fmt`` this tool wrote."""
     pairs: list[tuple[Any, Any]]
@@ -77,7 +77,7 @@ def decode(fmt: str, series: Series, data: bytes) -> dict[int, tuple[str, int]]:
         else:
             reader = csv.DictReader(io.StringIO(text, newline=""))
             pairs = [(rec["time"], rec["sessions"]) for rec in reader]
-    return {period_of(series.unit, str(t)): (str(t), int(n)) for t, n in pairs}
+    return {period_of(series.unit, str(t), tz): (str(t), int(n)) for t, n in pairs}
 
 
 def _encode_jsonl(series: Series, rows: Sequence[Row]) -> bytes:

@@ -71,6 +71,9 @@ COUNTERS = (
 # nothing can work.
 CONNECT_FAILURES_TO_GIVE_UP = 5
 NOT_FOUND_TO_GIVE_UP = 3
+# After answers, the host is lost when this many connection failures in a row span this long.
+CONNECT_FAILURES_LOST = 20
+LOST_AFTER_S = 30.0
 
 
 @dataclass(slots=True)
@@ -173,7 +176,8 @@ class Pipeline:
         self._in_flight = 0
         self._answered = False  # any HTTP response at all
         self._succeeded = False  # any 200
-        self._connect_failures = 0
+        self._connect_failures = 0  # in a row, since the last HTTP answer
+        self._last_answer = 0.0
         self._not_found: set[tuple[str, str | None]] = set()
         self._not_found_limit = NOT_FOUND_TO_GIVE_UP
         self._endings: dict[tuple[str, int], str] = {}
@@ -369,31 +373,44 @@ class Pipeline:
             self._note_transport(exc)
             raise
         self._answered = True
+        self._connect_failures = 0
+        self._last_answer = self._clock()
         self.budget.observe(response.rate, status=response.status)
         if response.status == 429:
             self.result.count(request, "rate_limited")
             until = self.budget.rate_limited(response.rate)
             try:
-                interpret(request, response)
+                interpret(request, response, self._tz)
             except RateLimited as exc:
                 exc.reset_at = until  # the budget's sanitized pause, never the raw header
                 raise
         elif response.status == 404:
             self._note_not_found(request.series)
-        points = interpret(request, response)
+        points = interpret(request, response, self._tz)
         self._succeeded = True
         self.result.calibration.observe(request.series.unit, request.length, end, points)
         return points
 
     def _note_transport(self, exc: TransportError) -> None:
-        if self._answered or not exc.connect_failed:
+        if not exc.connect_failed:
             return
         self._connect_failures += 1
-        if self._connect_failures >= CONNECT_FAILURES_TO_GIVE_UP:
+        if not self._answered:
+            if self._connect_failures >= CONNECT_FAILURES_TO_GIVE_UP:
+                raise Unreachable(
+                    f"cannot reach {self.client.host}: {exc.detail}. Check braze.endpoint (or "
+                    f"$BRAZE_REST_ENDPOINT) is your instance's REST host (see README, Hosts), "
+                    f"and that this machine can reach it (proxy, firewall, DNS, CA bundle)"
+                )
+            return
+        # It answered before: give up only when every connection has failed for a while, so
+        # that the retries of every worker do not hammer a dead host for minutes.
+        silent = self._clock() - self._last_answer
+        if self._connect_failures >= CONNECT_FAILURES_LOST and silent >= LOST_AFTER_S:
             raise Unreachable(
-                f"cannot reach {self.client.host}: {exc.detail}. Check braze.endpoint (or "
-                f"$BRAZE_REST_ENDPOINT) is your instance's REST host (see README, Hosts), "
-                f"and that this machine can reach it (proxy, firewall, DNS, CA bundle)"
+                f"lost {self.client.host}: {exc.detail}, for {silent:.0f}s and "
+                f"{self._connect_failures} attempts in a row. Completed periods are saved: "
+                "rerun the same command to resume once it answers again"
             )
 
     def _note_not_found(self, series: Series) -> None:

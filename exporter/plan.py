@@ -13,7 +13,7 @@ import math
 from array import array
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime, time, timedelta
+from datetime import UTC, date, datetime, time, timedelta, tzinfo
 from urllib.parse import quote
 from zoneinfo import ZoneInfo
 
@@ -154,13 +154,27 @@ def ending_at(unit: Unit, period: int, tz: ZoneInfo) -> str:
     return datetime.fromtimestamp(period * 3600 + 3599, UTC).isoformat()
 
 
-def period_of(unit: Unit, label: str) -> int:
-    """The period a Braze ``time`` label names; ValueError when it is not a valid label."""
+def period_of(unit: Unit, label: str, tz: tzinfo = UTC) -> int:
+    """The period a Braze ``time`` label names; ValueError when it is not a valid label.
+
+    Day: a date, or a date-time whose date is taken as is when naive and in ``tz`` (the
+    config's zone) when it carries an offset (``2026-11-19T15:00:00Z`` is the Tokyo day
+    2026-11-20). Hour: a date-time on a whole UTC hour, in any ISO 8601 spelling (naive is
+    UTC; ``+05:30`` works; RFC 3339's lowercase ``t`` and ``z`` too); a bare date is no hour.
+    """
     if unit == "day":
-        return date.fromisoformat(label[:10]).toordinal()
+        if len(label) == 10:
+            return date.fromisoformat(label).toordinal()
+        moment = datetime.fromisoformat(label.upper())
+        if moment.tzinfo is not None:
+            moment = moment.astimezone(tz)
+        return moment.date().toordinal()
+    if len(label) <= 10:
+        raise ValueError(f"{label!r} has no time of day")
     moment = datetime.fromisoformat(label.upper())  # RFC 3339 allows a lowercase t and z
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
+    moment = moment.astimezone(UTC)
     if moment.minute or moment.second or moment.microsecond:
         raise ValueError(f"{label!r} is not the start of an hour")
     return math.floor(moment.timestamp() / 3600)

@@ -164,6 +164,7 @@ async def execute(
                 else lambda files: on_written((f.path, f.rows, f.sha256) for f in files)
             ),
             store=None if remote is None else remote.store,
+            tz=config.tz,
         )
         stack.push_async_callback(writer.aclose)
         endpoint = config.braze.endpoint

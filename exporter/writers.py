@@ -25,7 +25,7 @@ import secrets
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, tzinfo
 from pathlib import Path
 from typing import Protocol
 from urllib.parse import quote
@@ -131,12 +131,16 @@ class PartitionWriter:
         token: str | None = None,
         on_written: Callable[[list[WrittenFile]], None] | None = None,
         store: Store | None = None,
+        tz: tzinfo = UTC,
     ) -> None:
-        """``token`` names the temp files (the directory lock's holder token); ``on_written``
+        """``tz`` is the config's zone (for day labels that carry an offset, as
+        :func:`exporter.plan.period_of` reads them); ``token`` names the temp files (the
+        directory lock's holder token); ``on_written``
         hears of every batch of files once their renames are durable (the run's journal).
         With a ``store`` (object storage), ``root`` is ``Path(".")``: paths are relative to
         the store's prefix, and each partition is one GET and one whole-object PUT."""
         self.root = root
+        self.tz = tz
         self.store = store
         self.fmt = fmt
         self.durable = durable
@@ -299,7 +303,7 @@ class PartitionWriter:
     def _parse(self, data: bytes, name: str, series: Series) -> dict[int, tuple[str, int]]:
         """The rows of a partition file this tool wrote, by period."""
         try:
-            return formats.decode(self.fmt, series, data)
+            return formats.decode(self.fmt, series, data, self.tz)
         except (ValueError, KeyError, TypeError) as exc:
             raise ExporterError(
                 f"cannot merge into {name}: it is not a file this tool wrote "

@@ -165,3 +165,23 @@ def test_doctor_on_a_server_that_drops_connections_exits_1(
     code, out = _doctor(write_config, capsys, monkeypatch, not_braze.url)
     assert code == 1
     assert "verdict: no usable answer (connection closed before a whole response)" in out
+
+
+def test_doctor_sees_days_cut_in_utc_east_of_utc(
+    write_config: Callable[..., Path],
+    sandbox_server: Any,
+    env_key: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Tokyo: a window ending at 23:59:59 local cannot show a UTC cut; a third probe ending at
+    00:30 local does, and the verdict says so."""
+    tokyo = CONFIG.replace("America/New_York", "Asia/Tokyo")
+    for semantics, words in (("utc", "named the day before"), ("contains", "names the same day")):
+        with sandbox_server(semantics=semantics) as server:
+            monkeypatch.setenv("BRAZE_REST_ENDPOINT", server.url)
+            assert main(["doctor", str(write_config(tokyo))]) == 0
+            assert sandbox_stats(server.app).requests == 3
+        out = capsys.readouterr().out
+        assert words in out
+        assert ("with a caveat" in out) == (semantics == "utc")

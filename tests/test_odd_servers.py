@@ -166,3 +166,37 @@ def test_an_empty_journal_vouches_for_nothing_and_breaks_nothing(
     assert report.ok > 0
     assert not report.changed
     assert not report.unknown
+
+
+@pytest.mark.parametrize(
+    ("unit", "label", "zone", "expected"),
+    [
+        ("hour", "2026-11-17T03:30:00+05:30", "UTC", "2026-11-16T22:00:00+00:00"),
+        ("day", "2026-11-19T15:00:00Z", "Asia/Tokyo", "2026-11-20"),  # Tokyo's midnight
+        ("day", "2026-11-20T05:00:00Z", "America/New_York", "2026-11-20"),
+        ("day", "2026-11-20T00:00:00", "Asia/Tokyo", "2026-11-20"),  # naive: as written
+    ],
+)
+def test_labels_are_read_as_the_instant_they_name(
+    unit: str, label: str, zone: str, expected: str
+) -> None:
+    """An offset is honoured: hours on a whole UTC hour in any offset, day instants in the
+    config's zone (never the UTC date of a Tokyo midnight)."""
+    from datetime import datetime
+    from zoneinfo import ZoneInfo
+
+    from exporter.plan import period_of
+
+    period = period_of(unit, label, ZoneInfo(zone))  # type: ignore[arg-type]
+    if unit == "day":
+        assert date.fromordinal(period).isoformat() == expected
+    else:
+        assert datetime.fromisoformat(expected).timestamp() == period * 3600
+
+
+def test_a_bare_date_is_no_hour_label() -> None:
+    """'2026-11-13' in an hour series would put a day's count into an hour: malformed."""
+    from exporter.plan import period_of
+
+    with pytest.raises(ValueError, match="no time of day"):
+        period_of("hour", "2026-11-13")

@@ -13,6 +13,7 @@ import pytest
 
 from exporter.client import BrazeClient, Response, make_session
 from exporter.config import ApiKey
+from exporter.errors import TransportError
 from exporter.pipeline import Pipeline, account
 from exporter.plan import Plan, Request, Series, ending_at
 from exporter.ratelimit import RESET_MARGIN_S, Budget, RateHeaders
@@ -213,3 +214,34 @@ def _hours_body(*hours: str) -> bytes:
     return json.dumps(
         {"message": "success", "data": [{"time": h, "sessions": 7} for h in hours]}
     ).encode()
+
+
+class DyingClient(ScriptedClient):
+    """Answers once, then every connection is refused (the host went away mid-run)."""
+
+    @property
+    def host(self) -> str:
+        return "braze.test:443"
+
+    async def get(self, request: Request, ending_at: str | None = None) -> Response:
+        self.calls += 1
+        if self.calls == 1:
+            return OK_3_DAYS
+        raise TransportError(
+            "connection refused (braze.test:443)", cause="refused", detail="connection refused"
+        )
+
+
+async def test_a_host_lost_mid_run_stops_the_run_instead_of_retrying_for_minutes(
+    tmp_path: Path,
+) -> None:
+    """After answers, connections refused for 30 s in a row end the run (exit 4's error)."""
+    clock = FakeClock(0.0)
+    client = DyingClient()
+    pipeline, _ = _scripted_pipeline(tmp_path, client, clock)
+    pipeline._clock = clock  # the pipeline's monotonic clock, faked
+    result = await pipeline.run(_plan(20))
+    assert result.unreachable is not None
+    assert str(result.unreachable).startswith("lost braze.test:443: connection refused, for ")
+    assert client.calls < 8 * 20  # not every request's every retry
+    assert result.totals.done == 1
