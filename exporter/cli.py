@@ -451,6 +451,8 @@ def _output_dir(config: Config, out: str | None) -> Path:
         path = Path(expand_home(out) if out else config.output.dir)
     except ValueError as exc:
         raise ConfigError(f"{where}: {exc}") from None
+    if path.is_symlink() and not path.exists():
+        raise ConfigError(f"{where}: {path} is a broken or looping symbolic link")
     for existing in (path, *path.parents):
         if existing.exists():
             if not existing.is_dir():

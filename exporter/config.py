@@ -101,6 +101,16 @@ class Limits(_Model):
     max_attempts: int = Field(8, ge=1, le=100)
     max_pause_s: float = Field(MAX_PAUSE_S, ge=1, le=MAX_PAUSE_S)
 
+    @model_validator(mode="after")
+    def _some_pace(self) -> Limits:
+        # share: 1e-300 is in (0, 1] but paces nothing: a run would wait forever.
+        if self.requests_per_hour * self.share < 1:
+            raise ValueError(
+                f"requests_per_hour x share is {self.requests_per_hour * self.share:.3g} "
+                "requests/hour: at least 1 is needed for a run to make progress"
+            )
+        return self
+
 
 class Output(_Model):
     dir: Annotated[str, StringConstraints(min_length=1)] = "exports"

@@ -27,7 +27,7 @@ from exporter.pipeline import RunResult, Tally, account
 from exporter.plan import Plan, Series, span_label
 from exporter.ratelimit import Budget
 from exporter.remote import ObjectStore, StorageError, is_remote, remote_holder
-from exporter.storage import JOURNAL_SUFFIX, RUNS_DIR, WORK_DIR, live_holders
+from exporter.storage import JOURNAL_SUFFIX, RUNS_DIR, WORK_DIR, DirLock, live_holders
 from exporter.writers import atomic_write
 
 __all__ = ["RUNS_DIR", "Verification", "build_manifest", "verify", "write_manifest"]
@@ -231,20 +231,32 @@ def verify(target: str | Path) -> Verification:
     out_dir = Path(target)
     if not out_dir.is_dir():
         raise ConfigError(f"{out_dir}: no such directory")
-    if holders := live_holders(out_dir):
-        raise DirectoryBusy(
-            f"{out_dir} is being written by a run ({holders[0].describe()}); "
-            "verify it after the run ends"
+    # Hold the directory while checking, so that no run starts writing into it meanwhile (it
+    # is refused with exit 5). A read-only directory cannot be locked: then only make sure
+    # that no run holds it now.
+    lock: DirLock | None = None
+    try:
+        lock = DirLock.acquire(out_dir, layout="verify", shard=None, command="braze-export verify")
+    except ExporterError as exc:
+        holders = live_holders(out_dir)
+        if holders or isinstance(exc, DirectoryBusy):
+            who = holders[0].describe() if holders else "another run"
+            raise DirectoryBusy(
+                f"{out_dir} is being written by a run ({who}); verify it after the run ends"
+            ) from None
+    try:
+        runs = out_dir / RUNS_DIR
+        data = out_dir / DATA_DIR
+        return _check(
+            str(out_dir),
+            [str(p.relative_to(out_dir)) for p in sorted(runs.glob("*.json"))],
+            [str(p.relative_to(out_dir)) for p in sorted(runs.glob(f"*{JOURNAL_SUFFIX}"))],
+            {str(p.relative_to(out_dir)) for p in data.rglob("*") if p.is_file()},
+            lambda relative: (out_dir / relative).read_bytes(),
         )
-    runs = out_dir / RUNS_DIR
-    data = out_dir / DATA_DIR
-    return _check(
-        str(out_dir),
-        [str(p.relative_to(out_dir)) for p in sorted(runs.glob("*.json"))],
-        [str(p.relative_to(out_dir)) for p in sorted(runs.glob(f"*{JOURNAL_SUFFIX}"))],
-        {str(p.relative_to(out_dir)) for p in data.rglob("*") if p.is_file()},
-        lambda relative: (out_dir / relative).read_bytes(),
-    )
+    finally:
+        if lock is not None:
+            lock.release()
 
 
 def _verify_store(store: ObjectStore) -> Verification:

@@ -251,7 +251,6 @@ class Pipeline:
                 for request in gap_requests(plan, index, coverage.missing(index)):
                     if self._stopping.is_set():
                         break
-                    self.result.count(request, "gap")
                     await queue.put(request)
             await queue.join()
             before, missing = missing, self._missing_total()
@@ -292,6 +291,8 @@ class Pipeline:
                     if not request.gap and self._coverage.status[request.index] != FAILED:
                         self.result.count(request, "skipped")
                     continue
+                if request.gap:
+                    self.result.count(request, "gap")  # counted when sent, not when queued
                 self._in_flight += 1
                 try:
                     await self._one(request)

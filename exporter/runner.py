@@ -220,10 +220,12 @@ async def execute(
                 extra={"event": "manifest_failed"},
             )
         files = state.file_count()
-        # The manifest now vouches for every file. An interrupted run keeps its journal (a
-        # write cancelled at the stop may still land, unmarked in the state), and so does a
-        # run whose manifest could not be written: the journal is then its only record.
-        keep_journal = result.interrupted or manifest_error is not None
+        # The manifest now vouches for every file it lists. An interrupted run keeps its
+        # journal (a write cancelled at the stop may still land, unmarked in the state), and
+        # so does a run whose manifest could not be written: the journal is its only record.
+        # A run that is not complete keeps it too: files of a request that failed halfway
+        # (renamed into place, never recorded in the state) are vouched for only there.
+        keep_journal = result.interrupted or manifest_error is not None or code != EXIT_OK
         if remote is not None:
             await remote.finish(journal_done=not keep_journal)
         elif not keep_journal:

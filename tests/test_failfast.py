@@ -120,6 +120,7 @@ def test_a_refused_run_calls_no_series_complete(
     totals = _manifest(out)["totals"]
     assert (totals["series_complete"], totals["series_incomplete"]) == (0, 16)
     assert "series_ok" not in totals
+    assert totals["requests_gap_fill"] == 0  # none was sent, so none is counted
 
 
 def test_an_as_of_after_today_is_a_usage_error(

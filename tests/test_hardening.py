@@ -202,3 +202,48 @@ def test_ctrl_c_while_importing_is_one_line(
     monkeypatch.setattr(sys, "meta_path", [Interrupting(), *sys.meta_path])
     assert entry.main() == 130
     assert capsys.readouterr().err == "interrupted\n"
+
+
+def test_no_run_starts_while_verify_reads(
+    tmp_path: Path, write_config: Callable[..., Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """verify holds the directory: a run starting meanwhile is refused, not half-checked."""
+    from exporter import manifest
+    from exporter.errors import DirectoryBusy
+    from exporter.storage import DirLock
+
+    out = tmp_path / "out"
+    config = _config(write_config, out)
+    assert main(["run", str(config), "--sandbox", "--out", str(out), "--as-of", AS_OF]) == 0
+    check = manifest._check
+    refused: list[str] = []
+
+    def check_while_a_run_starts(*args: Any) -> Any:
+        try:
+            DirLock.acquire(out, layout="L", shard=None, command="braze-export run x")
+        except DirectoryBusy as exc:
+            refused.append(str(exc))
+        return check(*args)
+
+    monkeypatch.setattr(manifest, "_check", check_while_a_run_starts)
+    assert verify(out).ok > 0
+    assert len(refused) == 1
+    assert "braze-export verify" in refused[0]
+
+
+def test_an_incomplete_run_keeps_its_journal(
+    tmp_path: Path,
+    write_config: Callable[..., Path],
+    sandbox_server: Any,
+    env_key: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A run that ends with a failed series keeps its journal: files of a request that
+    failed halfway are vouched for there."""
+    out = tmp_path / "out"
+    config = _config(write_config, out)
+    with sandbox_server(reject_segments=frozenset({"seg-b"})) as server:
+        monkeypatch.setenv("BRAZE_REST_ENDPOINT", server.url)
+        assert main(["run", str(config), "--as-of", AS_OF]) == 1
+    assert len(list((out / "_runs").glob("*.journal.jsonl"))) == 1
+    assert verify(out).unknown == []
