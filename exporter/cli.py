@@ -552,6 +552,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
         )
     if is_remote(target):
         ObjectStore.open(target).close()  # a missing backend is a config error, up front
+        if args.work_dir is not None and args.work_dir.exists() and not args.work_dir.is_dir():
+            raise ConfigError(f"--work-dir: {args.work_dir} is a file, not a directory")
         out_dir = Path(target)
     else:
         out_dir = _output_dir(config, args.out or (SANDBOX_OUT if args.sandbox else None))

@@ -2,8 +2,9 @@
 
     ExporterError
     ├── ConfigError              the config or the command line is wrong (exit 2)
-    ├── Unreachable              nothing can work: the endpoint is not reachable or not Braze
-    │                            (exit 4)
+    ├── Unreachable              nothing can work: the endpoint is not reachable or not Braze,
+    │                            or the output cannot be written (exit 4)
+    ├── WriteError               one partition could not be written (its series fails)
     ├── DirectoryBusy            another run holds the output directory (exit 5)
     └── ApiError                 one Braze call went wrong; carries the series it belongs to
         ├── RetryableError       worth another attempt
@@ -38,6 +39,7 @@ __all__ = [
     "ServerError",
     "TransportError",
     "Unreachable",
+    "WriteError",
 ]
 
 
@@ -111,6 +113,10 @@ class TransportError(RetryableError):
     @property
     def connect_failed(self) -> bool:
         return self.cause in ("refused", "dns", "tls")
+
+
+class WriteError(ExporterError):
+    """A partition file or object could not be written (disk full, store down, ...)."""
 
 
 class Unreachable(ExporterError):

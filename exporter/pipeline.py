@@ -35,6 +35,7 @@ from exporter.errors import (
     SeriesError,
     TransportError,
     Unreachable,
+    WriteError,
 )
 from exporter.plan import Plan, Request, Series, describe_periods, ending_at
 from exporter.ratelimit import Budget
@@ -74,6 +75,8 @@ NOT_FOUND_TO_GIVE_UP = 3
 # After answers, the host is lost when this many connection failures in a row span this long.
 CONNECT_FAILURES_LOST = 20
 LOST_AFTER_S = 30.0
+# Writes failing in a row for LOST_AFTER_S stop the run too.
+WRITE_FAILURES_TO_STOP = 10
 
 
 @dataclass(slots=True)
@@ -178,6 +181,8 @@ class Pipeline:
         self._succeeded = False  # any 200
         self._connect_failures = 0  # in a row, since the last HTTP answer
         self._last_answer = 0.0
+        self._write_failures = 0  # in a row, since the last request written
+        self._last_write = 0.0
         self._not_found: set[tuple[str, str | None]] = set()
         self._not_found_limit = NOT_FOUND_TO_GIVE_UP
         self._endings: dict[tuple[str, int], str] = {}
@@ -201,6 +206,7 @@ class Pipeline:
         self._tz = ZoneInfo(plan.timezone)
         result.requests_planned = len(plan.requests)
         result.started = self._clock()
+        self._last_write = result.started
         result.by_series = SeriesCounters(len(plan.series))
         for request in plan.requests:
             result.count(request, "planned")
@@ -311,6 +317,9 @@ class Pipeline:
                         self._fail(request, exc.reason)
                 except ApiError as exc:
                     self._fail(request, exc.reason)
+                except WriteError as exc:
+                    self._fail(request, str(exc))
+                    self._note_write_failure(exc)
                 except ExporterError as exc:
                     self._fail(request, str(exc))
                 finally:
@@ -347,6 +356,7 @@ class Pipeline:
             settle_from = plan.settle_from.get(request.series.unit, -(2**62))
             self.state.record(request.series.key, spans, settle_from, written)
         coverage.record(index, spans)
+        self._write_failures, self._last_write = 0, self._clock()
         self.result.count(request, "done")
         self.result.count(request, "rows", len(inside))
 
@@ -412,6 +422,18 @@ class Pipeline:
                 f"lost {self.client.host}: {exc.detail}, for {silent:.0f}s and "
                 f"{self._connect_failures} attempts in a row. Completed periods are saved: "
                 "rerun the same command to resume once it answers again"
+            )
+
+    def _note_write_failure(self, exc: WriteError) -> None:
+        """Writes failing in a row for a while (disk full, object store down): stop, rather
+        than spend the budget fetching rows that cannot be kept."""
+        self._write_failures += 1
+        silent = self._clock() - self._last_write
+        if self._write_failures >= WRITE_FAILURES_TO_STOP and silent >= LOST_AFTER_S:
+            raise Unreachable(
+                f"the output cannot be written ({exc}; {self._write_failures} writes in a row "
+                f"for {silent:.0f}s). Completed periods are saved: free space or fix the "
+                "store, then rerun the same command"
             )
 
     def _note_not_found(self, series: Series) -> None:

@@ -302,10 +302,12 @@ class RemoteLock:
         now = time.time() if now is None else now
         top, doc = _top_lock(store)
         previous: Holder | None = None
+        released = False
         if top:
             if doc is None or float(doc["expires_epoch"]) > now:
                 raise _busy(store, doc, top)
             previous = _holder_of(doc) if doc.get("token") else None
+            released = bool(doc.get("released"))
         last_sequence = previous.sequence if previous is not None else 0
         holder = Holder(
             token=secrets.token_hex(8),
@@ -322,7 +324,7 @@ class RemoteLock:
         if not store.create(lock.name, lock._doc()):
             _, winner = _top_lock(store)
             raise _busy(store, winner, top + 1)
-        if previous is not None:
+        if previous is not None and not released:
             lock.taken_over_from = previous.describe()
         for older in store.list(_LOCK_DIR):
             epoch = _epoch_of(older)
@@ -330,11 +332,12 @@ class RemoteLock:
                 store.delete(older)
         return lock
 
-    def _doc(self) -> bytes:
+    def _doc(self, released: bool = False) -> bytes:
         doc = {
             **asdict(self.holder),
             "expires_at": _iso(self.expires_at),
             "expires_epoch": self.expires_at,
+            "released": released,
         }
         return json.dumps(doc, indent=1).encode()
 
@@ -353,10 +356,14 @@ class RemoteLock:
         self.store.put_sync(self.name, self._doc())
 
     def release(self) -> None:
+        """Mark the lock released, keeping its object: epochs only grow, so a holder that
+        was stalled past its expiry can never find its old epoch number back on top (a
+        deleted lock let the next run reuse it, and two runs wrote at once)."""
         if self._held:
             self._held = False
+            self.expires_at = time.time()
             try:
-                self.store.delete(self.name)
+                self.store.put_sync(self.name, self._doc(released=True))
             except StorageError as exc:
                 log.warning("%s; it expires by itself", exc)
 

@@ -32,7 +32,7 @@ from urllib.parse import quote
 
 from exporter import formats
 from exporter.client import Point
-from exporter.errors import ExporterError
+from exporter.errors import ExporterError, WriteError
 from exporter.plan import Series
 from exporter.storage import WORK_DIR
 
@@ -187,7 +187,7 @@ class PartitionWriter:
                     await self._commit(staged)
                 except OSError as exc:
                     # The pipeline puts the series' label in front.
-                    raise ExporterError(f"cannot write {path}: {exc.strerror or exc}") from None
+                    raise WriteError(f"cannot write {path}: {exc.strerror or exc}") from None
                 written.append(staged.item)
         return written
 
@@ -202,7 +202,7 @@ class PartitionWriter:
             item, data = self._merge(rows, path, series, points, next(self._versions))
             await store.put(relative, data)
         except OSError as exc:
-            raise ExporterError(str(exc)) from None
+            raise WriteError(str(exc)) from None
         if self._on_written is not None:
             self._on_written([item])
         return item

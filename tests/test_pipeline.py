@@ -8,6 +8,7 @@ import time
 from collections.abc import Callable
 from datetime import UTC, date, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -245,3 +246,26 @@ async def test_a_host_lost_mid_run_stops_the_run_instead_of_retrying_for_minutes
     assert str(result.unreachable).startswith("lost braze.test:443: connection refused, for ")
     assert client.calls < 8 * 20  # not every request's every retry
     assert result.totals.done == 1
+
+
+async def test_writes_failing_for_a_while_stop_the_run(tmp_path: Path) -> None:
+    """A full disk or a dead object store: the run stops instead of fetching what it cannot
+    keep (every request answered, every write failing, for 30 s and 10 writes in a row)."""
+    clock = FakeClock(0.0)
+    blocked = tmp_path / "blocked"
+    blocked.write_text("a file where the output directory should be")
+    client = ScriptedClient(*[OK_3_DAYS] * 40)
+    pipeline, _ = _scripted_pipeline(blocked, client, clock)
+    pipeline._clock = clock
+
+    real_write = pipeline.writer.write
+
+    async def slow_failing_write(*args: Any) -> Any:
+        clock.now += 5  # each attempt takes a while
+        return await real_write(*args)
+
+    pipeline.writer.write = slow_failing_write  # type: ignore[method-assign, assignment]
+    result = await pipeline.run(_plan(40))
+    assert result.unreachable is not None
+    assert str(result.unreachable).startswith("the output cannot be written (cannot write ")
+    assert client.calls < 40

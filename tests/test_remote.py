@@ -112,7 +112,8 @@ def test_a_run_writes_the_same_objects_as_a_local_run(
     assert [name.endswith(".json") for name in runs] == [True]  # manifest only, no journal
     manifest = json.loads(next(iter(runs.values())))
     assert {f["path"] for f in manifest["files"]} == set(expected)
-    assert _objects(bucket, ".braze-export/lock") == {}  # released
+    (lock,) = _objects(bucket, ".braze-export/lock").values()
+    assert json.loads(lock)["released"] is True  # kept, so the next run's epoch is higher
 
 
 def test_restatements_merge_into_the_current_objects(
@@ -327,3 +328,27 @@ def test_a_missing_backend_is_a_config_error_naming_the_extra(
     cfg = write_config(_config("gs://bucket/prefix"))
     assert main(["run", str(cfg), "--sandbox", "--out", "gs://bucket/prefix"]) == 2
     assert "pip install 'braze-export[gcs]'" in capsys.readouterr().err
+
+
+def test_a_stalled_holder_never_finds_its_epoch_again(bucket: str) -> None:
+    """A holds epoch 1 and stalls past its expiry; B takes over and releases; C starts. A's
+    renewal must see that it lost the prefix (epochs only grow: released locks are kept)."""
+    store = ObjectStore.open(f"s3://{bucket}/aba")
+    try:
+
+        def take(now: float | None, ttl_s: float) -> RemoteLock:
+            return RemoteLock.acquire(
+                store, layout="L", shard=None, command="braze-export run x", now=now, ttl_s=ttl_s
+            )
+
+        a = take(1000.0, 10)
+        b = take(2000.0, 10)  # A expired: taken over
+        b.release()
+        c = take(None, 300)
+        assert (a.epoch, b.epoch, c.epoch) == (1, 2, 3)
+        with pytest.raises(DirectoryBusy, match="took the prefix over"):
+            a.renew()
+        c.renew()
+        c.release()
+    finally:
+        store.close()
