@@ -447,6 +447,11 @@ def _load(args: argparse.Namespace) -> tuple[Config, Plan]:
 def _output_dir(config: Config, out: str | None) -> Path:
     """Where the run writes, refused when it cannot be a directory (nothing is created)."""
     where = "--out" if out else f"{config.source}: output.dir"
+    if re.match(r"[A-Za-z][A-Za-z0-9+.-]*:/(?!/)", out or config.output.dir):
+        raise ConfigError(
+            f"{where}: {out or config.output.dir!r} looks like a URL with one slash too few "
+            "(s3://bucket/prefix); a local directory name cannot start with a scheme"
+        )
     try:
         path = Path(expand_home(out) if out else config.output.dir)
     except ValueError as exc:
@@ -466,7 +471,10 @@ def _output_dir(config: Config, out: str | None) -> Path:
 
 def _cmd_validate(args: argparse.Namespace) -> int:
     config = load_config(args.config)
-    _output_dir(config, None)
+    if is_remote(config.output.dir):
+        ObjectStore.open(config.output.dir).close()  # its backend must be installed
+    else:
+        _output_dir(config, None)
     series = count_series(config)  # as the planner counts, without planning a request
     key_var = config.braze.api_key_env
     key_state = (

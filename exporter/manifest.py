@@ -273,11 +273,14 @@ def _verify_store(store: ObjectStore) -> Verification:
             raise FileNotFoundError(relative)
         return data
 
+    on_store = {key for key in store.list(DATA_DIR) if not key.endswith("/")}  # no folder markers
+    if not runs and not on_store:
+        raise ConfigError(f"{store.url}: nothing under this prefix (does the bucket exist?)")
     return _check(
         store.url,
         [r for r in runs if r.endswith(".json")],
         [r for r in runs if r.endswith(JOURNAL_SUFFIX)],
-        set(store.list(DATA_DIR)),
+        on_store,
         read,
     )
 

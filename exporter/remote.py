@@ -413,6 +413,7 @@ class RemoteRun:
         """The checkpointed state files replace local ones: the prefix is the truth (a local
         copy may belong to a run on this disk that another host has since resumed)."""
         self.work_dir.mkdir(parents=True, exist_ok=True)
+        restored: set[str] = set()
         for relative in self.store.list(WORK_DIR):
             name = relative.rsplit("/", 1)[-1]
             if relative.count("/") != 1 or not name.endswith(".sqlite"):
@@ -426,6 +427,14 @@ class RemoteRun:
             tmp = target.with_name(name + ".download")
             tmp.write_bytes(data)
             os.replace(tmp, target)
+            restored.add(name)
+        # A local state the prefix has no checkpoint of is not this prefix's truth: another
+        # prefix's (a reused --work-dir), or one whose prefix was emptied since. Trusting it
+        # would skip periods whose objects are not there.
+        for local in self.work_dir.glob("state*.sqlite"):
+            if local.name not in restored:
+                for stale in (local, *(local.with_name(local.name + x) for x in ("-wal", "-shm"))):
+                    stale.unlink(missing_ok=True)
 
     def start(self, state: State, on_lost: Callable[[], None]) -> None:
         """Checkpoint ``state`` every ``checkpoint_s`` from now on, renewing the lock first;
@@ -453,8 +462,8 @@ class RemoteRun:
                 log.warning("checkpoint failed, trying again in %.0fs: %s", self.checkpoint_s, exc)
 
     async def checkpoint(self) -> None:
-        """Upload a consistent copy of the state, then the journal of the files it vouches
-        for. The copy is taken on the loop (SQLite connections stay in their thread)."""
+        """Upload the journal of the files the state vouches for, then a consistent copy of
+        the state. The copy is taken on the loop (SQLite connections stay in their thread)."""
         state = self._state
         assert state is not None, "checkpoint() before start()"
         copy = self.work_dir / f"checkpoint-{self.lock.token}.sqlite"
@@ -468,8 +477,10 @@ class RemoteRun:
         lines = [head] + [{"path": p, "rows": r, "sha256": s} for p, r, s in state.files()]
         journal = "".join(json.dumps(doc, ensure_ascii=False) + "\n" for doc in lines).encode()
         loop = asyncio.get_running_loop()
-        await loop.run_in_executor(None, self.store.put_sync, f"{WORK_DIR}/{state.path.name}", data)
+        # The journal first: killed between the two puts, the journal then vouches for files
+        # the older state does not know yet (a rerun rewrites them), never the other way.
         await loop.run_in_executor(None, self.store.put_sync, self.journal_name, journal)
+        await loop.run_in_executor(None, self.store.put_sync, f"{WORK_DIR}/{state.path.name}", data)
 
     async def finish(self, *, journal_done: bool) -> None:
         """Stop the checkpoints and take the last one; ``journal_done``: the manifest lists
@@ -478,6 +489,17 @@ class RemoteRun:
             self._ticker.cancel()
             await asyncio.wait([self._ticker])
             self._ticker = None
+            loop = asyncio.get_running_loop()
+            if self.lost is None:
+                try:  # still ours? A run stalled past its expiry must not overwrite another's
+                    await loop.run_in_executor(None, self.lock.renew)
+                except DirectoryBusy as exc:
+                    self.lost = exc
+                except StorageError as exc:
+                    log.warning("cannot renew the lock: %s", exc)
+            if self.lost is not None:
+                log.error("not checkpointing: another run holds %s now", self.store.url)
+                return
             try:
                 await self.checkpoint()
                 if journal_done:

@@ -22,7 +22,7 @@ from urllib.parse import urlsplit
 from exporter.client import BrazeClient, make_session
 from exporter.config import UNITS, ApiKey, Config, Unit
 from exporter.coverage import COMPLETE, Calibration
-from exporter.errors import ConfigError
+from exporter.errors import ConfigError, ExporterError
 from exporter.manifest import RUNS_DIR, build_manifest, write_manifest
 from exporter.pipeline import Pipeline, RunResult
 from exporter.plan import Plan
@@ -140,13 +140,23 @@ async def execute(
             stack.callback(remote.close)
             holder, state_dir = remote.lock.holder, remote.work_dir
         scope = f"{origin}|{config.output.format}|{config.timezone}"
-        state = State(
-            state_path(state_dir, plan.shard),
-            scope=scope,
-            as_of=plan.as_of.toordinal(),
-            run_id=options.run_id,
-            root=root,
-        )
+        try:
+            state = State(
+                state_path(state_dir, plan.shard),
+                scope=scope,
+                as_of=plan.as_of.toordinal(),
+                run_id=options.run_id,
+                root=root,
+            )
+        except ExporterError as exc:
+            if options.remote is None:
+                raise
+            state_name = state_path(state_dir, plan.shard).name
+            raise ExporterError(
+                f"{options.remote}/{WORK_DIR}/{state_name}: the checkpointed resume state "
+                f"cannot be used ({exc}). If it is damaged, delete that object to go on: the "
+                "data stays, the next run fetches every period of its windows again"
+            ) from None
         stack.callback(state.close)
         _refuse_other_sources(state, scope, options.remote or str(options.out_dir))
         on_written = None  # object storage: the checkpoints upload the journal
@@ -227,7 +237,16 @@ async def execute(
         # (renamed into place, never recorded in the state) are vouched for only there.
         keep_journal = result.interrupted or manifest_error is not None or code != EXIT_OK
         if remote is not None:
-            await remote.finish(journal_done=not keep_journal)
+            try:
+                await remote.finish(journal_done=not keep_journal)
+            except OSError as exc:  # the store went away at the end: say so, still summarise
+                code = EXIT_FAILED if code == EXIT_OK else code
+                log.error(
+                    "the final checkpoint of the resume state failed: %s; a rerun repeats the "
+                    "requests since the last one",
+                    exc,
+                    extra={"event": "checkpoint_failed"},
+                )
         elif not keep_journal:
             journal.close(remove=True)
     name = signal.Signals(signals[0]).name if signals else None
