@@ -80,6 +80,30 @@ WRITE_FAILURES_TO_STOP = 10
 
 
 @dataclass(slots=True)
+class _Streak:
+    """Failures in a row since the last success: too many of them, for too long, mean the
+    host (or the output) is gone, not having a bad moment."""
+
+    limit: int
+    span_s: float
+    what: str
+    count: int = 0
+    since: float = 0.0
+    silent_s: float = 0.0
+
+    def reset(self, now: float) -> None:
+        self.count, self.since = 0, now
+
+    def failed(self, now: float) -> bool:
+        self.count += 1
+        self.silent_s = now - self.since
+        return self.count >= self.limit and self.silent_s >= self.span_s
+
+    def describe(self) -> str:
+        return f"{self.silent_s:.0f}s and {self.count} {self.what} in a row"
+
+
+@dataclass(slots=True)
 class Tally:
     """Counts for the whole run, or summed over some series."""
 
@@ -179,10 +203,9 @@ class Pipeline:
         self._in_flight = 0
         self._answered = False  # any HTTP response at all
         self._succeeded = False  # any 200
-        self._connect_failures = 0  # in a row, since the last HTTP answer
-        self._last_answer = 0.0
-        self._write_failures = 0  # in a row, since the last request written
-        self._last_write = 0.0
+        self._connect_failures = 0  # before any HTTP answer
+        self._lost_host = _Streak(CONNECT_FAILURES_LOST, LOST_AFTER_S, "attempts")
+        self._lost_output = _Streak(WRITE_FAILURES_TO_STOP, LOST_AFTER_S, "writes")
         self._not_found: set[tuple[str, str | None]] = set()
         self._not_found_limit = NOT_FOUND_TO_GIVE_UP
         self._endings: dict[tuple[str, int], str] = {}
@@ -206,7 +229,8 @@ class Pipeline:
         self._tz = ZoneInfo(plan.timezone)
         result.requests_planned = len(plan.requests)
         result.started = self._clock()
-        self._last_write = result.started
+        self._lost_host.reset(result.started)
+        self._lost_output.reset(result.started)
         result.by_series = SeriesCounters(len(plan.series))
         for request in plan.requests:
             result.count(request, "planned")
@@ -356,7 +380,7 @@ class Pipeline:
             settle_from = plan.settle_from.get(request.series.unit, -(2**62))
             self.state.record(request.series.key, spans, settle_from, written)
         coverage.record(index, spans)
-        self._write_failures, self._last_write = 0, self._clock()
+        self._lost_output.reset(self._clock())
         self.result.count(request, "done")
         self.result.count(request, "rows", len(inside))
 
@@ -385,7 +409,7 @@ class Pipeline:
             raise
         self._answered = True
         self._connect_failures = 0
-        self._last_answer = self._clock()
+        self._lost_host.reset(self._clock())
         self.budget.observe(response.rate, status=response.status)
         if response.status == 429:
             self.result.count(request, "rate_limited")
@@ -416,24 +440,21 @@ class Pipeline:
             return
         # It answered before: give up only when every connection has failed for a while, so
         # that the retries of every worker do not hammer a dead host for minutes.
-        silent = self._clock() - self._last_answer
-        if self._connect_failures >= CONNECT_FAILURES_LOST and silent >= LOST_AFTER_S:
+        if self._lost_host.failed(self._clock()):
             raise Unreachable(
-                f"lost {self.client.host}: {exc.detail}, for {silent:.0f}s and "
-                f"{self._connect_failures} attempts in a row. Completed periods are saved: "
-                "rerun the same command to resume once it answers again"
+                f"lost {self.client.host}: {exc.detail}, for {self._lost_host.describe()}. "
+                "Completed periods are saved: rerun the same command to resume once it "
+                "answers again"
             )
 
     def _note_write_failure(self, exc: WriteError) -> None:
         """Writes failing in a row for a while (disk full, object store down): stop, rather
         than spend the budget fetching rows that cannot be kept."""
-        self._write_failures += 1
-        silent = self._clock() - self._last_write
-        if self._write_failures >= WRITE_FAILURES_TO_STOP and silent >= LOST_AFTER_S:
+        if self._lost_output.failed(self._clock()):
             raise Unreachable(
-                f"the output cannot be written ({exc}; {self._write_failures} writes in a row "
-                f"for {silent:.0f}s). Completed periods are saved: free space or fix the "
-                "store, then rerun the same command"
+                f"the output cannot be written ({exc}; for {self._lost_output.describe()}). "
+                "Completed periods are saved: free space or fix the store, then rerun the "
+                "same command"
             )
 
     def _note_not_found(self, series: Series) -> None:
