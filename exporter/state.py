@@ -24,6 +24,7 @@ import os
 import sqlite3
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from exporter.errors import ExporterError
 from exporter.writers import WrittenFile
@@ -108,37 +109,32 @@ class State:
         found: dict[int, list[Span]] = {}
         keys: Mapping[str, int] | None = None
         query = "SELECT series, lo, hi FROM periods WHERE scope = ? AND as_of IN (?, ?)"
-        for db in [self._db, *self._others()]:
-            try:
-                rows = db.execute(query, (self._scope, _SETTLED, self._as_of))
-                for series, lo, hi in rows:
-                    if keys is None:
-                        keys = series_keys()
-                    index = keys.get(series)
-                    if index is not None:
-                        found.setdefault(index, []).append((lo, hi))
-            except sqlite3.Error as exc:
-                if db is self._db:
-                    raise _unusable(self.path, exc) from None
-                log.debug("skipping another layout's state file: %s", exc)
-            finally:
-                if db is not self._db:
-                    db.close()
+        for series, lo, hi in self._query_all(query, (self._scope, _SETTLED, self._as_of)):
+            if keys is None:
+                keys = series_keys()
+            index = keys.get(series)
+            if index is not None:
+                found.setdefault(index, []).append((lo, hi))
         return found
 
     def scopes(self) -> set[str]:
         """Every scope the directory's state files hold records of (this one's included)."""
-        found: set[str] = set()
-        for db in [self._db, *self._others()]:
+        return {row[0] for row in self._query_all("SELECT DISTINCT scope FROM periods")}
+
+    def _query_all(self, sql: str, params: tuple[Any, ...] = ()) -> Iterator[tuple[Any, ...]]:
+        """The rows of ``sql`` in this state file, then in the directory's other ones. This
+        file's errors are this state's; another file that cannot be read is skipped."""
+        try:
+            yield from self._db.execute(sql, params)
+        except sqlite3.Error as exc:
+            raise _unusable(self.path, exc) from None
+        for db in self._others():
             try:
-                found.update(row[0] for row in db.execute("SELECT DISTINCT scope FROM periods"))
+                yield from db.execute(sql, params)
             except sqlite3.Error as exc:
-                if db is self._db:
-                    raise _unusable(self.path, exc) from None
+                log.debug("skipping another layout's state file: %s", exc)
             finally:
-                if db is not self._db:
-                    db.close()
-        return found
+                db.close()
 
     def _others(self) -> Iterator[sqlite3.Connection]:
         """Read-only connections to the directory's other state files. One that is locked
