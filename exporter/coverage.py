@@ -124,9 +124,8 @@ class Coverage:
         received = self._received.get(index, [])
         if covers(received, request.first, request.last):
             return False
-        wanted = subtract(self.planned(index), [(_MIN, request.first - 1)])
-        wanted = subtract(wanted, [(request.last + 1, _MAX)])
-        return bool(subtract(wanted, received))
+        outside = [(_MIN, request.first - 1), (request.last + 1, _MAX)]
+        return bool(subtract(subtract(self.planned(index), outside), received))
 
     def inside(self, index: int, points: Sequence[Point]) -> list[Point]:
         """The points whose period lies in the series' planned window."""
