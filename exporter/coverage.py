@@ -184,10 +184,6 @@ class Calibration:
     def shift(self, unit: Unit) -> int:
         return self._estimate[unit]
 
-    @property
-    def estimates(self) -> dict[Unit, int]:
-        return dict(self._estimate)
-
     def measured(self, unit: Unit) -> dict[int, int]:
         """How many clean measurements saw each offset."""
         return dict(self._seen[unit])

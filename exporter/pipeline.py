@@ -216,10 +216,6 @@ class Pipeline:
         self.result.interrupted = True
         self._stopping.set()
 
-    @property
-    def stopping(self) -> bool:
-        return self._stopping.is_set()
-
     def elapsed(self) -> float:
         return self._clock() - self.result.started if self.result.started else 0.0
 
