@@ -206,7 +206,7 @@ class Pipeline:
         self._connect_failures = 0  # before any HTTP answer
         self._lost_host = _Streak(CONNECT_FAILURES_LOST, LOST_AFTER_S, "attempts")
         self._lost_output = _Streak(WRITE_FAILURES_TO_STOP, LOST_AFTER_S, "writes")
-        self._not_found: set[tuple[str, str | None]] = set()
+        self._not_found: set[tuple[str, tuple[tuple[str, str | None], ...]]] = set()
         self._not_found_limit = NOT_FOUND_TO_GIVE_UP
         self._endings: dict[tuple[str, int], str] = {}
         self._plan: Plan | None = None
@@ -234,9 +234,9 @@ class Pipeline:
         if self.state is not None and not self.fresh:  # what is done already, unless --fresh
             done = self.state.done(lambda: {s.key: i for i, s in enumerate(plan.series)})
         result.coverage = Coverage(plan, done)
-        pairs: set[tuple[str, str | None]] = set()
+        pairs: set[tuple[str, tuple[tuple[str, str | None], ...]]] = set()
         for s in plan.series:  # stop counting once there are enough
-            pairs.add((s.segment_id, s.app_id))
+            pairs.add((s.kind, s.dimensions()))
             if len(pairs) >= NOT_FOUND_TO_GIVE_UP:
                 break
         self._not_found_limit = len(pairs)
@@ -458,10 +458,10 @@ class Pipeline:
         host is no Braze REST host. One bad pair alone only fails its own series."""
         if self._succeeded:
             return
-        self._not_found.add((series.segment_id, series.app_id))
+        self._not_found.add((series.kind, series.dimensions()))
         if len(self._not_found) >= self._not_found_limit:
             raise Unreachable(
-                f"{self.client.host} answers 404 to /sessions/data_series: it is not a Braze "
+                f"{self.client.host} answers 404 to {series.info.path}: it is not a Braze "
                 f"REST host. Check braze.endpoint (or $BRAZE_REST_ENDPOINT) is your "
                 f"instance's REST host, such as https://rest.iad-01.braze.com, with no path"
             )

@@ -19,6 +19,7 @@ from zoneinfo import ZoneInfo
 
 from exporter.config import Config, Export, Unit, Window
 from exporter.errors import ConfigError
+from exporter.series import DIMENSIONS, KINDS, SeriesKind
 
 __all__ = [
     "MAX_LENGTH",
@@ -44,32 +45,61 @@ _EPOCH_ORDINAL = date(1970, 1, 1).toordinal()
 
 @dataclass(frozen=True, slots=True)
 class Series:
-    """One exported series: a segment, an app (None: the whole workspace) and a unit."""
+    """One exported series: a kind of series (:data:`exporter.series.KINDS`), its unit and
+    the value of each dimension the kind takes (None: not given, such as the whole workspace
+    for ``app_id``). Dimensions a kind does not take are always None."""
 
-    segment_id: str
+    segment_id: str | None
     app_id: str | None
     unit: Unit
+    kind: str = "sessions"
+    event: str | None = None
+    product: str | None = None
 
-    def sort_key(self) -> tuple[str, bool, str, str]:
-        return (self.segment_id, self.app_id is not None, self.app_id or "", self.unit)
+    @property
+    def info(self) -> SeriesKind:
+        return KINDS[self.kind]
+
+    def get(self, param: str) -> str | None:
+        """The value of the dimension named by Braze's parameter name (``segment_id``)."""
+        value: str | None = getattr(self, param)
+        return value
+
+    def dimensions(self) -> tuple[tuple[str, str | None], ...]:
+        """``(param, value)`` for each dimension of the kind, in column order."""
+        return tuple((param, getattr(self, param)) for param in KINDS[self.kind].dimensions)
+
+    def sort_key(self) -> tuple[str, tuple[tuple[bool, str], ...], str]:
+        dims = tuple((v is not None, v or "") for _, v in self.dimensions())
+        return (self.kind, dims, self.unit)
 
     @property
     def key(self) -> str:
-        """Identity of the series in the resume state (not a display string)."""
-        app = "" if self.app_id is None else self.app_id
-        has_app = "1" if self.app_id is not None else "0"
-        return "\x1f".join((self.segment_id, app, has_app, self.unit))
+        """Identity of the series in the resume state (not a display string). Sessions keep
+        the key of the versions before the series family, so their state stays valid."""
+        if self.kind == "sessions":
+            app = "" if self.app_id is None else self.app_id
+            has_app = "1" if self.app_id is not None else "0"
+            return "\x1f".join((self.segment_id or "", app, has_app, self.unit))
+        parts = [self.kind]
+        for _, value in self.dimensions():
+            parts += ("" if value is None else value, "0" if value is None else "1")
+        return "\x1e".join((*parts, self.unit))
 
     @property
     def label(self) -> str:
         # quote() keeps the label on one line whatever the ids hold.
-        app = "_all" if self.app_id is None else quote(self.app_id, safe="")
-        return f"segment={quote(self.segment_id, safe='')} app={app} unit={self.unit}"
+        words = [] if self.kind == "sessions" else [f"series={self.kind}"]
+        for param, value in self.dimensions():
+            name = DIMENSIONS[param].directory
+            words.append(f"{name}={'_all' if value is None else quote(value, safe='')}")
+        return " ".join((*words, f"unit={self.unit}"))
 
 
 @dataclass(frozen=True, slots=True)
 class Request:
-    """One GET /sessions/data_series call that wants ``length`` periods from ``first`` on.
+    """One GET of the series' endpoint (``series.info.path``): ``length`` periods from
+    ``first`` on.
 
     ``ending_at`` is the planner's value (the last second of ``last``); a calibrated run may
     send another (see :mod:`exporter.coverage`). ``gap`` marks a gap-fill request."""
@@ -86,14 +116,14 @@ class Request:
         return self.first + self.length - 1
 
     def params(self, ending_at: str | None = None) -> dict[str, str]:
-        params = {
-            "length": str(self.length),
-            "unit": self.series.unit,
-            "ending_at": ending_at or self.ending_at,
-            "segment_id": self.series.segment_id,
-        }
-        if self.series.app_id is not None:
-            params["app_id"] = self.series.app_id
+        series = self.series
+        params = {"length": str(self.length)}
+        if series.info.takes_unit:
+            params["unit"] = series.unit
+        params["ending_at"] = ending_at or self.ending_at
+        for param, value in series.dimensions():
+            if value is not None:
+                params[param] = value
         return params
 
 
@@ -202,6 +232,8 @@ def describe_periods(unit: Unit | str, first: int, last: int) -> str:
 def shard_of(series: Series, count: int) -> int:
     """The shard (1..count) a series belongs to: a stable hash, the same on every machine."""
     key = f"{series.segment_id}\x1f{series.app_id is not None}\x1f{series.app_id}\x1f{series.unit}"
+    if series.kind != "sessions":  # sessions keep the shards they had before the family
+        key = f"{series.kind}\x1e{series.event}\x1e{series.product}\x1e{key}"
     digest = hashlib.blake2b(key.encode(), digest_size=8).digest()
     return int.from_bytes(digest, "big") % count + 1
 

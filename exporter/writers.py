@@ -34,6 +34,7 @@ from exporter import formats
 from exporter.client import Point
 from exporter.errors import ExporterError, WriteError
 from exporter.plan import Series
+from exporter.series import DIMENSIONS
 from exporter.storage import WORK_DIR
 
 __all__ = [
@@ -88,15 +89,12 @@ def partition_of(series: Series, period: int) -> str:
 
 
 def partition_path(root: Path, series: Series, partition: str, fmt: str) -> Path:
-    app = WORKSPACE if series.app_id is None else f"app-{encode_id(series.app_id)}"
-    return (
-        root
-        / "sessions"
-        / series.unit
-        / f"segment-{encode_id(series.segment_id)}"
-        / app
-        / f"{partition}.{fmt}"
-    )
+    """``root/{series}/{unit}/{one directory per dimension}/{partition}.{fmt}``."""
+    path = root / series.kind / series.unit
+    for param, value in series.dimensions():
+        dim = DIMENSIONS[param]
+        path /= dim.absent if value is None else f"{dim.directory}-{encode_id(value)}"
+    return path / f"{partition}.{fmt}"
 
 
 @dataclass

@@ -1,0 +1,201 @@
+"""The analytics series family: one description per Braze series drives everything else.
+
+Config validation, the planner, the client, the writers and formats, the sandbox and the
+manifest all read a :class:`SeriesKind` from :data:`KINDS` instead of knowing an endpoint.
+Adding a series is one entry here (and its row in the README's series table).
+
+Facts are from Braze's public REST API docs ("Export ... by time" pages, "Get ... list"
+pages; see ../shared/BRAZE_API.md); none has been checked against a live workspace. Where the
+docs are unsure (revenue documented as an integer, the purchases series' pool) the code takes
+the tolerant reading: revenue may be fractional, a series' pool is configurable.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+__all__ = [
+    "DIMENSIONS",
+    "KINDS",
+    "LISTS",
+    "LIST_POOL",
+    "SERIES_NAMES",
+    "WORKSPACE_POOL",
+    "Dimension",
+    "ListSource",
+    "SeriesKind",
+]
+
+Unit = Literal["day", "hour"]
+
+WORKSPACE_POOL = "workspace"  # Braze's shared per-workspace pool: 250,000 requests/hour
+LIST_POOL = "lists"  # /events/list and /purchases/product_list: 1,000 requests/hour
+
+
+@dataclass(frozen=True, slots=True)
+class Dimension:
+    """A query parameter that slices a series, and how the exporter names it.
+
+    ``param`` is Braze's parameter name: the query parameter, the output column and the
+    manifest key. ``config_key`` is the export's list of values (``segment_ids``).
+    ``directory`` starts the path component of a value (``segment-{id}``); ``absent`` is the
+    component of the series that does not give the parameter (``workspace``: every app)."""
+
+    param: str
+    config_key: str
+    directory: str
+    absent: str
+
+
+DIMENSIONS: dict[str, Dimension] = {
+    d.param: d
+    for d in (
+        Dimension("event", "events", "event", "all-events"),
+        Dimension("product", "products", "product", "all-products"),
+        Dimension("segment_id", "segment_ids", "segment", "all-users"),
+        Dimension("app_id", "app_ids", "app", "workspace"),
+    )
+}
+
+
+@dataclass(frozen=True, slots=True)
+class SeriesKind:
+    """One Braze series endpoint.
+
+    - ``path``: the GET endpoint; every one takes ``length`` (1..100) and ``ending_at``.
+    - ``dimensions``: Braze parameter names, in column and directory order.
+    - ``required``: the dimensions a request must give (an export must list values for them).
+    - ``units``: the units Braze serves; ``takes_unit`` is False for the day-only endpoints,
+      which take no ``unit`` parameter at all.
+    - ``value_key``: the key of the value in each ``data`` item and the output column;
+      ``fractional`` when the value may be a non-integer (written as a float64).
+    - ``pool``: the rate-limit pool the endpoint draws from (overridable in the config).
+    - ``additive``: False when values must never be summed across periods (MAU is a rolling
+      30-day count of unique users).
+    """
+
+    name: str
+    path: str
+    dimensions: tuple[str, ...]
+    required: tuple[str, ...]
+    units: tuple[Unit, ...]
+    value_key: str
+    permission: str
+    fractional: bool = False
+    takes_unit: bool = True
+    pool: str = WORKSPACE_POOL
+    additive: bool = True
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        """The output columns: ``time``, the value, each dimension, ``unit``."""
+        return ("time", self.value_key, *self.dimensions, "unit")
+
+
+def _kpi(name: str, additive: bool = True) -> SeriesKind:
+    return SeriesKind(
+        name,
+        f"/kpi/{name}/data_series",
+        ("app_id",),
+        (),
+        ("day",),
+        name,
+        f"kpi.{name}.data_series",
+        takes_unit=False,
+        additive=additive,
+    )
+
+
+KINDS: dict[str, SeriesKind] = {
+    k.name: k
+    for k in (
+        SeriesKind(
+            "sessions",
+            "/sessions/data_series",
+            ("segment_id", "app_id"),
+            ("segment_id",),  # optional in the docs, required in the Postman text: we send it
+            ("day", "hour"),
+            "sessions",
+            "sessions.data_series",
+        ),
+        SeriesKind(
+            "events",
+            "/events/data_series",
+            ("event", "segment_id", "app_id"),
+            ("event",),
+            ("day", "hour"),
+            "count",
+            "events.data_series",
+        ),
+        SeriesKind(
+            "purchases_quantity",
+            "/purchases/quantity_series",
+            ("product", "app_id"),
+            (),
+            ("day", "hour"),
+            "purchase_quantity",
+            "purchases.quantity_series",
+        ),
+        SeriesKind(
+            "purchases_revenue",
+            "/purchases/revenue_series",
+            ("product", "app_id"),
+            (),
+            ("day", "hour"),
+            "revenue",
+            "purchases.revenue_series",
+            fractional=True,
+        ),
+        _kpi("dau"),
+        _kpi("new_users"),
+        _kpi("uninstalls"),
+        _kpi("mau", additive=False),
+        SeriesKind(
+            "segment_size",
+            "/segments/data_series",
+            ("segment_id",),
+            ("segment_id",),
+            ("day",),
+            "size",
+            "segments.data_series",
+            takes_unit=False,
+            additive=False,  # an estimated size per day: a level, not a flow
+        ),
+    )
+}
+SERIES_NAMES: tuple[str, ...] = tuple(KINDS)
+
+
+@dataclass(frozen=True, slots=True)
+class ListSource:
+    """A discovery endpoint: pages of names (or segment objects) under ``items_key``.
+
+    ``page_size`` is Braze's documented page size, or None when undocumented (then paging
+    stops at the first empty page)."""
+
+    dimension: str
+    path: str
+    items_key: str
+    page_size: int | None
+    permission: str
+    pool: str
+
+
+LISTS: dict[str, ListSource] = {
+    s.dimension: s
+    for s in (
+        ListSource(
+            "segment_id", "/segments/list", "segments", 100, "segments.list", WORKSPACE_POOL
+        ),
+        ListSource("event", "/events/list", "events", 250, "events.list", LIST_POOL),
+        ListSource(
+            "product",
+            "/purchases/product_list",
+            "products",
+            None,  # undocumented: stop at the first empty page
+            "purchases.product_list",
+            LIST_POOL,
+        ),
+    )
+}
