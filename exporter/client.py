@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import socket
 import ssl
 import time
@@ -28,14 +29,14 @@ from exporter.ratelimit import RateHeaders, parse_rate_headers
 
 __all__ = ["PATH", "BrazeClient", "Point", "Response", "interpret", "make_session"]
 
-PATH = "/sessions/data_series"
+PATH = "/sessions/data_series"  # the first series; each Request names its own path
 _MAX_BODY = 4 * 1024 * 1024  # 100 points are a few KiB; anything near this is not a series
 
 
 @dataclass(frozen=True, slots=True)
 class Point:
     time: str  # exactly as Braze sent it
-    sessions: int
+    value: int | float  # under the series' value key (``sessions``, ``count``, ``revenue``...)
     period: int
 
 
@@ -71,7 +72,7 @@ class BrazeClient:
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._session = session
-        self._url = endpoint.rstrip("/") + PATH
+        self._base = endpoint.rstrip("/")
         self._headers = {
             "Authorization": f"Bearer {api_key.reveal()}",
             "Accept": "application/json",
@@ -84,7 +85,7 @@ class BrazeClient:
     @property
     def host(self) -> str:
         """``host:port`` of the endpoint, for messages (never the path or query)."""
-        url = URL(self._url)
+        url = URL(self._base)
         return f"{url.host}:{url.port}"
 
     async def get(self, request: Request, ending_at: str | None = None) -> Response:
@@ -92,7 +93,7 @@ class BrazeClient:
         shifts it); any failure to get a whole response becomes a TransportError."""
         try:
             async with self._session.get(
-                self._url,
+                self._base + request.series.info.path,
                 params=request.params(ending_at),
                 headers=self._headers,
                 timeout=self._timeout,
@@ -162,7 +163,7 @@ def interpret(request: Request, response: Response, tz: tzinfo = UTC) -> list[Po
         raise RateLimited(message or "rate limit reached", series=series, reset_at=reset)
     if status in (401, 403):
         hint = (
-            "check the REST API key, its permission sessions.data_series and that "
+            f"check the REST API key, its permission {series.info.permission} and that "
             "braze.endpoint is your instance's REST host"
         )
         raise AuthError(f"{message or 'refused'}; {hint}", series=series, status=status)
@@ -194,16 +195,23 @@ def _points(request: Request, body: bytes, tz: tzinfo) -> list[Point]:
 
 def _point(request: Request, item: Any, tz: tzinfo) -> Point:
     series = request.series
+    kind = series.info
     if not isinstance(item, dict):
         raise MalformedResponse("a data item is not an object", series=series, status=200)
-    label, sessions = item.get("time"), item.get("sessions")
+    label, value = item.get("time"), item.get(kind.value_key)
     if not isinstance(label, str):
         raise MalformedResponse("a data item has no time", series=series, status=200)
-    if type(sessions) is float and sessions.is_integer():
-        sessions = int(sessions)  # 40463.0 is a whole count some JSON encoders write so
-    if type(sessions) is not int or sessions < 0:
+    if type(value) is float and value.is_integer() and not kind.fractional:
+        value = int(value)  # 40463.0 is a whole count some JSON encoders write so
+    if kind.fractional and type(value) is int:
+        value = float(value)  # one type per column: revenue 12 is 12.0
+    wanted = float if kind.fractional else int
+    if type(value) is not wanted or not 0 <= value < math.inf:
+        what = "number" if kind.fractional else "integer"
         raise MalformedResponse(
-            f"sessions at {label!r} is not a non-negative integer", series=series, status=200
+            f"{kind.value_key} at {label!r} is not a non-negative {what}",
+            series=series,
+            status=200,
         )
     try:
         period = period_of(series.unit, label, tz)
@@ -211,7 +219,7 @@ def _point(request: Request, item: Any, tz: tzinfo) -> Point:
         raise MalformedResponse(
             f"time {label!r} is not a valid {series.unit} label", series=series, status=200
         ) from None
-    return Point(label, sessions, period)
+    return Point(label, value, period)
 
 
 def _braze_message(body: bytes) -> str:

@@ -14,6 +14,7 @@ import hashlib
 import importlib.util
 import json
 import os
+import re
 import typing
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -27,14 +28,17 @@ import yaml
 from pydantic import (
     BaseModel,
     ConfigDict,
+    Discriminator,
     Field,
     StringConstraints,
+    Tag,
     ValidationError,
     field_validator,
     model_validator,
 )
 
 from exporter.errors import ConfigError
+from exporter.series import DIMENSIONS, KINDS, SERIES_NAMES, WORKSPACE_POOL
 
 __all__ = [
     "DEFAULT_ENDPOINT",
@@ -46,9 +50,12 @@ __all__ = [
     "ApiKey",
     "BrazeSettings",
     "Config",
+    "Discover",
     "Export",
     "Limits",
     "Output",
+    "Pool",
+    "Pools",
     "Unit",
     "Window",
     "check_date",
@@ -70,6 +77,20 @@ _NULL_LIKE = {"null", "none", "nil", "~"}
 
 Unit = Literal["day", "hour"]
 UNITS: tuple[Unit, ...] = ("day", "hour")
+SeriesName = Literal[
+    "sessions",
+    "events",
+    "purchases_quantity",
+    "purchases_revenue",
+    "dau",
+    "new_users",
+    "uninstalls",
+    "mau",
+    "segment_size",
+]
+PoolName = Literal["workspace", "lists"]
+# The config's names are series.py's: a series added there and not here fails at import.
+assert set(typing.get_args(SeriesName)) == set(SERIES_NAMES), "SeriesName != series.KINDS"
 # Ids are data: anything printable goes, the writers encode it before it touches a path.
 Id = Annotated[str, StringConstraints(min_length=1, max_length=_MAX_ID)]
 LaxDate = Annotated[date, Field(strict=False)]
@@ -92,6 +113,20 @@ class BrazeSettings(_Model):
         return check_endpoint(value)
 
 
+class Pool(_Model):
+    """A rate-limit pool other than the workspace's (whose numbers are the top-level
+    ``limits.requests_per_hour``, ``share`` and ``reserve``)."""
+
+    requests_per_hour: int = Field(1_000, ge=1, le=1_000_000_000)
+    share: float = Field(1.0, gt=0, le=1)
+    reserve: float = Field(0.1, ge=0, lt=1)
+
+
+class Pools(_Model):
+    # Braze documents /events/list and /purchases/product_list with their own 1,000/hour.
+    lists: Pool = Pool()
+
+
 class Limits(_Model):
     # 10**9 is far above any Braze plan; the throughput benchmark needs 10**8 to lift the limiter.
     requests_per_hour: int = Field(250_000, ge=1, le=1_000_000_000)
@@ -100,16 +135,34 @@ class Limits(_Model):
     concurrency: int = Field(16, ge=1, le=1000)
     max_attempts: int = Field(8, ge=1, le=100)
     max_pause_s: float = Field(MAX_PAUSE_S, ge=1, le=MAX_PAUSE_S)
+    pools: Pools = Pools()
+    # A series drawing from another pool than series.py says (Braze's docs disagree on the
+    # purchases series): {series: pool}.
+    pool_of: dict[SeriesName, PoolName] = {}
 
     @model_validator(mode="after")
     def _some_pace(self) -> Limits:
         # share: 1e-300 is in (0, 1] but paces nothing: a run would wait forever.
-        if self.requests_per_hour * self.share < 1:
-            raise ValueError(
-                f"requests_per_hour x share is {self.requests_per_hour * self.share:.3g} "
-                "requests/hour: at least 1 is needed for a run to make progress"
-            )
+        for where, pool in (("", self), ("pools.lists.", self.pools.lists)):
+            if pool.requests_per_hour * pool.share < 1:
+                raise ValueError(
+                    f"{where}requests_per_hour x share is "
+                    f"{pool.requests_per_hour * pool.share:.3g} requests/hour: at least 1 is "
+                    "needed for a run to make progress"
+                )
         return self
+
+    def pool(self, name: str) -> tuple[int, float, float]:
+        """(requests_per_hour, share, reserve) of a pool."""
+        pool: Limits | Pool = self if name == WORKSPACE_POOL else self.pools.lists
+        return pool.requests_per_hour, pool.share, pool.reserve
+
+    def pool_for(self, kind: str) -> str:
+        """The pool a series kind draws from: the config's ``pool_of``, else Braze's docs."""
+        for name, pool in self.pool_of.items():
+            if name == kind:
+                return pool
+        return KINDS[kind].pool
 
 
 class Output(_Model):
@@ -153,14 +206,98 @@ class Window(_Model):
         return self
 
 
+class Discover(_Model):
+    """``{discover: ...}`` in place of a list of ids: resolved at run time from Braze's list
+    endpoints (``analytics_enabled`` for segment_ids, ``all`` for events and products)."""
+
+    discover: Literal["analytics_enabled", "all"]
+    name: Annotated[str, StringConstraints(min_length=1, max_length=1000)] | None = None
+    tags: Annotated[list[Id], Field(min_length=1)] | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _regex(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                re.compile(value)
+            except re.error as exc:
+                raise ValueError(f"is not a valid regular expression: {exc}") from None
+        return value
+
+    @property
+    def key(self) -> tuple[str, str | None, tuple[str, ...]]:
+        return (self.discover, self.name, tuple(sorted(self.tags or ())))
+
+
+# The dimension lists of an export, by config key; which ones a series takes is series.py's.
+_DIMENSION_KEYS = {d.config_key: d for d in DIMENSIONS.values()}
+
+
+def _ids_or_discover(value: Any) -> str:
+    return "discover" if isinstance(value, dict | Discover) else "ids"
+
+
+# A list of ids, or {discover: ...}: tagged, so an error speaks of the form that was given.
+_TAGS = ("ids", "discover")
+IdsOrDiscover = Annotated[
+    Annotated[list[Id | None], Field(min_length=1), Tag("ids")]
+    | Annotated[Discover, Tag("discover")],
+    Discriminator(_ids_or_discover),
+]
+StrictIdsOrDiscover = Annotated[
+    Annotated[list[Id], Field(min_length=1), Tag("ids")] | Annotated[Discover, Tag("discover")],
+    Discriminator(_ids_or_discover),
+]
+
+
 class Export(_Model):
     name: Annotated[str, StringConstraints(min_length=1, max_length=100)]
-    segment_ids: Annotated[list[Id], Field(min_length=1)]
-    app_ids: Annotated[list[Id | None], Field(min_length=1)] = [None]
+    series: SeriesName = "sessions"
+    segment_ids: IdsOrDiscover | None = None
+    app_ids: Annotated[list[Id | None], Field(min_length=1)] | None = None
+    events: StrictIdsOrDiscover | None = None
+    products: IdsOrDiscover | None = None
     units: Annotated[list[Unit], Field(min_length=1)] = ["day"]
     window: Window
     # Opt-in for ids that read like null ('null', 'None', ...): refused unless this is true.
     allow_null_like_ids: bool = False
+
+    def values(self, param: str) -> list[str | None] | Discover:
+        """The ids listed for a dimension (``[None]`` when not given), or its discovery."""
+        value: list[str | None] | Discover | None = getattr(self, DIMENSIONS[param].config_key)
+        return [None] if value is None else value
+
+
+def _series_problems(exports: Sequence[Export]) -> Iterator[str]:
+    """Dimensions and units an export's series does not take, or requires and lacks."""
+    for i, export in enumerate(exports):
+        kind = KINDS[export.series]
+        takes = [DIMENSIONS[p].config_key for p in kind.dimensions]
+        for key, dim in _DIMENSION_KEYS.items():
+            where = f"exports[{i}].{key}"
+            value = getattr(export, key)
+            if value is None:
+                if dim.param in kind.required:
+                    yield f"{where}: required for series {export.series}"
+            elif dim.param not in kind.dimensions:
+                yield (
+                    f"{where}: series {export.series} takes no {key} (it takes "
+                    f"{', '.join(takes) or 'no dimension'})"
+                )
+            elif isinstance(value, Discover):
+                wanted = "analytics_enabled" if key == "segment_ids" else "all"
+                if value.discover != wanted:
+                    yield f"{where}.discover: must be {wanted!r} for {key}, got {value.discover!r}"
+                if value.tags is not None and key != "segment_ids":
+                    yield f"{where}.tags: tags filter segments only, not {key}"
+            elif None in value and dim.param in kind.required:
+                yield f"{where}: series {export.series} needs an id here, null is not one"
+        for j, unit in enumerate(export.units):
+            if unit not in kind.units:
+                yield (
+                    f"exports[{i}].units[{j}]: series {export.series} has no unit {unit!r} "
+                    f"(Braze serves it by {' and '.join(kind.units)})"
+                )
 
 
 class _File(_Model):
@@ -217,6 +354,15 @@ class Config:
     @property
     def tz(self) -> ZoneInfo:
         return ZoneInfo(self.timezone)
+
+    @property
+    def discovers(self) -> bool:
+        """Whether some export lists its ids as ``{discover: ...}`` (resolved at run time)."""
+        return any(
+            isinstance(export.values(param), Discover)
+            for export in self.exports
+            for param in KINDS[export.series].dimensions
+        )
 
     @property
     def fingerprint(self) -> str:
@@ -347,6 +493,8 @@ def load_config(path: str | os.PathLike[str], env: Mapping[str, str] | None = No
     except ValidationError as exc:
         lines = [f"{source}: {_describe(err)}" for err in exc.errors()]
         raise ConfigError("\n".join(lines)) from None
+    if problems := list(_series_problems(model.exports)):
+        raise ConfigError("\n".join(f"{source}: {line}" for line in problems))
     if placeholders := list(_null_like_ids(model.exports)):
         raise ConfigError("\n".join(f"{source}: {line}" for line in placeholders))
     braze = model.braze
@@ -429,7 +577,10 @@ def _null_like_ids(exports: Sequence[Export]) -> Iterator[str]:
     for i, export in enumerate(exports):
         if export.allow_null_like_ids:
             continue
-        for key, ids in (("segment_ids", export.segment_ids), ("app_ids", export.app_ids)):
+        for key in _DIMENSION_KEYS:
+            ids = getattr(export, key)
+            if not isinstance(ids, list):
+                continue
             for j, value in enumerate(ids):
                 if value is None or value.strip().casefold() not in _NULL_LIKE:
                     continue
@@ -461,7 +612,11 @@ _BOUNDS = {
 
 
 def _describe(err: Any) -> str:
-    loc: tuple[str | int, ...] = tuple(err["loc"])
+    loc: tuple[str | int, ...] = tuple(
+        part
+        for i, part in enumerate(err["loc"])
+        if not (part in _TAGS and i and err["loc"][i - 1] in _DIMENSION_KEYS)
+    )
     kind: str = err["type"]
     ctx: dict[str, Any] = err.get("ctx") or {}
     value = err.get("input")

@@ -23,11 +23,12 @@ from datetime import UTC, date, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 from exporter.client import BrazeClient, Point, Response, interpret, make_session
-from exporter.config import ApiKey, Config, Unit
+from exporter.config import ApiKey, Config, Discover, Export, Unit
 from exporter.coverage import describe_offset
 from exporter.errors import ApiError, AuthError, RetryableError, TransportError
 from exporter.plan import Request, Series, ending_at, hour_range, span_label
 from exporter.ratelimit import RateHeaders
+from exporter.series import KINDS
 
 __all__ = ["MAX_REQUESTS", "DoctorReport", "diagnose"]
 
@@ -47,6 +48,24 @@ class DoctorReport:
 
     def say(self, text: str) -> None:
         self.lines.append(text)
+
+
+def _probe_series(config: Config) -> tuple[Export, dict[str, str | None]] | None:
+    """The first series of the first export whose required dimensions list ids (discovered
+    optional ones are left out: the probe asks for every segment or app)."""
+    for export in config.exports:
+        dims: dict[str, str | None] = {}
+        for param in KINDS[export.series].dimensions:
+            values = export.values(param)
+            if isinstance(values, Discover):
+                if param in KINDS[export.series].required:
+                    break
+                dims[param] = None
+            else:
+                dims[param] = values[0]
+        else:
+            return export, dims
+    return None
 
 
 def _probe(series: Series, as_of: date, tz: ZoneInfo) -> Request:
@@ -109,19 +128,35 @@ async def diagnose(
     """Probe ``endpoint`` as a run of ``config`` would; never more than MAX_REQUESTS."""
     report = DoctorReport()
     tz = config.tz
-    export = config.exports[0]
-    units = list(dict.fromkeys(u for e in config.exports for u in e.units))
-    segment, app = export.segment_ids[0], export.app_ids[0]
+    first = _probe_series(config)
+    if first is None:
+        report.verdict = (
+            "every export discovers an id its series requires: list one id in an export (or "
+            "run `plan --discover`) so doctor has a series to probe"
+        )
+        report.exit_code = EXIT_PROBLEM
+        return report
+    export, dims = first
+    kind = KINDS[export.series]
+    units = list(dict.fromkeys(u for e in config.exports for u in e.units if u in kind.units))
+    shown = " ".join(f"{param}={value!r}" for param, value in dims.items())
     report.say(
-        f"probing segment_id={segment!r} app_id={app!r} for unit(s) {', '.join(units)}; "
-        f"days cut in {config.timezone}"
+        f"probing {kind.path} {shown} for unit(s) {', '.join(units)}; days cut in {config.timezone}"
     )
     async with make_session(1) as session:
         client = BrazeClient(session, endpoint, key, timeout_s=config.braze.timeout_s)
         rate: RateHeaders | None = None
         reached = False
         for unit in units:
-            probe = _probe(Series(segment, app, unit), as_of, tz)
+            series = Series(
+                dims.get("segment_id"),
+                dims.get("app_id"),
+                unit,
+                export.series,
+                dims.get("event"),
+                dims.get("product"),
+            )
+            probe = _probe(series, as_of, tz)
             response = await _send(client, probe, None, report)
             if response is None:
                 return report
@@ -134,7 +169,7 @@ async def diagnose(
             if points is None:
                 return report
             if unit == units[0]:
-                report.say("key: accepted, with the permission sessions.data_series")
+                report.say(f"key: accepted, with the permission {kind.permission}")
             offset = _window(probe, points, report, unit)
             if unit == "day" and offset is not None and _east_of_utc(probe.last, tz):
                 await _where_days_are_cut(client, probe, points[-1].period, report, tz)
@@ -191,7 +226,7 @@ def _points(
     if response.status == 404:
         report.say(f"endpoint: {probe.series.unit} probe answered 404")
         report.verdict = (
-            "not Braze: this host answers 404 to /sessions/data_series; set braze.endpoint "
+            f"not Braze: this host answers 404 to {probe.series.info.path}; set braze.endpoint "
             "to your instance's REST host, such as https://rest.iad-01.braze.com"
         )
         report.exit_code = EXIT_UNREACHABLE
@@ -204,7 +239,8 @@ def _points(
         report.verdict = (
             "the key is invalid, quoted, or for another instance"
             if exc.status == 401
-            else "the key needs the permission sessions.data_series (Settings > API Keys)"
+            else f"the key needs the permission {probe.series.info.permission} (Settings > API "
+            "Keys)"
         )
         report.exit_code = EXIT_AUTH
     except RetryableError as exc:

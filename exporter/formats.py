@@ -1,17 +1,21 @@
 """Rows <-> the bytes of one partition file, for each output format (jsonl, csv, parquet).
 
-A partition's rows are ``(period, time, sessions)``, sorted by period; the ids and the unit
-come from the series. ``encode`` is deterministic: the same rows give the same bytes (for
-Parquet: with the same pyarrow version, which names itself in the file's ``created_by``).
+A partition's rows are ``(period, time, value)``, sorted by period; the ids and the unit
+come from the series. The columns are the series kind's (:attr:`SeriesKind.columns`):
+``time``, the value under Braze's own key (``sessions``, ``count``, ``revenue``...), each
+dimension under Braze's parameter name (null when the series does not give it), ``unit``.
+``encode`` is deterministic: the same rows give the same bytes (for Parquet: with the same
+pyarrow version, which names itself in the file's ``created_by``).
 ``decode`` reads back what ``encode`` wrote, for the merge; anything else raises ValueError.
 
 Parquet schema, version 1 (``PARQUET_SCHEMA_VERSION``; also in each file's key-value metadata
-under ``braze_export.schema_version``)::
+under ``braze_export.schema_version``), shown for sessions::
 
     time        string     required  exactly Braze's label
-    sessions    int64      required
-    segment_id  string     required
-    app_id      string     optional  null: the whole workspace
+    sessions    int64      required  (the kind's value key; float64 for revenue)
+    segment_id  string     required  (each of the kind's dimensions: required when the kind
+    app_id      string     optional   requires it, else optional; null: not given, such as
+                                      the whole workspace for app_id)
     unit        string     required  'day' | 'hour'
     day         date       optional  unit 'day': the day (in the config's time zone); else null
     hour        timestamp  optional  unit 'hour': the hour's start, UTC (microseconds,
@@ -33,6 +37,7 @@ from typing import Any
 
 from exporter.errors import ExporterError
 from exporter.plan import Series, period_of
+from exporter.series import SeriesKind
 
 __all__ = [
     "FORMATS",
@@ -41,14 +46,15 @@ __all__ = [
     "Row",
     "decode",
     "encode",
+    "parquet_schema",
 ]
 
 FORMATS = ("jsonl", "csv", "parquet")
-COLUMNS = ("time", "sessions", "segment_id", "app_id", "unit")
 PARQUET_SCHEMA_VERSION = 1
 SCHEMA_VERSION_KEY = "braze_export.schema_version"
 
-Row = tuple[int, str, int]  # (period, Braze's time label, sessions)
+Value = int | float  # float only for kinds whose values may be fractional (revenue)
+Row = tuple[int, str, Value]  # (period, Braze's time label, value)
 
 _UNIX_EPOCH_ORDINAL = date(1970, 1, 1).toordinal()
 _US_PER_HOUR = 3_600_000_000
@@ -62,28 +68,31 @@ def encode(fmt: str, series: Series, rows: Sequence[Row]) -> bytes:
     return _encode_parquet(series, rows)
 
 
-def decode(fmt: str, series: Series, data: bytes, tz: tzinfo = UTC) -> dict[int, tuple[str, int]]:
-    """{period: (time, sessions)}; ValueError (or KeyError, TypeError) if ``data`` is not a
-    file of ``fmt`` this tool wrote."""
+def decode(fmt: str, series: Series, data: bytes, tz: tzinfo = UTC) -> dict[int, tuple[str, Value]]:
+    """{period: (time, value)}; ValueError (or KeyError, TypeError) if ``data`` is not a
+    file of ``fmt`` this tool wrote for a series of this kind."""
+    key = series.info.value_key
     pairs: list[tuple[Any, Any]]
     if fmt == "parquet":
-        pairs = _decode_parquet(data)
+        pairs = _decode_parquet(data, key)
     else:
         text = data.decode("utf-8")
         if fmt == "jsonl":
             # split("\n"), not splitlines(): U+2028, U+0085 and the like may sit inside an id.
             docs = (json.loads(line) for line in text.split("\n") if line)
-            pairs = [(doc["time"], doc["sessions"]) for doc in docs]
+            pairs = [(doc["time"], doc[key]) for doc in docs]
         else:
             reader = csv.DictReader(io.StringIO(text, newline=""))
-            pairs = [(rec["time"], rec["sessions"]) for rec in reader]
-    return {period_of(series.unit, str(t), tz): (str(t), int(n)) for t, n in pairs}
+            pairs = [(rec["time"], rec[key]) for rec in reader]
+    number = float if series.info.fractional else int
+    return {period_of(series.unit, str(t), tz): (str(t), number(n)) for t, n in pairs}
 
 
 def _encode_jsonl(series: Series, rows: Sequence[Row]) -> bytes:
-    ids = (series.segment_id, series.app_id, series.unit)
+    columns = series.info.columns
+    ids = (*(value for _, value in series.dimensions()), series.unit)
     lines = [
-        json.dumps(dict(zip(COLUMNS, (t, n, *ids), strict=True)), ensure_ascii=False)
+        json.dumps(dict(zip(columns, (t, n, *ids), strict=True)), ensure_ascii=False)
         for _, t, n in rows
     ]
     return ("\n".join(lines) + "\n").encode()
@@ -95,20 +104,22 @@ def _encode_csv(series: Series, rows: Sequence[Row]) -> bytes:
     # The csv module quotes a field holding "\n" but not one holding a lone "\r", which a
     # reader then takes for a line end: rows with one are written fully quoted.
     quoted = csv.writer(buf, lineterminator="\n", quoting=csv.QUOTE_ALL)
-    out.writerow(COLUMNS)
-    app = "" if series.app_id is None else series.app_id
+    out.writerow(series.info.columns)
+    ids = (*("" if v is None else v for _, v in series.dimensions()), series.unit)
+    tricky = any("\r" in field for field in ids)
     for _, t, n in rows:
-        row = (t, n, series.segment_id, app, series.unit)
-        (quoted if any("\r" in str(field) for field in row) else out).writerow(row)
+        row = (t, n, *ids)
+        (quoted if tricky or "\r" in t else out).writerow(row)
     return buf.getvalue().encode()
 
 
-_arrow: tuple[Any, Any, Any] | None = None
+_arrow: tuple[Any, Any] | None = None
+_schemas: dict[str, Any] = {}
 
 
-def _pyarrow() -> tuple[Any, Any, Any]:
-    """pyarrow, pyarrow.parquet and the schema, imported on first use: jsonl and csv runs
-    never pay for the import."""
+def _pyarrow() -> tuple[Any, Any]:
+    """pyarrow and pyarrow.parquet, imported on first use: jsonl and csv runs never pay for
+    the import."""
     global _arrow
     if _arrow is None:
         try:
@@ -118,24 +129,37 @@ def _pyarrow() -> tuple[Any, Any, Any]:
             raise ExporterError(
                 "output.format parquet needs pyarrow: pip install 'braze-export[parquet]'"
             ) from None
+        _arrow = (pa, pq)
+    return _arrow
+
+
+def parquet_schema(kind: SeriesKind) -> Any:
+    """The pyarrow schema of a kind's Parquet files (see the module docstring)."""
+    schema = _schemas.get(kind.name)
+    if schema is None:
+        pa, _ = _pyarrow()
         schema = pa.schema(
             [
                 pa.field("time", pa.string(), nullable=False),
-                pa.field("sessions", pa.int64(), nullable=False),
-                pa.field("segment_id", pa.string(), nullable=False),
-                pa.field("app_id", pa.string()),
+                pa.field(kind.value_key, pa.float64() if kind.fractional else pa.int64(), False),
+                *(
+                    pa.field(p, pa.string(), nullable=p not in kind.required)
+                    for p in kind.dimensions
+                ),
                 pa.field("unit", pa.string(), nullable=False),
                 pa.field("day", pa.date32()),
                 pa.field("hour", pa.timestamp("us", tz="UTC")),
             ],
             metadata={SCHEMA_VERSION_KEY: str(PARQUET_SCHEMA_VERSION)},
         )
-        _arrow = (pa, pq, schema)
-    return _arrow
+        _schemas[kind.name] = schema
+    return schema
 
 
 def _encode_parquet(series: Series, rows: Sequence[Row]) -> bytes:
-    pa, pq, schema = _pyarrow()
+    pa, pq = _pyarrow()
+    kind = series.info
+    schema = parquet_schema(kind)
     n = len(rows)
     periods = [p for p, _, _ in rows]
     if series.unit == "day":
@@ -147,9 +171,8 @@ def _encode_parquet(series: Series, rows: Sequence[Row]) -> bytes:
     table = pa.Table.from_arrays(
         [
             pa.array([t for _, t, _ in rows], pa.string()),
-            pa.array([s for _, _, s in rows], pa.int64()),
-            pa.array([series.segment_id] * n, pa.string()),
-            pa.array([series.app_id] * n, pa.string()),
+            pa.array([v for _, _, v in rows], schema.field(1).type),
+            *(pa.array([value] * n, pa.string()) for _, value in series.dimensions()),
             pa.array([series.unit] * n, pa.string()),
             day,
             hour,
@@ -178,8 +201,8 @@ def _encode_parquet(series: Series, rows: Sequence[Row]) -> bytes:
     return data
 
 
-def _decode_parquet(data: bytes) -> list[tuple[Any, Any]]:
-    pa, pq, _ = _pyarrow()
+def _decode_parquet(data: bytes, key: str) -> list[tuple[Any, Any]]:
+    pa, pq = _pyarrow()
     try:
         reader = pq.ParquetFile(pa.BufferReader(data))
         meta = reader.schema_arrow.metadata or {}
@@ -189,9 +212,9 @@ def _decode_parquet(data: bytes) -> list[tuple[Any, Any]]:
                 f"written with Parquet schema version {version}, newer than this version's "
                 f"{PARQUET_SCHEMA_VERSION}: upgrade braze-export to merge into it"
             )
-        table = reader.read(columns=["time", "sessions"])
+        table = reader.read(columns=["time", key])
     except pa.ArrowException as exc:
         raise ValueError(str(exc)) from None
     # column() by name: KeyError when the file lacks it (read() just leaves it out).
-    times, sessions = table.column("time").to_pylist(), table.column("sessions").to_pylist()
-    return list(zip(times, sessions, strict=True))
+    times, values = table.column("time").to_pylist(), table.column(key).to_pylist()
+    return list(zip(times, values, strict=True))

@@ -9,26 +9,30 @@ requested and labelled in UTC so no label is ambiguous across a DST change.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import math
 from array import array
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta, tzinfo
 from urllib.parse import quote
 from zoneinfo import ZoneInfo
 
-from exporter.config import Config, Export, Unit, Window
+from exporter.config import Config, Discover, Export, Unit, Window
 from exporter.errors import ConfigError
 from exporter.series import DIMENSIONS, KINDS, SeriesKind
 
 __all__ = [
     "MAX_LENGTH",
+    "Discovered",
     "Plan",
+    "PlanRequest",
     "Request",
     "Series",
     "build_plan",
     "count_series",
     "describe_periods",
+    "discovery_needs",
     "ending_at",
     "hour_range",
     "merge_spans",
@@ -238,9 +242,44 @@ def shard_of(series: Series, count: int) -> int:
     return int.from_bytes(digest, "big") % count + 1
 
 
-def build_plan(config: Config, as_of: date, shard: tuple[int, int] | None = None) -> Plan:
+# Ids found by discovery: {(dimension param, Discover.key): ids in Braze's order}.
+Discovered = Mapping[tuple[str, tuple[str, str | None, tuple[str, ...]]], Sequence[str]]
+
+
+def discovery_needs(
+    config: Config,
+) -> dict[tuple[str, tuple[str, str | None, tuple[str, ...]]], Discover]:
+    """Each distinct discovery the config asks for (two exports asking alike share one)."""
+    needs = {}
+    for export in config.exports:
+        for param in KINDS[export.series].dimensions:
+            values = export.values(param)
+            if isinstance(values, Discover):
+                needs[(param, values.key)] = values
+    return needs
+
+
+@dataclass(frozen=True)
+class PlanRequest:
+    """A plan to build once discovery has resolved the config's ``{discover: ...}`` ids."""
+
+    config: Config
+    as_of: date
+    shard: tuple[int, int] | None = None
+
+    def build(self, discovered: Discovered) -> Plan:
+        return build_plan(self.config, self.as_of, self.shard, discovered)
+
+
+def build_plan(
+    config: Config,
+    as_of: date,
+    shard: tuple[int, int] | None = None,
+    discovered: Discovered | None = None,
+) -> Plan:
     """The requests for ``config`` as of a date; with ``shard=(k, n)`` only the k-th of n
-    disjoint parts of the series."""
+    disjoint parts of the series. ``discovered`` resolves the ``{discover: ...}`` ids (a
+    ConfigError names an export whose discovery is missing from it)."""
     tz = config.tz
     warnings: list[str] = []
     # A series' spans: one tuple in the usual case, a list once exports overlap (memory).
@@ -260,7 +299,9 @@ def build_plan(config: Config, as_of: date, shard: tuple[int, int] | None = None
                 f"{config.timezone})"
             )
         series = tuple(
-            s for s in _expand(export) if shard is None or shard_of(s, shard[1]) == shard[0]
+            s
+            for s in _expand(config, export, discovered)
+            if shard is None or shard_of(s, shard[1]) == shard[0]
         )
         by_export[export.name] = series
         if days is None:
@@ -317,27 +358,53 @@ def build_plan(config: Config, as_of: date, shard: tuple[int, int] | None = None
     )
 
 
-def count_series(config: Config, shard: tuple[int, int] | None = None) -> int:
-    """``len(build_plan(config, ...).series)`` without planning a request (``validate``)."""
+def count_series(
+    config: Config, shard: tuple[int, int] | None = None, discovered: Discovered | None = None
+) -> int:
+    """``len(build_plan(config, ...).series)`` without planning a request (``validate``).
+    Without ``discovered``, each discovered dimension counts as one id."""
+    if discovered is None:
+        discovered = {key: ("?",) for key in discovery_needs(config)}
     return len(
         {
             s
             for export in config.exports
-            for s in _expand(export)
+            for s in _expand(config, export, discovered)
             if shard is None or shard_of(s, shard[1]) == shard[0]
         }
     )
 
 
-def _expand(export: Export) -> Iterator[Series]:
+def _expand(config: Config, export: Export, discovered: Discovered | None) -> Iterator[Series]:
+    dimensions = KINDS[export.series].dimensions
+    lists: list[Sequence[str | None]] = []
+    for param in dimensions:
+        values = export.values(param)
+        if isinstance(values, Discover):
+            found = (discovered or {}).get((param, values.key))
+            if found is None:
+                raise ConfigError(
+                    f"{config.source}: exports.{export.name}.{DIMENSIONS[param].config_key}: "
+                    "not discovered yet (discovery runs at the start of a run)"
+                )
+            lists.append(found)
+        else:
+            lists.append(values)
     seen: set[Series] = set()
-    for segment in export.segment_ids:
-        for app in export.app_ids:
-            for unit in export.units:
-                s = Series(segment, app, unit)
-                if s not in seen:
-                    seen.add(s)
-                    yield s
+    for combo in itertools.product(*lists):
+        dims = dict(zip(dimensions, combo, strict=True))
+        for unit in export.units:
+            s = Series(
+                dims.get("segment_id"),
+                dims.get("app_id"),
+                unit,
+                export.series,
+                dims.get("event"),
+                dims.get("product"),
+            )
+            if s not in seen:
+                seen.add(s)
+                yield s
 
 
 def merge_spans(spans: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:

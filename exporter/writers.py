@@ -207,14 +207,14 @@ class PartitionWriter:
 
     def _merge(
         self,
-        rows: dict[int, tuple[str, int]],
+        rows: dict[int, tuple[str, formats.Value]],
         path: Path,
         series: Series,
         points: list[Point],
         version: int,
     ) -> tuple[WrittenFile, bytes]:
         for point in points:
-            rows[point.period] = (point.time, point.sessions)
+            rows[point.period] = (point.time, point.value)
         data = formats.encode(self.fmt, series, [(p, *rows[p]) for p in sorted(rows)])
         return WrittenFile(path, len(rows), hashlib.sha256(data).hexdigest(), version), data
 
@@ -291,14 +291,16 @@ class PartitionWriter:
             self._root_fd = os.open(self.root, os.O_RDONLY)
         return self._root_fd
 
-    def _read(self, path: Path, series: Series) -> dict[int, tuple[str, int]]:
+    def _read(self, path: Path, series: Series) -> dict[int, tuple[str, formats.Value]]:
         try:
             data = path.read_bytes()
         except FileNotFoundError:
             return {}
         return self._parse(data, str(path), series)
 
-    def _parse(self, data: bytes, name: str, series: Series) -> dict[int, tuple[str, int]]:
+    def _parse(
+        self, data: bytes, name: str, series: Series
+    ) -> dict[int, tuple[str, formats.Value]]:
         """The rows of a partition file this tool wrote, by period."""
         try:
             return formats.decode(self.fmt, series, data, self.tz)

@@ -44,7 +44,7 @@ def test_defaults_are_resolved(write_config: Callable[..., Path]) -> None:
     assert config.timezone == "UTC"
     assert (config.output.dir, config.output.format) == ("exports", "jsonl")
     export = config.exports[0]
-    assert export.app_ids == [None]
+    assert export.values("app_id") == [None]
     assert export.units == ["day"]
 
 
