@@ -14,18 +14,27 @@ import secrets
 import shlex
 import signal
 import sys
+from collections import Counter
 from collections.abc import Callable, Sequence
 from datetime import date, datetime
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from exporter import __version__
 from exporter.config import ApiKey, Config, check_date, expand_home, load_config, resolve_api_key
+from exporter.discover import DiscoverSpec, discovery_cost
 from exporter.doctor import DoctorReport, diagnose
 from exporter.errors import ConfigError, DirectoryBusy, ExporterError
 from exporter.logs import logging_for_run, new_run_id, set_secret
 from exporter.manifest import verify
-from exporter.plan import Plan, build_plan, count_series
+from exporter.plan import (
+    Discovered,
+    Plan,
+    PlanRequest,
+    build_plan,
+    count_series,
+    discovery_needs,
+)
 from exporter.progress import eta_seconds, format_duration
 from exporter.remote import CHECKPOINT_S, LOCK_TTL_S, ObjectStore, is_remote
 from exporter.runner import (
@@ -48,6 +57,7 @@ from exporter.sandbox import (
     run_sandbox,
     start_sandbox,
 )
+from exporter.series import DIMENSIONS, LISTS
 
 __all__ = [
     "EXIT_AUTH",
@@ -430,6 +440,8 @@ def _port(text: str) -> int:
 
 
 def _load(args: argparse.Namespace) -> tuple[Config, Plan]:
+    """The config and its plan; with ``{discover: ...}`` ids, the plan of the listed ids only
+    (see :func:`_planned`), which also checks every window before anything is sent."""
     config = load_config(args.config)
     today = datetime.now(config.tz).date()
     if args.as_of is not None and args.as_of > today:
@@ -438,10 +450,14 @@ def _load(args: argparse.Namespace) -> tuple[Config, Plan]:
             "that have ended can be exported"
         )
     as_of = args.as_of or today
-    plan = build_plan(config, as_of, args.shard)
+    plan = build_plan(config, as_of, args.shard, _nothing_found(config))
     for warning in plan.warnings:
         log.warning("%s", warning, extra={"event": "plan_warning"})
     return config, plan
+
+
+def _nothing_found(config: Config) -> Discovered:
+    return {key: () for key in discovery_needs(config)}
 
 
 def _output_dir(config: Config, out: str | None) -> Path:
@@ -476,6 +492,11 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     else:
         _output_dir(config, None)
     series = count_series(config)  # as the planner counts, without planning a request
+    if needs := discovery_needs(config):
+        keys = ", ".join(sorted({DIMENSIONS[param].config_key for param, _ in needs}))
+        counted = f"{series:,} series with one id per discovery (of {keys}, found at run time)"
+    else:
+        counted = f"{series:,} series"
     key_var = config.braze.api_key_env
     key_state = (
         "set"
@@ -484,7 +505,7 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     )
     print(
         f"{config.source}: valid. {len(config.exports)} export(s) "
-        f"({', '.join(e.name for e in config.exports)}) covering {series:,} series; days cut "
+        f"({', '.join(e.name for e in config.exports)}) covering {counted}; days cut "
         f"in {config.timezone}; {config.output.format} files under {config.output.dir}/; endpoint "
         f"{config.braze.endpoint}; key from ${key_var} ({key_state}); up to "
         f"{config.limits.requests_per_hour * config.limits.share:,.0f} requests/hour with "
@@ -501,11 +522,24 @@ def _cmd_plan(args: argparse.Namespace) -> int:
             "timezone": plan.timezone,
             "shard": None if plan.shard is None else f"{plan.shard[0]}/{plan.shard[1]}",
             "series": len(plan.series),
+            "discovery": [
+                {
+                    "config_key": DIMENSIONS[param].config_key,
+                    "endpoint": LISTS[param].path,
+                    "pool": LISTS[param].pool,
+                    "discover": spec.discover,
+                    "name": spec.name,
+                    "tags": spec.tags,
+                    "requests_at_least": 1,
+                }
+                for (param, _), spec in discovery_needs(config).items()
+            ],
             "requests": [
                 {
-                    "segment_id": r.series.segment_id,
-                    "app_id": r.series.app_id,
+                    **({} if r.series.kind == "sessions" else {"series": r.series.kind}),
+                    **dict(r.series.dimensions()),
                     "unit": r.series.unit,
+                    "path": r.series.info.path,
                     "length": r.length,
                     "ending_at": r.ending_at,
                 }
@@ -523,8 +557,22 @@ def _cmd_plan(args: argparse.Namespace) -> int:
     periods = sum(r.length for r in plan.requests)
     part = f", shard {plan.shard[0]}/{shards}" if plan.shard else ""
     print(f"plan for {config.source} as of {plan.as_of} ({plan.timezone}{part})")
-    print(f"series:   {len(plan.series):,}")
+    needs = discovery_needs(config)
+    listed = " with the ids listed in the config" if needs else ""
+    print(f"series:   {len(plan.series):,}{listed}")
     print(f"requests: {len(plan.requests):,} (for {periods:,} periods, at most 100 per request)")
+    by_kind = Counter(r.series.kind for r in plan.requests)
+    if len(by_kind) > 1 or (by_kind and "sessions" not in by_kind):
+        print("  by series: " + ", ".join(f"{k} {n:,}" for k, n in sorted(by_kind.items())))
+    for (param, spec_key), spec in needs.items():
+        per_id = _requests_per_id(config, plan, param, spec_key)
+        wanted = DiscoverSpec(param, None, tuple(spec.tags or ()))
+        print(
+            f"discover: {DIMENSIONS[param].config_key} ({spec.discover}"
+            f"{'' if spec.name is None else f', name ~ {spec.name!r}'}"
+            f"{'' if not spec.tags else ', tags ' + '/'.join(spec.tags)}) at run time: "
+            f"{discovery_cost(wanted)}; each id found adds {per_id:,} request(s)"
+        )
     print(
         f"budget:   {allowed:,.0f} requests/hour ({share:.0%} of "
         f"{limits.requests_per_hour:,}; {allowed / 3600:.1f}/s), pausing when the workspace "
@@ -532,6 +580,16 @@ def _cmd_plan(args: argparse.Namespace) -> int:
     )
     print(f"time:     at least {format_duration(eta)} at that rate")
     return EXIT_OK
+
+
+def _requests_per_id(config: Config, plan: Plan, param: str, spec_key: Any) -> int:
+    """How many requests one more discovered id adds to the plan (the other discoveries
+    counted with one id each)."""
+    one = {key: ("\x00a",) for key in discovery_needs(config)}
+    two = {**one, (param, spec_key): ("\x00a", "\x00b")}
+    return len(build_plan(config, plan.as_of, None, two).requests) - len(
+        build_plan(config, plan.as_of, None, one).requests
+    )
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -576,7 +634,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
         progress_interval=args.progress_interval,
         command=args.command_line,
     )
-    outcome = asyncio.run(execute(config, plan, key, options))
+    planned: Plan | PlanRequest = (
+        PlanRequest(config, plan.as_of, plan.shard) if discovery_needs(config) else plan
+    )
+    outcome = asyncio.run(execute(config, planned, key, options))
     args.exit_code = outcome.exit_code  # what main() returns should stdout be closed
     for line in outcome.summary:
         print(line)

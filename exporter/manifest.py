@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -27,12 +27,13 @@ from exporter.pipeline import RunResult, Tally, account
 from exporter.plan import Plan, Series, span_label
 from exporter.ratelimit import Budget
 from exporter.remote import ObjectStore, StorageError, is_remote, remote_holder
+from exporter.series import KINDS
 from exporter.storage import JOURNAL_SUFFIX, RUNS_DIR, WORK_DIR, DirLock, live_holders
 from exporter.writers import atomic_write
 
 __all__ = ["RUNS_DIR", "Verification", "build_manifest", "verify", "write_manifest"]
 
-DATA_DIR = "sessions"
+DATA_DIRS = tuple(KINDS)  # each series' files are under {dir}/{series}/
 # Shorter runs are mostly the token bucket's initial burst: a rate over them would overstate
 # the pace (297,271/hour for a demo allowed 250,000), so the manifest gives none.
 MIN_RATE_S = 60.0
@@ -43,7 +44,10 @@ def _iso(epoch: float) -> str:
 
 
 def _series_doc(series: Series) -> dict[str, str | None]:
-    return {"segment_id": series.segment_id, "app_id": series.app_id, "unit": series.unit}
+    """``{"segment_id", "app_id", "unit"}`` for sessions (as before the series family);
+    ``{"series", <each dimension>, "unit"}`` for the others."""
+    head = {} if series.kind == "sessions" else {"series": series.kind}
+    return {**head, **dict(series.dimensions()), "unit": series.unit}
 
 
 def _counts(
@@ -102,9 +106,13 @@ def build_manifest(
     exit_code: int,
     source: dict[str, Any],
     sequence: int,
+    pools: Mapping[str, Budget] | None = None,
+    discovery: Sequence[Mapping[str, Any]] = (),
 ) -> dict[str, Any]:
     """``source``: where the rows came from (``sandbox``, ``endpoint_host``); ``sequence``:
-    the run's place among the holders of the directory (orders the runs for verify)."""
+    the run's place among the holders of the directory (orders the runs for verify);
+    ``pools``: the budget of each rate-limit pool other than the workspace's (``budget``);
+    ``discovery``: what each discovery found (its dimension, filters, ids and cost)."""
     elapsed = max(finished_at - started_at, 1e-9)
     return {
         "run_id": run_id,
@@ -150,6 +158,16 @@ def build_manifest(
             "workspace_limit_seen": budget.last_seen.limit,
             "workspace_remaining_seen": budget.last_seen.remaining,
         },
+        "pools": {
+            name: {
+                "allowed_per_hour": pool.allowed_per_hour,
+                "pauses": pool.pauses,
+                "limit_seen": pool.last_seen.limit,
+                "remaining_seen": pool.last_seen.remaining,
+            }
+            for name, pool in (pools or {}).items()
+        },
+        "discovery": list(discovery),
     }
 
 
@@ -246,12 +264,16 @@ def verify(target: str | Path) -> Verification:
             ) from None
     try:
         runs = out_dir / RUNS_DIR
-        data = out_dir / DATA_DIR
         return _check(
             str(out_dir),
             [str(p.relative_to(out_dir)) for p in sorted(runs.glob("*.json"))],
             [str(p.relative_to(out_dir)) for p in sorted(runs.glob(f"*{JOURNAL_SUFFIX}"))],
-            {str(p.relative_to(out_dir)) for p in data.rglob("*") if p.is_file()},
+            {
+                str(p.relative_to(out_dir))
+                for name in DATA_DIRS
+                for p in (out_dir / name).rglob("*")
+                if p.is_file()
+            },
             lambda relative: (out_dir / relative).read_bytes(),
         )
     finally:
@@ -273,7 +295,12 @@ def _verify_store(store: ObjectStore) -> Verification:
             raise FileNotFoundError(relative)
         return data
 
-    on_store = {key for key in store.list(DATA_DIR) if not key.endswith("/")}  # no folder markers
+    on_store = {
+        key
+        for name in DATA_DIRS
+        for key in store.list(name)
+        if not key.endswith("/")  # no folder markers
+    }
     if not runs and not on_store:
         raise ConfigError(f"{store.url}: nothing under this prefix (does the bucket exist?)")
     return _check(

@@ -20,7 +20,7 @@ import asyncio
 import logging
 import time
 from array import array
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from zoneinfo import ZoneInfo
 
@@ -177,6 +177,7 @@ class Pipeline:
         client: BrazeClient,
         budget: Budget,
         writer: PartitionWriter,
+        budgets: Mapping[str, Budget] | None = None,
         state: State | None,
         policy: RetryPolicy,
         concurrency: int,
@@ -188,7 +189,8 @@ class Pipeline:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.client = client
-        self.budget = budget
+        self.budget = budget  # the workspace pool: every series not named in ``budgets``
+        self.budgets = dict(budgets or {})  # series kind -> the budget of its own pool
         self.writer = writer
         self.state = state
         self.policy = policy
@@ -240,12 +242,19 @@ class Pipeline:
             if len(pairs) >= NOT_FOUND_TO_GIVE_UP:
                 break
         self._not_found_limit = len(pairs)
-        queue: asyncio.Queue[Request | None] = asyncio.Queue(maxsize=2 * self.concurrency)
+        # One lane (queue, feeder, workers) per rate-limit pool, so a pool paused by a 429
+        # holds up only its own requests.
+        lanes = list({id(b): b for b in map(self._budget_of, plan.series)}.values())
         watcher: asyncio.Task[None] | None = None
         try:
             async with asyncio.TaskGroup() as group:
-                tasks = [group.create_task(self._worker(queue)) for _ in range(self.concurrency)]
-                tasks.append(group.create_task(self._feed(plan, queue)))
+                tasks = []
+                for budget in lanes or [self.budget]:
+                    queue: asyncio.Queue[Request | None] = asyncio.Queue(2 * self.concurrency)
+                    tasks += [
+                        group.create_task(self._worker(queue)) for _ in range(self.concurrency)
+                    ]
+                    tasks.append(group.create_task(self._feed(plan, queue, budget)))
                 watcher = asyncio.create_task(self._watch_stop(tasks))
         except* AuthError as errors:
             result.auth_error = errors.exceptions[0]  # type: ignore[assignment]
@@ -258,28 +267,37 @@ class Pipeline:
             result.finished = self._clock()
         return result
 
-    async def _feed(self, plan: Plan, queue: asyncio.Queue[Request | None]) -> None:
+    def _budget_of(self, series: Series) -> Budget:
+        return self.budgets.get(series.kind, self.budget)
+
+    async def _feed(self, plan: Plan, queue: asyncio.Queue[Request | None], lane: Budget) -> None:
+        """Queue the requests of the series paced by ``lane``, then their gap-fills."""
         coverage = self._coverage
+        mine = bytearray(self._budget_of(s) is lane for s in plan.series)
         for request in plan.requests:
             if self._stopping.is_set():
                 break
+            if not mine[request.index]:
+                continue
             if not coverage.needs(request):
                 if coverage.status[request.index] != FAILED:  # periods all there already
                     self.result.count(request, "skipped")
                 continue
             await queue.put(request)
         await queue.join()
-        missing = self._missing_total()
+        missing = self._missing_total(mine)
         for _ in range(self.gap_passes):
             if self._stopping.is_set() or missing == 0:
                 break
             for index in list(coverage.open_series()):
+                if not mine[index]:
+                    continue
                 for request in gap_requests(plan, index, coverage.missing(index)):
                     if self._stopping.is_set():
                         break
                     await queue.put(request)
             await queue.join()
-            before, missing = missing, self._missing_total()
+            before, missing = missing, self._missing_total(mine)
             if missing >= before:
                 break  # the pass added nothing: more passes would not either
         for _ in range(self.concurrency):
@@ -290,9 +308,11 @@ class Pipeline:
         assert self.result.coverage is not None
         return self.result.coverage
 
-    def _missing_total(self) -> int:
+    def _missing_total(self, mine: bytearray) -> int:
         coverage = self._coverage
-        return sum(hi - lo + 1 for i in coverage.open_series() for lo, hi in coverage.missing(i))
+        return sum(
+            hi - lo + 1 for i in coverage.open_series() if mine[i] for lo, hi in coverage.missing(i)
+        )
 
     async def _watch_stop(self, tasks: list[asyncio.Task[None]]) -> None:
         """After stop(), give in-flight requests grace_s, then cancel the stragglers."""
@@ -396,7 +416,8 @@ class Pipeline:
 
     async def _attempt(self, request: Request) -> list[Point]:
         end, text = self._sent_ending(request)
-        await self.budget.acquire()
+        budget = self._budget_of(request.series)
+        await budget.acquire()
         self.result.count(request, "sent")
         try:
             response = await self.client.get(request, text)
@@ -406,10 +427,10 @@ class Pipeline:
         self._answered = True
         self._connect_failures = 0
         self._lost_host.reset(self._clock())
-        self.budget.observe(response.rate, status=response.status)
+        budget.observe(response.rate, status=response.status)
         if response.status == 429:
             self.result.count(request, "rate_limited")
-            until = self.budget.rate_limited(response.rate)
+            until = budget.rate_limited(response.rate)
             try:
                 interpret(request, response, self._tz)
             except RateLimited as exc:

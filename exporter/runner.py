@@ -25,12 +25,14 @@ from exporter.coverage import COMPLETE, Calibration
 from exporter.errors import ConfigError, ExporterError
 from exporter.manifest import RUNS_DIR, build_manifest, write_manifest
 from exporter.pipeline import Pipeline, RunResult
-from exporter.plan import Plan
+from exporter.plan import Plan, PlanRequest
 from exporter.progress import Progress, status_line, summary_lines
 from exporter.ratelimit import Budget
 from exporter.remote import CHECKPOINT_S, RemoteRun, default_work_dir
+from exporter.resolve import Discovery
 from exporter.retry import RetryPolicy
 from exporter.sandbox import SandboxOptions, start_sandbox
+from exporter.series import KINDS, LIST_POOL, WORKSPACE_POOL
 from exporter.state import State, state_path
 from exporter.storage import WORK_DIR, DirLock, Journal
 from exporter.writers import PartitionWriter
@@ -99,18 +101,25 @@ def source_of(endpoint: str, sandbox: bool) -> dict[str, Any]:
 
 
 async def execute(
-    config: Config, plan: Plan, key: ApiKey | None, options: RunOptions
+    config: Config, plan: Plan | PlanRequest, key: ApiKey | None, options: RunOptions
 ) -> RunOutcome:
-    """Run the plan; ``key`` None means: start a sandbox in-process and use it."""
+    """Run the plan; ``key`` None means: start a sandbox in-process and use it. A
+    PlanRequest is planned once discovery has found the ids it asks for."""
     started_at = time.time()
     limits = config.limits
     shards = plan.shard[1] if plan.shard else 1
-    budget = Budget(
-        limits.requests_per_hour,
-        limits.share / shards,
-        limits.reserve,
-        max_pause_s=limits.max_pause_s,
-    )
+    pools = {
+        name: Budget(rph, share / shards, reserve, max_pause_s=limits.max_pause_s)
+        for name in (WORKSPACE_POOL, LIST_POOL)
+        for rph, share, reserve in [limits.pool(name)]
+    }
+    budget = pools[WORKSPACE_POOL]
+    # Series kinds paced by a pool other than the workspace's (Pipeline's ``budgets``).
+    by_kind = {
+        kind: pools[limits.pool_for(kind)]
+        for kind in KINDS
+        if limits.pool_for(kind) != WORKSPACE_POOL
+    }
     source = source_of(config.braze.endpoint, key is None)
     origin = "sandbox" if source["sandbox"] else source["endpoint_host"]
     signals: list[int] = []
@@ -187,6 +196,7 @@ async def execute(
             pipeline = Pipeline(
                 client=BrazeClient(session, endpoint, key, timeout_s=config.braze.timeout_s),
                 budget=budget,
+                budgets=by_kind,
                 writer=writer,
                 state=state,
                 policy=RetryPolicy(max_attempts=limits.max_attempts),
@@ -196,9 +206,15 @@ async def execute(
             )
             if remote is not None:
                 remote.start(state, on_lost=pipeline.stop)
-            result = await _with_signals_and_progress(pipeline, plan, signals, options)
+            discovery = Discovery(config, pipeline, pools)
+            result = await _with_signals_and_progress(pipeline, plan, discovery, signals, options)
+        if isinstance(plan, PlanRequest):
+            # Planned with what discovery found; with nothing when it was stopped early.
+            plan = discovery.plan or plan.build(discovery.found_or_nothing())
         _save_offsets(state, result.calibration)
         code = _exit_code(result, signals)
+        if code == EXIT_OK and discovery.failed:
+            code = EXIT_FAILED
         if remote is not None and remote.lost is not None:
             code = EXIT_BUSY
         doc = build_manifest(
@@ -212,6 +228,8 @@ async def execute(
             exit_code=code,
             source=source,
             sequence=holder.sequence,
+            pools={name: pool for name, pool in pools.items() if name != WORKSPACE_POOL},
+            discovery=discovery.docs,
         )
         store = None if remote is None else remote.store
         manifest: Path | str = options.out_dir / RUNS_DIR / f"{options.run_id}.json"
@@ -250,7 +268,7 @@ async def execute(
         elif not keep_journal:
             journal.close(remove=True)
     name = signal.Signals(signals[0]).name if signals else None
-    summary = summary_lines(result, plan, budget, files)
+    summary = discovery.summary() + summary_lines(result, plan, budget, files)
     return RunOutcome(code, result, summary, manifest, name, manifest_error)
 
 
@@ -292,9 +310,25 @@ def _save_offsets(state: State, calibration: Calibration) -> None:
 
 
 async def _with_signals_and_progress(
-    pipeline: Pipeline, plan: Plan, signals: list[int], options: RunOptions
+    pipeline: Pipeline,
+    plan: Plan | PlanRequest,
+    discovery: Discovery,
+    signals: list[int],
+    options: RunOptions,
 ) -> RunResult:
-    running = asyncio.create_task(pipeline.run(plan))
+    async def work() -> RunResult:
+        if isinstance(plan, Plan):
+            return await pipeline.run(plan)
+        built = await discovery.run(plan)
+        return pipeline.result if built is None else await pipeline.run(built)
+
+    def status() -> str:
+        current = plan if isinstance(plan, Plan) else discovery.plan
+        if current is None:
+            return discovery.status()
+        return status_line(pipeline.result, current, pipeline.elapsed())
+
+    running = asyncio.create_task(work())
 
     def on_signal(signum: int) -> None:
         name = signal.Signals(signum).name
@@ -324,7 +358,7 @@ async def _with_signals_and_progress(
         interval = 0.5 if interactive else 10.0
     progress = Progress(
         sys.stderr,
-        lambda: status_line(pipeline.result, plan, pipeline.elapsed()),
+        status,
         interactive=interactive,
         interval_s=interval,
     )
