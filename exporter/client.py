@@ -24,8 +24,9 @@ from exporter.errors import (
     ServerError,
     TransportError,
 )
-from exporter.plan import Request, period_of
+from exporter.plan import Request, Series, period_of
 from exporter.ratelimit import RateHeaders, parse_rate_headers
+from exporter.series import ListSource
 
 __all__ = ["PATH", "BrazeClient", "Point", "Response", "interpret", "make_session"]
 
@@ -91,24 +92,41 @@ class BrazeClient:
     async def get(self, request: Request, ending_at: str | None = None) -> Response:
         """Send it (with ``ending_at`` instead of the request's own when given, as calibration
         shifts it); any failure to get a whole response becomes a TransportError."""
+        url = self._base + request.series.info.path
+        return await self._send(url, request.params(ending_at), series=request.series)
+
+    async def get_list(self, source: ListSource, page: int) -> Response:
+        """GET one page (from 0) of a list endpoint (``/segments/list?page=N``, ...); errors
+        as :meth:`get`, labelled ``<path> page <N>``."""
+        label = f"{source.path} page {page}"
+        return await self._send(self._base + source.path, {"page": str(page)}, label=label)
+
+    async def _send(
+        self,
+        url: str,
+        params: dict[str, str],
+        *,
+        series: Series | None = None,
+        label: str | None = None,
+    ) -> Response:
         try:
             async with self._session.get(
-                self._base + request.series.info.path,
-                params=request.params(ending_at),
-                headers=self._headers,
-                timeout=self._timeout,
+                url, params=params, headers=self._headers, timeout=self._timeout
             ) as resp:
                 body = await _read_body(resp)
                 return Response(resp.status, parse_rate_headers(resp.headers, self._clock()), body)
         except TimeoutError:
             raise TransportError(
-                f"no response from {self.host} in time", series=request.series, cause="timeout"
+                f"no response from {self.host} in time",
+                series=series,
+                cause="timeout",
+                label=label,
             ) from None
         except aiohttp.ClientError as exc:
             cause, text = _transport_cause(exc)
             # Never the exception's own text: it could hold the query. Host and cause only.
             raise TransportError(
-                f"{text} ({self.host})", series=request.series, cause=cause, detail=text
+                f"{text} ({self.host})", series=series, cause=cause, detail=text, label=label
             ) from None
 
 

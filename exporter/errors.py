@@ -7,12 +7,15 @@
     ├── WriteError               one partition could not be written (its series fails)
     ├── DirectoryBusy            another run holds the output directory (exit 5)
     └── ApiError                 one Braze call went wrong; carries the series it belongs to
+        │                        (or, for a list endpoint, a label such as "/events/list page 2")
         ├── RetryableError       worth another attempt
         │   ├── RateLimited      429: wait until the reset time the server named
         │   ├── ServerError      5xx
         │   ├── TransportError   timeout, reset connection, DNS, ...
-        │   └── MalformedResponse  a 200 whose body is not a valid series
+        │   └── MalformedResponse  a 200 whose body is not a valid series (or list page)
         ├── SeriesError          400 / 404: this series cannot be fetched, the others can
+        ├── DiscoveryError       a list endpoint cannot be read to the end: 4xx, or pages
+        │                        that repeat or never end
         └── AuthError            401 / 403: no request of this run can succeed (exit 3)
 
 Messages never contain the API key, a header or a full URL: only the series, the status and
@@ -31,6 +34,7 @@ __all__ = [
     "AuthError",
     "ConfigError",
     "DirectoryBusy",
+    "DiscoveryError",
     "ExporterError",
     "MalformedResponse",
     "RateLimited",
@@ -56,13 +60,26 @@ class DirectoryBusy(ExporterError):
 
 
 class ApiError(ExporterError):
-    """One call to Braze failed."""
+    """One call to Braze failed. ``label`` names a call that is not a series' (a list page)."""
 
-    def __init__(self, message: str, *, series: Series | None = None, status: int | None = None):
+    def __init__(
+        self,
+        message: str,
+        *,
+        series: Series | None = None,
+        status: int | None = None,
+        label: str | None = None,
+    ):
         super().__init__(message)
         self.message = message
         self.series = series
         self.status = status
+        self._label = label
+
+    @property
+    def label(self) -> str | None:
+        """What the call was for: the series' label, or the list page's."""
+        return self.series.label if self.series is not None else self._label
 
     @property
     def reason(self) -> str:
@@ -70,7 +87,7 @@ class ApiError(ExporterError):
         return self.message if self.status is None else f"HTTP {self.status}: {self.message}"
 
     def __str__(self) -> str:
-        where = f"{self.series.label}: " if self.series is not None else ""
+        where = f"{self.label}: " if self.label is not None else ""
         return f"{where}{self.reason}"
 
 
@@ -88,8 +105,9 @@ class RateLimited(RetryableError):
         series: Series | None = None,
         status: int | None = 429,
         reset_at: float | None = None,
+        label: str | None = None,
     ):
-        super().__init__(message, series=series, status=status)
+        super().__init__(message, series=series, status=status, label=label)
         self.reset_at = reset_at
 
 
@@ -104,9 +122,15 @@ class TransportError(RetryableError):
     the first three happen before any HTTP exchange (``connect_failed``)."""
 
     def __init__(
-        self, message: str, *, series: Series | None = None, cause: str = "other", detail: str = ""
+        self,
+        message: str,
+        *,
+        series: Series | None = None,
+        cause: str = "other",
+        detail: str = "",
+        label: str | None = None,
     ):
-        super().__init__(message, series=series)
+        super().__init__(message, series=series, label=label)
         self.cause = cause
         self.detail = detail or message  # the cause in words, without the host
 
@@ -129,6 +153,11 @@ class MalformedResponse(RetryableError):
 
 class SeriesError(ApiError):
     """400 / 404: this series cannot be fetched; the run goes on with the others."""
+
+
+class DiscoveryError(ApiError):
+    """A list endpoint (``/segments/list``, ...) cannot be read to the end: it answered 400 /
+    404, repeats a page, or has more pages than any workspace should; the ids are unknown."""
 
 
 class AuthError(ApiError):

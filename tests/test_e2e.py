@@ -249,7 +249,7 @@ def test_plan_json_lists_every_request(
     # the nightly's 3, in 2 requests.
     assert len(doc["requests"]) == 9
     first = doc["requests"][0]
-    assert set(first) == {"segment_id", "app_id", "unit", "length", "ending_at"}
+    assert set(first) == {"segment_id", "app_id", "unit", "path", "length", "ending_at"}
 
 
 def test_plan_and_validate_summaries(
