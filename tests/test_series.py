@@ -1,0 +1,210 @@
+"""The series family: one description drives config, planner, client, formats and paths."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from datetime import date
+from pathlib import Path
+
+import pytest
+
+from exporter import formats
+from exporter.client import Response, interpret
+from exporter.config import load_config
+from exporter.errors import ConfigError, MalformedResponse
+from exporter.plan import Request, Series, build_plan, count_series, shard_of
+from exporter.ratelimit import RateHeaders
+from exporter.series import KINDS
+from exporter.writers import partition_path
+
+AS_OF = date(2024, 7, 1)
+
+
+def _config(write_config: Callable[..., Path], export: str) -> Path:
+    return write_config(f"version: 1\nexports:\n  - name: x\n    window: {{days: 3}}\n{export}")
+
+
+@pytest.mark.parametrize(
+    ("export", "expected"),
+    [
+        ("    series: dau\n    segment_ids: [a]\n", "exports[0].segment_ids: series dau takes no"),
+        ("    series: events\n", "exports[0].events: required for series events"),
+        ("    series: segment_size\n", "exports[0].segment_ids: required for series segment_size"),
+        (
+            "    series: dau\n    units: [hour]\n",
+            "exports[0].units[0]: series dau has no unit 'hour'",
+        ),
+        ("    series: events\n    events: [null]\n", "exports[0].events[0]: must be a string"),
+        (
+            "    series: sessions\n    segment_ids: [null]\n",
+            "exports[0].segment_ids: series sessions needs an id here, null is not one",
+        ),
+        (
+            "    series: events\n    events: {discover: analytics_enabled}\n",
+            "exports[0].events.discover: must be 'all' for events",
+        ),
+        (
+            "    series: events\n    events: {discover: all, tags: [x]}\n",
+            "exports[0].events.tags: tags filter segments only",
+        ),
+        (
+            "    segment_ids: {discover: analytics_enabled, name: '('}\n",
+            "exports[0].segment_ids.name: is not a valid regular expression",
+        ),
+        ("    segment_ids: {discover: everything}\n", "exports[0].segment_ids.discover: must be"),
+        ("    series: sales\n    segment_ids: [a]\n", "exports[0].series: must be"),
+        ("    segment_ids: []\n", "exports[0].segment_ids: must not be empty"),
+    ],
+)
+def test_an_export_that_does_not_fit_its_series_is_a_config_error(
+    write_config: Callable[..., Path], export: str, expected: str
+) -> None:
+    """Dimensions, units and discovery forms are checked against the series description."""
+    with pytest.raises(ConfigError) as caught:
+        load_config(_config(write_config, export), env={})
+    assert expected in str(caught.value)
+    assert "Traceback" not in str(caught.value)
+
+
+def test_each_series_expands_over_its_own_dimensions(write_config: Callable[..., Path]) -> None:
+    """events x segments x apps x units; KPIs by app only; optional dimensions default null."""
+    path = _config(
+        write_config,
+        "    series: events\n    events: [open, buy]\n    segment_ids: [null, vip]\n"
+        "    units: [day, hour]\n"
+        "  - name: d\n    series: dau\n    app_ids: [null, ios]\n    window: {days: 3}\n",
+    )
+    config = load_config(path, env={})
+    plan = build_plan(config, AS_OF)
+    kinds = sorted({s.kind for s in plan.series})
+    assert kinds == ["dau", "events"]
+    events = [s for s in plan.series if s.kind == "events"]
+    assert len(events) == 2 * 2 * 1 * 2
+    assert {(s.event, s.segment_id, s.app_id) for s in events} >= {("buy", None, None)}
+    dau = [s for s in plan.series if s.kind == "dau"]
+    assert {(s.app_id, s.segment_id, s.unit) for s in dau} == {
+        (None, None, "day"),
+        ("ios", None, "day"),
+    }
+    assert count_series(config) == len(plan.series)
+
+
+def test_params_follow_the_endpoint() -> None:
+    """Day-only KPI endpoints get no unit; null dimensions are not sent; events send event."""
+    dau = Request(Series(None, "ios", "day", "dau"), 1, 3, "2024-01-01T23:59:59+00:00")
+    assert dau.params() == {
+        "length": "3",
+        "ending_at": "2024-01-01T23:59:59+00:00",
+        "app_id": "ios",
+    }
+    event = Request(Series(None, None, "hour", "events", event="buy"), 1, 2, "E")
+    assert event.params() == {"length": "2", "unit": "hour", "ending_at": "E", "event": "buy"}
+    assert event.series.info.path == "/events/data_series"
+
+
+def test_sessions_keep_their_identity() -> None:
+    """A sessions series keeps the state key, shard and label of the versions before the
+    family, so existing resume state and shards stay valid; other kinds never collide."""
+    s = Series("seg", None, "day")
+    assert s.key == "seg\x1f\x1f0\x1fday"
+    assert s.label == "segment=seg app=_all unit=day"
+    assert shard_of(s, 7) == shard_of(Series("seg", None, "day", "sessions"), 7)
+    other = Series("seg", None, "day", "segment_size")
+    assert other.key != s.key
+    assert other.label == "series=segment_size segment=seg unit=day"
+
+
+def _response(body: object) -> Response:
+    return Response(200, RateHeaders(), json.dumps(body).encode())
+
+
+def test_values_are_read_under_each_kinds_key() -> None:
+    """count for events, revenue as a float (an integer revenue too), size for segments."""
+    events = Request(Series(None, None, "day", "events", event="e"), 738886, 1, "E")
+    body = {"message": "success", "data": [{"time": "2024-01-01", "count": 5}]}
+    assert [p.value for p in interpret(events, _response(body))] == [5]
+    revenue = Request(Series(None, None, "day", "purchases_revenue"), 738886, 2, "E")
+    body = {
+        "message": "success",
+        "data": [{"time": "2024-01-01", "revenue": 12}, {"time": "2024-01-02", "revenue": 3.5}],
+    }
+    values = [p.value for p in interpret(revenue, _response(body))]
+    assert values == [12.0, 3.5]
+    assert all(type(v) is float for v in values)
+    with pytest.raises(MalformedResponse, match="count"):
+        interpret(
+            events,
+            _response({"message": "success", "data": [{"time": "2024-01-01", "count": 1.5}]}),
+        )
+    with pytest.raises(MalformedResponse, match="revenue"):
+        interpret(
+            revenue,
+            _response({"message": "success", "data": [{"time": "2024-01-01", "revenue": -1}]}),
+        )
+    with pytest.raises(MalformedResponse, match="count"):
+        interpret(
+            events,
+            _response({"message": "success", "data": [{"time": "2024-01-01", "sessions": 1}]}),
+        )
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "csv", "parquet"])
+@pytest.mark.parametrize("kind", list(KINDS))
+def test_every_format_writes_each_kinds_columns_and_reads_them_back(fmt: str, kind: str) -> None:
+    """Columns are time, Braze's value key, each dimension by its parameter name, unit."""
+    info = KINDS[kind]
+    dims = {p: (None if p not in info.required else f"{p}-1") for p in info.dimensions}
+    if "app_id" in dims:
+        dims["app_id"] = "ios/app"
+    series = Series(
+        dims.get("segment_id"),
+        dims.get("app_id"),
+        "day",
+        kind,
+        dims.get("event"),
+        dims.get("product"),
+    )
+    value = 2.25 if info.fractional else 7
+    rows = [(738886, "2024-01-01", value), (738887, "2024-01-02", value * 2)]
+    data = formats.encode(fmt, series, rows)
+    assert formats.decode(fmt, series, data) == {p: (t, v) for p, t, v in rows}
+    if fmt == "jsonl":
+        first = json.loads(data.decode().splitlines()[0])
+        assert list(first) == list(info.columns)
+        assert first[info.value_key] == value
+        assert {k: first[k] for k in info.dimensions} == dims
+    elif fmt == "csv":
+        assert data.decode().splitlines()[0] == ",".join(info.columns)
+    else:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        table = pq.read_table(pa.BufferReader(data))
+        assert table.column_names == [*info.columns, "day", "hour"]
+        assert str(table.schema.field(info.value_key).type) == (
+            "double" if info.fractional else "int64"
+        )
+
+
+def test_sessions_files_keep_their_bytes() -> None:
+    """The jsonl of a sessions partition is what versions before the family wrote."""
+    data = formats.encode("jsonl", Series("s", None, "day"), [(738886, "2024-01-01", 4)])
+    expected = '{"time": "2024-01-01", "sessions": 4, "segment_id": "s", "app_id": null, '
+    assert data == (expected + '"unit": "day"}\n').encode()
+
+
+def test_partition_paths_name_the_series_and_each_dimension(tmp_path: Path) -> None:
+    """{series}/{unit}/{one directory per dimension}; absent dimensions get a fixed word."""
+    events = Series(None, "ios", "hour", "events", event="add to cart")
+    assert partition_path(tmp_path, events, "2024-01-01", "jsonl").relative_to(
+        tmp_path
+    ).as_posix() == ("events/hour/event-add%20to%20cart/all-users/app-ios/2024-01-01.jsonl")
+    dau = Series(None, None, "day", "dau")
+    assert partition_path(tmp_path, dau, "2024-01", "csv").relative_to(tmp_path).as_posix() == (
+        "dau/day/workspace/2024-01.csv"
+    )
+    sessions = Series("s", None, "day")
+    assert partition_path(tmp_path, sessions, "2024-01", "jsonl").relative_to(
+        tmp_path
+    ).as_posix() == ("sessions/day/segment-s/workspace/2024-01.jsonl")
