@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator, Callable, Coroutine
 from datetime import date, timedelta
 from typing import Any
 
+import aiohttp
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
@@ -399,3 +400,30 @@ def test_sandbox_command_passes_catalogue_and_pool_flags(monkeypatch: pytest.Mon
     with pytest.raises(SystemExit) as exc:
         cli.main(["sandbox", "--throttle-pool", "campaigns:5"])
     assert exc.value.code == 2
+
+
+async def _bad_bodies(client: Client, path: str, queries: list[dict[str, str]]) -> list[Any]:
+    """The 200 bodies among faulty answers (the other faults are errors or dropped)."""
+    bodies = []
+    for params in queries:
+        try:
+            async with client.get(path, params=params, headers=AUTH) as resp:
+                if resp.status == 200:
+                    bodies.append(await resp.json())
+        except (aiohttp.ClientError, ValueError):
+            continue
+    return bodies
+
+
+async def test_faults_reach_every_endpoint_with_its_own_bad_body(sandbox: Start) -> None:
+    """With fault_rate 1, a series' invalid 200 carries its value key and a list's invalid
+    200 its items key: the faults of a series and of a list are each their own."""
+    client = await sandbox(fault_rate=1.0, slow_s=0.0)
+    kind = KINDS["mau"]
+    tries = [_params(kind, length=str(n)) for n in range(1, 41)]
+    bodies = await _bad_bodies(client, kind.path, tries)
+    assert bodies
+    assert all(b["data"] == [{"time": "not-a-time", "mau": -3}] for b in bodies)
+    lists = await _bad_bodies(client, "/events/list", [{"page": str(n)} for n in range(40)])
+    assert lists
+    assert all(b["events"] == "not-a-list" for b in lists)
