@@ -51,6 +51,7 @@ from exporter.runner import (
 from exporter.sandbox import (
     FAULT_KINDS,
     HOUR_LABELS,
+    POOLS,
     RESET_STYLES,
     SEMANTICS,
     SandboxOptions,
@@ -270,8 +271,38 @@ def build_parser() -> argparse.ArgumentParser:
         type=_integer(">=", 0),
         default=250_000,
         metavar="N",
-        help="requests per window, 0 for no limit (default: %(default)s)",
+        help="workspace pool (series, /segments/list): requests per window, 0 for no limit "
+        "(default: %(default)s)",
     )
+    box.add_argument(
+        "--list-limit",
+        type=_integer(">=", 0),
+        default=1_000,
+        metavar="N",
+        help="lists pool (/events/list, /purchases/product_list): requests per window, 0 for "
+        "no limit (default: %(default)s)",
+    )
+    box.add_argument(
+        "--throttle-pool",
+        type=_throttle,
+        action="append",
+        default=[],
+        metavar="POOL:K",
+        help=f"answer the first K requests of pool POOL ({', '.join(POOLS)}) with 429, "
+        "repeatable (default: none)",
+    )
+    for flag, default, what in (
+        ("--segments", 230, "segments /segments/list serves"),
+        ("--events", 40, "event names /events/list serves"),
+        ("--products", 12, "product names /purchases/product_list serves"),
+    ):
+        box.add_argument(
+            flag,
+            type=_integer(">=", 0),
+            default=default,
+            metavar="N",
+            help=f"how many {what} (default: %(default)s)",
+        )
     box.add_argument(
         "--window",
         type=_number(">=", 0.01, "seconds"),
@@ -421,6 +452,16 @@ def _integer(op: str, bound: int) -> Callable[[str], int]:
         return value
 
     return parse
+
+
+def _throttle(text: str) -> tuple[str, int]:
+    """An argparse type: ``POOL:K``, a sandbox pool and a count >= 0."""
+    pool, _, count = text.partition(":")
+    if pool not in POOLS or not count.isdigit():
+        raise argparse.ArgumentTypeError(
+            f"must be POOL:K with POOL one of {', '.join(POOLS)} and K >= 0, got {text!r}"
+        )
+    return pool, int(count)
 
 
 def _fraction(text: str) -> float:
@@ -718,6 +759,11 @@ def _cmd_sandbox(args: argparse.Namespace) -> int:
     options = SandboxOptions(
         api_key=args.api_key,
         limit=args.limit,
+        list_limit=args.list_limit,
+        throttle=dict(args.throttle_pool),
+        segments=args.segments,
+        events=args.events,
+        products=args.products,
         window_s=args.window,
         fault_rate=args.fault_rate,
         seed=args.seed,

@@ -1,12 +1,21 @@
-"""A Braze-compatible local server for GET /sessions/data_series (aiohttp.web).
+"""A Braze-compatible local server for the analytics series family and its list endpoints.
 
-It behaves as Braze documents the endpoint: Bearer auth, 400 with ``message``/``errors`` for
-bad parameters, ``length`` points in Braze's ``time`` format, and a fixed-window rate limit with
-``X-RateLimit-Limit/Remaining/Reset`` on every response (``reset_style`` writes Reset in epoch
-seconds as Braze does, or in the odd shapes other APIs send: milliseconds, a time already gone,
-or not at all). Session counts are deterministic and realistic (weekly and daily rhythms)
-functions of (segment, app, unit, time), so a test can check every exported row against
-:func:`session_count`.
+Every series of :data:`exporter.series.KINDS` is served at its path, driven by its description
+(dimensions, required ones, units, value key), as Braze documents those endpoints: Bearer auth,
+400 with ``message``/``errors`` for bad parameters, ``length`` points in Braze's ``time``
+format. Values are deterministic and realistic (weekly and daily rhythms; DAU below MAU; a
+segment's size drifting slowly) functions of (series, dimensions, unit, time), so a test can
+check every exported row against :func:`series_value` (:func:`session_count` for sessions).
+
+The discovery endpoints of :data:`exporter.series.LISTS` page through a deterministic
+catalogue sized by the options (:func:`catalogue`): segments with their analytics flag and
+tags, event names, product names.
+
+Each rate-limit pool (``workspace``, ``lists``) has its own fixed-window counter with
+``X-RateLimit-Limit/Remaining/Reset`` on its responses and 429 when spent (``reset_style``
+writes Reset in epoch seconds as Braze does, or in the odd shapes other APIs send:
+milliseconds, a time already gone, or not at all). ``throttle`` answers the first requests of a
+pool 429 whatever its count, to show that one pool's pause leaves the other alone.
 
 Which periods a request covers is one of three window semantics, since Braze does not document
 it (``SandboxOptions.semantics``):
@@ -20,7 +29,7 @@ Hour labels are written naive (``2024-01-05T10:00:00``), with ``Z`` or with ``+0
 (``SandboxOptions.hour_labels``).
 
 Faults for reliability tests are deterministic: whether the n-th identical request fails, and
-how, is a hash of (seed, parameters, n), whatever order requests arrive in.
+how, is a hash of (seed, path and parameters, n), whatever order requests arrive in.
 """
 
 from __future__ import annotations
@@ -32,23 +41,32 @@ import json
 import math
 import socket
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 
 from aiohttp import web
 
+from exporter.series import KINDS, LIST_POOL, LISTS, WORKSPACE_POOL, ListSource, SeriesKind
+
 __all__ = [
     "FAULT_KINDS",
     "HOUR_LABELS",
+    "POOLS",
+    "PRODUCT_PAGE_SIZE",
     "RESET_STYLES",
     "SEMANTICS",
+    "Catalogue",
+    "PoolStats",
     "SandboxOptions",
     "SandboxStats",
+    "Segment",
+    "catalogue",
     "free_port",
     "make_app",
     "run_sandbox",
     "sandbox_stats",
+    "series_value",
     "session_count",
     "start_sandbox",
 ]
@@ -58,14 +76,24 @@ SEMANTICS = ("contains", "exclusive", "utc")
 HOUR_LABELS = {"naive": "", "z": "Z", "offset": "+00:00"}
 # How X-RateLimit-Reset is written: Braze's epoch seconds, or the odd shapes other APIs send.
 RESET_STYLES = ("seconds", "ms", "past", "missing")
+POOLS: tuple[str, ...] = tuple(
+    dict.fromkeys(
+        [WORKSPACE_POOL, LIST_POOL]
+        + [k.pool for k in KINDS.values()]
+        + [s.pool for s in LISTS.values()]
+    )
+)
+PRODUCT_PAGE_SIZE = 50  # Braze does not document it; the exporter must stop at an empty page
 _WEEKDAY = (1.0, 1.04, 1.06, 1.03, 0.97, 0.82, 0.78)
 
 
 @dataclass
 class SandboxOptions:
     api_key: str | None = None  # None: any Bearer token is accepted
-    limit: int = 250_000  # requests per window; 0 turns the rate limit off
+    limit: int = 250_000  # workspace pool: requests per window; 0 turns the rate limit off
+    list_limit: int = 1_000  # the lists pool (/events/list, /purchases/product_list); 0: off
     window_s: float = 3600.0
+    throttle: Mapping[str, int] = field(default_factory=dict)  # pool -> its first K answer 429
     fault_rate: float = 0.0
     seed: int = 0
     slow_s: float = 60.0  # how long a "slow" fault stalls; make it exceed the client timeout
@@ -79,38 +107,82 @@ class SandboxOptions:
     missing_days: frozenset[str] = frozenset()  # dates never returned (a hole in the data)
     hour_labels: str = "naive"  # a key of HOUR_LABELS
     reset_style: str = "seconds"  # one of RESET_STYLES
+    segments: int = 230  # the catalogue behind the list endpoints
+    events: int = 40
+    products: int = 12
+    product_page_size: int = PRODUCT_PAGE_SIZE
     clock: Callable[[], float] = time.time
 
     def __post_init__(self) -> None:
         if self.reset_style not in RESET_STYLES:
             raise ValueError(f"reset_style must be one of {', '.join(RESET_STYLES)}")
+        unknown = sorted(set(self.throttle) - set(POOLS))
+        if unknown:
+            raise ValueError(f"throttle: unknown pool {unknown[0]!r}; pools: {', '.join(POOLS)}")
+        if min(self.segments, self.events, self.products) < 0 or self.product_page_size < 1:
+            raise ValueError("catalogue sizes must be >= 0 and product_page_size >= 1")
+
+    def pool_limit(self, pool: str) -> int:
+        """Requests per window in ``pool`` (0: no limit)."""
+        return self.list_limit if pool == LIST_POOL else self.limit
+
+
+@dataclass
+class PoolStats:
+    """One rate-limit pool's counts (``window_counts``: requests per fixed window)."""
+
+    requests: int = 0
+    rate_limited: int = 0
+    max_in_window: int = 0
+    window_counts: dict[int, int] = field(default_factory=dict)
 
 
 @dataclass
 class SandboxStats:
+    """What the sandbox served. ``max_in_window`` and ``window_counts`` are the workspace
+    pool's (the one the series draw from); ``pools`` has every pool, ``paths`` counts every
+    request received per path."""
+
     requests: int = 0
     ok: int = 0
     rate_limited: int = 0
     faults: int = 0
-    max_in_window: int = 0
     repeated: int = 0  # distinct requests received more than once (retries, resumed runs)
-    window_counts: dict[int, int] = field(default_factory=dict)
+    paths: dict[str, int] = field(default_factory=dict)
+    pools: dict[str, PoolStats] = field(default_factory=lambda: {p: PoolStats() for p in POOLS})
+
+    @property
+    def max_in_window(self) -> int:
+        return self.pools[WORKSPACE_POOL].max_in_window
+
+    @property
+    def window_counts(self) -> dict[int, int]:
+        return self.pools[WORKSPACE_POOL].window_counts
+
+
+# --- values -----------------------------------------------------------------------------
 
 
 def session_count(segment: str, app: str | None, unit: str, label: str, restate: int = 0) -> int:
     """The sandbox's value for one point; ``restate`` shifts it (Braze restating late data)."""
-    key = f"{segment}\x1f{app or ''}\x1f{unit}"
-    scale = 40 + _hash01(key) * 4000  # sessions per hour at the daily peak
-    noise = 0.85 + 0.3 * _hash01(f"{key}\x1f{label}")
-    if unit == "day":
-        weekday = date.fromisoformat(label[:10]).weekday()
-        value = scale * 14 * _WEEKDAY[weekday] * noise
-    else:
-        hour = int(label[11:13])
-        value = scale * (0.25 + 0.75 * math.sin(math.pi * max(0, hour - 5) / 19) ** 2) * noise
+    return int(
+        series_value("sessions", {"segment_id": segment, "app_id": app}, unit, label, restate)
+    )
+
+
+def series_value(
+    kind: str, dims: Mapping[str, str | None], unit: str, label: str, restate: int = 0
+) -> int | float:
+    """The sandbox's value for one point of series ``kind`` (a key of ``KINDS``) with the given
+    dimension values (missing or None: not given), as the kind's endpoint returns it: an int, or
+    a float with 2 decimals for a fractional kind. ``restate`` shifts it (Braze restating late
+    data). Day-only kinds ignore ``unit``."""
+    series = KINDS[kind]
+    given = {d: dims.get(d) or "" for d in series.dimensions}
+    value = _VALUES[kind](given, unit if series.takes_unit else "day", label)
     if restate:
         value *= 1 + 0.01 * (1 + restate % 17)
-    return round(value)
+    return round(value, 2) if series.fractional else round(value)
 
 
 def _hash01(text: str) -> float:
@@ -118,28 +190,195 @@ def _hash01(text: str) -> float:
     return int.from_bytes(digest, "big") / 2**64
 
 
+def _flow(key: str, unit: str, label: str, low: float, spread: float) -> float:
+    """A count per period with weekly (days) or daily (hours) rhythm; ``low + spread * h`` per
+    hour at the daily peak, h a hash of ``key``."""
+    scale = low + _hash01(key) * spread
+    noise = 0.85 + 0.3 * _hash01(f"{key}\x1f{label}")
+    if unit == "day":
+        weekday = date.fromisoformat(label[:10]).weekday()
+        return scale * 14 * _WEEKDAY[weekday] * noise
+    hour = int(label[11:13])
+    return scale * (0.25 + 0.75 * math.sin(math.pi * max(0, hour - 5) / 19) ** 2) * noise
+
+
+def _key(kind: str, dims: Mapping[str, str], unit: str) -> str:
+    return "\x1f".join((kind, *dims.values(), unit))
+
+
+def _level(key: str, label: str, low: float, spread: float, period: float, swing: float) -> float:
+    """A slowly varying level: ``low + spread * h`` swinging by ``swing`` over ``period`` days,
+    with a little day-to-day noise."""
+    day = date.fromisoformat(label[:10]).toordinal()
+    base = low + _hash01(key) * spread
+    phase = 2 * math.pi * _hash01(f"{key}\x1fphase")
+    noise = 1 + 0.004 * (_hash01(f"{key}\x1f{label[:10]}") - 0.5)
+    return base * (1 + swing * math.sin(2 * math.pi * day / period + phase)) * noise
+
+
+def _mau(dims: Mapping[str, str], label: str) -> float:
+    return _level(_key("mau", dims, "day"), label, 2_000, 400_000, 120, 0.08)
+
+
+def _dau(dims: Mapping[str, str], label: str) -> float:
+    # At most 0.2 * 1.06 * 1.1 of MAU: always below it.
+    key = _key("dau", dims, "day")
+    share = (0.08 + 0.12 * _hash01(key)) * _WEEKDAY[date.fromisoformat(label[:10]).weekday()]
+    return _mau(dims, label) * share * (0.9 + 0.2 * _hash01(f"{key}\x1f{label[:10]}"))
+
+
+def _new_users(dims: Mapping[str, str], label: str) -> float:
+    key = _key("new_users", dims, "day")
+    share = 0.015 + 0.05 * _hash01(key)
+    return _dau(dims, label) * share * (0.8 + 0.4 * _hash01(f"{key}\x1f{label[:10]}"))
+
+
+def _uninstalls(dims: Mapping[str, str], label: str) -> float:
+    key = _key("uninstalls", dims, "day")
+    share = 0.2 + 0.4 * _hash01(key)
+    return _new_users(dims, label) * share * (0.7 + 0.6 * _hash01(f"{key}\x1f{label[:10]}"))
+
+
+def _quantity(dims: Mapping[str, str], unit: str, label: str) -> int:
+    return round(_flow(_key("purchases_quantity", dims, unit), unit, label, 0.2, 80))
+
+
+def _revenue(dims: Mapping[str, str], unit: str, label: str) -> float:
+    price = 0.99 + 30 * _hash01(f"price\x1f{dims['product']}")
+    discount = 0.9 + 0.1 * _hash01(f"{_key('purchases_revenue', dims, unit)}\x1f{label}")
+    return _quantity(dims, unit, label) * price * discount
+
+
+_VALUES: dict[str, Callable[[Mapping[str, str], str, str], float]] = {
+    # The sessions key predates the family: kept, so session_count's values never change.
+    "sessions": lambda d, u, t: _flow(f"{d['segment_id']}\x1f{d['app_id']}\x1f{u}", u, t, 40, 4000),
+    "events": lambda d, u, t: _flow(_key("events", d, u), u, t, 2, 1500),
+    "purchases_quantity": _quantity,
+    "purchases_revenue": _revenue,
+    "dau": lambda d, _u, t: _dau(d, t),
+    "mau": lambda d, _u, t: _mau(d, t),
+    "new_users": lambda d, _u, t: _new_users(d, t),
+    "uninstalls": lambda d, _u, t: _uninstalls(d, t),
+    "segment_size": lambda d, _u, t: _level(
+        _key("segment_size", d, "day"), t, 50, 800_000, 365, 0.15
+    ),
+}
+
+
+# --- the catalogue behind the list endpoints ----------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Segment:
+    """One ``/segments/list`` item."""
+
+    id: str
+    name: str
+    analytics_tracking_enabled: bool
+    tags: tuple[str, ...]
+
+    def as_json(self) -> dict[str, object]:
+        return {
+            "id": self.id,
+            "name": self.name,
+            "analytics_tracking_enabled": self.analytics_tracking_enabled,
+            "tags": list(self.tags),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Catalogue:
+    """What the list endpoints serve: segments in creation order, event names alphabetical,
+    product names in the order served."""
+
+    segments: tuple[Segment, ...]
+    events: tuple[str, ...]
+    products: tuple[str, ...]
+
+
+_AUDIENCES = (
+    "New users",
+    "Lapsed users",
+    "Power users",
+    "Purchasers",
+    "Trial users",
+    "Churn risk",
+    "Newsletter subscribers",
+    "Cart abandoners",
+    "Push enabled",
+    "Reactivated users",
+)
+_QUALIFIERS = ("iOS", "Android", "Web", "EU", "US", "last 7 days", "last 30 days", "VIP", "beta")
+_TAGS = ("lifecycle", "paid", "test", "onboarding", "retention", "promo")
+_VERBS = ("added", "completed", "opened", "rated", "saved", "shared", "started", "viewed")
+_OBJECTS = ("article", "cart", "level", "playlist", "product", "profile", "tutorial", "video")
+_ITEMS = ("coins", "gems", "premium", "season_pass", "starter_pack", "remove_ads")
+_TIERS = ("small", "medium", "large", "monthly", "yearly")
+_ANALYTICS_OFF = 0.3  # share of segments without analytics tracking
+
+
+def _name(i: int, first: tuple[str, ...], second: tuple[str, ...], sep: str) -> str:
+    """The i-th of first x second, numbered once every pair is used."""
+    name = f"{first[i % len(first)]}{sep}{second[i // len(first) % len(second)]}"
+    lap = i // (len(first) * len(second))
+    return f"{name}{sep}{lap + 1}" if lap else name
+
+
+def _segment(i: int) -> Segment:
+    digest = hashlib.blake2b(f"segment\x1f{i}".encode(), digest_size=16).hexdigest()
+    uid = f"{digest[:8]}-{digest[8:12]}-{digest[12:16]}-{digest[16:20]}-{digest[20:]}"
+    tags = tuple(t for j, t in enumerate(_TAGS) if _hash01(f"{uid}\x1ftag\x1f{j}") < 0.2)
+    return Segment(
+        uid,
+        _name(i, _AUDIENCES, _QUALIFIERS, " - "),
+        _hash01(f"{uid}\x1fanalytics") >= _ANALYTICS_OFF,
+        tags,
+    )
+
+
+def catalogue(options: SandboxOptions | None = None) -> Catalogue:
+    """The segments, events and products the list endpoints serve for ``options``; a larger
+    catalogue extends a smaller one."""
+    opts = options or SandboxOptions()
+    return Catalogue(
+        tuple(_segment(i) for i in range(opts.segments)),
+        tuple(sorted(_name(i, _VERBS, _OBJECTS, "_") for i in range(opts.events))),
+        tuple(_name(i, _ITEMS, _TIERS, "_") for i in range(opts.products)),
+    )
+
+
+# --- the server -------------------------------------------------------------------------
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
 class _Sandbox:
     def __init__(self, options: SandboxOptions) -> None:
         self.options = options
         self.stats = SandboxStats()
+        self.catalogue = catalogue(options)
         self._seen: dict[str, int] = {}
 
-    def _rate(self) -> tuple[dict[str, str], bool]:
-        """Count this request in its fixed window; headers, and whether it is over."""
+    def _rate(self, pool: str) -> tuple[dict[str, str], bool]:
+        """Count this request in its pool's fixed window; headers, and whether it is over."""
         opts = self.options
+        counts = self.stats.pools.setdefault(pool, PoolStats())
+        counts.requests += 1
+        throttled = counts.requests <= opts.throttle.get(pool, 0)
+        limit = opts.pool_limit(pool)
+        if limit <= 0:
+            return {}, throttled
         now = opts.clock()
-        if opts.limit <= 0:
-            return {}, False
         window = math.floor(now / opts.window_s)
-        used = self.stats.window_counts.get(window, 0) + 1
-        self.stats.window_counts[window] = used
+        used = counts.window_counts.get(window, 0) + 1
+        counts.window_counts[window] = used
         reset = math.ceil((window + 1) * opts.window_s)
-        over = used > opts.limit
+        over = used > limit or throttled
         if not over:
-            self.stats.max_in_window = max(self.stats.max_in_window, used)
+            counts.max_in_window = max(counts.max_in_window, used)
         headers = {
-            "X-RateLimit-Limit": str(opts.limit),
-            "X-RateLimit-Remaining": str(max(0, opts.limit - used)),
+            "X-RateLimit-Limit": str(limit),
+            "X-RateLimit-Remaining": "0" if throttled else str(max(0, limit - used)),
         }
         if opts.reset_style == "seconds":
             headers["X-RateLimit-Reset"] = str(reset)
@@ -150,81 +389,162 @@ class _Sandbox:
             headers["X-RateLimit-Reset"] = str(math.floor(window * opts.window_s) - 60)
         return headers, over
 
-    async def handle(self, request: web.Request) -> web.StreamResponse:
+    def _admit(
+        self, request: web.Request, pool: str, permission: str
+    ) -> tuple[dict[str, str], web.Response | None]:
+        """What every endpoint does first: count, rate-limit, authenticate, authorise. Returns
+        the rate-limit headers and, when the request ends here, its answer."""
         self.stats.requests += 1
-        headers, over = self._rate()
+        self.stats.paths[request.path] = self.stats.paths.get(request.path, 0) + 1
+        headers, over = self._rate(pool)
         auth = request.headers.get("Authorization", "")
         opts = self.options
         if "api_key" in request.query:
-            return _error(
+            return headers, _error(
                 401, "Use the Authorization header; api_key in the URL is refused", headers
             )
         if not auth.startswith("Bearer ") or not auth[7:].strip():
-            return _error(401, "Invalid API key", headers)
+            return headers, _error(401, "Invalid API key", headers)
         if opts.api_key is not None and auth[7:] != opts.api_key:
-            return _error(401, "Invalid API key", headers)
+            return headers, _error(401, "Invalid API key", headers)
         if over:
             self.stats.rate_limited += 1
-            return _error(429, "Rate limit exceeded", headers)
+            self.stats.pools[pool].rate_limited += 1
+            return headers, _error(429, "Rate limit exceeded", headers)
         if opts.deny:
-            return _error(403, "API key lacks permission sessions.data_series", headers)
-        try:
-            params = _parse(request.query, opts.clock(), opts.semantics, opts.hour_labels)
-        except ValueError as exc:
-            return _error(400, "Invalid parameters", headers, [str(exc)])
-        segment, app, unit, labels = params
-        if segment in opts.not_found_segments:
-            return _error(404, "Not Found", headers)
-        if segment in opts.reject_segments:
-            return _error(400, "Invalid segment_id", headers, [f"segment {segment} not found"])
-        n = self._seen.get(request.query_string, 0)
-        self._seen[request.query_string] = n + 1
+            return headers, _error(403, f"API key lacks permission {permission}", headers)
+        return headers, None
+
+    async def _answer(
+        self, request: web.Request, doc: object, bad: object, headers: dict[str, str]
+    ) -> web.StreamResponse:
+        """200 with ``doc``, unless this receipt of the request draws a fault (``bad``: the
+        body of a 200 that is not a valid answer)."""
+        key = request.path_qs
+        n = self._seen.get(key, 0)
+        self._seen[key] = n + 1
         if n == 1:
             self.stats.repeated += 1
-        fault = self._fault(request.query_string, n)
+        fault = self._fault(key, n)
         if fault is not None:
             self.stats.faults += 1
-            return await _faulty(request, fault, headers, opts.slow_s)
-        recent = datetime.fromtimestamp(opts.clock(), UTC).date() - timedelta(
-            days=opts.restate_days
-        )
-        data = [
-            {
-                "time": label,
-                "sessions": session_count(
-                    segment,
-                    app,
-                    unit,
-                    label,
-                    opts.restate if date.fromisoformat(label[:10]) >= recent else 0,
-                ),
-            }
-            for label in labels
-            if label[:10] not in opts.missing_days
-        ]
+            return await _faulty(request, fault, headers, self.options.slow_s, bad)
         self.stats.ok += 1
-        if opts.body_pieces > 1:
-            return await _in_pieces(request, {"message": "success", "data": data}, headers, opts)
-        return web.json_response({"message": "success", "data": data}, headers=headers)
+        if self.options.body_pieces > 1:
+            return await _in_pieces(request, doc, headers, self.options)
+        return web.json_response(doc, headers=headers)
 
-    def _fault(self, query: str, n: int) -> str | None:
+    def series_handler(self, kind: SeriesKind) -> Handler:
+        async def handle(request: web.Request) -> web.StreamResponse:
+            headers, done = self._admit(request, kind.pool, kind.permission)
+            if done is not None:
+                return done
+            opts = self.options
+            try:
+                dims, unit, labels = _parse(
+                    kind, request.query, opts.clock(), opts.semantics, opts.hour_labels
+                )
+            except ValueError as exc:
+                return _error(400, "Invalid parameters", headers, [str(exc)])
+            segment = dims.get("segment_id")
+            if segment in opts.not_found_segments:
+                return _error(404, "Not Found", headers)
+            if segment in opts.reject_segments:
+                return _error(400, "Invalid segment_id", headers, [f"segment {segment} not found"])
+            recent = datetime.fromtimestamp(opts.clock(), UTC).date() - timedelta(
+                days=opts.restate_days
+            )
+            data = [
+                {
+                    "time": label,
+                    kind.value_key: series_value(
+                        kind.name,
+                        dims,
+                        unit,
+                        label,
+                        opts.restate if date.fromisoformat(label[:10]) >= recent else 0,
+                    ),
+                }
+                for label in labels
+                if label[:10] not in opts.missing_days
+            ]
+            bad = {"message": "success", "data": [{"time": "not-a-time", kind.value_key: -3}]}
+            return await self._answer(request, {"message": "success", "data": data}, bad, headers)
+
+        return handle
+
+    def list_handler(self, source: ListSource) -> Handler:
+        items: tuple[object, ...] = {
+            "segments": tuple(s.as_json() for s in self.catalogue.segments),
+            "events": self.catalogue.events,
+            "products": self.catalogue.products,
+        }[source.items_key]
+        size = source.page_size or self.options.product_page_size
+
+        async def handle(request: web.Request) -> web.StreamResponse:
+            headers, done = self._admit(request, source.pool, source.permission)
+            if done is not None:
+                return done
+            text = request.query.get("page", "0")
+            page = int(text) if text.isascii() and text.isdigit() else -1
+            if page < 0:
+                errors = [f"page must be a non-negative integer, got {text!r}"]
+                return _error(400, "Invalid parameters", headers, errors)
+            doc = {
+                "message": "success",
+                source.items_key: list(items[page * size : (page + 1) * size]),
+            }
+            bad = {"message": "success", source.items_key: "not-a-list"}
+            return await self._answer(request, doc, bad, headers)
+
+        return handle
+
+    def _fault(self, key: str, n: int) -> str | None:
         """Whether the n-th receipt of this exact request fails, and how."""
         if self.options.fault_rate <= 0:
             return None
-        roll = _hash01(f"{self.options.seed}\x1f{query}\x1f{n}")
+        roll = _hash01(f"{self.options.seed}\x1f{key}\x1f{n}")
         if roll >= self.options.fault_rate:
             return None
         return FAULT_KINDS[math.floor(roll / self.options.fault_rate * len(FAULT_KINDS))]
 
     async def stats_view(self, _: web.Request) -> web.Response:
-        doc = {k: v for k, v in vars(self.stats).items() if k != "window_counts"}
-        doc["windows"] = {str(k): v for k, v in sorted(self.stats.window_counts.items())}
+        s = self.stats
+        doc = {
+            "requests": s.requests,
+            "ok": s.ok,
+            "rate_limited": s.rate_limited,
+            "faults": s.faults,
+            "max_in_window": s.max_in_window,
+            "repeated": s.repeated,
+            "windows": _windows(s.window_counts),
+            "paths": dict(sorted(s.paths.items())),
+            "pools": {
+                name: {
+                    "requests": p.requests,
+                    "rate_limited": p.rate_limited,
+                    "max_in_window": p.max_in_window,
+                    "windows": _windows(p.window_counts),
+                }
+                for name, p in s.pools.items()
+            },
+        }
         return web.json_response(doc)
 
 
+def _windows(counts: Mapping[int, int]) -> dict[str, int]:
+    return {str(k): v for k, v in sorted(counts.items())}
+
+
 def _parse(
-    query: Mapping[str, str], now: float, semantics: str = "contains", hour_labels: str = "naive"
-) -> tuple[str, str | None, str, list[str]]:
+    kind: SeriesKind,
+    query: Mapping[str, str],
+    now: float,
+    semantics: str = "contains",
+    hour_labels: str = "naive",
+) -> tuple[dict[str, str | None], str, list[str]]:
+    """The dimensions, unit and period labels a series request asks for; ValueError when its
+    parameters are bad. Parameters the kind does not take are ignored, as Braze does."""
     length_text = query.get("length")
     if length_text is None:
         raise ValueError("length is required")
@@ -235,11 +555,14 @@ def _parse(
     if not 1 <= length <= 100:
         raise ValueError(f"length must be between 1 and 100, got {length}")
     unit = query.get("unit", "day")
-    if unit not in ("day", "hour"):
-        raise ValueError(f"unit must be day or hour, got {unit!r}")
-    segment = query.get("segment_id")
-    if not segment:
-        raise ValueError("segment_id is required")
+    if not kind.takes_unit and unit != "day":
+        raise ValueError(f"{kind.path} takes no unit: it serves days only, got unit={unit!r}")
+    if unit not in kind.units:
+        raise ValueError(f"unit must be {' or '.join(kind.units)}, got {unit!r}")
+    dims = {d: query.get(d) or None for d in kind.dimensions}
+    for d in kind.required:
+        if not dims[d]:
+            raise ValueError(f"{d} is required")
     raw_end = query.get("ending_at")
     try:
         end = datetime.fromisoformat(raw_end) if raw_end else datetime.fromtimestamp(now, UTC)
@@ -259,7 +582,7 @@ def _parse(
             datetime.fromtimestamp((top - i) * 3600, UTC).strftime("%Y-%m-%dT%H:%M:%S") + suffix
             for i in range(length - 1, -1, -1)
         ]
-    return segment, query.get("app_id"), unit, labels
+    return dims, unit, labels
 
 
 def _error(
@@ -286,7 +609,7 @@ async def _in_pieces(
 
 
 async def _faulty(
-    request: web.Request, fault: str, headers: dict[str, str], slow_s: float
+    request: web.Request, fault: str, headers: dict[str, str], slow_s: float, bad: object
 ) -> web.StreamResponse:
     if fault.isdigit():
         return _error(int(fault), "Injected fault", headers)
@@ -294,8 +617,7 @@ async def _faulty(
         await asyncio.sleep(slow_s)
         return _error(503, "Injected slow response", headers)
     if fault == "bad_series":
-        body = {"message": "success", "data": [{"time": "not-a-time", "sessions": -3}]}
-        return web.json_response(body, headers=headers)
+        return web.json_response(bad, headers=headers)
     if fault == "truncated":
         whole = json.dumps({"message": "success", "data": [{"time": "2024-01-01"}]}).encode()
         return web.Response(
@@ -319,7 +641,10 @@ def make_app(options: SandboxOptions | None = None) -> web.Application:
     sandbox = _Sandbox(options or SandboxOptions())
     app = web.Application()
     app[_SANDBOX] = sandbox
-    app.router.add_get("/sessions/data_series", sandbox.handle)
+    for kind in KINDS.values():
+        app.router.add_get(kind.path, sandbox.series_handler(kind))
+    for source in LISTS.values():
+        app.router.add_get(source.path, sandbox.list_handler(source))
     app.router.add_get("/_sandbox/stats", sandbox.stats_view)
     return app
 
@@ -354,8 +679,14 @@ def run_sandbox(options: SandboxOptions, host: str, port: int) -> None:
 
     async def serve() -> None:
         runner, url = await start_sandbox(options, host, port)
-        limit = "off" if options.limit <= 0 else f"{options.limit} per {options.window_s:g}s"
-        print(f"sandbox listening on {url} (rate limit {limit})", flush=True)
+        limits = ", ".join(
+            f"{pool} {'off' if n <= 0 else n}"
+            for pool, n in ((p, options.pool_limit(p)) for p in POOLS)
+        )
+        print(
+            f"sandbox listening on {url} (rate limits per {options.window_s:g}s: {limits})",
+            flush=True,
+        )
         try:
             await asyncio.Event().wait()
         finally:
