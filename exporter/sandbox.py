@@ -101,6 +101,7 @@ class SandboxOptions:
     not_found_segments: frozenset[str] = frozenset()  # answered 404, as a wrong path would be
     body_pieces: int = 1  # a 200 body written in this many pieces, 1 ms apart
     deny: bool = False
+    deny_permissions: frozenset[str] = frozenset()  # 403 for these only (a key lacking them)
     restate: int = 0  # 0: values never change; another number: recent days read differently
     restate_days: int = 3
     semantics: str = "contains"  # one of SEMANTICS
@@ -411,7 +412,7 @@ class _Sandbox:
             self.stats.rate_limited += 1
             self.stats.pools[pool].rate_limited += 1
             return headers, _error(429, "Rate limit exceeded", headers)
-        if opts.deny:
+        if opts.deny or permission in opts.deny_permissions:
             return headers, _error(403, f"API key lacks permission {permission}", headers)
         return headers, None
 

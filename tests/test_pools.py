@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import json
-from datetime import UTC, date
+from datetime import date
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from exporter.client import Response
 from exporter.coverage import COMPLETE
@@ -50,7 +51,8 @@ def _plan() -> Plan:
     series = [Series(f"s{i}", None, "day") for i in range(6)]
     series.append(Series(None, None, "day", "purchases_quantity"))
     requests = tuple(
-        Request(s, LAST - 2, 3, ending_at("day", LAST, UTC), i) for i, s in enumerate(series)
+        Request(s, LAST - 2, 3, ending_at("day", LAST, ZoneInfo("UTC")), i)
+        for i, s in enumerate(series)
     )
     return Plan(date(2024, 7, 1), "UTC", requests, tuple(series))
 

@@ -1,0 +1,274 @@
+"""End to end against the sandbox: every series (each unit it has), discovery, pools."""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+from collections.abc import Callable
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+import pyarrow.parquet as pq
+import pytest
+
+from exporter.cli import main
+from exporter.config import load_config
+from exporter.plan import Series, build_plan
+from exporter.sandbox import SandboxOptions, catalogue, sandbox_stats, series_value
+from exporter.series import KINDS
+from exporter.writers import partition_path
+from tests.conftest import data_files
+
+AS_OF = "2024-07-01"
+FAMILY = """\
+version: 1
+timezone: Asia/Tokyo
+output: {{dir: {out}, format: {fmt}}}
+exports:
+  - name: sessions
+    segment_ids: [seg-a]
+    app_ids: [null, ios]
+    units: [day, hour]
+    window: {{days: 2}}
+  - name: events
+    series: events
+    events: [app_open, "add to/cart"]
+    segment_ids: [null, seg-a]
+    units: [day, hour]
+    window: {{days: 2}}
+  - name: quantity
+    series: purchases_quantity
+    products: [null, gold]
+    units: [day, hour]
+    window: {{days: 2}}
+  - name: revenue
+    series: purchases_revenue
+    products: [gold]
+    app_ids: [null, android]
+    units: [day, hour]
+    window: {{days: 2}}
+  - name: kpis
+    series: dau
+    app_ids: [null, ios]
+    window: {{days: 40}}
+  - name: new
+    series: new_users
+    window: {{days: 3}}
+  - name: gone
+    series: uninstalls
+    window: {{days: 3}}
+  - name: mau
+    series: mau
+    app_ids: [ios]
+    window: {{days: 3}}
+  - name: size
+    series: segment_size
+    segment_ids: [seg-a, seg-b]
+    window: {{days: 3}}
+"""
+
+
+def read_rows(path: Path, kind: str) -> list[dict[str, Any]]:
+    """A data file's rows, typed as the writer wrote them, whatever its format."""
+    if path.suffix == ".parquet":
+        rows: list[dict[str, Any]] = pq.read_table(path).to_pylist()
+        return rows
+    if path.suffix == ".jsonl":
+        return [json.loads(x) for x in path.read_text().split("\n") if x]
+    info = KINDS[kind]
+    number = float if info.fractional else int
+    with path.open(newline="") as f:
+        return [
+            {
+                **r,
+                info.value_key: number(r[info.value_key]),
+                **{p: r[p] or None for p in info.dimensions},
+            }
+            for r in csv.DictReader(f)
+        ]
+
+
+def check_every_row(out: Path) -> dict[str, int]:
+    """Each row holds the sandbox's value for its series, in that series' own file, with the
+    kind's columns; returns the rows per kind."""
+    counts: dict[str, int] = {}
+    for path in data_files(out):
+        kind = path.relative_to(out).parts[0]
+        info = KINDS[kind]
+        rows = read_rows(path, kind)
+        times = [r["time"] for r in rows]
+        assert times == sorted(times)
+        assert len(set(times)) == len(times)
+        for row in rows:
+            assert list(row)[: len(info.columns)] == list(info.columns)
+            dims = {p: row[p] for p in info.dimensions}
+            series = Series(
+                dims.get("segment_id"),
+                dims.get("app_id"),
+                row["unit"],
+                kind,
+                dims.get("event"),
+                dims.get("product"),
+            )
+            assert partition_path(out, series, path.stem, path.suffix[1:]) == path
+            expected = series_value(kind, dims, row["unit"], row["time"])
+            assert row[info.value_key] == expected, (path, row)
+            assert type(row[info.value_key]) is type(expected)
+        counts[kind] = counts.get(kind, 0) + len(rows)
+    return counts
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "csv", "parquet"])
+def test_every_series_exports_every_period_with_the_sandboxs_values(
+    tmp_path: Path,
+    write_config: Callable[..., Path],
+    fmt: str,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """One run exports all nine series (day and hour where Braze has hours); every row equals
+    the sandbox's value, once; verify accounts for every file of every series."""
+    out = tmp_path / "out"
+    path = write_config(FAMILY.format(out=out, fmt=fmt))
+    assert main(["run", str(path), "--sandbox", "--out", str(out), "--as-of", AS_OF]) == 0
+    plan = build_plan(load_config(path, env={}), date.fromisoformat(AS_OF))
+    counts = check_every_row(out)
+    assert set(counts) == set(KINDS)
+    assert sum(counts.values()) == sum(r.length for r in plan.requests)
+    for kind in ("sessions", "events", "purchases_quantity", "purchases_revenue"):
+        assert list((out / kind / "hour").rglob(f"*.{fmt}")), kind
+    summary = capsys.readouterr().out
+    assert f"series: {len(plan.series)} complete, 0 incomplete, 0 failed" in summary
+    assert main(["verify", str(out)]) == 0
+
+
+def test_a_rerun_of_every_series_changes_no_byte(
+    tmp_path: Path, write_config: Callable[..., Path]
+) -> None:
+    """Exactly once for the whole family: a --fresh rerun rewrites the same bytes."""
+    out = tmp_path / "out"
+    path = write_config(FAMILY.format(out=out, fmt="jsonl"))
+    args = ["run", str(path), "--sandbox", "--out", str(out), "--as-of", AS_OF]
+    assert main(args) == 0
+    before = {p: p.read_bytes() for p in data_files(out)}
+    assert main([*args, "--fresh"]) == 0
+    assert {p: p.read_bytes() for p in data_files(out)} == before
+
+
+DISCOVER = """\
+version: 1
+output: {{dir: {out}}}
+exports:
+  - name: sessions
+    segment_ids: {{discover: analytics_enabled{filters}}}
+    window: {{days: 1}}
+  - name: events
+    series: events
+    events: {{discover: all, name: '^(add|open)'}}
+    window: {{days: 1}}
+  - name: revenue
+    series: purchases_revenue
+    products: {{discover: all}}
+    window: {{days: 1}}
+"""
+
+
+def _manifest(out: Path) -> dict[str, Any]:
+    (path,) = (out / "_runs").glob("*.json")
+    doc: dict[str, Any] = json.loads(path.read_text())
+    return doc
+
+
+@pytest.mark.parametrize(
+    ("filters", "keep"),
+    [
+        ("", lambda s: True),
+        (", name: '^(Power|Trial)'", lambda s: re.search("^(Power|Trial)", s.name)),
+        (", tags: [paid, test]", lambda s: {"paid", "test"} & set(s.tags)),
+    ],
+)
+def test_discovery_pages_through_every_list_and_keeps_what_the_filters_say(
+    tmp_path: Path,
+    write_config: Callable[..., Path],
+    filters: str,
+    keep: Callable[[Any], Any],
+) -> None:
+    """Segments over 3 pages (only analytics-enabled, then the name or tag filter), events
+    by name, products to the empty page: the ids are the sandbox's catalogue, in its order,
+    recorded in the manifest, and each found id is exported."""
+    out = tmp_path / "out"
+    path = write_config(DISCOVER.format(out=out, filters=filters))
+    assert main(["run", str(path), "--sandbox", "--out", str(out), "--as-of", AS_OF]) == 0
+    shelf = catalogue(SandboxOptions())
+    doc = _manifest(out)
+    found = {d["config_key"]: d for d in doc["discovery"]}
+    segments = [s.id for s in shelf.segments if s.analytics_tracking_enabled and keep(s)]
+    assert segments
+    assert found["segment_ids"]["ids"] == segments
+    assert found["segment_ids"]["pages"] == 3  # 230 segments, 100 a page
+    assert found["segment_ids"]["skipped"] == len(shelf.segments) - len(segments)
+    assert found["events"]["ids"] == [e for e in shelf.events if re.search("^(add|open)", e)]
+    assert found["products"]["ids"] == list(shelf.products)
+    assert found["products"]["pages"] == found["products"]["requests"]  # the last one empty
+    assert found["events"]["pool"] == found["products"]["pool"] == "lists"
+    exported = {p.name for p in (out / "sessions" / "day").iterdir()}
+    assert exported == {f"segment-{s}" for s in segments}
+    assert doc["totals"]["series"] == len(segments) + len(found["events"]["ids"]) + len(
+        shelf.products
+    )
+
+
+def test_plan_shows_discovery_and_its_cost_without_sending(
+    tmp_path: Path, write_config: Callable[..., Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A dry plan names each discovery, its endpoint, pool and least cost, and what one id
+    found adds, and sends nothing (no key needed)."""
+    path = write_config(DISCOVER.format(out=tmp_path / "out", filters=""))
+    assert main(["plan", str(path), "--as-of", AS_OF]) == 0
+    text = capsys.readouterr().out
+    assert "discover: segment_ids (analytics_enabled)" in text
+    assert "at least 1 request to /segments/list (workspace pool; one per 100 segments)" in text
+    assert "/events/list (lists pool; one per 250 events)" in text
+    assert "each id found adds 1 request(s)" in text
+    assert main(["plan", str(path), "--as-of", AS_OF, "--json"]) == 0
+    plan = json.loads(capsys.readouterr().out)
+    assert {d["endpoint"] for d in plan["discovery"]} == {
+        "/segments/list",
+        "/events/list",
+        "/purchases/product_list",
+    }
+
+
+def test_a_discovery_the_key_may_not_read_fails_only_its_exports(
+    tmp_path: Path,
+    write_config: Callable[..., Path],
+    sandbox_server: Any,
+    env_key: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The key lacks events.list and purchases.product_list (403): those discoveries fail at
+    once and their exports get no series; the segments are discovered and exported; exit 1,
+    said in the summary (naming the permission) and the manifest."""
+    out = tmp_path / "out"
+    path = write_config(DISCOVER.format(out=out, filters=""))
+    denied = frozenset({"events.list", "purchases.product_list"})
+    with sandbox_server(deny_permissions=denied) as server:
+        monkeypatch.setenv("BRAZE_REST_ENDPOINT", server.url)
+        code = main(["run", str(path), "--out", str(out), "--as-of", AS_OF])
+        stats = sandbox_stats(server.app)
+    assert code == 1
+    summary = capsys.readouterr().out
+    assert "discovery: products from /purchases/product_list: FAILED" in summary
+    assert "discovery: events from /events/list: FAILED" in summary
+    assert "the key needs the permission events.list" in summary
+    doc = _manifest(out)
+    failed = {d["config_key"] for d in doc["discovery"] if d["error"]}
+    assert failed == {"events", "products"}
+    segments = next(d for d in doc["discovery"] if d["config_key"] == "segment_ids")
+    assert len(segments["ids"]) == doc["totals"]["series_complete"] > 0
+    assert not (out / "events").exists()
+    assert not (out / "purchases_revenue").exists()
+    assert stats.paths["/segments/list"] == 3
+    assert stats.paths["/events/list"] == stats.paths["/purchases/product_list"] == 1
