@@ -143,6 +143,25 @@ def test_every_series_exports_every_period_with_the_sandboxs_values(
     assert main(["verify", str(out)]) == 0
 
 
+def test_duckdb_reads_each_series_directory_as_its_rows(
+    tmp_path: Path, write_config: Callable[..., Path]
+) -> None:
+    """The README's query, per series directory, returns every exported row with the
+    series' columns and types (revenue a DOUBLE, the other values BIGINT)."""
+    duckdb = pytest.importorskip("duckdb")
+    out = tmp_path / "out"
+    path = write_config(FAMILY.format(out=out, fmt="parquet"))
+    assert main(["run", str(path), "--sandbox", "--out", str(out), "--as-of", AS_OF]) == 0
+    counts = check_every_row(out)
+    for kind, info in KINDS.items():
+        query = "SELECT * FROM read_parquet('{}', hive_partitioning = false, union_by_name = true)"
+        relation = duckdb.sql(query.format(f"{out}/{kind}/**/*.parquet"))
+        assert relation.columns == [*info.columns, "day", "hour"]
+        types = dict(zip(relation.columns, map(str, relation.types), strict=True))
+        assert types[info.value_key] == ("DOUBLE" if info.fractional else "BIGINT")
+        assert len(relation.fetchall()) == counts[kind]
+
+
 def test_a_rerun_of_every_series_changes_no_byte(
     tmp_path: Path, write_config: Callable[..., Path]
 ) -> None:
