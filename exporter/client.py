@@ -17,6 +17,7 @@ from yarl import URL
 
 from exporter.config import ApiKey
 from exporter.errors import (
+    ApiError,
     AuthError,
     MalformedResponse,
     RateLimited,
@@ -28,7 +29,15 @@ from exporter.plan import Request, Series, period_of
 from exporter.ratelimit import RateHeaders, parse_rate_headers
 from exporter.series import ListSource
 
-__all__ = ["PATH", "BrazeClient", "Point", "Response", "interpret", "make_session"]
+__all__ = [
+    "PATH",
+    "BrazeClient",
+    "Point",
+    "Response",
+    "interpret",
+    "make_session",
+    "raise_for_status",
+]
 
 PATH = "/sessions/data_series"  # the first series; each Request names its own path
 _MAX_BODY = 4 * 1024 * 1024  # 100 points are a few KiB; anything near this is not a series
@@ -172,24 +181,46 @@ def interpret(request: Request, response: Response, tz: tzinfo = UTC) -> list[Po
     are: which of them the run wants is coverage's business, not a reason to retry (Braze
     does not document which periods a request covers). Otherwise the classified ApiError.
     ``tz`` is the config's zone, for day labels that carry an offset."""
-    status, series = response.status, request.series
-    if status == 200:
+    if response.status == 200:
         return _points(request, response.body, tz)
+    series = request.series
+    raise_for_status(response, permission=series.info.permission, series=series)
+    raise AssertionError("unreachable: raise_for_status raised")  # pragma: no cover
+
+
+def raise_for_status(
+    response: Response,
+    *,
+    permission: str,
+    series: Series | None = None,
+    label: str | None = None,
+    rejected: type[ApiError] = SeriesError,
+) -> None:
+    """The classified error of a response that is not a 200, for a series or (``label``) a
+    list page: 429 RateLimited (``reset_at`` raw from Retry-After or Reset: the caller's
+    budget judges it), 401/403 AuthError naming ``permission``, 5xx and 408 ServerError,
+    anything else ``rejected`` (not retried)."""
+    status = response.status
+    if status == 200:
+        return
     message = _braze_message(response.body)
     if status == 429:
         reset = response.rate.retry_after_at or response.rate.reset_at
-        raise RateLimited(message or "rate limit reached", series=series, reset_at=reset)
+        raise RateLimited(
+            message or "rate limit reached", series=series, reset_at=reset, label=label
+        )
     if status in (401, 403):
         hint = (
-            f"check the REST API key, its permission {series.info.permission} and that "
+            f"check the REST API key, its permission {permission} and that "
             "braze.endpoint is your instance's REST host"
         )
-        raise AuthError(f"{message or 'refused'}; {hint}", series=series, status=status)
-    if status in (400, 404):
-        raise SeriesError(message or "rejected", series=series, status=status)
+        raise AuthError(
+            f"{message or 'refused'}; {hint}", series=series, status=status, label=label
+        )
     if status >= 500 or status == 408:
-        raise ServerError(message or "server error", series=series, status=status)
-    raise SeriesError(message or "unexpected status", series=series, status=status)
+        raise ServerError(message or "server error", series=series, status=status, label=label)
+    words = "rejected" if status in (400, 404) else "unexpected status"
+    raise rejected(message or words, series=series, status=status, label=label)
 
 
 def _points(request: Request, body: bytes, tz: tzinfo) -> list[Point]:

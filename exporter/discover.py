@@ -35,13 +35,11 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any, Protocol
 
-from exporter.client import Response, _braze_message
+from exporter.client import Response, raise_for_status
 from exporter.errors import (
-    AuthError,
     DiscoveryError,
     MalformedResponse,
     RateLimited,
-    ServerError,
 )
 from exporter.ratelimit import Budget
 from exporter.retry import RetryPolicy, call_with_retries
@@ -157,21 +155,7 @@ def interpret_list(source: ListSource, response: Response, *, page: int | None =
     DiscoveryError; a 200 whose body is not JSON, has no ``source.items_key`` list, or whose
     ``message`` is present and not ``"success"``, MalformedResponse."""
     label = source.path if page is None else f"{source.path} page {page}"
-    status = response.status
-    if status != 200:
-        message = _braze_message(response.body)
-        if status == 429:
-            reset = response.rate.retry_after_at or response.rate.reset_at
-            raise RateLimited(message or "rate limit reached", reset_at=reset, label=label)
-        if status in (401, 403):
-            hint = (
-                f"check the REST API key, its permission {source.permission} and that "
-                "braze.endpoint is your instance's REST host"
-            )
-            raise AuthError(f"{message or 'refused'}; {hint}", status=status, label=label)
-        if status >= 500 or status == 408:
-            raise ServerError(message or "server error", status=status, label=label)
-        raise DiscoveryError(message or "rejected", status=status, label=label)
+    raise_for_status(response, permission=source.permission, label=label, rejected=DiscoveryError)
     try:
         doc = json.loads(response.body)
     except (ValueError, UnicodeDecodeError):

@@ -148,15 +148,7 @@ async def diagnose(
         rate: RateHeaders | None = None
         reached = False
         for unit in units:
-            series = Series(
-                dims.get("segment_id"),
-                dims.get("app_id"),
-                unit,
-                export.series,
-                dims.get("event"),
-                dims.get("product"),
-            )
-            probe = _probe(series, as_of, tz)
+            probe = _probe(Series.of(export.series, unit, dims), as_of, tz)
             response = await _send(client, probe, None, report)
             if response is None:
                 return report

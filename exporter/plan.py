@@ -60,6 +60,12 @@ class Series:
     event: str | None = None
     product: str | None = None
 
+    @classmethod
+    def of(cls, kind: str, unit: Unit, dims: Mapping[str, str | None]) -> Series:
+        """The series of ``kind`` with ``dims`` (Braze parameter name -> value; missing: None)."""
+        get = dims.get
+        return cls(get("segment_id"), get("app_id"), unit, kind, get("event"), get("product"))
+
     @property
     def info(self) -> SeriesKind:
         return KINDS[self.kind]
@@ -394,14 +400,7 @@ def _expand(config: Config, export: Export, discovered: Discovered | None) -> It
     for combo in itertools.product(*lists):
         dims = dict(zip(dimensions, combo, strict=True))
         for unit in export.units:
-            s = Series(
-                dims.get("segment_id"),
-                dims.get("app_id"),
-                unit,
-                export.series,
-                dims.get("event"),
-                dims.get("product"),
-            )
+            s = Series.of(export.series, unit, dims)
             if s not in seen:
                 seen.add(s)
                 yield s

@@ -104,14 +104,7 @@ def check_every_row(out: Path) -> dict[str, int]:
         for row in rows:
             assert list(row)[: len(info.columns)] == list(info.columns)
             dims = {p: row[p] for p in info.dimensions}
-            series = Series(
-                dims.get("segment_id"),
-                dims.get("app_id"),
-                row["unit"],
-                kind,
-                dims.get("event"),
-                dims.get("product"),
-            )
+            series = Series.of(kind, row["unit"], dims)
             assert partition_path(out, series, path.stem, path.suffix[1:]) == path
             expected = series_value(kind, dims, row["unit"], row["time"])
             assert row[info.value_key] == expected, (path, row)

@@ -157,14 +157,7 @@ def test_every_format_writes_each_kinds_columns_and_reads_them_back(fmt: str, ki
     dims = {p: (None if p not in info.required else f"{p}-1") for p in info.dimensions}
     if "app_id" in dims:
         dims["app_id"] = "ios/app"
-    series = Series(
-        dims.get("segment_id"),
-        dims.get("app_id"),
-        "day",
-        kind,
-        dims.get("event"),
-        dims.get("product"),
-    )
+    series = Series.of(kind, "day", dims)
     value = 2.25 if info.fractional else 7
     rows = [(738886, "2024-01-01", value), (738887, "2024-01-02", value * 2)]
     data = formats.encode(fmt, series, rows)
