@@ -26,6 +26,7 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, tzinfo
+from functools import partial
 from pathlib import Path
 from typing import Protocol
 from urllib.parse import quote
@@ -111,13 +112,17 @@ class _Staged:
 class PartitionWriter:
     """Writes partitions with group commit.
 
-    A write merges and renders its partition and writes the temp file on the event loop
-    (small, fast syscalls), then joins the current batch. A batch is made durable together:
-    one ``syncfs`` (or an fsync per file where the platform has no syncfs) makes the temp
-    files' data durable, the renames follow, and a second sync makes the renames durable;
-    only then do the writes of the batch return (and their requests get marked done). Only the
-    syncs run in a thread: per-file syscalls in threads cost more in GIL hand-offs than the
-    disk waits they hide (profiled in bench/throughput.py).
+    A write merges and renders its partition and writes its temp file, then joins the current
+    batch. A batch is made durable together: one ``syncfs`` (or an fsync per file where the
+    platform has no syncfs) makes the temp files' data durable, the renames follow, and a
+    second sync makes the renames durable; only then do the writes of the batch return (and
+    their requests get marked done).
+
+    Threads take work off the event loop a batch at a time, never a file at a time (a hand-off
+    costs the loop about what a small file's encode does): the syncs and renames of a batch in
+    one "syncer" thread, and for Parquet the read, merge and encode of partitions in two
+    "encoder" threads (see _Stager). Profiled with
+    bench/throughput.py (README, Benchmarks).
     """
 
     def __init__(
@@ -151,19 +156,15 @@ class PartitionWriter:
         self._pending: list[_Staged] = []
         self._flusher: asyncio.Task[None] | None = None
         self._root_fd: int | None = None
-        self._encoder = (
-            ThreadPoolExecutor(max_workers=2, thread_name_prefix="encoder")
-            if fmt == "parquet"
-            else None
-        )
+        self._stager = _Stager(threads=2) if fmt == "parquet" else None
 
     async def aclose(self) -> None:
         """Finish the batch in progress (a cancelled write's batch still completes)."""
         if self._flusher is not None:
             await asyncio.wait([self._flusher])
         self._pool.shutdown(wait=True)
-        if self._encoder is not None:
-            self._encoder.shutdown(wait=True)
+        if self._stager is not None:
+            await self._stager.aclose()
         if self._root_fd is not None:
             os.close(self._root_fd)
             self._root_fd = None
@@ -221,25 +222,26 @@ class PartitionWriter:
     async def _stage(
         self, path: Path, series: Series, points: list[Point], version: int
     ) -> _Staged:
-        if self._encoder is None:
-            item, data = self._merge(self._read(path, series), path, series, points, version)
+        prepare = partial(self._prepare, path, series, points, version)
+        if self._stager is None:
+            item, data = prepare()
         else:
             # Parquet's encoder is C++ that releases the GIL: on a thread it runs beside the
-            # event loop on the other core (jsonl and csv stay inline: a thread hop costs more
-            # than their whole encode).
-            item, data = await asyncio.get_running_loop().run_in_executor(
-                self._encoder,
-                lambda: self._merge(self._read(path, series), path, series, points, version),
-            )
+            # event loop on the other core (jsonl and csv stay inline: their encode costs less
+            # than a batch's share of a hand-off). The temp file is written here, on the loop:
+            # on the encoder threads its syscalls cost more in GIL hand-offs than they save.
+            item, data = await self._stager.run(prepare)
         tmp, fd = _temp_file(self.tmp_dir, self.token)
         try:
             _write_all(fd, (data,))
         except BaseException:
-            os.close(fd)
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
+            _discard(tmp, fd)
             raise
         return _Staged(tmp, fd, item, asyncio.get_running_loop().create_future())
+
+    def _prepare(self, path: Path, series: Series, points: list[Point], version: int) -> _Prepared:
+        """Read, merge and encode the partition."""
+        return self._merge(self._read(path, series), path, series, points, version)
 
     async def _commit(self, staged: _Staged) -> None:
         self._pending.append(staged)
@@ -253,13 +255,7 @@ class PartitionWriter:
             while self._pending:
                 await asyncio.sleep(0)  # let the writes staging right now join this batch
                 batch, self._pending = self._pending, []
-                if self.durable:
-                    await _run_sync(loop, self._pool, self._sync_data, batch)
-                for staged in batch:
-                    _settle(staged)  # rename the synced, discard the failed
-                renamed = [staged for staged in batch if staged.error is None]
-                if self.durable and renamed:
-                    await _run_sync(loop, self._pool, self._sync_names, renamed)
+                await loop.run_in_executor(self._pool, self._land, batch)
                 if self._on_written is not None:
                     self._on_written([s.item for s in batch if s.error is None])
                 for staged in batch:
@@ -271,6 +267,17 @@ class PartitionWriter:
                         staged.done.set_result(None)
         finally:
             self._flusher = None
+
+    def _land(self, batch: list[_Staged]) -> None:
+        """Sync the batch's data, rename its files into place, sync the renames: one hand-off
+        to the syncer thread per batch. A failed sync fails every write it covers."""
+        if self.durable:
+            _sync(self._sync_data, batch)
+        for staged in batch:
+            _settle(staged)  # rename the synced, discard the failed
+        renamed = [staged for staged in batch if staged.error is None]
+        if self.durable and renamed:
+            _sync(self._sync_names, renamed)
 
     def _sync_data(self, batch: list[_Staged]) -> None:
         if _syncfs is not None:
@@ -311,6 +318,77 @@ class PartitionWriter:
             ) from None
         except ExporterError as exc:
             raise ExporterError(f"cannot merge into {name}: {exc}") from None
+
+
+_Prepared = tuple[WrittenFile, bytes]
+_Job = tuple[Callable[[], _Prepared], "asyncio.Future[_Prepared]"]
+
+
+class _Stager:
+    """Prepares partitions (read, merge, encode) on a few threads, many per hand-off.
+
+    A hand-off (submit, wake the thread, wake the loop with the result) costs the event loop
+    about as much as a small file's encode: so a job waits until the end of the loop's
+    iteration, or until a thread is free, and goes with every job waiting then. A thread that
+    finishes takes all that queued up meanwhile: the busier the run, the bigger the batches.
+    """
+
+    def __init__(self, threads: int) -> None:
+        self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="encoder")
+        self._idle = threads
+        self._waiting: list[_Job] = []
+        self._running: set[asyncio.Future[list[_Prepared | BaseException]]] = set()
+        self._dispatching = False
+
+    async def run(self, job: Callable[[], _Prepared]) -> _Prepared:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[_Prepared] = loop.create_future()
+        self._waiting.append((job, future))
+        if self._idle and not self._dispatching:
+            self._dispatching = True
+            loop.call_soon(self._dispatch)
+        return await future
+
+    def _dispatch(self) -> None:
+        self._dispatching = False
+        while self._idle and self._waiting:
+            take = -(-len(self._waiting) // self._idle)  # shared out among the idle threads
+            jobs, self._waiting = self._waiting[:take], self._waiting[take:]
+            self._idle -= 1
+            running = asyncio.wrap_future(self._pool.submit(_run_all, [job for job, _ in jobs]))
+            self._running.add(running)
+            running.add_done_callback(partial(self._finished, jobs))
+
+    def _finished(
+        self, jobs: list[_Job], running: asyncio.Future[list[_Prepared | BaseException]]
+    ) -> None:
+        self._running.discard(running)
+        self._idle += 1
+        outcomes = running.result()
+        for (_, future), outcome in zip(jobs, outcomes, strict=True):
+            if future.done():  # its writer was cancelled
+                continue
+            if isinstance(outcome, BaseException):
+                future.set_exception(outcome)
+            else:
+                future.set_result(outcome)
+        self._dispatch()
+
+    async def aclose(self) -> None:
+        if self._running:
+            await asyncio.wait(self._running)
+        self._pool.shutdown(wait=True)
+
+
+def _run_all(jobs: list[Callable[[], _Prepared]]) -> list[_Prepared | BaseException]:
+    """Every job's result or error: one failing partition fails only its own write."""
+    outcomes: list[_Prepared | BaseException] = []
+    for job in jobs:
+        try:
+            outcomes.append(job())
+        except Exception as exc:  # handed to the job's own writer, which raises it
+            outcomes.append(exc)
+    return outcomes
 
 
 def atomic_write(
@@ -370,18 +448,19 @@ def _rename(tmp: str, path: Path) -> None:
         os.replace(tmp, path)
 
 
-async def _run_sync(
-    loop: asyncio.AbstractEventLoop,
-    pool: ThreadPoolExecutor,
-    sync: Callable[[list[_Staged]], None],
-    batch: list[_Staged],
-) -> None:
-    """Run a sync in the thread; if it fails, every write of the batch fails with it."""
+def _sync(sync: Callable[[list[_Staged]], None], batch: list[_Staged]) -> None:
+    """Run a sync; if it fails, every write of the batch fails with it."""
     try:
-        await loop.run_in_executor(pool, sync, batch)
+        sync(batch)
     except OSError as exc:
         for staged in batch:
             staged.error = staged.error or exc
+
+
+def _discard(tmp: str, fd: int) -> None:
+    os.close(fd)
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(tmp)
 
 
 def _settle(staged: _Staged) -> None:

@@ -6,6 +6,7 @@ import asyncio
 import itertools
 import json
 import os
+from collections.abc import Callable
 from datetime import UTC, date, datetime
 from pathlib import Path
 
@@ -238,3 +239,69 @@ async def test_concurrent_writes_of_one_file_all_land(tmp_path: Path) -> None:
     rows = _rows(next(tmp_path.rglob("*.jsonl")))
     assert [r["sessions"] for r in rows] == list(range(1, 31))
     await writer.aclose()
+
+
+async def test_parquet_partitions_written_together_share_a_thread_hand_off(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """40 Parquet partitions written at once go to the encoder threads in a few batches (at
+    most one per thread per loop iteration), not one hand-off per file."""
+    batches: list[int] = []
+    run_all = writers._run_all
+
+    def counting(jobs: list[Callable[[], tuple[writers.WrittenFile, bytes]]]) -> object:
+        batches.append(len(jobs))
+        return run_all(jobs)
+
+    monkeypatch.setattr(writers, "_run_all", counting)
+    writer = PartitionWriter(tmp_path, "parquet")
+    series = [Series(f"seg-{i}", None, "day") for i in range(40)]
+    await asyncio.gather(*(writer.write(s, _days("2024-04-01", [1])) for s in series))
+    await writer.aclose()
+    assert sum(batches) == 40
+    assert len(batches) <= 4
+    assert len(list(tmp_path.rglob("*.parquet"))) == 40
+
+
+async def test_a_parquet_partition_that_cannot_be_merged_fails_only_its_own_write(
+    tmp_path: Path,
+) -> None:
+    """In a batch of Parquet partitions, a foreign file fails its own write; the others land."""
+    bad = Series("seg-bad", None, "day")
+    path = partition_path(tmp_path, bad, "2024-04", "parquet")
+    path.parent.mkdir(parents=True)
+    path.write_bytes(b"not parquet")
+    writer = PartitionWriter(tmp_path, "parquet")
+    good = [Series(f"seg-{i}", None, "day") for i in range(5)]
+    results = await asyncio.gather(
+        *(writer.write(s, _days("2024-04-01", [1])) for s in [*good, bad]),
+        return_exceptions=True,
+    )
+    await writer.aclose()
+    assert all(isinstance(r, list) and len(r) == 1 for r in results[:5])
+    assert isinstance(results[5], ExporterError)
+    assert "not a file this tool wrote" in str(results[5])
+    assert path.read_bytes() == b"not parquet"
+
+
+async def test_a_batch_is_synced_and_renamed_in_one_thread_hand_off(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Data sync, renames and the names' sync of a batch run in one call on the syncer thread
+    (one hand-off per batch, not two), in that order."""
+    steps: list[str] = []
+    writer = PartitionWriter(tmp_path, "jsonl")
+    monkeypatch.setattr(writer, "_sync_data", lambda batch: steps.append(f"data {len(batch)}"))
+    monkeypatch.setattr(writer, "_sync_names", lambda batch: steps.append(f"names {len(batch)}"))
+    land = writer._land
+
+    def counted_land(batch: list[writers._Staged]) -> None:
+        steps.append("hand-off")
+        land(batch)
+
+    monkeypatch.setattr(writer, "_land", counted_land)
+    series = [Series(f"seg-{i}", None, "day") for i in range(10)]
+    await asyncio.gather(*(writer.write(s, _days("2024-04-01", [1])) for s in series))
+    await writer.aclose()
+    assert steps == ["hand-off", "data 10", "names 10"]
+    assert len(list(tmp_path.rglob("*.jsonl"))) == 10
