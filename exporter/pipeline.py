@@ -221,7 +221,10 @@ class Pipeline:
     def elapsed(self) -> float:
         return self._clock() - self.result.started if self.result.started else 0.0
 
-    async def run(self, plan: Plan) -> RunResult:
+    async def run(self, plan: Plan, *, send: bool = True) -> RunResult:
+        """Fetch the plan; with ``send`` False (the run stopped before its data phase: a
+        401 or an unreachable host during discovery, a signal) only account for it: every
+        period not already done is reported missing."""
         result = self.result
         self._plan = plan
         self._tz = ZoneInfo(plan.timezone)
@@ -236,6 +239,9 @@ class Pipeline:
         if self.state is not None and not self.fresh:  # what is done already, unless --fresh
             done = self.state.done(lambda: {s.key: i for i, s in enumerate(plan.series)})
         result.coverage = Coverage(plan, done)
+        if not send:
+            result.finished = result.started
+            return result
         pairs: set[tuple[str, tuple[tuple[str, str | None], ...]]] = set()
         for s in plan.series:  # stop counting once there are enough
             pairs.add((s.kind, s.dimensions()))

@@ -54,12 +54,9 @@ class Discovery:
         """What was found, and no ids for a discovery that did not finish."""
         return {key: self.found.get(key, ()) for key in self.needs}
 
-    async def run(self, request: PlanRequest) -> Plan | None:
-        """Discover, then plan; None when the run must stop (401, unreachable, a signal)."""
+    async def run(self, request: PlanRequest) -> Plan:
+        """Discover, then plan (with no ids for a discovery that did not finish)."""
         await asyncio.gather(*(self._one(key, spec) for key, spec in self.needs.items()))
-        result = self.pipeline.result
-        if result.auth_error is not None or result.unreachable is not None or result.interrupted:
-            return None
         self.plan = request.build(self.found_or_nothing())
         for warning in self.plan.warnings:
             log.warning("%s", warning, extra={"event": "plan_warning"})
@@ -112,7 +109,7 @@ class Discovery:
         except AuthError as exc:
             if exc.status == 401:
                 pipeline.result.auth_error = exc
-            error = f"{exc.reason} (the key needs the permission {source.permission})"
+            error = exc.reason  # names the permission
         except TransportError as exc:
             if exc.connect_failed:
                 pipeline.result.unreachable = Unreachable(

@@ -211,6 +211,8 @@ async def execute(
         if isinstance(plan, PlanRequest):
             # Planned with what discovery found; with nothing when it was stopped early.
             plan = discovery.plan or plan.build(discovery.found_or_nothing())
+            if result.coverage is None:  # a second signal cancelled discovery: account
+                await pipeline.run(plan, send=False)
         _save_offsets(state, result.calibration)
         code = _exit_code(result, signals)
         if code == EXIT_OK and discovery.failed:
@@ -320,7 +322,9 @@ async def _with_signals_and_progress(
         if isinstance(plan, Plan):
             return await pipeline.run(plan)
         built = await discovery.run(plan)
-        return pipeline.result if built is None else await pipeline.run(built)
+        result = pipeline.result
+        stop = result.auth_error or result.unreachable or result.interrupted
+        return await pipeline.run(built, send=not stop)
 
     def status() -> str:
         current = plan if isinstance(plan, Plan) else discovery.plan

@@ -284,3 +284,29 @@ def test_a_discovery_the_key_may_not_read_fails_only_its_exports(
     assert not (out / "purchases_revenue").exists()
     assert stats.paths["/segments/list"] == 3
     assert stats.paths["/events/list"] == stats.paths["/purchases/product_list"] == 1
+
+
+def test_a_401_during_discovery_stops_before_any_data_request(
+    tmp_path: Path,
+    write_config: Callable[..., Path],
+    sandbox_server: Any,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A key refused (401) by /segments/list stops the run (exit 3) before any series is
+    fetched; the listed series are accounted as missing, with their periods named."""
+    out = tmp_path / "out"
+    path = write_config(
+        DISCOVER.format(out=out, filters="")
+        + "  - name: dau\n    series: dau\n    window: {days: 2}\n"
+    )
+    with sandbox_server(api_key="the-right-key") as server:
+        monkeypatch.setenv("BRAZE_REST_ENDPOINT", server.url)
+        monkeypatch.setenv("BRAZE_API_KEY", "a-wrong-key")
+        code = main(["run", str(path), "--out", str(out), "--as-of", AS_OF])
+        stats = sandbox_stats(server.app)
+    assert code == 3
+    assert set(stats.paths) <= {"/segments/list", "/events/list", "/purchases/product_list"}
+    summary = capsys.readouterr().out
+    assert "incomplete series=dau app=_all unit=day: missing 2024-06-29..2024-06-30" in summary
+    assert "a-wrong-key" not in summary
