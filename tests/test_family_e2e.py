@@ -274,7 +274,7 @@ def test_a_discovery_the_key_may_not_read_fails_only_its_exports(
     summary = capsys.readouterr().out
     assert "discovery: products from /purchases/product_list: FAILED" in summary
     assert "discovery: events from /events/list: FAILED" in summary
-    assert "the key needs the permission events.list" in summary
+    assert "its permission events.list" in summary
     doc = _manifest(out)
     failed = {d["config_key"] for d in doc["discovery"] if d["error"]}
     assert failed == {"events", "products"}
