@@ -26,9 +26,9 @@ from exporter.client import BrazeClient, Point, Response, interpret, make_sessio
 from exporter.config import ApiKey, Config, Discover, Export, Unit
 from exporter.coverage import describe_offset
 from exporter.errors import ApiError, AuthError, RetryableError, TransportError
-from exporter.plan import Request, Series, ending_at, hour_range, span_label
+from exporter.plan import Request, Series, discovery_needs, ending_at, hour_range, span_label
 from exporter.ratelimit import RateHeaders
-from exporter.series import KINDS
+from exporter.series import KINDS, LISTS
 
 __all__ = ["MAX_REQUESTS", "DoctorReport", "diagnose"]
 
@@ -143,6 +143,13 @@ async def diagnose(
     report.say(
         f"probing {kind.path} {shown} for unit(s) {', '.join(units)}; days cut in {config.timezone}"
     )
+    others = sorted({KINDS[e.series].permission for e in config.exports} - {kind.permission})
+    lists = sorted({LISTS[param].permission for param, _ in discovery_needs(config)})
+    if others or lists:
+        report.say(
+            f"not probed (a run needs them too): {', '.join(others + lists)}; grant them in "
+            "Settings > API Keys"
+        )
     async with make_session(1) as session:
         client = BrazeClient(session, endpoint, key, timeout_s=config.braze.timeout_s)
         rate: RateHeaders | None = None

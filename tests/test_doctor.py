@@ -185,3 +185,21 @@ def test_doctor_sees_days_cut_in_utc_east_of_utc(
         out = capsys.readouterr().out
         assert words in out
         assert ("with a caveat" in out) == (semantics == "utc")
+
+
+def test_doctor_probes_a_listed_series_and_names_the_permissions_it_did_not_probe(
+    write_config: Callable[..., Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """With the first export's required ids discovered, doctor probes the next export whose
+    ids are listed (here DAU, day only) and names every other permission a run needs."""
+    text = (
+        "version: 1\nexports:\n"
+        "  - name: s\n    segment_ids: {discover: analytics_enabled}\n    units: [hour]\n"
+        "    window: {days: 2}\n"
+        "  - name: d\n    series: dau\n    app_ids: [ios]\n    window: {days: 2}\n"
+    )
+    assert main(["doctor", str(write_config(text)), "--sandbox"]) == 0
+    out = capsys.readouterr().out
+    assert "probing /kpi/dau/data_series app_id='ios' for unit(s) day" in out
+    assert "not probed (a run needs them too): sessions.data_series, segments.list" in out
+    assert "key: accepted, with the permission kpi.dau.data_series" in out
