@@ -201,3 +201,21 @@ def test_partition_paths_name_the_series_and_each_dimension(tmp_path: Path) -> N
     assert partition_path(tmp_path, sessions, "2024-01", "jsonl").relative_to(
         tmp_path
     ).as_posix() == ("sessions/day/segment-s/workspace/2024-01.jsonl")
+
+
+def test_shards_of_a_multi_series_config_are_disjoint_and_cover_it(
+    write_config: Callable[..., Path],
+) -> None:
+    """Every series of every kind is in exactly one of N shards."""
+    path = _config(
+        write_config,
+        "    segment_ids: [a, b, c]\n    units: [day, hour]\n"
+        "  - name: e\n    series: events\n    events: [x, y]\n    segment_ids: [null, a]\n"
+        "    window: {days: 3}\n"
+        "  - name: d\n    series: dau\n    app_ids: [null, i, j]\n    window: {days: 3}\n",
+    )
+    config = load_config(path, env={})
+    every = build_plan(config, AS_OF).series
+    parts = [set(build_plan(config, AS_OF, (k, 3)).series) for k in (1, 2, 3)]
+    assert sum(len(p) for p in parts) == len(every)
+    assert set().union(*parts) == set(every)
