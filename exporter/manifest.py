@@ -154,6 +154,7 @@ def build_manifest(
             "effective_rate_per_hour": (
                 round(result.totals.sent / elapsed * 3600) if elapsed >= MIN_RATE_S else None
             ),
+            "requests_paced": budget.acquired,
             "pauses": budget.pauses,
             "workspace_limit_seen": budget.last_seen.limit,
             "workspace_remaining_seen": budget.last_seen.remaining,
@@ -161,6 +162,7 @@ def build_manifest(
         "pools": {
             name: {
                 "allowed_per_hour": pool.allowed_per_hour,
+                "requests_paced": pool.acquired,
                 "pauses": pool.pauses,
                 "limit_seen": pool.last_seen.limit,
                 "remaining_seen": pool.last_seen.remaining,

@@ -127,6 +127,7 @@ class Budget:
         self._streak = 0  # 429s (and blind reserve pauses) in a row, without a success between
         self._logged: set[str] = set()
         self.pauses = 0
+        self.acquired = 0  # tokens handed out: every attempt this budget paced
         self.last_seen: RateHeaders = RateHeaders()
 
     async def acquire(self) -> None:
@@ -137,6 +138,7 @@ class Budget:
                 await self._sleep(delay)
             await self.limiter.acquire()
             if self._paused_until <= self._clock():
+                self.acquired += 1
                 return
 
     @property

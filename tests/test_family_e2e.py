@@ -310,3 +310,34 @@ def test_a_401_during_discovery_stops_before_any_data_request(
     summary = capsys.readouterr().out
     assert "incomplete series=dau app=_all unit=day: missing 2024-06-29..2024-06-30" in summary
     assert "a-wrong-key" not in summary
+
+
+def test_each_pool_paces_its_own_endpoints(
+    tmp_path: Path,
+    write_config: Callable[..., Path],
+    sandbox_server: Any,
+    env_key: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The list pool's budget paces /events/list and /purchases/product_list and nothing
+    else; the workspace budget paces /segments/list and every series request: the manifest's
+    counts equal what the sandbox saw in each of its pools."""
+    out = tmp_path / "out"
+    path = write_config(
+        DISCOVER.format(out=out, filters="").replace(
+            "exports:", "limits: {pools: {lists: {requests_per_hour: 50000}}}\nexports:"
+        )
+    )
+    with sandbox_server() as server:
+        monkeypatch.setenv("BRAZE_REST_ENDPOINT", server.url)
+        assert main(["run", str(path), "--out", str(out), "--as-of", AS_OF]) == 0
+        stats = sandbox_stats(server.app)
+    doc = _manifest(out)
+    assert doc["pools"]["lists"]["allowed_per_hour"] == 50000
+    assert (
+        doc["pools"]["lists"]["requests_paced"]
+        == stats.pools["lists"].requests
+        == (stats.paths["/events/list"] + stats.paths["/purchases/product_list"])
+    )
+    assert doc["budget"]["requests_paced"] == stats.pools["workspace"].requests
+    assert doc["budget"]["requests_sent"] + 3 == stats.pools["workspace"].requests
