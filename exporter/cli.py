@@ -58,7 +58,7 @@ from exporter.sandbox import (
     run_sandbox,
     start_sandbox,
 )
-from exporter.series import DIMENSIONS, LISTS
+from exporter.series import DIMENSIONS, LIST_POOL, LISTS
 
 __all__ = [
     "EXIT_AUTH",
@@ -80,8 +80,8 @@ log = logging.getLogger("exporter")
 EPILOG = """\
 exit status:
   0        every series complete
-  1        some series failed, or the run is incomplete (its manifest could not be
-           written); the summary says which and why
+  1        some series failed, or the run is incomplete (a discovery failed, or its
+           manifest could not be written); the summary says which and why
   2        invalid config or command line: nothing was fetched or written
   3        Braze refused the key (401/403): check the key, its permission and the host
   4        the endpoint is unreachable (fail-fast)
@@ -162,7 +162,8 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="braze-export",
-        description="Export Braze app session series (GET /sessions/data_series) to files.",
+        description="Export Braze's analytics time series (sessions, events, purchases, KPIs, "
+        "segment size; GET /sessions/data_series and the rest of the family) to files.",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -620,6 +621,21 @@ def _cmd_plan(args: argparse.Namespace) -> int:
         f"has {limits.reserve:.0%} left"
     )
     print(f"time:     at least {format_duration(eta)} at that rate")
+    # The list pool paces discovery of events and products (and any series moved there).
+    in_lists = sum(
+        1 + (LISTS[param].page_size is None)  # the product list ends with an empty page
+        for param, _ in needs
+        if LISTS[param].pool == LIST_POOL
+    ) + sum(1 for r in plan.requests if limits.pool_for(r.series.kind) == LIST_POOL)
+    if in_lists:
+        rph, lists_share, _ = limits.pool(LIST_POOL)
+        rate = rph * lists_share / shards
+        print(
+            f"lists:    {in_lists:,} request(s) at least in the lists pool, at "
+            f"{rate:,.0f}/hour ({3600 / rate:.1f} s each): at least "
+            f"{format_duration(in_lists * 3600 / rate)}; discovery finishes before the first "
+            "data request"
+        )
     return EXIT_OK
 
 

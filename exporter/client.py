@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 import socket
 import ssl
 import time
@@ -40,6 +39,7 @@ __all__ = [
 ]
 
 PATH = "/sessions/data_series"  # the first series; each Request names its own path
+_MAX_VALUE = 2**63 - 1  # int64, as Parquet and query engines store counts; no real count nears it
 _MAX_BODY = 4 * 1024 * 1024  # 100 points are a few KiB; anything near this is not a series
 
 
@@ -252,13 +252,15 @@ def _point(request: Request, item: Any, tz: tzinfo) -> Point:
         raise MalformedResponse("a data item has no time", series=series, status=200)
     if type(value) is float and value.is_integer() and not kind.fractional:
         value = int(value)  # 40463.0 is a whole count some JSON encoders write so
-    if kind.fractional and type(value) is int:
+    if kind.fractional and type(value) is int and value <= _MAX_VALUE:
         value = float(value)  # one type per column: revenue 12 is 12.0
+    if type(value) is float:
+        value += 0.0  # -0.0 is 0.0
     wanted = float if kind.fractional else int
-    if type(value) is not wanted or not 0 <= value < math.inf:
+    if type(value) is not wanted or not 0 <= value <= _MAX_VALUE:
         what = "number" if kind.fractional else "integer"
         raise MalformedResponse(
-            f"{kind.value_key} at {label!r} is not a non-negative {what}",
+            f"{kind.value_key} at {label!r} is not a non-negative {what} up to 2^63-1",
             series=series,
             status=200,
         )

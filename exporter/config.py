@@ -220,7 +220,7 @@ class Discover(_Model):
         if value is not None:
             try:
                 re.compile(value)
-            except re.error as exc:
+            except (re.error, OverflowError, RecursionError) as exc:
                 raise ValueError(f"is not a valid regular expression: {exc}") from None
         return value
 

@@ -173,7 +173,15 @@ def interpret_list(source: ListSource, response: Response, *, page: int | None =
 
 
 def _valid_id(value: Any) -> bool:
-    return isinstance(value, str) and 1 <= len(value) <= MAX_ID_CHARS
+    """A string of 1..256 characters that is valid Unicode text (JSON's ``\\ud800`` escapes
+    give Python strings no file name, URL or UTF-8 file can hold)."""
+    if not isinstance(value, str) or not 1 <= len(value) <= MAX_ID_CHARS:
+        return False
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _name(entry: Any) -> ListItem | None:
@@ -251,6 +259,10 @@ async def discover(
 
     pages = 0
     while True:
+        if stopping():
+            raise DiscoveryError(
+                "stopped before the list's end (the run is stopping)", label=source.path
+            )
         if pages >= max_pages:
             raise DiscoveryError(
                 f"more than {max_pages:,} pages; stopped (does the server ignore 'page'?)",

@@ -131,8 +131,8 @@ async def diagnose(
     first = _probe_series(config)
     if first is None:
         report.verdict = (
-            "every export discovers an id its series requires: list one id in an export (or "
-            "run `plan --discover`) so doctor has a series to probe"
+            "every export discovers an id its series requires: list one id in an export so "
+            "doctor has a series to probe (a run checks the list endpoints itself)"
         )
         report.exit_code = EXIT_PROBLEM
         return report

@@ -261,7 +261,7 @@ class Pipeline:
                         group.create_task(self._worker(queue)) for _ in range(self.concurrency)
                     ]
                     tasks.append(group.create_task(self._feed(plan, queue, budget)))
-                watcher = asyncio.create_task(self._watch_stop(tasks))
+                watcher = asyncio.create_task(self.watch_stop(tasks))
         except* AuthError as errors:
             result.auth_error = errors.exceptions[0]  # type: ignore[assignment]
         except* Unreachable as errors:
@@ -320,7 +320,7 @@ class Pipeline:
             hi - lo + 1 for i in coverage.open_series() if mine[i] for lo, hi in coverage.missing(i)
         )
 
-    async def _watch_stop(self, tasks: list[asyncio.Task[None]]) -> None:
+    async def watch_stop(self, tasks: list[asyncio.Task[None]]) -> None:
         """After stop(), give in-flight requests grace_s, then cancel the stragglers."""
         await self._stopping.wait()
         _, pending = await asyncio.wait(tasks, timeout=self.grace_s)

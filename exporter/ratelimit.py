@@ -114,7 +114,9 @@ class Budget:
         clock: Clock = time.time,
         sleep: Sleep = asyncio.sleep,
         jitter: Callable[[], float] = random.random,
+        name: str = "workspace",
     ) -> None:
+        self.name = name  # the pool, for messages
         self.allowed_per_hour = requests_per_hour * share
         burst, period = bucket_shape(self.allowed_per_hour)
         self.limiter = AsyncLimiter(burst, period)
@@ -244,7 +246,8 @@ class Budget:
             if self._paused_until <= now:
                 self.pauses += 1
                 log.info(
-                    "budget: pausing all requests for %.1fs (%s)",
+                    "budget: pausing all requests of the %s pool for %.1fs (%s)",
+                    self.name,
                     until - now,
                     why,
                     extra={"event": "budget_pause", "wait_s": round(until - now, 3)},

@@ -15,8 +15,9 @@ import logging
 import re
 from typing import Any
 
+from exporter.client import Response
 from exporter.config import Config, Discover
-from exporter.discover import Discovered, DiscoverSpec, discover
+from exporter.discover import Discovered, DiscoverSpec, ListFetch, discover
 from exporter.errors import (
     AuthError,
     DiscoveryError,
@@ -28,13 +29,26 @@ from exporter.errors import (
 from exporter.pipeline import Pipeline
 from exporter.plan import Plan, PlanRequest, discovery_needs
 from exporter.ratelimit import Budget
-from exporter.series import DIMENSIONS, LISTS
+from exporter.series import DIMENSIONS, LISTS, WORKSPACE_POOL, ListSource
 
 __all__ = ["Discovery"]
 
 log = logging.getLogger(__name__)
 
 Key = tuple[str, tuple[str, str | None, tuple[str, ...]]]
+
+
+class _Counted:
+    """A ListFetch that counts what it sends, so a discovery that fails still says what it
+    cost."""
+
+    def __init__(self, fetch: ListFetch) -> None:
+        self.fetch = fetch
+        self.requests = 0
+
+    async def get_list(self, source: ListSource, page: int) -> Response:
+        self.requests += 1
+        return await self.fetch.get_list(source, page)
 
 
 class Discovery:
@@ -55,8 +69,18 @@ class Discovery:
         return {key: self.found.get(key, ()) for key in self.needs}
 
     async def run(self, request: PlanRequest) -> Plan:
-        """Discover, then plan (with no ids for a discovery that did not finish)."""
-        await asyncio.gather(*(self._one(key, spec) for key, spec in self.needs.items()))
+        """Discover, then plan (with no ids for a discovery that did not finish). A stop
+        (a signal) ends discovery as it ends the data phase: what is in flight gets the
+        pipeline's grace period, then is cancelled."""
+        tasks = [asyncio.create_task(self._one(key, spec)) for key, spec in self.needs.items()]
+        watcher = asyncio.create_task(self.pipeline.watch_stop(tasks))
+        try:
+            await asyncio.wait(tasks)
+        finally:
+            watcher.cancel()
+            for task in tasks:
+                task.cancel()
+            await asyncio.wait([watcher, *tasks])
         self.plan = request.build(self.found_or_nothing())
         for warning in self.plan.warnings:
             log.warning("%s", warning, extra={"event": "plan_warning"})
@@ -77,11 +101,18 @@ class Discovery:
         for doc in self.docs:
             head = f"discovery: {doc['config_key']} from {doc['endpoint']}"
             if doc["error"] is not None:
-                lines.append(f"{head}: FAILED: {doc['error']}")
+                lines.append(f"{head}: FAILED after {doc['requests']} request(s): {doc['error']}")
             else:
                 lines.append(
                     f"{head}: {len(doc['ids'])} kept, {doc['skipped']} filtered out, in "
                     f"{doc['pages']} page(s), {doc['requests']} request(s)"
+                )
+        for name, pool in self.pools.items():
+            if name != WORKSPACE_POOL and pool.acquired:  # the workspace's is the budget line
+                lines.append(
+                    f"pool {name}: {pool.acquired} request(s) paced, allowed "
+                    f"{pool.allowed_per_hour:,.0f}/hour; paused {pool.pauses} time(s) for "
+                    "the reserve or a 429"
                 )
         return lines
 
@@ -98,9 +129,10 @@ class Discovery:
         pipeline = self.pipeline
         error: str | None = None
         found: Discovered | None = None
+        fetch = _Counted(pipeline.client)
         try:
             found = await discover(
-                pipeline.client,
+                fetch,
                 wanted,
                 budget=self.pools[source.pool],
                 retry=pipeline.policy,
@@ -156,7 +188,7 @@ class Discovery:
                     and found_spec.key == key[1]
                 ],
                 "ids": list(found.ids) if found else [],
-                "requests": found.requests if found else None,
+                "requests": fetch.requests,
                 "pages": found.pages if found else None,
                 "skipped": found.skipped if found else None,
                 "malformed": found.malformed if found else None,

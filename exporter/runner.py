@@ -109,7 +109,7 @@ async def execute(
     limits = config.limits
     shards = plan.shard[1] if plan.shard else 1
     pools = {
-        name: Budget(rph, share / shards, reserve, max_pause_s=limits.max_pause_s)
+        name: Budget(rph, share / shards, reserve, max_pause_s=limits.max_pause_s, name=name)
         for name in (WORKSPACE_POOL, LIST_POOL)
         for rph, share, reserve in [limits.pool(name)]
     }

@@ -388,3 +388,30 @@ def test_discovery_cost_names_endpoint_pool_and_growth() -> None:
         "at least 1 request to /purchases/product_list (lists pool; one per page of products, "
         "plus the empty page that ends the list)"
     )
+
+
+async def test_an_id_that_is_no_unicode_text_is_skipped_as_malformed(harness: Harness) -> None:
+    """JSON may escape a lone surrogate ('\\ud800'): no path, URL or UTF-8 file can hold it,
+    so it is a malformed entry, skipped and counted, never a crash later."""
+    body = '{"message": "success", "segments": [{"id": "\\ud800", "name": "x", '
+    body += '"analytics_tracking_enabled": true, "tags": []}, '
+    body += '{"id": "ok", "name": "y", "analytics_tracking_enabled": true, "tags": []}]}'
+    harness.mocked.get(_url("/segments/list", 0), body=body)
+    found = await harness.run(DiscoverSpec("segment_id"))
+    assert found.ids == ("ok",)
+    assert found.malformed == 1
+
+
+async def test_a_stopping_run_reads_no_further_page(harness: Harness) -> None:
+    """Between pages discovery checks the run's stop: it ends with an error, not the list."""
+    names = [f"e{i:03d}" for i in range(250)]
+    harness.pages("/events/list", "events", [names, names[:1]])
+    asked: list[int] = []
+
+    def stopping() -> bool:
+        asked.append(1)
+        return len(asked) > 1  # the stop arrives after the first page
+
+    with pytest.raises(DiscoveryError, match="stopped"):
+        await harness.run(DiscoverSpec("event"), stopping=stopping)
+    assert harness.sent() == ["0"]

@@ -126,9 +126,17 @@ async def test_a_pause_stops_workers_already_waiting_for_a_token() -> None:
 NOW = 1_700_000_000.0
 
 
-def _budget(clock: FakeClock, **kwargs: float) -> Budget:
+def _budget(clock: FakeClock, max_pause_s: float = 3900.0) -> Budget:
     # jitter 0.5: backoff steps land exactly on 1 s, 2 s, 4 s ...
-    return Budget(10**8, 1.0, 0.1, clock=clock, sleep=clock.sleep, jitter=lambda: 0.5, **kwargs)
+    return Budget(
+        10**8,
+        1.0,
+        0.1,
+        clock=clock,
+        sleep=clock.sleep,
+        jitter=lambda: 0.5,
+        max_pause_s=max_pause_s,
+    )
 
 
 def _after_pause(clock: FakeClock, budget: Budget) -> None:

@@ -221,3 +221,35 @@ def test_the_key_appears_in_no_output(
     assert b"retry" in b"".join(outputs)  # the logs did talk about the faults
     for blob in outputs:
         assert KEY.encode() not in blob
+
+
+@pytest.mark.parametrize(("signum", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_a_signal_during_discovery_stops_within_the_grace_period(
+    tmp_path: Path,
+    write_config: Callable[..., Path],
+    sandbox_server: Any,
+    signum: int,
+    code: int,
+) -> None:
+    """Discovery of 12 pages of events paced by the 1,000/hour list pool (3.6 s a page):
+    a signal stops it within 10 s, exit 130/143, no further list page after the stop."""
+    out = tmp_path / "out"
+    config = write_config(
+        f"version: 1\noutput: {{dir: {out}}}\nexports:\n  - name: e\n    series: events\n"
+        "    events: {discover: all}\n    window: {days: 1}\n"
+    )
+    with sandbox_server(events=3000) as server:
+        stopped = _Exporter(config, server.url)
+        deadline = time.monotonic() + 30
+        while not sandbox_stats(server.app).paths.get("/events/list") and (
+            time.monotonic() < deadline
+        ):
+            time.sleep(0.05)
+        sent_at = time.monotonic()
+        stopped.proc.send_signal(signum)
+        assert stopped.wait(30) == code
+        assert time.monotonic() - sent_at < 10
+        pages = sandbox_stats(server.app).paths["/events/list"]
+    assert pages < 12
+    assert "rerun the same command to resume" in stopped.stderr
+    assert "Traceback" not in stopped.stderr

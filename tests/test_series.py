@@ -219,3 +219,28 @@ def test_shards_of_a_multi_series_config_are_disjoint_and_cover_it(
     parts = [set(build_plan(config, AS_OF, (k, 3)).series) for k in (1, 2, 3)]
     assert sum(len(p) for p in parts) == len(every)
     assert set().union(*parts) == set(every)
+
+
+def test_a_value_beyond_int64_is_malformed_not_a_crash() -> None:
+    """Parquet and query engines hold counts as int64: a bigger one is a bad answer (retried,
+    then the series fails), never an OverflowError while writing; -0.0 revenue reads 0.0."""
+    dau = Request(Series(None, None, "day", "dau"), 738886, 1, "E")
+    too_big = {"message": "success", "data": [{"time": "2024-01-01", "dau": 2**63}]}
+    with pytest.raises(MalformedResponse, match="up to 2"):
+        interpret(dau, _response(too_big))
+    at_most = {"message": "success", "data": [{"time": "2024-01-01", "dau": 2**63 - 1}]}
+    assert [p.value for p in interpret(dau, _response(at_most))] == [2**63 - 1]
+    revenue = Request(Series(None, None, "day", "purchases_revenue"), 738886, 1, "E")
+    zero = {"message": "success", "data": [{"time": "2024-01-01", "revenue": -0.0}]}
+    assert str(interpret(revenue, _response(zero))[0].value) == "0.0"
+
+
+def test_a_regex_python_cannot_compile_is_a_config_error(
+    write_config: Callable[..., Path],
+) -> None:
+    """A repeat count too large for re (OverflowError) is one line, like any bad regex."""
+    path = _config(
+        write_config, "    segment_ids: {discover: analytics_enabled, name: 'a{99999999999}'}\n"
+    )
+    with pytest.raises(ConfigError, match="is not a valid regular expression"):
+        load_config(path, env={})
