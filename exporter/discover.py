@@ -56,6 +56,7 @@ __all__ = [
     "discover",
     "discovery_cost",
     "interpret_list",
+    "keeps",
 ]
 
 log = logging.getLogger(__name__)
@@ -113,7 +114,9 @@ class Discovered:
     - ``pages``: pages read successfully.
     - ``skipped``: well-formed items left out by the spec (analytics disabled, name, tags).
     - ``malformed``: items that were not well-formed and were ignored.
-    - ``duplicates``: items listed again on a later page (Braze's list moved while paging)."""
+    - ``duplicates``: items listed again on a later page (Braze's list moved while paging).
+    - ``items``: every well-formed item listed, each once, in Braze's order (kept or not):
+      other filters can be applied to them without reading the list again (:func:`keeps`)."""
 
     dimension: str
     ids: tuple[str, ...]
@@ -122,6 +125,7 @@ class Discovered:
     skipped: int
     malformed: int = 0
     duplicates: int = 0
+    items: tuple[ListItem, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -203,7 +207,8 @@ def _segment(entry: Any) -> ListItem | None:
     )
 
 
-def _keep(spec: DiscoverSpec, item: ListItem) -> bool:
+def keeps(spec: DiscoverSpec, item: ListItem) -> bool:
+    """Whether ``spec``'s filters keep a listed item."""
     if spec.dimension == "segment_id":
         if spec.analytics_only and item.analytics is not True:
             return False
@@ -240,6 +245,7 @@ async def discover(
     kept: list[str] = []
     seen: set[str] = set()
     skipped = malformed = duplicates = odd_flags = 0
+    listed: list[ListItem] = []
     previous: str | None = None
 
     async def attempt(page: int) -> ListPage:
@@ -294,9 +300,10 @@ async def discover(
                 continue
             seen.add(item.id)
             new += 1
-            if spec.dimension == "segment_id" and spec.analytics_only and item.analytics is None:
+            if spec.dimension == "segment_id" and item.analytics is None:
                 odd_flags += 1
-            if _keep(spec, item):
+            listed.append(item)
+            if keeps(spec, item):
                 kept.append(item.id)
             else:
                 skipped += 1
@@ -325,7 +332,16 @@ async def discover(
             odd_flags,
             extra={"event": "discover_analytics_flag"},
         )
-    found = Discovered(spec.dimension, tuple(kept), requests, pages, skipped, malformed, duplicates)
+    found = Discovered(
+        spec.dimension,
+        tuple(kept),
+        requests,
+        pages,
+        skipped,
+        malformed,
+        duplicates,
+        tuple(listed),
+    )
     log.info(
         "%s: %d kept, %d skipped, in %d pages (%d requests)",
         source.path,

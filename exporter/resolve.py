@@ -1,7 +1,8 @@
 """The config's ``{discover: ...}`` ids, resolved at the start of a run, then the plan.
 
-Each distinct discovery the config asks for (:func:`exporter.plan.discovery_needs`) runs once,
-all of them at the same time, each through the budget of its list's pool. What they found is
+Each list the config discovers from is read once, whatever filters its exports ask of it
+(:func:`exporter.plan.discovery_needs`), all lists at the same time, each through the budget
+of its pool; each filter is then applied to what was listed. What they found is
 planned like ids written in the config. A discovery that fails (a 403 for the list's
 permission, a list that cannot be read to its end) leaves only the exports that depend on it
 without series: the others run, the run ends with exit status 1 and the manifest says why. A
@@ -17,7 +18,7 @@ from typing import Any
 
 from exporter.client import Response
 from exporter.config import Config, Discover
-from exporter.discover import Discovered, DiscoverSpec, ListFetch, discover
+from exporter.discover import Discovered, DiscoverSpec, ListFetch, discover, keeps
 from exporter.errors import (
     AuthError,
     DiscoveryError,
@@ -72,7 +73,10 @@ class Discovery:
         """Discover, then plan (with no ids for a discovery that did not finish). A stop
         (a signal) ends discovery as it ends the data phase: what is in flight gets the
         pipeline's grace period, then is cancelled."""
-        tasks = [asyncio.create_task(self._one(key, spec)) for key, spec in self.needs.items()]
+        by_list: dict[str, dict[Key, Discover]] = {}
+        for key, spec in self.needs.items():
+            by_list.setdefault(key[0], {})[key] = spec
+        tasks = [asyncio.create_task(self._list(p, specs)) for p, specs in by_list.items()]
         watcher = asyncio.create_task(self.pipeline.watch_stop(tasks))
         try:
             await asyncio.wait(tasks)
@@ -94,7 +98,7 @@ class Discovery:
 
     def status(self) -> str:
         done = len(self.docs)
-        return f"discovering ids: {done} of {len(self.needs)} list(s) read"
+        return f"discovering ids: {done} of {len(self.needs)} discoveries done"
 
     def summary(self) -> list[str]:
         lines = []
@@ -116,15 +120,17 @@ class Discovery:
                 )
         return lines
 
-    async def _one(self, key: Key, spec: Discover) -> None:
-        param = key[0]
+    async def _list(self, param: str, specs: dict[Key, Discover]) -> None:
+        """Read one list once, whatever filters the config asks of it, and apply each."""
         source = LISTS[param]
         config_key = DIMENSIONS[param].config_key
-        wanted = DiscoverSpec(
-            param,
-            None if spec.name is None else re.compile(spec.name),
-            tuple(spec.tags or ()),
-            spec.discover == "analytics_enabled",
+        wanted = {key: _spec(param, spec) for key, spec in specs.items()}
+        # One read serves every filter: with one filter it filters as it reads, with several
+        # it keeps every listed item and filters them in memory afterwards.
+        read = (
+            next(iter(wanted.values()))
+            if len(wanted) == 1
+            else DiscoverSpec(param, None, (), False)
         )
         pipeline = self.pipeline
         error: str | None = None
@@ -133,7 +139,7 @@ class Discovery:
         try:
             found = await discover(
                 fetch,
-                wanted,
+                read,
                 budget=self.pools[source.pool],
                 retry=pipeline.policy,
                 stopping=lambda: pipeline.result.interrupted,
@@ -153,16 +159,7 @@ class Discovery:
             error = exc.reason if isinstance(exc, DiscoveryError) else str(exc)
         except ExporterError as exc:
             error = str(exc)
-        if found is not None:
-            self.found[key] = found.ids
-            if not found.ids:
-                log.warning(
-                    "%s: discovery found no id to export (%d listed, all filtered out)",
-                    source.path,
-                    found.skipped,
-                    extra={"event": "discovered_nothing"},
-                )
-        elif not pipeline.result.interrupted:
+        if found is None and not pipeline.result.interrupted:
             self.failed.append(param)
             log.error(
                 "discovery of %s from %s failed: %s; exports that discover them get no "
@@ -172,27 +169,50 @@ class Discovery:
                 error,
                 extra={"event": "discovery_failed"},
             )
-        self.docs.append(
-            {
-                "config_key": config_key,
-                "dimension": param,
-                "endpoint": source.path,
-                "pool": source.pool,
-                "discover": spec.discover,
-                "name": spec.name,
-                "tags": spec.tags,
-                "exports": [
-                    e.name
-                    for e in self.config.exports
-                    if isinstance(found_spec := e.values(param), Discover)
-                    and found_spec.key == key[1]
-                ],
-                "ids": list(found.ids) if found else [],
-                "requests": fetch.requests,
-                "pages": found.pages if found else None,
-                "skipped": found.skipped if found else None,
-                "malformed": found.malformed if found else None,
-                "duplicates": found.duplicates if found else None,
-                "error": error,
-            }
-        )
+        for n, (key, spec) in enumerate(specs.items()):
+            ids: tuple[str, ...] = ()
+            if found is not None:
+                ids = tuple(i.id for i in found.items if keeps(wanted[key], i))
+                self.found[key] = ids
+                if not ids:
+                    log.warning(
+                        "%s: discovery found no id to export (%d listed, all filtered out)",
+                        source.path,
+                        len(found.items),
+                        extra={"event": "discovered_nothing"},
+                    )
+            first = n == 0  # the list's cost is counted once, on its first filter
+            self.docs.append(
+                {
+                    "config_key": config_key,
+                    "dimension": param,
+                    "endpoint": source.path,
+                    "pool": source.pool,
+                    "discover": spec.discover,
+                    "name": spec.name,
+                    "tags": spec.tags,
+                    "exports": [
+                        e.name
+                        for e in self.config.exports
+                        if isinstance(found_spec := e.values(param), Discover)
+                        and found_spec.key == key[1]
+                    ],
+                    "ids": list(ids),
+                    "requests": fetch.requests if first else 0,
+                    "pages": (found.pages if found else None) if first else 0,
+                    "same_read_as_above": not first,
+                    "skipped": len(found.items) - len(ids) if found else None,
+                    "malformed": found.malformed if found else None,
+                    "duplicates": found.duplicates if found else None,
+                    "error": error,
+                }
+            )
+
+
+def _spec(param: str, spec: Discover) -> DiscoverSpec:
+    return DiscoverSpec(
+        param,
+        None if spec.name is None else re.compile(spec.name),
+        tuple(spec.tags or ()),
+        spec.discover == "analytics_enabled",
+    )

@@ -341,3 +341,34 @@ def test_each_pool_paces_its_own_endpoints(
     )
     assert doc["budget"]["requests_paced"] == stats.pools["workspace"].requests
     assert doc["budget"]["requests_sent"] + 3 == stats.pools["workspace"].requests
+
+
+def test_two_filters_on_one_list_read_it_once(
+    tmp_path: Path,
+    write_config: Callable[..., Path],
+    sandbox_server: Any,
+    env_key: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Two exports discovering segments with different filters: /segments/list is read once
+    (3 pages for 230 segments), and each filter gets its own ids, recorded apart."""
+    out = tmp_path / "out"
+    path = write_config(
+        f"version: 1\noutput: {{dir: {out}}}\nexports:\n"
+        "  - name: paid\n    segment_ids: {discover: analytics_enabled, tags: [paid]}\n"
+        "    window: {days: 1}\n"
+        "  - name: power\n    series: events\n    events: [open]\n"
+        "    segment_ids: {discover: analytics_enabled, name: '^Power'}\n"
+        "    window: {days: 1}\n"
+    )
+    with sandbox_server() as server:
+        monkeypatch.setenv("BRAZE_REST_ENDPOINT", server.url)
+        assert main(["run", str(path), "--out", str(out), "--as-of", AS_OF]) == 0
+        stats = sandbox_stats(server.app)
+    assert stats.paths["/segments/list"] == 3
+    shelf = catalogue(SandboxOptions()).segments
+    docs = {d["exports"][0]: d for d in _manifest(out)["discovery"]}
+    enabled = [s for s in shelf if s.analytics_tracking_enabled]
+    assert docs["paid"]["ids"] == [s.id for s in enabled if "paid" in s.tags]
+    assert docs["power"]["ids"] == [s.id for s in enabled if s.name.startswith("Power")]
+    assert docs["paid"]["requests"] + docs["power"]["requests"] == 3
