@@ -18,22 +18,6 @@ from pathlib import Path
 from bench.common import AS_OF, exporter_env, machine, measure, sandbox, verdict, write_config
 from exporter.series import KINDS
 
-
-def config(out: Path, unit: str, days: int) -> str:
-    end = date.fromisoformat(AS_OF) - timedelta(days=1)
-    start = end - timedelta(days=days - 1)
-    return f"""\
-version: 1
-timezone: UTC
-output: {{dir: {out}}}
-exports:
-  - name: backfill
-    segment_ids: [segment-a]
-    units: [{unit}]
-    window: {{start: {start}, end: {end}}}
-"""
-
-
 # The smallest export of each kind: its required dimensions, one id each.
 _DIMENSIONS = {
     "sessions": "    segment_ids: [segment-a]\n",
@@ -101,7 +85,7 @@ def run() -> None:
                     before = box.stats()["requests"]
                     cfg = write_config(
                         work / f"{unit}-{days}.yaml",
-                        config(work / f"out-{unit}-{days}", unit, days),
+                        family_config(work / f"out-{unit}-{days}", "sessions", unit, days),
                     )
                     result = measure(
                         [sys.executable, "-m", "exporter", "run", str(cfg), "--as-of", AS_OF],
