@@ -483,7 +483,8 @@ def _port(text: str) -> int:
 
 def _load(args: argparse.Namespace) -> tuple[Config, Plan]:
     """The config and its plan; with ``{discover: ...}`` ids, the plan of the listed ids only
-    (see :func:`_planned`), which also checks every window before anything is sent."""
+    (a run plans again once discovery has found the rest), which also checks every window
+    before anything is sent."""
     config = load_config(args.config)
     today = datetime.now(config.tz).date()
     if args.as_of is not None and args.as_of > today:

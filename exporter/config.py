@@ -356,15 +356,6 @@ class Config:
         return ZoneInfo(self.timezone)
 
     @property
-    def discovers(self) -> bool:
-        """Whether some export lists its ids as ``{discover: ...}`` (resolved at run time)."""
-        return any(
-            isinstance(export.values(param), Discover)
-            for export in self.exports
-            for param in KINDS[export.series].dimensions
-        )
-
-    @property
     def fingerprint(self) -> str:
         """sha256 of the resolved config (it holds no secret, only the key's variable name)."""
         doc = {

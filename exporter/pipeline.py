@@ -449,17 +449,21 @@ class Pipeline:
         self.result.calibration.observe(request.series.unit, request.length, end, points)
         return points
 
+    def cannot_reach(self, exc: TransportError) -> Unreachable:
+        """The fail-fast error for a host no connection reaches (discovery's too)."""
+        return Unreachable(
+            f"cannot reach {self.client.host}: {exc.detail}. Check braze.endpoint (or "
+            f"$BRAZE_REST_ENDPOINT) is your instance's REST host (see README, Hosts), "
+            f"and that this machine can reach it (proxy, firewall, DNS, CA bundle)"
+        )
+
     def _note_transport(self, exc: TransportError) -> None:
         if not exc.connect_failed:
             return
         self._connect_failures += 1
         if not self._answered:
             if self._connect_failures >= CONNECT_FAILURES_TO_GIVE_UP:
-                raise Unreachable(
-                    f"cannot reach {self.client.host}: {exc.detail}. Check braze.endpoint (or "
-                    f"$BRAZE_REST_ENDPOINT) is your instance's REST host (see README, Hosts), "
-                    f"and that this machine can reach it (proxy, firewall, DNS, CA bundle)"
-                )
+                raise self.cannot_reach(exc)
             return
         # It answered before: give up only when every connection has failed for a while, so
         # that the retries of every worker do not hammer a dead host for minutes.

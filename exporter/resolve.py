@@ -25,7 +25,6 @@ from exporter.errors import (
     ExporterError,
     RetryableError,
     TransportError,
-    Unreachable,
 )
 from exporter.pipeline import Pipeline
 from exporter.plan import Plan, PlanRequest, discovery_needs
@@ -150,10 +149,7 @@ class Discovery:
             error = exc.reason  # names the permission
         except TransportError as exc:
             if exc.connect_failed:
-                pipeline.result.unreachable = Unreachable(
-                    f"cannot reach {pipeline.client.host}: {exc.detail}. Check braze.endpoint "
-                    "(or $BRAZE_REST_ENDPOINT) and the network"
-                )
+                pipeline.result.unreachable = pipeline.cannot_reach(exc)
             error = str(exc)
         except (DiscoveryError, RetryableError) as exc:
             error = exc.reason if isinstance(exc, DiscoveryError) else str(exc)
