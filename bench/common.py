@@ -63,6 +63,53 @@ class Measured:
     returncode: int
     stdout: str
     stderr: str
+    # The exporter's own process and its children (the Parquet encoder process), apart:
+    # see exporter_argv. None for other commands.
+    own: Usage | None = None
+    children: Usage | None = None
+
+
+@dataclass
+class Usage:
+    cpu_s: float
+    peak_rss_mb: float
+
+
+# ``python -m exporter ARGS``, plus a report on exit of the process's own and its reaped
+# children's CPU and peak RSS (to the file named by BENCH_USAGE). wait4's figures for the
+# whole command include a reaped child's CPU, but for memory give only the largest
+# process's peak, not the sum of the exporter's and its encoder process's.
+_LAUNCH = """\
+import atexit, os, resource, sys
+def report():
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+    with open(os.environ["BENCH_USAGE"], "w") as out:
+        for u in (own, kids):
+            print(u.ru_utime + u.ru_stime, u.ru_maxrss / 1024, file=out)
+atexit.register(report)
+sys.argv[0] = "braze-export"
+from exporter.entry import main
+sys.exit(main())
+"""
+
+
+def measure_exporter(args: list[str], env: dict[str, str]) -> Measured:
+    """measure() of ``python -m exporter ARGS``, with its own and its children's usage apart;
+    peak RSS is the sum of the exporter's and its children's peaks (an upper bound)."""
+    usage_path = Path(os.environ.get("TMPDIR", "/tmp")) / f"bench-{os.getpid()}.usage"
+    result = measure(
+        [sys.executable, "-c", _LAUNCH, *args], env={**env, "BENCH_USAGE": str(usage_path)}
+    )
+    if result.returncode == 0:
+        own, children = (
+            Usage(float(cpu), float(rss))
+            for cpu, rss in (line.split() for line in usage_path.read_text().splitlines())
+        )
+        result.own, result.children = own, children
+        result.peak_rss_mb = own.peak_rss_mb + children.peak_rss_mb
+    usage_path.unlink(missing_ok=True)
+    return result
 
 
 def measure(argv: list[str], env: dict[str, str] | None = None, cwd: Path = ROOT) -> Measured:

@@ -20,23 +20,27 @@ import contextlib
 import ctypes
 import hashlib
 import itertools
+import logging
 import os
 import secrets
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, tzinfo
 from functools import partial
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 from urllib.parse import quote
 
 from exporter import formats
-from exporter.client import Point
+from exporter.child import ChildDied, ChildProcess, ChildUnavailable, Job, Outcome, run_all
 from exporter.errors import ExporterError, WriteError
 from exporter.plan import Series
 from exporter.series import DIMENSIONS
 from exporter.storage import WORK_DIR
+
+if TYPE_CHECKING:  # not imported at run time: the encoder process imports this module
+    from exporter.client import Point
 
 __all__ = [
     "WORKSPACE",
@@ -47,6 +51,8 @@ __all__ = [
     "encode_id",
     "partition_path",
 ]
+
+log = logging.getLogger(__name__)
 
 _LOCK_STRIPES = 1024
 _TEMP_NAMES = itertools.count()
@@ -118,11 +124,11 @@ class PartitionWriter:
     second sync makes the renames durable; only then do the writes of the batch return (and
     their requests get marked done).
 
-    Threads take work off the event loop a batch at a time, never a file at a time (a hand-off
-    costs the loop about what a small file's encode does): the syncs and renames of a batch in
-    one "syncer" thread, and for Parquet the read, merge and encode of partitions in two
-    "encoder" threads (see _Stager). Profiled with
-    bench/throughput.py (README, Benchmarks).
+    Work leaves the event loop a batch at a time, never a file at a time (a hand-off costs
+    the loop about what a small file's encode does): the syncs and renames of a batch in one
+    "syncer" thread, and for local Parquet the read, merge and encode of partitions in one
+    encoder process (see _Stager and exporter.child; threads if it cannot run). Profiled
+    with bench/throughput.py (README, Benchmarks).
     """
 
     def __init__(
@@ -156,7 +162,7 @@ class PartitionWriter:
         self._pending: list[_Staged] = []
         self._flusher: asyncio.Task[None] | None = None
         self._root_fd: int | None = None
-        self._stager = _Stager(threads=2) if fmt == "parquet" else None
+        self._stager = _Stager() if fmt == "parquet" and store is None else None
 
     async def aclose(self) -> None:
         """Finish the batch in progress (a cancelled write's batch still completes)."""
@@ -197,8 +203,13 @@ class PartitionWriter:
         relative = path.as_posix()
         try:
             current = await store.read(relative)
-            rows = {} if current is None else self._parse(current, store.display(relative), series)
-            item, data = self._merge(rows, path, series, points, next(self._versions))
+            rows = (
+                {}
+                if current is None
+                else _parse(self.fmt, self.tz, current, store.display(relative), series)
+            )
+            count, sha256, data = _merge(self.fmt, rows, series, _rows(points))
+            item = WrittenFile(path, count, sha256, next(self._versions))
             await store.put(relative, data)
         except OSError as exc:
             raise WriteError(str(exc)) from None
@@ -206,31 +217,19 @@ class PartitionWriter:
             self._on_written([item])
         return item
 
-    def _merge(
-        self,
-        rows: dict[int, tuple[str, formats.Value]],
-        path: Path,
-        series: Series,
-        points: list[Point],
-        version: int,
-    ) -> tuple[WrittenFile, bytes]:
-        for point in points:
-            rows[point.period] = (point.time, point.value)
-        data = formats.encode(self.fmt, series, [(p, *rows[p]) for p in sorted(rows)])
-        return WrittenFile(path, len(rows), hashlib.sha256(data).hexdigest(), version), data
-
     async def _stage(
         self, path: Path, series: Series, points: list[Point], version: int
     ) -> _Staged:
-        prepare = partial(self._prepare, path, series, points, version)
+        prepare = partial(_prepare, self.fmt, self.tz, str(path), series, _rows(points))
         if self._stager is None:
-            item, data = prepare()
+            rows, sha256, data = prepare()
         else:
-            # Parquet's encoder is C++ that releases the GIL: on a thread it runs beside the
-            # event loop on the other core (jsonl and csv stay inline: their encode costs less
-            # than a batch's share of a hand-off). The temp file is written here, on the loop:
-            # on the encoder threads its syscalls cost more in GIL hand-offs than they save.
-            item, data = await self._stager.run(prepare)
+            # Parquet's encode runs beside the event loop on the other core (jsonl and csv
+            # stay inline: their encode costs less than a batch's share of a hand-off). The
+            # temp file is written here, on the loop, so durability and ordering stay the
+            # group commit's.
+            rows, sha256, data = await self._stager.run(prepare)
+        item = WrittenFile(path, rows, sha256, version)
         tmp, fd = _temp_file(self.tmp_dir, self.token)
         try:
             _write_all(fd, (data,))
@@ -238,10 +237,6 @@ class PartitionWriter:
             _discard(tmp, fd)
             raise
         return _Staged(tmp, fd, item, asyncio.get_running_loop().create_future())
-
-    def _prepare(self, path: Path, series: Series, points: list[Point], version: int) -> _Prepared:
-        """Read, merge and encode the partition."""
-        return self._merge(self._read(path, series), path, series, points, version)
 
     async def _commit(self, staged: _Staged) -> None:
         self._pending.append(staged)
@@ -298,49 +293,94 @@ class PartitionWriter:
             self._root_fd = os.open(self.root, os.O_RDONLY)
         return self._root_fd
 
-    def _read(self, path: Path, series: Series) -> dict[int, tuple[str, formats.Value]]:
-        try:
-            data = path.read_bytes()
-        except FileNotFoundError:
-            return {}
-        return self._parse(data, str(path), series)
 
-    def _parse(
-        self, data: bytes, name: str, series: Series
-    ) -> dict[int, tuple[str, formats.Value]]:
-        """The rows of a partition file this tool wrote, by period."""
-        try:
-            return formats.decode(self.fmt, series, data, self.tz)
-        except (ValueError, KeyError, TypeError) as exc:
-            raise ExporterError(
-                f"cannot merge into {name}: it is not a file this tool wrote "
-                f"({type(exc).__name__}); move it away and rerun"
-            ) from None
-        except ExporterError as exc:
-            raise ExporterError(f"cannot merge into {name}: {exc}") from None
+_Prepared = tuple[int, str, bytes]  # rows, sha256, the file's bytes: all the parent needs
 
 
-_Prepared = tuple[WrittenFile, bytes]
-_Job = tuple[Callable[[], _Prepared], "asyncio.Future[_Prepared]"]
+def _rows(points: Iterable[Point]) -> list[formats.Row]:
+    """Points as plain tuples: cheaper to pickle to the encoder process than dataclasses."""
+    return [(point.period, point.time, point.value) for point in points]
+
+
+def _prepare(
+    fmt: str, tz: tzinfo, path: str, series: Series, rows: Sequence[formats.Row]
+) -> _Prepared:
+    """Read, merge and encode the partition (on the loop, or in the encoder process). The
+    path is a str: a Path costs more to pickle and to rebuild."""
+    try:
+        with open(path, "rb") as file:
+            data = file.read()
+    except FileNotFoundError:
+        current = {}
+    else:
+        current = _parse(fmt, tz, data, path, series)
+    return _merge(fmt, current, series, rows)
+
+
+def _merge(
+    fmt: str,
+    current: dict[int, tuple[str, formats.Value]],
+    series: Series,
+    rows: Sequence[formats.Row],
+) -> _Prepared:
+    for period, time, value in rows:
+        current[period] = (time, value)
+    data = formats.encode(fmt, series, [(p, *current[p]) for p in sorted(current)])
+    return len(current), hashlib.sha256(data).hexdigest(), data
+
+
+def _parse(
+    fmt: str, tz: tzinfo, data: bytes, name: str, series: Series
+) -> dict[int, tuple[str, formats.Value]]:
+    """The rows of a partition file this tool wrote, by period."""
+    try:
+        return formats.decode(fmt, series, data, tz)
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ExporterError(
+            f"cannot merge into {name}: it is not a file this tool wrote "
+            f"({type(exc).__name__}); move it away and rerun"
+        ) from None
+    except ExporterError as exc:
+        raise ExporterError(f"cannot merge into {name}: {exc}") from None
+
+
+def _warm_up() -> None:
+    """Run in the encoder process before its first batch: pyarrow's import and first encode
+    (~0.3 s) happen while the run starts."""
+    formats.encode("parquet", Series("segment", None, "day"), [(738_000, "2021-07-22", 1)])
+
+
+_MAX_DEATHS = 3  # encoder processes lost in one run before partitions go to threads
 
 
 class _Stager:
-    """Prepares partitions (read, merge, encode) on a few threads, many per hand-off.
+    """Prepares partitions (read, merge, encode) in the encoder process, many per hand-off.
 
-    A hand-off (submit, wake the thread, wake the loop with the result) costs the event loop
-    about as much as a small file's encode: so a job waits until the end of the loop's
-    iteration, or until a thread is free, and goes with every job waiting then. A thread that
-    finishes takes all that queued up meanwhile: the busier the run, the bigger the batches.
+    A hand-off (send a batch, wake the loop with the results) costs the event loop about as
+    much as a small file's encode: so a job waits until the end of the loop's iteration, or
+    until the process is free, and goes with every job waiting then. The process takes all
+    that queued up while it worked: the busier the run, the bigger the batches.
+
+    A process, not threads: pyarrow's writer releases the GIL around its C++ calls, but the
+    Python half of each encode holds it, and the hand-offs between the encoder threads and the
+    loop's thread (about six per file) were what limited Parquet (README, Benchmarks). If the
+    process cannot start, or dies _MAX_DEATHS times, partitions go to two threads instead:
+    slower, the same bytes.
     """
 
-    def __init__(self, threads: int) -> None:
-        self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="encoder")
-        self._idle = threads
-        self._waiting: list[_Job] = []
-        self._running: set[asyncio.Future[list[_Prepared | BaseException]]] = set()
+    def __init__(self, child: ChildProcess | None = None) -> None:
+        self._child: ChildProcess | None = child or ChildProcess(warm_up=_warm_up)
+        self._pool: ThreadPoolExecutor | None = None
+        self._idle = 1
+        self._waiting: list[tuple[Job, asyncio.Future[_Prepared]]] = []
+        self._running: set[asyncio.Future[list[Outcome]]] = set()
         self._dispatching = False
+        try:
+            self._child.start()  # now: its imports overlap the run's start
+        except ChildUnavailable as exc:
+            self._fall_back(exc)
 
-    async def run(self, job: Callable[[], _Prepared]) -> _Prepared:
+    async def run(self, job: Job) -> _Prepared:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[_Prepared] = loop.create_future()
         self._waiting.append((job, future))
@@ -351,20 +391,49 @@ class _Stager:
 
     def _dispatch(self) -> None:
         self._dispatching = False
+        loop = asyncio.get_running_loop()
         while self._idle and self._waiting:
-            take = -(-len(self._waiting) // self._idle)  # shared out among the idle threads
+            take = -(-len(self._waiting) // self._idle)  # shared out among the idle lanes
             jobs, self._waiting = self._waiting[:take], self._waiting[take:]
             self._idle -= 1
-            running = asyncio.wrap_future(self._pool.submit(_run_all, [job for job, _ in jobs]))
+            # Kept in self._running until done (RUF006 does not see the set).
+            running = loop.create_task(self._encode([j for j, _ in jobs]))  # noqa: RUF006
             self._running.add(running)
             running.add_done_callback(partial(self._finished, jobs))
 
+    async def _encode(self, jobs: list[Job]) -> list[Outcome]:
+        child = self._child
+        if child is not None:
+            try:
+                return await child.run(jobs)
+            except ChildUnavailable as exc:
+                self._fall_back(exc)
+            except ChildDied as exc:
+                if child.deaths >= _MAX_DEATHS:
+                    self._fall_back(exc)
+                raise
+        assert self._pool is not None
+        return await asyncio.wrap_future(self._pool.submit(run_all, jobs))
+
+    def _fall_back(self, exc: ExporterError) -> None:
+        log.warning("%s: Parquet is encoded on threads from now on (slower)", exc)
+        self._child = None
+        self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="encoder")
+        self._idle += 1  # two threads: one more lane than the process
+
     def _finished(
-        self, jobs: list[_Job], running: asyncio.Future[list[_Prepared | BaseException]]
+        self,
+        jobs: list[tuple[Job, asyncio.Future[_Prepared]]],
+        running: asyncio.Future[list[Outcome]],
     ) -> None:
         self._running.discard(running)
         self._idle += 1
-        outcomes = running.result()
+        try:
+            outcomes = running.result()
+        except ExporterError as exc:  # the process died: each write fails, with its own error
+            outcomes = [type(exc)(str(exc)) for _ in jobs]
+        except Exception as exc:  # a bug: fail the writes rather than leave them waiting
+            outcomes = [WriteError(f"encoding failed: {type(exc).__name__}: {exc}") for _ in jobs]
         for (_, future), outcome in zip(jobs, outcomes, strict=True):
             if future.done():  # its writer was cancelled
                 continue
@@ -377,18 +446,10 @@ class _Stager:
     async def aclose(self) -> None:
         if self._running:
             await asyncio.wait(self._running)
-        self._pool.shutdown(wait=True)
-
-
-def _run_all(jobs: list[Callable[[], _Prepared]]) -> list[_Prepared | BaseException]:
-    """Every job's result or error: one failing partition fails only its own write."""
-    outcomes: list[_Prepared | BaseException] = []
-    for job in jobs:
-        try:
-            outcomes.append(job())
-        except Exception as exc:  # handed to the job's own writer, which raises it
-            outcomes.append(exc)
-    return outcomes
+        if self._child is not None:
+            await self._child.aclose()
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
 
 
 def atomic_write(

@@ -6,13 +6,14 @@ import asyncio
 import itertools
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Sequence
 from datetime import UTC, date, datetime
 from pathlib import Path
 
 import pytest
 
 from exporter import writers
+from exporter.child import ChildProcess, Job
 from exporter.client import Point
 from exporter.errors import ExporterError
 from exporter.plan import Series, period_of
@@ -241,19 +242,19 @@ async def test_concurrent_writes_of_one_file_all_land(tmp_path: Path) -> None:
     await writer.aclose()
 
 
-async def test_parquet_partitions_written_together_share_a_thread_hand_off(
+async def test_parquet_partitions_written_together_share_a_hand_off(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """40 Parquet partitions written at once go to the encoder threads in a few batches (at
-    most one per thread per loop iteration), not one hand-off per file."""
+    """40 Parquet partitions written at once go to the encoder process in a few batches (at
+    most one per loop iteration while it works), not one hand-off per file."""
     batches: list[int] = []
-    run_all = writers._run_all
+    run = ChildProcess.run
 
-    def counting(jobs: list[Callable[[], tuple[writers.WrittenFile, bytes]]]) -> object:
+    async def counting(self: ChildProcess, jobs: Sequence[Job]) -> list[object]:
         batches.append(len(jobs))
-        return run_all(jobs)
+        return await run(self, jobs)
 
-    monkeypatch.setattr(writers, "_run_all", counting)
+    monkeypatch.setattr(ChildProcess, "run", counting)
     writer = PartitionWriter(tmp_path, "parquet")
     series = [Series(f"seg-{i}", None, "day") for i in range(40)]
     await asyncio.gather(*(writer.write(s, _days("2024-04-01", [1])) for s in series))

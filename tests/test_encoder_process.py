@@ -1,0 +1,308 @@
+"""Parquet's encoder process: same bytes as inline, errors isolated, crashes and signals."""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from datetime import UTC
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import pyarrow.parquet as pq
+import pytest
+
+from exporter import writers
+from exporter.child import ChildDied, ChildProcess, ChildUnavailable
+from exporter.cli import main
+from exporter.errors import ExporterError, WriteError
+from exporter.plan import Series
+from exporter.storage import WORK_DIR, DirLock
+from exporter.writers import PartitionWriter, partition_path
+from tests.conftest import data_files
+from tests.test_reliability import AS_OF, ROOT, _config, _env, _Exporter
+from tests.test_storage import _unshare, _wait_for
+from tests.test_writers import _days
+
+DAY = Series("seg-a", "app-1", "day")
+ROWS = [(738_977 + i, f"2024-04-{i + 1:02d}", i * 7) for i in range(31)]
+
+
+def _parquet(config: str) -> str:
+    return config.replace("output: {dir: ", "output: {format: parquet, dir: ")
+
+
+def _children(pid: int) -> list[int]:
+    """The live (not zombie) child processes of ``pid``."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(stat[1]) == pid and stat[0] != "Z":
+                found.append(int(entry.name))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+async def test_the_encoder_process_gives_the_bytes_of_an_inline_encode(tmp_path: Path) -> None:
+    """Fixed rows merged into an existing partition: the same rows, sha256 and bytes whether
+    encoded inline or in the encoder process."""
+    path = partition_path(tmp_path, DAY, "2024-04", "parquet")
+    path.parent.mkdir(parents=True)
+    path.write_bytes(writers._prepare("parquet", UTC, str(path), DAY, ROWS[:20])[2])
+    job = partial(writers._prepare, "parquet", UTC, str(path), DAY, ROWS[10:])
+    child = ChildProcess()
+    try:
+        (outcome,) = await child.run([job])
+    finally:
+        await child.aclose()
+    assert outcome == job()
+    assert outcome[0] == 31
+
+
+async def test_a_failing_partition_fails_only_its_own_job(tmp_path: Path) -> None:
+    """A foreign file in a batch: its job comes back as the error the inline path raises,
+    the jobs around it as results."""
+    bad = tmp_path / "bad.parquet"
+    bad.write_bytes(b"not parquet")
+    jobs = [
+        partial(writers._prepare, "parquet", UTC, str(tmp_path / name), DAY, ROWS)
+        for name in ("a.parquet", "bad.parquet", "b.parquet")
+    ]
+    child = ChildProcess()
+    try:
+        first, failed, last = await child.run(jobs)
+    finally:
+        await child.aclose()
+    with pytest.raises(ExporterError) as inline:
+        jobs[1]()
+    assert isinstance(failed, ExporterError)
+    assert str(failed) == str(inline.value)
+    assert first == last == jobs[0]()
+
+
+async def test_a_killed_encoder_process_fails_its_writes_and_a_new_one_takes_over(
+    tmp_path: Path,
+) -> None:
+    """kill -9 of the encoder process: the writes it held fail with one line naming the
+    signal; the next write starts a new process and lands."""
+    stuck = Series("seg-b", None, "day")
+    fifo = partition_path(tmp_path, stuck, "2024-04", "parquet")
+    fifo.parent.mkdir(parents=True)
+    os.mkfifo(fifo)  # reading the partition blocks the process until it is killed
+    writer = PartitionWriter(tmp_path, "parquet")
+    try:
+        await writer.write(DAY, _days("2024-04-01", [1]))
+        stager = writer._stager
+        assert stager is not None
+        assert stager._child is not None
+        first = stager._child.pid
+        assert first is not None
+        held = asyncio.ensure_future(writer.write(stuck, _days("2024-04-01", [2])))
+        for _ in range(1000):  # a few loop iterations, until the batch is sent
+            if stager._child._reply is not None:
+                break
+            await asyncio.sleep(0)
+        os.kill(first, signal.SIGKILL)
+        with pytest.raises(WriteError) as died:
+            await asyncio.wait_for(held, 10)
+        assert str(died.value) == (
+            "the encoder process died (killed by SIGKILL); the writes it held failed"
+        )
+        (again,) = await writer.write(Series("seg-c", None, "day"), _days("2024-04-01", [3]))
+        assert again.path.exists()
+        assert stager._child is not None
+        assert stager._child.pid not in (None, first)
+    finally:
+        await writer.aclose()
+    assert not _alive(first)
+
+
+async def test_a_batch_in_flight_when_the_process_dies_fails_and_never_hangs() -> None:
+    """The process killed while it works on a batch: the batch fails with ChildDied."""
+    child = ChildProcess()
+    try:
+        assert await child.run([partial(int, "1")]) == [1]
+        pid = child.pid
+        assert pid is not None
+        working = asyncio.ensure_future(child.run([signal.pause]))  # blocks until killed
+        os.kill(pid, signal.SIGKILL)
+        with pytest.raises(ChildDied, match="killed by SIGKILL"):
+            await asyncio.wait_for(working, 10)
+        assert await child.run([partial(int, "2")]) == [2]
+    finally:
+        await child.aclose()
+
+
+@pytest.mark.parametrize("executable", ["/nonexistent/python", "/bin/false"])
+async def test_an_encoder_process_that_cannot_start_leaves_parquet_to_threads(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, executable: str
+) -> None:
+    """No process (cannot exec, or exits at once): Parquet is encoded on threads, the same
+    bytes, and the run goes on."""
+    monkeypatch.setattr(writers, "ChildProcess", partial(ChildProcess, executable=executable))
+    writer = PartitionWriter(tmp_path / "threads", "parquet")
+    (item,) = await writer.write(DAY, _days("2024-04-01", [1, 2, 3]))
+    await writer.aclose()
+    monkeypatch.undo()
+    reference = PartitionWriter(tmp_path / "process", "parquet")
+    (expected,) = await reference.write(DAY, _days("2024-04-01", [1, 2, 3]))
+    await reference.aclose()
+    assert item.path.read_bytes() == expected.path.read_bytes()
+
+
+async def test_a_child_that_dies_before_it_is_ready_is_unavailable() -> None:
+    """A process that exits during start-up: ChildUnavailable, not a hang."""
+    child = ChildProcess(executable="/bin/false")
+    with pytest.raises(ChildUnavailable, match="did not start"):
+        await asyncio.wait_for(child.run([partial(int, "1")]), 30)
+    await child.aclose()
+
+
+async def test_the_encoder_process_ignores_sigint_and_sigterm() -> None:
+    """SIGINT and SIGTERM to the process (a Ctrl-C reaches the whole process group) leave
+    it working: the parent decides when it ends."""
+    child = ChildProcess()
+    try:
+        assert await child.run([partial(int, "1")]) == [1]
+        pid = child.pid
+        assert pid is not None
+        os.kill(pid, signal.SIGINT)
+        os.kill(pid, signal.SIGTERM)
+        assert await child.run([partial(int, "2")]) == [2]
+        assert child.pid == pid
+    finally:
+        await child.aclose()
+
+
+async def test_the_encoder_process_holds_no_descriptor_but_its_socket(tmp_path: Path) -> None:
+    """Started while the directory lock is held, the process has stdin, stdout, stderr and
+    its socket open: never the lock's file."""
+    lock = DirLock.acquire(tmp_path, layout="x", shard=None, command="run")
+    child = ChildProcess()
+    try:
+        assert await child.run([partial(int, "1")]) == [1]
+        fds = Path(f"/proc/{child.pid}/fd")
+        targets = sorted(os.readlink(fd) for fd in fds.iterdir())
+    finally:
+        await child.aclose()
+        lock.release()
+    assert len(targets) == 4
+    assert [t for t in targets if t.startswith("socket:")] != []
+    assert not any(str(tmp_path) in t for t in targets)
+
+
+async def test_a_full_disk_fails_a_parquet_write_as_it_fails_any_write(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """ENOSPC writing the temp file (in the parent, as before): the same one-line WriteError."""
+
+    def full(fd: int, chunks: object) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(writers, "_write_all", full)
+    writer = PartitionWriter(tmp_path, "parquet")
+    try:
+        with pytest.raises(WriteError, match=r"cannot write .*: No space left on device$"):
+            await writer.write(DAY, _days("2024-04-01", [1]))
+    finally:
+        await writer.aclose()
+    assert list((tmp_path / WORK_DIR / "tmp").glob("*.part")) == []
+
+
+@pytest.mark.slow
+def test_kill_9_of_a_parquet_run_leaves_no_encoder_process_and_a_rerun_completes(
+    tmp_path: Path, write_config: Callable[..., Path], sandbox_server: Any
+) -> None:
+    """kill -9 of the run: its encoder process is gone within seconds, the lock is free,
+    a rerun completes and verify finds every file whole and recorded."""
+    out = tmp_path / "out"
+    config = write_config(_parquet(_config(out, rate=36_000, segments=3)))
+    with sandbox_server(limit=0) as server:
+        killed = _Exporter(config, server.url)
+        _wait_for(lambda: len(data_files(out)) >= 10, "the run to write some files")
+        (encoder,) = _children(killed.proc.pid)
+        killed.proc.send_signal(signal.SIGKILL)
+        assert killed.wait(10) == -signal.SIGKILL
+        _wait_for(lambda: not _alive(encoder), "the encoder process to end", timeout=5)
+        rerun = _Exporter(config, server.url, "rerun.")
+        assert rerun.wait(60) == 0, rerun.stderr
+    assert main(["verify", str(out)]) == 0
+    for path in data_files(out):
+        pq.read_table(path)
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_a_parquet_run_with_130_and_everything_saved(
+    tmp_path: Path, write_config: Callable[..., Path], sandbox_server: Any
+) -> None:
+    """SIGINT to the whole process group, as a terminal's Ctrl-C: exit 130, no traceback,
+    every file whole, the encoder process reaped; a rerun completes the rest."""
+    out = tmp_path / "out"
+    config = write_config(_parquet(_config(out, rate=180_000)))
+    err = tmp_path / "stderr"
+    with sandbox_server(limit=0) as server, err.open("w") as stderr:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "exporter", "run", str(config), "--as-of", AS_OF],
+            env=_env(server.url),
+            cwd=ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,
+            start_new_session=True,
+        )
+        _wait_for(lambda: len(data_files(out)) >= 5, "the run to write some files")
+        (encoder,) = _children(proc.pid)
+        os.killpg(proc.pid, signal.SIGINT)
+        assert proc.wait(15) == 130
+        assert not _alive(encoder)
+        rerun = _Exporter(config, server.url, "rerun.")
+        assert rerun.wait(60) == 0, rerun.stderr
+    text = err.read_text()
+    assert "Traceback" not in text
+    assert "rerun the same command to resume" in text
+    for path in data_files(out):
+        pq.read_table(path)
+
+
+@pytest.mark.slow
+def test_a_parquet_run_as_pid_1_of_a_pid_namespace(tmp_path: Path) -> None:
+    """As PID 1 (a container), the run's encoder process knows its parent is PID 1 and works."""
+    prefix = _unshare()
+    out = tmp_path / "out"
+    config = tmp_path / "c.yaml"
+    config.write_text(_parquet(_config(out, segments=2, days=3)))
+    command = (
+        f"exec {sys.executable} -m exporter run {config} --sandbox --out {out} --as-of {AS_OF}"
+    )
+    started = time.monotonic()
+    proc = subprocess.run(
+        [*prefix, "sh", "-c", command],
+        env=_env("http://127.0.0.1:9"),  # unused: --sandbox
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "encoded on threads" not in proc.stderr
+    assert time.monotonic() - started < 60
+    assert len(data_files(out)) > 0
+    for path in data_files(out):
+        pq.read_table(path)
