@@ -1,9 +1,11 @@
 """Fan the plan's requests out to N workers through the budget; account for every period.
 
-A bounded queue feeds ``concurrency`` workers in one TaskGroup: no task per request, so a plan
-of millions of requests costs the memory of the queue. A request goes: budget (gate + token)
--> client -> interpret -> calibration -> coverage (only periods in the series' planned window
-are kept) -> writer -> state.
+A bounded queue per rate-limit pool feeds its workers in one TaskGroup: no task per request,
+so a plan of millions of requests costs the memory of the queue. A request goes: HTTP slot
+(``concurrency`` per pool) -> budget (gate + token) -> client -> interpret -> calibration ->
+coverage (only periods in the series' planned window are kept) -> writer -> state. The slot
+is given back once the answer is in: ``write_behind`` more workers (``concurrency`` unless set)
+let answered requests wait for their writes while others are sent.
 
 The feed first sends the planned requests whose window still misses a period, then runs up to
 ``gap_passes`` gap-fill passes for what is still missing (Braze's windows may sit elsewhere
@@ -184,6 +186,7 @@ class Pipeline:
         fresh: bool = False,
         grace_s: float = 10.0,
         gap_passes: int = 3,
+        write_behind: int | None = None,
         calibration: Calibration | None = None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         clock: Callable[[], float] = time.monotonic,
@@ -195,6 +198,11 @@ class Pipeline:
         self.state = state
         self.policy = policy
         self.concurrency = concurrency
+        # Answered requests whose rows may wait for their write (the Parquet encoder, the
+        # group commit) while ``concurrency`` others are in flight, per pool, so that a
+        # write's wait never holds an HTTP slot: ``concurrency`` unless set. Each holds one
+        # request's points (at most 100 periods); after a kill -9 they are fetched again.
+        self.write_behind = concurrency if write_behind is None else write_behind
         self.fresh = fresh
         self.grace_s = grace_s
         self.gap_passes = gap_passes
@@ -212,6 +220,7 @@ class Pipeline:
         self._not_found_limit = NOT_FOUND_TO_GIVE_UP
         self._endings: dict[tuple[str, int], str] = {}
         self._plan: Plan | None = None
+        self._keeping: set[asyncio.Future[None]] = set()
 
     def stop(self) -> None:
         """Take no new work; the caller's grace period then bounds what is in flight."""
@@ -255,12 +264,16 @@ class Pipeline:
         try:
             async with asyncio.TaskGroup() as group:
                 tasks = []
+                workers = self.concurrency + self.write_behind
                 for budget in lanes or [self.budget]:
                     queue: asyncio.Queue[Request | None] = asyncio.Queue(2 * self.concurrency)
+                    # ``concurrency`` requests in flight per pool; the other workers hold
+                    # answered requests whose rows are being written.
+                    sending = asyncio.Semaphore(self.concurrency)
                     tasks += [
-                        group.create_task(self._worker(queue)) for _ in range(self.concurrency)
+                        group.create_task(self._worker(queue, sending)) for _ in range(workers)
                     ]
-                    tasks.append(group.create_task(self._feed(plan, queue, budget)))
+                    tasks.append(group.create_task(self._feed(plan, queue, budget, workers)))
                 watcher = asyncio.create_task(self.watch_stop(tasks))
         except* AuthError as errors:
             result.auth_error = errors.exceptions[0]  # type: ignore[assignment]
@@ -270,13 +283,17 @@ class Pipeline:
             if watcher is not None:
                 watcher.cancel()
                 await asyncio.wait([watcher])
+            if self._keeping:  # writes of answered requests whose workers were cancelled
+                await asyncio.wait(self._keeping, timeout=self.grace_s)
             result.finished = self._clock()
         return result
 
     def _budget_of(self, series: Series) -> Budget:
         return self.budgets.get(series.kind, self.budget)
 
-    async def _feed(self, plan: Plan, queue: asyncio.Queue[Request | None], lane: Budget) -> None:
+    async def _feed(
+        self, plan: Plan, queue: asyncio.Queue[Request | None], lane: Budget, workers: int
+    ) -> None:
         """Queue the requests of the series paced by ``lane``, then their gap-fills."""
         coverage = self._coverage
         mine = bytearray(self._budget_of(s) is lane for s in plan.series)
@@ -306,7 +323,7 @@ class Pipeline:
             before, missing = missing, self._missing_total(mine)
             if missing >= before:
                 break  # the pass added nothing: more passes would not either
-        for _ in range(self.concurrency):
+        for _ in range(workers):
             await queue.put(None)
 
     @property
@@ -333,7 +350,9 @@ class Pipeline:
             for task in pending:
                 task.cancel()
 
-    async def _worker(self, queue: asyncio.Queue[Request | None]) -> None:
+    async def _worker(
+        self, queue: asyncio.Queue[Request | None], sending: asyncio.Semaphore
+    ) -> None:
         while (request := await queue.get()) is not None:
             try:
                 if self._stopping.is_set():
@@ -347,7 +366,7 @@ class Pipeline:
                     self.result.count(request, "gap")  # counted when sent, not when queued
                 self._in_flight += 1
                 try:
-                    await self._one(request)
+                    await self._one(request, sending)
                 except (AuthError, Unreachable):
                     raise
                 except SeriesError as exc:
@@ -374,10 +393,10 @@ class Pipeline:
                 queue.task_done()
         queue.task_done()
 
-    async def _one(self, request: Request) -> None:
+    async def _one(self, request: Request, sending: asyncio.Semaphore) -> None:
         try:
             points = await call_with_retries(
-                lambda: self._attempt(request),
+                lambda: self._attempt(request, sending),
                 policy=self.policy,
                 label=f"{request.series.label} {self._periods(request)}",
                 on_retry=lambda: self.result.count(request, "retries"),
@@ -388,6 +407,23 @@ class Pipeline:
             if self._stopping.is_set():
                 return  # retries ended by stop(): interrupted, not failed
             raise
+        # The rows of an answered request are kept even if the run ends meanwhile (a 401 or
+        # a lost host elsewhere cancels the workers): the write goes on in its own task, and
+        # run() waits up to grace_s for those still landing.
+        keeping = asyncio.ensure_future(self._keep(request, points))
+        self._keeping.add(keeping)
+        keeping.add_done_callback(self._kept)
+        await asyncio.shield(keeping)
+
+    def _kept(self, keeping: asyncio.Future[None]) -> None:
+        """A write landed (or failed): its error is its worker's to raise, or, the worker
+        cancelled, shows as the periods still missing."""
+        self._keeping.discard(keeping)
+        if not keeping.cancelled():
+            keeping.exception()
+
+    async def _keep(self, request: Request, points: list[Point]) -> None:
+        """Write the points inside the series' window; record them in state and coverage."""
         index = request.index
         coverage = self._coverage
         inside = coverage.inside(index, points)
@@ -420,16 +456,20 @@ class Pipeline:
             text = self._endings[key] = ending_at(unit, end, self._tz)
         return end, text
 
-    async def _attempt(self, request: Request) -> list[Point]:
+    async def _attempt(self, request: Request, sending: asyncio.Semaphore) -> list[Point]:
+        """One HTTP attempt: an HTTP slot of the pool, a token of its budget, the request."""
         end, text = self._sent_ending(request)
         budget = self._budget_of(request.series)
-        await budget.acquire()
-        self.result.count(request, "sent")
-        try:
-            response = await self.client.get(request, text)
-        except TransportError as exc:
-            self._note_transport(exc)
-            raise
+        async with sending:
+            if self._stopping.is_set():  # stopped while this request waited for a slot
+                raise RetryableError("not sent: the run is stopping")
+            await budget.acquire()
+            self.result.count(request, "sent")
+            try:
+                response = await self.client.get(request, text)
+            except TransportError as exc:
+                self._note_transport(exc)
+                raise
         self._answered = True
         self._connect_failures = 0
         self._lost_host.reset(self._clock())

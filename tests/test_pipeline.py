@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
@@ -266,3 +267,65 @@ async def test_writes_failing_for_a_while_stop_the_run(tmp_path: Path) -> None:
     assert result.unreachable is not None
     assert str(result.unreachable).startswith("the output cannot be written (cannot write ")
     assert client.calls < 40
+
+
+class InFlightClient(ScriptedClient):
+    """Answers after a moment, and counts the requests in flight at once."""
+
+    def __init__(self, *answers: Response) -> None:
+        super().__init__(*answers)
+        self.in_flight = self.most_in_flight = 0
+
+    async def get(self, request: Request, ending_at: str | None = None) -> Response:
+        self.in_flight += 1
+        self.most_in_flight = max(self.most_in_flight, self.in_flight)
+        try:
+            await asyncio.sleep(0.001)
+            return await super().get(request, ending_at)
+        finally:
+            self.in_flight -= 1
+
+
+@pytest.mark.parametrize("concurrency", [1, 3])
+async def test_a_waiting_write_holds_no_http_slot_and_concurrency_bounds_what_is_in_flight(
+    tmp_path: Path, concurrency: int
+) -> None:
+    """``concurrency`` bounds the requests in flight, not the writes: while the first write
+    waits (a slow disk, a group commit, the Parquet encoder), the next requests go out, and
+    never more than ``concurrency`` at once."""
+    client = InFlightClient(*[OK_3_DAYS] * 30)
+    pipeline, _ = _scripted_pipeline(tmp_path, client, FakeClock(0.0))
+    pipeline.concurrency = concurrency
+    release = asyncio.Event()
+    real_write = pipeline.writer.write
+
+    async def first_write_waits(*args: Any) -> Any:
+        if not release.is_set() and args[0].segment_id == "s0":
+            await release.wait()
+        return await real_write(*args)
+
+    pipeline.writer.write = first_write_waits  # type: ignore[method-assign, assignment]
+    running = asyncio.ensure_future(pipeline.run(_plan(30)))
+    for _ in range(500):
+        if client.calls == 30:
+            break
+        await asyncio.sleep(0.01)
+    assert client.calls == 30  # every other request went out while the first write waited
+    assert not running.done()
+    release.set()
+    result = await asyncio.wait_for(running, 10)
+    assert result.totals.done == 30
+    assert client.most_in_flight == concurrency
+
+
+async def test_requests_waiting_for_a_slot_are_not_sent_after_stop(tmp_path: Path) -> None:
+    """stop() while requests wait for an HTTP slot: none of them goes out."""
+    client = InFlightClient(*[OK_3_DAYS] * 10)
+    pipeline, _ = _scripted_pipeline(tmp_path, client, FakeClock(0.0))
+    pipeline.write_behind = 5  # five workers wait for the one slot
+    client.on_get = pipeline.stop
+    result = await pipeline.run(_plan(10))
+    assert client.calls == 1
+    assert result.interrupted
+    assert result.failures == {}
+    assert result.totals.done == 1
