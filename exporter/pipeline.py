@@ -81,6 +81,11 @@ LOST_AFTER_S = 30.0
 WRITE_FAILURES_TO_STOP = 10
 
 
+class _NotNeeded(Exception):
+    """Raised by _attempt when, by the time a request has an HTTP slot, its periods are all
+    there (another request brought them) or its series failed: it is not sent."""
+
+
 @dataclass(slots=True)
 class _Streak:
     """Failures in a row since the last success: too many of them, for too long, mean the
@@ -357,13 +362,6 @@ class Pipeline:
             try:
                 if self._stopping.is_set():
                     continue
-                if not self._coverage.needs(request):
-                    # The series failed, or other requests brought these periods meanwhile.
-                    if not request.gap and self._coverage.status[request.index] != FAILED:
-                        self.result.count(request, "skipped")
-                    continue
-                if request.gap:
-                    self.result.count(request, "gap")  # counted when sent, not when queued
                 self._in_flight += 1
                 try:
                     await self._one(request, sending)
@@ -394,9 +392,10 @@ class Pipeline:
         queue.task_done()
 
     async def _one(self, request: Request, sending: asyncio.Semaphore) -> None:
+        sent = [False]  # whether an attempt has gone out yet
         try:
             points = await call_with_retries(
-                lambda: self._attempt(request, sending),
+                lambda: self._attempt(request, sending, sent),
                 policy=self.policy,
                 label=f"{request.series.label} {self._periods(request)}",
                 on_retry=lambda: self.result.count(request, "retries"),
@@ -407,6 +406,11 @@ class Pipeline:
             if self._stopping.is_set():
                 return  # retries ended by stop(): interrupted, not failed
             raise
+        except _NotNeeded:
+            # The series failed, or other requests brought these periods meanwhile.
+            if not request.gap and self._coverage.status[request.index] != FAILED:
+                self.result.count(request, "skipped")
+            return
         # The rows of an answered request are kept even if the run ends meanwhile (a 401 or
         # a lost host elsewhere cancels the workers): the write goes on in its own task, and
         # run() waits up to grace_s for those still landing.
@@ -456,14 +460,23 @@ class Pipeline:
             text = self._endings[key] = ending_at(unit, end, self._tz)
         return end, text
 
-    async def _attempt(self, request: Request, sending: asyncio.Semaphore) -> list[Point]:
-        """One HTTP attempt: an HTTP slot of the pool, a token of its budget, the request."""
-        end, text = self._sent_ending(request)
+    async def _attempt(
+        self, request: Request, sending: asyncio.Semaphore, sent: list[bool]
+    ) -> list[Point]:
+        """One HTTP attempt: an HTTP slot of the pool, then (unless stopping, or no period
+        is needed any more) a token of its budget and the request."""
         budget = self._budget_of(request.series)
         async with sending:
             if self._stopping.is_set():  # stopped while this request waited for a slot
                 raise RetryableError("not sent: the run is stopping")
+            if not self._coverage.needs(request):
+                raise _NotNeeded
+            if request.gap and not sent[0]:
+                self.result.count(request, "gap")  # counted when sent, not when queued
+            sent[0] = True
             await budget.acquire()
+            # The window as calibration knows it now, not when the request began waiting.
+            end, text = self._sent_ending(request)
             self.result.count(request, "sent")
             try:
                 response = await self.client.get(request, text)

@@ -15,6 +15,7 @@ import pytest
 
 from exporter.client import BrazeClient, Response, make_session
 from exporter.config import ApiKey
+from exporter.coverage import Calibration
 from exporter.errors import TransportError
 from exporter.pipeline import Pipeline, account
 from exporter.plan import Plan, Request, Series, ending_at
@@ -329,3 +330,37 @@ async def test_requests_waiting_for_a_slot_are_not_sent_after_stop(tmp_path: Pat
     assert result.interrupted
     assert result.failures == {}
     assert result.totals.done == 1
+
+
+class _ShiftAfterFirstAnswer(Calibration):
+    """Calibration that learns a one-day shift from the first answer."""
+
+    learned = False
+
+    def shift(self, unit: str) -> int:
+        return 1 if self.learned else 0
+
+
+async def test_a_request_takes_its_window_from_calibration_as_it_is_when_sent(
+    tmp_path: Path,
+) -> None:
+    """A request that waited for an HTTP slot while the first answer taught calibration an
+    offset is sent with the shifted window, not the one known when it began to wait."""
+    calibration = _ShiftAfterFirstAnswer()
+    endings: list[str | None] = []
+
+    class Recording(InFlightClient):
+        async def get(self, request: Request, ending_at: str | None = None) -> Response:
+            endings.append(ending_at)
+            answer = await super().get(request, ending_at)
+            calibration.learned = True  # taught by the answer
+            return answer
+
+    client = Recording(*[OK_3_DAYS] * 3)
+    pipeline, _ = _scripted_pipeline(tmp_path, client, FakeClock(0.0))
+    pipeline.result.calibration = calibration
+    pipeline.write_behind = 2  # two requests wait for the one slot from the start
+    await pipeline.run(_plan(3))
+    last = date(2024, 6, 30).toordinal()
+    shifted = ending_at("day", last - 1, UTC_ZONE)
+    assert endings == [ending_at("day", last, UTC_ZONE), shifted, shifted]
