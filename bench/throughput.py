@@ -20,6 +20,7 @@ from bench.common import (
     ROOT,
     Measured,
     exporter_env,
+    filesystem,
     grid_config,
     machine,
     measure,
@@ -95,6 +96,7 @@ def run(segments: int = 200, apps: int = 100, concurrency: int = 64) -> dict[str
     finally:
         shutil.rmtree(work, ignore_errors=True)
     print(f"throughput: {requests:,} requests, sandbox unthrottled in its own process; {machine()}")
+    print(f"output on: {filesystem(Path(tempfile.gettempdir()))}")
     print("| client | requests | wall s | requests/s | CPU s per 1,000 requests | peak RSS MB |")
     print("|---|---|---|---|---|---|")
     print(row(f"braze-export jsonl (concurrency {concurrency})", requests, ours))
