@@ -133,9 +133,7 @@ class ChildProcess:
         except (BrokenProcessPool, RuntimeError):  # RuntimeError: submit() after the break
             self._lost(pool)
             self.deaths += 1
-            raise ChildDied(
-                f"the encoder process (pid {self.pid}) ended abruptly; the writes it held failed"
-            ) from None
+            raise ChildDied(f"the encoder process (pid {self.pid}) ended abruptly") from None
 
     def _lost(self, pool: ProcessPoolExecutor) -> None:
         """The pool is broken: drop it (the next batch starts a new one)."""

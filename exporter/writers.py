@@ -402,8 +402,10 @@ class _Stager:
             running.add_done_callback(partial(self._finished, jobs))
 
     async def _encode(self, jobs: list[Job]) -> list[Outcome]:
-        child = self._child
-        if child is not None:
+        """The batch's outcomes. A job only reads, merges and encodes (the parent writes the
+        file), so a batch whose process died is simply run again: on a new process, or on
+        threads after _MAX_DEATHS deaths."""
+        while (child := self._child) is not None:
             try:
                 return await child.run(jobs)
             except ChildUnavailable as exc:
@@ -411,7 +413,13 @@ class _Stager:
             except ChildDied as exc:
                 if child.deaths >= _MAX_DEATHS:
                     self._fall_back(exc)
-                raise
+                else:
+                    log.warning(
+                        "%s; its %d partition(s) are encoded again by a new one",
+                        exc,
+                        len(jobs),
+                        extra={"event": "encoder_died"},
+                    )
         assert self._pool is not None
         return await asyncio.wrap_future(self._pool.submit(run_all, jobs))
 
