@@ -114,20 +114,28 @@ class ChildProcess:
             signal.pthread_sigmask(signal.SIG_SETMASK, previous)
         self._pool, self._started = pool, False
 
+    async def warmed_up(self) -> Outcome:
+        """Start the child if needed and wait until it is ready: the warm-up job's result or
+        the exception it raised (None without one). ChildUnavailable if it cannot start."""
+        self.start()
+        ready = self._ready
+        assert ready is not None
+        pool = self._pool
+        assert pool is not None
+        try:
+            outcomes = await asyncio.shield(asyncio.wrap_future(ready))
+        except BrokenProcessPool:
+            self._lost(pool)
+            raise ChildUnavailable("the encoder process did not start") from None
+        self.pid, self._started = outcomes[0], True
+        return outcomes[1] if len(outcomes) > 1 else None
+
     async def run(self, jobs: Sequence[Job]) -> list[Outcome]:
         """Each job's result or exception, in order. ChildDied if the child ended meanwhile."""
-        self.start()
-        pool, ready = self._pool, self._ready
-        assert pool is not None
-        assert ready is not None
         if not self._started:
-            try:
-                # Shielded: a cancelled caller leaves the child starting for the next batch.
-                pid, *_ = await asyncio.shield(asyncio.wrap_future(ready))
-            except BrokenProcessPool:
-                self._lost(pool)
-                raise ChildUnavailable("the encoder process did not start") from None
-            self.pid, self._started = pid, True
+            await self.warmed_up()  # shielded: a cancelled caller leaves the child starting
+        pool = self._pool
+        assert pool is not None
         try:
             return await asyncio.wrap_future(pool.submit(run_all, list(jobs)))
         except (BrokenProcessPool, RuntimeError):  # RuntimeError: submit() after the break
@@ -139,6 +147,7 @@ class ChildProcess:
         """The pool is broken: drop it (the next batch starts a new one)."""
         if self._pool is pool:
             self._pool = self._ready = None
+            self._started = False
         pool.shutdown(wait=False, cancel_futures=True)
 
     async def aclose(self) -> None:

@@ -29,13 +29,14 @@ merged into (rewriting it would drop the columns it does not know).
 from __future__ import annotations
 
 import csv
+import importlib.util
 import io
 import json
 from collections.abc import Sequence
 from datetime import UTC, date, tzinfo
 from typing import Any
 
-from exporter.errors import ExporterError
+from exporter.errors import ConfigError, ExporterError
 from exporter.plan import Series, period_of
 from exporter.series import SeriesKind
 
@@ -46,6 +47,7 @@ __all__ = [
     "Row",
     "decode",
     "encode",
+    "load_pyarrow",
     "parquet_schema",
 ]
 
@@ -125,12 +127,30 @@ def _pyarrow() -> tuple[Any, Any]:
         try:
             import pyarrow as pa
             import pyarrow.parquet as pq
-        except ImportError:
-            raise ExporterError(
-                "output.format parquet needs pyarrow: pip install 'braze-export[parquet]'"
-            ) from None
+        except Exception as exc:  # not installed, or it fails to load (memory, a bad build)
+            raise ConfigError(_unimportable(exc)) from None
         _arrow = (pa, pq)
     return _arrow
+
+
+def load_pyarrow() -> None:
+    """Import pyarrow now (a run checks it before its first request). ConfigError, with the
+    import's own error, if it is not installed or cannot be imported."""
+    _pyarrow()
+
+
+def _unimportable(exc: Exception) -> str:
+    try:
+        installed = importlib.util.find_spec("pyarrow") is not None
+    except (ImportError, ValueError):
+        installed = True
+    if not installed:
+        return "output.format parquet needs pyarrow: pip install 'braze-export[parquet]'"
+    return (
+        f"output.format parquet needs pyarrow, which is installed but cannot be imported "
+        f"({type(exc).__name__}: {exc}); reinstall it (pip install --force-reinstall pyarrow), "
+        "or give the run more memory"
+    )
 
 
 def parquet_schema(kind: SeriesKind) -> Any:

@@ -186,6 +186,7 @@ async def execute(
             tz=config.tz,
         )
         stack.push_async_callback(writer.aclose)
+        await writer.ready()  # before any request: Parquet's pyarrow must import
         endpoint = config.braze.endpoint
         if key is None:
             key = ApiKey(secrets.token_urlsafe(24))

@@ -315,3 +315,33 @@ def test_a_parquet_run_as_pid_1_of_a_pid_namespace(tmp_path: Path) -> None:
     assert len(data_files(out)) > 0
     for path in data_files(out):
         pq.read_table(path)
+
+
+def test_a_pyarrow_that_cannot_be_imported_stops_the_run_before_any_request(
+    tmp_path: Path,
+) -> None:
+    """pyarrow installed but failing to import (a broken build, too little memory): exit 2
+    before the first request, with the import's own error, not a failure of every series."""
+    shadow = tmp_path / "shadow"
+    shadow.mkdir()
+    (shadow / "pyarrow.py").write_text('raise ImportError("broken build")\n')
+    out = tmp_path / "out"
+    config = tmp_path / "c.yaml"
+    config.write_text(_parquet(_config(out, segments=2, days=3)))
+    proc = subprocess.run(
+        [sys.executable, "-m", "exporter", "run", str(config), "--sandbox", "--out", str(out)],
+        env={**_env("http://127.0.0.1:9"), "PYTHONPATH": f"{shadow}:{ROOT}"},
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.splitlines()[-1] == (
+        "error: output.format parquet needs pyarrow, which is installed but cannot be imported "
+        "(ImportError: broken build); reinstall it (pip install --force-reinstall pyarrow), or "
+        "give the run more memory"
+    )
+    assert "sandbox started" not in proc.stderr  # ready() comes before any request
+    assert data_files(out) == []
