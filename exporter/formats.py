@@ -233,6 +233,8 @@ def _decode_parquet(data: bytes, key: str) -> list[tuple[Any, Any]]:
                 f"{PARQUET_SCHEMA_VERSION}: upgrade braze-export to merge into it"
             )
         table = reader.read(columns=["time", key])
+    except MemoryError:  # pyarrow's ArrowMemoryError too: the file may be fine
+        raise
     except pa.ArrowException as exc:
         raise ValueError(str(exc)) from None
     # column() by name: KeyError when the file lacks it (read() just leaves it out).

@@ -314,15 +314,22 @@ def _prepare(
     fmt: str, tz: tzinfo, path: str, series: Series, rows: Sequence[formats.Row]
 ) -> _Prepared:
     """Read, merge and encode the partition (on the loop, or in the encoder process). The
-    path is a str: a Path costs more to pickle and to rebuild."""
+    path is a str: a Path costs more to pickle and to rebuild. WriteError when memory runs
+    out: the file is fine, the process is short of memory."""
     try:
-        with open(path, "rb") as file:
-            data = file.read()
-    except FileNotFoundError:
-        current = {}
-    else:
-        current = _parse(fmt, tz, data, path, series)
-    return _merge(fmt, current, series, rows)
+        try:
+            with open(path, "rb") as file:
+                data = file.read()
+        except FileNotFoundError:
+            current = {}
+        else:
+            current = _parse(fmt, tz, data, path, series)
+        return _merge(fmt, current, series, rows)
+    except MemoryError:
+        raise WriteError(
+            f"cannot write {path}: out of memory reading, merging or encoding it (the file is "
+            "unchanged); give the run more memory and rerun"
+        ) from None
 
 
 def _merge(

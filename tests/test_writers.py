@@ -15,7 +15,7 @@ import pytest
 from exporter import writers
 from exporter.child import ChildProcess, Job
 from exporter.client import Point
-from exporter.errors import ExporterError
+from exporter.errors import ExporterError, WriteError
 from exporter.plan import Series, period_of
 from exporter.writers import WORK_DIR, PartitionWriter, encode_id, partition_path
 
@@ -306,3 +306,29 @@ async def test_a_batch_is_synced_and_renamed_in_one_thread_hand_off(
     await writer.aclose()
     assert steps == ["hand-off", "data 10", "names 10"]
     assert len(list(tmp_path.rglob("*.jsonl"))) == 10
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "parquet"])
+async def test_running_out_of_memory_is_not_blamed_on_the_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fmt: str
+) -> None:
+    """Memory running out while a partition is read for the merge (pyarrow raises its
+    ArrowMemoryError): a WriteError saying so, never 'not a file this tool wrote; move it
+    away', which would have a user throw good data away. (The read, merge and encode, as the
+    encoder process runs them.)"""
+    import pyarrow as pa
+
+    writer = PartitionWriter(tmp_path, fmt, durable=False)
+    (first,) = await writer.write(DAY, _days("2024-04-29", [42]))
+    await writer.aclose()
+    before = first.path.read_bytes()
+
+    def short_of_memory(*args: object, **kwargs: object) -> object:
+        raise pa.ArrowMemoryError("malloc of size 65536 failed")
+
+    monkeypatch.setattr("pyarrow.parquet.ParquetFile", short_of_memory)
+    monkeypatch.setattr("json.loads", short_of_memory)
+    with pytest.raises(WriteError, match="out of memory") as raised:
+        writers._prepare(fmt, UTC, str(first.path), DAY, [(739_006, "2024-04-30", 7)])
+    assert "move it away" not in str(raised.value)
+    assert first.path.read_bytes() == before
