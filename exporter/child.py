@@ -31,6 +31,7 @@ import os
 import pickle
 import signal
 import sys
+import warnings
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -158,16 +159,22 @@ class ChildProcess:
             await asyncio.get_running_loop().run_in_executor(None, pool.shutdown)
 
 
+_QUIET_TRACKER = "ignore::UserWarning:multiprocessing.resource_tracker"
+
+
 def _start_tracker_quietly() -> None:
     """Start multiprocessing's resource tracker (a helper process the pool's queues need)
-    with its one warning ignored: after a ``kill -9`` of the exporter it cleans up the
-    queues' semaphores and would print two lines of UserWarning about them."""
-    saved = sys.warnoptions[:]
-    sys.warnoptions.append("ignore::UserWarning:multiprocessing.resource_tracker")
-    try:
-        resource_tracker.ensure_running()
-    finally:
-        sys.warnoptions[:] = saved
+    with its warnings ignored, in it and here: after a ``kill -9`` of the exporter it cleans
+    up the queues' semaphores and would print two lines of UserWarning about them, and if
+    it is killed itself, this process relaunches it with a UserWarning of its own. (The
+    relaunched tracker still prints a KeyError traceback per semaphore it never saw, when
+    the pool closes: left alone, see README.)"""
+    if _QUIET_TRACKER not in sys.warnoptions:  # also read when it is relaunched
+        sys.warnoptions.append(_QUIET_TRACKER)
+        warnings.filterwarnings(
+            "ignore", category=UserWarning, module="multiprocessing.resource_tracker"
+        )
+    resource_tracker.ensure_running()
 
 
 def _initialize(parent: int) -> None:

@@ -347,9 +347,14 @@ class Pipeline:
         await self._stopping.wait()
         _, pending = await asyncio.wait(tasks, timeout=self.grace_s)
         if pending:
+            writing = len(self._keeping)
             log.warning(
-                "stopping: cancelling %d request(s) still in flight",
+                "stopping: cancelling %d request(s) still in flight%s",
                 self._in_flight,
+                f"; {writing} answered request(s) still being written get up to "
+                f"{self.grace_s:.0f}s more"
+                if writing
+                else "",
                 extra={"event": "cancel_in_flight"},
             )
             for task in pending:
@@ -362,7 +367,6 @@ class Pipeline:
             try:
                 if self._stopping.is_set():
                     continue
-                self._in_flight += 1
                 try:
                     await self._one(request, sending)
                 except (AuthError, Unreachable):
@@ -385,8 +389,6 @@ class Pipeline:
                     self._note_write_failure(exc)
                 except ExporterError as exc:
                     self._fail(request, str(exc))
-                finally:
-                    self._in_flight -= 1
             finally:
                 queue.task_done()
         queue.task_done()
@@ -474,15 +476,18 @@ class Pipeline:
             if request.gap and not sent[0]:
                 self.result.count(request, "gap")  # counted when sent, not when queued
             sent[0] = True
-            await budget.acquire()
-            # The window as calibration knows it now, not when the request began waiting.
-            end, text = self._sent_ending(request)
-            self.result.count(request, "sent")
+            self._in_flight += 1  # from its token to its answer: what a stop cancels
             try:
+                await budget.acquire()
+                # The window as calibration knows it now, not when the request began waiting.
+                end, text = self._sent_ending(request)
+                self.result.count(request, "sent")
                 response = await self.client.get(request, text)
             except TransportError as exc:
                 self._note_transport(exc)
                 raise
+            finally:
+                self._in_flight -= 1
         self._answered = True
         self._connect_failures = 0
         self._lost_host.reset(self._clock())

@@ -364,3 +364,33 @@ async def test_a_request_takes_its_window_from_calibration_as_it_is_when_sent(
     last = date(2024, 6, 30).toordinal()
     shifted = ending_at("day", last - 1, UTC_ZONE)
     assert endings == [ending_at("day", last, UTC_ZONE), shifted, shifted]
+
+
+async def test_the_stop_line_counts_the_requests_really_in_flight(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Two requests hang in flight (concurrency 2) and two more wait for a slot: after the
+    grace period the line says 2 are cancelled, not every busy worker."""
+    hang = asyncio.Event()
+
+    class Hanging(InFlightClient):
+        async def get(self, request: Request, ending_at: str | None = None) -> Response:
+            self.calls += 1
+            await hang.wait()
+            raise AssertionError("never answered")
+
+    client = Hanging()
+    pipeline, _ = _scripted_pipeline(tmp_path, client, FakeClock(0.0))
+    pipeline.concurrency = pipeline.write_behind = 2
+    pipeline.grace_s = 0.05
+    running = asyncio.ensure_future(pipeline.run(_plan(6)))
+    for _ in range(500):
+        if client.calls == 2:
+            break
+        await asyncio.sleep(0.01)
+    pipeline.stop()
+    result = await asyncio.wait_for(running, 10)
+    assert result.interrupted
+    assert client.calls == 2
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("stopping")]
+    assert lines == ["stopping: cancelling 2 request(s) still in flight"]
