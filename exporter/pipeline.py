@@ -77,8 +77,10 @@ NOT_FOUND_TO_GIVE_UP = 3
 # After answers, the host is lost when this many connection failures in a row span this long.
 CONNECT_FAILURES_LOST = 20
 LOST_AFTER_S = 30.0
-# Writes failing in a row for LOST_AFTER_S stop the run too.
+# Writes failing in a row for LOST_AFTER_S stop the run too, and so do this many in a row
+# however fast they came (a full disk under a fast run would spend the budget otherwise).
 WRITE_FAILURES_TO_STOP = 10
+WRITE_FAILURES_AT_ONCE = 200
 
 
 class _NotNeeded(Exception):
@@ -94,6 +96,7 @@ class _Streak:
     limit: int
     span_s: float
     what: str
+    at_once: int | None = None  # this many in a row is enough, however short the span
     count: int = 0
     since: float = 0.0
     silent_s: float = 0.0
@@ -104,6 +107,8 @@ class _Streak:
     def failed(self, now: float) -> bool:
         self.count += 1
         self.silent_s = now - self.since
+        if self.at_once is not None and self.count >= self.at_once:
+            return True
         return self.count >= self.limit and self.silent_s >= self.span_s
 
     def describe(self) -> str:
@@ -220,7 +225,9 @@ class Pipeline:
         self._succeeded = False  # any 200
         self._connect_failures = 0  # before any HTTP answer
         self._lost_host = _Streak(CONNECT_FAILURES_LOST, LOST_AFTER_S, "attempts")
-        self._lost_output = _Streak(WRITE_FAILURES_TO_STOP, LOST_AFTER_S, "writes")
+        self._lost_output = _Streak(
+            WRITE_FAILURES_TO_STOP, LOST_AFTER_S, "writes", at_once=WRITE_FAILURES_AT_ONCE
+        )
         self._not_found: set[tuple[str, tuple[tuple[str, str | None], ...]]] = set()
         self._not_found_limit = NOT_FOUND_TO_GIVE_UP
         self._endings: dict[tuple[str, int], str] = {}

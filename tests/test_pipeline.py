@@ -394,3 +394,21 @@ async def test_the_stop_line_counts_the_requests_really_in_flight(
     assert client.calls == 2
     lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("stopping")]
     assert lines == ["stopping: cancelling 2 request(s) still in flight"]
+
+
+async def test_a_fast_run_whose_every_write_fails_stops_before_spending_its_budget(
+    tmp_path: Path,
+) -> None:
+    """A full disk under a fast run: 200 writes failing in a row stop it (exit 4's error)
+    long before 30 s have passed, instead of fetching all 1,000 requests' rows."""
+    clock = FakeClock(0.0)
+    blocked = tmp_path / "blocked"
+    blocked.write_text("a file where the output directory should be")
+    client = ScriptedClient(*[OK_3_DAYS] * 1000)
+    pipeline, _ = _scripted_pipeline(blocked, client, clock)
+    pipeline._clock = clock  # no time passes
+    result = await pipeline.run(_plan(1000))
+    assert result.unreachable is not None
+    assert str(result.unreachable).startswith("the output cannot be written (cannot write ")
+    assert "0s and 200 writes in a row" in str(result.unreachable)
+    assert client.calls < 300
