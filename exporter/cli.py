@@ -24,7 +24,7 @@ from exporter import __version__
 from exporter.config import ApiKey, Config, check_date, expand_home, load_config, resolve_api_key
 from exporter.discover import DiscoverSpec, discovery_cost
 from exporter.doctor import DoctorReport, diagnose
-from exporter.errors import ConfigError, DirectoryBusy, ExporterError
+from exporter.errors import ConfigError, DirectoryBusy, ExporterError, Unreachable
 from exporter.logs import logging_for_run, new_run_id, set_secret
 from exporter.manifest import verify
 from exporter.plan import (
@@ -142,6 +142,9 @@ def _dispatch(args: argparse.Namespace) -> int:
     except DirectoryBusy as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_BUSY
+    except Unreachable as exc:  # nothing can work: the output cannot be written at all
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_UNREACHABLE
     except ExporterError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_FAILED
@@ -698,6 +701,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     outcome = asyncio.run(execute(config, planned, key, options))
     args.exit_code = outcome.exit_code  # what main() returns should stdout be closed
     for line in outcome.summary:
+        if outcome.manifest_error is not None:  # there is no manifest to see
+            line = line.replace(": see the manifest", " (the manifest would have listed them)")
         print(line)
     if outcome.manifest_error is None:
         print(f"manifest: {outcome.manifest}")
@@ -763,7 +768,11 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     for kind in ("changed", "missing", "unknown"):
         for name in getattr(report, kind):
             print(f"{kind}: {name}")
-    journals = f", {report.journals} journal(s) of killed runs" if report.journals else ""
+    journals = (
+        f", {report.journals} journal(s) of runs that were killed or did not complete"
+        if report.journals
+        else ""
+    )
     print(
         f"{report.ok} file(s) ok, {len(report.changed)} changed, {len(report.missing)} missing, "
         f"{len(report.unknown)} unknown ({report.manifests} manifest(s){journals})"

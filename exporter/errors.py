@@ -144,7 +144,8 @@ class WriteError(ExporterError):
 
 
 class Unreachable(ExporterError):
-    """The run cannot succeed at all: every connection fails, or the host is not Braze's."""
+    """The run cannot succeed at all: every connection fails, the host is not Braze's, or the
+    output cannot be written (exit 4)."""
 
 
 class MalformedResponse(RetryableError):

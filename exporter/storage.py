@@ -36,7 +36,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from exporter.errors import DirectoryBusy, ExporterError
+from exporter.errors import DirectoryBusy, ExporterError, Unreachable
 
 __all__ = [
     "RUNS_DIR",
@@ -111,7 +111,7 @@ class DirLock:
         try:
             return cls._acquire(root, layout, shard, command, now)
         except OSError as exc:  # a full disk, a read-only mount: one line, not a traceback
-            raise ExporterError(f"{root}: cannot register this run ({exc.strerror})") from None
+            raise Unreachable(f"{root}: cannot register this run ({exc.strerror})") from None
 
     @classmethod
     def _acquire(

@@ -294,8 +294,8 @@ def _fill(disk: Path) -> None:
 @pytest.mark.slow
 def test_a_full_disk_fails_the_series_and_still_prints_the_summary(tiny_disk: Path) -> None:
     """On a really full disk (tmpfs) a run cannot even register in the directory's lock: one
-    line saying so, exit 1, no traceback (a disk that fills during the run is the in-process
-    manifest test above)."""
+    line saying so, exit 4 (nothing can work), no traceback (a disk that fills during the run
+    is the in-process manifest test above)."""
     out = tiny_disk / "out"
     config = tiny_disk.parent / "c.yaml"
     config.write_text(_good(out))
@@ -308,7 +308,7 @@ def test_a_full_disk_fails_the_series_and_still_prints_the_summary(tiny_disk: Pa
     )
     err = again.stderr.decode()
     assert "Traceback" not in err
-    assert again.returncode == 1
+    assert again.returncode == 4
     assert (
         err.splitlines()[-1] == f"error: {out}: cannot register this run (No space left on device)"
     )

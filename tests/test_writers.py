@@ -332,3 +332,19 @@ async def test_running_out_of_memory_is_not_blamed_on_the_file(
         writers._prepare(fmt, UTC, str(first.path), DAY, [(739_006, "2024-04-30", 7)])
     assert "move it away" not in str(raised.value)
     assert first.path.read_bytes() == before
+
+
+def test_verify_names_kept_journals_for_what_they_are(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A journal is kept by a run that was killed, and also by one that ended incomplete or
+    without its manifest: verify does not call them all killed."""
+    from exporter.cli import main
+    from exporter.storage import Journal
+
+    journal = Journal(tmp_path, "20240701T000000Z-abcdef", 1)
+    journal.record([])
+    journal.close(remove=False)
+    assert main(["verify", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "1 journal(s) of runs that were killed or did not complete" in out
