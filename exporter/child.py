@@ -43,6 +43,10 @@ from exporter.errors import ExporterError, WriteError
 __all__ = ["ChildDied", "ChildProcess", "ChildUnavailable", "run_all"]
 
 _SIGNALS = {signal.SIGINT, signal.SIGTERM}
+# A batch (some dozens of partitions of at most 31 rows) takes milliseconds: a child that has
+# not answered in this long is stopped or stuck, and is killed (its batch is run again).
+BATCH_TIMEOUT_S = 60.0
+_CLOSE_TIMEOUT_S = 10.0
 _PR_SET_PDEATHSIG = 1
 
 Job = Callable[[], Any]
@@ -80,8 +84,15 @@ class ChildProcess:
     parent is still planning, not during the first batch. ``executable`` is the Python to
     start (tests)."""
 
-    def __init__(self, warm_up: Job | None = None, *, executable: str | None = None) -> None:
+    def __init__(
+        self,
+        warm_up: Job | None = None,
+        *,
+        executable: str | None = None,
+        timeout_s: float = BATCH_TIMEOUT_S,
+    ) -> None:
         self._warm_up = warm_up
+        self.timeout_s = timeout_s
         self._executable = executable
         self._pool: ProcessPoolExecutor | None = None
         self._ready: Future[list[Outcome]] | None = None  # the warm-up batch: [pid, outcome]
@@ -132,17 +143,33 @@ class ChildProcess:
         return outcomes[1] if len(outcomes) > 1 else None
 
     async def run(self, jobs: Sequence[Job]) -> list[Outcome]:
-        """Each job's result or exception, in order. ChildDied if the child ended meanwhile."""
+        """Each job's result or exception, in order. ChildDied if the child ended meanwhile,
+        or did not answer within ``timeout_s`` (stopped, stuck): then it is killed."""
         if not self._started:
             await self.warmed_up()  # shielded: a cancelled caller leaves the child starting
         pool = self._pool
         assert pool is not None
         try:
-            return await asyncio.wrap_future(pool.submit(run_all, list(jobs)))
+            answer = asyncio.wrap_future(pool.submit(run_all, list(jobs)))
+            return await asyncio.wait_for(asyncio.shield(answer), self.timeout_s)
+        except TimeoutError:
+            self._kill()
+            self._lost(pool)
+            self.deaths += 1
+            raise ChildDied(
+                f"the encoder process (pid {self.pid}) did not answer within "
+                f"{self.timeout_s:.0f}s and was killed"
+            ) from None
         except (BrokenProcessPool, RuntimeError):  # RuntimeError: submit() after the break
             self._lost(pool)
             self.deaths += 1
             raise ChildDied(f"the encoder process (pid {self.pid}) ended abruptly") from None
+
+    def _kill(self) -> None:
+        """SIGKILL the child (it works on a stopped process too); the pool then breaks."""
+        if self.pid is not None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(self.pid, signal.SIGKILL)
 
     def _lost(self, pool: ProcessPoolExecutor) -> None:
         """The pool is broken: drop it (the next batch starts a new one)."""
@@ -151,12 +178,17 @@ class ChildProcess:
             self._started = False
         pool.shutdown(wait=False, cancel_futures=True)
 
-    async def aclose(self) -> None:
+    async def aclose(self, timeout_s: float = _CLOSE_TIMEOUT_S) -> None:
         """Let the batch in flight finish, then end the child and wait for it (off the
-        loop's thread: a batch may take a moment)."""
+        loop's thread). A child that has not ended after ``timeout_s`` is killed."""
         pool, self._pool, self._ready = self._pool, None, None
-        if pool is not None:
-            await asyncio.get_running_loop().run_in_executor(None, pool.shutdown)
+        if pool is None:
+            return
+        closing = asyncio.get_running_loop().run_in_executor(None, pool.shutdown)
+        _, pending = await asyncio.wait([closing], timeout=timeout_s)
+        if pending:
+            self._kill()
+            await closing
 
 
 _QUIET_TRACKER = "ignore::UserWarning:multiprocessing.resource_tracker"

@@ -145,6 +145,13 @@ def _dispatch(args: argparse.Namespace) -> int:
     except Unreachable as exc:  # nothing can work: the output cannot be written at all
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_UNREACHABLE
+    except MemoryError:
+        print(
+            "error: out of memory: give braze-export more memory (completed periods are "
+            "saved; rerun the same command to resume)",
+            file=sys.stderr,
+        )
+        return EXIT_FAILED
     except ExporterError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_FAILED

@@ -221,6 +221,16 @@ def _encode_parquet(series: Series, rows: Sequence[Row]) -> bytes:
     return data
 
 
+_MEMORY_WORDS = ("bad_alloc", "out of memory", "cannot allocate", "malloc", "memory limit")
+
+
+def _short_of_memory(message: str) -> bool:
+    """pyarrow reports some allocation failures as other errors (thrift's std::bad_alloc
+    comes back as ArrowInvalid): their text says so."""
+    lowered = message.lower()
+    return any(word in lowered for word in _MEMORY_WORDS)
+
+
 def _decode_parquet(data: bytes, key: str) -> list[tuple[Any, Any]]:
     pa, pq = _pyarrow()
     try:
@@ -236,6 +246,8 @@ def _decode_parquet(data: bytes, key: str) -> list[tuple[Any, Any]]:
     except MemoryError:  # pyarrow's ArrowMemoryError too: the file may be fine
         raise
     except pa.ArrowException as exc:
+        if _short_of_memory(str(exc)):  # e.g. ArrowInvalid "... std::bad_alloc"
+            raise MemoryError(str(exc)) from None
         raise ValueError(str(exc)) from None
     # column() by name: KeyError when the file lacks it (read() just leaves it out).
     times, values = table.column("time").to_pylist(), table.column(key).to_pylist()

@@ -233,10 +233,13 @@ class Pipeline:
         self._endings: dict[tuple[str, int], str] = {}
         self._plan: Plan | None = None
         self._keeping: set[asyncio.Future[None]] = set()
+        self._stopped_at = 0.0
 
     def stop(self) -> None:
         """Take no new work; the caller's grace period then bounds what is in flight."""
         self.result.interrupted = True
+        if not self._stopping.is_set():
+            self._stopped_at = self._clock()
         self._stopping.set()
 
     def elapsed(self) -> float:
@@ -296,7 +299,9 @@ class Pipeline:
                 watcher.cancel()
                 await asyncio.wait([watcher])
             if self._keeping:  # writes of answered requests whose workers were cancelled
-                await asyncio.wait(self._keeping, timeout=self.grace_s)
+                # Within the grace a stop gave (a fatal error gives one of its own).
+                since = self._clock() - self._stopped_at if self._stopped_at else 0.0
+                await asyncio.wait(self._keeping, timeout=max(0.0, self.grace_s - since))
             result.finished = self._clock()
         return result
 
@@ -358,8 +363,8 @@ class Pipeline:
             log.warning(
                 "stopping: cancelling %d request(s) still in flight%s",
                 self._in_flight,
-                f"; {writing} answered request(s) still being written get up to "
-                f"{self.grace_s:.0f}s more"
+                f" and {writing} answered request(s) still being written (a rerun fetches "
+                "what was not)"
                 if writing
                 else "",
                 extra={"event": "cancel_in_flight"},

@@ -351,9 +351,10 @@ def _parse(
     try:
         return formats.decode(fmt, series, data, tz)
     except (ValueError, KeyError, TypeError) as exc:
+        detail = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
         raise ExporterError(
-            f"cannot merge into {name}: it is not a file this tool wrote "
-            f"({type(exc).__name__}); move it away and rerun"
+            f"cannot merge into {name}: it is not a file this tool wrote ({detail[:200]}); "
+            "move it away and rerun"
         ) from None
     except ExporterError as exc:
         raise ExporterError(f"cannot merge into {name}: {exc}") from None
@@ -389,6 +390,7 @@ class _Stager:
         self._idle = 1
         self._waiting: list[tuple[Job, asyncio.Future[_Prepared]]] = []
         self._running: set[asyncio.Future[list[Outcome]]] = set()
+        self._closing = False
         self._dispatching = False
         try:
             self._child.start()  # now: its imports overlap the run's start
@@ -440,6 +442,8 @@ class _Stager:
             except ChildUnavailable as exc:
                 self._fall_back(exc)
             except ChildDied as exc:
+                if self._closing:  # the close killed a stuck child: no new one now
+                    raise
                 if child.deaths >= _MAX_DEATHS:
                     self._fall_back(exc)
                 else:
@@ -465,6 +469,11 @@ class _Stager:
     ) -> None:
         self._running.discard(running)
         self._idle += 1
+        if running.cancelled():  # the run is being torn down (a second signal)
+            for _, future in jobs:
+                if not future.done():
+                    future.set_exception(WriteError("the write was cancelled"))
+            return
         try:
             outcomes = running.result()
         except ExporterError as exc:  # the process died: each write fails, with its own error
@@ -481,10 +490,13 @@ class _Stager:
         self._dispatch()
 
     async def aclose(self) -> None:
-        if self._running:
-            await asyncio.wait(self._running)
+        """Let the batches in flight finish: the child's close waits for them up to its
+        timeout, then kills a stopped or stuck child, and what it held fails."""
+        self._closing = True
         if self._child is not None:
             await self._child.aclose()
+        if self._running:
+            await asyncio.wait(self._running)
         if self._pool is not None:
             self._pool.shutdown(wait=True)
 

@@ -345,3 +345,76 @@ def test_a_pyarrow_that_cannot_be_imported_stops_the_run_before_any_request(
     )
     assert "sandbox started" not in proc.stderr  # ready() comes before any request
     assert data_files(out) == []
+
+
+async def test_a_stopped_encoder_is_killed_after_its_timeout_and_a_new_one_answers() -> None:
+    """An encoder that does not answer (SIGSTOP, a hang): its batch fails with ChildDied
+    after the timeout, the process is killed, and the next batch gets a new one."""
+    child = ChildProcess(timeout_s=1.0)
+    try:
+        assert await child.run([partial(int, "1")]) == [1]
+        pid = child.pid
+        assert pid is not None
+        os.kill(pid, signal.SIGSTOP)
+        with pytest.raises(ChildDied, match=r"did not answer within 1s and was killed"):
+            await asyncio.wait_for(child.run([partial(int, "2")]), 30)
+        _wait_for(lambda: not _alive(pid), "the stopped encoder to be killed", timeout=10)
+        assert await child.run([partial(int, "3")]) == [3]
+        assert child.pid != pid
+    finally:
+        await child.aclose()
+
+
+async def test_closing_does_not_wait_for_a_stopped_encoder_forever() -> None:
+    """The run's end with the encoder stopped mid-batch: the close kills it after its
+    timeout instead of hanging."""
+    child = ChildProcess()
+    assert await child.run([partial(int, "1")]) == [1]
+    pid = child.pid
+    assert pid is not None
+    os.kill(pid, signal.SIGSTOP)
+    held = asyncio.ensure_future(child.run([partial(int, "2")]))
+    await asyncio.sleep(0.2)
+    started = time.monotonic()
+    await asyncio.wait_for(child.aclose(timeout_s=1.0), 30)
+    assert time.monotonic() - started < 10
+    with pytest.raises(ChildDied):
+        await asyncio.wait_for(held, 10)
+    _wait_for(lambda: not _alive(pid), "the stopped encoder to be killed", timeout=10)
+
+
+@pytest.mark.slow
+def test_ctrl_c_with_the_encoder_stopped_still_ends_the_run_with_130(
+    tmp_path: Path, write_config: Callable[..., Path], sandbox_server: Any
+) -> None:
+    """The encoder stopped (SIGSTOP) mid-run, then Ctrl-C: the run ends with 130 within the
+    grace period plus the close's timeout, prints its summary and no traceback."""
+    out = tmp_path / "out"
+    config = write_config(_parquet(_config(out, rate=180_000)))
+    err = tmp_path / "stderr"
+    with sandbox_server(limit=0) as server, err.open("w") as stderr:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "exporter", "run", str(config), "--as-of", AS_OF],
+            env=_env(server.url),
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=stderr,
+            text=True,
+        )
+        _wait_for(lambda: len(data_files(out)) >= 5, "the run to write some files")
+        encoders = [
+            pid
+            for pid in _children(proc.pid)
+            if "spawn_main" in Path(f"/proc/{pid}/cmdline").read_text()
+        ]
+        assert len(encoders) == 1
+        os.kill(encoders[0], signal.SIGSTOP)
+        time.sleep(0.5)
+        started = time.monotonic()
+        proc.send_signal(signal.SIGINT)
+        stdout, _ = proc.communicate(timeout=60)
+        assert proc.returncode == 130
+        assert time.monotonic() - started < 30
+    assert "series:" in stdout
+    assert "Traceback" not in err.read_text()
+    _wait_for(lambda: not _alive(encoders[0]), "the stopped encoder to be killed", timeout=10)

@@ -375,3 +375,28 @@ def test_a_second_signal_stops_at_once(tmp_path: Path, first: int, second: int, 
     assert "Traceback" not in err
     assert "rerun the same command to resume" in err
     assert b"series: " in out
+
+
+def test_too_little_memory_to_start_is_one_line_and_exit_4(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A tester under ulimit -v 60 MB got a MemoryError traceback while the CLI imported its
+    libraries: now one line and exit 4."""
+    import builtins
+    import sys
+
+    from exporter import entry
+
+    real_import = builtins.__import__
+
+    def starved(name: str, *args: Any, **kwargs: Any) -> Any:
+        if name == "exporter.cli":
+            raise MemoryError
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.delitem(sys.modules, "exporter.cli")
+    monkeypatch.setattr(builtins, "__import__", starved)
+    assert entry.main() == 4
+    assert capsys.readouterr().err == (
+        "error: out of memory while starting: give braze-export more memory\n"
+    )
