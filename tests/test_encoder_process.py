@@ -13,7 +13,7 @@ from collections.abc import Callable
 from datetime import UTC
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import pyarrow.parquet as pq
 import pytest
@@ -50,6 +50,21 @@ def _children(pid: int) -> list[int]:
             if int(stat[1]) == pid and stat[0] != "Z":
                 found.append(int(entry.name))
     return found
+
+
+def _start_run(
+    config: Path, url: str, stderr: IO[str], stdout: int, **popen: Any
+) -> subprocess.Popen[str]:
+    """``braze-export run CONFIG`` against ``url``, as a subprocess."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "exporter", "run", str(config), "--as-of", AS_OF],
+        env=_env(url),
+        cwd=ROOT,
+        stdout=stdout,
+        stderr=stderr,
+        text=True,
+        **popen,
+    )
 
 
 def _alive(pid: int) -> bool:
@@ -265,14 +280,7 @@ def test_ctrl_c_stops_a_parquet_run_with_130_and_everything_saved(
     config = write_config(_parquet(_config(out, rate=180_000)))
     err = tmp_path / "stderr"
     with sandbox_server(limit=0) as server, err.open("w") as stderr:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "exporter", "run", str(config), "--as-of", AS_OF],
-            env=_env(server.url),
-            cwd=ROOT,
-            stdout=subprocess.DEVNULL,
-            stderr=stderr,
-            start_new_session=True,
-        )
+        proc = _start_run(config, server.url, stderr, subprocess.DEVNULL, start_new_session=True)
         _wait_for(lambda: len(data_files(out)) >= 5, "the run to write some files")
         helpers = _children(proc.pid)
         assert helpers
@@ -393,14 +401,7 @@ def test_ctrl_c_with_the_encoder_stopped_still_ends_the_run_with_130(
     config = write_config(_parquet(_config(out, rate=180_000)))
     err = tmp_path / "stderr"
     with sandbox_server(limit=0) as server, err.open("w") as stderr:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "exporter", "run", str(config), "--as-of", AS_OF],
-            env=_env(server.url),
-            cwd=ROOT,
-            stdout=subprocess.PIPE,
-            stderr=stderr,
-            text=True,
-        )
+        proc = _start_run(config, server.url, stderr, subprocess.PIPE)
         _wait_for(lambda: len(data_files(out)) >= 5, "the run to write some files")
         encoders = [
             pid
