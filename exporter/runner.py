@@ -35,7 +35,7 @@ from exporter.sandbox import SandboxOptions, start_sandbox
 from exporter.series import KINDS, LIST_POOL, WORKSPACE_POOL
 from exporter.state import State, state_path
 from exporter.storage import WORK_DIR, DirLock, Journal
-from exporter.writers import PartitionWriter
+from exporter.writers import PartitionWriter, start_encoder
 
 __all__ = [
     "EXIT_AUTH",
@@ -124,6 +124,11 @@ async def execute(
     origin = "sandbox" if source["sandbox"] else source["endpoint_host"]
     signals: list[int] = []
     async with contextlib.AsyncExitStack() as stack:  # closes in reverse order
+        # Parquet's pyarrow must import before anything is written or sent: an exit 2 for
+        # it leaves the output untouched.
+        encoder = await start_encoder(config.output.format, local=options.remote is None)
+        if encoder is not None:
+            stack.push_async_callback(encoder.aclose)  # also closed by the writer: harmless
         layout = f"{config.fingerprint}|{source['sandbox']}"
         remote: RemoteRun | None = None
         if options.remote is None:
@@ -184,9 +189,10 @@ async def execute(
             ),
             store=None if remote is None else remote.store,
             tz=config.tz,
+            encoder=encoder,
         )
         stack.push_async_callback(writer.aclose)
-        await writer.ready()  # before any request: Parquet's pyarrow must import
+        await writer.ready()  # the encoder is warm: returns at once
         endpoint = config.braze.endpoint
         if key is None:
             key = ApiKey(secrets.token_urlsafe(24))

@@ -50,6 +50,7 @@ __all__ = [
     "atomic_write",
     "encode_id",
     "partition_path",
+    "start_encoder",
 ]
 
 log = logging.getLogger(__name__)
@@ -141,6 +142,7 @@ class PartitionWriter:
         on_written: Callable[[list[WrittenFile]], None] | None = None,
         store: Store | None = None,
         tz: tzinfo = UTC,
+        encoder: ChildProcess | None = None,
     ) -> None:
         """``tz`` is the config's zone (for day labels that carry an offset, as
         :func:`exporter.plan.period_of` reads them); ``token`` names the temp files (the
@@ -162,7 +164,7 @@ class PartitionWriter:
         self._pending: list[_Staged] = []
         self._flusher: asyncio.Task[None] | None = None
         self._root_fd: int | None = None
-        self._stager = _Stager() if fmt == "parquet" and store is None else None
+        self._stager = _Stager(encoder) if fmt == "parquet" and store is None else None
 
     async def ready(self) -> None:
         """Before the first request: check the format can be written (Parquet: pyarrow
@@ -358,6 +360,29 @@ def _parse(
         ) from None
     except ExporterError as exc:
         raise ExporterError(f"cannot merge into {name}: {exc}") from None
+
+
+async def start_encoder(fmt: str, *, local: bool) -> ChildProcess | None:
+    """Before a run touches its output: for local Parquet, the encoder process, started and
+    warmed up (pyarrow imported in it), to hand to :class:`PartitionWriter`; for Parquet on
+    object storage, pyarrow imported here; None for other formats. ConfigError if pyarrow
+    cannot be imported. An encoder that cannot start is left for the writer to replace with
+    threads (pyarrow is then imported here)."""
+    if fmt != "parquet":
+        return None
+    if not local:
+        formats.load_pyarrow()
+        return None
+    encoder = ChildProcess(warm_up=_warm_up)
+    try:
+        outcome = await encoder.warmed_up()
+    except ChildUnavailable:
+        formats.load_pyarrow()
+        return encoder
+    if isinstance(outcome, BaseException):
+        await encoder.aclose()
+        raise outcome
+    return encoder
 
 
 def _warm_up() -> None:
