@@ -300,7 +300,7 @@ class Pipeline:
                 await asyncio.wait([watcher])
             if self._keeping:  # writes of answered requests whose workers were cancelled
                 # Within the grace a stop gave (a fatal error gives one of its own).
-                since = self._clock() - self._stopped_at if self._stopped_at else 0.0
+                since = self._clock() - self._stopped_at if self._stopping.is_set() else 0.0
                 await asyncio.wait(self._keeping, timeout=max(0.0, self.grace_s - since))
             result.finished = self._clock()
         return result

@@ -192,7 +192,6 @@ async def execute(
             encoder=encoder,
         )
         stack.push_async_callback(writer.aclose)
-        await writer.ready()  # the encoder is warm: returns at once
         endpoint = config.braze.endpoint
         if key is None:
             key = ApiKey(secrets.token_urlsafe(24))

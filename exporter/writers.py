@@ -166,14 +166,6 @@ class PartitionWriter:
         self._root_fd: int | None = None
         self._stager = _Stager(encoder) if fmt == "parquet" and store is None else None
 
-    async def ready(self) -> None:
-        """Before the first request: check the format can be written (Parquet: pyarrow
-        imports, in the encoder process for a local directory). ConfigError if not."""
-        if self._stager is not None:
-            await self._stager.ready()
-        elif self.fmt == "parquet":
-            formats.load_pyarrow()
-
     async def aclose(self) -> None:
         """Finish the batch in progress (a cancelled write's batch still completes)."""
         if self._flusher is not None:
@@ -421,20 +413,6 @@ class _Stager:
             self._child.start()  # now: its imports overlap the run's start
         except ChildUnavailable as exc:
             self._fall_back(exc)
-
-    async def ready(self) -> None:
-        """Wait until partitions can be encoded: the encoder process has imported pyarrow
-        (or, on threads, this process has). ConfigError if pyarrow cannot be imported."""
-        if self._child is not None:
-            try:
-                outcome = await self._child.warmed_up()
-            except ChildUnavailable as exc:
-                self._fall_back(exc)
-            else:
-                if isinstance(outcome, BaseException):
-                    raise outcome
-                return
-        formats.load_pyarrow()  # the threads encode in this process
 
     async def run(self, job: Job) -> _Prepared:
         loop = asyncio.get_running_loop()
