@@ -184,8 +184,9 @@ class MessagingRow:
 
 @dataclass(frozen=True, slots=True)
 class Flattened:
-    """The rows of one answer, in the answer's order, and the key paths of the leaves that
-    were not numbers (``data[0].messages.email[1].foo``)."""
+    """The rows of one answer, in the answer's order, and the key paths of what could not
+    be a row (``data[0].messages.email[1].foo``): strings, booleans, nulls, NaN or infinite
+    numbers, and keys of a Canvas answer beside its days."""
 
     rows: tuple[MessagingRow, ...]
     skipped: tuple[str, ...]
@@ -211,7 +212,7 @@ def flatten(
     return Flattened(tuple(walk.rows), tuple(walk.skipped))
 
 
-Base = dict[str, Any]  # the row fields fixed above a leaf: ids, time and breakdowns
+_Base = dict[str, Any]  # the row fields fixed above a leaf: ids, time and breakdowns
 
 
 class _Walk:
@@ -265,7 +266,7 @@ class _Walk:
                 elif key != "time":
                     self.leaf(value, key, where, base)
 
-    def named(self, value: object, path: str, base: Base, id_key: str, name_key: str) -> None:
+    def named(self, value: object, path: str, base: _Base, id_key: str, name_key: str) -> None:
         """``{API_ID: {"name": ..., metrics..., "messages"?: ...}}`` (variants, steps)."""
         if value is None:  # optional: absent unless the breakdown was asked for
             return
@@ -279,7 +280,7 @@ class _Walk:
                 elif key != "name":
                     self.leaf(leaf, key, f"{where}.{key}", named)
 
-    def messages(self, value: object, path: str, base: Base) -> None:
+    def messages(self, value: object, path: str, base: _Base) -> None:
         """``{channel: [entry, ...]}``; an entry's variation id and name are attributes."""
         if value is None:
             return
@@ -301,11 +302,11 @@ class _Walk:
                     if key not in ("variation_api_id", "variation_name"):
                         self.leaf(leaf, key, f"{at}.{key}", row)
 
-    def metrics(self, stats: Mapping[str, Any], path: str, base: Base) -> None:
+    def metrics(self, stats: Mapping[str, Any], path: str, base: _Base) -> None:
         for key, value in stats.items():
             self.leaf(value, key, f"{path}.{key}", base)
 
-    def leaf(self, value: object, metric: str, path: str, base: Base) -> None:
+    def leaf(self, value: object, metric: str, path: str, base: _Base) -> None:
         """A value where Braze documents a number: rows for every number in it."""
         for sub, number in _numbers(value, metric, path, self.skipped):
             self.rows.append(MessagingRow(metric=sub, value=number, **base))
