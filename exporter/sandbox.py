@@ -47,7 +47,15 @@ from datetime import UTC, date, datetime, timedelta
 
 from aiohttp import web
 
-from exporter.series import KINDS, LIST_POOL, LISTS, WORKSPACE_POOL, ListSource, SeriesKind
+from exporter.series import (
+    CAMPAIGNS_POOL,
+    KINDS,
+    LIST_POOL,
+    LISTS,
+    WORKSPACE_POOL,
+    ListSource,
+    SeriesKind,
+)
 
 __all__ = [
     "FAULT_KINDS",
@@ -78,7 +86,7 @@ HOUR_LABELS = {"naive": "", "z": "Z", "offset": "+00:00"}
 RESET_STYLES = ("seconds", "ms", "past", "missing")
 POOLS: tuple[str, ...] = tuple(
     dict.fromkeys(
-        [WORKSPACE_POOL, LIST_POOL]
+        [WORKSPACE_POOL, LIST_POOL, CAMPAIGNS_POOL]
         + [k.pool for k in KINDS.values()]
         + [s.pool for s in LISTS.values()]
     )
@@ -93,6 +101,8 @@ class SandboxOptions:
     limit: int = 250_000  # workspace pool: requests per window; 0 turns the rate limit off
     list_limit: int = 1_000  # the lists pool (/events/list, /purchases/product_list); 0: off
     window_s: float = 3600.0
+    campaigns_limit: int = 50_000  # /campaigns/data_series' own pool, per campaigns_window_s
+    campaigns_window_s: float = 60.0
     throttle: Mapping[str, int] = field(default_factory=dict)  # pool -> its first K answer 429
     fault_rate: float = 0.0
     seed: int = 0
@@ -111,6 +121,8 @@ class SandboxOptions:
     segments: int = 230  # the catalogue behind the list endpoints
     events: int = 40
     products: int = 12
+    campaigns: int = 150  # the campaigns and Canvases of exporter.sandbox_messaging
+    canvases: int = 40
     product_page_size: int = PRODUCT_PAGE_SIZE
     clock: Callable[[], float] = time.time
 
@@ -120,12 +132,19 @@ class SandboxOptions:
         unknown = sorted(set(self.throttle) - set(POOLS))
         if unknown:
             raise ValueError(f"throttle: unknown pool {unknown[0]!r}; pools: {', '.join(POOLS)}")
-        if min(self.segments, self.events, self.products) < 0 or self.product_page_size < 1:
+        sizes = (self.segments, self.events, self.products, self.campaigns, self.canvases)
+        if min(sizes) < 0 or self.product_page_size < 1:
             raise ValueError("catalogue sizes must be >= 0 and product_page_size >= 1")
 
     def pool_limit(self, pool: str) -> int:
         """Requests per window in ``pool`` (0: no limit)."""
+        if pool == CAMPAIGNS_POOL:
+            return self.campaigns_limit
         return self.list_limit if pool == LIST_POOL else self.limit
+
+    def pool_window(self, pool: str) -> float:
+        """The length of ``pool``'s fixed window in seconds."""
+        return self.campaigns_window_s if pool == CAMPAIGNS_POOL else self.window_s
 
 
 @dataclass
@@ -370,10 +389,11 @@ class _Sandbox:
         if limit <= 0:
             return {}, throttled
         now = opts.clock()
-        window = math.floor(now / opts.window_s)
+        window_s = opts.pool_window(pool)
+        window = math.floor(now / window_s)
         used = counts.window_counts.get(window, 0) + 1
         counts.window_counts[window] = used
-        reset = math.ceil((window + 1) * opts.window_s)
+        reset = math.ceil((window + 1) * window_s)
         over = used > limit or throttled
         if not over:
             counts.max_in_window = max(counts.max_in_window, used)
@@ -387,7 +407,7 @@ class _Sandbox:
             headers["X-RateLimit-Reset"] = str(reset * 1000)
         elif opts.reset_style == "past":
             # A stale value: a reset that has already happened, a minute before this window.
-            headers["X-RateLimit-Reset"] = str(math.floor(window * opts.window_s) - 60)
+            headers["X-RateLimit-Reset"] = str(math.floor(window * window_s) - 60)
         return headers, over
 
     def _admit(
@@ -646,6 +666,10 @@ def make_app(options: SandboxOptions | None = None) -> web.Application:
         app.router.add_get(kind.path, sandbox.series_handler(kind))
     for source in LISTS.values():
         app.router.add_get(source.path, sandbox.list_handler(source))
+    # Imported here: the campaign and Canvas endpoints are built on this module's helpers.
+    from exporter.sandbox_messaging import add_messaging_routes
+
+    add_messaging_routes(app, sandbox)
     app.router.add_get("/_sandbox/stats", sandbox.stats_view)
     return app
 
@@ -681,13 +705,10 @@ def run_sandbox(options: SandboxOptions, host: str, port: int) -> None:
     async def serve() -> None:
         runner, url = await start_sandbox(options, host, port)
         limits = ", ".join(
-            f"{pool} {'off' if n <= 0 else n}"
+            f"{pool} {'off' if n <= 0 else f'{n}/{options.pool_window(pool):g}s'}"
             for pool, n in ((p, options.pool_limit(p)) for p in POOLS)
         )
-        print(
-            f"sandbox listening on {url} (rate limits per {options.window_s:g}s: {limits})",
-            flush=True,
-        )
+        print(f"sandbox listening on {url} (rate limits: {limits})", flush=True)
         try:
             await asyncio.Event().wait()
         finally:

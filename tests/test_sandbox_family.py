@@ -361,8 +361,8 @@ async def test_throttle_answers_the_first_requests_of_one_pool_429(
 
 def test_throttle_of_an_unknown_pool_is_refused() -> None:
     """SandboxOptions(throttle=...) names only known pools."""
-    with pytest.raises(ValueError, match="unknown pool 'campaigns'"):
-        SandboxOptions(throttle={"campaigns": 1})
+    with pytest.raises(ValueError, match="unknown pool 'canvas'"):
+        SandboxOptions(throttle={"canvas": 1})
 
 
 async def test_stats_count_per_path_and_per_pool(sandbox: Start) -> None:
@@ -398,7 +398,7 @@ def test_sandbox_command_passes_catalogue_and_pool_flags(monkeypatch: pytest.Mon
     assert options.list_limit == 7
     assert dict(options.throttle) == {"lists": 5}
     with pytest.raises(SystemExit) as exc:
-        cli.main(["sandbox", "--throttle-pool", "campaigns:5"])
+        cli.main(["sandbox", "--throttle-pool", "canvas:5"])
     assert exc.value.code == 2
 
 
