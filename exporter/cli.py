@@ -86,13 +86,14 @@ exit status:
            manifest could not be written); the summary says which and why
   2        invalid config or command line: nothing was fetched or written
   3        Braze refused the key (401/403): check the key, its permission and the host
-  4        the endpoint is unreachable (fail-fast)
+  4        the endpoint is unreachable, not Braze, or redirects (3xx, never followed)
   5        the output directory is held by another run
   130/143  interrupted by SIGINT (Ctrl-C) / SIGTERM: completed requests are saved, rerun to
            resume; a second signal stops at once
 
 environment:
-  BRAZE_API_KEY        the REST API key (the variable braze.api_key_env names)
+  BRAZE_API_KEY        the REST API key (the variable braze.api_key_env names; at least
+                       16 characters; redacted as *** from every output and file)
   {api_key_env}_FILE   e.g. BRAZE_API_KEY_FILE: a file holding the key, read when the
                        variable is unset or empty (mounted secrets)
   BRAZE_REST_ENDPOINT  overrides braze.endpoint
