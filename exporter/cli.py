@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import contextvars
 import json
 import logging
 import math
@@ -25,7 +26,7 @@ from exporter.config import ApiKey, Config, check_date, expand_home, load_config
 from exporter.discover import DiscoverSpec, discovery_cost
 from exporter.doctor import DoctorReport, diagnose
 from exporter.errors import ConfigError, DirectoryBusy, ExporterError, Unreachable
-from exporter.logs import logging_for_run, new_run_id, set_secret
+from exporter.logs import console, logging_for_run, new_run_id
 from exporter.manifest import verify
 from exporter.plan import (
     Discovered,
@@ -36,6 +37,7 @@ from exporter.plan import (
     discovery_needs,
 )
 from exporter.progress import eta_seconds, format_duration
+from exporter.redact import redacted_streams, register_secret
 from exporter.remote import CHECKPOINT_S, LOCK_TTL_S, ObjectStore, is_remote
 from exporter.runner import (
     EXIT_AUTH,
@@ -84,13 +86,14 @@ exit status:
            manifest could not be written); the summary says which and why
   2        invalid config or command line: nothing was fetched or written
   3        Braze refused the key (401/403): check the key, its permission and the host
-  4        the endpoint is unreachable (fail-fast)
+  4        the endpoint is unreachable, not Braze, or redirects (3xx, never followed)
   5        the output directory is held by another run
   130/143  interrupted by SIGINT (Ctrl-C) / SIGTERM: completed requests are saved, rerun to
            resume; a second signal stops at once
 
 environment:
-  BRAZE_API_KEY        the REST API key (the variable braze.api_key_env names)
+  BRAZE_API_KEY        the REST API key (the variable braze.api_key_env names; at least
+                       16 characters; redacted as *** from every output and file)
   {api_key_env}_FILE   e.g. BRAZE_API_KEY_FILE: a file holding the key, read when the
                        variable is unset or empty (mounted secrets)
   BRAZE_REST_ENDPOINT  overrides braze.endpoint
@@ -101,26 +104,30 @@ def main(argv: Sequence[str] | None = None) -> int:
     for name in ("stdout", "stderr"):
         if getattr(sys, name) is None:  # started with the stream closed (`>&-`)
             setattr(sys, name, open(os.devnull, "w"))  # noqa: SIM115 - for the whole process
+    argv = sys.argv[1:] if argv is None else list(argv)
+    _ASKED_FORMAT.set(_asked_format(argv))
     args = build_parser().parse_args(argv)
-    args.command_line = shlex.join(["braze-export", *(sys.argv[1:] if argv is None else argv)])
+    args.command_line = shlex.join(["braze-export", *argv])
     args.run_id = new_run_id()
-    try:
-        with logging_for_run(args.log_level, args.log_format, run_id=args.run_id) as handler:
-            args.log_handler = handler
+    with (
+        redacted_streams(),
+        logging_for_run(args.log_level, args.log_format, run_id=args.run_id),
+    ):
+        try:
             code = _dispatch(args)
             sys.stdout.flush()  # a closed pipe shows here, not as noise at interpreter exit
             return code
-    except BrokenPipeError:
-        # The reader went away (`plan --json | head`): stop writing, quietly. A run's status
-        # is the run's; anything else did not get all of its output out.
-        _silence_stdout()
-        return int(getattr(args, "exit_code", EXIT_FAILED))
-    except OSError as exc:
-        # Output that cannot be written (`> /dev/full`): one line on stderr, if it works.
-        _silence_stdout()
-        with contextlib.suppress(OSError):
-            print(f"error: cannot write the output: {exc.strerror or exc}", file=sys.stderr)
-        return int(getattr(args, "exit_code", EXIT_FAILED)) or EXIT_FAILED
+        except BrokenPipeError:
+            # The reader went away (`plan --json | head`): stop writing, quietly. A run's
+            # status is the run's; anything else did not get all of its output out.
+            _silence_stdout()
+            return int(getattr(args, "exit_code", EXIT_FAILED))
+        except OSError as exc:
+            # Output that cannot be written (`> /dev/full`): one line on stderr, if it works.
+            _silence_stdout()
+            with contextlib.suppress(OSError):
+                console(f"error: cannot write the output: {exc.strerror or exc}")
+            return int(getattr(args, "exit_code", EXIT_FAILED)) or EXIT_FAILED
 
 
 def _silence_stdout() -> None:
@@ -137,36 +144,54 @@ def _dispatch(args: argparse.Namespace) -> int:
     try:
         code: int = args.func(args)
     except ConfigError as exc:
-        print(f"error: {exc}".replace("\n", "\nerror: "), file=sys.stderr)
+        for line in str(exc).splitlines():
+            console(f"error: {line}")
         return EXIT_USAGE
     except DirectoryBusy as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        console(f"error: {exc}")
         return EXIT_BUSY
-    except Unreachable as exc:  # nothing can work: the output cannot be written at all
-        print(f"error: {exc}", file=sys.stderr)
+    except Unreachable as exc:  # nothing can work: unreachable, or the output not writable
+        console(f"error: {exc}")
         return EXIT_UNREACHABLE
     except MemoryError:
-        print(
+        console(
             "error: out of memory: give braze-export more memory (completed periods are "
-            "saved; rerun the same command to resume)",
-            file=sys.stderr,
+            "saved; rerun the same command to resume)"
         )
         return EXIT_FAILED
     except ExporterError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        console(f"error: {exc}")
         return EXIT_FAILED
     except KeyboardInterrupt:
         # Only before a run installs its own handlers (while starting up): nothing to save.
-        print("interrupted", file=sys.stderr)
+        console("interrupted", event="interrupted")
         return EXIT_SIGNAL[signal.SIGINT]
     return code
 
 
+# --log-format as the command line asks it, for usage errors (found before it is parsed).
+_ASKED_FORMAT: contextvars.ContextVar[str] = contextvars.ContextVar("log_format", default="text")
+
+
+def _asked_format(argv: Sequence[str]) -> str:
+    fmt = "text"
+    for n, arg in enumerate(argv):
+        if arg == "--log-format" and n + 1 < len(argv):
+            fmt = argv[n + 1]
+        elif arg.startswith("--log-format="):
+            fmt = arg.partition("=")[2]
+    return fmt
+
+
 class _Parser(argparse.ArgumentParser):
-    """Usage errors are one line, like every other error, and exit 2."""
+    """Usage errors are one line, like every other error (a JSON record with --log-format
+    json), and exit 2."""
 
     def error(self, message: str) -> NoReturn:
-        self.exit(EXIT_USAGE, f"error: {self.prog}: {message} (see {self.prog} --help)\n")
+        line = f"error: {self.prog}: {message} (see {self.prog} --help)"
+        with logging_for_run("ERROR", _ASKED_FORMAT.get(), run_id=new_run_id()):
+            console(line)
+        self.exit(EXIT_USAGE)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -664,9 +689,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if args.out == "":
         raise ConfigError("--out: must not be empty (leave it out to use output.dir)")
     config, plan = _load(args)
-    key = None if args.sandbox else resolve_api_key(config)
-    if key is not None:
-        set_secret(args.log_handler, key.reveal())
+    key = None if args.sandbox else _api_key(config)
     if args.out:
         target = args.out
     elif args.sandbox:
@@ -700,6 +723,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         fresh=args.fresh,
         sandbox=args.sandbox,
         progress_interval=args.progress_interval,
+        redraw_progress=args.log_format == "text",  # in JSON, every stderr line is a record
         command=args.command_line,
     )
     planned: Plan | PlanRequest = (
@@ -715,10 +739,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
         print(f"manifest: {outcome.manifest}")
     else:
         print(f"manifest: NOT written: {outcome.manifest_error}")
-        print(
+        console(
             f"error: run manifest {outcome.manifest} not written: {outcome.manifest_error}; "
-            f"the data files written are whole, but no manifest records them for verify",
-            file=sys.stderr,
+            f"the data files written are whole, but no manifest records them for verify"
         )
     log.info(
         "run finished with exit status %d",
@@ -726,24 +749,29 @@ def _cmd_run(args: argparse.Namespace) -> int:
         extra={"event": "run_finished", "status": outcome.exit_code},
     )
     if outcome.signal_name:
-        print(
+        console(
             f"interrupted by {outcome.signal_name}: completed requests are saved; "
             f"rerun the same command to resume",
-            file=sys.stderr,
+            event="interrupted",
         )
     elif outcome.result.auth_error is not None:
-        print(f"error: {outcome.result.auth_error}", file=sys.stderr)
+        console(f"error: {outcome.result.auth_error}")
     elif outcome.result.unreachable is not None:
-        print(f"error: {outcome.result.unreachable}", file=sys.stderr)
+        console(f"error: {outcome.result.unreachable}")
     return outcome.exit_code
+
+
+def _api_key(config: Config) -> ApiKey:
+    """The run's key, registered for redaction before anything could echo it."""
+    key = resolve_api_key(config)
+    register_secret(key.reveal())
+    return key
 
 
 def _cmd_doctor(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     as_of = datetime.now(config.tz).date()
-    key = None if args.sandbox else resolve_api_key(config)
-    if key is not None:
-        set_secret(args.log_handler, key.reveal())
+    key = None if args.sandbox else _api_key(config)
 
     async def check() -> DoctorReport:
         if key is not None:

@@ -23,6 +23,7 @@ from exporter.errors import (
     SeriesError,
     ServerError,
     TransportError,
+    Unreachable,
 )
 from exporter.plan import Request, Series, period_of
 from exporter.ratelimit import RateHeaders, parse_rate_headers
@@ -55,6 +56,7 @@ class Response:
     status: int
     rate: RateHeaders
     body: bytes
+    redirect: str | None = None  # a 3xx's Location as scheme://host[:port] only, if usable
 
 
 def make_session(concurrency: int) -> aiohttp.ClientSession:
@@ -119,11 +121,17 @@ class BrazeClient:
         label: str | None = None,
     ) -> Response:
         try:
+            # Never follow a redirect: it would resend the key to wherever it points.
             async with self._session.get(
-                url, params=params, headers=self._headers, timeout=self._timeout
+                url,
+                params=params,
+                headers=self._headers,
+                timeout=self._timeout,
+                allow_redirects=False,
             ) as resp:
                 body = await _read_body(resp)
-                return Response(resp.status, parse_rate_headers(resp.headers, self._clock()), body)
+                rate = parse_rate_headers(resp.headers, self._clock())
+                return Response(resp.status, rate, body, _redirect_origin(resp))
         except TimeoutError:
             raise TransportError(
                 f"no response from {self.host} in time",
@@ -137,6 +145,19 @@ class BrazeClient:
             raise TransportError(
                 f"{text} ({self.host})", series=series, cause=cause, detail=text, label=label
             ) from None
+
+
+def _redirect_origin(resp: aiohttp.ClientResponse) -> str | None:
+    """Where a 3xx points, as ``scheme://host[:port]`` (a relative Location is this host):
+    never its path, query or user, which may hold anything, the key included."""
+    location = resp.headers.get("Location")
+    if not 300 <= resp.status < 400 or not location:
+        return None
+    try:
+        target = resp.url.join(URL(location))
+        return str(target.origin()) if target.host else None
+    except ValueError:
+        return None
 
 
 async def _read_body(resp: aiohttp.ClientResponse) -> bytes:
@@ -199,10 +220,22 @@ def raise_for_status(
     """The classified error of a response that is not a 200, for a series or (``label``) a
     list page: 429 RateLimited (``reset_at`` raw from Retry-After or Reset: the caller's
     budget judges it), 401/403 AuthError naming ``permission``, 5xx and 408 ServerError,
-    anything else ``rejected`` (not retried)."""
+    3xx Unreachable (a redirect is never followed: the run stops, exit 4), anything else
+    ``rejected`` (not retried)."""
     status = response.status
     if status == 200:
         return
+    if 300 <= status < 400:
+        where = response.redirect or "a Location that is no URL"
+        hint = (
+            f"set braze.endpoint to {response.redirect} if that is your instance's REST host"
+            if response.redirect
+            else "set braze.endpoint to your instance's REST host (see README, Hosts)"
+        )
+        raise Unreachable(
+            f"the endpoint answered HTTP {status}, a redirect to {where}; redirects are not "
+            f"followed (they would send the key elsewhere): {hint}"
+        )
     message = _braze_message(response.body)
     if status == 429:
         reset = response.rate.retry_after_at or response.rate.reset_at

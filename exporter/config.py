@@ -38,6 +38,7 @@ from pydantic import (
 )
 
 from exporter.errors import ConfigError
+from exporter.redact import MIN_KEY_CHARS
 from exporter.series import DIMENSIONS, KINDS, SERIES_NAMES, WORKSPACE_POOL
 
 __all__ = [
@@ -532,6 +533,14 @@ def resolve_api_key(config: Config, env: Mapping[str, str] | None = None) -> Api
     if value[0] in "'\"" or any(c.isspace() for c in value):
         # Braze answers 401 to a quoted key; say so before spending a request on it.
         raise ConfigError(f"{config.source}: braze.api_key_env: {name} holds quotes or spaces")
+    if len(value) < MIN_KEY_CHARS:
+        # Braze's REST keys are 36-character UUIDs; a short value is a placeholder or a
+        # truncation, and one too short could not be redacted from the output safely.
+        raise ConfigError(
+            f"{config.source}: braze.api_key_env: {name} holds {len(value)} character(s), "
+            f"fewer than {MIN_KEY_CHARS}: that is no Braze REST API key (those are 36-character "
+            "UUIDs)"
+        )
     return ApiKey(value)
 
 

@@ -42,6 +42,7 @@ from exporter.errors import (
     RateLimited,
 )
 from exporter.ratelimit import Budget
+from exporter.redact import holds_secret
 from exporter.retry import RetryPolicy, call_with_retries
 from exporter.series import LISTS, ListSource
 
@@ -178,8 +179,12 @@ def interpret_list(source: ListSource, response: Response, *, page: int | None =
 
 def _valid_id(value: Any) -> bool:
     """A string of 1..256 characters that is valid Unicode text (JSON's ``\\ud800`` escapes
-    give Python strings no file name, URL or UTF-8 file can hold)."""
+    give Python strings no file name, URL or UTF-8 file can hold), and that does not hold
+    the API key (a server echoing it into a list): ids become paths, rows and state keys,
+    which are then key-free by construction."""
     if not isinstance(value, str) or not 1 <= len(value) <= MAX_ID_CHARS:
+        return False
+    if holds_secret(value):
         return False
     try:
         value.encode("utf-8")

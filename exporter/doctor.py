@@ -25,7 +25,7 @@ from zoneinfo import ZoneInfo
 from exporter.client import BrazeClient, Point, Response, interpret, make_session
 from exporter.config import ApiKey, Config, Discover, Export, Unit
 from exporter.coverage import describe_offset
-from exporter.errors import ApiError, AuthError, RetryableError, TransportError
+from exporter.errors import ApiError, AuthError, RetryableError, TransportError, Unreachable
 from exporter.plan import Request, Series, discovery_needs, ending_at, hour_range, span_label
 from exporter.ratelimit import RateHeaders
 from exporter.series import KINDS, LISTS
@@ -250,6 +250,10 @@ def _points(
         report.say(f"{probe.series.unit}: {exc.reason}")
         report.verdict = "the probe was refused: check the first export's segment_id/app_id"
         report.exit_code = EXIT_PROBLEM
+    except Unreachable as exc:  # a redirect
+        report.say(f"endpoint: {probe.series.unit} probe redirected")
+        report.verdict = str(exc)
+        report.exit_code = EXIT_UNREACHABLE
     return None
 
 

@@ -3,7 +3,7 @@
     ExporterError
     ├── ConfigError              the config or the command line is wrong (exit 2)
     ├── Unreachable              nothing can work: the endpoint is not reachable or not Braze,
-    │                            or the output cannot be written (exit 4)
+    │                            redirects elsewhere, or the output cannot be written (exit 4)
     ├── WriteError               one partition could not be written (its series fails)
     ├── DirectoryBusy            another run holds the output directory (exit 5)
     └── ApiError                 one Braze call went wrong; carries the series it belongs to
@@ -19,7 +19,8 @@
         └── AuthError            401 / 403: no request of this run can succeed (exit 3)
 
 Messages never contain the API key, a header or a full URL: only the series, the status and
-what Braze said.
+what Braze said (and what Braze said is redacted where it is printed or written:
+:mod:`exporter.redact`).
 """
 
 from __future__ import annotations
@@ -144,8 +145,8 @@ class WriteError(ExporterError):
 
 
 class Unreachable(ExporterError):
-    """The run cannot succeed at all: every connection fails, the host is not Braze's, or the
-    output cannot be written (exit 4)."""
+    """The run cannot succeed at all: every connection fails, the host is not Braze's or
+    redirects (3xx) elsewhere, or the output cannot be written (exit 4)."""
 
 
 class MalformedResponse(RetryableError):

@@ -1,9 +1,15 @@
 """Logging: plain text for people, JSON lines for machines; every record knows its run.
 
 Log calls pass structured fields through ``extra={"event": ..., "series": ...}``. The JSON
-formatter writes them as keys; the text formatter shows only the message. A redaction filter
-replaces the API key with ``***`` in anything that reaches a handler: the code never logs the
-key, and this makes sure a library does not either.
+formatter writes them as keys (``series`` given as a mapping, such as
+:meth:`exporter.plan.Series.log_fields`, becomes one key per dimension); the text formatter
+shows only the message. Both formatters redact what they format (:mod:`exporter.redact`):
+the code never logs the key, and this makes sure a library or an echoing server does not
+either.
+
+:func:`console` is for the lines a command says to its user on stderr (``error: ...``,
+``interrupted ...``): as they are in text format, one JSON object each in JSON format, so
+that in that mode every line on stderr is JSON.
 """
 
 from __future__ import annotations
@@ -13,14 +19,17 @@ import logging
 import secrets
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import TextIO
 
-__all__ = ["FIELDS", "logging_for_run", "new_run_id", "set_secret", "setup_logging"]
+from exporter.redact import redact
+
+__all__ = ["FIELDS", "console", "logging_for_run", "new_run_id", "setup_logging"]
 
 FIELDS = ("event", "series", "attempt", "wait_s", "status")
+_CONSOLE = logging.getLogger("exporter.console")
 
 
 def new_run_id(now: float | None = None) -> str:
@@ -30,18 +39,23 @@ def new_run_id(now: float | None = None) -> str:
 
 
 class _Context(logging.Filter):
-    def __init__(self, run_id: str, secret: str | None) -> None:
+    def __init__(self, run_id: str) -> None:
         super().__init__()
         self.run_id = run_id
-        self.secret = secret
 
     def filter(self, record: logging.LogRecord) -> bool:
         record.run_id = self.run_id
-        if self.secret:
-            message = record.getMessage()
-            if self.secret in message:
-                record.msg, record.args = message.replace(self.secret, "***"), None
         return True
+
+
+class _TextFormatter(logging.Formatter):
+    def __init__(self) -> None:
+        super().__init__("%(levelname)s %(message)s")
+
+    def format(self, record: logging.LogRecord) -> str:
+        if getattr(record, "console", False):
+            return redact(record.getMessage())
+        return redact(super().format(record))
 
 
 class _JsonFormatter(logging.Formatter):
@@ -55,11 +69,13 @@ class _JsonFormatter(logging.Formatter):
         }
         for name in FIELDS[1:]:
             value = getattr(record, name, None)
-            if value is not None:
+            if isinstance(value, Mapping):
+                doc.update(value)  # a series' kind, dimensions and unit, one key each
+            elif value is not None:
                 doc[name] = value
         if record.exc_info:
             doc["error"] = self.formatException(record.exc_info)
-        return json.dumps(doc, ensure_ascii=False)
+        return redact(json.dumps(doc, ensure_ascii=False))
 
 
 def setup_logging(
@@ -67,17 +83,12 @@ def setup_logging(
     fmt: str,
     *,
     run_id: str,
-    secret: str | None = None,
     stream: TextIO | None = None,
 ) -> logging.Handler:
     """Route every log record to ``stream`` (stderr) in the chosen format; returns the handler."""
     handler = logging.StreamHandler(stream or sys.stderr)
-    if fmt == "json":
-        handler.setFormatter(_JsonFormatter())
-    else:
-        handler.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
-    context = _Context(run_id, secret)
-    handler.addFilter(context)
+    handler.setFormatter(_JsonFormatter() if fmt == "json" else _TextFormatter())
+    handler.addFilter(_Context(run_id))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
@@ -86,11 +97,16 @@ def setup_logging(
     return handler
 
 
-def set_secret(handler: logging.Handler, secret: str) -> None:
-    """Redact ``secret`` from records that reach ``handler`` from now on."""
-    for flt in handler.filters:
-        if isinstance(flt, _Context):
-            flt.secret = secret
+def console(line: str, *, event: str = "error", level: int = logging.ERROR) -> None:
+    """Say ``line`` to the user on stderr, whatever --log-level is: as it is in text format,
+    as a JSON record with ``event`` in JSON format."""
+    record = _CONSOLE.makeRecord(
+        _CONSOLE.name, level, "", 0, line, (), None, extra={"event": event, "console": True}
+    )
+    if logging.getLogger().handlers:
+        _CONSOLE.handle(record)  # not filtered by level: these lines are the command's answer
+    else:  # logging not set up (yet): as it is
+        print(redact(line), file=sys.stderr)
 
 
 @contextmanager

@@ -390,7 +390,7 @@ class Pipeline:
                             request.series.label,
                             self._periods(request),
                             exc.reason,
-                            extra={"event": "gap_failed", "series": request.series.label},
+                            extra={"event": "gap_failed", "series": self._fields(request)},
                         )
                     else:
                         self._fail(request, exc.reason)
@@ -412,6 +412,7 @@ class Pipeline:
                 lambda: self._attempt(request, sending, sent),
                 policy=self.policy,
                 label=f"{request.series.label} {self._periods(request)}",
+                fields=self._fields(request),
                 on_retry=lambda: self.result.count(request, "retries"),
                 stopping=self._stopping.is_set,
                 sleep=self._sleep,
@@ -570,6 +571,10 @@ class Pipeline:
     def _periods(self, request: Request) -> str:
         return describe_periods(request.series.unit, request.first, request.last)
 
+    def _fields(self, request: Request) -> dict[str, str | None]:
+        """The request for a JSON log record: its series' fields and its periods."""
+        return {**request.series.log_fields(), "periods": self._periods(request)}
+
     def _fail(self, request: Request, reason: str) -> None:
         series = request.series
         if series not in self.result.failures:
@@ -577,7 +582,7 @@ class Pipeline:
                 "failed %s: %s",
                 series.label,
                 reason,
-                extra={"event": "series_failed", "series": series.label},
+                extra={"event": "series_failed", "series": series.log_fields()},
             )
             self.result.failures[series] = reason
             self._coverage.fail(request.index)

@@ -79,6 +79,11 @@ class Series:
         """``(param, value)`` for each dimension of the kind, in column order."""
         return tuple((param, getattr(self, param)) for param in KINDS[self.kind].dimensions)
 
+    def log_fields(self) -> dict[str, str | None]:
+        """The series for a JSON log record: ``{"series": kind, <param>: value or None
+        (all), ..., "unit": unit}``, one key per dimension of the kind."""
+        return {"series": self.kind, **dict(self.dimensions()), "unit": self.unit}
+
     def sort_key(self) -> tuple[str, tuple[tuple[bool, str], ...], str]:
         dims = tuple((v is not None, v or "") for _, v in self.dimensions())
         return (self.kind, dims, self.unit)

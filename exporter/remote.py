@@ -43,6 +43,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from exporter.errors import ConfigError, DirectoryBusy, ExporterError
+from exporter.redact import redact_bytes
 from exporter.state import State
 from exporter.storage import JOURNAL_SUFFIX, RUNS_DIR, WORK_DIR, Holder
 
@@ -144,15 +145,17 @@ class ObjectStore:
         return data
 
     def put_sync(self, relative: str, data: bytes) -> None:
+        """Replace the object whole; the API key is redacted from ``data``, as from every
+        object this store writes."""
         try:
-            self.fs.pipe_file(self.full(relative), data)
+            self.fs.pipe_file(self.full(relative), redact_bytes(data))
         except Exception as exc:
             raise StorageError(f"cannot write {self.display(relative)}: {_reason(exc)}") from None
 
     def create(self, relative: str, data: bytes) -> bool:
         """Write ``relative`` only if no object has that name; False if one has."""
         try:
-            self.fs.pipe_file(self.full(relative), data, mode="create")
+            self.fs.pipe_file(self.full(relative), redact_bytes(data), mode="create")
         except FileExistsError:
             return False
         except (FileNotFoundError, PermissionError) as exc:  # no bucket, no access

@@ -25,6 +25,7 @@ from exporter.errors import (
     ExporterError,
     RetryableError,
     TransportError,
+    Unreachable,
 )
 from exporter.pipeline import Pipeline
 from exporter.plan import Plan, PlanRequest, discovery_needs
@@ -150,6 +151,9 @@ class Discovery:
         except TransportError as exc:
             if exc.connect_failed:
                 pipeline.result.unreachable = pipeline.cannot_reach(exc)
+            error = str(exc)
+        except Unreachable as exc:  # a redirect
+            pipeline.result.unreachable = exc
             error = str(exc)
         except (DiscoveryError, RetryableError) as exc:
             error = exc.reason if isinstance(exc, DiscoveryError) else str(exc)

@@ -15,7 +15,7 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -103,6 +103,7 @@ async def call_with_retries(
     *,
     policy: RetryPolicy,
     label: str,
+    fields: Mapping[str, object] | None = None,
     on_retry: Callable[[], None] = lambda: None,
     stopping: Callable[[], bool] = lambda: False,
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
@@ -110,7 +111,8 @@ async def call_with_retries(
     rand: Callable[[], float] = random.random,
 ) -> T:
     """Call ``fn`` until it succeeds or the policy gives up. ``label`` names the request in
-    the retry log lines; ``stopping`` returning true ends the retries (the run is stopping)."""
+    the retry log lines (``fields``, when given, name it in JSON ones); ``stopping``
+    returning true ends the retries (the run is stopping)."""
     counters = _Budget(policy, clock, rand, stopping)
     last: list[BaseException] = []
 
@@ -127,7 +129,7 @@ async def call_with_retries(
             wait,
             extra={
                 "event": "retry",
-                "series": label,
+                "series": label if fields is None else fields,
                 "attempt": state.attempt_number,
                 "wait_s": round(wait, 3),
             },

@@ -63,6 +63,7 @@ class RunOptions:
     fresh: bool = False
     sandbox: bool = False
     progress_interval: float | None = None
+    redraw_progress: bool = True  # one line redrawn on a terminal (not with JSON logs)
     command: str = "braze-export run"  # shown to a run that finds the directory held
     remote: str | None = None  # an object storage URL: out_dir is then unused
     work_dir: Path | None = None  # object storage: where the resume state lives while running
@@ -361,7 +362,7 @@ async def _with_signals_and_progress(
     loop = asyncio.get_running_loop()
     for signum in EXIT_SIGNAL:
         loop.add_signal_handler(signum, on_signal, signum)
-    interactive = sys.stderr.isatty()
+    interactive = options.redraw_progress and sys.stderr.isatty()
     if options.progress_interval is not None:
         interval = options.progress_interval
     else:

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from exporter.errors import ExporterError
+from exporter.redact import redact
 from exporter.writers import WrittenFile
 
 __all__ = ["State", "state_path"]
@@ -158,11 +159,12 @@ class State:
         from ``settle_from`` on are provisional. Raises ExporterError when it cannot (disk
         full): the series fails, the others go on."""
         rows: list[tuple[str, str, int, int, int]] = []
+        key = redact(series_key)  # ids are key-free already (discovery); text in, redacted
         for lo, hi in spans:
             if lo < settle_from:
-                rows.append((self._scope, series_key, lo, min(hi, settle_from - 1), _SETTLED))
+                rows.append((self._scope, key, lo, min(hi, settle_from - 1), _SETTLED))
             if hi >= settle_from:
-                rows.append((self._scope, series_key, max(lo, settle_from), hi, self._as_of))
+                rows.append((self._scope, key, max(lo, settle_from), hi, self._as_of))
         db = self._db
         try:
             db.execute("BEGIN")
@@ -177,7 +179,7 @@ class State:
                     [
                         (
                             self._run_id,
-                            os.path.relpath(f.path, self._root),
+                            redact(os.path.relpath(f.path, self._root)),
                             f.rows,
                             f.sha256,
                             f.version,
@@ -206,7 +208,7 @@ class State:
     def set_meta(self, key: str, value: str) -> None:
         try:
             self._db.execute(
-                "INSERT OR REPLACE INTO meta VALUES (?, ?, ?)", (self._scope, key, value)
+                "INSERT OR REPLACE INTO meta VALUES (?, ?, ?)", (self._scope, key, redact(value))
             )
         except sqlite3.Error as exc:
             log.warning("cannot record %s in %s: %s", key, self.path, exc)

@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from exporter.errors import DirectoryBusy, ExporterError, Unreachable
+from exporter.redact import redact
 
 __all__ = [
     "RUNS_DIR",
@@ -200,7 +201,8 @@ class Journal:
         )
 
     def _append(self, docs: Iterable[dict[str, Any]]) -> None:
-        data = "".join(json.dumps(doc, ensure_ascii=False) + "\n" for doc in docs).encode()
+        text = "".join(json.dumps(doc, ensure_ascii=False) + "\n" for doc in docs)
+        data = redact(text).encode()
         if not data or self._fd is None:
             return
         try:
@@ -306,7 +308,7 @@ def _next_sequence(locks: Path) -> int:
 def _write_json(path: Path, doc: object) -> None:
     """Replace a small file whole (callers hold the registry lock: the temp name is free)."""
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(doc), encoding="utf-8")
+    tmp.write_text(redact(json.dumps(doc)), encoding="utf-8")
     os.replace(tmp, path)
 
 

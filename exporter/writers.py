@@ -36,6 +36,7 @@ from exporter import formats
 from exporter.child import ChildDied, ChildProcess, ChildUnavailable, Job, Outcome, run_all
 from exporter.errors import ExporterError, WriteError
 from exporter.plan import Series
+from exporter.redact import redact_bytes
 from exporter.series import DIMENSIONS
 from exporter.storage import WORK_DIR
 
@@ -546,8 +547,9 @@ def _temp_file(tmp_dir: Path, token: str) -> tuple[str, int]:
 
 
 def _write_all(fd: int, chunks: Iterable[bytes]) -> None:
+    """Every local file's bytes pass here: the API key is redacted from each chunk."""
     for chunk in chunks:
-        view = memoryview(chunk)
+        view = memoryview(redact_bytes(chunk))
         while view:
             view = view[os.write(fd, view) :]
 

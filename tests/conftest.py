@@ -6,9 +6,10 @@ import asyncio
 import textwrap
 import threading
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 from aiohttp import ClientResponse, web
@@ -187,11 +188,22 @@ class NotBraze:
         self.loop.close()
 
 
-@pytest.fixture
-def not_braze() -> Iterator[NotBraze]:
-    server = NotBraze()
+Served = TypeVar("Served", bound=NotBraze)
+
+
+@contextmanager
+def serving(server: Served) -> Iterator[Served]:
+    """A NotBraze (or a subclass with its own ``_handle``) serving until the block ends."""
     server.thread.start()
     assert server.ready.wait(10)
-    yield server
-    server.loop.call_soon_threadsafe(server.loop.stop)
-    server.thread.join(10)
+    try:
+        yield server
+    finally:
+        server.loop.call_soon_threadsafe(server.loop.stop)
+        server.thread.join(10)
+
+
+@pytest.fixture
+def not_braze() -> Iterator[NotBraze]:
+    with serving(NotBraze()) as server:
+        yield server

@@ -180,10 +180,11 @@ def test_missing_file_and_directory(tmp_path: Path) -> None:
 def test_api_key_from_env_and_file(write_config: Callable[..., Path], tmp_path: Path) -> None:
     """The key comes from $BRAZE_API_KEY, or from the file $BRAZE_API_KEY_FILE names."""
     config = load_config(write_config(GOOD), env={})
-    assert resolve_api_key(config, {"BRAZE_API_KEY": "k-123"}).reveal() == "k-123"
+    key = "k-0123456789-abcdef"
+    assert resolve_api_key(config, {"BRAZE_API_KEY": key}).reveal() == key
     key_file = tmp_path / "key"
-    key_file.write_text("k-456\n")
-    assert resolve_api_key(config, {"BRAZE_API_KEY_FILE": str(key_file)}).reveal() == "k-456"
+    key_file.write_text(f"{key}-file\n")
+    assert resolve_api_key(config, {"BRAZE_API_KEY_FILE": str(key_file)}).reveal() == f"{key}-file"
 
 
 def test_api_key_problems(write_config: Callable[..., Path]) -> None:
@@ -195,6 +196,15 @@ def test_api_key_problems(write_config: Callable[..., Path]) -> None:
         resolve_api_key(config, {"BRAZE_API_KEY": "  "})
     with pytest.raises(ConfigError, match="holds quotes or spaces"):
         resolve_api_key(config, {"BRAZE_API_KEY": '"abc"'})
+
+
+def test_a_key_too_short_to_redact_is_refused(write_config: Callable[..., Path]) -> None:
+    """A key under 16 characters is no Braze key (those are 36-character UUIDs), and could
+    not be redacted from the output without garbling it: refused, naming the minimum."""
+    config = load_config(write_config(GOOD), env={})
+    with pytest.raises(ConfigError, match=r"holds 15 character.*fewer than 16"):
+        resolve_api_key(config, {"BRAZE_API_KEY": "k" * 15})
+    assert resolve_api_key(config, {"BRAZE_API_KEY": "k" * 16}).reveal() == "k" * 16
 
 
 def test_api_key_repr_hides_the_secret() -> None:

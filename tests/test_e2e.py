@@ -129,7 +129,7 @@ def test_auth_refused_exits_3_with_advice(
     """A wrong key stops the run with exit 3 and says what to check."""
     out = tmp_path / "out"
     path = write_config(CONFIG.format(out=out, fmt="jsonl"))
-    monkeypatch.setenv("BRAZE_API_KEY", "wrong-key-123")
+    monkeypatch.setenv("BRAZE_API_KEY", "wrong-key-0123456789")
     with sandbox_server() as server:
         monkeypatch.setenv("BRAZE_REST_ENDPOINT", server.url)
         assert main(["run", str(path), "--as-of", AS_OF]) == 3
@@ -137,7 +137,7 @@ def test_auth_refused_exits_3_with_advice(
     err = capsys.readouterr().err
     assert "HTTP 401" in err
     assert "sessions.data_series" in err
-    assert "wrong-key-123" not in err
+    assert "wrong-key-0123456789" not in err
     assert sent <= 8  # the run stopped instead of trying every request
     assert data_files(out) == []
 

@@ -300,16 +300,16 @@ def test_a_401_during_discovery_stops_before_any_data_request(
         DISCOVER.format(out=out, filters="")
         + "  - name: dau\n    series: dau\n    window: {days: 2}\n"
     )
-    with sandbox_server(api_key="the-right-key") as server:
+    with sandbox_server(api_key="the-right-key-0123456789") as server:
         monkeypatch.setenv("BRAZE_REST_ENDPOINT", server.url)
-        monkeypatch.setenv("BRAZE_API_KEY", "a-wrong-key")
+        monkeypatch.setenv("BRAZE_API_KEY", "a-wrong-key-0123456789")
         code = main(["run", str(path), "--out", str(out), "--as-of", AS_OF])
         stats = sandbox_stats(server.app)
     assert code == 3
     assert set(stats.paths) <= {"/segments/list", "/events/list", "/purchases/product_list"}
     summary = capsys.readouterr().out
     assert "incomplete series=dau app=_all unit=day: missing 2024-06-29..2024-06-30" in summary
-    assert "a-wrong-key" not in summary
+    assert "a-wrong-key-0123456789" not in summary
 
 
 def test_each_pool_paces_its_own_endpoints(

@@ -180,9 +180,9 @@ def test_empty_key_variable_falls_back_to_the_key_file(
     """BRAZE_API_KEY="" with BRAZE_API_KEY_FILE set reads the file (empty means unset)."""
     config = load_config(write_config(GOOD.format(out="x")), env={})
     key_file = tmp_path / "kf"
-    key_file.write_text("k-789\n")
+    key_file.write_text("k-7890123456789abc\n")
     env = {"BRAZE_API_KEY": "", "BRAZE_API_KEY_FILE": str(key_file)}
-    assert resolve_api_key(config, env).reveal() == "k-789"
+    assert resolve_api_key(config, env).reveal() == "k-7890123456789abc"
 
 
 def test_empty_key_file_is_named(write_config: Callable[..., Path], tmp_path: Path) -> None:

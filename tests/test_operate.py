@@ -18,6 +18,7 @@ from exporter.logs import new_run_id, setup_logging
 from exporter.pipeline import RunResult
 from exporter.plan import Plan, Request, build_plan
 from exporter.progress import Progress, status_line
+from exporter.redact import redacted_streams, register_secret
 from exporter.storage import DirLock
 from tests.conftest import KEY, snapshot
 
@@ -184,13 +185,15 @@ def test_json_logs_carry_run_id_and_event(
         )
     assert code == 1
     err = capsys.readouterr().err
-    records = [json.loads(line) for line in err.splitlines() if line.startswith("{")]
+    records = [json.loads(line) for line in err.splitlines()]  # every line, none plain
     assert records
     assert {r["run_id"] for r in records} == {_manifest(out)["run_id"]}
     events = {r["event"] for r in records}
     assert {"series_failed", "run_finished"} <= events
     failed = next(r for r in records if r["event"] == "series_failed")
-    assert failed["series"].startswith("segment=s3 ")
+    assert (failed["series"], failed["segment_id"]) == ("sessions", "s3")  # fields, not a label
+    assert failed["app_id"] is None
+    assert failed["unit"] in ("day", "hour")
     assert KEY not in err
 
 
@@ -200,11 +203,13 @@ def test_redaction_filter_hides_the_key_even_if_logged() -> None:
     root = logging.getLogger()
     saved = root.handlers[:]
     try:
-        setup_logging("INFO", "text", run_id="r1", secret="sekrit-123", stream=stream)
-        logging.getLogger("somelib").warning("header Authorization: Bearer %s", "sekrit-123")
+        with redacted_streams():
+            register_secret("sekrit-0123456789")
+            setup_logging("INFO", "text", run_id="r1", stream=stream)
+            logging.getLogger("somelib").warning("header: Bearer %s", "sekrit-0123456789")
     finally:
         root.handlers[:] = saved
-    assert "sekrit-123" not in stream.getvalue()
+    assert "sekrit" not in stream.getvalue()
     assert "Bearer ***" in stream.getvalue()
 
 
