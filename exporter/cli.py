@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import errno
 import json
 import logging
 import math
@@ -59,6 +60,7 @@ from exporter.sandbox import (
     start_sandbox,
 )
 from exporter.series import DIMENSIONS, LIST_POOL, LISTS
+from exporter.storage import unwritable
 
 __all__ = [
     "EXIT_AUTH",
@@ -533,7 +535,8 @@ def _output_dir(config: Config, out: str | None) -> Path:
                 what = path if existing == path else existing
                 raise ConfigError(f"{where}: {what} is a file, not a directory")
             if existing != path and not os.access(existing, os.W_OK | os.X_OK):
-                raise ConfigError(f"{where}: cannot create {path}: {existing} is not writable")
+                denied = PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(existing))
+                raise ConfigError(f"{where}: {unwritable(path, denied, 'cannot create it')}")
             break
     return path
 
