@@ -86,7 +86,8 @@ exit status:
            manifest could not be written); the summary says which and why
   2        invalid config or command line: nothing was fetched or written
   3        Braze refused the key (401/403): check the key, its permission and the host
-  4        the endpoint is unreachable (fail-fast)
+  4        the endpoint is unreachable (fail-fast), or the output (directory, object
+           store, --work-dir) cannot be written
   5        the output directory is held by another run
   130/143  interrupted by SIGINT (Ctrl-C) / SIGTERM: completed requests are saved, rerun to
            resume; a second signal stops at once

@@ -20,6 +20,12 @@ create lets exactly one win. The holder rewrites its own object with a later exp
 checkpoint; before that it checks that no higher epoch exists (somebody took over an expired
 lock): then it has lost the prefix and stops. Clocks of the hosts involved must agree to
 well within the lock's lifetime (5 minutes).
+
+Every call is retried a few times by exporter.storecall, so a write may be sent again after
+the store applied it and its answer was lost; each write is safe twice. Data, state, journal
+and the renewal are whole-object PUTs (a renewal rewrites only the holder's own epoch); a
+delete that finds nothing is done; a lock create refused (412) reads the object back, and
+its own bytes (with the holder's random token) mean the lock is ours.
 """
 
 from __future__ import annotations

@@ -419,7 +419,8 @@ def test_a_write_that_fails_once_does_not_fail_the_run(
     fault: str, bucket: str, faulty_s3: FaultyS3, small_run: Callable[[], tuple[int, str]]
 ) -> None:
     """One lost answer or 409 on a bookkeeping write: the write is sent again, and a create
-    that then finds its lock recognises it as its own (its token): exit 0, nothing said but the retry."""
+    that then finds its lock recognises it as its own (its token): exit 0, no warning but
+    the retry's."""
     faulty_s3.faults.append(_ONE_FAULT[fault])
     code, err = small_run()
     assert code == 0, err
