@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import contextlib
 import contextvars
+import errno
 import json
 import logging
 import math
@@ -61,6 +62,7 @@ from exporter.sandbox import (
     start_sandbox,
 )
 from exporter.series import DIMENSIONS, LIST_POOL, LISTS
+from exporter.storage import unwritable
 
 __all__ = [
     "EXIT_AUTH",
@@ -86,7 +88,8 @@ exit status:
            manifest could not be written); the summary says which and why
   2        invalid config or command line: nothing was fetched or written
   3        Braze refused the key (401/403): check the key, its permission and the host
-  4        the endpoint is unreachable, not Braze, or redirects (3xx, never followed)
+  4        the endpoint is unreachable (fail-fast), not Braze, or redirects (3xx, never
+           followed), or the output (directory, object store, --work-dir) cannot be written
   5        the output directory is held by another run
   130/143  interrupted by SIGINT (Ctrl-C) / SIGTERM: completed requests are saved, rerun to
            resume; a second signal stops at once
@@ -558,7 +561,8 @@ def _output_dir(config: Config, out: str | None) -> Path:
                 what = path if existing == path else existing
                 raise ConfigError(f"{where}: {what} is a file, not a directory")
             if existing != path and not os.access(existing, os.W_OK | os.X_OK):
-                raise ConfigError(f"{where}: cannot create {path}: {existing} is not writable")
+                denied = PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(existing))
+                raise ConfigError(f"{where}: {unwritable(path, denied, 'cannot create it')}")
             break
     return path
 

@@ -58,6 +58,15 @@ class _TextFormatter(logging.Formatter):
         return redact(super().format(record))
 
 
+class _OwnChatterOnly(logging.Filter):
+    """Below WARNING, only our own records: libraries' INFO lines (botocore's "Found
+    credentials in environment variables" on every S3 run, s3fs's, aiobotocore's) say
+    nothing a user acts on. ``--log-level DEBUG`` shows everything."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.WARNING or record.name.split(".", 1)[0] == "exporter"
+
+
 class _JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         doc: dict[str, object] = {
@@ -89,6 +98,8 @@ def setup_logging(
     handler = logging.StreamHandler(stream or sys.stderr)
     handler.setFormatter(_JsonFormatter() if fmt == "json" else _TextFormatter())
     handler.addFilter(_Context(run_id))
+    if logging.getLevelName(level) != logging.DEBUG:
+        handler.addFilter(_OwnChatterOnly())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)

@@ -20,11 +20,18 @@ create lets exactly one win. The holder rewrites its own object with a later exp
 checkpoint; before that it checks that no higher epoch exists (somebody took over an expired
 lock): then it has lost the prefix and stops. Clocks of the hosts involved must agree to
 well within the lock's lifetime (5 minutes).
+
+Every call is retried a few times by exporter.storecall, so a write may be sent again after
+the store applied it and its answer was lost; each write is safe twice. Data, state, journal
+and the renewal are whole-object PUTs (a renewal rewrites only the holder's own epoch); a
+delete that finds nothing is done; a lock create refused (412) reads the object back, and
+its own bytes (with the holder's random token) mean the lock is ours.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import logging
@@ -39,17 +46,20 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
-from exporter.errors import ConfigError, DirectoryBusy, ExporterError
+from exporter.errors import ConfigError, DirectoryBusy, Unreachable
 from exporter.redact import redact_bytes
 from exporter.state import State
-from exporter.storage import JOURNAL_SUFFIX, RUNS_DIR, WORK_DIR, Holder
+from exporter.storage import JOURNAL_SUFFIX, RUNS_DIR, WORK_DIR, Holder, unwritable
+from exporter.storecall import ATTEMPTS as STORE_ATTEMPTS
+from exporter.storecall import AlreadyThere, NotThere, StorageError, call, reason
 
 __all__ = [
     "CHECKPOINT_S",
     "LOCK_TTL_S",
+    "STORE_ATTEMPTS",
     "ObjectStore",
     "RemoteLock",
     "RemoteRun",
@@ -68,15 +78,18 @@ _BACKENDS = {
     "abfs": ("abfs", "azure"),
     "abfss": ("abfs", "azure"),
 }
+# The store's answers are classified and retried by exporter.storecall alone: the backend's
+# own retries (s3fs' loop around botocore's, 25 attempts and up to 43 s for one call to a
+# store answering 503) are switched off where the backend lets us.
+_NO_BACKEND_RETRIES: dict[str, dict[str, Any]] = {
+    "s3": {"config_kwargs": {"retries": {"mode": "standard", "total_max_attempts": 1}}},
+}
 LOCK_TTL_S = 300.0
 CHECKPOINT_S = 60.0
 _LOCK_DIR = f"{WORK_DIR}/lock"
+T = TypeVar("T")
 
 log = logging.getLogger(__name__)
-
-
-class StorageError(OSError):
-    """An object store call failed; the message names the object and the cause."""
 
 
 def is_remote(target: str | os.PathLike[str]) -> bool:
@@ -95,16 +108,26 @@ class ObjectStore:
 
     The fsspec calls are blocking; the writer's ``read``/``put`` run them in a small thread
     pool (fsspec multiplexes them onto its own event loop), so many partitions are in flight.
+    Every call goes through exporter.storecall: transient failures are retried a few times
+    with ``sleep`` between them, and what is left is a StorageError naming the object.
     """
 
-    def __init__(self, url: str, fs: Any, *, threads: int = 16) -> None:
+    def __init__(
+        self,
+        url: str,
+        fs: Any,
+        *,
+        threads: int = 16,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
         self.url = url.rstrip("/")
         self.fs = fs
         self._root = self.url.split("://", 1)[1]
         self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="store")
+        self._sleep = sleep
 
     @classmethod
-    def open(cls, url: str) -> ObjectStore:
+    def open(cls, url: str, *, sleep: Callable[[float], None] = time.sleep) -> ObjectStore:
         """The store for ``url``, or ConfigError naming what to install or fix."""
         parts = urlsplit(url)
         backend = _BACKENDS.get(parts.scheme)
@@ -119,15 +142,22 @@ class ObjectStore:
         try:
             import fsspec  # optional: only object storage needs it
 
-            fs = fsspec.filesystem(protocol, use_listings_cache=False, skip_instance_cache=True)
+            fs = fsspec.filesystem(
+                protocol,
+                use_listings_cache=False,
+                skip_instance_cache=True,
+                **_NO_BACKEND_RETRIES.get(protocol, {}),
+            )
         except ImportError:
             raise ConfigError(
                 f"output {url}: the {parts.scheme}:// backend is not installed; install it "
                 f"with: pip install 'braze-export[{extra}]'"
             ) from None
         except Exception as exc:  # a backend's own set-up error (bad env config)
-            raise ConfigError(f"output {url}: cannot set up storage ({_reason(exc)})") from None
-        return cls(url, fs)
+            raise ConfigError(f"output {url}: cannot set up storage ({reason(exc)})") from None
+        if protocol == "s3":
+            fs.retries = 1  # s3fs' own loop (a class attribute its maintainers say to change)
+        return cls(url, fs, sleep=sleep)
 
     def full(self, relative: str) -> str:
         return f"{self._root}/{relative}"
@@ -135,56 +165,55 @@ class ObjectStore:
     def display(self, relative: str) -> str:
         return f"{self.url}/{relative}"
 
+    def _call(self, what: str, relative: str, fn: Callable[..., T], *args: Any, **kw: Any) -> T:
+        return call(
+            lambda: fn(self.full(relative), *args, **kw),
+            what=f"{what} {self.display(relative)}",
+            sleep=self._sleep,
+        )
+
     def get(self, relative: str) -> bytes | None:
         try:
-            data: bytes = self.fs.cat_file(self.full(relative))
-        except FileNotFoundError:
+            data: bytes = self._call("read", relative, self.fs.cat_file)
+        except NotThere:
             return None
-        except Exception as exc:
-            raise StorageError(f"cannot read {self.display(relative)}: {_reason(exc)}") from None
         return data
 
     def put_sync(self, relative: str, data: bytes) -> None:
-        """Replace the object whole; the API key is redacted from ``data``, as from every
-        object this store writes."""
-        try:
-            self.fs.pipe_file(self.full(relative), redact_bytes(data))
-        except Exception as exc:
-            raise StorageError(f"cannot write {self.display(relative)}: {_reason(exc)}") from None
+        """Replace the object whole; sent again if its answer is lost, which is harmless. The
+        API key is redacted from ``data``, as from every object this store writes."""
+        self._call("write", relative, self.fs.pipe_file, redact_bytes(data))
 
     def create(self, relative: str, data: bytes) -> bool:
-        """Write ``relative`` only if no object has that name; False if one has."""
+        """Write ``relative`` only if no object has that name. True if the object now holds
+        ``data``: written by this call, or by an attempt of it whose answer was lost (the
+        attempt sent again is then refused: 412). ``data`` must be unique to the caller (a
+        lock carries its holder's random token), so that finding it means it is ours."""
+        safe = redact_bytes(data)
         try:
-            self.fs.pipe_file(self.full(relative), redact_bytes(data), mode="create")
-        except FileExistsError:
-            return False
-        except (FileNotFoundError, PermissionError) as exc:  # no bucket, no access
-            raise StorageError(f"cannot create {self.display(relative)}: {_reason(exc)}") from None
-        except Exception as exc:
+            self._call("create", relative, self.fs.pipe_file, safe, mode="create")
+        except AlreadyThere:
+            return self.get(relative) == safe
+        except StorageError as exc:
+            if exc.kind != "fatal" or isinstance(exc.cause, PermissionError):
+                raise
             raise StorageError(
-                f"cannot create {self.display(relative)}: {_reason(exc)}; the store must "
-                "support conditional writes (S3 If-None-Match, GCS preconditions, Azure ETags)"
+                f"{exc}; the store must support conditional writes (S3 If-None-Match, GCS "
+                "preconditions, Azure ETags)"
             ) from None
         return True
 
     def delete(self, relative: str) -> None:
-        try:
-            self.fs.rm_file(self.full(relative))
-        except FileNotFoundError:
-            pass
-        except Exception as exc:
-            raise StorageError(f"cannot delete {self.display(relative)}: {_reason(exc)}") from None
+        """Remove the object; one already gone (an earlier attempt's answer lost) is fine."""
+        with contextlib.suppress(NotThere):
+            self._call("delete", relative, self.fs.rm_file)
 
     def list(self, relative_dir: str) -> list[str]:
         """Every object under ``relative_dir``, as paths relative to the prefix, sorted."""
         try:
-            found = self.fs.find(self.full(relative_dir))
-        except FileNotFoundError:
+            found = self._call("list", relative_dir, self.fs.find)
+        except NotThere:
             return []
-        except Exception as exc:
-            raise StorageError(
-                f"cannot list {self.display(relative_dir)}: {_reason(exc)}"
-            ) from None
         cut = len(self._root) + 1
         return sorted(str(path)[cut:] for path in found)
 
@@ -198,11 +227,6 @@ class ObjectStore:
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)
-
-
-def _reason(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
 
 
 def _iso(epoch: float) -> str:
@@ -390,9 +414,12 @@ class RemoteRun:
         self.store = store or ObjectStore.open(url)
         try:
             self.lock = RemoteLock.acquire(self.store, layout=layout, shard=shard, command=command)
-        except StorageError as exc:
+        except StorageError as exc:  # exit 4, as for a directory that cannot be written
             self.store.close()
-            raise ConfigError(f"output {url}: cannot use it ({exc})") from None
+            raise Unreachable(
+                f"output {self.store.url}: the object store cannot be used: {exc}. Check the "
+                "bucket, the credentials and the endpoint; rerun once it answers"
+            ) from None
         if self.lock.taken_over_from:
             log.info("took over the expired lock of %s", self.lock.taken_over_from)
         self.work_dir = work_dir
@@ -404,9 +431,14 @@ class RemoteRun:
         self._on_lost: Callable[[], None] = lambda: None
         try:
             self._restore_state()
-        except (StorageError, OSError) as exc:
+        except StorageError as exc:
             self.close()
-            raise ExporterError(f"cannot restore the resume state: {exc}") from None
+            raise Unreachable(
+                f"output {self.store.url}: cannot restore the resume state: {exc}"
+            ) from None
+        except OSError as exc:
+            self.close()
+            raise Unreachable(unwritable(work_dir, exc, "cannot keep the resume state")) from None
 
     @property
     def journal_name(self) -> str:

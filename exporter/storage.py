@@ -47,6 +47,7 @@ __all__ = [
     "Journal",
     "journal_path",
     "live_holders",
+    "unwritable",
 ]
 
 WORK_DIR = ".braze-export"  # temp files and state: same file system as the data, not beside it
@@ -112,7 +113,7 @@ class DirLock:
         try:
             return cls._acquire(root, layout, shard, command, now)
         except OSError as exc:  # a full disk, a read-only mount: one line, not a traceback
-            raise Unreachable(f"{root}: cannot register this run ({exc.strerror})") from None
+            raise Unreachable(unwritable(root, exc, "cannot register this run")) from None
 
     @classmethod
     def _acquire(
@@ -189,7 +190,7 @@ class Journal:
             )
         except OSError as exc:
             raise ExporterError(
-                f"{self.path}: cannot start the run's journal ({exc.strerror or exc})"
+                unwritable(self.path, exc, "cannot start the run's journal")
             ) from None
         self._append([{"run_id": run_id, "sequence": sequence}])
 
@@ -221,6 +222,38 @@ class Journal:
             self._fd = None
         if remove:
             self.path.unlink(missing_ok=True)
+
+
+def unwritable(path: Path, exc: OSError, doing: str) -> str:
+    """One line for an OSError on an output or work directory: ``{path}: {doing} ({cause})``
+    and, for a permission error, which directory denied whom and the fix. In a container
+    that is mostly a bind mount owned by another uid than the image's user: ``--user``."""
+    text = f"{path}: {doing} ({exc.strerror or exc})"
+    if not isinstance(exc, PermissionError):
+        return text
+    denied = Path(exc.filename) if exc.filename else path
+    while not denied.exists() and denied != denied.parent:  # what to create: its parent denied
+        denied = denied.parent
+    try:
+        owner = f" (owned by uid {denied.stat().st_uid})"
+    except OSError:
+        owner = ""
+    uid = os.geteuid()
+    fix = f"give uid {uid} the directory (chown) or use another one"
+    if _in_container():
+        user = '--user "$(id -u):$(id -g)"'
+        fix = f"run the container as the directory's owner (docker run {user}), or {fix}"
+    return f"{text}: {denied}{owner} is not writable by uid {uid}; {fix}"
+
+
+def _in_container() -> bool:
+    """Docker, Podman, systemd-nspawn, or a Kubernetes pod: their conventional markers."""
+    return (
+        Path("/.dockerenv").exists()
+        or Path("/run/.containerenv").exists()
+        or "container" in os.environ
+        or "KUBERNETES_SERVICE_HOST" in os.environ
+    )
 
 
 @contextmanager

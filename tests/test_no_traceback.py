@@ -21,7 +21,9 @@ from typing import Any
 import pytest
 
 from exporter.cli import main
+from exporter.storage import _in_container
 from tests.conftest import KEY
+from tests.denied import denied_dir
 
 ROOT = Path(__file__).parent.parent
 AS_OF = "2024-07-01"
@@ -400,3 +402,25 @@ def test_too_little_memory_to_start_is_one_line_and_exit_4(
     assert capsys.readouterr().err == (
         "error: out of memory while starting: give braze-export more memory\n"
     )
+
+
+def test_an_output_directory_the_user_cannot_write_names_it_and_the_fix(tmp_path: Path) -> None:
+    """As with a bind mount owned by another uid in a container: exit 4, one line naming the
+    directory, its owner, the uid that cannot write it, and the fix (in a container: --user)."""
+    config = tmp_path / "c.yaml"
+    with denied_dir(tmp_path) as denied:
+        config.write_text(_good(denied.dir))
+        run = _cli("run", str(config), "--sandbox", "--out", str(denied.dir), "--as-of", AS_OF)
+        done = subprocess.run(
+            denied.prefix + run, env=_env(), capture_output=True, timeout=60, check=False
+        )
+        owner = denied.dir.stat().st_uid
+    err = done.stderr.decode()
+    assert done.returncode == 4, err
+    assert "Traceback" not in err
+    line = err.splitlines()[-1]
+    assert line.startswith(
+        f"error: {denied.dir}: cannot register this run (Permission denied): {denied.dir} "
+        f"(owned by uid {owner}) is not writable by uid {os.geteuid()}; "
+    )
+    assert ('--user "$(id -u):$(id -g)"' in line) is _in_container()

@@ -213,6 +213,28 @@ def test_redaction_filter_hides_the_key_even_if_logged() -> None:
     assert "Bearer ***" in stream.getvalue()
 
 
+@pytest.mark.parametrize("level", ["INFO", "DEBUG"])
+def test_libraries_info_lines_show_only_at_debug(level: str) -> None:
+    """botocore's "Found credentials" INFO line is chatter at INFO (our own INFO lines and
+    every library's warnings stay); --log-level DEBUG shows it."""
+    stream = io.StringIO()
+    root = logging.getLogger()
+    saved = root.handlers[:], root.level
+    try:
+        setup_logging(level, "text", run_id="r1", stream=stream)
+        logging.getLogger("botocore.credentials").info("Found credentials in environment")
+        logging.getLogger("s3fs").info("s3fs chatter")
+        logging.getLogger("exporter.runner").info("our own line")
+        logging.getLogger("botocore.hooks").warning("a library warning")
+    finally:
+        root.handlers[:], root.level = saved
+    out = stream.getvalue()
+    assert "our own line" in out
+    assert "a library warning" in out
+    assert ("Found credentials" in out) is (level == "DEBUG")
+    assert ("s3fs chatter" in out) is (level == "DEBUG")
+
+
 def test_run_ids_sort_by_start_time() -> None:
     """Run ids start with a UTC timestamp, so manifests list in run order."""
     assert new_run_id(1_700_000_000) < new_run_id(1_700_000_001)

@@ -20,9 +20,18 @@ import pytest
 
 from exporter.cli import main
 from exporter.errors import DirectoryBusy
-from exporter.remote import LOCK_TTL_S, ObjectStore, RemoteLock, remote_holder
+from exporter.remote import (
+    LOCK_TTL_S,
+    STORE_ATTEMPTS,
+    ObjectStore,
+    RemoteLock,
+    StorageError,
+    remote_holder,
+)
 from exporter.sandbox import free_port, sandbox_stats
 from tests.conftest import KEY, snapshot
+from tests.denied import denied_dir
+from tests.s3faults import Fault, FaultyS3, is_lock_create
 
 moto_server = pytest.importorskip("moto.server")
 
@@ -291,8 +300,8 @@ def test_the_lock_is_a_conditional_create(bucket: str) -> None:
     """Of two runs that race for one lock epoch, the store lets exactly one create it."""
     store = ObjectStore.open(bucket)
     try:
-        assert store.create(".braze-export/lock/000000000001.json", b"{}")
-        assert not store.create(".braze-export/lock/000000000001.json", b"{}")
+        assert store.create(".braze-export/lock/000000000001.json", b'{"token": "a"}')
+        assert not store.create(".braze-export/lock/000000000001.json", b'{"token": "b"}')
     finally:
         store.close()
 
@@ -352,5 +361,158 @@ def test_a_stalled_holder_never_finds_its_epoch_again(bucket: str) -> None:
             a.renew()
         c.renew()
         c.release()
+    finally:
+        store.close()
+
+
+@pytest.fixture
+def faulty_s3(
+    s3_env: dict[str, str], bucket: str, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[FaultyS3]:
+    """A fault-injecting proxy in front of moto (the bucket exists), and the environment
+    pointed at the proxy."""
+    with FaultyS3(s3_env["AWS_ENDPOINT_URL"]) as proxy:
+        monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.url)
+        yield proxy
+
+
+def _lock_put(request: Any) -> bool:  # a renewal or the release: no condition
+    return (
+        request.method == "PUT"
+        and "/.braze-export/lock/" in request.path
+        and not (is_lock_create(request))
+    )
+
+
+_ONE_FAULT = {
+    "lock create answer lost": Fault(is_lock_create, ("lost",)),
+    "lock create 409": Fault(is_lock_create, ("409",)),
+    "lock renewal answer lost": Fault(_lock_put, ("lost",)),
+    "checkpoint answer lost": Fault(
+        lambda r: r.method == "PUT" and r.path.endswith("/.braze-export/state.sqlite"), ("lost",)
+    ),
+    "journal removal answer lost": Fault(
+        lambda r: r.method == "DELETE" and r.path.endswith(".journal.jsonl"), ("lost",)
+    ),
+}
+
+
+@pytest.fixture
+def small_run(
+    bucket: str,
+    write_config: Callable[..., Path],
+    env_key: str,
+    capsys: pytest.CaptureFixture[str],
+) -> Callable[[], tuple[int, str]]:
+    """A small sandbox run into ``bucket``, in-process: its exit status and stderr."""
+
+    def run() -> tuple[int, str]:
+        cfg = write_config(_config(bucket, segments=1, days=2))
+        code = main(["run", str(cfg), "--sandbox", "--out", bucket])
+        return code, capsys.readouterr().err
+
+    return run
+
+
+@pytest.mark.parametrize("fault", list(_ONE_FAULT))
+def test_a_write_that_fails_once_does_not_fail_the_run(
+    fault: str, bucket: str, faulty_s3: FaultyS3, small_run: Callable[[], tuple[int, str]]
+) -> None:
+    """One lost answer or 409 on a bookkeeping write: the write is sent again, and a create
+    that then finds its lock recognises it as its own (its token): exit 0, no warning but
+    the retry's."""
+    faulty_s3.faults.append(_ONE_FAULT[fault])
+    code, err = small_run()
+    assert code == 0, err
+    assert faulty_s3.faults[0].hits == 1, "the fault never applied: the test tests nothing"
+    noted = [line for line in err.splitlines() if line.startswith(("WARNING", "ERROR"))]
+    assert all("trying again in" in line for line in noted), err  # only the retry, said once
+    assert "in use by another run" not in err
+    faulty_s3.faults.clear()
+    assert [n.endswith(".json") for n in _objects(bucket, "_runs")] == [True]  # journal gone
+    (lock,) = _objects(bucket, ".braze-export/lock").values()
+    assert json.loads(lock)["released"] is True
+
+
+def test_a_409_on_the_lock_create_is_retried_after_a_backoff(
+    bucket: str, faulty_s3: FaultyS3
+) -> None:
+    """S3 answers 409 ConditionalRequestConflict when a conditional create races a delete, and
+    AWS says to retry: one backoff (on the injected sleep), then the lock is ours."""
+    faulty_s3.faults.append(Fault(is_lock_create, ("409",)))
+    sleeps: list[float] = []
+    store = ObjectStore.open(bucket, sleep=sleeps.append)
+    try:
+        lock = RemoteLock.acquire(store, layout="x", shard=None, command="braze-export run")
+        holder = remote_holder(store)
+        assert holder is not None
+        assert holder.token == lock.token
+        assert len(sleeps) == 1
+        assert faulty_s3.count(lambda seen: seen.conditional) == 2
+        lock.release()
+    finally:
+        store.close()
+
+
+def test_a_store_that_answers_only_errors_gives_up_after_a_bounded_number_of_attempts(
+    bucket: str, faulty_s3: FaultyS3
+) -> None:
+    """Every store call is tried STORE_ATTEMPTS times at most, with a few seconds of backoff
+    in all, and the error names the object and the last answer."""
+    faulty_s3.faults.append(Fault(lambda _: True, ("503",), times=None))
+    sleeps: list[float] = []
+    store = ObjectStore.open(bucket, sleep=sleeps.append)
+    try:
+        with pytest.raises(StorageError, match=f"cannot list {bucket}/x: HTTP 503 SlowDown"):
+            store.list("x")
+    finally:
+        store.close()
+    assert faulty_s3.count() == STORE_ATTEMPTS
+    assert len(sleeps) == STORE_ATTEMPTS - 1
+    assert sum(sleeps) <= 3.0
+
+
+def test_a_store_down_from_the_start_is_exit_4_naming_it(
+    bucket: str, faulty_s3: FaultyS3, small_run: Callable[[], tuple[int, str]]
+) -> None:
+    """500s, 503 SlowDown and resets from the first request: exit 4 (the output cannot be
+    written, not a config error), one line naming the prefix and the last error, no
+    credentials, after STORE_ATTEMPTS requests."""
+    faulty_s3.faults.append(Fault(lambda _: True, ("500", "reset", "503"), times=None))
+    code, err = small_run()
+    assert code == 4, err
+    (line,) = [line for line in err.splitlines() if line.startswith("error")]
+    assert bucket in line
+    last = faulty_s3.seen[-1].action
+    assert {"500": "HTTP 500", "503": "HTTP 503", "reset": "onnection"}[last] in line
+    assert "testing" not in err  # the access key id and secret of the test environment
+    # aiohttp sends an idempotent request once more when a reused connection was reset
+    assert STORE_ATTEMPTS <= faulty_s3.count() <= 2 * STORE_ATTEMPTS
+
+
+def test_a_work_dir_the_user_cannot_write_is_exit_4_naming_it(
+    tmp_path: Path, bucket: str, s3_env: dict[str, str], write_config: Callable[..., Path]
+) -> None:
+    """A --work-dir owned by another uid (a volume mounted for someone else): exit 4, one
+    line naming the directory and the fix, and the prefix is not left locked."""
+    cfg = write_config(_config(bucket, segments=1, days=2))
+    with denied_dir(tmp_path) as denied:
+        work = denied.dir / "w"
+        argv = [sys.executable, "-m", "exporter", "run", str(cfg), "--sandbox", "--out", bucket]
+        done = subprocess.run(
+            [*denied.prefix, *argv, "--work-dir", str(work)],
+            env=_env(s3_env, "http://127.0.0.1:9"),
+            capture_output=True,
+            timeout=60,
+            check=False,
+        )
+    err = done.stderr.decode()
+    assert done.returncode == 4, err
+    assert err.splitlines()[-1].startswith(
+        f"error: {work}: cannot keep the resume state (Permission denied): {denied.dir} (owned"
+    )
+    store = ObjectStore.open(bucket)
+    try:
+        assert remote_holder(store) is None
     finally:
         store.close()

@@ -17,7 +17,7 @@ import pytest
 
 from exporter.cli import main
 from exporter.errors import DirectoryBusy, ExporterError
-from exporter.storage import WORK_DIR, DirLock
+from exporter.storage import WORK_DIR, DirLock, unwritable
 from tests.conftest import data_files, snapshot
 from tests.test_reliability import AS_OF, ROOT, _config, _env, _Exporter
 
@@ -214,3 +214,21 @@ def test_pid_1_in_a_container_after_a_killed_pid_1(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     assert len(data_files(out)) > 0
     assert list((out / WORK_DIR / "tmp").iterdir()) == []
+
+
+@pytest.mark.parametrize("container", [True, False])
+def test_a_permission_error_names_the_directory_and_the_fix(
+    tmp_path: Path, container: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A directory that cannot be created: the parent that refused it, its owner, our uid, and
+    the fix; --user only in a container, where it is the usual one."""
+    monkeypatch.setattr("exporter.storage._in_container", lambda: container)
+    denied = PermissionError(13, "Permission denied", str(tmp_path / "a" / "b"))
+    line = unwritable(tmp_path / "a", denied, "cannot register this run")
+    assert line.startswith(
+        f"{tmp_path / 'a'}: cannot register this run (Permission denied): {tmp_path} (owned by "
+        f"uid {tmp_path.stat().st_uid}) is not writable by uid {os.geteuid()}; "
+    )
+    assert ('--user "$(id -u):$(id -g)"' in line) is container
+    assert line.endswith(f"give uid {os.geteuid()} the directory (chown) or use another one")
+    assert "\n" not in line
