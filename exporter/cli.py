@@ -146,11 +146,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_UNREACHABLE
     except MemoryError:
-        print(
-            "error: out of memory: give braze-export more memory (completed periods are "
-            "saved; rerun the same command to resume)",
-            file=sys.stderr,
-        )
+        print(f"error: out of memory: {_out_of_memory_advice(args.command)}", file=sys.stderr)
         return EXIT_FAILED
     except ExporterError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -160,6 +156,22 @@ def _dispatch(args: argparse.Namespace) -> int:
         print("interrupted", file=sys.stderr)
         return EXIT_SIGNAL[signal.SIGINT]
     return code
+
+
+def _out_of_memory_advice(command: str) -> str:
+    """What is left after a MemoryError and what to try, for the command that ran out: only a
+    run has saved anything; the plan and a run hold every request in memory (--shard splits)."""
+    if command == "run":
+        return (
+            "give braze-export more memory, or split the run with --shard K/N; the periods "
+            "completed so far are saved, and rerunning the same command resumes"
+        )
+    if command == "plan":
+        return (
+            "nothing was written; give braze-export more memory, or plan one part with "
+            "--shard K/N (or fewer series or a shorter window)"
+        )
+    return f"nothing was written; give braze-export more memory and rerun {command}"
 
 
 class _Parser(argparse.ArgumentParser):
