@@ -412,3 +412,26 @@ async def test_a_fast_run_whose_every_write_fails_stops_before_spending_its_budg
     assert str(result.unreachable).startswith("the output cannot be written (cannot write ")
     assert "0s and 200 writes in a row" in str(result.unreachable)
     assert client.calls < 300
+
+
+async def test_a_calibrated_window_never_reaches_before_1970(tmp_path: Path) -> None:
+    """Shifted by a learnt offset of +1, a request starting on 1970-01-01 is sent one day
+    shorter, so the window Braze is asked for starts no earlier than 1970-01-01."""
+    sent: list[tuple[str, str | None]] = []
+
+    class Recording(ScriptedClient):
+        async def get(self, request: Request, ending_at: str | None = None) -> Response:
+            sent.append((request.params(ending_at)["length"], ending_at))
+            return await super().get(request, ending_at)
+
+    first = date(1970, 1, 1).toordinal()
+    series = Series("s", None, "day")
+    request = Request(series, first, 3, ending_at("day", first + 2, UTC_ZONE), 0)
+    plan = Plan(date(1970, 2, 1), "UTC", (request,), (series,))
+    days = _days_body("1970-01-01", "1970-01-02", "1970-01-03")
+    pipeline, _ = _scripted_pipeline(
+        tmp_path, Recording(Response(200, RateHeaders(), days)), FakeClock(0.0)
+    )
+    pipeline.result.calibration = Calibration({"day": 1})
+    await pipeline.run(plan)
+    assert sent == [("2", ending_at("day", first + 1, UTC_ZONE))]
