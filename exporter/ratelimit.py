@@ -139,6 +139,7 @@ class Budget:
         self._sleep = sleep
         self._jitter = jitter
         self._paused_until = 0.0
+        self.pause_reason = ""
         self._streak = 0  # 429s (and blind reserve pauses) in a row, without a success between
         self._logged: set[str] = set()
         self.pauses = 0
@@ -172,7 +173,14 @@ class Budget:
 
     @property
     def paused_for(self) -> float:
+        """Seconds until the gate opens again (0.0 when it is open)."""
         return max(0.0, self._paused_until - self._clock())
+
+    @property
+    def paused_until(self) -> float | None:
+        """When the gate opens again, in the clock's epoch seconds; None while it is open.
+        :attr:`pause_reason` says why it closed (``429, Reset``, ``reserve reached``...)."""
+        return self._paused_until if self._paused_until > self._clock() else None
 
     def sane(self, headers: RateHeaders) -> RateHeaders:
         """The headers with every implausible value dropped (None), Reset in seconds."""
@@ -221,14 +229,14 @@ class Budget:
                 self.pace = min(self.max_pace, self.pace + step)
             return
         if headers.reset_at is not None:
-            self._pause(headers.reset_at + RESET_MARGIN_S, "reserve")
+            self._pause(headers.reset_at + RESET_MARGIN_S, "reserve reached")
         else:
             # The pool is nearly spent and nothing says when it refills: slow down, more and
             # more while it stays low.
             if raw.reset_at is None:
                 self._anomaly("reset_missing")
             self._escalate()
-            self._pause(self._backoff_until(), "reserve, backing off")
+            self._pause(self._backoff_until(), "reserve reached, no usable Reset: backing off")
 
     def rate_limited(self, headers: RateHeaders) -> float:
         """A 429: close the gate for everyone; return when it opens again.
@@ -240,21 +248,23 @@ class Budget:
         first = self._gate_open()  # answers to requests sent before the pause are one event
         self._escalate()
         until = headers.retry_after_at or headers.reset_at
-        why = "429"
+        why = "429, Retry-After" if headers.retry_after_at else "429, Reset"
+        note = ""
         if until is None:
+            why = "429, no usable Reset: backing off"
             if raw.reset_at is None:
                 self._anomaly("reset_missing")
             if first:
                 # Multiplicative decrease: nothing says when to come back, only "slower".
                 self.pace = max(min(_PACE_FLOOR, self.max_pace), self.pace * PACE_CUT)
-                why = f"429 without a usable Reset; pace now {self.pace:.3g}/s"
+                note = f"; pace now {self.pace:.3g}/s"
         else:
             # Jitter so that paused workers do not all hit the new window in the same
             # millisecond.
             until += RESET_MARGIN_S + self._jitter() * RESET_MARGIN_S
         if until is None or self._streak > 1:
             until = max(until or 0.0, self._backoff_until())
-        self._pause(until, why)
+        self._pause(until, why, note)
         return self._paused_until
 
     def _gate_open(self) -> bool:
@@ -273,7 +283,7 @@ class Budget:
         step = BACKOFF_BASE_S * 2.0 ** min(max(self._streak, 1) - 1, 16)
         return self._clock() + min(BACKOFF_MAX_S, step * (0.75 + 0.5 * self._jitter()))
 
-    def _pause(self, until: float, why: str) -> None:
+    def _pause(self, until: float, why: str, note: str = "") -> None:
         now = self._clock()
         if until - now > self.max_pause_s:
             self._anomaly("clamped")
@@ -282,13 +292,15 @@ class Budget:
             if self._paused_until <= now:
                 self.pauses += 1
                 log.info(
-                    "budget: pausing all requests of the %s pool for %.1fs (%s)",
+                    "budget: pausing all requests of the %s pool for %.1fs (%s%s)",
                     self.name,
                     until - now,
                     why,
+                    note,
                     extra={"event": "budget_pause", "wait_s": round(until - now, 3)},
                 )
             self._paused_until = until
+            self.pause_reason = why
 
     def _anomaly(self, kind: str) -> None:
         if kind not in self._logged:
