@@ -15,7 +15,6 @@ from array import array
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta, tzinfo
-from urllib.parse import quote
 from zoneinfo import ZoneInfo
 
 from exporter.config import FIRST_DATE, Config, Discover, Export, Unit, Window
@@ -101,12 +100,11 @@ class Series:
 
     @property
     def label(self) -> str:
-        # quote() keeps the label on one line whatever the ids hold.
-        words = [] if self.kind == "sessions" else [f"series={self.kind}"]
-        for param, value in self.dimensions():
-            name = DIMENSIONS[param].directory
-            words.append(f"{name}={'_all' if value is None else quote(value, safe='')}")
-        return " ".join((*words, f"unit={self.unit}"))
+        """The series in messages and logs: its directory under the output, in the words of
+        the paths (``sessions/day/segment-seg-a/workspace``: ``workspace``, ``all-users``...
+        where the rows hold null), one line whatever the ids hold."""
+        components = (DIMENSIONS[param].component(value) for param, value in self.dimensions())
+        return "/".join((self.kind, self.unit, *components))
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,8 +12,10 @@ the tolerant reading: revenue may be fractional, a series' pool is configurable.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from typing import Literal
+from urllib.parse import quote
 
 __all__ = [
     "DIMENSIONS",
@@ -25,12 +27,24 @@ __all__ = [
     "Dimension",
     "ListSource",
     "SeriesKind",
+    "encode_id",
 ]
 
 Unit = Literal["day", "hour"]
 
 WORKSPACE_POOL = "workspace"  # Braze's shared per-workspace pool: 250,000 requests/hour
 LIST_POOL = "lists"  # /events/list and /purchases/product_list: 1,000 requests/hour
+_MAX_COMPONENT = 200  # file systems allow 255 bytes per name; leave room for the prefix
+
+
+def encode_id(value: str) -> str:
+    """An id as a path component: percent-encoded, so it cannot name another directory.
+    Very long ids keep a readable prefix plus a hash."""
+    encoded = quote(value, safe="")
+    if len(encoded) > _MAX_COMPONENT:
+        digest = hashlib.sha256(value.encode()).hexdigest()[:16]
+        encoded = f"{encoded[:150]}~{digest}"
+    return encoded
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +60,10 @@ class Dimension:
     config_key: str
     directory: str
     absent: str
+
+    def component(self, value: str | None) -> str:
+        """The path component of a value (``app-ios``), or of its absence (``workspace``)."""
+        return self.absent if value is None else f"{self.directory}-{encode_id(value)}"
 
 
 DIMENSIONS: dict[str, Dimension] = {

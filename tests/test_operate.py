@@ -191,7 +191,7 @@ def test_json_logs_carry_run_id_and_event(
     events = {r["event"] for r in records}
     assert {"series_failed", "run_finished"} <= events
     failed = next(r for r in records if r["event"] == "series_failed")
-    assert failed["series"].startswith("segment=s3 ")
+    assert failed["series"].startswith("sessions/day/segment-s3/")
     assert KEY not in err
 
 

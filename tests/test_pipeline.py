@@ -204,10 +204,10 @@ async def test_retry_lines_name_the_request_by_its_periods(
     with caplog.at_level(logging.WARNING):
         await pipeline.run(plan)
     assert [r.getMessage().split(": attempt")[0] for r in caplog.records] == [
-        "retry segment=s0 app=_all unit=day periods 2024-06-28..2024-06-30",
-        "retry segment=h app=_all unit=hour periods 2024-06-30T22:00Z..2024-06-30T23:00Z",
+        "retry sessions/day/segment-s0/workspace periods 2024-06-28..2024-06-30",
+        "retry sessions/hour/segment-h/workspace periods 2024-06-30T22:00Z..2024-06-30T23:00Z",
     ]
-    assert all(r.getMessage().count("segment=") == 1 for r in caplog.records)
+    assert all(r.getMessage().count("segment-") == 1 for r in caplog.records)
 
 
 def _hours_body(*hours: str) -> bytes:
