@@ -373,7 +373,7 @@ def build_plan(
             for first, length in _slices(lo, hi):
                 requests.append(Request(s, first, length, end_of(s.unit, first + length - 1), i))
         first_request.append(len(requests))
-    settle_day = as_of - timedelta(days=config.settle_days)
+    settle_day = max(as_of - timedelta(days=config.settle_days), FIRST_DATE)
     settle_from = {
         "day": settle_day.toordinal(),
         "hour": hour_range(settle_day, settle_day, tz)[0],

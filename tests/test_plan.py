@@ -126,7 +126,7 @@ def test_no_planned_date_is_before_1970(config_for: Callable[..., Config], timez
     """A window reaching before 1970-01-01 is clipped there, with a warning: neither a
     request's first period nor its ending_at is earlier, for days and hours in any zone."""
     config = config_for(window="{days: 30}", units="[day, hour]", timezone=timezone)
-    plan = build_plan(config, date(1970, 1, 5))
+    plan = build_plan(config, date(1970, 1, 2))  # settle_days 3 would reach 1969-12-30
     assert plan.warnings == (
         "exports.main: window reaches before 1970-01-01, the earliest date the exporter "
         "plans; clipped to start on 1970-01-01",
@@ -134,8 +134,9 @@ def test_no_planned_date_is_before_1970(config_for: Callable[..., Config], timez
     for request in plan.requests:
         assert request.first >= earliest_period(request.series.unit)
         assert request.ending_at >= "1970-01-01"
+    assert all(plan.settle_from[unit] >= earliest_period(unit) for unit in ("day", "hour"))
     days = [r for r in plan.requests if r.series.unit == "day"]
-    assert [(r.first, r.length) for r in days] == [(date(1970, 1, 1).toordinal(), 4)]
+    assert [(r.first, r.length) for r in days] == [(date(1970, 1, 1).toordinal(), 1)]
 
 
 def test_as_of_1970_01_01_plans_nothing_before_it(
