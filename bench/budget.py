@@ -5,6 +5,10 @@ reserve 10%). Run B: the same while a competing client spends half the pool (15 
 the exporter configured to its half (share 0.5). Prints utilisation (achieved rate / the rate
 it may use, i.e. the budget less the reserve), the most requests the sandbox saw in any window
 (must not exceed the limit) and the 429 counts (goal 0, the competitor's included).
+
+Run C: a server that sends no X-RateLimit-Reset at all (sandbox ``--limit 20 --window 5
+--reset-style missing``, 4 requests/s) and the exporter at its default 250,000/hour: only
+429s tell it the pace, so the AIMD pace must keep 429s under 5% while still using the 4/s.
 """
 
 from __future__ import annotations
@@ -129,6 +133,43 @@ def scenario(name: str, share: float, competitor_per_s: float, series: int) -> d
     return result
 
 
+MISSING_LIMIT, MISSING_WINDOW = 20, 5.0
+
+
+def missing_reset(series: int = 1500) -> dict[str, float]:
+    """Run C: no Reset header at all; the exporter configured far above the server's limit."""
+    work = Path(tempfile.mkdtemp(prefix="bench-budget-"))
+    limit, window = MISSING_LIMIT, MISSING_WINDOW
+    try:
+        with sandbox(
+            "--limit", str(limit), "--window", str(window), "--reset-style", "missing"
+        ) as box:
+            body = grid_config(work / "out", series // 50, 50, "concurrency: 16")
+            cfg = write_config(work / "bench.yaml", body)
+            manifest_path, _ = asyncio.run(_run(box, cfg, 0.0))
+            elapsed = json.loads(Path(manifest_path).read_text())["elapsed_s"]
+            stats = box.stats()
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    sent, limited = stats["requests"], stats["rate_limited"]
+    allowed = limit / window
+    result = {
+        "requests": sent,
+        "rate_limited": limited,
+        "share_429": limited / sent,
+        "ok_per_s": (sent - limited) / elapsed,
+        "allowed_per_s": allowed,
+        "max_in_window": stats["max_in_window"],
+    }
+    print(
+        f"| no Reset header, {limit} per {window:g}s, exporter at 250,000/hour | {sent:,} | "
+        f"{elapsed:.1f} | {result['ok_per_s']:.2f} | {allowed:.2f} | "
+        f"{result['ok_per_s'] / allowed:.1%} | - | {stats['max_in_window']} / {limit} | "
+        f"{limited} ({result['share_429']:.1%}) | - |"
+    )
+    return result
+
+
 def run(series: int = 2000) -> list[dict[str, float]]:
     print(
         f"budget: sandbox fixed window {LIMIT} per {WINDOW:g}s, reserve {RESERVE:.0%}; {machine()}"
@@ -141,10 +182,13 @@ def run(series: int = 2000) -> list[dict[str, float]]:
     print("|---|---|---|---|---|---|---|---|---|---|")
     alone = scenario("alone, share 1.0", 1.0, 0.0, series)
     shared = scenario("competitor at 15/s, share 0.5", 0.5, LIMIT / WINDOW / 2, series)
+    blind = missing_reset()
     ok = (
         alone["full_window_utilisation"] >= 0.97
         and all(r["max_in_window"] <= LIMIT and r["exporter_429"] == 0 for r in (alone, shared))
         and shared["competitor_429"] == 0
+        and blind["share_429"] < 0.05
+        and blind["ok_per_s"] >= 0.8 * blind["allowed_per_s"]
     )
     print(
         verdict(
@@ -153,11 +197,16 @@ def run(series: int = 2000) -> list[dict[str, float]]:
             f"(goal >= 97%), "
             f"max {max(alone['max_in_window'], shared['max_in_window'])} per window "
             f"(limit {LIMIT}), 429s: exporter {alone['exporter_429']}+"
-            f"{shared['exporter_429']}, competitor {shared['competitor_429']}",
+            f"{shared['exporter_429']}, competitor {shared['competitor_429']}; without Reset "
+            f"{blind['share_429']:.1%} 429s (goal < 5%) at {blind['ok_per_s']:.2f}/s of "
+            f"{blind['allowed_per_s']:.0f}/s (goal >= 80%)",
         )
     )
-    return [alone, shared]
+    return [alone, shared, blind]
 
 
 if __name__ == "__main__":
-    run(int(sys.argv[1]) if len(sys.argv) > 1 else 2000)
+    if sys.argv[1:2] == ["missing-reset"]:  # run C alone: python -m bench.budget missing-reset
+        missing_reset(*(int(n) for n in sys.argv[2:3]))
+    else:
+        run(int(sys.argv[1]) if len(sys.argv) > 1 else 2000)

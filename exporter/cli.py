@@ -157,10 +157,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         console(f"error: {exc}")
         return EXIT_UNREACHABLE
     except MemoryError:
-        console(
-            "error: out of memory: give braze-export more memory (completed periods are "
-            "saved; rerun the same command to resume)"
-        )
+        console(f"error: out of memory: {_out_of_memory_advice(args.command)}")
         return EXIT_FAILED
     except ExporterError as exc:
         console(f"error: {exc}")
@@ -184,6 +181,22 @@ def _asked_format(argv: Sequence[str]) -> str:
         elif arg.startswith("--log-format="):
             fmt = arg.partition("=")[2]
     return fmt
+
+
+def _out_of_memory_advice(command: str) -> str:
+    """What is left after a MemoryError and what to try, for the command that ran out: only a
+    run has saved anything; the plan and a run hold every request in memory (--shard splits)."""
+    if command == "run":
+        return (
+            "give braze-export more memory, or split the run with --shard K/N; the periods "
+            "completed so far are saved, and rerunning the same command resumes"
+        )
+    if command == "plan":
+        return (
+            "nothing was written; give braze-export more memory, or plan one part with "
+            "--shard K/N (or fewer series or a shorter window)"
+        )
+    return f"nothing was written; give braze-export more memory and rerun {command}"
 
 
 class _Parser(argparse.ArgumentParser):

@@ -240,6 +240,7 @@ def _ids_or_discover(value: Any) -> str:
 
 # A list of ids, or {discover: ...}: tagged, so an error speaks of the form that was given.
 _TAGS = ("ids", "discover")
+_DISCOVER_FORMS = typing.get_args(Discover.model_fields["discover"].annotation)
 IdsOrDiscover = Annotated[
     Annotated[list[Id | None], Field(min_length=1), Tag("ids")]
     | Annotated[Discover, Tag("discover")],
@@ -269,36 +270,73 @@ class Export(_Model):
         return [None] if value is None else value
 
 
-def _series_problems(exports: Sequence[Export]) -> Iterator[str]:
-    """Dimensions and units an export's series does not take, or requires and lacks."""
-    for i, export in enumerate(exports):
-        kind = KINDS[export.series]
+def _series_problems(exports: object) -> Iterator[str]:
+    """Dimensions and units an export's series does not take, or requires and lacks.
+
+    Reads the exports as written (strict validation changes no value these checks read), so
+    they run beside the schema's own errors, even for an export the schema refuses; a value
+    of the wrong type is left to the schema's message."""
+    for i, export in _mappings(exports):
+        series = export.get("series", "sessions")
+        kind = KINDS.get(series) if isinstance(series, str) else None
+        if kind is None:
+            continue  # the schema names the unknown series
         takes = [DIMENSIONS[p].config_key for p in kind.dimensions]
         for key, dim in _DIMENSION_KEYS.items():
             where = f"exports[{i}].{key}"
-            value = getattr(export, key)
+            value = export.get(key)
             if value is None:
                 if dim.param in kind.required:
-                    yield f"{where}: required for series {export.series}"
+                    yield f"{where}: required for series {series}"
             elif dim.param not in kind.dimensions:
                 yield (
-                    f"{where}: series {export.series} takes no {key} (it takes "
+                    f"{where}: series {series} takes no {key} (it takes "
                     f"{', '.join(takes) or 'no dimension'})"
                 )
-            elif isinstance(value, Discover):
+            elif isinstance(value, dict):
                 wanted = "analytics_enabled" if key == "segment_ids" else "all"
-                if value.discover != wanted:
-                    yield f"{where}.discover: must be {wanted!r} for {key}, got {value.discover!r}"
-                if value.tags is not None and key != "segment_ids":
+                found = value.get("discover")
+                if found in _DISCOVER_FORMS and found != wanted:
+                    yield f"{where}.discover: must be {wanted!r} for {key}, got {found!r}"
+                if value.get("tags") is not None and key != "segment_ids":
                     yield f"{where}.tags: tags filter segments only, not {key}"
-            elif None in value and dim.param in kind.required:
-                yield f"{where}: series {export.series} needs an id here, null is not one"
-        for j, unit in enumerate(export.units):
-            if unit not in kind.units:
+            elif (
+                isinstance(value, list)
+                and None in value
+                and dim.param in kind.required
+                and key != "events"  # the schema refuses a null event itself
+            ):
+                yield f"{where}: series {series} needs an id here, null is not one"
+        units = export.get("units", ["day"])
+        for j, unit in enumerate(units if isinstance(units, list) else []):
+            if unit in UNITS and unit not in kind.units:
                 yield (
-                    f"exports[{i}].units[{j}]: series {export.series} has no unit {unit!r} "
+                    f"exports[{i}].units[{j}]: series {series} has no unit {unit!r} "
                     f"(Braze serves it by {' and '.join(kind.units)})"
                 )
+
+
+def _duplicate_names(exports: object) -> Iterator[str]:
+    """An export name given to two exports (their state and manifest entries would mix)."""
+    first: dict[str, int] = {}
+    for i, export in _mappings(exports):
+        name = export.get("name")
+        if not isinstance(name, str):
+            continue
+        if name in first:
+            yield (
+                f"exports[{i}].name: duplicate export name {name!r} "
+                f"(also exports[{first[name]}].name)"
+            )
+        else:
+            first[name] = i
+
+
+def _mappings(exports: object) -> Iterator[tuple[int, dict[str, Any]]]:
+    """``(index, export)`` for each export written as a mapping (the schema names the rest)."""
+    for i, export in enumerate(exports if isinstance(exports, list) else []):
+        if isinstance(export, dict):
+            yield i, export
 
 
 class _File(_Model):
@@ -328,16 +366,6 @@ class _File(_Model):
             hint = _did_you_mean(value, _zone_names())
             raise ValueError(f"unknown IANA time zone {value!r}{hint}")
         return value
-
-    @field_validator("exports")
-    @classmethod
-    def _unique_names(cls, exports: list[Export]) -> list[Export]:
-        seen: set[str] = set()
-        for export in exports:
-            if export.name in seen:
-                raise ValueError(f"duplicate export name {export.name!r}")
-            seen.add(export.name)
-        return exports
 
 
 @dataclass(frozen=True)
@@ -458,9 +486,7 @@ def load_config(path: str | os.PathLike[str], env: Mapping[str, str] | None = No
         raise ConfigError(f"{source}: YAML syntax error: {first}") from None
     try:
         node = loader.get_single_node()
-        duplicates = [] if node is None else list(_duplicate_keys(node, ""))
-        if duplicates:
-            raise ConfigError("\n".join(f"{source}: {line}" for line in duplicates))
+        problems = [] if node is None else list(_duplicate_keys(node, ""))
         raw = None if node is None else loader.construct_document(node)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
@@ -480,15 +506,10 @@ def load_config(path: str | os.PathLike[str], env: Mapping[str, str] | None = No
     if not isinstance(raw, dict):
         got = "an empty file" if raw is None else type(raw).__name__
         raise ConfigError(f"{source}: must be a mapping with version: 1 and exports, got {got}")
-    try:
-        model = _File.model_validate(raw)
-    except ValidationError as exc:
-        lines = [f"{source}: {_describe(err)}" for err in exc.errors()]
-        raise ConfigError("\n".join(lines)) from None
-    if problems := list(_series_problems(model.exports)):
+    model, invalid = _validate(raw)
+    problems += invalid
+    if problems or model is None:
         raise ConfigError("\n".join(f"{source}: {line}" for line in problems))
-    if placeholders := list(_null_like_ids(model.exports)):
-        raise ConfigError("\n".join(f"{source}: {line}" for line in placeholders))
     braze = model.braze
     override = env.get(ENDPOINT_ENV)
     if override:
@@ -505,6 +526,22 @@ def load_config(path: str | os.PathLike[str], env: Mapping[str, str] | None = No
         exports=tuple(model.exports),
         settle_days=model.settle_days,
     )
+
+
+def _validate(raw: dict[str, Any]) -> tuple[_File | None, list[str]]:
+    """The file's model (None when the schema refuses it) and every problem: the schema's
+    and the checks across keys together, so that one pass names them all."""
+    problems: list[str] = []
+    try:
+        model: _File | None = _File.model_validate(raw)
+    except ValidationError as exc:
+        model = None
+        problems += [_describe(err) for err in exc.errors()]
+    exports = raw.get("exports")
+    problems += _duplicate_names(exports)
+    problems += _series_problems(exports)
+    problems += _null_like_ids(exports)
+    return model, problems
 
 
 def resolve_api_key(config: Config, env: Mapping[str, str] | None = None) -> ApiKey:
@@ -572,17 +609,17 @@ def _duplicate_keys(node: yaml.Node, path: str) -> Iterator[str]:
                 todo.append((value, where))
 
 
-def _null_like_ids(exports: Sequence[Export]) -> Iterator[str]:
+def _null_like_ids(exports: object) -> Iterator[str]:
     """Ids such as 'null' or 'None': text, though the writer almost surely meant null."""
-    for i, export in enumerate(exports):
-        if export.allow_null_like_ids:
+    for i, export in _mappings(exports):
+        if export.get("allow_null_like_ids") is True:
             continue
         for key in _DIMENSION_KEYS:
-            ids = getattr(export, key)
+            ids = export.get(key)
             if not isinstance(ids, list):
                 continue
             for j, value in enumerate(ids):
-                if value is None or value.strip().casefold() not in _NULL_LIKE:
+                if not isinstance(value, str) or value.strip().casefold() not in _NULL_LIKE:
                     continue
                 meant = " (write null unquoted for the whole workspace)" if key == "app_ids" else ""
                 yield (

@@ -25,7 +25,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 
 from exporter.client import Point
 from exporter.config import Unit
-from exporter.plan import MAX_LENGTH, Plan, Request, merge_spans
+from exporter.plan import MAX_LENGTH, Plan, Request, earliest_period, merge_spans
 
 __all__ = [
     "COMPLETE",
@@ -228,12 +228,13 @@ def describe_offset(unit: Unit, offset: int) -> str:
 
 def gap_requests(plan: Plan, index: int, missing: Sequence[Span]) -> list[Request]:
     """Requests that fetch ``missing`` periods of one series whatever the server's offset
-    is within one period of the estimate: each asks for the gap plus one period on each side.
-    Gaps close together share a request (at most MAX_LENGTH periods each)."""
+    is within one period of the estimate: each asks for the gap plus one period on each side
+    (never before the earliest period). Gaps close together share a request (at most
+    MAX_LENGTH periods each)."""
     series = plan.series[index]
     out: list[Request] = []
     for lo, hi in _pack(missing, MAX_LENGTH - 2):
-        first, last = lo - 1, hi + 1
+        first, last = max(lo - 1, earliest_period(series.unit)), hi + 1
         out.append(Request(series, first, last - first + 1, "", index, gap=True))
     return out
 

@@ -23,7 +23,7 @@ import logging
 import time
 from array import array
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from zoneinfo import ZoneInfo
 
 from exporter.client import BrazeClient, Point, interpret
@@ -39,7 +39,7 @@ from exporter.errors import (
     Unreachable,
     WriteError,
 )
-from exporter.plan import Plan, Request, Series, describe_periods, ending_at
+from exporter.plan import Plan, Request, Series, describe_periods, ending_at, within_bound
 from exporter.ratelimit import Budget
 from exporter.retry import RetryPolicy, call_with_retries
 from exporter.state import State
@@ -461,19 +461,22 @@ class Pipeline:
         self.result.count(request, "done")
         self.result.count(request, "rows", len(inside))
 
-    def _sent_ending(self, request: Request) -> tuple[int, str]:
-        """The period ``ending_at`` names for this request, shifted by the calibrated offset,
+    def _as_sent(self, request: Request) -> tuple[Request, int, str]:
+        """The request as it goes out: its window shifted by the calibrated offset (and cut
+        where that would reach before the earliest period), the period ``ending_at`` names,
         and its text."""
         unit = request.series.unit
         shift = self.result.calibration.shift(unit)
-        end = request.last - shift
         if shift == 0 and request.ending_at:
-            return end, request.ending_at
+            return request, request.last, request.ending_at
+        end, length = within_bound(unit, request.last - shift, request.length)
+        if length != request.length:
+            request = replace(request, first=request.last - length + 1, length=length)
         key = (unit, end)
         text = self._endings.get(key)
         if text is None:
             text = self._endings[key] = ending_at(unit, end, self._tz)
-        return end, text
+        return request, end, text
 
     async def _attempt(
         self, request: Request, sending: asyncio.Semaphore, sent: list[bool]
@@ -493,9 +496,9 @@ class Pipeline:
             try:
                 await budget.acquire()
                 # The window as calibration knows it now, not when the request began waiting.
-                end, text = self._sent_ending(request)
+                wire, end, text = self._as_sent(request)
                 self.result.count(request, "sent")
-                response = await self.client.get(request, text)
+                response = await self.client.get(wire, text)
             except TransportError as exc:
                 self._note_transport(exc)
                 raise
@@ -517,7 +520,7 @@ class Pipeline:
             self._note_not_found(request.series)
         points = interpret(request, response, self._tz)
         self._succeeded = True
-        self.result.calibration.observe(request.series.unit, request.length, end, points)
+        self.result.calibration.observe(request.series.unit, wire.length, end, points)
         return points
 
     def cannot_reach(self, exc: TransportError) -> Unreachable:

@@ -15,10 +15,9 @@ from array import array
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta, tzinfo
-from urllib.parse import quote
 from zoneinfo import ZoneInfo
 
-from exporter.config import Config, Discover, Export, Unit, Window
+from exporter.config import FIRST_DATE, Config, Discover, Export, Unit, Window
 from exporter.errors import ConfigError
 from exporter.series import DIMENSIONS, KINDS, SeriesKind
 
@@ -33,6 +32,7 @@ __all__ = [
     "count_series",
     "describe_periods",
     "discovery_needs",
+    "earliest_period",
     "ending_at",
     "hour_range",
     "merge_spans",
@@ -41,10 +41,12 @@ __all__ = [
     "resolve_window",
     "shard_of",
     "span_label",
+    "within_bound",
 ]
 
 MAX_LENGTH = 100  # Braze accepts length 1..100
 _EPOCH_ORDINAL = date(1970, 1, 1).toordinal()
+_BEFORE_BOUND = f"; no date before {FIRST_DATE} is planned: choose a later --as-of"
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,12 +105,11 @@ class Series:
 
     @property
     def label(self) -> str:
-        # quote() keeps the label on one line whatever the ids hold.
-        words = [] if self.kind == "sessions" else [f"series={self.kind}"]
-        for param, value in self.dimensions():
-            name = DIMENSIONS[param].directory
-            words.append(f"{name}={'_all' if value is None else quote(value, safe='')}")
-        return " ".join((*words, f"unit={self.unit}"))
+        """The series in messages and logs: its directory under the output, in the words of
+        the paths (``sessions/day/segment-seg-a/workspace``: ``workspace``, ``all-users``...
+        where the rows hold null), one line whatever the ids hold."""
+        components = (DIMENSIONS[param].component(value) for param, value in self.dimensions())
+        return "/".join((self.kind, self.unit, *components))
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,20 +176,41 @@ class Plan:
 
 
 def resolve_window(window: Window, as_of: date) -> tuple[date, date] | None:
-    """The inclusive local days a window covers before ``as_of``; None when none are left."""
+    """The inclusive local days a window covers before ``as_of`` and from FIRST_DATE on (an
+    earlier start is clipped); None when none are left."""
+    end = as_of - timedelta(days=1)
     if window.days is not None:
-        return as_of - timedelta(days=window.days), as_of - timedelta(days=1)
-    assert window.start is not None
-    assert window.end is not None
-    end = min(window.end, as_of - timedelta(days=1))
-    return None if end < window.start else (window.start, end)
+        start = as_of - timedelta(days=window.days)
+    else:
+        assert window.start is not None
+        assert window.end is not None
+        start, end = window.start, min(window.end, end)
+    start = max(start, FIRST_DATE)
+    return None if end < start else (start, end)
 
 
 def hour_range(first_day: date, last_day: date, tz: ZoneInfo) -> tuple[int, int]:
-    """UTC hour periods that overlap the local days ``first_day..last_day`` (inclusive)."""
+    """UTC hour periods that overlap the local days ``first_day..last_day`` (inclusive), none
+    before the earliest hour (local days of FIRST_DATE east of UTC begin in 1969 in UTC)."""
     start = datetime.combine(first_day, time(0), tz).timestamp()
     stop = datetime.combine(last_day + timedelta(days=1), time(0), tz).timestamp()
-    return math.floor(start / 3600), math.ceil(stop / 3600) - 1
+    return max(math.floor(start / 3600), earliest_period("hour")), math.ceil(stop / 3600) - 1
+
+
+def earliest_period(unit: Unit | str) -> int:
+    """The first period any request may name: FIRST_DATE (1970-01-01), or its first UTC hour.
+    Every date a plan, a gap-fill or a calibrated request computes is this or later."""
+    return (
+        FIRST_DATE.toordinal() if unit == "day" else (FIRST_DATE.toordinal() - _EPOCH_ORDINAL) * 24
+    )
+
+
+def within_bound(unit: Unit | str, end: int, length: int) -> tuple[int, int]:
+    """``(end, length)`` of a window of ``length`` periods ending with ``end``, moved and cut
+    so that it names no period before :func:`earliest_period` (at least one period)."""
+    low = earliest_period(unit)
+    end = max(end, low)
+    return end, max(1, min(length, end - low + 1))
 
 
 def ending_at(unit: Unit, period: int, tz: ZoneInfo) -> str:
@@ -298,6 +320,11 @@ def build_plan(
     by_export: dict[str, tuple[Series, ...]] = {}
     for export in config.exports:
         days = resolve_window(export.window, as_of)
+        if export.window.days is not None and as_of - timedelta(export.window.days) < FIRST_DATE:
+            warnings.append(
+                f"exports.{export.name}: window reaches before {FIRST_DATE}, the earliest date "
+                f"the exporter plans; clipped to start on {FIRST_DATE}"
+            )
         if export.window.end is not None and export.window.end >= as_of and days is not None:
             warnings.append(
                 f"exports.{export.name}: end {export.window.end} is not before the as-of date "
@@ -307,7 +334,7 @@ def build_plan(
             raise ConfigError(
                 f"{config.source}: exports.{export.name}.window: no complete day before the "
                 f"as-of date {as_of} (days are complete once they have ended in "
-                f"{config.timezone})"
+                f"{config.timezone}){_BEFORE_BOUND if as_of <= FIRST_DATE else ''}"
             )
         series = tuple(
             s
@@ -351,7 +378,7 @@ def build_plan(
             for first, length in _slices(lo, hi):
                 requests.append(Request(s, first, length, end_of(s.unit, first + length - 1), i))
         first_request.append(len(requests))
-    settle_day = as_of - timedelta(days=config.settle_days)
+    settle_day = max(as_of - timedelta(days=config.settle_days), FIRST_DATE)
     settle_from = {
         "day": settle_day.toordinal(),
         "hour": hour_range(settle_day, settle_day, tz)[0],

@@ -5,14 +5,23 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from datetime import UTC, datetime
 from typing import TextIO
 
 from exporter.pipeline import RunResult, account
 from exporter.plan import Plan, span_label
 from exporter.ratelimit import Budget
+from exporter.series import WORKSPACE_POOL
 
-__all__ = ["Progress", "eta_seconds", "format_duration", "status_line", "summary_lines"]
+__all__ = [
+    "Progress",
+    "eta_seconds",
+    "format_duration",
+    "pause_notes",
+    "status_line",
+    "summary_lines",
+]
 
 log = logging.getLogger(__name__)
 
@@ -38,17 +47,37 @@ def eta_seconds(requests: int, requests_per_hour: float, share: float, reserve: 
     return requests / per_hour * 3600
 
 
-def status_line(result: RunResult, plan: Plan, elapsed: float) -> str:
+def status_line(
+    result: RunResult, plan: Plan, elapsed: float, budgets: Iterable[Budget] = ()
+) -> str:
+    """The progress line. While a pool's budget is paused it says until when and why (see
+    :func:`pause_notes`), and the ETA counts the rest of the longest pause."""
     totals = result.totals
     to_do = result.requests_planned - totals.skipped + totals.gap
     left = to_do - totals.done
     rate = totals.sent / elapsed if elapsed > 0 else 0.0
-    eta = format_duration(left / rate) if rate > 0 and left > 0 else "-"
+    budgets = list(budgets)
+    waiting = max((b.paused_for for b in budgets), default=0.0)
+    eta = format_duration(waiting + left / rate) if rate > 0 and left > 0 else "-"
+    paused = "".join(f"{note} | " for note in pause_notes(budgets))
     return (
         f"series {result.series_complete}/{len(plan.series)} complete | requests "
-        f"{totals.done}/{to_do} | {rate:.1f} req/s | ETA {eta} | retries {totals.retries} | "
-        f"429s {totals.rate_limited} | failed {result.series_failed}"
+        f"{totals.done}/{to_do} | {rate:.1f} req/s | {paused}ETA {eta} | retries "
+        f"{totals.retries} | 429s {totals.rate_limited} | failed {result.series_failed}"
     )
+
+
+def pause_notes(budgets: Iterable[Budget]) -> list[str]:
+    """``paused until 14:03:10 UTC: 429, Reset`` for each paused budget (a pool other than
+    the workspace's is named: ``lists pool paused until ...``)."""
+    notes = []
+    for budget in budgets:
+        until = budget.paused_until
+        if until is not None:
+            pool = "" if budget.name == WORKSPACE_POOL else f"{budget.name} pool "
+            when = datetime.fromtimestamp(until, UTC).strftime("%H:%M:%S")
+            notes.append(f"{pool}paused until {when} UTC: {budget.pause_reason}")
+    return notes
 
 
 class Progress:

@@ -15,6 +15,12 @@ milliseconds is converted; a Reset or Retry-After in the past, missing, or furth
 one window plus a margin is dropped, and the gate then closes for a pool-wide exponential
 backoff instead; a negative value, or a Remaining above Limit, is ignored. Every pause is
 clamped to ``max_pause_s``. Each kind of anomaly is logged once per run.
+
+A 429 with no usable Reset says only that we were too fast, not when to come back, and the
+backoff alone lets every worker rush in again when the gate reopens. So such a 429 also halves
+the *pace*, a spacing between requests below the bucket's rate, and each success adds a
+little back (AIMD, as TCP does with its window), never above the bucket's rate: the pace
+settles just under what the server allows. A 429 that names its Reset leaves the pace alone.
 """
 
 from __future__ import annotations
@@ -35,6 +41,8 @@ from exporter.config import MAX_PAUSE_S
 __all__ = [
     "BACKOFF_BASE_S",
     "BACKOFF_MAX_S",
+    "PACE_CUT",
+    "PACE_RAMP_S",
     "RESET_HORIZON_S",
     "Budget",
     "RateHeaders",
@@ -51,6 +59,11 @@ RESET_MARGIN_S = 0.25  # Reset is in whole seconds; a little after it the window
 RESET_HORIZON_S = MAX_PAUSE_S  # a Reset further ahead than one window and a margin is not one
 BACKOFF_BASE_S = 1.0  # the pool-wide backoff when the headers say nothing usable
 BACKOFF_MAX_S = 60.0
+# AIMD: a blind 429 multiplies the pace by PACE_CUT; successes add back, at the pace they come
+# at, the bucket's rate in PACE_RAMP_S seconds (a halved 69.4/s climbs back in ~2.5 minutes).
+PACE_CUT = 0.5
+PACE_RAMP_S = 300.0
+_PACE_FLOOR = 1 / 60  # requests/s: one a minute, like the longest backoff
 # Epoch seconds have 10 digits until the year 2286; 10**11 seconds is the year 5138, while
 # 10**11 milliseconds was 1973. Anything from here to 10**14 is read as milliseconds.
 _MS_FROM, _MS_TO = 1e11, 1e14
@@ -126,11 +139,15 @@ class Budget:
         self._sleep = sleep
         self._jitter = jitter
         self._paused_until = 0.0
+        self.pause_reason = ""
         self._streak = 0  # 429s (and blind reserve pauses) in a row, without a success between
         self._logged: set[str] = set()
         self.pauses = 0
         self.acquired = 0  # tokens handed out: every attempt this budget paced
         self.last_seen: RateHeaders = RateHeaders()
+        self.max_pace = self.allowed_per_hour / 3600
+        self.pace = self.max_pace  # requests/s the AIMD rule allows now (<= the bucket's)
+        self._next_slot = 0.0  # clock time of the next request while the pace is below max
 
     async def acquire(self) -> None:
         """Wait for the gate to open and for a token, and check the gate again after the
@@ -139,13 +156,31 @@ class Budget:
             while (delay := self._paused_until - self._clock()) > 0:
                 await self._sleep(delay)
             await self.limiter.acquire()
+            await self._keep_pace()
             if self._paused_until <= self._clock():
                 self.acquired += 1
                 return
 
+    async def _keep_pace(self) -> None:
+        """Space requests 1/pace apart while the AIMD rule holds the pace below the bucket."""
+        if self.pace >= self.max_pace:
+            return
+        now = self._clock()
+        slot = max(self._next_slot, now)
+        self._next_slot = slot + 1 / self.pace
+        if slot > now:
+            await self._sleep(slot - now)
+
     @property
     def paused_for(self) -> float:
+        """Seconds until the gate opens again (0.0 when it is open)."""
         return max(0.0, self._paused_until - self._clock())
+
+    @property
+    def paused_until(self) -> float | None:
+        """When the gate opens again, in the clock's epoch seconds; None while it is open.
+        :attr:`pause_reason` says why it closed (``429, Reset``, ``reserve reached``...)."""
+        return self._paused_until if self._paused_until > self._clock() else None
 
     def sane(self, headers: RateHeaders) -> RateHeaders:
         """The headers with every implausible value dropped (None), Reset in seconds."""
@@ -189,16 +224,19 @@ class Budget:
         if not low:
             if 200 <= status < 300:
                 self._streak = 0
+                # Additive increase: successes at pace p add max_pace / PACE_RAMP_S per second.
+                step = self.max_pace / PACE_RAMP_S / self.pace
+                self.pace = min(self.max_pace, self.pace + step)
             return
         if headers.reset_at is not None:
-            self._pause(headers.reset_at + RESET_MARGIN_S, "reserve")
+            self._pause(headers.reset_at + RESET_MARGIN_S, "reserve reached")
         else:
             # The pool is nearly spent and nothing says when it refills: slow down, more and
             # more while it stays low.
             if raw.reset_at is None:
                 self._anomaly("reset_missing")
             self._escalate()
-            self._pause(self._backoff_until(), "reserve, backing off")
+            self._pause(self._backoff_until(), "reserve reached, no usable Reset: backing off")
 
     def rate_limited(self, headers: RateHeaders) -> float:
         """A 429: close the gate for everyone; return when it opens again.
@@ -207,18 +245,26 @@ class Budget:
         A 429 that follows another without a success between also waits at least the
         backoff, so a server whose Reset lies cannot draw us into a tight loop either."""
         raw, headers = headers, self.sane(headers)
+        first = self._gate_open()  # answers to requests sent before the pause are one event
         self._escalate()
         until = headers.retry_after_at or headers.reset_at
+        why = "429, Retry-After" if headers.retry_after_at else "429, Reset"
+        note = ""
         if until is None:
+            why = "429, no usable Reset: backing off"
             if raw.reset_at is None:
                 self._anomaly("reset_missing")
+            if first:
+                # Multiplicative decrease: nothing says when to come back, only "slower".
+                self.pace = max(min(_PACE_FLOOR, self.max_pace), self.pace * PACE_CUT)
+                note = f"; pace now {self.pace:.3g}/s"
         else:
             # Jitter so that paused workers do not all hit the new window in the same
             # millisecond.
             until += RESET_MARGIN_S + self._jitter() * RESET_MARGIN_S
         if until is None or self._streak > 1:
             until = max(until or 0.0, self._backoff_until())
-        self._pause(until, "429")
+        self._pause(until, why, note)
         return self._paused_until
 
     def _gate_open(self) -> bool:
@@ -237,7 +283,7 @@ class Budget:
         step = BACKOFF_BASE_S * 2.0 ** min(max(self._streak, 1) - 1, 16)
         return self._clock() + min(BACKOFF_MAX_S, step * (0.75 + 0.5 * self._jitter()))
 
-    def _pause(self, until: float, why: str) -> None:
+    def _pause(self, until: float, why: str, note: str = "") -> None:
         now = self._clock()
         if until - now > self.max_pause_s:
             self._anomaly("clamped")
@@ -246,13 +292,15 @@ class Budget:
             if self._paused_until <= now:
                 self.pauses += 1
                 log.info(
-                    "budget: pausing all requests of the %s pool for %.1fs (%s)",
+                    "budget: pausing all requests of the %s pool for %.1fs (%s%s)",
                     self.name,
                     until - now,
                     why,
+                    note,
                     extra={"event": "budget_pause", "wait_s": round(until - now, 3)},
                 )
             self._paused_until = until
+            self.pause_reason = why
 
     def _anomaly(self, kind: str) -> None:
         if kind not in self._logged:

@@ -26,7 +26,7 @@ from exporter.errors import ConfigError, ExporterError
 from exporter.manifest import RUNS_DIR, build_manifest, write_manifest
 from exporter.pipeline import Pipeline, RunResult
 from exporter.plan import Plan, PlanRequest
-from exporter.progress import Progress, status_line, summary_lines
+from exporter.progress import Progress, pause_notes, status_line, summary_lines
 from exporter.ratelimit import Budget
 from exporter.remote import CHECKPOINT_S, RemoteRun, default_work_dir
 from exporter.resolve import Discovery
@@ -335,9 +335,10 @@ async def _with_signals_and_progress(
 
     def status() -> str:
         current = plan if isinstance(plan, Plan) else discovery.plan
+        budgets = discovery.pools.values()
         if current is None:
-            return discovery.status()
-        return status_line(pipeline.result, current, pipeline.elapsed())
+            return " | ".join([discovery.status(), *pause_notes(budgets)])
+        return status_line(pipeline.result, current, pipeline.elapsed(), budgets)
 
     running = asyncio.create_task(work())
 

@@ -12,8 +12,10 @@ the tolerant reading: revenue may be fractional, a series' pool is configurable.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from typing import Literal
+from urllib.parse import quote
 
 __all__ = [
     "CAMPAIGNS_POOL",
@@ -26,6 +28,7 @@ __all__ = [
     "Dimension",
     "ListSource",
     "SeriesKind",
+    "encode_id",
 ]
 
 Unit = Literal["day", "hour"]
@@ -35,6 +38,17 @@ LIST_POOL = "lists"  # /events/list and /purchases/product_list: 1,000 requests/
 # /campaigns/data_series: its own 50,000 requests/minute in Braze's current "Export campaign
 # analytics" page (older pages: the workspace pool).
 CAMPAIGNS_POOL = "campaigns"
+_MAX_COMPONENT = 200  # file systems allow 255 bytes per name; leave room for the prefix
+
+
+def encode_id(value: str) -> str:
+    """An id as a path component: percent-encoded, so it cannot name another directory.
+    Very long ids keep a readable prefix plus a hash."""
+    encoded = quote(value, safe="")
+    if len(encoded) > _MAX_COMPONENT:
+        digest = hashlib.sha256(value.encode()).hexdigest()[:16]
+        encoded = f"{encoded[:150]}~{digest}"
+    return encoded
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +64,10 @@ class Dimension:
     config_key: str
     directory: str
     absent: str
+
+    def component(self, value: str | None) -> str:
+        """The path component of a value (``app-ios``), or of its absence (``workspace``)."""
+        return self.absent if value is None else f"{self.directory}-{encode_id(value)}"
 
 
 DIMENSIONS: dict[str, Dimension] = {

@@ -30,14 +30,13 @@ from datetime import UTC, date, datetime, tzinfo
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
-from urllib.parse import quote
 
 from exporter import formats
 from exporter.child import ChildDied, ChildProcess, ChildUnavailable, Job, Outcome, run_all
 from exporter.errors import ExporterError, WriteError
 from exporter.plan import Series
 from exporter.redact import redact_bytes
-from exporter.series import DIMENSIONS
+from exporter.series import encode_id
 from exporter.storage import WORK_DIR
 
 if TYPE_CHECKING:  # not imported at run time: the encoder process imports this module
@@ -58,7 +57,6 @@ log = logging.getLogger(__name__)
 
 _LOCK_STRIPES = 1024
 _TEMP_NAMES = itertools.count()
-_MAX_COMPONENT = 200  # file systems allow 255 bytes per name; leave room for the prefix
 WORKSPACE = "workspace"  # the directory of the series without an app id
 
 
@@ -81,16 +79,6 @@ class WrittenFile:
     version: int  # order of the writes of one file: a later write has a higher version
 
 
-def encode_id(value: str) -> str:
-    """An id as a path component: percent-encoded, so it cannot name another directory.
-    Very long ids keep a readable prefix plus a hash."""
-    encoded = quote(value, safe="")
-    if len(encoded) > _MAX_COMPONENT:
-        digest = hashlib.sha256(value.encode()).hexdigest()[:16]
-        encoded = f"{encoded[:150]}~{digest}"
-    return encoded
-
-
 def partition_of(series: Series, period: int) -> str:
     if series.unit == "day":
         return date.fromordinal(period).strftime("%Y-%m")
@@ -99,11 +87,7 @@ def partition_of(series: Series, period: int) -> str:
 
 def partition_path(root: Path, series: Series, partition: str, fmt: str) -> Path:
     """``root/{series}/{unit}/{one directory per dimension}/{partition}.{fmt}``."""
-    path = root / series.kind / series.unit
-    for param, value in series.dimensions():
-        dim = DIMENSIONS[param]
-        path /= dim.absent if value is None else f"{dim.directory}-{encode_id(value)}"
-    return path / f"{partition}.{fmt}"
+    return root / series.label / f"{partition}.{fmt}"
 
 
 @dataclass

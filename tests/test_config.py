@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from exporter.cli import main
 from exporter.config import ApiKey, load_config, resolve_api_key
 from exporter.errors import ConfigError
 
@@ -115,7 +116,7 @@ def test_endpoint_env_is_validated(write_config: Callable[..., Path]) -> None:
         ),
         (
             GOOD + "  - name: nightly\n    segment_ids: [b]\n    window: {days: 1}\n",
-            "exports: duplicate export name 'nightly'",
+            "exports[1].name: duplicate export name 'nightly' (also exports[0].name)",
         ),
         (GOOD + "timezone: Mars/Olympus\n", "timezone: unknown IANA time zone 'Mars/Olympus'"),
         (
@@ -167,6 +168,50 @@ def test_every_problem_is_listed(write_config: Callable[..., Path]) -> None:
     lines = str(caught.value).splitlines()
     assert len(lines) == 2
     assert all(line.startswith(f"{path}: limits.") for line in lines)
+
+
+EVERYTHING_WRONG = """\
+version: 1
+timezone: Mars/Olympus
+timezone: UTC
+limits: {share: 0}
+exports:
+  - name: nightly
+    segment_ids: [seg-a]
+    window: {days: 0}
+  - name: nightly
+    segment_ids: [seg-b]
+    app_ids: ['None']
+    window: {days: 7}
+  - name: kpis
+    series: dau
+    segment_ids: [seg-a]
+    units: [hour]
+    window: {days: 7, start: 2024-01-01}
+"""
+
+
+def test_validate_reports_every_problem_in_one_pass(
+    write_config: Callable[..., Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """days: 0, a duplicate name, a 'None' id, a duplicate key and the series checks: one
+    run of validate names them all, one line each with its key path, exit 2."""
+    path = write_config(EVERYTHING_WRONG)
+    assert main(["validate", str(path)]) == 2
+    lines = capsys.readouterr().err.splitlines()
+    problems = {line.removeprefix(f"error: {path}: ").split(":")[0] for line in lines}
+    assert problems == {
+        "timezone",  # given twice
+        "limits.share",
+        "exports[0].window.days",
+        "exports[1].name",  # duplicate export name
+        "exports[1].app_ids[0]",  # 'None' reads like null
+        "exports[2].window",  # days and start both given
+        "exports[2].segment_ids",  # dau takes no segment_ids
+        "exports[2].units[0]",  # dau has no hours
+    }
+    assert all(line.startswith(f"error: {path}: ") for line in lines)
+    assert len(lines) == len(problems)
 
 
 def test_missing_file_and_directory(tmp_path: Path) -> None:

@@ -7,6 +7,7 @@ from datetime import date
 import pytest
 
 from exporter.client import Point
+from exporter.config import Unit
 from exporter.coverage import (
     COMPLETE,
     OPEN,
@@ -17,7 +18,7 @@ from exporter.coverage import (
     runs,
     subtract,
 )
-from exporter.plan import Plan, Request, Series
+from exporter.plan import Plan, Request, Series, earliest_period
 
 S = Series("s", None, "day")
 
@@ -84,18 +85,32 @@ def test_gap_requests_are_widened_by_a_period_and_packed(
     missing: list[tuple[int, int]], windows: list[tuple[int, int]]
 ) -> None:
     """Each gap request asks for one more period on each side, at most 100 in all."""
-    requests = gap_requests(_plan((0, 300)), 0, missing)
-    assert [(r.first, r.last) for r in requests] == windows
+    base = date(2024, 1, 1).toordinal()  # day periods are ordinals: 0 would be before 1970
+    requests = gap_requests(
+        _plan((base, base + 300)), 0, [(a + base, b + base) for a, b in missing]
+    )
+    assert [(r.first - base, r.last - base) for r in requests] == windows
     assert all(r.gap and r.length <= 100 for r in requests)
+
+
+@pytest.mark.parametrize("unit", ["day", "hour"])
+def test_a_gap_at_the_earliest_period_is_not_widened_before_it(unit: Unit) -> None:
+    """A gap that starts on 1970-01-01 (or its first hour) asks for nothing earlier."""
+    low = earliest_period(unit)
+    series = Series("s", None, unit)
+    plan = Plan(date(1970, 3, 1), "UTC", (Request(series, low, 50, "x", 0),), (series,))
+    (request,) = gap_requests(plan, 0, [(low, low + 9)])
+    assert (request.first, request.last) == (low, low + 10)
 
 
 @pytest.mark.parametrize("offset", [-1, 0, 1])
 def test_a_widened_gap_request_covers_its_gap_whatever_the_offset(offset: int) -> None:
     """Sent for the estimate 0, the window still holds the gap if Braze is off by one."""
-    (request,) = gap_requests(_plan((0, 300)), 0, [(40, 45)])
+    base = date(2024, 1, 1).toordinal()
+    (request,) = gap_requests(_plan((base, base + 300)), 0, [(base + 40, base + 45)])
     returned = (request.first + offset, request.last + offset)
-    assert returned[0] <= 40
-    assert returned[1] >= 45
+    assert returned[0] <= base + 40
+    assert returned[1] >= base + 45
 
 
 def test_calibration_follows_clean_measurements_only() -> None:

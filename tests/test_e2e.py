@@ -176,7 +176,8 @@ def test_a_rejected_series_fails_alone(
     summary = capsys.readouterr().out
     assert "series: 4 complete, 0 incomplete, 4 failed" in summary
     assert (
-        "failed segment=odd%2Fseg%20id app=_all unit=day: HTTP 400: Invalid segment_id" in summary
+        "failed sessions/day/segment-odd%2Fseg%20id/workspace: HTTP 400: Invalid segment_id"
+        in summary
     )
     assert rejected == 4  # one request per failed series: no retries of a 400
     assert _check_every_row(out) > 0
@@ -354,6 +355,6 @@ def test_a_series_error_names_its_series_once(
     path = write_config(CONFIG.format(out=out, fmt="jsonl"))
     assert main(["run", str(path), "--sandbox", "--out", str(out), "--as-of", AS_OF]) == 1
     captured = capsys.readouterr()
-    (line,) = [x for x in captured.out.splitlines() if "segment=seg-a app=_all unit=hour" in x]
-    assert line.startswith("failed segment=seg-a app=_all unit=hour: cannot write ")
-    assert line.count("unit=hour:") == 1
+    (line,) = [x for x in captured.out.splitlines() if "sessions/hour/segment-seg-a/workspace" in x]
+    assert line.startswith("failed sessions/hour/segment-seg-a/workspace: cannot write ")
+    assert line.count("workspace:") == 1

@@ -308,7 +308,7 @@ def test_a_401_during_discovery_stops_before_any_data_request(
     assert code == 3
     assert set(stats.paths) <= {"/segments/list", "/events/list", "/purchases/product_list"}
     summary = capsys.readouterr().out
-    assert "incomplete series=dau app=_all unit=day: missing 2024-06-29..2024-06-30" in summary
+    assert "incomplete dau/day/workspace: missing 2024-06-29..2024-06-30" in summary
     assert "a-wrong-key-0123456789" not in summary
 
 

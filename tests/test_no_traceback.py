@@ -424,3 +424,40 @@ def test_an_output_directory_the_user_cannot_write_names_it_and_the_fix(tmp_path
         f"(owned by uid {owner}) is not writable by uid {os.geteuid()}; "
     )
     assert ('--user "$(id -u):$(id -g)"' in line) is _in_container()
+
+
+@pytest.mark.parametrize(
+    ("command", "where", "says", "never"),
+    [
+        ("run", "load_config", "the periods completed so far are saved", "nothing was written"),
+        ("plan", "load_config", "nothing was written", "saved"),
+        ("validate", "load_config", "nothing was written", "saved"),
+        ("doctor", "load_config", "nothing was written", "saved"),
+        ("verify", "verify", "nothing was written", "saved"),
+    ],
+)
+def test_out_of_memory_advice_fits_the_command(
+    command: str,
+    where: str,
+    says: str,
+    never: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Only a run says its completed periods are saved; the others say nothing was written."""
+
+    def starved(*args: object, **kwargs: object) -> None:
+        raise MemoryError
+
+    monkeypatch.setattr(f"exporter.cli.{where}", starved)
+    config = tmp_path / "c.yaml"
+    config.write_text(_good(tmp_path / "out"))
+    target = str(tmp_path) if command == "verify" else str(config)
+    assert main([command, target]) == 1
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith("error: out of memory: ")
+    assert says in line
+    assert never not in line
+    if command in ("run", "plan"):
+        assert "--shard K/N" in line

@@ -6,7 +6,7 @@ import io
 import json
 import logging
 from collections.abc import Callable
-from datetime import date
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
@@ -17,10 +17,11 @@ from exporter.config import load_config
 from exporter.logs import new_run_id, setup_logging
 from exporter.pipeline import RunResult
 from exporter.plan import Plan, Request, build_plan
-from exporter.progress import Progress, status_line
+from exporter.progress import Progress, pause_notes, status_line
+from exporter.ratelimit import Budget, RateHeaders
 from exporter.redact import redacted_streams, register_secret
 from exporter.storage import DirLock
-from tests.conftest import KEY, snapshot
+from tests.conftest import KEY, FakeClock, snapshot
 
 AS_OF = "2024-07-01"
 CONFIG = """\
@@ -276,6 +277,61 @@ def test_status_line_says_what_matters() -> None:
         "series 0/0 complete | requests 40/100 | 5.0 req/s | ETA 12.0s | retries 10 | "
         "429s 2 | failed 0"
     )
+
+
+# 2026-12-03 14:00:00 UTC
+_AT_14H = datetime(2026, 12, 3, 14, 0, tzinfo=UTC).timestamp()
+
+
+def _half_done() -> RunResult:
+    """100 requests planned, 40 done at 5 sent per second: 12 s left at that rate."""
+    result = RunResult(requests_planned=100)
+    result.totals.sent, result.totals.done = 50, 40
+    return result
+
+
+@pytest.mark.parametrize(
+    ("pause", "says", "eta"),
+    [
+        (
+            lambda b, now: b.rate_limited(RateHeaders(limit=20, remaining=0, reset_at=now + 190)),
+            "paused until 14:03:10 UTC: 429, Reset",
+            "3m22s",
+        ),
+        (
+            lambda b, now: b.observe(RateHeaders(limit=1000, remaining=50, reset_at=now + 60)),
+            "paused until 14:01:00 UTC: reserve reached",
+            "1m12s",
+        ),
+        (
+            lambda b, now: b.rate_limited(RateHeaders(retry_after_at=now + 3000)),
+            "paused until 14:50:00 UTC: 429, Retry-After",
+            "50m12s",
+        ),
+    ],
+    ids=["429-reset", "reserve", "retry-after"],
+)
+def test_the_progress_line_says_a_pause_and_counts_it_in_the_eta(
+    pause: Callable[[Budget, float], object], says: str, eta: str
+) -> None:
+    """While the budget is paused the line says until when (UTC) and why, and the ETA is
+    the rest of the pause plus the requests left at the rate so far."""
+    clock = FakeClock(_AT_14H)
+    budget = Budget(10**8, 1.0, 0.1, clock=clock, sleep=clock.sleep, jitter=lambda: 0.0)
+    pause(budget, clock.now)
+    line = status_line(_half_done(), _plan(), elapsed=10, budgets=[budget])
+    assert f"| 5.0 req/s | {says} | ETA {eta} |" in line
+    clock.now += budget.paused_for  # the gate opens: the line is as before
+    assert "paused" not in status_line(_half_done(), _plan(), elapsed=10, budgets=[budget])
+
+
+def test_a_paused_list_pool_is_named() -> None:
+    """A pause of a pool other than the workspace's names that pool."""
+    clock = FakeClock(_AT_14H)
+    lists = Budget(1000, 1.0, 0.1, clock=clock, jitter=lambda: 0.0, name="lists")
+    lists.rate_limited(RateHeaders(limit=1000, remaining=0))  # no Reset: backs off 0.75 s
+    (note,) = pause_notes([Budget(10**8, 1.0, 0.1, clock=clock), lists])
+    assert note == "lists pool paused until 14:00:00 UTC: 429, no usable Reset: backing off"
 
 
 def test_shards_are_disjoint_and_cover_everything(write_config: Callable[..., Path]) -> None:

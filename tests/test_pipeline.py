@@ -204,10 +204,10 @@ async def test_retry_lines_name_the_request_by_its_periods(
     with caplog.at_level(logging.WARNING):
         await pipeline.run(plan)
     assert [r.getMessage().split(": attempt")[0] for r in caplog.records] == [
-        "retry segment=s0 app=_all unit=day periods 2024-06-28..2024-06-30",
-        "retry segment=h app=_all unit=hour periods 2024-06-30T22:00Z..2024-06-30T23:00Z",
+        "retry sessions/day/segment-s0/workspace periods 2024-06-28..2024-06-30",
+        "retry sessions/hour/segment-h/workspace periods 2024-06-30T22:00Z..2024-06-30T23:00Z",
     ]
-    assert all(r.getMessage().count("segment=") == 1 for r in caplog.records)
+    assert all(r.getMessage().count("segment-") == 1 for r in caplog.records)
 
 
 def _hours_body(*hours: str) -> bytes:
@@ -412,3 +412,26 @@ async def test_a_fast_run_whose_every_write_fails_stops_before_spending_its_budg
     assert str(result.unreachable).startswith("the output cannot be written (cannot write ")
     assert "0s and 200 writes in a row" in str(result.unreachable)
     assert client.calls < 300
+
+
+async def test_a_calibrated_window_never_reaches_before_1970(tmp_path: Path) -> None:
+    """Shifted by a learnt offset of +1, a request starting on 1970-01-01 is sent one day
+    shorter, so the window Braze is asked for starts no earlier than 1970-01-01."""
+    sent: list[tuple[str, str | None]] = []
+
+    class Recording(ScriptedClient):
+        async def get(self, request: Request, ending_at: str | None = None) -> Response:
+            sent.append((request.params(ending_at)["length"], ending_at))
+            return await super().get(request, ending_at)
+
+    first = date(1970, 1, 1).toordinal()
+    series = Series("s", None, "day")
+    request = Request(series, first, 3, ending_at("day", first + 2, UTC_ZONE), 0)
+    plan = Plan(date(1970, 2, 1), "UTC", (request,), (series,))
+    days = _days_body("1970-01-01", "1970-01-02", "1970-01-03")
+    pipeline, _ = _scripted_pipeline(
+        tmp_path, Recording(Response(200, RateHeaders(), days)), FakeClock(0.0)
+    )
+    pipeline.result.calibration = Calibration({"day": 1})
+    await pipeline.run(plan)
+    assert sent == [("2", ending_at("day", first + 1, UTC_ZONE))]

@@ -9,9 +9,10 @@ from pathlib import Path
 
 import pytest
 
+from exporter.cli import main
 from exporter.config import Config, load_config
 from exporter.errors import ConfigError
-from exporter.plan import Series, build_plan, ending_at, period_of
+from exporter.plan import Series, build_plan, earliest_period, ending_at, period_of, within_bound
 
 AS_OF = date(2024, 7, 1)
 
@@ -118,6 +119,48 @@ def test_window_entirely_after_as_of_is_a_config_error(config_for: Callable[...,
     config = config_for(window="{start: 2024-07-01, end: 2024-07-05}")
     with pytest.raises(ConfigError, match=r"exports\.\w+\.window: no complete day before"):
         build_plan(config, AS_OF)
+
+
+@pytest.mark.parametrize("timezone", ["UTC", "Asia/Tokyo", "America/New_York"])
+def test_no_planned_date_is_before_1970(config_for: Callable[..., Config], timezone: str) -> None:
+    """A window reaching before 1970-01-01 is clipped there, with a warning: neither a
+    request's first period nor its ending_at is earlier, for days and hours in any zone."""
+    config = config_for(window="{days: 30}", units="[day, hour]", timezone=timezone)
+    plan = build_plan(config, date(1970, 1, 2))  # settle_days 3 would reach 1969-12-30
+    assert plan.warnings == (
+        "exports.main: window reaches before 1970-01-01, the earliest date the exporter "
+        "plans; clipped to start on 1970-01-01",
+    )
+    for request in plan.requests:
+        assert request.first >= earliest_period(request.series.unit)
+        assert request.ending_at >= "1970-01-01"
+    assert all(plan.settle_from[unit] >= earliest_period(unit) for unit in ("day", "hour"))
+    days = [r for r in plan.requests if r.series.unit == "day"]
+    assert [(r.first, r.length) for r in days] == [(date(1970, 1, 1).toordinal(), 1)]
+
+
+def test_as_of_1970_01_01_plans_nothing_before_it(
+    write_config: Callable[..., Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--as-of 1970-01-01 leaves no complete day from 1970 on: exit 2 saying so, no request
+    ending 1969-12-31."""
+    path = write_config(
+        "version: 1\nexports:\n  - {name: a, segment_ids: [s], window: {days: 1}}\n"
+    )
+    assert main(["plan", str(path), "--as-of", "1970-01-01", "--json"]) == 2
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert "no complete day before the as-of date 1970-01-01" in err
+    assert "no date before 1970-01-01 is planned: choose a later --as-of" in err
+
+
+def test_a_window_is_cut_to_the_earliest_period() -> None:
+    """A shifted window that would reach before 1970 ends no earlier than it and is shortened."""
+    low = earliest_period("day")
+    assert within_bound("day", low + 9, 5) == (low + 9, 5)
+    assert within_bound("day", low + 2, 10) == (low + 2, 3)
+    assert within_bound("day", low - 1, 10) == (low, 1)
+    assert within_bound("hour", -3, 10) == (0, 1)
 
 
 def test_a_clipped_window_warns_once(config_for: Callable[..., Config]) -> None:

@@ -7,7 +7,14 @@ import logging
 import pytest
 from multidict import CIMultiDict
 
-from exporter.ratelimit import RESET_MARGIN_S, Budget, RateHeaders, bucket_shape, parse_rate_headers
+from exporter.ratelimit import (
+    PACE_RAMP_S,
+    RESET_MARGIN_S,
+    Budget,
+    RateHeaders,
+    bucket_shape,
+    parse_rate_headers,
+)
 from tests.conftest import FakeClock
 
 
@@ -304,3 +311,55 @@ def test_each_kind_of_anomaly_is_logged_once(caplog: pytest.LogCaptureFixture) -
             budget.observe(RateHeaders(limit=10, remaining=50))
             _after_pause(clock, budget)
     assert len(_warnings(caplog)) == 2
+
+
+# --- AIMD: the pace when 429s come without a usable Reset -------------------------------------
+
+
+def test_a_429_without_a_usable_reset_halves_the_pace() -> None:
+    """Blind 429s halve the pace once per pause (the in-flight answers are one event); a 429
+    that names its Reset leaves the pace alone."""
+    clock = FakeClock(NOW)
+    budget = _budget(clock)
+    full = budget.max_pace
+    budget.rate_limited(RateHeaders(limit=20, remaining=0))
+    for _ in range(5):  # the other workers' answers to requests sent before the pause
+        budget.rate_limited(RateHeaders(limit=20, remaining=0))
+    assert budget.pace == pytest.approx(full / 2)
+    _after_pause(clock, budget)
+    budget.rate_limited(RateHeaders(reset_at=NOW - 60))  # a Reset in the past: unusable
+    assert budget.pace == pytest.approx(full / 4)
+    _after_pause(clock, budget)
+    budget.rate_limited(RateHeaders(limit=20, remaining=0, reset_at=clock.now + 5))
+    assert budget.pace == pytest.approx(full / 4)
+
+
+def test_successes_raise_the_pace_additively_up_to_the_bucket() -> None:
+    """Each success at pace p adds max_pace / PACE_RAMP_S / p: back to full after a cut
+    within PACE_RAMP_S seconds of successes, and never above the bucket's rate."""
+    clock = FakeClock(NOW)
+    budget = Budget(36_000, 1.0, 0.1, clock=clock, sleep=clock.sleep, jitter=lambda: 0.5)
+    budget.rate_limited(RateHeaders())
+    assert budget.pace == pytest.approx(5.0)
+    _after_pause(clock, budget)
+    ok = RateHeaders(limit=1000, remaining=500)
+    budget.observe(ok, status=200)
+    assert budget.pace == pytest.approx(5.0 + 10 / PACE_RAMP_S / 5.0)
+    seconds = 0.0
+    while budget.pace < budget.max_pace:
+        seconds += 1 / budget.pace  # successes come at the pace
+        budget.observe(ok, status=200)
+    assert seconds < PACE_RAMP_S
+    budget.observe(ok, status=200)
+    assert budget.pace == budget.max_pace == pytest.approx(10.0)
+
+
+async def test_a_cut_pace_spaces_the_requests() -> None:
+    """Below the bucket's rate, acquire hands out one request every 1/pace seconds."""
+    clock = FakeClock(NOW)
+    budget = _budget(clock)
+    budget.pace = 4.0
+    for _ in range(4):
+        await budget.acquire()
+    assert clock.now - NOW == pytest.approx(0.75)
+    assert clock.sleeps == pytest.approx([0.25, 0.25, 0.25])

@@ -97,7 +97,7 @@ async def test_each_retry_is_logged_before_its_sleep(caplog: pytest.LogCaptureFi
     """One line says which request, the attempt, the cause and the wait; the series once."""
     clock = FakeClock()
     error = ServerError("upstream timeout", status=504, series=Series("a", None, "day"))
-    label = "segment=a app=_all unit=day periods 2024-01-01..2024-04-09"
+    label = "sessions/day/segment-a/workspace periods 2024-01-01..2024-04-09"
     with caplog.at_level(logging.WARNING):
         await call_with_retries(
             Flaky(error), policy=RetryPolicy(), label=label, sleep=clock.sleep, rand=lambda: 1.0

@@ -104,15 +104,35 @@ def test_params_follow_the_endpoint() -> None:
 
 
 def test_sessions_keep_their_identity() -> None:
-    """A sessions series keeps the state key, shard and label of the versions before the
-    family, so existing resume state and shards stay valid; other kinds never collide."""
+    """A sessions series keeps the state key and shard of the versions before the family,
+    so existing resume state and shards stay valid; other kinds never collide."""
     s = Series("seg", None, "day")
     assert s.key == "seg\x1f\x1f0\x1fday"
-    assert s.label == "segment=seg app=_all unit=day"
     assert shard_of(s, 7) == shard_of(Series("seg", None, "day", "sessions"), 7)
     other = Series("seg", None, "day", "segment_size")
     assert other.key != s.key
-    assert other.label == "series=segment_size segment=seg unit=day"
+    assert other.label != s.label
+
+
+@pytest.mark.parametrize(
+    ("series", "label"),
+    [
+        (Series("seg-a", None, "day"), "sessions/day/segment-seg-a/workspace"),
+        (Series(None, "ios", "hour"), "sessions/hour/all-users/app-ios"),
+        (Series(None, None, "day", "dau"), "dau/day/workspace"),
+        (Series(None, "workspace", "day", "dau"), "dau/day/app-workspace"),
+        (
+            Series(None, None, "hour", "events", event="a/b c"),
+            "events/hour/event-a%2Fb%20c/all-users/workspace",
+        ),
+    ],
+)
+def test_a_series_is_named_in_the_words_of_its_directory(series: Series, label: str) -> None:
+    """Summary, logs and errors name a series by its directory under the output: the words
+    of the paths (workspace, all-users, never '_all') where the rows hold null, and an id
+    named 'workspace' cannot pass for the whole workspace."""
+    assert series.label == label
+    assert str(partition_path(Path("out"), series, "2024-07", "jsonl").parent) == f"out/{label}"
 
 
 def _response(body: object) -> Response:
