@@ -143,11 +143,39 @@ class ObjectStore:
             raise StorageError(f"cannot read {self.display(relative)}: {_reason(exc)}") from None
         return data
 
-    def put_sync(self, relative: str, data: bytes) -> None:
+    def put_sync(self, relative: str, data: bytes) -> str:
+        """Replace the object whole; its ETag when the backend's answer gives it, else ""."""
         try:
-            self.fs.pipe_file(self.full(relative), data)
+            answer = self.fs.pipe_file(self.full(relative), data)
         except Exception as exc:
             raise StorageError(f"cannot write {self.display(relative)}: {_reason(exc)}") from None
+        return _stamp(answer) if isinstance(answer, dict) else ""
+
+    def move(self, relative: str, to: str) -> None:
+        """Move an object (a copy, then a delete: object stores have no rename)."""
+        try:
+            self.fs.mv(self.full(relative), self.full(to))
+        except Exception as exc:
+            raise StorageError(f"cannot move {self.display(relative)}: {_reason(exc)}") from None
+
+    def fingerprints(self, relative_dir: str) -> dict[str, tuple[int, str]]:
+        """``{path: (size, stamp)}`` of every object under ``relative_dir``, from one listing
+        (paged by the backend): the stamp is the object's ETag (or its modification time
+        where the backend gives no ETag)."""
+        try:
+            found = self.fs.find(self.full(relative_dir), detail=True)
+        except FileNotFoundError:
+            return {}
+        except Exception as exc:
+            raise StorageError(
+                f"cannot list {self.display(relative_dir)}: {_reason(exc)}"
+            ) from None
+        cut = len(self._root) + 1
+        return {
+            str(path)[cut:]: (int(info.get("size") or 0), _stamp(info))
+            for path, info in found.items()
+            if info.get("type") != "directory"
+        }
 
     def create(self, relative: str, data: bytes) -> bool:
         """Write ``relative`` only if no object has that name; False if one has."""
@@ -189,9 +217,11 @@ class ObjectStore:
         """The object's bytes, or None if there is none (the writer's merge source)."""
         return await asyncio.get_running_loop().run_in_executor(self._pool, self.get, relative)
 
-    async def put(self, relative: str, data: bytes) -> None:
-        """Replace the object whole (one PUT: readers see the old or the new object)."""
-        await asyncio.get_running_loop().run_in_executor(self._pool, self.put_sync, relative, data)
+    async def put(self, relative: str, data: bytes) -> str:
+        """Replace the object whole (one PUT: readers see the old or the new object); its
+        ETag, or "" when the backend does not say."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._pool, self.put_sync, relative, data)
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)
@@ -200,6 +230,16 @@ class ObjectStore:
 def _reason(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
+
+
+def _stamp(info: dict[str, Any]) -> str:
+    """What changes when an object is replaced: its ETag (S3, GCS, Azure name it so), else
+    its modification time; "" when neither is given."""
+    for key in ("ETag", "etag", "LastModified", "last_modified", "mtime", "updated"):
+        value = info.get(key)
+        if value:
+            return str(value)
+    return ""
 
 
 def _iso(epoch: float) -> str:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import dataclasses
 import hashlib
 import itertools
 import logging
@@ -50,11 +51,14 @@ __all__ = [
     "atomic_write",
     "encode_id",
     "partition_path",
+    "partition_span",
+    "partitions",
     "start_encoder",
 ]
 
 log = logging.getLogger(__name__)
 
+_EPOCH_ORDINAL = date(1970, 1, 1).toordinal()
 _LOCK_STRIPES = 1024
 _TEMP_NAMES = itertools.count()
 _MAX_COMPONENT = 200  # file systems allow 255 bytes per name; leave room for the prefix
@@ -67,7 +71,9 @@ class Store(Protocol):
 
     async def read(self, relative: str) -> bytes | None: ...
 
-    async def put(self, relative: str, data: bytes) -> None: ...
+    async def put(self, relative: str, data: bytes) -> str:
+        """Replace the object whole; its stamp (ETag) if the store says it, else ""."""
+        ...
 
     def display(self, relative: str) -> str: ...
 
@@ -78,6 +84,11 @@ class WrittenFile:
     rows: int
     sha256: str
     version: int  # order of the writes of one file: a later write has a higher version
+    series: str = ""  # the key of the series whose partition this is ("": not known)
+    lo: int = 0  # the partition's periods, lo..hi: what the file holds when complete
+    hi: int = -1
+    size: int = -1  # bytes, and what changes when the file is replaced: its mtime in ns
+    stamp: str = ""  # locally, the object's ETag on object storage ("": not known yet)
 
 
 def encode_id(value: str) -> str:
@@ -94,6 +105,29 @@ def partition_of(series: Series, period: int) -> str:
     if series.unit == "day":
         return date.fromordinal(period).strftime("%Y-%m")
     return datetime.fromtimestamp(period * 3600, UTC).strftime("%Y-%m-%d")
+
+
+def partition_span(series: Series, partition: str) -> tuple[int, int]:
+    """The periods ``lo..hi`` a partition of :func:`partition_of` holds (a month of local
+    days, or a UTC date's hours)."""
+    if series.unit == "day":
+        first = date.fromisoformat(f"{partition}-01")
+        after = date(first.year + first.month // 12, first.month % 12 + 1, 1)
+        return first.toordinal(), after.toordinal() - 1
+    day = (date.fromisoformat(partition).toordinal() - _EPOCH_ORDINAL) * 24
+    return day, day + 23
+
+
+def partitions(series: Series, lo: int, hi: int) -> list[tuple[str, int, int]]:
+    """The partitions that hold periods ``lo..hi``: ``(partition, first, last)`` each."""
+    out: list[tuple[str, int, int]] = []
+    period = lo
+    while period <= hi:
+        name = partition_of(series, period)
+        first, last = partition_span(series, name)
+        out.append((name, first, last))
+        period = last + 1
+    return out
 
 
 def partition_path(root: Path, series: Series, partition: str, fmt: str) -> Path:
@@ -211,8 +245,8 @@ class PartitionWriter:
                 else _parse(self.fmt, self.tz, current, store.display(relative), series)
             )
             count, sha256, data = _merge(self.fmt, rows, series, _rows(points))
-            item = WrittenFile(path, count, sha256, next(self._versions))
-            await store.put(relative, data)
+            stamp = await store.put(relative, data)
+            item = _written(path, count, sha256, next(self._versions), series, len(data), stamp)
         except OSError as exc:
             raise WriteError(str(exc)) from None
         if self._on_written is not None:
@@ -231,7 +265,7 @@ class PartitionWriter:
             # temp file is written here, on the loop, so durability and ordering stay the
             # group commit's.
             rows, sha256, data = await self._stager.run(prepare)
-        item = WrittenFile(path, rows, sha256, version)
+        item = _written(path, rows, sha256, version, series, len(data), "")
         tmp, fd = _temp_file(self.tmp_dir, self.token)
         try:
             _write_all(fd, (data,))
@@ -297,6 +331,13 @@ class PartitionWriter:
 
 
 _Prepared = tuple[int, str, bytes]  # rows, sha256, the file's bytes: all the parent needs
+
+
+def _written(
+    path: Path, rows: int, sha256: str, version: int, series: Series, size: int, stamp: str
+) -> WrittenFile:
+    lo, hi = partition_span(series, path.stem)
+    return WrittenFile(path, rows, sha256, version, series.key, lo, hi, size, stamp)
 
 
 def _rows(points: Iterable[Point]) -> list[formats.Row]:
@@ -577,7 +618,14 @@ def _discard(tmp: str, fd: int) -> None:
 
 
 def _settle(staged: _Staged) -> None:
-    """Close the temp file, then rename it into place, or remove it if its batch failed."""
+    """Close the temp file, then rename it into place, or remove it if its batch failed.
+    The rename keeps the file's mtime: the fingerprint is taken from the open temp file."""
+    try:
+        if staged.error is None:
+            mtime_ns = os.fstat(staged.fd).st_mtime_ns
+            staged.item = dataclasses.replace(staged.item, stamp=str(mtime_ns))
+    except OSError as exc:
+        staged.error = exc
     try:
         os.close(staged.fd)
         if staged.error is None:
