@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-from exporter.plan import Series
+from exporter.plan import Series, shard_of
 from exporter.remote import ObjectStore
 from exporter.series import KINDS
 from exporter.state import Fingerprint, State
@@ -131,17 +131,29 @@ class FileCheck:
         }
 
 
-def check_files(state: State, files: Files, *, fmt: str, run_id: str) -> FileCheck:
+def check_files(
+    state: State,
+    files: Files,
+    *,
+    fmt: str,
+    run_id: str,
+    shard: tuple[int, int] | None = None,
+) -> FileCheck:
     """Compare the fingerprints of ``state`` with ``files`` and take back the periods of
     every file gone or changed (see the module docstring). ``fmt``: the output format (an
-    older state's files are found by it). Raises StorageError (an OSError) when the store
-    cannot be listed; OSError when a changed file cannot be moved aside."""
+    older state's files are found by it); ``shard``: only the files of this shard's series
+    are checked (the other shards may be writing theirs right now). Raises StorageError (an
+    OSError) when the store cannot be listed; OSError when a changed file cannot be moved
+    aside."""
     report = FileCheck()
+    mine = _ShardFilter(shard)
     gone: list[tuple[Fingerprint, bool]] = []
     if not state.checked:
-        gone += [(absent, False) for absent in _check_unfingerprinted(state, files, fmt, report)]
+        unfingerprinted = _check_unfingerprinted(state, files, fmt, report, mine)
+        gone += [(absent, False) for absent in unfingerprinted]
     adopt: list[Fingerprint] = []
-    for directory, group in _by_directory(state.fingerprints()):
+    ours = (f for f in state.fingerprints() if mine(f.series))
+    for directory, group in _by_directory(ours):
         seen = files.listing(directory)
         for recorded in group:
             report.checked += 1
@@ -206,14 +218,34 @@ def _by_directory(
         yield directory or "", group
 
 
+class _ShardFilter:
+    """Whether a series key belongs to the run's shard (consecutive files share a key)."""
+
+    def __init__(self, shard: tuple[int, int] | None) -> None:
+        self.shard = shard
+        self._last: tuple[str, bool] = ("", True)
+
+    def __call__(self, key: str) -> bool:
+        if self.shard is None:
+            return True
+        if key != self._last[0]:
+            series = _series_of(key)
+            # A key this version cannot read has no shard: a run without --shard checks it.
+            ours = series is not None and shard_of(series, self.shard[1]) == self.shard[0]
+            self._last = (key, ours)
+        return self._last[1]
+
+
 def _check_unfingerprinted(
-    state: State, files: Files, fmt: str, report: FileCheck
+    state: State, files: Files, fmt: str, report: FileCheck, mine: _ShardFilter
 ) -> list[Fingerprint]:
     """A state an older version wrote: find each done period's partition file from the
     series key; adopt it as it is if it is there. Returns those that are not there."""
     adopt: dict[str, Fingerprint] = {}
     absent: dict[str, Fingerprint] = {}
     for key, lo, hi in list(state.periods()):
+        if not mine(key):
+            continue
         series = _series_of(key)
         if series is None:  # not a key this version makes: nothing to find it by
             _take_back(state, report, key, lo, hi)

@@ -179,7 +179,7 @@ async def execute(
         if remote is None:
             journal = Journal(root, options.run_id, holder.sequence)
             stack.callback(journal.close, remove=False)
-        checked = _check_files(state, root, remote, config.output.format, options.run_id)
+        checked = _check_files(state, root, remote, config.output.format, options.run_id, plan)
         if journal is not None:
             journal.record((root / path, 0, None) for path in checked.missing + checked.changed)
 
@@ -289,13 +289,18 @@ async def execute(
 
 
 def _check_files(
-    state: State, root: Path, remote: RemoteRun | None, fmt: str, run_id: str
+    state: State,
+    root: Path,
+    remote: RemoteRun | None,
+    fmt: str,
+    run_id: str,
+    plan: Plan | PlanRequest,
 ) -> FileCheck:
     """Before anything is planned: take back the done periods whose file is gone or changed
     (exporter.presence). Unreachable (exit 4) when the output cannot be listed."""
     files: Files = LocalFiles(root) if remote is None else StoreFiles(remote.store)
     try:
-        return check_files(state, files, fmt=fmt, run_id=run_id)
+        return check_files(state, files, fmt=fmt, run_id=run_id, shard=plan.shard)
     except OSError as exc:
         raise Unreachable(
             f"cannot check the files earlier runs wrote ({exc}); fix the output, then rerun"
