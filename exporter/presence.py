@@ -243,6 +243,8 @@ def _check_unfingerprinted(
     series key; adopt it as it is if it is there. Returns those that are not there."""
     adopt: dict[str, Fingerprint] = {}
     absent: dict[str, Fingerprint] = {}
+    # Files a newer run wrote are the fingerprint check's: never adopted as they are now.
+    mixed = state.has_fingerprint()
     for key, lo, hi in list(state.periods()):
         if not mine(key):
             continue
@@ -252,7 +254,7 @@ def _check_unfingerprinted(
             continue
         for name, first, last in partitions(series, lo, hi):
             path = partition_path(Path("."), series, name, fmt).as_posix()
-            if path in adopt or path in absent or state.has_fingerprint(path):
+            if path in adopt or path in absent or (mixed and state.has_fingerprint(path)):
                 continue
             directory, _, file_name = path.rpartition("/")
             now = files.listing(directory).get(file_name)

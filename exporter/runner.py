@@ -297,11 +297,12 @@ def _check_files(
     plan: Plan | PlanRequest,
 ) -> FileCheck:
     """Before anything is planned: take back the done periods whose file is gone or changed
-    (exporter.presence). Unreachable (exit 4) when the output cannot be listed."""
+    (exporter.presence). Unreachable (exit 4) when the output cannot be listed, or the
+    state cannot take the periods back (a full disk)."""
     files: Files = LocalFiles(root) if remote is None else StoreFiles(remote.store)
     try:
         return check_files(state, files, fmt=fmt, run_id=run_id, shard=plan.shard)
-    except OSError as exc:
+    except (OSError, sqlite3.Error) as exc:
         raise Unreachable(
             f"cannot check the files earlier runs wrote ({exc}); fix the output, then rerun"
         ) from None

@@ -188,7 +188,7 @@ class State:
         Called as each batch lands, before their periods are recorded, so a recorded period
         always has its file's fingerprint. A failure is logged, never raised: the files are
         in place, and a fingerprint not recorded only makes the next run refetch them."""
-        written = [f for f in files]
+        written = list(files)
         try:
             with self._transaction():
                 self._insert_files(written)
@@ -246,9 +246,16 @@ class State:
                 if size >= 0:
                     yield Fingerprint(path, series, lo, hi, size, stamp)
 
-    def has_fingerprint(self, path: str) -> bool:
-        sql = "SELECT 1 FROM fingerprints WHERE scope = ? AND path = ?"
-        return any(True for _ in self._query_all(sql, (self._scope, path)))
+    def has_fingerprint(self, path: str | None = None) -> bool:
+        """Whether a state file of the directory holds a fingerprint of ``path`` (None: of
+        any file of this scope)."""
+        if path is None:
+            rows = self._query_all("SELECT 1 FROM fingerprints WHERE scope = ?", (self._scope,))
+        else:
+            rows = self._query_all(
+                "SELECT 1 FROM fingerprints WHERE scope = ? AND path = ?", (self._scope, path)
+            )
+        return next(rows, None) is not None
 
     def adopt(self, fingerprints: Iterable[Fingerprint]) -> None:
         """Record fingerprints as found on disk (for files an older version wrote, or whose
