@@ -10,7 +10,9 @@ series kind on object storage) and compares:
 * a file of another size or stamp (truncated, replaced, edited): it is moved aside to
   ``.braze-export/displaced/{run_id}/`` (a rerun never merges into a file it did not write)
   and its partition's periods are taken back (``changed``);
-* an object whose stamp the store did not give when it was written: the listing's is adopted.
+* an object whose stamp the store did not give when it was written: the listing's is adopted;
+* a file whose landing began (its fingerprint noted just before the rename or PUT) but was
+  never heard of as done, the run killed in between: it is ours, and adopted.
 
 A state written by a version without fingerprints is checked once from its done periods: a
 partition file that is there is adopted as it is, one that is not is taken back. The run's
@@ -152,6 +154,7 @@ def check_files(
         unfingerprinted = _check_unfingerprinted(state, files, fmt, report, mine)
         gone += [(absent, False) for absent in unfingerprinted]
     adopt: list[Fingerprint] = []
+    landing = state.pending()
     ours = (f for f in state.fingerprints() if mine(f.series))
     for directory, group in _by_directory(ours):
         seen = files.listing(directory)
@@ -160,10 +163,13 @@ def check_files(
             now = seen.get(recorded.path.rpartition("/")[2])
             if now is None:
                 gone.append((recorded, False))
-            elif now[0] != recorded.size or (recorded.stamp and now[1] != recorded.stamp):
+            elif _matches(now, (recorded.size, recorded.stamp)):
+                if not recorded.stamp:
+                    adopt.append(_with(recorded, now))
+            elif any(_matches(now, staged) for staged in landing.get(recorded.path, ())):
+                adopt.append(_with(recorded, now))  # landed, then the run was killed
+            else:
                 gone.append((recorded, True))
-            elif not recorded.stamp:
-                adopt.append(_with(recorded, now))
     for recorded, changed in gone:
         if changed:
             files.displace(recorded.path, f"{DISPLACED}/{run_id}/{recorded.path}")
@@ -174,6 +180,7 @@ def check_files(
     if adopt:
         state.adopt(adopt)
         report.adopted += len(adopt)
+    state.clear_pending()
     state.mark_checked()
     if report.missing or report.changed:
         named = (report.missing + report.changed)[:EXAMPLES]
@@ -194,6 +201,11 @@ def check_files(
 def _take_back(state: State, report: FileCheck, series: str, lo: int, hi: int) -> None:
     report.periods_taken_back += state.forget(series, lo, hi)
     report.taken_back.append((series, lo, hi))
+
+
+def _matches(now: tuple[int, str], recorded: tuple[int, str]) -> bool:
+    """Whether a file seen now is the one recorded ("": a stamp not known, any will do)."""
+    return now[0] == recorded[0] and (not recorded[1] or now[1] == recorded[1])
 
 
 def _with(recorded: Fingerprint, now: tuple[int, str]) -> Fingerprint:

@@ -193,6 +193,7 @@ async def execute(
             config.output.format,
             token=holder.token,
             on_written=on_written,
+            on_staged=state.note_staged,
             store=None if remote is None else remote.store,
             tz=config.tz,
             encoder=encoder,

@@ -63,6 +63,10 @@ _SCHEMA = (
     "CREATE TABLE IF NOT EXISTS fingerprints (scope TEXT, path TEXT, series TEXT, "
     "lo INTEGER, hi INTEGER, size INTEGER, stamp TEXT, sequence INTEGER, "
     "PRIMARY KEY (scope, path)) WITHOUT ROWID",
+    # Files whose rename (or PUT) has begun and not yet been heard of as done: after a kill
+    # in between, the file on disk may be this one, and it is ours.
+    "CREATE TABLE IF NOT EXISTS pending (scope TEXT, path TEXT, size INTEGER, stamp TEXT, "
+    "PRIMARY KEY (scope, path, size, stamp)) WITHOUT ROWID",
 )
 _CHECKED = "files_checked"  # meta key: this state's periods all have fingerprints
 
@@ -193,6 +197,10 @@ class State:
             with self._transaction():
                 self._insert_files(written)
                 self._db.executemany(
+                    "DELETE FROM pending WHERE scope = ? AND path = ?",
+                    [(self._scope, os.path.relpath(f.path, self._root)) for f in written],
+                )
+                self._db.executemany(
                     "INSERT OR REPLACE INTO fingerprints VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                     [
                         (
@@ -211,6 +219,31 @@ class State:
                 )
         except sqlite3.Error as exc:
             log.warning("cannot record the files written in %s: %s", self.path, exc)
+
+    def note_staged(self, files: Iterable[WrittenFile]) -> None:
+        """Files about to land (renamed or PUT): their fingerprints count as the file's too
+        until :meth:`note_written` hears they landed, or the next check. Logged on failure:
+        a kill in between then only makes the next run fetch their periods again."""
+        rows = [
+            (self._scope, os.path.relpath(f.path, self._root), f.size, f.stamp)
+            for f in files
+            if f.series
+        ]
+        try:
+            self._db.executemany("INSERT OR IGNORE INTO pending VALUES (?, ?, ?, ?)", rows)
+        except sqlite3.Error as exc:
+            log.warning("cannot record the files being written in %s: %s", self.path, exc)
+
+    def pending(self) -> dict[str, list[tuple[int, str]]]:
+        """``{path: [(size, stamp), ...]}`` of the files whose landing was not heard of."""
+        found: dict[str, list[tuple[int, str]]] = {}
+        sql = "SELECT path, size, stamp FROM pending WHERE scope = ?"
+        for path, size, stamp in self._query_all(sql, (self._scope,)):
+            found.setdefault(path, []).append((size, stamp))
+        return found
+
+    def clear_pending(self) -> None:
+        self._db.execute("DELETE FROM pending WHERE scope = ?", (self._scope,))
 
     def note_gone(self, gone: Sequence[Fingerprint]) -> None:
         """Files found gone or changed (and moved aside), whose periods were taken back:

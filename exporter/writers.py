@@ -174,6 +174,7 @@ class PartitionWriter:
         durable: bool = True,
         token: str | None = None,
         on_written: Callable[[list[WrittenFile]], None] | None = None,
+        on_staged: Callable[[list[WrittenFile]], None] | None = None,
         store: Store | None = None,
         tz: tzinfo = UTC,
         encoder: ChildProcess | None = None,
@@ -181,7 +182,9 @@ class PartitionWriter:
         """``tz`` is the config's zone (for day labels that carry an offset, as
         :func:`exporter.plan.period_of` reads them); ``token`` names the temp files (the
         directory lock's holder token); ``on_written``
-        hears of every batch of files once their renames are durable (the run's journal).
+        hears of every batch of files once their renames are durable (the run's journal),
+        ``on_staged`` of every batch just before its renames (or PUT) begin, so that a file
+        that lands and is killed before ``on_written`` is still recognised as ours.
         With a ``store`` (object storage), ``root`` is ``Path(".")``: paths are relative to
         the store's prefix, and each partition is one GET and one whole-object PUT."""
         self.root = root
@@ -192,6 +195,7 @@ class PartitionWriter:
         self.tmp_dir = root / WORK_DIR / "tmp"
         self.token = token or secrets.token_hex(8)
         self._on_written = on_written
+        self._on_staged = on_staged
         self._locks = [asyncio.Lock() for _ in range(_LOCK_STRIPES)]
         self._versions = itertools.count(1)
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="syncer")
@@ -245,8 +249,10 @@ class PartitionWriter:
                 else _parse(self.fmt, self.tz, current, store.display(relative), series)
             )
             count, sha256, data = _merge(self.fmt, rows, series, _rows(points))
-            stamp = await store.put(relative, data)
-            item = _written(path, count, sha256, next(self._versions), series, len(data), stamp)
+            item = _written(path, count, sha256, next(self._versions), series, len(data), "")
+            if self._on_staged is not None:
+                self._on_staged([item])  # its ETag is known only once it is there
+            item = dataclasses.replace(item, stamp=await store.put(relative, data))
         except OSError as exc:
             raise WriteError(str(exc)) from None
         if self._on_written is not None:
@@ -265,13 +271,15 @@ class PartitionWriter:
             # temp file is written here, on the loop, so durability and ordering stay the
             # group commit's.
             rows, sha256, data = await self._stager.run(prepare)
-        item = _written(path, rows, sha256, version, series, len(data), "")
         tmp, fd = _temp_file(self.tmp_dir, self.token)
         try:
             _write_all(fd, (data,))
+            # The rename keeps the mtime: the file's fingerprint is known before it lands.
+            mtime_ns = os.fstat(fd).st_mtime_ns
         except BaseException:
             _discard(tmp, fd)
             raise
+        item = _written(path, rows, sha256, version, series, len(data), str(mtime_ns))
         return _Staged(tmp, fd, item, asyncio.get_running_loop().create_future())
 
     async def _commit(self, staged: _Staged) -> None:
@@ -286,6 +294,8 @@ class PartitionWriter:
             while self._pending:
                 await asyncio.sleep(0)  # let the writes staging right now join this batch
                 batch, self._pending = self._pending, []
+                if self._on_staged is not None:
+                    self._on_staged([s.item for s in batch])
                 await loop.run_in_executor(self._pool, self._land, batch)
                 if self._on_written is not None:
                     self._on_written([s.item for s in batch if s.error is None])
@@ -618,14 +628,7 @@ def _discard(tmp: str, fd: int) -> None:
 
 
 def _settle(staged: _Staged) -> None:
-    """Close the temp file, then rename it into place, or remove it if its batch failed.
-    The rename keeps the file's mtime: the fingerprint is taken from the open temp file."""
-    try:
-        if staged.error is None:
-            mtime_ns = os.fstat(staged.fd).st_mtime_ns
-            staged.item = dataclasses.replace(staged.item, stamp=str(mtime_ns))
-    except OSError as exc:
-        staged.error = exc
+    """Close the temp file, then rename it into place, or remove it if its batch failed."""
     try:
         os.close(staged.fd)
         if staged.error is None:

@@ -17,10 +17,11 @@ import pytest
 from exporter.cli import main
 from exporter.manifest import verify
 from exporter.plan import Series, shard_of
-from exporter.presence import DISPLACED
+from exporter.presence import DISPLACED, LocalFiles, check_files
 from exporter.progress import Progress
 from exporter.sandbox import sandbox_stats
 from exporter.state import State, state_path
+from exporter.writers import WrittenFile, partition_path, partition_span
 from tests.conftest import snapshot
 
 AS_OF = "2024-07-01"
@@ -293,3 +294,28 @@ def test_progress_outside_a_terminal_logs_once_per_interval(
             progress.tick(now)
     assert [r.getMessage() for r in caplog.records] == ["progress: 3/9 files"] * 2
     assert stream.getvalue() == ""
+
+
+def test_a_file_that_landed_just_before_a_kill_is_recognised_as_ours(tmp_path: Path) -> None:
+    """Killed between a rename and hearing of it: the file on disk is the one noted as
+    landing, so its periods stay done; any other content is a change."""
+    series = Series("seg-a", None, "day")
+    path = partition_path(tmp_path, series, "2024-06", "jsonl")
+    path.parent.mkdir(parents=True)
+
+    def written(data: bytes) -> WrittenFile:
+        path.write_bytes(data)
+        lo, hi = partition_span(series, "2024-06")
+        stamp = str(path.stat().st_mtime_ns)
+        return WrittenFile(path, 1, "-", 1, series.key, lo, hi, len(data), stamp)
+
+    state = State(state_path(tmp_path / ".braze-export", None), scope="s", as_of=1, root=tmp_path)
+    state.note_written([written(b"old\n")])
+    state.record(series.key, [(739_038, 739_038)], settle_from=10**6)
+    state.note_staged([written(b"newer\n")])  # renamed into place; then kill -9
+    check = check_files(state, LocalFiles(tmp_path), fmt="jsonl", run_id="r")
+    assert (check.changed, check.adopted) == ([], 1)
+    path.write_bytes(b"edited\n")
+    check = check_files(state, LocalFiles(tmp_path), fmt="jsonl", run_id="r")
+    assert check.changed == [path.relative_to(tmp_path).as_posix()]
+    state.close()
