@@ -186,7 +186,7 @@ def check_files(
         named = (report.missing + report.changed)[:EXAMPLES]
         log.warning(
             "%d file(s) recorded as written are gone and %d changed since (%s%s): their %d "
-            "period(s) are fetched again%s",
+            "period(s) will be fetched again%s",
             len(report.missing),
             len(report.changed),
             ", ".join(named),
