@@ -16,6 +16,7 @@ import secrets
 import shlex
 import signal
 import sys
+import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from datetime import date, datetime
@@ -37,7 +38,7 @@ from exporter.plan import (
     count_series,
     discovery_needs,
 )
-from exporter.progress import eta_seconds, format_duration
+from exporter.progress import Progress, eta_seconds, format_duration
 from exporter.redact import redacted_streams, register_secret
 from exporter.remote import CHECKPOINT_S, LOCK_TTL_S, ObjectStore, is_remote
 from exporter.runner import (
@@ -814,9 +815,26 @@ def _cmd_verify(args: argparse.Namespace) -> int:
         target = args.dir if is_remote(args.dir) else expand_home(args.dir)
     except ValueError as exc:
         raise ConfigError(f"verify: {exc}") from None
-    report = verify(target)
+    interactive = sys.stderr.isatty()
+    checked = [0, 0]
+    progress = Progress(
+        sys.stderr,
+        lambda: f"verify: {checked[0]}/{checked[1]} files checked",
+        interactive=interactive,
+        interval_s=0.5 if interactive else 10.0,
+    )
+    started = time.monotonic()
+
+    def on_progress(done: int, total: int) -> None:
+        checked[:] = [done, total]
+        progress.tick(time.monotonic() - started)
+
+    try:
+        report = verify(target, on_progress)
+    finally:
+        progress.close()
     for name in report.unreadable:
-        print(f"unreadable: {name}")
+        print(f"unreadable: {name} (damaged, or not a run manifest)")
     for kind in ("changed", "missing", "unknown"):
         for name in getattr(report, kind):
             print(f"{kind}: {name}")
@@ -827,7 +845,8 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     )
     print(
         f"{report.ok} file(s) ok, {len(report.changed)} changed, {len(report.missing)} missing, "
-        f"{len(report.unknown)} unknown ({report.manifests} manifest(s){journals})"
+        f"{len(report.unknown)} unknown ({report.manifests} manifest(s){journals}"
+        f"{f', {len(report.unreadable)} unreadable' if report.unreadable else ''})"
     )
     bad = report.changed or report.missing or report.unknown or report.unreadable
     return EXIT_FAILED if bad else EXIT_OK

@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -108,11 +110,13 @@ def build_manifest(
     sequence: int,
     pools: Mapping[str, Budget] | None = None,
     discovery: Sequence[Mapping[str, Any]] = (),
+    file_check: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """``source``: where the rows came from (``sandbox``, ``endpoint_host``); ``sequence``:
     the run's place among the holders of the directory (orders the runs for verify);
     ``pools``: the budget of each rate-limit pool other than the workspace's (``budget``);
-    ``discovery``: what each discovery found (its dimension, filters, ids and cost)."""
+    ``discovery``: what each discovery found (its dimension, filters, ids and cost);
+    ``file_check``: what the check of earlier runs' files found (exporter.presence)."""
     elapsed = max(finished_at - started_at, 1e-9)
     return {
         "run_id": run_id,
@@ -170,6 +174,7 @@ def build_manifest(
             for name, pool in (pools or {}).items()
         },
         "discovery": list(discovery),
+        "file_check": dict(file_check or {}),
     }
 
 
@@ -192,14 +197,16 @@ def _by_export(plan: Plan, result: RunResult) -> dict[str, dict[str, Any]]:
 def write_manifest(
     out_dir: Path,
     doc: dict[str, Any],
-    files: Iterable[tuple[str, int, str]],
+    files: Iterable[tuple[str, int, str | None]],
     token: str,
     *,
     store: ObjectStore | None = None,
 ) -> Path | str:
     """Write ``doc`` plus its ``files`` list atomically, streaming the list: a run of 100,000
     series must not hold 100,000 entries in memory to describe itself. With a ``store``, one
-    PUT of the whole object under the prefix (an object store has no append to stream to)."""
+    PUT of the whole object under the prefix (an object store has no append to stream to).
+    A file whose sha256 is None was found gone or changed by the run and not written again:
+    it is listed with ``"sha256": null``."""
     path = out_dir / RUNS_DIR / f"{doc['run_id']}.json"
     head = json.dumps(doc, indent=1, ensure_ascii=False)
     assert head.endswith("\n}")
@@ -228,7 +235,7 @@ def write_manifest(
 
 @dataclass
 class Verification:
-    manifests: int
+    manifests: int  # readable run manifests
     journals: int  # runs killed before their manifest: their journal vouches for their files
     ok: int = 0
     changed: list[str] = field(default_factory=list)
@@ -237,13 +244,18 @@ class Verification:
     unreadable: list[str] = field(default_factory=list)  # files under _runs/ that are no record
 
 
-def verify(target: str | Path) -> Verification:
+Progress = Callable[[int, int], None]  # (files checked so far, files to check)
+_HASHERS = 8  # files read and hashed at once: object stores answer each GET in ~10-50 ms
+
+
+def verify(target: str | Path, progress: Progress | None = None) -> Verification:
     """Check every data file against the sha256 of the latest run that recorded it, and name
-    the data files no run recorded. ``target``: a directory or an object storage prefix."""
+    the data files no run recorded. ``target``: a directory or an object storage prefix;
+    ``progress`` hears how far the check is, after each file."""
     if is_remote(target):
         store = ObjectStore.open(str(target))
         try:
-            return _verify_store(store)
+            return _verify_store(store, progress)
         except StorageError as exc:
             raise ExporterError(str(exc)) from None
         finally:
@@ -277,13 +289,14 @@ def verify(target: str | Path) -> Verification:
                 if p.is_file()
             },
             lambda relative: (out_dir / relative).read_bytes(),
+            progress,
         )
     finally:
         if lock is not None:
             lock.release()
 
 
-def _verify_store(store: ObjectStore) -> Verification:
+def _verify_store(store: ObjectStore, progress: Progress | None) -> Verification:
     if holder := remote_holder(store):
         raise DirectoryBusy(
             f"{store.url} is being written by a run ({holder.describe()}); "
@@ -311,6 +324,7 @@ def _verify_store(store: ObjectStore) -> Verification:
         [r for r in runs if r.endswith(JOURNAL_SUFFIX)],
         on_store,
         read,
+        progress,
     )
 
 
@@ -320,44 +334,79 @@ def _check(
     journals: list[str],
     on_disk: set[str],
     read: Callable[[str], bytes],
+    progress: Progress | None = None,
 ) -> Verification:
     """``manifests``, ``journals`` and ``on_disk`` (the data files): paths relative to the
-    output; ``read`` gives a file's bytes by that path."""
+    output; ``read`` gives a file's bytes by that path (called from several threads)."""
     if not manifests and not journals and not on_disk:
         raise ExporterError(f"{name}: no run manifest under {RUNS_DIR}/ and no data")
-    report = Verification(manifests=len(manifests), journals=len(journals))
+    report = Verification(manifests=0, journals=0)
     records = []
     for manifest in manifests:
         try:
             records.append(_manifest_records(manifest, read))
+            report.manifests += 1
         except ExporterError:
             # Not ours, or damaged: say so and check the rest (its files may then show as
             # unknown), rather than refuse to check anything.
             report.unreadable.append(manifest)
-    records += [_journal_records(j, read) for j in journals]
-    expected: dict[str, str] = {}
+    finished = {order for order, _ in records}
+    for journal in journals:
+        order, files = _journal_records(journal, read)
+        # The journal of a run whose manifest is there adds only the writes that landed
+        # after it (an interrupted run's): its files count, the run is not reported again.
+        report.journals += order not in finished
+        records.append((order, files))
+    expected: dict[str, str | None] = {}
     for _, files in sorted(records, key=lambda r: r[0]):  # later runs win
         expected.update(files)
-    for relative in sorted(on_disk | expected.keys()):
-        digest = expected.get(relative)
-        if digest is None:
-            report.unknown.append(relative)
-        elif relative not in on_disk:
-            report.missing.append(relative)
-        elif hashlib.sha256(read(relative)).hexdigest() == digest:
+    wanted = {path: digest for path, digest in expected.items() if digest is not None}
+    paths = sorted(on_disk | wanted.keys())
+    for done, (relative, outcome) in enumerate(_outcomes(paths, on_disk, wanted, read), 1):
+        if outcome == "ok":
             report.ok += 1
         else:
-            report.changed.append(relative)
+            getattr(report, outcome).append(relative)
+        if progress is not None:
+            progress(done, len(paths))
     return report
 
 
-_Records = tuple[tuple[int, str], dict[str, str]]  # (order, {path: sha256})
+def _outcomes(
+    paths: list[str], on_disk: set[str], wanted: Mapping[str, str], read: Callable[[str], bytes]
+) -> Iterator[tuple[str, str]]:
+    """``(path, "ok" | "changed" | "missing" | "unknown")`` in the order of ``paths``; the
+    files are read and hashed ``_HASHERS`` at a time (reads and sha256 release the GIL), with
+    a bounded window so that memory does not grow with the number of files."""
+
+    def outcome(relative: str) -> str:
+        digest = wanted.get(relative)
+        if digest is None:
+            return "unknown"
+        if relative not in on_disk:
+            return "missing"
+        return "ok" if hashlib.sha256(read(relative)).hexdigest() == digest else "changed"
+
+    with ThreadPoolExecutor(_HASHERS, thread_name_prefix="verify") as pool:
+        window: deque[tuple[str, Future[str]]] = deque()
+        for relative in paths:
+            window.append((relative, pool.submit(outcome, relative)))
+            if len(window) >= 4 * _HASHERS:
+                first, future = window.popleft()
+                yield first, future.result()
+        while window:
+            first, future = window.popleft()
+            yield first, future.result()
+
+
+# (order, {path: sha256, or None: the run found it gone or changed and did not rewrite it})
+_Records = tuple[tuple[int, str], dict[str, str | None]]
 
 
 def _manifest_records(manifest: str, read: Callable[[str], bytes]) -> _Records:
     try:
         doc = json.loads(read(manifest).decode("utf-8"))
-        files = {str(f["path"]): str(f["sha256"]) for f in doc["files"]}
+        files = {str(f["path"]): _digest(f["sha256"]) for f in doc["files"]}
         # Manifests of versions without a sequence are older than any with one.
         return (int(doc.get("sequence", 0)), str(doc["run_id"])), files
     except (OSError, ValueError, KeyError, TypeError, OverflowError, RecursionError) as exc:
@@ -376,11 +425,15 @@ def _journal_records(journal: str, read: Callable[[str], bytes]) -> _Records:
         # Empty or torn at its first line (a full disk, a kill as the run began): it vouches
         # for nothing, so a file only that run wrote is reported as unknown, never "ok".
         return (-1, journal), {}
-    files: dict[str, str] = {}
+    files: dict[str, str | None] = {}
     for line in lines[1:]:
         try:
             entry = json.loads(line)
-            files[str(entry["path"])] = str(entry["sha256"])  # later lines win
+            files[str(entry["path"])] = _digest(entry["sha256"])  # later lines win
         except (ValueError, KeyError, TypeError, RecursionError):
             continue  # a line torn by a power loss: its file is then reported as unknown
     return order, files
+
+
+def _digest(value: object) -> str | None:
+    return None if value is None else str(value)

@@ -92,6 +92,14 @@ class Progress:
         self.interactive = interactive
         self.interval_s = interval_s
         self._drawn = False
+        self._next = interval_s  # for tick(): the first line after one interval
+
+    def tick(self, now: float) -> None:
+        """For work that is not a task (verify): draw when ``now`` (seconds since the work
+        began) has reached the next interval."""
+        if now >= self._next:
+            self.draw()
+            self._next = now + self.interval_s
 
     async def run(self) -> None:
         while True:

@@ -179,10 +179,31 @@ class ObjectStore:
             return None
         return data
 
-    def put_sync(self, relative: str, data: bytes) -> None:
+    def put_sync(self, relative: str, data: bytes) -> str:
         """Replace the object whole; sent again if its answer is lost, which is harmless. The
-        API key is redacted from ``data``, as from every object this store writes."""
-        self._call("write", relative, self.fs.pipe_file, redact_bytes(data))
+        API key is redacted from ``data``, as from every object this store writes. Returns the
+        object's ETag when the backend's answer gives it, else ""."""
+        answer = self._call("write", relative, self.fs.pipe_file, redact_bytes(data))
+        return _stamp(answer) if isinstance(answer, dict) else ""
+
+    def move(self, relative: str, to: str) -> None:
+        """Move an object (a copy, then a delete: object stores have no rename)."""
+        self._call("move", relative, self.fs.mv, self.full(to))
+
+    def fingerprints(self, relative_dir: str) -> dict[str, tuple[int, str]]:
+        """``{path: (size, stamp)}`` of every object under ``relative_dir``, from one listing
+        (paged by the backend): the stamp is the object's ETag (or its modification time
+        where the backend gives no ETag)."""
+        try:
+            found = self._call("list", relative_dir, self.fs.find, detail=True)
+        except NotThere:
+            return {}
+        cut = len(self._root) + 1
+        return {
+            str(path)[cut:]: (int(info.get("size") or 0), _stamp(info))
+            for path, info in found.items()
+            if info.get("type") != "directory"
+        }
 
     def create(self, relative: str, data: bytes) -> bool:
         """Write ``relative`` only if no object has that name. True if the object now holds
@@ -221,12 +242,24 @@ class ObjectStore:
         """The object's bytes, or None if there is none (the writer's merge source)."""
         return await asyncio.get_running_loop().run_in_executor(self._pool, self.get, relative)
 
-    async def put(self, relative: str, data: bytes) -> None:
-        """Replace the object whole (one PUT: readers see the old or the new object)."""
-        await asyncio.get_running_loop().run_in_executor(self._pool, self.put_sync, relative, data)
+    async def put(self, relative: str, data: bytes) -> str:
+        """Replace the object whole (one PUT: readers see the old or the new object); its
+        ETag, or "" when the backend does not say."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._pool, self.put_sync, relative, data)
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)
+
+
+def _stamp(info: dict[str, Any]) -> str:
+    """What changes when an object is replaced: its ETag (S3, GCS, Azure name it so), else
+    its modification time; "" when neither is given."""
+    for key in ("ETag", "etag", "LastModified", "last_modified", "mtime", "updated"):
+        value = info.get(key)
+        if value:
+            return str(value)
+    return ""
 
 
 def _iso(epoch: float) -> str:

@@ -22,10 +22,11 @@ from urllib.parse import urlsplit
 from exporter.client import BrazeClient, make_session
 from exporter.config import UNITS, ApiKey, Config, Unit
 from exporter.coverage import COMPLETE, Calibration
-from exporter.errors import ConfigError, ExporterError
+from exporter.errors import ConfigError, ExporterError, Unreachable
 from exporter.manifest import RUNS_DIR, build_manifest, write_manifest
 from exporter.pipeline import Pipeline, RunResult
 from exporter.plan import Plan, PlanRequest
+from exporter.presence import DISPLACED, FileCheck, Files, LocalFiles, StoreFiles, check_files
 from exporter.progress import Progress, pause_notes, status_line, summary_lines
 from exporter.ratelimit import Budget
 from exporter.remote import CHECKPOINT_S, RemoteRun, default_work_dir
@@ -35,7 +36,7 @@ from exporter.sandbox import SandboxOptions, start_sandbox
 from exporter.series import KINDS, LIST_POOL, WORKSPACE_POOL
 from exporter.state import State, state_path
 from exporter.storage import WORK_DIR, DirLock, Journal
-from exporter.writers import PartitionWriter, start_encoder
+from exporter.writers import PartitionWriter, WrittenFile, start_encoder
 
 __all__ = [
     "EXIT_AUTH",
@@ -162,6 +163,7 @@ async def execute(
                 as_of=plan.as_of.toordinal(),
                 run_id=options.run_id,
                 root=root,
+                sequence=holder.sequence,
             )
         except ExporterError as exc:
             if options.remote is None:
@@ -174,20 +176,25 @@ async def execute(
             ) from None
         stack.callback(state.close)
         _refuse_other_sources(state, scope, options.remote or str(options.out_dir))
-        on_written = None  # object storage: the checkpoints upload the journal
+        journal: Journal | None = None  # object storage: the checkpoints upload the journal
         if remote is None:
             journal = Journal(root, options.run_id, holder.sequence)
             stack.callback(journal.close, remove=False)
-            on_written = journal.record
+        checked = _check_files(state, root, remote, config.output.format, options.run_id, plan)
+        if journal is not None:
+            journal.record((root / path, 0, None) for path in checked.missing + checked.changed)
+
+        def on_written(files: list[WrittenFile]) -> None:
+            state.note_written(files)
+            if journal is not None:
+                journal.record((f.path, f.rows, f.sha256) for f in files)
+
         writer = PartitionWriter(
             root,
             config.output.format,
             token=holder.token,
-            on_written=(
-                None
-                if on_written is None
-                else lambda files: on_written((f.path, f.rows, f.sha256) for f in files)
-            ),
+            on_written=on_written,
+            on_staged=state.note_staged,
             store=None if remote is None else remote.store,
             tz=config.tz,
             encoder=encoder,
@@ -239,6 +246,7 @@ async def execute(
             sequence=holder.sequence,
             pools={name: pool for name, pool in pools.items() if name != WORKSPACE_POOL},
             discovery=discovery.docs,
+            file_check=checked.doc(state),
         )
         store = None if remote is None else remote.store
         manifest: Path | str = options.out_dir / RUNS_DIR / f"{options.run_id}.json"
@@ -257,12 +265,12 @@ async def execute(
                 extra={"event": "manifest_failed"},
             )
         files = state.file_count()
-        # The manifest now vouches for every file it lists. An interrupted run keeps its
-        # journal (a write cancelled at the stop may still land, unmarked in the state), and
-        # so does a run whose manifest could not be written: the journal is its only record.
-        # A run that is not complete keeps it too: files of a request that failed halfway
-        # (renamed into place, never recorded in the state) are vouched for only there.
-        keep_journal = result.interrupted or manifest_error is not None or code != EXIT_OK
+        checked_line = _file_check_line(checked, state)
+        # The manifest now vouches for every file the run wrote (each is noted in the state
+        # as it lands), so the journal goes. An interrupted run keeps it: a write cancelled
+        # at the stop may still land after the manifest. So does a run whose manifest could
+        # not be written: the journal is its only record.
+        keep_journal = result.interrupted or manifest_error is not None
         if remote is not None:
             try:
                 await remote.finish(journal_done=not keep_journal)
@@ -274,11 +282,43 @@ async def execute(
                     exc,
                     extra={"event": "checkpoint_failed"},
                 )
-        elif not keep_journal:
+        elif journal is not None and not keep_journal:
             journal.close(remove=True)
     name = signal.Signals(signals[0]).name if signals else None
     summary = discovery.summary() + summary_lines(result, plan, budget, files)
+    summary.append(checked_line)
     return RunOutcome(code, result, summary, manifest, name, manifest_error)
+
+
+def _check_files(
+    state: State,
+    root: Path,
+    remote: RemoteRun | None,
+    fmt: str,
+    run_id: str,
+    plan: Plan | PlanRequest,
+) -> FileCheck:
+    """Before anything is planned: take back the done periods whose file is gone or changed
+    (exporter.presence). Unreachable (exit 4) when the output cannot be listed, or the
+    state cannot take the periods back (a full disk)."""
+    files: Files = LocalFiles(root) if remote is None else StoreFiles(remote.store)
+    try:
+        return check_files(state, files, fmt=fmt, run_id=run_id, shard=plan.shard)
+    except (OSError, sqlite3.Error) as exc:
+        raise Unreachable(
+            f"cannot check the files earlier runs wrote ({exc}); fix the output, then rerun"
+        ) from None
+
+
+def _file_check_line(checked: FileCheck, state: State) -> str:
+    line = f"files of earlier runs: {checked.checked} checked"
+    if checked.missing or checked.changed:
+        line += (
+            f"; {len(checked.missing)} gone, {len(checked.changed)} changed (moved to "
+            f"{DISPLACED}/): {checked.periods_taken_back} done period(s) taken back, "
+            f"{checked.refetched(state)} fetched again"
+        )
+    return line
 
 
 def _refuse_other_sources(state: State, scope: str, where: str) -> None:

@@ -9,6 +9,11 @@ Periods close to the as-of date (``settle_days``) are recorded as *provisional*:
 restates recent data, so they count as done only for runs with the same as-of date (a
 resumed run), and a later run reads them again.
 
+Each partition file a run writes leaves a *fingerprint*: its size and a stamp that changes
+when the file is replaced (its mtime in ns; an object's ETag), with the series and the
+periods the partition holds. :mod:`exporter.presence` compares them with the files at the
+start of every run and takes back (``forget``) the periods of a file gone or changed.
+
 Periods are recorded only after their rows are durably in their partition files, so a crash
 at any moment loses at most the requests in flight, and those are simply fetched again (the
 merge makes that harmless). SQLite in WAL mode survives ``kill -9`` of the writer at any
@@ -19,18 +24,22 @@ and every run also reads the records of the other layouts' files in the same dir
 from __future__ import annotations
 
 import contextlib
+import heapq
+import itertools
 import logging
 import os
 import sqlite3
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from exporter.errors import ExporterError
+from exporter.plan import merge_spans
 from exporter.redact import redact
 from exporter.writers import WrittenFile
 
-__all__ = ["State", "state_path"]
+__all__ = ["Fingerprint", "State", "state_path"]
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +59,31 @@ _SCHEMA = (
     "sha256 TEXT, version INTEGER, PRIMARY KEY (run_id, path)) WITHOUT ROWID",
     "CREATE TABLE IF NOT EXISTS meta (scope TEXT, key TEXT, value TEXT, "
     "PRIMARY KEY (scope, key)) WITHOUT ROWID",
+    # Added in the version that checks files: a state file without it gets it empty, and
+    # the first run checks that state's done periods once (see exporter.presence).
+    "CREATE TABLE IF NOT EXISTS fingerprints (scope TEXT, path TEXT, series TEXT, "
+    "lo INTEGER, hi INTEGER, size INTEGER, stamp TEXT, sequence INTEGER, "
+    "PRIMARY KEY (scope, path)) WITHOUT ROWID",
+    # Files whose rename (or PUT) has begun and not yet been heard of as done: after a kill
+    # in between, the file on disk may be this one, and it is ours.
+    "CREATE TABLE IF NOT EXISTS pending (scope TEXT, path TEXT, size INTEGER, stamp TEXT, "
+    "PRIMARY KEY (scope, path, size, stamp)) WITHOUT ROWID",
 )
+_CHECKED = "files_checked"  # meta key: this state's periods all have fingerprints
+
+
+@dataclass(frozen=True, slots=True)
+class Fingerprint:
+    """What a partition file was when written: ``path`` relative to the output, the key of
+    its ``series``, the periods ``lo..hi`` it holds, its ``size`` in bytes and ``stamp``
+    (mtime in ns locally, the ETag on object storage; "": not known yet)."""
+
+    path: str
+    series: str
+    lo: int
+    hi: int
+    size: int
+    stamp: str
 
 
 class State:
@@ -64,15 +97,19 @@ class State:
         as_of: int,
         run_id: str = "",
         root: Path | None = None,
+        sequence: int = 0,
     ):
         """``scope`` names what decides a period's rows (source, format, time zone);
         ``as_of`` is the run's as-of date ordinal; file paths are recorded relative to
-        ``root``. Raises ExporterError when the file is locked by another run or damaged."""
+        ``root``; ``sequence`` (the run's holder sequence) orders fingerprints across the
+        directory's state files. Raises ExporterError when the file is locked by another
+        run or damaged."""
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         self._scope = scope
         self._as_of = as_of
         self._run_id = run_id
+        self._sequence = sequence
         self._root = str(root if root is not None else path.parent.parent)
         try:
             self._db = sqlite3.connect(path, isolation_level=None, timeout=2)
@@ -137,16 +174,231 @@ class State:
             finally:
                 db.close()
 
-    def _others(self) -> Iterator[sqlite3.Connection]:
-        """Read-only connections to the directory's other state files. One that is locked
-        belongs to a shard of this layout running now: its series are not ours."""
+    def _others(self, mode: str = "ro") -> Iterator[sqlite3.Connection]:
+        """Connections to the directory's other state files (``mode`` "ro" or "rw"). One
+        that is locked belongs to a shard of this layout running now: its series are not
+        ours."""
         for other in sorted(self.path.parent.glob("state*.sqlite")):
             if other == self.path:
                 continue
             try:
-                yield sqlite3.connect(f"file:{other}?mode=ro", uri=True, timeout=0.1)
+                yield sqlite3.connect(
+                    f"file:{other}?mode={mode}", uri=True, timeout=0.1, isolation_level=None
+                )
             except sqlite3.Error as exc:
                 log.debug("cannot open %s: %s", other, exc)
+
+    def note_written(self, files: Iterable[WrittenFile]) -> None:
+        """Files now in place (renamed, or PUT): for the manifest, and their fingerprints.
+        Called as each batch lands, before their periods are recorded, so a recorded period
+        always has its file's fingerprint. A failure is logged, never raised: the files are
+        in place, and a fingerprint not recorded only makes the next run refetch them."""
+        written = list(files)
+        try:
+            with self._transaction():
+                self._insert_files(written)
+                self._db.executemany(
+                    "DELETE FROM pending WHERE scope = ? AND path = ?",
+                    [(self._scope, os.path.relpath(f.path, self._root)) for f in written],
+                )
+                self._db.executemany(
+                    "INSERT OR REPLACE INTO fingerprints VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    [
+                        (
+                            self._scope,
+                            os.path.relpath(f.path, self._root),
+                            f.series,
+                            f.lo,
+                            f.hi,
+                            f.size,
+                            f.stamp,
+                            self._sequence,
+                        )
+                        for f in written
+                        if f.series
+                    ],
+                )
+        except sqlite3.Error as exc:
+            log.warning("cannot record the files written in %s: %s", self.path, exc)
+
+    def note_staged(self, files: Iterable[WrittenFile]) -> None:
+        """Files about to land (renamed or PUT): their fingerprints count as the file's too
+        until :meth:`note_written` hears they landed, or the next check. Logged on failure:
+        a kill in between then only makes the next run fetch their periods again."""
+        rows = [
+            (self._scope, os.path.relpath(f.path, self._root), f.size, f.stamp)
+            for f in files
+            if f.series
+        ]
+        try:
+            self._db.executemany("INSERT OR IGNORE INTO pending VALUES (?, ?, ?, ?)", rows)
+        except sqlite3.Error as exc:
+            log.warning("cannot record the files being written in %s: %s", self.path, exc)
+
+    def pending(self) -> dict[str, list[tuple[int, str]]]:
+        """``{path: [(size, stamp), ...]}`` of the files whose landing was not heard of."""
+        found: dict[str, list[tuple[int, str]]] = {}
+        sql = "SELECT path, size, stamp FROM pending WHERE scope = ?"
+        for path, size, stamp in self._query_all(sql, (self._scope,)):
+            found.setdefault(path, []).append((size, stamp))
+        return found
+
+    def clear_pending(self) -> None:
+        self._db.execute("DELETE FROM pending WHERE scope = ?", (self._scope,))
+
+    def note_gone(self, gone: Sequence[Fingerprint]) -> None:
+        """Files found gone or changed (and moved aside), whose periods were taken back:
+        for the manifest (``sha256`` null), and a fingerprint of size -1, so the next run
+        does not look for them again until a run writes them anew."""
+        with self._transaction():
+            self._db.executemany(
+                "INSERT OR IGNORE INTO files (run_id, path, rows, sha256, version) "
+                "VALUES (?, ?, 0, NULL, 0)",
+                [(self._run_id, f.path) for f in gone],
+            )
+        self.adopt(Fingerprint(f.path, f.series, f.lo, f.hi, -1, "") for f in gone)
+
+    def fingerprints(self) -> Iterator[Fingerprint]:
+        """The latest fingerprint of each file of this scope (the highest sequence over
+        the directory's state files), by path: streamed, never all in memory. Files known
+        to be gone (size -1) are left out."""
+        sql = (
+            "SELECT path, sequence, series, lo, hi, size, stamp FROM fingerprints "
+            "WHERE scope = ? ORDER BY path, sequence"
+        )
+        with contextlib.ExitStack() as stack:
+            cursors = [self._db.execute(sql, (self._scope,))]
+            for db in self._others():
+                stack.callback(db.close)
+                try:
+                    cursors.append(db.execute(sql, (self._scope,)))
+                except sqlite3.Error as exc:
+                    log.debug("skipping another layout's state file: %s", exc)
+            rows = heapq.merge(*cursors, key=lambda r: (r[0], r[1]))
+            for _, same in itertools.groupby(rows, key=lambda r: r[0]):
+                *_, (path, _, series, lo, hi, size, stamp) = same
+                if size >= 0:
+                    yield Fingerprint(path, series, lo, hi, size, stamp)
+
+    def has_fingerprint(self, path: str | None = None) -> bool:
+        """Whether a state file of the directory holds a fingerprint of ``path`` (None: of
+        any file of this scope)."""
+        if path is None:
+            rows = self._query_all("SELECT 1 FROM fingerprints WHERE scope = ?", (self._scope,))
+        else:
+            rows = self._query_all(
+                "SELECT 1 FROM fingerprints WHERE scope = ? AND path = ?", (self._scope, path)
+            )
+        return next(rows, None) is not None
+
+    def adopt(self, fingerprints: Iterable[Fingerprint]) -> None:
+        """Record fingerprints as found on disk (for files an older version wrote, or whose
+        stamp the store did not give when it was written)."""
+        with self._transaction():
+            self._db.executemany(
+                "INSERT OR REPLACE INTO fingerprints VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                [
+                    (self._scope, f.path, f.series, f.lo, f.hi, f.size, f.stamp, self._sequence)
+                    for f in fingerprints
+                ],
+            )
+
+    def periods(self) -> Iterator[tuple[str, int, int]]:
+        """Every done span of this scope, ``(series key, lo, hi)``, from every state file."""
+        sql = "SELECT series, lo, hi FROM periods WHERE scope = ?"
+        yield from self._query_all(sql, (self._scope,))
+
+    def forget(self, series: str, lo: int, hi: int) -> int:
+        """Take back the done periods ``lo..hi`` of a series (its file is gone or changed),
+        in this state file and in every other one no running shard holds. Returns how many
+        done periods were taken back."""
+        removed: list[Span] = []
+        removed += self._forget_in(self._db, series, lo, hi)
+        for db in self._others("rw"):
+            try:
+                removed += self._forget_in(db, series, lo, hi)
+            except sqlite3.Error as exc:
+                log.debug("cannot take periods back in another state file: %s", exc)
+            finally:
+                db.close()
+        return sum(b - a + 1 for a, b in merge_spans(removed))
+
+    def _forget_in(self, db: sqlite3.Connection, series: str, lo: int, hi: int) -> list[Span]:
+        removed: list[Span] = []
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            rows = db.execute(
+                "SELECT lo, hi, as_of FROM periods WHERE scope = ? AND series = ? "
+                "AND lo <= ? AND hi >= ?",
+                (self._scope, series, hi, lo),
+            ).fetchall()
+            for a, b, as_of in rows:
+                db.execute(
+                    "DELETE FROM periods WHERE scope = ? AND series = ? AND lo = ? AND hi = ? "
+                    "AND as_of = ?",
+                    (self._scope, series, a, b, as_of),
+                )
+                keep = [(a, lo - 1), (hi + 1, b)]
+                db.executemany(
+                    "INSERT OR IGNORE INTO periods VALUES (?, ?, ?, ?, ?)",
+                    [(self._scope, series, x, y, as_of) for x, y in keep if x <= y],
+                )
+                removed.append((max(a, lo), min(b, hi)))
+            db.execute("COMMIT")
+        except BaseException:
+            with contextlib.suppress(sqlite3.Error):
+                db.execute("ROLLBACK")
+            raise
+        return removed
+
+    def recorded(self, series: str, lo: int, hi: int) -> int:
+        """How many periods of ``lo..hi`` this state file holds as done now."""
+        rows = self._db.execute(
+            "SELECT lo, hi FROM periods WHERE scope = ? AND series = ? AND lo <= ? AND hi >= ?",
+            (self._scope, series, hi, lo),
+        )
+        spans = merge_spans((max(a, lo), min(b, hi)) for a, b in rows)
+        return sum(b - a + 1 for a, b in spans)
+
+    @property
+    def checked(self) -> bool:
+        """Whether every done period of this state file has its file's fingerprint: false
+        only for a state an older version wrote, until its first check."""
+        return self.get_meta(_CHECKED) is not None
+
+    def mark_checked(self) -> None:
+        self.set_meta(_CHECKED, "1")
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[None]:
+        self._db.execute("BEGIN")
+        try:
+            yield
+            self._db.execute("COMMIT")
+        except BaseException:
+            # SQLite may have rolled back itself (disk full): the first error is the news.
+            with contextlib.suppress(sqlite3.Error):
+                self._db.execute("ROLLBACK")
+            raise
+
+    def _insert_files(self, written: Sequence[WrittenFile]) -> None:
+        self._db.executemany(
+            "INSERT INTO files (run_id, path, rows, sha256, version) "
+            "VALUES (?, ?, ?, ?, ?) ON CONFLICT (run_id, path) DO UPDATE SET "
+            "rows = excluded.rows, sha256 = excluded.sha256, "
+            "version = excluded.version "
+            "WHERE excluded.version > files.version",  # writes may finish out of order
+            [
+                (
+                    self._run_id,
+                    redact(os.path.relpath(f.path, self._root)),
+                    f.rows,
+                    f.sha256,
+                    f.version,
+                )
+                for f in written
+            ],
+        )
 
     def record(
         self,
@@ -165,34 +417,10 @@ class State:
                 rows.append((self._scope, key, lo, min(hi, settle_from - 1), _SETTLED))
             if hi >= settle_from:
                 rows.append((self._scope, key, max(lo, settle_from), hi, self._as_of))
-        db = self._db
         try:
-            db.execute("BEGIN")
-            try:
-                db.executemany("INSERT OR IGNORE INTO periods VALUES (?, ?, ?, ?, ?)", rows)
-                db.executemany(
-                    "INSERT INTO files (run_id, path, rows, sha256, version) "
-                    "VALUES (?, ?, ?, ?, ?) ON CONFLICT (run_id, path) DO UPDATE SET "
-                    "rows = excluded.rows, sha256 = excluded.sha256, "
-                    "version = excluded.version "
-                    "WHERE excluded.version > files.version",  # writes may finish out of order
-                    [
-                        (
-                            self._run_id,
-                            redact(os.path.relpath(f.path, self._root)),
-                            f.rows,
-                            f.sha256,
-                            f.version,
-                        )
-                        for f in written
-                    ],
-                )
-                db.execute("COMMIT")
-            except BaseException:
-                # SQLite may have rolled back itself (disk full): the first error is the news.
-                with contextlib.suppress(sqlite3.Error):
-                    db.execute("ROLLBACK")
-                raise
+            with self._transaction():
+                self._db.executemany("INSERT OR IGNORE INTO periods VALUES (?, ?, ?, ?, ?)", rows)
+                self._insert_files(list(written))
         except sqlite3.Error as exc:
             raise ExporterError(
                 f"cannot record progress in {self.path} ({exc}); the rows are written, "
@@ -213,8 +441,9 @@ class State:
         except sqlite3.Error as exc:
             log.warning("cannot record %s in %s: %s", key, self.path, exc)
 
-    def files(self) -> Iterator[tuple[str, int, str]]:
-        """(path, rows, sha256) of every file this run wrote, by path."""
+    def files(self) -> Iterator[tuple[str, int, str | None]]:
+        """(path, rows, sha256) of every file this run wrote, by path; sha256 None for a
+        file it found gone or changed and did not write again."""
         yield from self._db.execute(
             "SELECT path, rows, sha256 FROM files WHERE run_id = ? ORDER BY path", (self._run_id,)
         )

@@ -194,8 +194,9 @@ class Journal:
             ) from None
         self._append([{"run_id": run_id, "sequence": sequence}])
 
-    def record(self, files: Iterable[tuple[Path, int, str]]) -> None:
-        """(path, rows, sha256) of files now in place; later lines win."""
+    def record(self, files: Iterable[tuple[Path, int, str | None]]) -> None:
+        """(path, rows, sha256) of files now in place; later lines win. sha256 None: the
+        run found the file gone or changed (and moved it aside)."""
         self._append(
             {"path": os.path.relpath(path, self.root), "rows": rows, "sha256": sha256}
             for path, rows, sha256 in files

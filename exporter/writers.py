@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import dataclasses
 import hashlib
 import itertools
 import logging
@@ -50,11 +51,14 @@ __all__ = [
     "atomic_write",
     "encode_id",
     "partition_path",
+    "partition_span",
+    "partitions",
     "start_encoder",
 ]
 
 log = logging.getLogger(__name__)
 
+_EPOCH_ORDINAL = date(1970, 1, 1).toordinal()
 _LOCK_STRIPES = 1024
 _TEMP_NAMES = itertools.count()
 WORKSPACE = "workspace"  # the directory of the series without an app id
@@ -66,7 +70,9 @@ class Store(Protocol):
 
     async def read(self, relative: str) -> bytes | None: ...
 
-    async def put(self, relative: str, data: bytes) -> None: ...
+    async def put(self, relative: str, data: bytes) -> str:
+        """Replace the object whole; its stamp (ETag) if the store says it, else ""."""
+        ...
 
     def display(self, relative: str) -> str: ...
 
@@ -77,12 +83,40 @@ class WrittenFile:
     rows: int
     sha256: str
     version: int  # order of the writes of one file: a later write has a higher version
+    series: str = ""  # the key of the series whose partition this is ("": not known)
+    lo: int = 0  # the partition's periods, lo..hi: what the file holds when complete
+    hi: int = -1
+    size: int = -1  # bytes, and what changes when the file is replaced: its mtime in ns
+    stamp: str = ""  # locally, the object's ETag on object storage ("": not known yet)
 
 
 def partition_of(series: Series, period: int) -> str:
     if series.unit == "day":
         return date.fromordinal(period).strftime("%Y-%m")
     return datetime.fromtimestamp(period * 3600, UTC).strftime("%Y-%m-%d")
+
+
+def partition_span(series: Series, partition: str) -> tuple[int, int]:
+    """The periods ``lo..hi`` a partition of :func:`partition_of` holds (a month of local
+    days, or a UTC date's hours)."""
+    if series.unit == "day":
+        first = date.fromisoformat(f"{partition}-01")
+        after = date(first.year + first.month // 12, first.month % 12 + 1, 1)
+        return first.toordinal(), after.toordinal() - 1
+    day = (date.fromisoformat(partition).toordinal() - _EPOCH_ORDINAL) * 24
+    return day, day + 23
+
+
+def partitions(series: Series, lo: int, hi: int) -> list[tuple[str, int, int]]:
+    """The partitions that hold periods ``lo..hi``: ``(partition, first, last)`` each."""
+    out: list[tuple[str, int, int]] = []
+    period = lo
+    while period <= hi:
+        name = partition_of(series, period)
+        first, last = partition_span(series, name)
+        out.append((name, first, last))
+        period = last + 1
+    return out
 
 
 def partition_path(root: Path, series: Series, partition: str, fmt: str) -> Path:
@@ -125,6 +159,7 @@ class PartitionWriter:
         durable: bool = True,
         token: str | None = None,
         on_written: Callable[[list[WrittenFile]], None] | None = None,
+        on_staged: Callable[[list[WrittenFile]], None] | None = None,
         store: Store | None = None,
         tz: tzinfo = UTC,
         encoder: ChildProcess | None = None,
@@ -132,7 +167,9 @@ class PartitionWriter:
         """``tz`` is the config's zone (for day labels that carry an offset, as
         :func:`exporter.plan.period_of` reads them); ``token`` names the temp files (the
         directory lock's holder token); ``on_written``
-        hears of every batch of files once their renames are durable (the run's journal).
+        hears of every batch of files once their renames are durable (the run's journal),
+        ``on_staged`` of every batch just before its renames (or PUT) begin, so that a file
+        that lands and is killed before ``on_written`` is still recognised as ours.
         With a ``store`` (object storage), ``root`` is ``Path(".")``: paths are relative to
         the store's prefix, and each partition is one GET and one whole-object PUT."""
         self.root = root
@@ -143,6 +180,7 @@ class PartitionWriter:
         self.tmp_dir = root / WORK_DIR / "tmp"
         self.token = token or secrets.token_hex(8)
         self._on_written = on_written
+        self._on_staged = on_staged
         self._locks = [asyncio.Lock() for _ in range(_LOCK_STRIPES)]
         self._versions = itertools.count(1)
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="syncer")
@@ -196,8 +234,10 @@ class PartitionWriter:
                 else _parse(self.fmt, self.tz, current, store.display(relative), series)
             )
             count, sha256, data = _merge(self.fmt, rows, series, _rows(points))
-            item = WrittenFile(path, count, sha256, next(self._versions))
-            await store.put(relative, data)
+            item = _written(path, count, sha256, next(self._versions), series, len(data), "")
+            if self._on_staged is not None:
+                self._on_staged([item])  # its ETag is known only once it is there
+            item = dataclasses.replace(item, stamp=await store.put(relative, data))
         except OSError as exc:
             raise WriteError(str(exc)) from None
         if self._on_written is not None:
@@ -216,13 +256,15 @@ class PartitionWriter:
             # temp file is written here, on the loop, so durability and ordering stay the
             # group commit's.
             rows, sha256, data = await self._stager.run(prepare)
-        item = WrittenFile(path, rows, sha256, version)
         tmp, fd = _temp_file(self.tmp_dir, self.token)
         try:
             _write_all(fd, (data,))
+            # The rename keeps the mtime: the file's fingerprint is known before it lands.
+            mtime_ns = os.fstat(fd).st_mtime_ns
         except BaseException:
             _discard(tmp, fd)
             raise
+        item = _written(path, rows, sha256, version, series, len(data), str(mtime_ns))
         return _Staged(tmp, fd, item, asyncio.get_running_loop().create_future())
 
     async def _commit(self, staged: _Staged) -> None:
@@ -237,6 +279,8 @@ class PartitionWriter:
             while self._pending:
                 await asyncio.sleep(0)  # let the writes staging right now join this batch
                 batch, self._pending = self._pending, []
+                if self._on_staged is not None:
+                    self._on_staged([s.item for s in batch])
                 await loop.run_in_executor(self._pool, self._land, batch)
                 if self._on_written is not None:
                     self._on_written([s.item for s in batch if s.error is None])
@@ -282,6 +326,13 @@ class PartitionWriter:
 
 
 _Prepared = tuple[int, str, bytes]  # rows, sha256, the file's bytes: all the parent needs
+
+
+def _written(
+    path: Path, rows: int, sha256: str, version: int, series: Series, size: int, stamp: str
+) -> WrittenFile:
+    lo, hi = partition_span(series, path.stem)
+    return WrittenFile(path, rows, sha256, version, series.key, lo, hi, size, stamp)
 
 
 def _rows(points: Iterable[Point]) -> list[formats.Row]:

@@ -229,21 +229,3 @@ def test_no_run_starts_while_verify_reads(
     assert verify(out).ok > 0
     assert len(refused) == 1
     assert "braze-export verify" in refused[0]
-
-
-def test_an_incomplete_run_keeps_its_journal(
-    tmp_path: Path,
-    write_config: Callable[..., Path],
-    sandbox_server: Any,
-    env_key: str,
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """A run that ends with a failed series keeps its journal: files of a request that
-    failed halfway are vouched for there."""
-    out = tmp_path / "out"
-    config = _config(write_config, out)
-    with sandbox_server(reject_segments=frozenset({"seg-b"})) as server:
-        monkeypatch.setenv("BRAZE_REST_ENDPOINT", server.url)
-        assert main(["run", str(config), "--as-of", AS_OF]) == 1
-    assert len(list((out / "_runs").glob("*.journal.jsonl"))) == 1
-    assert verify(out).unknown == []

@@ -516,3 +516,46 @@ def test_a_work_dir_the_user_cannot_write_is_exit_4_naming_it(
         assert remote_holder(store) is None
     finally:
         store.close()
+
+
+def _damage(store: ObjectStore, name: str, how: str) -> None:
+    data = store.get(name) or b""
+    if how == "deleted":
+        store.delete(name)
+    elif how == "truncated":
+        store.put_sync(name, data[: len(data) // 2])
+    else:  # replaced by another partition's object, whole and valid
+        store.put_sync(name, store.get(name.replace("seg-0", "seg-1")) or b"")
+
+
+@pytest.mark.parametrize("how", ["deleted", "truncated", "replaced"])
+def test_a_damaged_object_is_fetched_again_and_verify_passes(
+    tmp_path: Path,
+    bucket: str,
+    write_config: Callable[..., Path],
+    sandbox_server: Any,
+    env_key: str,
+    monkeypatch: pytest.MonkeyPatch,
+    how: str,
+) -> None:
+    """An object deleted, truncated or replaced under the prefix: the rerun's one listing
+    finds it, one request fetches its 10 periods again, exit 0, and verify passes."""
+    cfg = write_config(_config(bucket))
+    now = datetime(2024, 7, 1, 6, tzinfo=UTC).timestamp()
+    name = "sessions/day/segment-seg-0/workspace/2024-06.jsonl"
+    with sandbox_server(clock=lambda: now) as server:
+        monkeypatch.setenv("BRAZE_REST_ENDPOINT", server.url)
+        assert main(["run", str(cfg), "--as-of", AS_OF, "--work-dir", str(tmp_path / "a")]) == 0
+        before = _objects(bucket)
+        sent = sandbox_stats(server.app).requests
+        store = ObjectStore.open(bucket)
+        _damage(store, name, how)
+        store.close()
+        assert main(["run", str(cfg), "--as-of", AS_OF, "--work-dir", str(tmp_path / "b")]) == 0
+        assert sandbox_stats(server.app).requests == sent + 1
+    assert _objects(bucket) == before
+    docs = [json.loads(data) for n, data in _objects(bucket, "_runs").items() if n.endswith("n")]
+    check = max(docs, key=lambda doc: doc["sequence"])["file_check"]
+    assert check[f"files_{'missing' if how == 'deleted' else 'changed'}"] == 1
+    assert (check["periods_taken_back"], check["periods_refetched"]) == (10, 10)
+    assert main(["verify", bucket]) == 0

@@ -1,0 +1,301 @@
+"""The files are the truth: before a run plans anything, the done periods whose partition
+file is gone or changed are taken back, so the run fetches them again.
+
+Every file a run writes leaves a fingerprint in the state (:class:`exporter.state.Fingerprint`:
+size, and the mtime in ns locally or the ETag on object storage). :func:`check_files` lists
+the files the fingerprints name (one ``os.scandir`` per directory locally; one listing per
+series kind on object storage) and compares:
+
+* a file that is not there: its partition's periods are taken back (``missing``);
+* a file of another size or stamp (truncated, replaced, edited): it is moved aside to
+  ``.braze-export/displaced/{run_id}/`` (a rerun never merges into a file it did not write)
+  and its partition's periods are taken back (``changed``);
+* an object whose stamp the store did not give when it was written: the listing's is adopted;
+* a file whose landing began (its fingerprint noted just before the rename or PUT) but was
+  never heard of as done, the run killed in between: it is ours, and adopted.
+
+A state written by a version without fingerprints is checked once from its done periods: a
+partition file that is there is adopted as it is, one that is not is taken back. The run's
+summary and manifest say how many files were missing or changed and how many of their
+periods this run fetched again.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+from exporter.plan import Series, shard_of
+from exporter.remote import ObjectStore
+from exporter.series import KINDS
+from exporter.state import Fingerprint, State
+from exporter.storage import WORK_DIR
+from exporter.writers import partition_path, partitions
+
+__all__ = ["DISPLACED", "FileCheck", "Files", "LocalFiles", "StoreFiles", "check_files"]
+
+DISPLACED = f"{WORK_DIR}/displaced"
+EXAMPLES = 10  # paths named in the log; the manifest lists them all
+
+log = logging.getLogger(__name__)
+
+_Seen = Mapping[str, tuple[int, str]]  # file name -> (size, stamp)
+
+
+class Files(Protocol):
+    """Where the partition files are, as the check sees them."""
+
+    def listing(self, directory: str) -> _Seen:
+        """The files directly in ``directory`` (relative to the output, ``/``-separated)."""
+        ...
+
+    def displace(self, relative: str, to: str) -> None:
+        """Move a file out of the data (``to``: relative to the output)."""
+        ...
+
+
+class LocalFiles:
+    """A local output directory: one scandir per directory, a stat per file in it."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def listing(self, directory: str) -> _Seen:
+        try:
+            with os.scandir(self.root / directory) as entries:
+                seen = {}
+                for entry in entries:
+                    if entry.is_file(follow_symlinks=False):
+                        info = entry.stat(follow_symlinks=False)
+                        seen[entry.name] = (info.st_size, str(info.st_mtime_ns))
+                return seen
+        except (FileNotFoundError, NotADirectoryError):
+            return {}
+
+    def displace(self, relative: str, to: str) -> None:
+        target = self.root / to
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(self.root / relative, target)
+
+
+class StoreFiles:
+    """An object storage prefix: each series kind's objects come from one listing."""
+
+    def __init__(self, store: ObjectStore) -> None:
+        self.store = store
+        self._listed: dict[str, dict[str, dict[str, tuple[int, str]]]] = {}
+
+    def listing(self, directory: str) -> _Seen:
+        top = directory.split("/", 1)[0]
+        if top not in self._listed:
+            by_dir: dict[str, dict[str, tuple[int, str]]] = {}
+            for path, seen in self.store.fingerprints(top).items():
+                parent, _, name = path.rpartition("/")
+                by_dir.setdefault(parent, {})[name] = seen
+            self._listed[top] = by_dir
+        return self._listed[top].get(directory, {})
+
+    def displace(self, relative: str, to: str) -> None:
+        self.store.move(relative, to)
+
+
+@dataclass
+class FileCheck:
+    """What the check found; ``taken_back``: ``(series key, lo, hi)`` per file gone or
+    changed, for counting what the run fetched again."""
+
+    checked: int = 0
+    missing: list[str] = field(default_factory=list)
+    changed: list[str] = field(default_factory=list)
+    adopted: int = 0
+    periods_taken_back: int = 0
+    taken_back: list[tuple[str, int, int]] = field(default_factory=list)
+
+    def refetched(self, state: State) -> int:
+        """How many of the periods taken back this run has written again."""
+        return sum(state.recorded(series, lo, hi) for series, lo, hi in self.taken_back)
+
+    def doc(self, state: State) -> dict[str, object]:
+        """The manifest's ``file_check``."""
+        return {
+            "files_checked": self.checked,
+            "files_missing": len(self.missing),
+            "files_changed": len(self.changed),
+            "files_adopted": self.adopted,
+            "periods_taken_back": self.periods_taken_back,
+            "periods_refetched": self.refetched(state),
+            "missing": self.missing,
+            "changed": self.changed,
+        }
+
+
+def check_files(
+    state: State,
+    files: Files,
+    *,
+    fmt: str,
+    run_id: str,
+    shard: tuple[int, int] | None = None,
+) -> FileCheck:
+    """Compare the fingerprints of ``state`` with ``files`` and take back the periods of
+    every file gone or changed (see the module docstring). ``fmt``: the output format (an
+    older state's files are found by it); ``shard``: only the files of this shard's series
+    are checked (the other shards may be writing theirs right now). Raises StorageError (an
+    OSError) when the store cannot be listed; OSError when a changed file cannot be moved
+    aside."""
+    report = FileCheck()
+    mine = _ShardFilter(shard)
+    gone: list[tuple[Fingerprint, bool]] = []
+    if not state.checked:
+        unfingerprinted = _check_unfingerprinted(state, files, fmt, report, mine)
+        gone += [(absent, False) for absent in unfingerprinted]
+    adopt: list[Fingerprint] = []
+    landing = state.pending()
+    ours = (f for f in state.fingerprints() if mine(f.series))
+    for directory, group in _by_directory(ours):
+        seen = files.listing(directory)
+        for recorded in group:
+            report.checked += 1
+            now = seen.get(recorded.path.rpartition("/")[2])
+            if now is None:
+                gone.append((recorded, False))
+            elif _matches(now, (recorded.size, recorded.stamp)):
+                if not recorded.stamp:
+                    adopt.append(_with(recorded, now))
+            elif any(_matches(now, staged) for staged in landing.get(recorded.path, ())):
+                adopt.append(_with(recorded, now))  # landed, then the run was killed
+            else:
+                gone.append((recorded, True))
+    for recorded, changed in gone:
+        if changed:
+            files.displace(recorded.path, f"{DISPLACED}/{run_id}/{recorded.path}")
+        _take_back(state, report, recorded.series, recorded.lo, recorded.hi)
+        (report.changed if changed else report.missing).append(recorded.path)
+    if gone:
+        state.note_gone([recorded for recorded, _ in gone])
+    if adopt:
+        state.adopt(adopt)
+        report.adopted += len(adopt)
+    state.clear_pending()
+    state.mark_checked()
+    if report.missing or report.changed:
+        named = (report.missing + report.changed)[:EXAMPLES]
+        log.warning(
+            "%d file(s) recorded as written are gone and %d changed since (%s%s): their %d "
+            "period(s) will be fetched again%s",
+            len(report.missing),
+            len(report.changed),
+            ", ".join(named),
+            ", ..." if len(report.missing) + len(report.changed) > len(named) else "",
+            report.periods_taken_back,
+            f"; changed files moved to {DISPLACED}/{run_id}/" if report.changed else "",
+            extra={"event": "files_checked"},
+        )
+    return report
+
+
+def _take_back(state: State, report: FileCheck, series: str, lo: int, hi: int) -> None:
+    report.periods_taken_back += state.forget(series, lo, hi)
+    report.taken_back.append((series, lo, hi))
+
+
+def _matches(now: tuple[int, str], recorded: tuple[int, str]) -> bool:
+    """Whether a file seen now is the one recorded ("": a stamp not known, any will do)."""
+    return now[0] == recorded[0] and (not recorded[1] or now[1] == recorded[1])
+
+
+def _with(recorded: Fingerprint, now: tuple[int, str]) -> Fingerprint:
+    size, stamp = now
+    return Fingerprint(recorded.path, recorded.series, recorded.lo, recorded.hi, size, stamp)
+
+
+def _by_directory(
+    fingerprints: Iterable[Fingerprint],
+) -> Iterator[tuple[str, list[Fingerprint]]]:
+    """Consecutive fingerprints of one directory (they come sorted by path)."""
+    directory: str | None = None
+    group: list[Fingerprint] = []
+    for recorded in fingerprints:
+        parent = recorded.path.rpartition("/")[0]
+        if parent != directory and group:
+            yield directory or "", group
+            group = []
+        directory = parent
+        group.append(recorded)
+    if group:
+        yield directory or "", group
+
+
+class _ShardFilter:
+    """Whether a series key belongs to the run's shard (consecutive files share a key)."""
+
+    def __init__(self, shard: tuple[int, int] | None) -> None:
+        self.shard = shard
+        self._last: tuple[str, bool] = ("", True)
+
+    def __call__(self, key: str) -> bool:
+        if self.shard is None:
+            return True
+        if key != self._last[0]:
+            series = _series_of(key)
+            # A key this version cannot read has no shard: a run without --shard checks it.
+            ours = series is not None and shard_of(series, self.shard[1]) == self.shard[0]
+            self._last = (key, ours)
+        return self._last[1]
+
+
+def _check_unfingerprinted(
+    state: State, files: Files, fmt: str, report: FileCheck, mine: _ShardFilter
+) -> list[Fingerprint]:
+    """A state an older version wrote: find each done period's partition file from the
+    series key; adopt it as it is if it is there. Returns those that are not there."""
+    adopt: dict[str, Fingerprint] = {}
+    absent: dict[str, Fingerprint] = {}
+    # Files a newer run wrote are the fingerprint check's: never adopted as they are now.
+    mixed = state.has_fingerprint()
+    for key, lo, hi in list(state.periods()):
+        if not mine(key):
+            continue
+        series = _series_of(key)
+        if series is None:  # not a key this version makes: nothing to find it by
+            _take_back(state, report, key, lo, hi)
+            continue
+        for name, first, last in partitions(series, lo, hi):
+            path = partition_path(Path("."), series, name, fmt).as_posix()
+            if path in adopt or path in absent or (mixed and state.has_fingerprint(path)):
+                continue
+            directory, _, file_name = path.rpartition("/")
+            now = files.listing(directory).get(file_name)
+            if now is None:
+                absent[path] = Fingerprint(path, key, first, last, -1, "")
+            else:
+                adopt[path] = Fingerprint(path, key, first, last, *now)
+    state.adopt(adopt.values())
+    report.checked += len(adopt) + len(absent)
+    report.adopted += len(adopt)
+    return list(absent.values())
+
+
+def _series_of(key: str) -> Series | None:
+    """The series a state key names (:attr:`exporter.plan.Series.key`), or None."""
+    if "\x1e" in key:
+        kind, *values, unit = key.split("\x1e")
+        info = KINDS.get(kind)
+        if info is None or len(values) != 2 * len(info.dimensions) or unit not in ("day", "hour"):
+            return None
+        dims = {
+            param: (value if flag == "1" else None)
+            for param, value, flag in zip(info.dimensions, values[::2], values[1::2], strict=True)
+        }
+        series = Series.of(kind, unit, dims)  # type: ignore[arg-type]
+    else:
+        parts = key.split("\x1f")
+        if len(parts) != 4 or parts[3] not in ("day", "hour"):
+            return None
+        segment, app, has_app, unit = parts
+        series = Series(segment, app if has_app == "1" else None, unit)  # type: ignore[arg-type]
+    return series if series.key == key else None
