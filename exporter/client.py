@@ -23,6 +23,7 @@ from exporter.errors import (
     SeriesError,
     ServerError,
     TransportError,
+    Unreachable,
 )
 from exporter.plan import Request, Series, period_of
 from exporter.ratelimit import RateHeaders, parse_rate_headers
@@ -33,6 +34,7 @@ __all__ = [
     "BrazeClient",
     "Point",
     "Response",
+    "cannot_reach",
     "interpret",
     "make_session",
     "raise_for_status",
@@ -186,6 +188,15 @@ def interpret(request: Request, response: Response, tz: tzinfo = UTC) -> list[Po
     series = request.series
     raise_for_status(response, permission=series.info.permission, series=series)
     raise AssertionError("unreachable: raise_for_status raised")  # pragma: no cover
+
+
+def cannot_reach(host: str, exc: TransportError) -> Unreachable:
+    """The fail-fast error for a host no connection reaches (a run's, discovery's, init's)."""
+    return Unreachable(
+        f"cannot reach {host}: {exc.detail}. Check braze.endpoint (or "
+        f"$BRAZE_REST_ENDPOINT) is your instance's REST host (see README, Hosts), "
+        f"and that this machine can reach it (proxy, firewall, DNS, CA bundle)"
+    )
 
 
 def raise_for_status(
