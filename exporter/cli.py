@@ -885,9 +885,12 @@ def _cmd_sandbox(args: argparse.Namespace) -> int:
 
 def _cmd_init(args: argparse.Namespace) -> int:
     settings = StarterSettings.from_args(args.endpoint, args.api_key_env)
-    path = Path(expand_home(args.path)) if args.path else None
-    if path is None:
+    if not args.path:
         raise ConfigError("init: PATH must not be empty")
+    try:
+        path = Path(expand_home(args.path))
+    except ValueError as exc:
+        raise ConfigError(f"init: {exc}") from None
     write_starter(path, "", force=args.force, check_only=True)  # refused before any request
     workspace = None
     if args.discover or args.sandbox:

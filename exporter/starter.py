@@ -83,7 +83,8 @@ class StarterSettings:
             where = {"endpoint": "--endpoint", "api_key_env": "--api-key-env"}
             raise ConfigError(
                 "\n".join(
-                    f"init: {where.get(str(err['loc'][0]), 'init')}: {err['msg']}"
+                    f"init: {where.get(str(err['loc'][0]), 'init')}: "
+                    + err["msg"].removeprefix("Value error, ")
                     for err in exc.errors()
                 )
             ) from None
@@ -234,13 +235,17 @@ async def workspace_at(
 
 def write_starter(path: Path, text: str, *, force: bool, check_only: bool = False) -> None:
     """Write ``text`` to ``path``, refusing (ConfigError, exit 2) a path that exists unless
-    ``force``, a directory, or one that cannot be written; ``check_only`` only refuses. The
+    ``force``, a directory or other file that is not a regular one, or one that cannot be
+    written (through a symbolic link: to where it points); ``check_only`` only refuses. The
     text is validated as ``braze-export validate`` would before it lands (a starter that does
     not validate is a bug: ExporterError), and never lands over a file created meanwhile."""
     if path.is_dir():
         raise ConfigError(f"init: {path} is a directory; name the config file to write")
     if path.exists() and not force:
         raise ConfigError(f"init: {path} exists; --force overwrites it")
+    if path.exists() and not path.is_file():  # /dev/null: --force must not replace it
+        raise ConfigError(f"init: {path} is not a regular file; name the config file to write")
+    path = path.resolve() if path.is_symlink() else path  # --force writes where a link points
     if not path.parent.is_dir():
         raise ConfigError(f"init: cannot write {path}: {path.parent} is not a directory")
     if check_only:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import os
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -81,9 +82,14 @@ def test_init_refuses_an_existing_file_unless_forced(
     assert main(["validate", str(path)]) == 0
 
 
-def test_init_refuses_a_directory_and_a_missing_parent(tmp_path: Path) -> None:
-    """A directory, or a path whose parent is missing, is exit 2 and writes nothing."""
+def test_init_refuses_a_directory_a_special_file_and_a_missing_parent(tmp_path: Path) -> None:
+    """A directory, a file that is not a regular one (even with --force: /dev/null must
+    stay a device), or a path whose parent is missing, is exit 2 and writes nothing."""
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
     assert main(["init", str(tmp_path)]) == 2
+    assert main(["init", str(fifo), "--force"]) == 2
+    assert fifo.is_fifo()
     assert main(["init", str(tmp_path / "no" / "x.yaml")]) == 2
     assert not (tmp_path / "no").exists()
 
