@@ -80,7 +80,10 @@ class StarterSettings:
         try:
             checked = BrazeSettings(endpoint=given or DEFAULT_ENDPOINT, api_key_env=api_key_env)
         except ValidationError as exc:
-            where = {"endpoint": "--endpoint", "api_key_env": "--api-key-env"}
+            where = {
+                "endpoint": "--endpoint" if endpoint is not None else f"${ENDPOINT_ENV}",
+                "api_key_env": "--api-key-env",
+            }
             raise ConfigError(
                 "\n".join(
                     f"init: {where.get(str(err['loc'][0]), 'init')}: "
