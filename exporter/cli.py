@@ -905,7 +905,8 @@ def _cmd_init(args: argparse.Namespace) -> int:
     command = "braze-export init" + (" --discover" if workspace else "")
     text = starter_config(workspace, settings=settings, command=command)
     write_starter(path, text, force=args.force)
-    print(f"wrote {path}; next: braze-export validate {shlex.quote(str(path))}")
+    listed = "" if workspace is None else f" with {workspace.summary()}"
+    print(f"wrote {path}{listed}; next: braze-export validate {shlex.quote(str(path))}")
     return EXIT_OK
 
 

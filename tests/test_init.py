@@ -143,10 +143,19 @@ async def test_discover_lists_analytics_enabled_segments_and_comments_the_rest()
     assert "does not export campaign or Canvas analytics yet" in text
 
 
-def test_init_sandbox_writes_a_config_that_validates(tmp_path: Path, fast_init: None) -> None:
-    """init --sandbox (in-process sandbox, no key) writes ids that validate and plan."""
+def test_init_sandbox_writes_a_config_that_validates(
+    tmp_path: Path, fast_init: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """init --sandbox (in-process sandbox, no key) writes ids that validate and plan, and
+    says what it listed."""
     path = tmp_path / "s.yaml"
     assert main(["init", str(path), "--sandbox"]) == 0
+    listed = catalogue(SandboxOptions())
+    enabled = sum(s.analytics_tracking_enabled for s in listed.segments)
+    assert (
+        f"{enabled} analytics-enabled segments ({len(listed.segments) - enabled} others "
+        f"commented out), {len(listed.events)} events, {len(listed.products)} products;"
+    ) in capsys.readouterr().out
     assert main(["validate", str(path)]) == 0
     assert main(["plan", str(path)]) == 0
     assert "come from the sandbox: they are invented" in path.read_text()
