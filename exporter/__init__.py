@@ -1,3 +1,17 @@
-"""braze-export: export Braze's "Export App Sessions by Time" series to files."""
+"""braze-export: export Braze's analytics time series to files."""
 
-__version__ = "0.1.0"
+from importlib.metadata import PackageNotFoundError, version
+
+__all__ = ["__version__", "package_version"]
+
+
+def package_version() -> str:
+    """The installed distribution's version (pyproject.toml's, the one source of it), or
+    ``0+unknown`` when the package runs from a tree that was never installed."""
+    try:
+        return version("braze-export")
+    except PackageNotFoundError:
+        return "0+unknown"
+
+
+__version__ = package_version()

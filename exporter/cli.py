@@ -23,11 +23,13 @@ from datetime import date, datetime
 from pathlib import Path
 from typing import Any, NoReturn
 
-from exporter import __version__
+from exporter import package_version
+from exporter.catalog import catalog, catalog_table
+from exporter.completion import SHELLS, completion_script
 from exporter.config import ApiKey, Config, check_date, expand_home, load_config, resolve_api_key
 from exporter.discover import DiscoverSpec, discovery_cost
 from exporter.doctor import DoctorReport, diagnose
-from exporter.errors import ConfigError, DirectoryBusy, ExporterError, Unreachable
+from exporter.errors import AuthError, ConfigError, DirectoryBusy, ExporterError, Unreachable
 from exporter.logs import console, logging_for_run, new_run_id
 from exporter.manifest import verify
 from exporter.plan import (
@@ -63,6 +65,7 @@ from exporter.sandbox import (
     start_sandbox,
 )
 from exporter.series import DIMENSIONS, LIST_POOL, LISTS
+from exporter.starter import StarterSettings, starter_config, workspace_at, write_starter
 from exporter.storage import unwritable
 
 __all__ = [
@@ -220,7 +223,10 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
-        "--version", action="version", version=f"%(prog)s {__version__}", help="print the version"
+        "--version",
+        action="version",
+        version=f"%(prog)s {package_version()}",
+        help="print the version",
     )
     _global_args(parser, top=True)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -416,7 +422,65 @@ def build_parser() -> argparse.ArgumentParser:
         help="hour time labels: 2024-01-05T10:00:00 (naive, default), ...Z (z), ...+00:00 (offset)",
     )
     box.set_defaults(func=_cmd_sandbox)
+    _getting_started(command)
     return parser
+
+
+def _getting_started(command: Callable[[str, str], argparse.ArgumentParser]) -> None:
+    """The commands a new user reaches for: init, series, completion."""
+    init = command(
+        "init",
+        "write a commented starter config; --discover fills in the workspace's ids",
+    )
+    init.add_argument(
+        "path",
+        nargs="?",
+        default="braze-export.yaml",
+        help="where to write it (default: %(default)s)",
+    )
+    init.add_argument(
+        "--force", action="store_true", help="overwrite PATH if it exists (default: refuse)"
+    )
+    init.add_argument(
+        "--discover",
+        action="store_true",
+        help="list the workspace's analytics-enabled segments, events and products into the "
+        "config, campaigns and Canvases as comments; needs the key in $BRAZE_API_KEY (or the "
+        "variable --api-key-env names) (default: ids found at run time instead)",
+    )
+    init.add_argument(
+        "--sandbox",
+        action="store_true",
+        help="--discover against the in-process sandbox, no key needed (default: off)",
+    )
+    init.add_argument(
+        "--endpoint",
+        metavar="URL",
+        help="your instance's REST host, written into the config and read by --discover "
+        "(default: $BRAZE_REST_ENDPOINT, else https://rest.iad-01.braze.com)",
+    )
+    init.add_argument(
+        "--api-key-env",
+        metavar="NAME",
+        default="BRAZE_API_KEY",
+        help="the variable holding the key, written into the config (default: %(default)s)",
+    )
+    init.set_defaults(func=_cmd_init)
+
+    series = command(
+        "series",
+        "list every series: dimensions, units, value columns, rate-limit pool, permission",
+    )
+    series.add_argument("--json", action="store_true", help="as JSON (default: a table for people)")
+    series.set_defaults(func=_cmd_series)
+
+    completion = command("completion", "print the shell completion script for SHELL")
+    completion.add_argument(
+        "shell",
+        choices=SHELLS,
+        help=f"{', '.join(SHELLS)} (no default); see README, Shell completion",
+    )
+    completion.set_defaults(func=_cmd_completion)
 
 
 def _global_args(parser: argparse.ArgumentParser, *, top: bool) -> None:
@@ -880,4 +944,46 @@ def _cmd_sandbox(args: argparse.Namespace) -> int:
             f"sandbox: cannot listen on {args.host}:{args.port}: {reason or exc}; "
             f"choose another --port or --host"
         ) from None
+    return EXIT_OK
+
+
+def _cmd_init(args: argparse.Namespace) -> int:
+    settings = StarterSettings.from_args(args.endpoint, args.api_key_env)
+    if not args.path:
+        raise ConfigError("init: PATH must not be empty")
+    try:
+        path = Path(expand_home(args.path))
+    except ValueError as exc:
+        raise ConfigError(f"init: {exc}") from None
+    write_starter(path, "", force=args.force, check_only=True)  # refused before any request
+    workspace = None
+    if args.discover or args.sandbox:
+        key = None if args.sandbox else settings.api_key()
+        if key is not None:
+            register_secret(key.reveal())
+        try:
+            workspace = asyncio.run(workspace_at(settings.endpoint, key))
+        except AuthError as exc:
+            console(f"error: {exc}")
+            return EXIT_AUTH
+    command = "braze-export init" + (" --discover" if workspace else "")
+    text = starter_config(workspace, settings=settings, command=command)
+    write_starter(path, text, force=args.force)
+    listed = "" if workspace is None else f" with {workspace.summary()}"
+    print(f"wrote {path}{listed}; next: braze-export validate {shlex.quote(str(path))}")
+    return EXIT_OK
+
+
+def _cmd_series(args: argparse.Namespace) -> int:
+    entries = catalog()
+    if args.json:
+        json.dump([e.as_json() for e in entries], sys.stdout, indent=1)
+        print()
+    else:
+        print(catalog_table(entries))
+    return EXIT_OK
+
+
+def _cmd_completion(args: argparse.Namespace) -> int:
+    sys.stdout.write(completion_script(build_parser(), args.shell))
     return EXIT_OK

@@ -34,6 +34,7 @@ __all__ = [
     "BrazeClient",
     "Point",
     "Response",
+    "cannot_reach",
     "interpret",
     "make_session",
     "raise_for_status",
@@ -207,6 +208,15 @@ def interpret(request: Request, response: Response, tz: tzinfo = UTC) -> list[Po
     series = request.series
     raise_for_status(response, permission=series.info.permission, series=series)
     raise AssertionError("unreachable: raise_for_status raised")  # pragma: no cover
+
+
+def cannot_reach(host: str, exc: TransportError) -> Unreachable:
+    """The fail-fast error for a host no connection reaches (a run's, discovery's, init's)."""
+    return Unreachable(
+        f"cannot reach {host}: {exc.detail}. Check braze.endpoint (or "
+        f"$BRAZE_REST_ENDPOINT) is your instance's REST host (see README, Hosts), "
+        f"and that this machine can reach it (proxy, firewall, DNS, CA bundle)"
+    )
 
 
 def raise_for_status(

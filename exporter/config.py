@@ -62,6 +62,7 @@ __all__ = [
     "check_date",
     "check_endpoint",
     "load_config",
+    "reads_like_null",
     "resolve_api_key",
 ]
 
@@ -609,6 +610,11 @@ def _duplicate_keys(node: yaml.Node, path: str) -> Iterator[str]:
                 todo.append((value, where))
 
 
+def reads_like_null(value: str) -> bool:
+    """Whether an id is text a YAML writer most likely meant as null ('None', ' nil ')."""
+    return value.strip().casefold() in _NULL_LIKE
+
+
 def _null_like_ids(exports: object) -> Iterator[str]:
     """Ids such as 'null' or 'None': text, though the writer almost surely meant null."""
     for i, export in _mappings(exports):
@@ -619,7 +625,7 @@ def _null_like_ids(exports: object) -> Iterator[str]:
             if not isinstance(ids, list):
                 continue
             for j, value in enumerate(ids):
-                if not isinstance(value, str) or value.strip().casefold() not in _NULL_LIKE:
+                if not isinstance(value, str) or not reads_like_null(value):
                     continue
                 meant = " (write null unquoted for the whole workspace)" if key == "app_ids" else ""
                 yield (

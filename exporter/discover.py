@@ -9,6 +9,9 @@ Three lists (:data:`exporter.series.LISTS`; facts from Braze's "Get ... list" do
 * ``/events/list?page=N``: 250 event names a page, alphabetical.
 * ``/purchases/product_list?page=N``: product names; the page size is undocumented.
 
+The campaign and Canvas lists (:data:`exporter.messaging.MESSAGING_LISTS`, 100 objects a page,
+``{"id", "name", "tags", ...}``) are read the same way, for ``init --discover``'s comments.
+
 Paging ends at a page shorter than the documented size (without asking for the next), or at
 the first empty page when the size is undocumented. A server that ignores ``page`` is caught:
 a non-empty page identical to the previous one, or one whose well-formed ids were all seen
@@ -41,6 +44,7 @@ from exporter.errors import (
     MalformedResponse,
     RateLimited,
 )
+from exporter.messaging import MESSAGING_LISTS
 from exporter.ratelimit import Budget
 from exporter.redact import holds_secret
 from exporter.retry import RetryPolicy, call_with_retries
@@ -64,6 +68,9 @@ log = logging.getLogger(__name__)
 
 MAX_PAGES = 10_000  # 1,000,000 segments or 2,500,000 events: far beyond any real workspace
 MAX_ID_CHARS = 256
+# Every list discovery reads; the lists of plain names (the others list objects with an id).
+_SOURCES: dict[str, ListSource] = {**LISTS, **MESSAGING_LISTS}
+_NAME_LISTS = ("event", "product")
 
 
 class ListFetch(Protocol):
@@ -79,7 +86,8 @@ class DiscoverSpec:
     """Which items of one list to export.
 
     - ``dimension``: a key of :data:`exporter.series.LISTS` (``segment_id``, ``event``,
-      ``product``).
+      ``product``) or of :data:`exporter.messaging.MESSAGING_LISTS` (``campaign_id``,
+      ``canvas_id``).
     - ``name``: keep only items whose name (segment name, event or product name) matches,
       with ``re.search``; None keeps all.
     - ``tags`` (segments only): keep segments carrying at least one of these tags; empty
@@ -95,14 +103,16 @@ class DiscoverSpec:
     analytics_only: bool = True
 
     def __post_init__(self) -> None:
-        if self.dimension not in LISTS:
-            raise ValueError(f"no list to discover {self.dimension!r} from; one of {list(LISTS)}")
+        if self.dimension not in _SOURCES:
+            raise ValueError(
+                f"no list to discover {self.dimension!r} from; one of {list(_SOURCES)}"
+            )
         if self.tags and self.dimension != "segment_id":
             raise ValueError(f"tags filter only segments, not {self.dimension!r}")
 
     @property
     def source(self) -> ListSource:
-        return LISTS[self.dimension]
+        return _SOURCES[self.dimension]
 
 
 @dataclass(frozen=True)
@@ -132,8 +142,9 @@ class Discovered:
 @dataclass(frozen=True, slots=True)
 class ListItem:
     """One well-formed list entry. For events and products ``id`` and ``name`` are the same
-    string. ``analytics`` is the segment's ``analytics_tracking_enabled`` when it is a
-    boolean, else None (absent or not a boolean; events and products: None)."""
+    string (segments, campaigns and Canvases: the object's ``id`` and ``name``).
+    ``analytics`` is the segment's ``analytics_tracking_enabled`` when it is a boolean, else
+    None (absent or not a boolean; events, products, campaigns, Canvases: None)."""
 
     id: str
     name: str
@@ -171,7 +182,7 @@ def interpret_list(source: ListSource, response: Response, *, page: int | None =
     if "message" in doc and doc["message"] != "success":
         raise MalformedResponse("message is not 'success'", status=200, label=label)
     entries: list[Any] = doc[source.items_key]
-    read = _segment if source.dimension == "segment_id" else _name
+    read = _name if source.dimension in _NAME_LISTS else _object
     items = [item for item in map(read, entries) if item is not None]
     raw = json.dumps(entries, sort_keys=True, separators=(",", ":"), default=str)
     return ListPage(tuple(items), len(entries), len(entries) - len(items), raw)
@@ -197,8 +208,9 @@ def _name(entry: Any) -> ListItem | None:
     return ListItem(entry, entry) if _valid_id(entry) else None
 
 
-def _segment(entry: Any) -> ListItem | None:
-    """A segment object with a valid id; a missing or odd name or tag list reads as none."""
+def _object(entry: Any) -> ListItem | None:
+    """A segment, campaign or Canvas object with a valid id; a missing or odd name or tag
+    list reads as none (and a missing analytics flag, as campaigns have, as None)."""
     if not isinstance(entry, dict) or not _valid_id(entry.get("id")):
         return None
     name = entry.get("name")

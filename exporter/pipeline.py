@@ -26,7 +26,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from zoneinfo import ZoneInfo
 
-from exporter.client import BrazeClient, Point, interpret
+from exporter.client import BrazeClient, Point, cannot_reach, interpret
 from exporter.coverage import COMPLETE, FAILED, Calibration, Coverage, gap_requests, runs
 from exporter.errors import (
     ApiError,
@@ -525,11 +525,7 @@ class Pipeline:
 
     def cannot_reach(self, exc: TransportError) -> Unreachable:
         """The fail-fast error for a host no connection reaches (discovery's too)."""
-        return Unreachable(
-            f"cannot reach {self.client.host}: {exc.detail}. Check braze.endpoint (or "
-            f"$BRAZE_REST_ENDPOINT) is your instance's REST host (see README, Hosts), "
-            f"and that this machine can reach it (proxy, firewall, DNS, CA bundle)"
-        )
+        return cannot_reach(self.client.host, exc)
 
     def _note_transport(self, exc: TransportError) -> None:
         if not exc.connect_failed:
