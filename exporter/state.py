@@ -301,11 +301,13 @@ class GroupRecorder:
 
     def _commit(self) -> None:
         batch, self._pending = self._pending, []
-        errors: list[ExporterError | None] = [None] * len(batch)
+        errors: list[Exception | None] = [None] * len(batch)
         try:
             self.state.record_many([record for record, _ in batch])
         except ExporterError:
             errors = [self._alone(record) for record, _ in batch]
+        except Exception as exc:  # a bug: fail the callers rather than leave them waiting
+            errors = [exc] * len(batch)
         for (_, future), error in zip(batch, errors, strict=True):
             if future.done():  # its caller was cancelled; the record stands
                 continue

@@ -173,3 +173,23 @@ async def test_a_record_that_cannot_be_committed_fails_only_its_own_caller(
     assert isinstance(outcomes[1], ExporterError)
     assert state.done(lambda: {**KEYS, "bad": 2}) == {0: [(JUNE_1, JUNE_1)], 1: [(JUNE_1, JUNE_1)]}
     state.close()
+
+
+async def test_an_unexpected_failure_of_the_transaction_reaches_every_caller(
+    tmp_path: Path,
+) -> None:
+    """Anything else going wrong in the shared transaction fails its callers, never leaves
+    them waiting."""
+    state = _open(tmp_path)
+
+    def broken(records: Sequence[Record]) -> None:
+        raise TypeError("a bug")
+
+    state.record_many = broken  # type: ignore[method-assign]
+    recorder = GroupRecorder(state)
+    outcomes = await asyncio.gather(
+        *(recorder.record(key, [(JUNE_1, JUNE_1)], NEVER) for key in ("s", "t")),
+        return_exceptions=True,
+    )
+    assert [type(o) for o in outcomes] == [TypeError, TypeError]
+    state.close()
