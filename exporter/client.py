@@ -60,7 +60,8 @@ class Response:
 def make_session(concurrency: int) -> aiohttp.ClientSession:
     """The run's one session: a connection per worker at most, and no hidden retries."""
     connector = aiohttp.TCPConnector(limit=concurrency, limit_per_host=concurrency)
-    session = aiohttp.ClientSession(connector=connector)
+    # Braze authenticates by header; a cookie jar would only cost a look-up per request.
+    session = aiohttp.ClientSession(connector=connector, cookie_jar=aiohttp.DummyCookieJar())
     # aiohttp silently resends an idempotent request once when a kept-alive connection turns
     # out closed. That attempt would bypass the budget's token and our retry log, so turn it
     # off: the retry policy handles the TransportError. (No public switch as of aiohttp 3.14.)

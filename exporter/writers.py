@@ -119,8 +119,9 @@ def partition_path(root: Path, series: Series, partition: str, fmt: str) -> Path
 
 
 def _stripe(path: Path) -> int:
-    """Which of the writer's locks guards the file."""
-    return hash(path) % _LOCK_STRIPES
+    """Which of the writer's locks guards the file (by its str, which the Path keeps: cheaper
+    to hash than the Path's parts)."""
+    return hash(os.fspath(path)) % _LOCK_STRIPES
 
 
 @dataclass
