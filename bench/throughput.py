@@ -171,15 +171,20 @@ def run_week(repeats: int = 3) -> dict[str, float]:
     print("| output on | runs: exporter CPU ms per request | median | requests/s (median) |")
     print("|---|---|---|---|")
     medians: dict[str, float] = {}
+    notes = []
     for name, root in WEEK_ROOTS.items():
         runs = week(root, repeats=repeats)
         own = [m.own.cpu_s / requests * 1000 for m in runs if m.own is not None]
         rates = [requests / m.wall_s for m in runs]
         medians[name] = statistics.median(own)
+        kind, _, note = filesystem(root).partition(": ")
+        notes += [f"{root}: {kind}: {note}"] if note else []
         print(
-            f"| {name} ({filesystem(root)}) | {' / '.join(f'{c:.2f}' for c in own)} | "
+            f"| {name} ({root}, {kind}) | {' / '.join(f'{c:.2f}' for c in own)} | "
             f"**{medians[name]:.2f}** | {statistics.median(rates):,.0f} |"
         )
+    for note in notes:
+        print(note)
     print(
         verdict(
             medians["tmpfs"] < WEEK_GOAL_CPU_MS,
