@@ -141,8 +141,11 @@ def exporter_env(url: str) -> dict[str, str]:
     return env
 
 
-def grid_config(out: Path, segments: int, apps: int, limits: str, fmt: str = "jsonl") -> str:
-    """A config of ``segments x apps`` day series, one day each: one request per series."""
+def grid_config(
+    out: Path, segments: int, apps: int, limits: str, fmt: str = "jsonl", days: int = 1
+) -> str:
+    """A config of ``segments x apps`` day series, ``days`` days each (at most 100: one
+    request per series)."""
     return f"""\
 version: 1
 limits: {{{limits}}}
@@ -151,7 +154,7 @@ exports:
   - name: bench
     segment_ids: [{", ".join(f"segment-{i:04d}" for i in range(segments))}]
     app_ids: [{", ".join(f"app-{i:03d}" for i in range(apps))}]
-    window: {{days: 1}}
+    window: {{days: {days}}}
 """
 
 

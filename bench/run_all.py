@@ -8,6 +8,7 @@ from bench import budget, economy, objectstore, scale, semantics, throughput
 def main() -> None:
     for name, bench in (
         ("1. throughput", throughput.run),
+        ("1b. throughput, 7 rows per request", throughput.run_week),
         ("2. budget", budget.run),
         ("3. scale", scale.run),
         ("4. economy", economy.run),

@@ -388,6 +388,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="how long a slow fault stalls, in seconds (default: %(default)g)",
     )
     box.add_argument(
+        "--latency-ms",
+        type=_number(">=", 0, "milliseconds"),
+        default=0.0,
+        metavar="MS",
+        help="every answer waits this long first, as a network's round trip would "
+        "(default: %(default)g)",
+    )
+    box.add_argument(
         "--reject-segment",
         action="append",
         default=[],
@@ -929,6 +937,7 @@ def _cmd_sandbox(args: argparse.Namespace) -> int:
         fault_rate=args.fault_rate,
         seed=args.seed,
         slow_s=args.slow_s,
+        latency_s=args.latency_ms / 1000,
         reject_segments=frozenset(args.reject_segment),
         deny=args.deny,
         reset_style=args.reset_style,

@@ -108,7 +108,10 @@ class Coverage:
 
     def planned(self, index: int) -> list[Span]:
         """The merged spans this series' planned requests ask for."""
-        return merge_spans((r.first, r.last) for r in self._plan.requests_of(index))
+        requests = self._plan.requests_of(index)
+        if len(requests) == 1:  # most series: nothing to merge (this runs a few times a request)
+            return [(requests[0].first, requests[0].last)]
+        return merge_spans((r.first, r.last) for r in requests)
 
     def missing(self, index: int) -> list[Span]:
         """Planned periods not received (for a failed series too)."""
@@ -121,7 +124,10 @@ class Coverage:
         index = request.index
         if self.status[index] != OPEN:
             return False
-        received = self._received.get(index, [])
+        received = self._received.get(index)
+        if not received:  # the usual first look: is any planned period in the window?
+            first, last = request.first, request.last
+            return any(lo <= last and first <= hi for lo, hi in self.planned(index))
         if covers(received, request.first, request.last):
             return False
         outside = [(_MIN, request.first - 1), (request.last + 1, _MAX)]
@@ -130,6 +136,9 @@ class Coverage:
     def inside(self, index: int, points: Sequence[Point]) -> list[Point]:
         """The points whose period lies in the series' planned window."""
         planned = self.planned(index)
+        if len(planned) == 1:
+            lo, hi = planned[0]
+            return [p for p in points if lo <= p.period <= hi]
         return [p for p in points if covers(planned, p.period, p.period)]
 
     def record(self, index: int, periods: Sequence[Span]) -> None:

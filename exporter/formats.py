@@ -32,6 +32,7 @@ import csv
 import importlib.util
 import io
 import json
+import math
 from collections.abc import Sequence
 from datetime import UTC, date, tzinfo
 from typing import Any
@@ -91,13 +92,32 @@ def decode(fmt: str, series: Series, data: bytes, tz: tzinfo = UTC) -> dict[int,
 
 
 def _encode_jsonl(series: Series, rows: Sequence[Row]) -> bytes:
+    """Each row as ``json.dumps`` of its object (``ensure_ascii=False``) would write it,
+    byte for byte; the keys and the columns every row shares are encoded once per file."""
     columns = series.info.columns
     ids = (*(value for _, value in series.dimensions()), series.unit)
-    lines = [
-        json.dumps(dict(zip(columns, (t, n, *ids), strict=True)), ensure_ascii=False)
-        for _, t, n in rows
-    ]
-    return ("\n".join(lines) + "\n").encode()
+    time_key, value_key = (_json_string(c) for c in columns[:2])
+    shared = "".join(
+        f", {_json_string(c)}: {'null' if v is None else _json_string(v)}"
+        for c, v in zip(columns[2:], ids, strict=True)
+    )
+    return "".join(
+        [
+            f"{{{time_key}: {_json_string(t)}, {value_key}: {_json_number(n)}{shared}}}\n"
+            for _, t, n in rows
+        ]
+    ).encode()
+
+
+_json_string = json.encoder.encode_basestring  # json.dumps(s, ensure_ascii=False), in C
+
+
+def _json_number(value: Value) -> str:
+    """json.dumps(value): the repr of an int or of a finite float (NaN and infinities,
+    which no partition holds, as json.dumps spells them)."""
+    if type(value) is int or math.isfinite(value):
+        return repr(value)
+    return json.dumps(value)
 
 
 def _encode_csv(series: Series, rows: Sequence[Row]) -> bytes:

@@ -42,7 +42,7 @@ from exporter.errors import (
 from exporter.plan import Plan, Request, Series, describe_periods, ending_at, within_bound
 from exporter.ratelimit import Budget
 from exporter.retry import RetryPolicy, call_with_retries
-from exporter.state import State
+from exporter.state import GroupRecorder, State
 from exporter.writers import PartitionWriter
 
 __all__ = [
@@ -206,6 +206,7 @@ class Pipeline:
         self.budgets = dict(budgets or {})  # series kind -> the budget of its own pool
         self.writer = writer
         self.state = state
+        self._recorder = None if state is None else GroupRecorder(state)
         self.policy = policy
         self.concurrency = concurrency
         # Answered requests whose rows may wait for their write (the Parquet encoder, the
@@ -411,8 +412,8 @@ class Pipeline:
             points = await call_with_retries(
                 lambda: self._attempt(request, sending, sent),
                 policy=self.policy,
-                label=f"{request.series.label} {self._periods(request)}",
-                fields=self._fields(request),
+                label=lambda: f"{request.series.label} {self._periods(request)}",
+                fields=lambda: self._fields(request),
                 on_retry=lambda: self.result.count(request, "retries"),
                 stopping=self._stopping.is_set,
                 sleep=self._sleep,
@@ -450,12 +451,12 @@ class Pipeline:
             self.result.count(request, "outside", len(points) - len(inside))
         written = await self.writer.write(request.series, inside) if inside else []
         spans = runs(p.period for p in inside)
-        if self.state is not None and spans:
+        if self._recorder is not None and spans:
             plan = self._plan
             assert plan is not None
             # Without a settle boundary (a plan built by hand), every period is provisional.
             settle_from = plan.settle_from.get(request.series.unit, -(2**62))
-            self.state.record(request.series.key, spans, settle_from, written)
+            await self._recorder.record(request.series.key, spans, settle_from, written)
         coverage.record(index, spans)
         self._lost_output.reset(self._clock())
         self.result.count(request, "done")

@@ -124,7 +124,9 @@ class SandboxOptions:
     campaigns: int = 150  # the campaigns and Canvases of exporter.sandbox_messaging
     canvases: int = 40
     product_page_size: int = PRODUCT_PAGE_SIZE
+    latency_s: float = 0.0  # every answer waits this long first, as over a network
     clock: Callable[[], float] = time.time
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
 
     def __post_init__(self) -> None:
         if self.reset_style not in RESET_STYLES:
@@ -135,6 +137,8 @@ class SandboxOptions:
         sizes = (self.segments, self.events, self.products, self.campaigns, self.canvases)
         if min(sizes) < 0 or self.product_page_size < 1:
             raise ValueError("catalogue sizes must be >= 0 and product_page_size >= 1")
+        if self.latency_s < 0:
+            raise ValueError("latency_s must be >= 0")
 
     def pool_limit(self, pool: str) -> int:
         """Requests per window in ``pool`` (0: no limit)."""
@@ -455,8 +459,14 @@ class _Sandbox:
             return await _in_pieces(request, doc, headers, self.options)
         return web.json_response(doc, headers=headers)
 
+    async def _wait(self) -> None:
+        """The network's round trip: every answer, whatever it is, waits ``latency_s``."""
+        if self.options.latency_s > 0:
+            await self.options.sleep(self.options.latency_s)
+
     def series_handler(self, kind: SeriesKind) -> Handler:
         async def handle(request: web.Request) -> web.StreamResponse:
+            await self._wait()
             headers, done = self._admit(request, kind.pool, kind.permission)
             if done is not None:
                 return done
@@ -503,6 +513,7 @@ class _Sandbox:
         size = source.page_size or self.options.product_page_size
 
         async def handle(request: web.Request) -> web.StreamResponse:
+            await self._wait()
             headers, done = self._admit(request, source.pool, source.permission)
             if done is not None:
                 return done

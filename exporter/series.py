@@ -13,6 +13,7 @@ the tolerant reading: revenue may be fractional, a series' pool is configurable.
 from __future__ import annotations
 
 import hashlib
+import re
 from dataclasses import dataclass
 from typing import Literal
 from urllib.parse import quote
@@ -38,13 +39,15 @@ LIST_POOL = "lists"  # /events/list and /purchases/product_list: 1,000 requests/
 # /campaigns/data_series: its own 50,000 requests/minute in Braze's current "Export campaign
 # analytics" page (older pages: the workspace pool).
 CAMPAIGNS_POOL = "campaigns"
+_UNRESERVED = re.compile(r"[A-Za-z0-9_.~-]+")  # what quote(safe="") leaves as it is
 _MAX_COMPONENT = 200  # file systems allow 255 bytes per name; leave room for the prefix
 
 
 def encode_id(value: str) -> str:
     """An id as a path component: percent-encoded, so it cannot name another directory.
     Very long ids keep a readable prefix plus a hash."""
-    encoded = quote(value, safe="")
+    # Most ids need no escape: checking so costs a tenth of quote().
+    encoded = value if _UNRESERVED.fullmatch(value) else quote(value, safe="")
     if len(encoded) > _MAX_COMPONENT:
         digest = hashlib.sha256(value.encode()).hexdigest()[:16]
         encoded = f"{encoded[:150]}~{digest}"

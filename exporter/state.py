@@ -23,11 +23,11 @@ and every run also reads the records of the other layouts' files in the same dir
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import heapq
 import itertools
 import logging
-import os
 import sqlite3
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -37,9 +37,10 @@ from typing import Any
 from exporter.errors import ExporterError
 from exporter.plan import merge_spans
 from exporter.redact import redact
+from exporter.storage import relative_path
 from exporter.writers import WrittenFile
 
-__all__ = ["Fingerprint", "State", "state_path"]
+__all__ = ["Fingerprint", "GroupRecorder", "Record", "State", "state_path"]
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +85,17 @@ class Fingerprint:
     hi: int
     size: int
     stamp: str
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """What :meth:`State.record` records for one series: its written periods (``spans``),
+    provisional from ``settle_from`` on, and the files holding them."""
+
+    series_key: str
+    spans: Sequence[Span]
+    settle_from: int
+    written: Sequence[WrittenFile] = ()
 
 
 class State:
@@ -199,14 +211,14 @@ class State:
                 self._insert_files(written)
                 self._db.executemany(
                     "DELETE FROM pending WHERE scope = ? AND path = ?",
-                    [(self._scope, os.path.relpath(f.path, self._root)) for f in written],
+                    [(self._scope, relative_path(f.path, self._root)) for f in written],
                 )
                 self._db.executemany(
                     "INSERT OR REPLACE INTO fingerprints VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                     [
                         (
                             self._scope,
-                            os.path.relpath(f.path, self._root),
+                            relative_path(f.path, self._root),
                             f.series,
                             f.lo,
                             f.hi,
@@ -226,7 +238,7 @@ class State:
         until :meth:`note_written` hears they landed, or the next check. Logged on failure:
         a kill in between then only makes the next run fetch their periods again."""
         rows = [
-            (self._scope, os.path.relpath(f.path, self._root), f.size, f.stamp)
+            (self._scope, relative_path(f.path, self._root), f.size, f.stamp)
             for f in files
             if f.series
         ]
@@ -391,7 +403,7 @@ class State:
             [
                 (
                     self._run_id,
-                    redact(os.path.relpath(f.path, self._root)),
+                    redact(relative_path(f.path, self._root)),
                     f.rows,
                     f.sha256,
                     f.version,
@@ -410,17 +422,24 @@ class State:
         """Record written periods, and the files holding them, in one transaction. Periods
         from ``settle_from`` on are provisional. Raises ExporterError when it cannot (disk
         full): the series fails, the others go on."""
+        self.record_many([Record(series_key, spans, settle_from, tuple(written))])
+
+    def record_many(self, records: Sequence[Record]) -> None:
+        """:meth:`record` for several series in one transaction: all or none of them.
+        ExporterError when it cannot."""
         rows: list[tuple[str, str, int, int, int]] = []
-        key = redact(series_key)  # ids are key-free already (discovery); text in, redacted
-        for lo, hi in spans:
-            if lo < settle_from:
-                rows.append((self._scope, key, lo, min(hi, settle_from - 1), _SETTLED))
-            if hi >= settle_from:
-                rows.append((self._scope, key, max(lo, settle_from), hi, self._as_of))
+        for record in records:
+            key = redact(record.series_key)  # ids are key-free already (discovery)
+            settle_from = record.settle_from
+            for lo, hi in record.spans:
+                if lo < settle_from:
+                    rows.append((self._scope, key, lo, min(hi, settle_from - 1), _SETTLED))
+                if hi >= settle_from:
+                    rows.append((self._scope, key, max(lo, settle_from), hi, self._as_of))
         try:
             with self._transaction():
                 self._db.executemany("INSERT OR IGNORE INTO periods VALUES (?, ?, ?, ?, ?)", rows)
-                self._insert_files(list(written))
+                self._insert_files([f for record in records for f in record.written])
         except sqlite3.Error as exc:
             raise ExporterError(
                 f"cannot record progress in {self.path} ({exc}); the rows are written, "
@@ -479,3 +498,56 @@ def _unusable(path: Path, exc: sqlite3.Error) -> ExporterError:
         "files stay as they are, only the record of what is done is lost, so the next run "
         "fetches every period of its windows again"
     )
+
+
+class GroupRecorder:
+    """:meth:`State.record` for many requests at once (group commit): the records made in one
+    turn of the event loop go into one transaction at its end. A transaction costs SQLite
+    more than its rows (a WAL frame per page it touches, at each commit), and the writes of
+    one batch (see :class:`exporter.writers.PartitionWriter`) come back together, so their
+    records share one. Each caller returns once its own record is committed; when the
+    transaction fails, each record is tried again alone, so one that cannot be recorded fails
+    only its own caller, as :meth:`State.record` would."""
+
+    def __init__(self, state: State) -> None:
+        self.state = state
+        self._pending: list[tuple[Record, asyncio.Future[None]]] = []
+
+    async def record(
+        self,
+        series_key: str,
+        spans: Sequence[Span],
+        settle_from: int,
+        written: Sequence[WrittenFile] = (),
+    ) -> None:
+        """As :meth:`State.record`; raises its ExporterError."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[None] = loop.create_future()
+        if not self._pending:
+            loop.call_soon(self._commit)
+        self._pending.append((Record(series_key, spans, settle_from, written), future))
+        await future
+
+    def _commit(self) -> None:
+        batch, self._pending = self._pending, []
+        errors: list[Exception | None] = [None] * len(batch)
+        try:
+            self.state.record_many([record for record, _ in batch])
+        except ExporterError:
+            errors = [self._alone(record) for record, _ in batch]
+        except Exception as exc:  # a bug: fail the callers rather than leave them waiting
+            errors = [exc] * len(batch)
+        for (_, future), error in zip(batch, errors, strict=True):
+            if future.done():  # its caller was cancelled; the record stands
+                continue
+            if error is None:
+                future.set_result(None)
+            else:
+                future.set_exception(error)
+
+    def _alone(self, record: Record) -> ExporterError | None:
+        try:
+            self.state.record_many([record])
+        except ExporterError as exc:
+            return exc
+        return None

@@ -10,9 +10,11 @@ from typing import Any
 
 import aiohttp
 import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
 from multidict import CIMultiDict
 
-from exporter.client import BrazeClient, Response, interpret
+from exporter.client import BrazeClient, Response, interpret, make_session
 from exporter.config import ApiKey
 from exporter.errors import (
     AuthError,
@@ -259,3 +261,24 @@ async def test_connection_failures_name_their_cause(
     assert caught.value.cause == cause
     assert caught.value.connect_failed
     assert str(caught.value).endswith(f"{words} (rest.test:443)")
+
+
+async def test_the_session_sends_no_cookies_back() -> None:
+    """A cookie the server sets (a load balancer's, say) is not sent with the next request:
+    Braze authenticates by header, and a cookie jar costs every request a look-up."""
+    seen: list[str | None] = []
+
+    async def handle(request: web.Request) -> web.Response:
+        seen.append(request.headers.get("Cookie"))
+        response = web.Response(text="{}")
+        response.set_cookie("sticky", "node-1")
+        return response
+
+    app = web.Application()
+    app.router.add_get("/", handle)
+    async with TestServer(app, host="127.0.0.1") as server, make_session(2) as session:
+        for _ in range(2):
+            # By name: aiohttp's jar keeps no cookies of a bare IP address anyway.
+            async with session.get(f"http://localhost:{server.port}/") as resp:
+                await resp.read()
+    assert seen == [None, None]

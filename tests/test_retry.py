@@ -151,3 +151,28 @@ async def test_a_429_wait_past_the_total_cap_is_not_begun() -> None:
         await _call(fn, clock)
     assert fn.calls == 1
     assert clock.sleeps == []
+
+
+async def test_a_label_function_is_called_only_to_log_a_retry(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """label may be a function: a call that succeeds at once never calls it; each retry's
+    log line names what it returns."""
+    clock = FakeClock()
+    calls: list[str] = []
+
+    def label() -> str:
+        calls.append("label")
+        return "segment=a 2024-06-01"
+
+    async def call(fn: Flaky) -> str:
+        return await call_with_retries(
+            fn, policy=RetryPolicy(), label=label, sleep=clock.sleep, clock=clock
+        )
+
+    assert await call(Flaky()) == "ok"
+    assert calls == []
+    with caplog.at_level(logging.WARNING):
+        assert await call(Flaky(ServerError("a"))) == "ok"
+    assert calls == ["label"]
+    assert "retry segment=a 2024-06-01: attempt 1 failed" in caplog.text

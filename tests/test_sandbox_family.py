@@ -402,6 +402,33 @@ def test_sandbox_command_passes_catalogue_and_pool_flags(monkeypatch: pytest.Mon
     assert exc.value.code == 2
 
 
+async def test_latency_delays_every_answer_before_anything_else(sandbox: Start) -> None:
+    """latency_s: each answer of a series, a list or a refusal first waits that long."""
+    waits: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        waits.append(seconds)
+
+    client = await sandbox(latency_s=0.01, sleep=sleep)
+    assert (await _get(client, KINDS["sessions"].path, _params(KINDS["sessions"])))[0] == 200
+    assert (await _get(client, "/events/list", {}))[0] == 200
+    async with client.get("/segments/list") as resp:  # no key: refused, after the wait too
+        assert resp.status == 401
+    assert waits == [0.01, 0.01, 0.01]
+
+
+def test_sandbox_latency_flag_is_in_milliseconds(monkeypatch: pytest.MonkeyPatch) -> None:
+    """braze-export sandbox --latency-ms 10 waits 0.01 s per answer; a negative one is a
+    usage error."""
+    seen: list[SandboxOptions] = []
+    monkeypatch.setattr(cli, "run_sandbox", lambda options, host, port: seen.append(options))
+    assert cli.main(["sandbox", "--latency-ms", "10"]) == 0
+    assert seen[0].latency_s == pytest.approx(0.01)
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["sandbox", "--latency-ms", "-1"])
+    assert exc.value.code == 2
+
+
 async def _bad_bodies(client: Client, path: str, queries: list[dict[str, str]]) -> list[Any]:
     """The 200 bodies among faulty answers (the other faults are errors or dropped)."""
     bodies = []

@@ -207,6 +207,28 @@ def test_sessions_files_keep_their_bytes() -> None:
     assert data == (expected + '"unit": "day"}\n').encode()
 
 
+ODD = 'a"b\\c\u2028d\x00e\x1f\u00e9\U0001f600\x7f/'  # quotes, escapes, separators, emoji
+
+
+@pytest.mark.parametrize("kind", list(KINDS))
+def test_a_jsonl_line_is_json_dumps_of_its_object_whatever_the_ids_hold(kind: str) -> None:
+    """Each line is byte for byte ``json.dumps(row, ensure_ascii=False)``: odd ids and labels,
+    the largest count, floats whose repr is long or in exponent form."""
+    info = KINDS[kind]
+    series = Series.of(kind, "day", {p: ODD for p in info.dimensions})
+    values = [0.1 + 0.2, 1e22, 5e-324, 0.0] if info.fractional else [0, 2**63 - 1, 40463]
+    rows = [
+        (738886 + i, label, v)
+        for i, (label, v) in enumerate(zip([ODD, "2024-01-02", "t", "u"], values, strict=False))
+    ]
+    ids = [*(ODD for _ in info.dimensions), "day"]
+    expected = "".join(
+        json.dumps(dict(zip(info.columns, (t, v, *ids), strict=True)), ensure_ascii=False) + "\n"
+        for _, t, v in rows
+    )
+    assert formats.encode("jsonl", series, rows) == expected.encode()
+
+
 def test_partition_paths_name_the_series_and_each_dimension(tmp_path: Path) -> None:
     """{series}/{unit}/{one directory per dimension}; absent dimensions get a fixed word."""
     events = Series(None, "ios", "hour", "events", event="add to cart")

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
+from collections.abc import Sequence
 from datetime import date
 from pathlib import Path
 
 import pytest
 
 from exporter.errors import ExporterError
-from exporter.state import State, state_path
+from exporter.state import GroupRecorder, Record, State, state_path
 from exporter.writers import WrittenFile
 
 AS_OF = date(2024, 7, 1).toordinal()
@@ -106,3 +108,88 @@ def test_shards_have_their_own_state_file(tmp_path: Path) -> None:
     """state_path names one file per shard."""
     assert state_path(tmp_path, None).name == "state.sqlite"
     assert state_path(tmp_path, (2, 4)).name == "state-2of4.sqlite"
+
+
+def _commits(state: State) -> list[str]:
+    """Every COMMIT the state's connection runs from now on."""
+    seen: list[str] = []
+    state._db.set_trace_callback(lambda sql: seen.append(sql) if sql == "COMMIT" else None)
+    return seen
+
+
+async def test_records_made_together_share_one_transaction(tmp_path: Path) -> None:
+    """Records of one turn of the event loop are one commit; each is there once, with its
+    periods (provisional ones too) and its files."""
+    state = State(
+        tmp_path / ".braze-export/state.sqlite", scope="s", as_of=AS_OF, run_id="r", root=tmp_path
+    )
+    commits = _commits(state)
+    recorder = GroupRecorder(state)
+    keys = {f"k{i}": i for i in range(20)}
+    await asyncio.gather(
+        *(
+            recorder.record(
+                key,
+                [(JUNE_1, JUNE_1 + i)],
+                JUNE_1 + 5,
+                [WrittenFile(tmp_path / f"sessions/{key}.jsonl", i + 1, key, version=1)],
+            )
+            for key, i in keys.items()
+        )
+    )
+    assert commits == ["COMMIT"]
+    done = state.done(lambda: keys)
+    for i in keys.values():
+        assert sorted(done[i]) == (
+            [(JUNE_1, JUNE_1 + i)] if i < 5 else [(JUNE_1, JUNE_1 + 4), (JUNE_1 + 5, JUNE_1 + i)]
+        )
+    assert list(state.files()) == [
+        (f"sessions/{k}.jsonl", i + 1, k) for k, i in sorted(keys.items())
+    ]
+    state.close()
+
+
+async def test_a_record_that_cannot_be_committed_fails_only_its_own_caller(
+    tmp_path: Path,
+) -> None:
+    """When the shared transaction fails, each record is tried alone: the one SQLite refuses
+    raises ExporterError to its caller; the others are recorded."""
+    state = _open(tmp_path)
+    record_many = state.record_many
+
+    def refuse_bad(records: Sequence[Record]) -> None:
+        if any(r.series_key == "bad" for r in records):
+            raise ExporterError("cannot record progress (database or disk is full)")
+        record_many(records)
+
+    state.record_many = refuse_bad  # type: ignore[method-assign]
+    recorder = GroupRecorder(state)
+    outcomes = await asyncio.gather(
+        *(recorder.record(key, [(JUNE_1, JUNE_1)], NEVER) for key in ("s", "bad", "t")),
+        return_exceptions=True,
+    )
+    assert outcomes[0] is None
+    assert outcomes[2] is None
+    assert isinstance(outcomes[1], ExporterError)
+    assert state.done(lambda: {**KEYS, "bad": 2}) == {0: [(JUNE_1, JUNE_1)], 1: [(JUNE_1, JUNE_1)]}
+    state.close()
+
+
+async def test_an_unexpected_failure_of_the_transaction_reaches_every_caller(
+    tmp_path: Path,
+) -> None:
+    """Anything else going wrong in the shared transaction fails its callers, never leaves
+    them waiting."""
+    state = _open(tmp_path)
+
+    def broken(records: Sequence[Record]) -> None:
+        raise TypeError("a bug")
+
+    state.record_many = broken  # type: ignore[method-assign]
+    recorder = GroupRecorder(state)
+    outcomes = await asyncio.gather(
+        *(recorder.record(key, [(JUNE_1, JUNE_1)], NEVER) for key in ("s", "t")),
+        return_exceptions=True,
+    )
+    assert [type(o) for o in outcomes] == [TypeError, TypeError]
+    state.close()

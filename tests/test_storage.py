@@ -17,7 +17,7 @@ import pytest
 
 from exporter.cli import main
 from exporter.errors import DirectoryBusy, ExporterError
-from exporter.storage import WORK_DIR, DirLock, unwritable
+from exporter.storage import WORK_DIR, DirLock, relative_path, unwritable
 from tests.conftest import data_files, snapshot
 from tests.test_reliability import AS_OF, ROOT, _config, _env, _Exporter
 
@@ -104,6 +104,28 @@ def test_a_directory_that_cannot_hold_a_lock_is_one_line(tmp_path: Path) -> None
     (tmp_path / LOCKS).write_text("not a directory")
     with pytest.raises(ExporterError, match="cannot register this run"):
         DirLock.acquire(tmp_path, layout="L", shard=None, command="c")
+
+
+@pytest.mark.parametrize(
+    ("path", "root"),
+    [
+        ("/o/sessions/day/a.jsonl", "/o"),
+        ("/o/sessions/a.jsonl", "/o/"),
+        ("/o/x/../a.jsonl", "/o"),
+        ("/o/x//a.jsonl", "/o"),
+        ("/o/./a.jsonl", "/o"),
+        ("/o/x/", "/o"),
+        ("/ox/a.jsonl", "/o"),
+        ("/o", "/o"),
+        ("sessions/a.jsonl", "."),
+        ("o/sessions/a.jsonl", "o"),
+        ("/elsewhere/a.jsonl", "/o"),
+    ],
+)
+def test_relative_path_is_relpath(path: str, root: str) -> None:
+    """relative_path(path, root) is os.path.relpath(path, root), odd spellings included."""
+    assert relative_path(Path(path), Path(root)) == os.path.relpath(Path(path), Path(root))
+    assert relative_path(path, root) == os.path.relpath(path, root)
 
 
 @pytest.mark.slow

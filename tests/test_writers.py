@@ -306,7 +306,7 @@ async def test_a_batch_is_synced_and_renamed_in_one_thread_hand_off(
     series, stripes = [], set()
     for i in itertools.count():
         one = Series(f"seg-{i}", None, "day")
-        stripe = hash(partition_path(tmp_path, one, "2024-04", "jsonl")) % writers._LOCK_STRIPES
+        stripe = writers._stripe(partition_path(tmp_path, one, "2024-04", "jsonl"))
         if stripe not in stripes:
             stripes.add(stripe)
             series.append(one)
