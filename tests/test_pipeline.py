@@ -332,6 +332,30 @@ async def test_requests_waiting_for_a_slot_are_not_sent_after_stop(tmp_path: Pat
     assert result.totals.done == 1
 
 
+@pytest.mark.parametrize("concurrency", [1, 3])
+async def test_no_request_is_sent_after_an_answer_that_ends_the_run(
+    tmp_path: Path, concurrency: int
+) -> None:
+    """A 401 ends the run: the requests already in flight were sent, the one its freed slot
+    wakes is not, so at most ``concurrency`` requests ever go out."""
+    refused = Response(401, RateHeaders(), b'{"message": "Invalid API key"}')
+    client = InFlightClient(*[refused] * 10)
+    sent: list[Request] = []
+    get = client.get
+
+    async def send(request: Request, ending_at: str | None = None) -> Response:
+        sent.append(request)  # counted as it goes out, not when answered
+        return await get(request, ending_at)
+
+    client.get = send  # type: ignore[method-assign]
+    pipeline, _ = _scripted_pipeline(tmp_path, client, FakeClock(0.0))
+    pipeline.concurrency = concurrency
+    pipeline.write_behind = 5  # workers wait for the slots the 401s give back
+    result = await pipeline.run(_plan(10))
+    assert result.auth_error is not None
+    assert len(sent) == concurrency
+
+
 class _ShiftAfterFirstAnswer(Calibration):
     """Calibration that learns a one-day shift from the first answer."""
 
