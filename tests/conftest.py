@@ -45,6 +45,12 @@ class ServerHandle:
     url: str
     app: web.Application
     options: SandboxOptions
+    loop: asyncio.AbstractEventLoop
+
+    def open_gate(self) -> None:
+        """Let the answers that ``options.gate`` holds go (called from the test's thread)."""
+        assert self.options.gate is not None
+        self.loop.call_soon_threadsafe(self.options.gate.set)
 
 
 class _ThreadedSandbox:
@@ -75,7 +81,7 @@ class _ThreadedSandbox:
     def __enter__(self) -> ServerHandle:
         self.thread.start()
         assert self.ready.wait(10), "sandbox did not start"
-        return ServerHandle(self.url, self.app, self.options)
+        return ServerHandle(self.url, self.app, self.options, self.loop)
 
     def __exit__(self, *_: object) -> None:
         self.loop.call_soon_threadsafe(self.loop.stop)
@@ -84,7 +90,8 @@ class _ThreadedSandbox:
 
 @pytest.fixture
 def sandbox_server() -> Callable[..., _ThreadedSandbox]:
-    """Factory: ``with sandbox_server(limit=..., deny=True) as server: ...``."""
+    """Factory: ``with sandbox_server(limit=..., deny=True) as server: ...``; with
+    ``gate=asyncio.Event()`` the answers wait until ``server.open_gate()``."""
 
     def start(**options: object) -> _ThreadedSandbox:
         options.setdefault("api_key", KEY)
