@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import textwrap
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -140,6 +141,16 @@ def data_files(out: Path) -> list[Path]:
 def snapshot(out: Path) -> dict[str, bytes]:
     """Every data file's bytes by its path relative to ``out``: for byte-identity checks."""
     return {str(p.relative_to(out)): p.read_bytes() for p in data_files(out)}
+
+
+def wait_for(condition: Callable[[], object], what: str, timeout: float = 120) -> None:
+    """Poll for an event another process or thread brings about (a file, a counter, a log
+    line): its start-up time on a busy machine is not ours to bound, so the timeout only ends
+    a real hang, and says what never happened."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.02)
 
 
 class FakeClock:

@@ -9,7 +9,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -19,19 +18,10 @@ import pytest
 from exporter.cli import main
 from exporter.errors import DirectoryBusy, ExporterError
 from exporter.storage import WORK_DIR, DirLock
-from tests.conftest import data_files, snapshot
+from tests.conftest import data_files, snapshot, wait_for
 from tests.test_reliability import AS_OF, ROOT, _config, _env, _Exporter
 
 LOCKS = Path(WORK_DIR) / "locks"
-
-
-def _wait_for(condition: Callable[[], bool], what: str, timeout: float = 120) -> None:
-    """Poll a condition another process brings about (its start-up time is not ours); the
-    timeout only ends a real hang."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.02)
 
 
 def _holders(out: Path) -> int:
@@ -119,7 +109,7 @@ def test_concurrent_runs_of_different_layouts_one_is_refused(
     config_b = write_config(_config(out, segments=3, days=20), "b.yaml")
     with sandbox_server(limit=0, gate=asyncio.Event()) as server:  # A waits for its answers
         running = _Exporter(config_a, server.url)
-        _wait_for(lambda: _holders(out) == 1, "run A to hold the directory")
+        wait_for(lambda: _holders(out) == 1, "run A to hold the directory")
         line = _refused(config_b, server.url, "--shard", "1/1")
         assert running.proc.poll() is None, running.stderr
         server.open_gate()
@@ -140,7 +130,7 @@ def test_parallel_shards_complete_while_other_runs_are_refused(
     config = write_config(_config(out, segments=3))
     with sandbox_server(limit=0, gate=asyncio.Event()) as server:  # shards wait for answers
         shards = [_Exporter(config, server.url, f"{k}.", "--shard", f"{k}/2") for k in (1, 2)]
-        _wait_for(lambda: _holders(out) == 2, "both shards to hold the directory")
+        wait_for(lambda: _holders(out) == 2, "both shards to hold the directory")
         _refused(config, server.url)
         _refused(config, server.url, "--shard", "2/2")
         for shard in shards:
@@ -168,7 +158,7 @@ def test_a_killed_holder_blocks_nobody_and_verify_vouches_for_its_files(
     # 20 answers (files for more than 10), then the run waits mid-way for the rest.
     with sandbox_server(limit=0, gate=asyncio.Event(), gate_after=20) as server:
         killed = _Exporter(config, server.url)
-        _wait_for(lambda: len(data_files(out)) >= 10, "the run to write some files")
+        wait_for(lambda: len(data_files(out)) >= 10, "the run to write some files")
         killed.proc.send_signal(signal.SIGKILL)
         assert killed.wait(60) == -signal.SIGKILL
         assert _holders(out) == 1  # its record stays behind: only its flock died with it
