@@ -13,15 +13,14 @@ import signal
 import socket
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from exporter.cli import main
-from tests.conftest import KEY
+from tests.conftest import KEY, wait_for
 
 ROOT = Path(__file__).parent.parent
 AS_OF = "2024-07-01"
@@ -334,13 +333,6 @@ class _Exporter:
         return self.err_path.read_text()
 
 
-def _wait_for(condition: Callable[[], Any], timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.02)
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize(
     ("first", "second", "code"),
@@ -356,21 +348,20 @@ def test_a_second_signal_stops_at_once(tmp_path: Path, first: int, second: int, 
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as server:
         server.bind(("127.0.0.1", 0))
         server.listen(64)
-        server.settimeout(30)
+        server.settimeout(120)  # the exporter's start-up on a busy machine
         exporter = _Exporter(tmp_path, server.getsockname()[1])
         held, _ = server.accept()  # a request is in flight: it will hang until cancelled
         try:
             exporter.proc.send_signal(first)
-            _wait_for(lambda: "then stopping" in exporter.stderr)
-            sent = time.monotonic()
+            wait_for(lambda: "then stopping" in exporter.stderr, "the run to take the stop")
             exporter.proc.send_signal(second)
-            out, _ = exporter.proc.communicate(timeout=30)
-            took = time.monotonic() - sent
+            out, _ = exporter.proc.communicate(timeout=120)
         finally:
             held.close()
     assert exporter.proc.returncode == code
-    assert took < 5, f"took {took:.1f}s: the grace period was waited out"
     err = exporter.stderr
+    # Waiting out the grace would end in the pipeline's "cancelling N request(s)" line.
+    assert "cancelling" not in err, "the grace period was waited out"
     assert "again: stopping now" in err
     assert "Traceback" not in err
     assert "rerun the same command to resume" in err
