@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 import textwrap
 import threading
 import time
@@ -16,7 +17,7 @@ from aiohttp import ClientResponse, web
 from aioresponses import aioresponses
 
 from exporter.manifest import RUNS_DIR
-from exporter.sandbox import SandboxOptions, free_port, start_sandbox
+from exporter.sandbox import SandboxOptions, start_sandbox
 from exporter.writers import WORK_DIR
 
 KEY = "sandbox-key-5f1e2d3c4b5a69788796a5b4"
@@ -196,13 +197,26 @@ class NotBraze:
         app.router.add_route("*", "/{tail:.*}", self._handle)
         runner = web.AppRunner(app, access_log=None, handle_signals=False)
         self.loop.run_until_complete(runner.setup())
-        port = free_port()
-        self.loop.run_until_complete(web.TCPSite(runner, "127.0.0.1", port).start())
+        # Port 0: the kernel's free port, bound at once (a port looked up first could be taken
+        # by another process before the bind).
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        self.loop.run_until_complete(site.start())
+        port = runner.addresses[0][1]
         self.url = f"http://127.0.0.1:{port}"
         self.ready.set()
         self.loop.run_forever()
         self.loop.run_until_complete(runner.cleanup())
         self.loop.close()
+
+
+@pytest.fixture
+def closed_port() -> Iterator[int]:
+    """A loopback port that refuses every connection for the whole test: bound but never
+    listening, so no other process can listen on it meanwhile (a port found free and then
+    released could be taken by another test on a busy machine)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        yield sock.getsockname()[1]
 
 
 @pytest.fixture

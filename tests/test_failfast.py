@@ -12,7 +12,7 @@ import pytest
 
 from exporter.cli import main
 from exporter.pipeline import CONNECT_FAILURES_TO_GIVE_UP, NOT_FOUND_TO_GIVE_UP
-from exporter.sandbox import free_port, sandbox_stats
+from exporter.sandbox import sandbox_stats
 from tests.conftest import NotBraze, data_files
 
 AS_OF = "2024-07-01"
@@ -52,9 +52,10 @@ def test_a_refused_port_stops_the_run_at_once_naming_host_and_cause(
     write_config: Callable[..., Path],
     env_key: str,
     capsys: pytest.CaptureFixture[str],
+    closed_port: int,
 ) -> None:
     """40 series against a closed port: exit 4 after a handful of attempts, not 320."""
-    port = free_port()
+    port = closed_port
     out = tmp_path / "out"
     config = _config(write_config, out, f"http://127.0.0.1:{port}")
     assert main(["run", str(config), "--as-of", AS_OF]) == 4

@@ -24,7 +24,7 @@ import pytest
 from exporter.cli import main
 from exporter.errors import DirectoryBusy
 from exporter.remote import LOCK_TTL_S, ObjectStore, RemoteLock, remote_holder
-from exporter.sandbox import free_port, sandbox_stats
+from exporter.sandbox import sandbox_stats
 from tests.conftest import KEY, snapshot, wait_for
 
 moto_server = pytest.importorskip("moto.server")
@@ -54,9 +54,10 @@ def s3_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]
     """moto's S3 server on 127.0.0.1 and a free port; the environment that points the AWS
     credential chain and endpoint at it (and at nothing else)."""
     logging.getLogger("werkzeug").setLevel(logging.ERROR)
-    port = free_port()
-    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    # Port 0: bound at once, so no other process can take it between a look-up and the bind.
+    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
+    _, port = server.get_host_and_port()
     home = tmp_path_factory.mktemp("aws")
     env = {
         "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}",
