@@ -82,7 +82,7 @@ class _ThreadedSandbox:
 
     def __enter__(self) -> ServerHandle:
         self.thread.start()
-        assert self.ready.wait(10), "sandbox did not start"
+        assert self.ready.wait(60), "sandbox did not start"
         return ServerHandle(self.url, self.app, self.options, self.loop)
 
     def __exit__(self, *_: object) -> None:
@@ -223,7 +223,7 @@ def closed_port() -> Iterator[int]:
 def not_braze() -> Iterator[NotBraze]:
     server = NotBraze()
     server.thread.start()
-    assert server.ready.wait(10)
+    assert server.ready.wait(60), "the server did not start"
     yield server
     server.loop.call_soon_threadsafe(server.loop.stop)
     server.thread.join(10)
