@@ -139,7 +139,7 @@ async def test_a_killed_encoder_process_loses_no_write_a_new_one_encodes_its_bat
             pytest.fail(f"the encoder never opened the FIFO ({wchan.read_text()})")
         fifo.unlink()  # the batch run again finds no partition there: a new file
         os.kill(first, signal.SIGKILL)
-        (landed,) = await asyncio.wait_for(held, 30)
+        (landed,) = await asyncio.wait_for(held, 120)
         assert pq.read_table(landed.path).column("sessions").to_pylist() == [2]
         assert stager._child is not None
         assert stager._child.pid not in (None, first)
@@ -190,7 +190,7 @@ async def test_a_child_that_dies_before_it_is_ready_is_unavailable() -> None:
     """A process that exits during start-up: ChildUnavailable, not a hang."""
     child = ChildProcess(executable="/bin/false")
     with pytest.raises(ChildUnavailable, match="did not start"):
-        await asyncio.wait_for(child.run([partial(int, "1")]), 30)
+        await asyncio.wait_for(child.run([partial(int, "1")]), 120)
     await child.aclose()
 
 

@@ -208,7 +208,7 @@ def test_a_reader_that_closes_the_pipe_early_is_no_error(tmp_path: Path, command
     proc = subprocess.Popen(_cli(*args), env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     assert proc.stdout is not None
     proc.stdout.close()  # like `head` that has read enough
-    _, err = proc.communicate(timeout=60)
+    _, err = proc.communicate(timeout=120)
     assert err == b""
     assert proc.returncode == 1
 
@@ -299,11 +299,11 @@ def test_a_full_disk_fails_the_series_and_still_prints_the_summary(tiny_disk: Pa
     config = tiny_disk.parent / "c.yaml"
     config.write_text(_good(out))
     run = _cli("run", str(config), "--sandbox", "--out", str(out), "--as-of", AS_OF)
-    first = subprocess.run(run, env=_env(), capture_output=True, timeout=60, check=False)
+    first = subprocess.run(run, env=_env(), capture_output=True, timeout=120, check=False)
     assert first.returncode == 0, first.stderr.decode()
     _fill(tiny_disk)
     again = subprocess.run(
-        [*run, "--fresh"], env=_env(), capture_output=True, timeout=60, check=False
+        [*run, "--fresh"], env=_env(), capture_output=True, timeout=120, check=False
     )
     err = again.stderr.decode()
     assert "Traceback" not in err

@@ -314,7 +314,7 @@ async def test_a_waiting_write_holds_no_http_slot_and_concurrency_bounds_what_is
     assert client.calls == 30  # every other request went out while the first write waited
     assert not running.done()
     release.set()
-    result = await asyncio.wait_for(running, 10)
+    result = await asyncio.wait_for(running, 60)
     assert result.totals.done == 30
     assert client.most_in_flight == concurrency
 
@@ -413,7 +413,7 @@ async def test_the_stop_line_counts_the_requests_really_in_flight(
             break
         await asyncio.sleep(0.01)
     pipeline.stop()
-    result = await asyncio.wait_for(running, 10)
+    result = await asyncio.wait_for(running, 60)
     assert result.interrupted
     assert client.calls == 2
     lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("stopping")]

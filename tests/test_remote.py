@@ -202,7 +202,7 @@ def test_kill_9_then_rerun_on_an_empty_disk_gives_the_clean_runs_objects(
     clean = bucket.replace("/exports", "/clean")
     with sandbox_server(limit=0) as server:
         cfg = write_config(_config(clean, segments=10), "clean.yaml")
-        assert _run(cfg, _env(s3_env, server.url), tmp_path / "clean").wait(60) == 0
+        assert _run(cfg, _env(s3_env, server.url), tmp_path / "clean").wait(180) == 0
         planned = sandbox_stats(server.app).requests
     expected = _objects(clean)
     cfg = write_config(_config(bucket, segments=10), "killed.yaml")
@@ -220,7 +220,7 @@ def test_kill_9_then_rerun_on_an_empty_disk_gives_the_clean_runs_objects(
         _expire_lock(bucket)
         server.open_gate()
         rerun = _run(cfg, env, tmp_path / "disk-2")
-        code = rerun.wait(120)
+        code = rerun.wait(180)
         err = (tmp_path / "disk-2.stderr").read_text()
         assert code == 0, err
         stats = sandbox_stats(server.app)

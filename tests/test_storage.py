@@ -35,7 +35,7 @@ def _refused(config: Path, url: str, *extra: str) -> str:
         env=_env(url),
         capture_output=True,
         text=True,
-        timeout=60,
+        timeout=120,
         check=False,
     )
     assert proc.returncode == 5, proc.stderr
@@ -164,7 +164,7 @@ def test_a_killed_holder_blocks_nobody_and_verify_vouches_for_its_files(
         assert _holders(out) == 1  # its record stays behind: only its flock died with it
         server.open_gate()
         rerun = _Exporter(config, server.url, "rerun.")
-        assert rerun.wait(60) == 0, rerun.stderr
+        assert rerun.wait(120) == 0, rerun.stderr
     assert _holders(out) == 0
     assert list((out / WORK_DIR / "tmp").glob("*.part")) == []
     assert main(["verify", str(out)]) == 0
