@@ -221,6 +221,9 @@ class Pipeline:
         self._clock = clock
         self.result = RunResult(calibration=calibration or Calibration())
         self._stopping = asyncio.Event()
+        # A 401/403 or an unreachable host ends the whole run: set by the request that met
+        # it before its task yields, so a request that this answer's slot wakes is not sent.
+        self._fatal = False
         self._in_flight = 0
         self._answered = False  # any HTTP response at all
         self._succeeded = False  # any 200
@@ -242,6 +245,10 @@ class Pipeline:
         if not self._stopping.is_set():
             self._stopped_at = self._clock()
         self._stopping.set()
+
+    def _taking_no_work(self) -> bool:
+        """True once stop() was called or a fatal error ends the run."""
+        return self._fatal or self._stopping.is_set()
 
     def elapsed(self) -> float:
         return self._clock() - self.result.started if self.result.started else 0.0
@@ -316,7 +323,7 @@ class Pipeline:
         coverage = self._coverage
         mine = bytearray(self._budget_of(s) is lane for s in plan.series)
         for request in plan.requests:
-            if self._stopping.is_set():
+            if self._taking_no_work():
                 break
             if not mine[request.index]:
                 continue
@@ -328,13 +335,13 @@ class Pipeline:
         await queue.join()
         missing = self._missing_total(mine)
         for _ in range(self.gap_passes):
-            if self._stopping.is_set() or missing == 0:
+            if self._taking_no_work() or missing == 0:
                 break
             for index in list(coverage.open_series()):
                 if not mine[index]:
                     continue
                 for request in gap_requests(plan, index, coverage.missing(index)):
-                    if self._stopping.is_set():
+                    if self._taking_no_work():
                         break
                     await queue.put(request)
             await queue.join()
@@ -378,7 +385,7 @@ class Pipeline:
     ) -> None:
         while (request := await queue.get()) is not None:
             try:
-                if self._stopping.is_set():
+                if self._taking_no_work():
                     continue
                 try:
                     await self._one(request, sending)
@@ -415,11 +422,11 @@ class Pipeline:
                 label=lambda: f"{request.series.label} {self._periods(request)}",
                 fields=lambda: self._fields(request),
                 on_retry=lambda: self.result.count(request, "retries"),
-                stopping=self._stopping.is_set,
+                stopping=self._taking_no_work,
                 sleep=self._sleep,
             )
         except RetryableError:
-            if self._stopping.is_set():
+            if self._taking_no_work():
                 return  # retries ended by stop(): interrupted, not failed
             raise
         except _NotNeeded:
@@ -483,10 +490,22 @@ class Pipeline:
         self, request: Request, sending: asyncio.Semaphore, sent: list[bool]
     ) -> list[Point]:
         """One HTTP attempt: an HTTP slot of the pool, then (unless stopping, or no period
-        is needed any more) a token of its budget and the request."""
+        is needed any more) a token of its budget and the request. Once an answer ends the
+        run (AuthError, Unreachable), no request is sent: at most ``concurrency`` were."""
+        try:
+            return await self._exchange(request, sending, sent)
+        except (AuthError, Unreachable):
+            # Set before this task yields: the answer gave its slot back, and the request
+            # that slot wakes must see the end before it is sent.
+            self._fatal = True
+            raise
+
+    async def _exchange(
+        self, request: Request, sending: asyncio.Semaphore, sent: list[bool]
+    ) -> list[Point]:
         budget = self._budget_of(request.series)
         async with sending:
-            if self._stopping.is_set():  # stopped while this request waited for a slot
+            if self._taking_no_work():  # stopped while this request waited for a slot
                 raise RetryableError("not sent: the run is stopping")
             if not self._coverage.needs(request):
                 raise _NotNeeded

@@ -30,6 +30,10 @@ Hour labels are written naive (``2024-01-05T10:00:00``), with ``Z`` or with ``+0
 
 Faults for reliability tests are deterministic: whether the n-th identical request fails, and
 how, is a hash of (seed, path and parameters, n), whatever order requests arrive in.
+
+A test that must act while a run is mid-way (kill it, start a rival run) passes ``gate``: the
+first ``gate_after`` series requests are answered, the rest are counted and then held until the
+test sets the event, so the run cannot finish early however fast or slow the machine is.
 """
 
 from __future__ import annotations
@@ -127,6 +131,8 @@ class SandboxOptions:
     latency_s: float = 0.0  # every answer waits this long first, as over a network
     clock: Callable[[], float] = time.time
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
+    gate: asyncio.Event | None = None  # None: answer at once; see the module docstring
+    gate_after: int = 0  # series answers given before the gate holds the rest
 
     def __post_init__(self) -> None:
         if self.reset_style not in RESET_STYLES:
@@ -382,6 +388,7 @@ class _Sandbox:
         self.stats = SandboxStats()
         self.catalogue = catalogue(options)
         self._seen: dict[str, int] = {}
+        self._let_through = 0  # series answers given before the gate
 
     def _rate(self, pool: str) -> tuple[dict[str, str], bool]:
         """Count this request in its pool's fixed window; headers, and whether it is over."""
@@ -500,9 +507,20 @@ class _Sandbox:
                 if label[:10] not in opts.missing_days
             ]
             bad = {"message": "success", "data": [{"time": "not-a-time", kind.value_key: -3}]}
+            await self._pass_gate()
             return await self._answer(request, {"message": "success", "data": data}, bad, headers)
 
         return handle
+
+    async def _pass_gate(self) -> None:
+        """Hold this answer while the test's gate is closed, once ``gate_after`` went out."""
+        gate = self.options.gate
+        if gate is None or gate.is_set():
+            return
+        if self._let_through < self.options.gate_after:
+            self._let_through += 1
+            return
+        await gate.wait()
 
     def list_handler(self, source: ListSource) -> Handler:
         items: tuple[object, ...] = {

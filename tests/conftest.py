@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 import textwrap
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -16,7 +18,7 @@ from aiohttp import ClientResponse, web
 from aioresponses import aioresponses
 
 from exporter.manifest import RUNS_DIR
-from exporter.sandbox import SandboxOptions, free_port, start_sandbox
+from exporter.sandbox import SandboxOptions, start_sandbox
 from exporter.writers import WORK_DIR
 
 KEY = "sandbox-key-5f1e2d3c4b5a69788796a5b4"
@@ -46,6 +48,12 @@ class ServerHandle:
     url: str
     app: web.Application
     options: SandboxOptions
+    loop: asyncio.AbstractEventLoop
+
+    def open_gate(self) -> None:
+        """Let the answers that ``options.gate`` holds go (called from the test's thread)."""
+        assert self.options.gate is not None
+        self.loop.call_soon_threadsafe(self.options.gate.set)
 
 
 class _ThreadedSandbox:
@@ -75,8 +83,8 @@ class _ThreadedSandbox:
 
     def __enter__(self) -> ServerHandle:
         self.thread.start()
-        assert self.ready.wait(10), "sandbox did not start"
-        return ServerHandle(self.url, self.app, self.options)
+        assert self.ready.wait(60), "sandbox did not start"
+        return ServerHandle(self.url, self.app, self.options, self.loop)
 
     def __exit__(self, *_: object) -> None:
         self.loop.call_soon_threadsafe(self.loop.stop)
@@ -85,7 +93,8 @@ class _ThreadedSandbox:
 
 @pytest.fixture
 def sandbox_server() -> Callable[..., _ThreadedSandbox]:
-    """Factory: ``with sandbox_server(limit=..., deny=True) as server: ...``."""
+    """Factory: ``with sandbox_server(limit=..., deny=True) as server: ...``; with
+    ``gate=asyncio.Event()`` the answers wait until ``server.open_gate()``."""
 
     def start(**options: object) -> _ThreadedSandbox:
         options.setdefault("api_key", KEY)
@@ -136,6 +145,16 @@ def snapshot(out: Path) -> dict[str, bytes]:
     return {str(p.relative_to(out)): p.read_bytes() for p in data_files(out)}
 
 
+def wait_for(condition: Callable[[], object], what: str, timeout: float = 120) -> None:
+    """Poll for an event another process or thread brings about (a file, a counter, a log
+    line): its start-up time on a busy machine is not ours to bound, so the timeout only ends
+    a real hang, and says what never happened."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.02)
+
+
 class FakeClock:
     """A wall clock that only moves when something sleeps on it."""
 
@@ -179,8 +198,11 @@ class NotBraze:
         app.router.add_route("*", "/{tail:.*}", self._handle)
         runner = web.AppRunner(app, access_log=None, handle_signals=False)
         self.loop.run_until_complete(runner.setup())
-        port = free_port()
-        self.loop.run_until_complete(web.TCPSite(runner, "127.0.0.1", port).start())
+        # Port 0: the kernel's free port, bound at once (a port looked up first could be taken
+        # by another process before the bind).
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        self.loop.run_until_complete(site.start())
+        port = runner.addresses[0][1]
         self.url = f"http://127.0.0.1:{port}"
         self.ready.set()
         self.loop.run_forever()
@@ -195,12 +217,22 @@ Served = TypeVar("Served", bound=NotBraze)
 def serving(server: Served) -> Iterator[Served]:
     """A NotBraze (or a subclass with its own ``_handle``) serving until the block ends."""
     server.thread.start()
-    assert server.ready.wait(10)
+    assert server.ready.wait(60), "the server did not start"
     try:
         yield server
     finally:
         server.loop.call_soon_threadsafe(server.loop.stop)
         server.thread.join(10)
+
+
+@pytest.fixture
+def closed_port() -> Iterator[int]:
+    """A loopback port that refuses every connection for the whole test: bound but never
+    listening, so no other process can listen on it meanwhile (a port found free and then
+    released could be taken by another test on a busy machine)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        yield sock.getsockname()[1]
 
 
 @pytest.fixture

@@ -208,11 +208,9 @@ async def test_timeouts_and_connection_errors_are_transport_errors() -> None:
     assert "/sessions" not in str(caught.value)
 
 
-async def test_a_refused_connection_names_host_and_cause() -> None:
+async def test_a_refused_connection_names_host_and_cause(closed_port: int) -> None:
     """A real refused port: the message says which host and why, and it is connection-level."""
-    from exporter.sandbox import free_port
-
-    port = free_port()
+    port = closed_port
     async with aiohttp.ClientSession() as session:
         client = BrazeClient(session, f"http://127.0.0.1:{port}", ApiKey("k-secret"))
         with pytest.raises(TransportError) as caught:

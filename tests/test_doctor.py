@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from exporter.cli import main
-from exporter.sandbox import free_port, sandbox_stats
+from exporter.sandbox import sandbox_stats
 from tests.conftest import NotBraze
 
 CONFIG = """\
@@ -104,9 +104,10 @@ def test_doctor_on_a_closed_port_exits_4(
     env_key: str,
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
+    closed_port: int,
 ) -> None:
     """Nothing listening: the host and 'connection refused', exit 4."""
-    port = free_port()
+    port = closed_port
     code, out = _doctor(write_config, capsys, monkeypatch, f"http://127.0.0.1:{port}")
     assert code == 4
     assert f"connection refused (127.0.0.1:{port})" in out

@@ -138,7 +138,7 @@ def test_auth_refused_exits_3_with_advice(
     assert "HTTP 401" in err
     assert "sessions.data_series" in err
     assert "wrong-key-0123456789" not in err
-    assert sent <= 8  # the run stopped instead of trying every request
+    assert sent <= 8  # limits.concurrency: those in flight at the first 401, none after it
     assert data_files(out) == []
 
 

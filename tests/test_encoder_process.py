@@ -19,15 +19,15 @@ import pyarrow.parquet as pq
 import pytest
 
 from exporter import writers
-from exporter.child import ChildDied, ChildProcess, ChildUnavailable
+from exporter.child import BATCH_TIMEOUT_S, ChildDied, ChildProcess, ChildUnavailable
 from exporter.cli import main
 from exporter.errors import ExporterError, WriteError
 from exporter.plan import Series
 from exporter.storage import WORK_DIR, DirLock
 from exporter.writers import PartitionWriter, partition_path
-from tests.conftest import data_files
+from tests.conftest import data_files, wait_for
 from tests.test_reliability import AS_OF, ROOT, _config, _env, _Exporter
-from tests.test_storage import _unshare, _wait_for
+from tests.test_storage import _unshare
 from tests.test_writers import _days
 
 DAY = Series("seg-a", "app-1", "day")
@@ -131,7 +131,7 @@ async def test_a_killed_encoder_process_loses_no_write_a_new_one_encodes_its_bat
         assert first is not None
         held = asyncio.ensure_future(writer.write(stuck, _days("2024-04-01", [2])))
         wchan = Path(f"/proc/{first}/wchan")
-        for _ in range(1000):  # until the process waits in open() for the FIFO's writer
+        for _ in range(12_000):  # until the process waits in open() for the FIFO's writer
             if wchan.read_text() in ("wait_for_partner", "fifo_open"):
                 break
             await asyncio.sleep(0.01)
@@ -139,7 +139,7 @@ async def test_a_killed_encoder_process_loses_no_write_a_new_one_encodes_its_bat
             pytest.fail(f"the encoder never opened the FIFO ({wchan.read_text()})")
         fifo.unlink()  # the batch run again finds no partition there: a new file
         os.kill(first, signal.SIGKILL)
-        (landed,) = await asyncio.wait_for(held, 30)
+        (landed,) = await asyncio.wait_for(held, 120)
         assert pq.read_table(landed.path).column("sessions").to_pylist() == [2]
         assert stager._child is not None
         assert stager._child.pid not in (None, first)
@@ -163,7 +163,7 @@ async def test_a_batch_in_flight_when_the_process_dies_fails_and_never_hangs() -
         working = asyncio.ensure_future(child.run([signal.pause]))  # blocks until killed
         os.kill(pid, signal.SIGKILL)
         with pytest.raises(ChildDied, match="ended abruptly"):
-            await asyncio.wait_for(working, 10)
+            await asyncio.wait_for(working, 60)
         assert await child.run([partial(int, "2")]) == [2]
     finally:
         await child.aclose()
@@ -190,7 +190,7 @@ async def test_a_child_that_dies_before_it_is_ready_is_unavailable() -> None:
     """A process that exits during start-up: ChildUnavailable, not a hang."""
     child = ChildProcess(executable="/bin/false")
     with pytest.raises(ChildUnavailable, match="did not start"):
-        await asyncio.wait_for(child.run([partial(int, "1")]), 30)
+        await asyncio.wait_for(child.run([partial(int, "1")]), 120)
     await child.aclose()
 
 
@@ -250,21 +250,23 @@ async def test_a_full_disk_fails_a_parquet_write_as_it_fails_any_write(
 def test_kill_9_of_a_parquet_run_leaves_no_encoder_process_and_a_rerun_completes(
     tmp_path: Path, write_config: Callable[..., Path], sandbox_server: Any
 ) -> None:
-    """kill -9 of the run: its encoder process is gone within seconds, the lock is free,
-    a rerun completes and verify finds every file whole and recorded."""
+    """kill -9 of the run: its encoder process dies with it, the lock is free, a rerun
+    completes and verify finds every file whole and recorded."""
     out = tmp_path / "out"
-    config = write_config(_parquet(_config(out, rate=36_000, segments=3)))
-    with sandbox_server(limit=0) as server:
+    config = write_config(_parquet(_config(out, segments=3)))
+    # 20 answers (files for more than 10), then the run waits mid-way for the rest.
+    with sandbox_server(limit=0, gate=asyncio.Event(), gate_after=20) as server:
         killed = _Exporter(config, server.url)
-        _wait_for(lambda: len(data_files(out)) >= 10, "the run to write some files")
+        wait_for(lambda: len(data_files(out)) >= 10, "the run to write some files")
         helpers = _children(killed.proc.pid)  # the encoder and multiprocessing's tracker
         assert helpers
         killed.proc.send_signal(signal.SIGKILL)
-        assert killed.wait(10) == -signal.SIGKILL
-        _wait_for(lambda: not any(map(_alive, helpers)), "the helper processes to end", timeout=5)
+        assert killed.wait(60) == -signal.SIGKILL
+        wait_for(lambda: not any(map(_alive, helpers)), "the helper processes to end")
         assert killed.stderr == ""  # no warning from a helper cleaning up after it
+        server.open_gate()
         rerun = _Exporter(config, server.url, "rerun.")
-        assert rerun.wait(60) == 0, rerun.stderr
+        assert rerun.wait(120) == 0, rerun.stderr
     assert main(["verify", str(out)]) == 0
     for path in data_files(out):
         pq.read_table(path)
@@ -277,18 +279,21 @@ def test_ctrl_c_stops_a_parquet_run_with_130_and_everything_saved(
     """SIGINT to the whole process group, as a terminal's Ctrl-C: exit 130, no traceback,
     every file whole, the encoder process reaped; a rerun completes the rest."""
     out = tmp_path / "out"
-    config = write_config(_parquet(_config(out, rate=180_000)))
+    config = write_config(_parquet(_config(out)))
     err = tmp_path / "stderr"
-    with sandbox_server(limit=0) as server, err.open("w") as stderr:
+    gate = asyncio.Event()  # 20 answers, then the run waits mid-way until the stop is seen
+    with sandbox_server(limit=0, gate=gate, gate_after=20) as server, err.open("w") as stderr:
         proc = _start_run(config, server.url, stderr, subprocess.DEVNULL, start_new_session=True)
-        _wait_for(lambda: len(data_files(out)) >= 5, "the run to write some files")
+        wait_for(lambda: len(data_files(out)) >= 5, "the run to write some files")
         helpers = _children(proc.pid)
         assert helpers
         os.killpg(proc.pid, signal.SIGINT)
-        assert proc.wait(15) == 130
-        _wait_for(lambda: not any(map(_alive, helpers)), "the helper processes to end", timeout=5)
+        wait_for(lambda: "then stopping" in err.read_text(), "the run to take the stop")
+        server.open_gate()
+        assert proc.wait(60) == 130
+        wait_for(lambda: not any(map(_alive, helpers)), "the helper processes to end")
         rerun = _Exporter(config, server.url, "rerun.")
-        assert rerun.wait(60) == 0, rerun.stderr
+        assert rerun.wait(120) == 0, rerun.stderr
     text = err.read_text()
     assert "Traceback" not in text
     assert "leaked" not in text  # multiprocessing's resource tracker found nothing to clean
@@ -358,15 +363,16 @@ def test_a_pyarrow_that_cannot_be_imported_stops_the_run_before_any_request(
 async def test_a_stopped_encoder_is_killed_after_its_timeout_and_a_new_one_answers() -> None:
     """An encoder that does not answer (SIGSTOP, a hang): its batch fails with ChildDied
     after the timeout, the process is killed, and the next batch gets a new one."""
-    child = ChildProcess(timeout_s=1.0)
+    # A live encoder answers int("1") in milliseconds; 5 s leaves a busy machine room.
+    child = ChildProcess(timeout_s=5.0)
     try:
         assert await child.run([partial(int, "1")]) == [1]
         pid = child.pid
         assert pid is not None
         os.kill(pid, signal.SIGSTOP)
-        with pytest.raises(ChildDied, match=r"did not answer within 1s and was killed"):
-            await asyncio.wait_for(child.run([partial(int, "2")]), 30)
-        _wait_for(lambda: not _alive(pid), "the stopped encoder to be killed", timeout=10)
+        with pytest.raises(ChildDied, match=r"did not answer within 5s and was killed"):
+            await asyncio.wait_for(child.run([partial(int, "2")]), 60)
+        wait_for(lambda: not _alive(pid), "the stopped encoder to be killed")
         assert await child.run([partial(int, "3")]) == [3]
         assert child.pid != pid
     finally:
@@ -382,13 +388,12 @@ async def test_closing_does_not_wait_for_a_stopped_encoder_forever() -> None:
     assert pid is not None
     os.kill(pid, signal.SIGSTOP)
     held = asyncio.ensure_future(child.run([partial(int, "2")]))
-    await asyncio.sleep(0.2)
-    started = time.monotonic()
-    await asyncio.wait_for(child.aclose(timeout_s=1.0), 30)
-    assert time.monotonic() - started < 10
+    await asyncio.sleep(0)  # one turn of the loop: the batch is submitted
+    # Without the close's own timeout this would wait for the stopped child forever.
+    await asyncio.wait_for(child.aclose(timeout_s=1.0), 60)
     with pytest.raises(ChildDied):
-        await asyncio.wait_for(held, 10)
-    _wait_for(lambda: not _alive(pid), "the stopped encoder to be killed", timeout=10)
+        await asyncio.wait_for(held, 60)
+    wait_for(lambda: not _alive(pid), "the stopped encoder to be killed")
 
 
 @pytest.mark.slow
@@ -398,11 +403,13 @@ def test_ctrl_c_with_the_encoder_stopped_still_ends_the_run_with_130(
     """The encoder stopped (SIGSTOP) mid-run, then Ctrl-C: the run ends with 130 within the
     grace period plus the close's timeout, prints its summary and no traceback."""
     out = tmp_path / "out"
-    config = write_config(_parquet(_config(out, rate=180_000)))
+    config = write_config(_parquet(_config(out)))
     err = tmp_path / "stderr"
-    with sandbox_server(limit=0) as server, err.open("w") as stderr:
+    # 20 answers, then the run waits mid-way: it cannot finish before the signal.
+    gate = asyncio.Event()
+    with sandbox_server(limit=0, gate=gate, gate_after=20) as server, err.open("w") as stderr:
         proc = _start_run(config, server.url, stderr, subprocess.PIPE)
-        _wait_for(lambda: len(data_files(out)) >= 5, "the run to write some files")
+        wait_for(lambda: len(data_files(out)) >= 5, "the run to write some files")
         encoders = [
             pid
             for pid in _children(proc.pid)
@@ -410,12 +417,12 @@ def test_ctrl_c_with_the_encoder_stopped_still_ends_the_run_with_130(
         ]
         assert len(encoders) == 1
         os.kill(encoders[0], signal.SIGSTOP)
-        time.sleep(0.5)
         started = time.monotonic()
         proc.send_signal(signal.SIGINT)
-        stdout, _ = proc.communicate(timeout=60)
+        stdout, _ = proc.communicate(timeout=120)
         assert proc.returncode == 130
-        assert time.monotonic() - started < 30
+        # The grace (10 s) and the close's timeout (10 s), not the batch's timeout (60 s).
+        assert time.monotonic() - started < BATCH_TIMEOUT_S
     assert "series:" in stdout
     assert "Traceback" not in err.read_text()
-    _wait_for(lambda: not _alive(encoders[0]), "the stopped encoder to be killed", timeout=10)
+    wait_for(lambda: not _alive(encoders[0]), "the stopped encoder to be killed")

@@ -11,7 +11,8 @@ from typing import Any
 import pytest
 
 from exporter.cli import main
-from exporter.sandbox import free_port, sandbox_stats
+from exporter.pipeline import CONNECT_FAILURES_TO_GIVE_UP, NOT_FOUND_TO_GIVE_UP
+from exporter.sandbox import sandbox_stats
 from tests.conftest import NotBraze, data_files
 
 AS_OF = "2024-07-01"
@@ -51,9 +52,10 @@ def test_a_refused_port_stops_the_run_at_once_naming_host_and_cause(
     write_config: Callable[..., Path],
     env_key: str,
     capsys: pytest.CaptureFixture[str],
+    closed_port: int,
 ) -> None:
     """40 series against a closed port: exit 4 after a handful of attempts, not 320."""
-    port = free_port()
+    port = closed_port
     out = tmp_path / "out"
     config = _config(write_config, out, f"http://127.0.0.1:{port}")
     assert main(["run", str(config), "--as-of", AS_OF]) == 4
@@ -63,7 +65,8 @@ def test_a_refused_port_stops_the_run_at_once_naming_host_and_cause(
     assert "Traceback" not in printed.err
     doc = _manifest(out)
     assert doc["exit_code"] == 4
-    assert doc["totals"]["requests_made"] <= 8 + 5  # the first wave, then it gave up
+    # The refusals that end the run, and what was in flight then (concurrency 8): none after.
+    assert doc["totals"]["requests_made"] <= CONNECT_FAILURES_TO_GIVE_UP + 8 - 1
     assert doc["totals"]["series_complete"] == 0
     assert doc["totals"]["series_incomplete"] == 40
 
@@ -81,7 +84,9 @@ def test_an_endpoint_that_only_answers_404_stops_the_run(
     assert main(["run", str(config), "--as-of", AS_OF]) == 4
     err = capsys.readouterr().err
     assert "answers 404 to /sessions/data_series: it is not a Braze REST host" in err
-    assert not_braze.hits <= 8 + 3
+    # 404s from two segments (day and hour each), the third segment's, and what was in flight
+    # then (concurrency 8): none after.
+    assert not_braze.hits <= 2 * (NOT_FOUND_TO_GIVE_UP - 1) + 1 + 8 - 1
     assert data_files(out) == []
 
 
@@ -115,7 +120,7 @@ def test_a_refused_run_calls_no_series_complete(
     with sandbox_server(deny=True) as server:
         monkeypatch.setenv("BRAZE_REST_ENDPOINT", server.url)
         assert main(["run", str(config), "--as-of", AS_OF]) == 3
-        assert sandbox_stats(server.app).requests <= 8
+        assert sandbox_stats(server.app).requests <= 8  # in flight at the first 403 (concurrency)
     assert "series: 0 complete, 16 incomplete, 0 failed (of 16)" in capsys.readouterr().out
     totals = _manifest(out)["totals"]
     assert (totals["series_complete"], totals["series_incomplete"]) == (0, 16)

@@ -179,11 +179,11 @@ def test_output_to_a_full_device_or_a_closed_stdout_is_one_line(tmp_path: Path) 
     config.write_text(CONFIG.format(out=tmp_path / "o", tz="UTC"))
     cli = [sys.executable, "-m", "exporter", "plan", str(config), "--json", "--as-of", AS_OF]
     with open("/dev/full", "w") as full:
-        proc = subprocess.run(cli, stdout=full, stderr=subprocess.PIPE, text=True, timeout=60)
+        proc = subprocess.run(cli, stdout=full, stderr=subprocess.PIPE, text=True, timeout=120)
     assert proc.returncode == 1
     assert proc.stderr == "error: cannot write the output: No space left on device\n"
     closed = subprocess.run(
-        ["/bin/sh", "-c", " ".join(cli) + " >&-"], capture_output=True, text=True, timeout=60
+        ["/bin/sh", "-c", " ".join(cli) + " >&-"], capture_output=True, text=True, timeout=120
     )
     assert "Traceback" not in closed.stderr
 

@@ -13,8 +13,7 @@ import signal
 import socket
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +21,7 @@ import pytest
 
 from exporter.cli import main
 from exporter.storage import _in_container
-from tests.conftest import KEY
+from tests.conftest import KEY, wait_for
 from tests.denied import denied_dir
 
 ROOT = Path(__file__).parent.parent
@@ -211,7 +210,7 @@ def test_a_reader_that_closes_the_pipe_early_is_no_error(tmp_path: Path, command
     proc = subprocess.Popen(_cli(*args), env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     assert proc.stdout is not None
     proc.stdout.close()  # like `head` that has read enough
-    _, err = proc.communicate(timeout=60)
+    _, err = proc.communicate(timeout=120)
     assert err == b""
     assert proc.returncode == 1
 
@@ -302,11 +301,11 @@ def test_a_full_disk_fails_the_series_and_still_prints_the_summary(tiny_disk: Pa
     config = tiny_disk.parent / "c.yaml"
     config.write_text(_good(out))
     run = _cli("run", str(config), "--sandbox", "--out", str(out), "--as-of", AS_OF)
-    first = subprocess.run(run, env=_env(), capture_output=True, timeout=60, check=False)
+    first = subprocess.run(run, env=_env(), capture_output=True, timeout=120, check=False)
     assert first.returncode == 0, first.stderr.decode()
     _fill(tiny_disk)
     again = subprocess.run(
-        [*run, "--fresh"], env=_env(), capture_output=True, timeout=60, check=False
+        [*run, "--fresh"], env=_env(), capture_output=True, timeout=120, check=False
     )
     err = again.stderr.decode()
     assert "Traceback" not in err
@@ -336,13 +335,6 @@ class _Exporter:
         return self.err_path.read_text()
 
 
-def _wait_for(condition: Callable[[], Any], timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.02)
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize(
     ("first", "second", "code"),
@@ -358,21 +350,20 @@ def test_a_second_signal_stops_at_once(tmp_path: Path, first: int, second: int, 
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as server:
         server.bind(("127.0.0.1", 0))
         server.listen(64)
-        server.settimeout(30)
+        server.settimeout(120)  # the exporter's start-up on a busy machine
         exporter = _Exporter(tmp_path, server.getsockname()[1])
         held, _ = server.accept()  # a request is in flight: it will hang until cancelled
         try:
             exporter.proc.send_signal(first)
-            _wait_for(lambda: "then stopping" in exporter.stderr)
-            sent = time.monotonic()
+            wait_for(lambda: "then stopping" in exporter.stderr, "the run to take the stop")
             exporter.proc.send_signal(second)
-            out, _ = exporter.proc.communicate(timeout=30)
-            took = time.monotonic() - sent
+            out, _ = exporter.proc.communicate(timeout=120)
         finally:
             held.close()
     assert exporter.proc.returncode == code
-    assert took < 5, f"took {took:.1f}s: the grace period was waited out"
     err = exporter.stderr
+    # Waiting out the grace would end in the pipeline's "cancelling N request(s)" line.
+    assert "cancelling" not in err, "the grace period was waited out"
     assert "again: stopping now" in err
     assert "Traceback" not in err
     assert "rerun the same command to resume" in err

@@ -314,7 +314,7 @@ async def test_a_waiting_write_holds_no_http_slot_and_concurrency_bounds_what_is
     assert client.calls == 30  # every other request went out while the first write waited
     assert not running.done()
     release.set()
-    result = await asyncio.wait_for(running, 10)
+    result = await asyncio.wait_for(running, 60)
     assert result.totals.done == 30
     assert client.most_in_flight == concurrency
 
@@ -330,6 +330,30 @@ async def test_requests_waiting_for_a_slot_are_not_sent_after_stop(tmp_path: Pat
     assert result.interrupted
     assert result.failures == {}
     assert result.totals.done == 1
+
+
+@pytest.mark.parametrize("concurrency", [1, 3])
+async def test_no_request_is_sent_after_an_answer_that_ends_the_run(
+    tmp_path: Path, concurrency: int
+) -> None:
+    """A 401 ends the run: the requests already in flight were sent, the one its freed slot
+    wakes is not, so at most ``concurrency`` requests ever go out."""
+    refused = Response(401, RateHeaders(), b'{"message": "Invalid API key"}')
+    client = InFlightClient(*[refused] * 10)
+    sent: list[Request] = []
+    get = client.get
+
+    async def send(request: Request, ending_at: str | None = None) -> Response:
+        sent.append(request)  # counted as it goes out, not when answered
+        return await get(request, ending_at)
+
+    client.get = send  # type: ignore[method-assign]
+    pipeline, _ = _scripted_pipeline(tmp_path, client, FakeClock(0.0))
+    pipeline.concurrency = concurrency
+    pipeline.write_behind = 5  # workers wait for the slots the 401s give back
+    result = await pipeline.run(_plan(10))
+    assert result.auth_error is not None
+    assert len(sent) == concurrency
 
 
 class _ShiftAfterFirstAnswer(Calibration):
@@ -389,7 +413,7 @@ async def test_the_stop_line_counts_the_requests_really_in_flight(
             break
         await asyncio.sleep(0.01)
     pipeline.stop()
-    result = await asyncio.wait_for(running, 10)
+    result = await asyncio.wait_for(running, 60)
     assert result.interrupted
     assert client.calls == 2
     lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("stopping")]

@@ -94,14 +94,14 @@ async def test_a_429_in_the_list_pool_does_not_pause_the_workspace_pool(tmp_path
                 return
             await asyncio.sleep(0.01)
 
-    await asyncio.wait_for(sessions_done(), timeout=10)
+    await asyncio.wait_for(sessions_done(), timeout=60)
     assert pipeline.result.coverage is not None
     assert pipeline.result.coverage.status[6] != COMPLETE  # still waiting on its own pool
     assert lists.pauses == 1
     assert workspace.pauses == 0
     assert braze.sent.count("sessions") == 6
     gate.set()
-    result = await asyncio.wait_for(running, timeout=10)
+    result = await asyncio.wait_for(running, timeout=60)
     assert result.coverage is not None
     assert result.coverage.count(COMPLETE) == 7
     assert braze.sent.count("purchases_quantity") == 2  # the 429, then the retry
@@ -140,6 +140,6 @@ async def test_without_a_pool_override_a_429_pauses_every_series_of_the_pool(
         await asyncio.sleep(0.01)
     assert braze.sent.count("sessions") == 0  # all behind the paused pool
     gate.set()
-    result = await asyncio.wait_for(running, timeout=10)
+    result = await asyncio.wait_for(running, timeout=60)
     assert result.coverage is not None
     assert result.coverage.count(COMPLETE) == 7

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import signal
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -18,18 +18,10 @@ import pytest
 from exporter.cli import main
 from exporter.errors import DirectoryBusy, ExporterError
 from exporter.storage import WORK_DIR, DirLock, relative_path, unwritable
-from tests.conftest import data_files, snapshot
+from tests.conftest import data_files, snapshot, wait_for
 from tests.test_reliability import AS_OF, ROOT, _config, _env, _Exporter
 
 LOCKS = Path(WORK_DIR) / "locks"
-
-
-def _wait_for(condition: Callable[[], bool], what: str, timeout: float = 30) -> None:
-    """Poll a condition another process brings about (its start-up time is not ours)."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.02)
 
 
 def _holders(out: Path) -> int:
@@ -43,7 +35,7 @@ def _refused(config: Path, url: str, *extra: str) -> str:
         env=_env(url),
         capture_output=True,
         text=True,
-        timeout=60,
+        timeout=120,
         check=False,
     )
     assert proc.returncode == 5, proc.stderr
@@ -135,14 +127,15 @@ def test_concurrent_runs_of_different_layouts_one_is_refused(
     """Config A running, config B --shard 1/1 into the same directory: B exits 5 at once and
     names A's pid, host, start time and command; A completes and every file verifies."""
     out = tmp_path / "out"
-    config_a = write_config(_config(out, rate=36_000, segments=3), "a.yaml")
+    config_a = write_config(_config(out, segments=3), "a.yaml")
     config_b = write_config(_config(out, segments=3, days=20), "b.yaml")
-    with sandbox_server(limit=0) as server:
+    with sandbox_server(limit=0, gate=asyncio.Event()) as server:  # A waits for its answers
         running = _Exporter(config_a, server.url)
-        _wait_for(lambda: _holders(out) == 1, "run A to hold the directory")
+        wait_for(lambda: _holders(out) == 1, "run A to hold the directory")
         line = _refused(config_b, server.url, "--shard", "1/1")
-        assert running.proc.poll() is None, "A ended before B was tried"
-        assert running.wait(60) == 0, running.stderr
+        assert running.proc.poll() is None, running.stderr
+        server.open_gate()
+        assert running.wait(120) == 0, running.stderr
     assert f"pid {running.proc.pid} on {socket.gethostname()}, started 20" in line
     assert f"braze-export run {config_a} --as-of {AS_OF}" in line
     assert len(list((out / "_runs").glob("*.json"))) == 1  # B wrote nothing
@@ -156,17 +149,19 @@ def test_parallel_shards_complete_while_other_runs_are_refused(
     """Shards 1/2 and 2/2 run side by side and together write every row of an unsharded
     run; meanwhile an unsharded run and a second 2/2 of the same config are refused."""
     out, reference = tmp_path / "out", tmp_path / "reference"
-    config = write_config(_config(out, rate=54_000, segments=3))
-    with sandbox_server(limit=0) as server:
+    config = write_config(_config(out, segments=3))
+    with sandbox_server(limit=0, gate=asyncio.Event()) as server:  # shards wait for answers
         shards = [_Exporter(config, server.url, f"{k}.", "--shard", f"{k}/2") for k in (1, 2)]
-        _wait_for(lambda: _holders(out) == 2, "both shards to hold the directory")
+        wait_for(lambda: _holders(out) == 2, "both shards to hold the directory")
         _refused(config, server.url)
         _refused(config, server.url, "--shard", "2/2")
-        assert all(shard.proc.poll() is None for shard in shards), "a shard ended too soon"
         for shard in shards:
-            assert shard.wait(60) == 0, shard.stderr
+            assert shard.proc.poll() is None, shard.stderr
+        server.open_gate()
+        for shard in shards:
+            assert shard.wait(120) == 0, shard.stderr
         whole = _Exporter(config, server.url, "ref.", "--out", str(reference))
-        assert whole.wait(60) == 0, whole.stderr
+        assert whole.wait(120) == 0, whole.stderr
     assert snapshot(out) == snapshot(reference)
     assert main(["verify", str(out)]) == 0
 
@@ -181,15 +176,17 @@ def test_a_killed_holder_blocks_nobody_and_verify_vouches_for_its_files(
     """kill -9 leaves a holder record; the next run sees its flock is gone, takes over and
     completes; verify then finds every data file ok, the killed run's included."""
     out = tmp_path / "out"
-    config = write_config(_config(out, rate=36_000, segments=3))
-    with sandbox_server(limit=0) as server:
+    config = write_config(_config(out, segments=3))
+    # 20 answers (files for more than 10), then the run waits mid-way for the rest.
+    with sandbox_server(limit=0, gate=asyncio.Event(), gate_after=20) as server:
         killed = _Exporter(config, server.url)
-        _wait_for(lambda: len(data_files(out)) >= 10, "the run to write some files")
+        wait_for(lambda: len(data_files(out)) >= 10, "the run to write some files")
         killed.proc.send_signal(signal.SIGKILL)
-        assert killed.wait(10) == -signal.SIGKILL
+        assert killed.wait(60) == -signal.SIGKILL
         assert _holders(out) == 1  # its record stays behind: only its flock died with it
+        server.open_gate()
         rerun = _Exporter(config, server.url, "rerun.")
-        assert rerun.wait(60) == 0, rerun.stderr
+        assert rerun.wait(120) == 0, rerun.stderr
     assert _holders(out) == 0
     assert list((out / WORK_DIR / "tmp").glob("*.part")) == []
     assert main(["verify", str(out)]) == 0
