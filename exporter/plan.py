@@ -1,4 +1,9 @@
-"""Config + as-of date -> the minimal list of Braze requests. Pure: no I/O, no clock.
+"""Config + as-of date -> each series' window, and the fewest Braze requests covering the
+periods of it still needed. Pure: no I/O, no clock.
+
+A plan holds no request: :meth:`Plan.requests_for` makes a series' requests when they are
+fed, from the periods still needed then (the window, less what earlier runs recorded as
+done), so memory follows the number of series, never the number of periods or requests.
 
 Periods are integers so ranges can be merged and sliced with arithmetic: a day period is a
 proleptic ordinal (``date.toordinal()``) of a local day in the config's time zone; an hour
@@ -31,6 +36,7 @@ __all__ = [
     "Series",
     "build_plan",
     "count_series",
+    "cover",
     "describe_periods",
     "discovery_needs",
     "ending_at",
@@ -43,7 +49,8 @@ __all__ = [
     "span_label",
 ]
 
-MAX_LENGTH = 100  # Braze accepts length 1..100
+MAX_LENGTH = 100  # Braze accepts length 1..100 (a series' own limit: SeriesKind.max_length)
+Span = tuple[int, int]  # inclusive periods (lo, hi)
 _EPOCH_ORDINAL = date(1970, 1, 1).toordinal()
 
 
@@ -139,34 +146,73 @@ class Request:
 
 @dataclass(frozen=True)
 class Plan:
+    """The series of a run and each one's window (merged inclusive spans of periods).
+
+    Series ``i``'s window is ``windows[window_of[i]]``: series alike share one tuple, so a
+    million series cost 4 bytes each here. Requests are made per series, on demand."""
+
     as_of: date
     timezone: str
-    requests: tuple[Request, ...]
     series: tuple[Series, ...]
+    windows: tuple[tuple[Span, ...], ...] = ()
+    window_of: array[int] = field(default_factory=lambda: array("i"))
     # Positions in ``series`` of each export's series (4 bytes each, for 100,000s of them).
     series_by_export: dict[str, array[int]] = field(default_factory=dict)
     warnings: tuple[str, ...] = ()
     shard: tuple[int, int] | None = None
-    # Series i's requests are requests[first_request[i]:first_request[i + 1]] (derived from
-    # ``requests``, which are grouped by series, when not given).
-    first_request: array[int] | None = None
     # Per unit, the first period still settling (within settle_days of as_of): provisional.
     settle_from: dict[str, int] = field(default_factory=dict)
+    _endings: dict[tuple[str, int], str] = field(default_factory=dict, compare=False, repr=False)
 
-    def __post_init__(self) -> None:
-        if self.first_request is None:
-            starts = array("i", [0] * (len(self.series) + 1))
-            for request in self.requests:
-                starts[request.index + 1] += 1
-            for i in range(len(self.series)):
-                starts[i + 1] += starts[i]
-            object.__setattr__(self, "first_request", starts)
+    @classmethod
+    def of_requests(
+        cls, as_of: date, timezone: str, requests: Iterable[Request], series: Sequence[Series]
+    ) -> Plan:
+        """A plan whose windows are the periods of ``requests`` (a plan written by hand)."""
+        spans: list[list[Span]] = [[] for _ in series]
+        for r in requests:
+            spans[r.index].append((r.first, r.last))
+        windows = {w: i for i, w in enumerate(dict.fromkeys(tuple(merge_spans(s)) for s in spans))}
+        return cls(
+            as_of,
+            timezone,
+            tuple(series),
+            tuple(windows),
+            array("i", (windows[tuple(merge_spans(s))] for s in spans)),
+        )
 
-    def requests_of(self, index: int) -> tuple[Request, ...]:
-        """The planned requests of series ``index``."""
-        starts = self.first_request
-        assert starts is not None
-        return self.requests[starts[index] : starts[index + 1]]
+    def window(self, index: int) -> tuple[Span, ...]:
+        """The merged spans series ``index`` exports (empty: another shard's, say)."""
+        return self.windows[self.window_of[index]] if self.windows else ()
+
+    def requests_for(self, index: int, needed: Iterable[Span]) -> Iterator[Request]:
+        """The fewest requests of series ``index`` that cover the merged spans ``needed``
+        (see :func:`cover`), made one by one as they are taken."""
+        s = self.series[index]
+        for first, last in cover(needed, s.info.max_length):
+            yield Request(s, first, last - first + 1, self._ending_at(s.unit, last), index)
+
+    def count_requests(self, index: int, needed: Iterable[Span]) -> int:
+        """``len(list(requests_for(index, needed)))``, by arithmetic."""
+        return sum(n for _, _, n in _cover_runs(needed, self.series[index].info.max_length))
+
+    @property
+    def requests(self) -> tuple[Request, ...]:
+        """Every request of a first run (nothing done yet), materialised: for small plans and
+        tests only; a run takes each series' requests from :meth:`requests_for`."""
+        return tuple(
+            r for i in range(len(self.series)) for r in self.requests_for(i, self.window(i))
+        )
+
+    def _ending_at(self, unit: Unit, last: int) -> str:
+        # Series of one window end alike: one ending_at string serves all of their requests.
+        key = (unit, last)
+        text = self._endings.get(key)
+        if text is None:
+            if len(self._endings) > 4096:  # ends spread out (a resumed backfill): no hoard
+                self._endings.clear()
+            text = self._endings[key] = ending_at(unit, last, ZoneInfo(self.timezone))
+        return text
 
 
 def resolve_window(window: Window, as_of: date) -> tuple[date, date] | None:
@@ -329,23 +375,12 @@ def build_plan(
     index = {s: i for i, s in enumerate(all_series)}
     exports = {name: array("i", (index[s] for s in group)) for name, group in by_export.items()}
     del by_export, index  # the plan's peak memory is here: let go of what is no longer needed
-    # Series of one window end alike: one ending_at string serves all of their requests.
-    endings: dict[tuple[str, int], str] = {}
-
-    def end_of(unit: Unit, last: int) -> str:
-        key = (unit, last)
-        if key not in endings:
-            endings[key] = ending_at(unit, last, tz)
-        return endings[key]
-
-    requests = []
-    first_request = array("i", [0])
+    windows: dict[tuple[Span, ...], int] = {}
+    window_of = array("i", bytes(4 * len(all_series)))
     for i, s in enumerate(all_series):
         spans = ranges.pop(s, None)
-        for lo, hi in merge_spans(spans if isinstance(spans, list) else [spans] if spans else []):
-            for first, length in _slices(lo, hi):
-                requests.append(Request(s, first, length, end_of(s.unit, first + length - 1), i))
-        first_request.append(len(requests))
+        window = tuple(merge_spans(spans if isinstance(spans, list) else [spans] if spans else []))
+        window_of[i] = windows.setdefault(window, len(windows))
     settle_day = as_of - timedelta(days=config.settle_days)
     settle_from = {
         "day": settle_day.toordinal(),
@@ -354,12 +389,12 @@ def build_plan(
     return Plan(
         as_of,
         config.timezone,
-        tuple(requests),
         all_series,
+        tuple(windows),
+        window_of,
         exports,
         tuple(warnings),
         shard,
-        first_request,
         settle_from,
     )
 
@@ -417,8 +452,38 @@ def merge_spans(spans: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:
     return merged
 
 
-def _slices(lo: int, hi: int) -> Iterator[tuple[int, int]]:
-    # Anchored at the range's start, so a backfill's early requests keep their identity (and
-    # their resume state) when the range's end moves forward on a later day.
-    for first in range(lo, hi + 1, MAX_LENGTH):
-        yield first, min(MAX_LENGTH, hi - first + 1)
+def cover(needed: Iterable[Span], limit: int) -> Iterator[Span]:
+    """The fewest spans of at most ``limit`` periods that hold every period of the merged,
+    sorted spans ``needed``; each starts and ends on a needed period, so a request asks for
+    no period it does not need at either end. Greedy from the earliest needed period: for
+    points on a line and intervals of one length, that is the minimum (the classic proof:
+    the greedy interval ends no earlier than any other first interval can)."""
+    for first, last, n in _cover_runs(needed, limit):
+        for k in range(n):
+            start = first + k * limit
+            yield start, min(start + limit - 1, last)
+
+
+def _cover_runs(needed: Iterable[Span], limit: int) -> Iterator[tuple[int, int, int]]:
+    """:func:`cover`'s spans, grouped: ``(first, last, n)`` stands for n spans, the first
+    n - 1 of exactly ``limit`` periods from ``first`` on, the last ending at ``last``; a long
+    window is one group, so counting requests costs nothing per period."""
+    start: int | None = None  # the open span, to which later needed periods may still join
+    end = 0
+    for lo, hi in needed:
+        if start is not None:
+            reach = start + limit - 1
+            if lo > reach:
+                yield start, end, 1
+            else:  # this span joins the open one, as far as it reaches
+                if hi <= reach:
+                    end = hi
+                    continue
+                yield start, reach, 1
+                lo = reach + 1
+        full = (hi - lo) // limit  # whole spans before the last (open) one
+        if full:
+            yield lo, lo + full * limit - 1, full
+        start, end = lo + full * limit, hi
+    if start is not None:
+        yield start, end, 1

@@ -24,7 +24,7 @@ S = Series("s", None, "day")
 
 def _plan(*spans: tuple[int, int]) -> Plan:
     requests = tuple(Request(S, lo, hi - lo + 1, "x", 0) for lo, hi in spans)
-    return Plan(date(2024, 7, 1), "UTC", requests, (S,))
+    return Plan.of_requests(date(2024, 7, 1), "UTC", requests, (S,))
 
 
 def _points(lo: int, hi: int) -> list[Point]:
