@@ -14,6 +14,7 @@ import secrets
 import shlex
 import signal
 import sys
+from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from datetime import date, datetime
 from pathlib import Path
@@ -584,7 +585,33 @@ def _cmd_validate(args: argparse.Namespace) -> int:
         f"{config.limits.requests_per_hour * config.limits.share:,.0f} requests/hour with "
         f"{config.limits.concurrency} in flight."
     )
+    for line in _over_a_day(config):
+        print(f"warning: {line}")
     return EXIT_OK
+
+
+def _over_a_day(config: Config) -> Iterator[str]:
+    """For each pool whose share a first run as of today would need more than a day of
+    (with one id per discovery). A plan holds windows, not requests: a 100-year window
+    plans at once."""
+    try:
+        one_each = {key: ("?",) for key in discovery_needs(config)}
+        plan = build_plan(config, datetime.now(config.tz).date(), None, one_each)
+    except ConfigError:
+        return  # no complete day yet: nothing to send today
+    by_pool: Counter[str] = Counter()
+    for kind, n in plan.first_run_requests().items():
+        by_pool[config.limits.pool_for(kind)] += n
+    for pool, n in sorted(by_pool.items()):
+        rph, share, _ = config.limits.pool(pool)
+        per_day = rph * share * 24
+        if n > per_day:
+            yield (
+                f"a first run as of today plans {n:,} requests in the {pool} pool, more than "
+                f"its share allows in a day ({per_day:,.0f}: {rph:,}/hour x {share:.0%}); it "
+                f"takes at least {format_duration(n / per_day * 86400)}. Split the window "
+                "into runs, or raise limits.share if Braze gave the workspace more"
+            )
 
 
 def _cmd_plan(args: argparse.Namespace) -> int:
@@ -734,13 +761,10 @@ def _requests_per_id(config: Config, plan: Plan, param: str, spec_key: Any) -> i
     counted with one id each)."""
     one = {key: ("\x00a",) for key in discovery_needs(config)}
     two = {**one, (param, spec_key): ("\x00a", "\x00b")}
-    return _first_run_requests(build_plan(config, plan.as_of, None, two)) - (
-        _first_run_requests(build_plan(config, plan.as_of, None, one))
+    more = build_plan(config, plan.as_of, None, two).first_run_requests()
+    return sum(more.values()) - sum(
+        build_plan(config, plan.as_of, None, one).first_run_requests().values()
     )
-
-
-def _first_run_requests(plan: Plan) -> int:
-    return sum(plan.count_requests(i, plan.window(i)) for i in range(len(plan.series)))
 
 
 def _cmd_run(args: argparse.Namespace) -> int:

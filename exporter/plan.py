@@ -196,6 +196,13 @@ class Plan:
         """``len(list(requests_for(index, needed)))``, by arithmetic."""
         return sum(n for _, _, n in _cover_runs(needed, self.series[index].info.max_length))
 
+    def first_run_requests(self) -> dict[str, int]:
+        """Requests per series kind of a run with nothing done yet, by arithmetic."""
+        counts: dict[str, int] = {}
+        for i, s in enumerate(self.series):
+            counts[s.kind] = counts.get(s.kind, 0) + self.count_requests(i, self.window(i))
+        return counts
+
     @property
     def requests(self) -> tuple[Request, ...]:
         """Every request of a first run (nothing done yet), materialised: for small plans and
