@@ -14,6 +14,7 @@ requested and labelled in UTC so no label is ambiguous across a DST change.
 from __future__ import annotations
 
 import hashlib
+import heapq
 import itertools
 import math
 from array import array
@@ -336,15 +337,17 @@ def build_plan(
     shard: tuple[int, int] | None = None,
     discovered: Discovered | None = None,
 ) -> Plan:
-    """The requests for ``config`` as of a date; with ``shard=(k, n)`` only the k-th of n
-    disjoint parts of the series. ``discovered`` resolves the ``{discover: ...}`` ids (a
-    ConfigError names an export whose discovery is missing from it)."""
+    """The series of ``config`` and their windows as of a date; with ``shard=(k, n)`` only
+    the k-th of n disjoint parts of the series. ``discovered`` resolves the
+    ``{discover: ...}`` ids (a ConfigError names an export whose discovery is missing).
+
+    Each export's series come out of the product of its sorted ids already in plan order,
+    and the exports' streams are merged: no set, dict or sort over all the series, so a
+    million series cost their Series objects and a few bytes each."""
     tz = config.tz
     warnings: list[str] = []
-    # A series' spans: one tuple in the usual case, a list once exports overlap (memory).
-    ranges: dict[Series, tuple[int, int] | list[tuple[int, int]]] = {}
-    by_export: dict[str, tuple[Series, ...]] = {}
-    for export in config.exports:
+    streams: list[Iterator[tuple[Series, int, Span]]] = []
+    for number, export in enumerate(config.exports):
         days = resolve_window(export.window, as_of)
         if export.window.end is not None and export.window.end >= as_of and days is not None:
             warnings.append(
@@ -357,37 +360,24 @@ def build_plan(
                 f"as-of date {as_of} (days are complete once they have ended in "
                 f"{config.timezone})"
             )
-        series = tuple(
-            s
-            for s in _expand(config, export, discovered)
-            if shard is None or shard_of(s, shard[1]) == shard[0]
-        )
-        by_export[export.name] = series
-        if days is None:
-            continue
-        day_span = (days[0].toordinal(), days[1].toordinal())
-        hour_span = hour_range(days[0], days[1], tz)
-        for s in series:
-            span = day_span if s.unit == "day" else hour_span
-            known = ranges.get(s)
-            if known is None:
-                ranges[s] = span
-            elif isinstance(known, list):
-                known.append(span)
-            else:
-                ranges[s] = [known, span]
-    all_series = tuple(
-        sorted({s for group in by_export.values() for s in group}, key=Series.sort_key)
-    )
-    index = {s: i for i, s in enumerate(all_series)}
-    exports = {name: array("i", (index[s] for s in group)) for name, group in by_export.items()}
-    del by_export, index  # the plan's peak memory is here: let go of what is no longer needed
+        spans = {
+            "day": (days[0].toordinal(), days[1].toordinal()),
+            "hour": hour_range(days[0], days[1], tz),
+        }
+        streams.append(_tagged(_expand(config, export, discovered), number, spans, shard))
+    all_series: list[Series] = []
+    positions = [array("i") for _ in config.exports]
     windows: dict[tuple[Span, ...], int] = {}
-    window_of = array("i", bytes(4 * len(all_series)))
-    for i, s in enumerate(all_series):
-        spans = ranges.pop(s, None)
-        window = tuple(merge_spans(spans if isinstance(spans, list) else [spans] if spans else []))
-        window_of[i] = windows.setdefault(window, len(windows))
+    window_of = array("i")
+    for s, group in itertools.groupby(_merged(streams), key=lambda item: item[0]):
+        index = len(all_series)
+        all_series.append(s)
+        found = []
+        for _, number, span in group:  # one per export that has the series
+            positions[number].append(index)
+            found.append(span)
+        window = tuple(merge_spans(found)) if len(found) > 1 else (found[0],)
+        window_of.append(windows.setdefault(window, len(windows)))
     settle_day = as_of - timedelta(days=config.settle_days)
     settle_from = {
         "day": settle_day.toordinal(),
@@ -396,10 +386,10 @@ def build_plan(
     return Plan(
         as_of,
         config.timezone,
-        all_series,
+        tuple(all_series),
         tuple(windows),
         window_of,
-        exports,
+        {export.name: positions[n] for n, export in enumerate(config.exports)},
         tuple(warnings),
         shard,
         settle_from,
@@ -409,23 +399,42 @@ def build_plan(
 def count_series(
     config: Config, shard: tuple[int, int] | None = None, discovered: Discovered | None = None
 ) -> int:
-    """``len(build_plan(config, ...).series)`` without planning a request (``validate``).
-    Without ``discovered``, each discovered dimension counts as one id."""
+    """``len(build_plan(config, ...).series)`` without a window (``validate``). Without
+    ``discovered``, each discovered dimension counts as one id."""
     if discovered is None:
         discovered = {key: ("?",) for key in discovery_needs(config)}
-    return len(
-        {
-            s
-            for export in config.exports
-            for s in _expand(config, export, discovered)
-            if shard is None or shard_of(s, shard[1]) == shard[0]
-        }
-    )
+    streams = [
+        _tagged(_expand(config, export, discovered), n, {}, shard)
+        for n, export in enumerate(config.exports)
+    ]
+    return sum(1 for _ in itertools.groupby(_merged(streams), key=lambda item: item[0]))
+
+
+def _tagged(
+    series: Iterator[Series], number: int, spans: Mapping[str, Span], shard: tuple[int, int] | None
+) -> Iterator[tuple[Series, int, Span]]:
+    """The shard's series of export ``number``, each with that export's window for its unit
+    (a function, not a generator expression in a loop: those bind the loop's last values)."""
+    for s in series:
+        if shard is None or shard_of(s, shard[1]) == shard[0]:
+            yield s, number, spans.get(s.unit, (0, -1))
+
+
+def _merged(
+    streams: list[Iterator[tuple[Series, int, Span]]],
+) -> Iterator[tuple[Series, int, Span]]:
+    """The exports' sorted streams as one, in plan order; a series in several exports comes
+    once from each, side by side."""
+    if len(streams) == 1:
+        return streams[0]
+    return heapq.merge(*streams, key=lambda item: item[0].sort_key())
 
 
 def _expand(config: Config, export: Export, discovered: Discovered | None) -> Iterator[Series]:
+    """The export's series in plan order (:meth:`Series.sort_key`): each dimension's ids
+    without repeats, sorted (the whole workspace first), then the units, and their product."""
     dimensions = KINDS[export.series].dimensions
-    lists: list[Sequence[str | None]] = []
+    lists: list[list[str | None]] = []
     for param in dimensions:
         values = export.values(param)
         if isinstance(values, Discover):
@@ -435,17 +444,13 @@ def _expand(config: Config, export: Export, discovered: Discovered | None) -> It
                     f"{config.source}: exports.{export.name}.{DIMENSIONS[param].config_key}: "
                     "not discovered yet (discovery runs at the start of a run)"
                 )
-            lists.append(found)
-        else:
-            lists.append(values)
-    seen: set[Series] = set()
+            values = list(found)
+        lists.append(sorted(dict.fromkeys(values), key=lambda v: (v is not None, v or "")))
+    units = sorted(set(export.units))
     for combo in itertools.product(*lists):
         dims = dict(zip(dimensions, combo, strict=True))
-        for unit in export.units:
-            s = Series.of(export.series, unit, dims)
-            if s not in seen:
-                seen.add(s)
-                yield s
+        for unit in units:
+            yield Series.of(export.series, unit, dims)
 
 
 def merge_spans(spans: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:
