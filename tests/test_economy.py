@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from bench.economy import NIGHTLY
 from exporter import series as series_module
 from exporter.cli import main
 from exporter.config import load_config
@@ -20,17 +21,6 @@ from exporter.plan import Series, build_plan, cover, hour_range
 from exporter.sandbox import sandbox_stats
 from exporter.state import State, state_path
 from exporter.storage import WORK_DIR
-
-NIGHTLY = """\
-version: 1
-timezone: UTC
-output: {{dir: {out}}}
-exports:
-  - name: nightly
-    segment_ids: [seg-a]
-    units: [day, hour]
-    window: {{days: {days}}}
-"""
 
 
 def _tree(root: Path) -> dict[str, tuple[int, int]]:
@@ -77,7 +67,7 @@ def test_a_series_requests_follow_its_kind_s_max_length(
     monkeypatch.setitem(series_module.KINDS, "sessions", kind)
     config = load_config(write_config(NIGHTLY.format(out="o", days=30)), env={})
     plan = build_plan(config, date(2024, 9, 10))
-    day = plan.series.index(Series("seg-a", None, "day"))
+    day = plan.series.index(Series("segment-a", None, "day"))
     requests = list(plan.requests_for(day, plan.window(day)))
     assert [r.length for r in requests] == [14, 14, 2]
     assert plan.count_requests(day, plan.window(day)) == 3
@@ -111,7 +101,9 @@ def test_a_hundred_year_plan_holds_windows_not_requests(
 ) -> None:
     """36,600 days of days and hours: series alike share one window, and their requests are
     counted by arithmetic, ceil(periods / 100) each."""
-    text = NIGHTLY.replace("[seg-a]", "[seg-a, seg-b, seg-c]").format(out="o", days=36_600)
+    text = NIGHTLY.replace("[segment-a]", "[segment-a, segment-b, segment-c]").format(
+        out="o", days=36_600
+    )
     plan = build_plan(load_config(write_config(text), env={}), date(2024, 9, 10))
     assert len(plan.series) == 6
     assert len(plan.windows) == 2  # one per unit
