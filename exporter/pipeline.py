@@ -137,13 +137,19 @@ class SeriesCounters:
 
     def __init__(self, size: int) -> None:
         # 32-bit counts: a series has at most some millions of periods, rows or requests.
-        self._columns = {name: array("i", bytes(4 * size)) for name in COUNTERS}
+        # A column is made at its first count: most runs never retry, skip or see a 429.
+        self._size = size
+        self._columns: dict[str, array[int]] = {}
 
     def add(self, index: int, name: str, n: int = 1) -> None:
-        self._columns[name][index] += n
+        column = self._columns.get(name)
+        if column is None:
+            column = self._columns[name] = array("i", bytes(4 * self._size))
+        column[index] += n
 
     def get(self, index: int, name: str) -> int:
-        return self._columns[name][index]
+        column = self._columns.get(name)
+        return 0 if column is None else column[index]
 
     def sum(self, indices: Sequence[int]) -> Tally:
         return Tally(
