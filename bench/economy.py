@@ -1,9 +1,12 @@
 """4. Request economy: backfills of 30, 365 and 730 days, day and hour units, one series;
 then one series of each kind in the family (a 365-day backfill by day, 30 days by hour
-where Braze has hours).
+where Braze has hours); then nightly runs: 10 consecutive as-of days of one series by day
+and by hour, windows of 7 and 30 days.
 
-Each backfill runs against the sandbox; the requests it made (counted by the sandbox, per
-endpoint) are compared with the minimum, ceil(periods / 100), and with one request per day.
+Each run goes against the sandbox; the requests it made (counted by the sandbox, per
+endpoint) are compared with the minimum: ceil(periods / 100) for a backfill, and for a
+night ceil(needed / 100) per unit, needed being settle_days + 1 days (the settling periods
+read again, and the new day), in days or hours.
 """
 
 from __future__ import annotations
@@ -72,6 +75,54 @@ def run_family(work: Path) -> bool:
     return ok
 
 
+NIGHTLY = """\
+version: 1
+timezone: UTC
+output: {{dir: {out}}}
+exports:
+  - name: nightly
+    segment_ids: [segment-a]
+    units: [day, hour]
+    window: {{days: {days}}}
+"""
+NIGHTS = 10
+SETTLE_DAYS = 3  # the config default
+
+
+def run_nightly(work: Path) -> bool:
+    """10 consecutive as-of days after a first run: requests per night against the minimum."""
+    print()
+    print(
+        f"nightly: one series by day and by hour, {NIGHTS} consecutive as-of days after a first run"
+    )
+    print("| window days | first run | requests per night (nights 1..10) | minimum per night |")
+    print("|---|---|---|---|")
+    ok = True
+    first_day = date.fromisoformat(AS_OF)
+    with sandbox("--limit", "0") as box:
+        for days in (7, 30):
+            cfg = write_config(
+                work / f"nightly-{days}.yaml",
+                NIGHTLY.format(out=work / f"nightly-{days}", days=days),
+            )
+            made = []
+            for night in range(NIGHTS + 1):
+                before = box.stats()["requests"]
+                as_of = (first_day + timedelta(days=night)).isoformat()
+                result = measure(
+                    [sys.executable, "-m", "exporter", "run", str(cfg), "--as-of", as_of],
+                    env=exporter_env(box.url),
+                )
+                assert result.returncode == 0, result.stderr
+                made.append(box.stats()["requests"] - before)
+            needed = min(SETTLE_DAYS + 1, days)
+            minimum = math.ceil(needed / 100) + math.ceil(needed * 24 / 100)
+            ok = ok and all(n == minimum for n in made[1:])
+            nights = " ".join(map(str, made[1:]))
+            print(f"| {days} | {made[0]} | {nights} | {minimum} |")
+    return ok
+
+
 def run() -> None:
     print(f"economy: one series, UTC days; {machine()}")
     print("| unit | days | periods | requests made | minimum ceil(periods/100) | one per day |")
@@ -98,9 +149,10 @@ def run() -> None:
                     ok = ok and made == minimum
                     print(f"| {unit} | {days} | {periods:,} | {made} | {minimum} | {days} |")
         ok = run_family(work) and ok
+        ok = run_nightly(work) and ok
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    print(verdict(ok, "every backfill made exactly the minimum number of requests"))
+    print(verdict(ok, "every backfill and every night made exactly the minimum number of requests"))
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ import signal
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import date, datetime
 from pathlib import Path
 from typing import Any, NoReturn
@@ -32,10 +32,13 @@ from exporter.doctor import DoctorReport, diagnose
 from exporter.errors import AuthError, ConfigError, DirectoryBusy, ExporterError, Unreachable
 from exporter.logs import console, logging_for_run, new_run_id
 from exporter.manifest import verify
+from exporter.outlook import Figures, Outlook, next_requests, outlook, saved_records
 from exporter.plan import (
+    MAX_LENGTH,
     Discovered,
     Plan,
     PlanRequest,
+    Request,
     build_plan,
     count_series,
     discovery_needs,
@@ -53,6 +56,7 @@ from exporter.runner import (
     EXIT_USAGE,
     RunOptions,
     execute,
+    state_scope,
 )
 from exporter.sandbox import (
     FAULT_KINDS,
@@ -245,10 +249,27 @@ def build_parser() -> argparse.ArgumentParser:
     validate.add_argument("config", help="the YAML config file (no default)")
     validate.set_defaults(func=_cmd_validate)
 
-    plan = command("plan", "show the requests a run would make, and their cost; sends nothing")
+    plan = command(
+        "plan",
+        "show the requests the next run will make (its state read, never changed), and their "
+        "cost; sends nothing",
+    )
     _plan_args(plan)
     plan.add_argument(
-        "--json", action="store_true", help="list every request as JSON (default: a summary)"
+        "--json",
+        action="store_true",
+        help="the same per export as JSON, and every request (default: a summary)",
+    )
+    plan.add_argument(
+        "--out",
+        metavar="DIR",
+        help="the output the run will write to, whose state is read (default: output.dir; "
+        f"with --sandbox: ./{SANDBOX_OUT})",
+    )
+    plan.add_argument(
+        "--sandbox",
+        action="store_true",
+        help="plan the next `run --sandbox`: the state its sandbox rows left (default: off)",
     )
     plan.set_defaults(func=_cmd_plan)
 
@@ -679,59 +700,79 @@ def _cmd_validate(args: argparse.Namespace) -> int:
         f"{config.limits.requests_per_hour * config.limits.share:,.0f} requests/hour with "
         f"{config.limits.concurrency} in flight."
     )
+    for line in _over_a_day(config):
+        print(f"warning: {line}")
     return EXIT_OK
+
+
+def _over_a_day(config: Config) -> Iterator[str]:
+    """For each pool whose share a first run as of today would need more than a day of
+    (with one id per discovery). A plan holds windows, not requests: a 100-year window
+    plans at once."""
+    try:
+        one_each = {key: ("?",) for key in discovery_needs(config)}
+        plan = build_plan(config, datetime.now(config.tz).date(), None, one_each)
+    except ConfigError:
+        return  # no complete day yet: nothing to send today
+    by_pool: Counter[str] = Counter()
+    for kind, n in plan.first_run_requests().items():
+        by_pool[config.limits.pool_for(kind)] += n
+    for pool, n in sorted(by_pool.items()):
+        rph, share, _ = config.limits.pool(pool)
+        per_day = rph * share * 24
+        if n > per_day:
+            yield (
+                f"a first run as of today plans {n:,} requests in the {pool} pool, more than "
+                f"its share allows in a day ({per_day:,.0f}: {rph:,}/hour x {share:.0%}); it "
+                f"takes at least {format_duration(n / per_day * 86400)}. Split the window "
+                "into runs, or raise limits.share if Braze gave the workspace more"
+            )
 
 
 def _cmd_plan(args: argparse.Namespace) -> int:
     config, plan = _load(args)
-    if args.json:
-        doc = {
-            "as_of": plan.as_of.isoformat(),
-            "timezone": plan.timezone,
-            "shard": None if plan.shard is None else f"{plan.shard[0]}/{plan.shard[1]}",
-            "series": len(plan.series),
-            "discovery": [
-                {
-                    "config_key": DIMENSIONS[param].config_key,
-                    "endpoint": LISTS[param].path,
-                    "pool": LISTS[param].pool,
-                    "discover": spec.discover,
-                    "name": spec.name,
-                    "tags": spec.tags,
-                    "requests_at_least": 1,
-                }
-                for (param, _), spec in discovery_needs(config).items()
-            ],
-            "requests": [
-                {
-                    **({} if r.series.kind == "sessions" else {"series": r.series.kind}),
-                    **dict(r.series.dimensions()),
-                    "unit": r.series.unit,
-                    "path": r.series.info.path,
-                    "length": r.length,
-                    "ending_at": r.ending_at,
-                }
-                for r in plan.requests
-            ],
-        }
-        json.dump(doc, sys.stdout, indent=1)
-        print()
-        return EXIT_OK
+    target = args.out or (SANDBOX_OUT if args.sandbox else config.output.dir)
+    if is_remote(target):
+        where = target
+    else:
+        where = str(_output_dir(config, args.out or (SANDBOX_OUT if args.sandbox else None)))
+    scope = state_scope(config, sandbox=args.sandbox)
+    with saved_records(where, scope=scope, as_of=plan.as_of.toordinal()) as records:
+        seen = outlook(plan, records, None if records is None else where)
+        if args.json:
+            _print_plan_json(config, plan, seen, next_requests(plan, records))
+            return EXIT_OK
     limits = config.limits
     shards = plan.shard[1] if plan.shard else 1
     share = limits.share / shards
     allowed = limits.requests_per_hour * share
-    eta = eta_seconds(len(plan.requests), limits.requests_per_hour, share, limits.reserve)
-    periods = sum(r.length for r in plan.requests)
+    total = seen.total
+    eta = eta_seconds(total.requests, limits.requests_per_hour, share, limits.reserve)
     part = f", shard {plan.shard[0]}/{shards}" if plan.shard else ""
     print(f"plan for {config.source} as of {plan.as_of} ({plan.timezone}{part})")
     needs = discovery_needs(config)
     listed = " with the ids listed in the config" if needs else ""
     print(f"series:   {len(plan.series):,}{listed}")
-    print(f"requests: {len(plan.requests):,} (for {periods:,} periods, at most 100 per request)")
-    by_kind = Counter(r.series.kind for r in plan.requests)
+    if seen.state is None:
+        print(f"state:    none in {where}: the next run fetches every window whole")
+    else:
+        print(
+            f"state:    {where}: {total.done:,} of {total.periods:,} periods done, "
+            f"{total.reread:,} provisional to read again"
+        )
+    print(
+        f"requests: {total.requests:,} (for {total.to_fetch:,} periods, at most "
+        f"{_most_per_request(plan)} per request)"
+    )
+    by_kind = +seen.by_kind
     if len(by_kind) > 1 or (by_kind and "sessions" not in by_kind):
         print("  by series: " + ", ".join(f"{k} {n:,}" for k, n in sorted(by_kind.items())))
+    if len(seen.exports) > 1:
+        for name, figures in seen.exports.items():
+            print(
+                f"  export {name}: {figures.requests:,} requests, {figures.done:,} periods "
+                f"done, {figures.reread:,} to read again"
+            )
     for (param, spec_key), spec in needs.items():
         per_id = _requests_per_id(config, plan, param, spec_key)
         wanted = DiscoverSpec(param, None, tuple(spec.tags or ()))
@@ -752,7 +793,7 @@ def _cmd_plan(args: argparse.Namespace) -> int:
         1 + (LISTS[param].page_size is None)  # the product list ends with an empty page
         for param, _ in needs
         if LISTS[param].pool == LIST_POOL
-    ) + sum(1 for r in plan.requests if limits.pool_for(r.series.kind) == LIST_POOL)
+    ) + sum(n for kind, n in by_kind.items() if limits.pool_for(kind) == LIST_POOL)
     if in_lists:
         rph, lists_share, _ = limits.pool(LIST_POOL)
         rate = rph * lists_share / shards
@@ -765,13 +806,79 @@ def _cmd_plan(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _most_per_request(plan: Plan) -> str:
+    lengths = sorted({s.info.max_length for s in {s.kind: s for s in plan.series}.values()})
+    return "/".join(map(str, lengths or [MAX_LENGTH]))
+
+
+def _print_plan_json(
+    config: Config, plan: Plan, seen: Outlook, requests: Iterator[Request]
+) -> None:
+    """The plan as one JSON document; the requests are written as they are made, so a plan
+    of millions of them holds none in memory."""
+    limits = config.limits
+    shards = plan.shard[1] if plan.shard else 1
+
+    def figures(f: Figures) -> dict[str, Any]:
+        return {
+            "series": f.series,
+            "requests": f.requests,
+            "periods": f.periods,
+            "periods_done": f.done,
+            "periods_to_read_again": f.reread,
+            "periods_to_fetch": f.to_fetch,
+            "seconds_at_least": round(
+                eta_seconds(
+                    f.requests, limits.requests_per_hour, limits.share / shards, limits.reserve
+                ),
+                1,
+            ),
+        }
+
+    doc = {
+        "as_of": plan.as_of.isoformat(),
+        "timezone": plan.timezone,
+        "shard": None if plan.shard is None else f"{plan.shard[0]}/{plan.shard[1]}",
+        "series": len(plan.series),
+        "state": seen.state,
+        "totals": figures(seen.total),
+        "exports": {name: figures(f) for name, f in seen.exports.items()},
+        "discovery": [
+            {
+                "config_key": DIMENSIONS[param].config_key,
+                "endpoint": LISTS[param].path,
+                "pool": LISTS[param].pool,
+                "discover": spec.discover,
+                "name": spec.name,
+                "tags": spec.tags,
+                "requests_at_least": 1,
+            }
+            for (param, _), spec in discovery_needs(config).items()
+        ],
+    }
+    head = json.dumps(doc, indent=1)
+    sys.stdout.write(head[:-2] + ',\n "requests": [')
+    for n, r in enumerate(requests):
+        item = {
+            **({} if r.series.kind == "sessions" else {"series": r.series.kind}),
+            **dict(r.series.dimensions()),
+            "unit": r.series.unit,
+            "path": r.series.info.path,
+            "length": r.length,
+            "ending_at": r.ending_at,
+        }
+        sys.stdout.write(("," if n else "") + "\n  " + json.dumps(item))
+    sys.stdout.write("\n ]\n}\n")
+
+
 def _requests_per_id(config: Config, plan: Plan, param: str, spec_key: Any) -> int:
     """How many requests one more discovered id adds to the plan (the other discoveries
     counted with one id each)."""
     one = {key: ("\x00a",) for key in discovery_needs(config)}
     two = {**one, (param, spec_key): ("\x00a", "\x00b")}
-    return len(build_plan(config, plan.as_of, None, two).requests) - len(
-        build_plan(config, plan.as_of, None, one).requests
+    more = build_plan(config, plan.as_of, None, two).first_run_requests()
+    return sum(more.values()) - sum(
+        build_plan(config, plan.as_of, None, one).first_run_requests().values()
     )
 
 

@@ -5,8 +5,8 @@ Braze does not document which periods a request covers (``../shared/BRAZE_API.md
 brings counts for its series when its period lies in that series' planned window, whichever
 request brought it; the rest are counted as outside the window and never written.
 
-* :class:`Coverage` knows each series' planned periods (the union of its planned requests)
-  and the periods received so far (this run, or recorded as done by earlier runs).
+* :class:`Coverage` knows each series' planned periods (its window in the plan) and the
+  periods received so far (this run, or recorded as done by earlier runs).
 * :class:`Calibration` measures, per unit, the offset between the last period a request
   asked for and the last period the server returned, and shifts later requests to match.
 * :func:`gap_requests` turns missing ranges into requests widened by one period on each side,
@@ -25,7 +25,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 
 from exporter.client import Point
 from exporter.config import Unit
-from exporter.plan import MAX_LENGTH, Plan, Request, earliest_period, merge_spans
+from exporter.plan import MAX_LENGTH, Plan, Request, cover, earliest_period, merge_spans
 
 __all__ = [
     "COMPLETE",
@@ -103,15 +103,12 @@ class Coverage:
             self._received[index] = merge_spans(spans)
             self._settle(index)
         for index in range(len(plan.series)):
-            if not plan.requests_of(index):
+            if not plan.window(index):
                 self.status[index] = COMPLETE  # nothing planned (another shard's, say)
 
     def planned(self, index: int) -> list[Span]:
-        """The merged spans this series' planned requests ask for."""
-        requests = self._plan.requests_of(index)
-        if len(requests) == 1:  # most series: nothing to merge (this runs a few times a request)
-            return [(requests[0].first, requests[0].last)]
-        return merge_spans((r.first, r.last) for r in requests)
+        """The merged spans of this series' window."""
+        return list(self._plan.window(index))
 
     def missing(self, index: int) -> list[Span]:
         """Planned periods not received (for a failed series too)."""
@@ -238,30 +235,11 @@ def describe_offset(unit: Unit, offset: int) -> str:
 def gap_requests(plan: Plan, index: int, missing: Sequence[Span]) -> list[Request]:
     """Requests that fetch ``missing`` periods of one series whatever the server's offset
     is within one period of the estimate: each asks for the gap plus one period on each side
-    (never before the earliest period). Gaps close together share a request (at most
-    MAX_LENGTH periods each)."""
+    (never before the earliest period).
+    Gaps close together share a request (at most the series' ``max_length`` each)."""
     series = plan.series[index]
     out: list[Request] = []
-    for lo, hi in _pack(missing, MAX_LENGTH - 2):
+    for lo, hi in cover(missing, series.info.max_length - 2):
         first, last = max(lo - 1, earliest_period(series.unit)), hi + 1
         out.append(Request(series, first, last - first + 1, "", index, gap=True))
     return out
-
-
-def _pack(spans: Sequence[Span], width: int) -> Iterator[Span]:
-    """Cover merged spans with windows of at most ``width`` periods, greedily from the left."""
-    start: int | None = None
-    end = 0
-    for lo, hi in spans:
-        while lo <= hi:
-            if start is None or lo > start + width - 1:
-                if start is not None:
-                    yield start, end
-                start = lo
-            end = min(hi, start + width - 1)
-            lo = end + 1
-            if lo <= hi:  # the window is full and this span goes on
-                yield start, end
-                start = None
-    if start is not None:
-        yield start, end

@@ -7,7 +7,8 @@ coverage (only periods in the series' planned window are kept) -> writer -> stat
 is given back once the answer is in: ``write_behind`` more workers (``concurrency`` unless set)
 let answered requests wait for their writes while others are sent.
 
-The feed first sends the planned requests whose window still misses a period, then runs up to
+The feed makes each series' requests as it queues them, covering the periods of its window
+still missing (not recorded as done, or provisional) in the fewest requests; then it runs up to
 ``gap_passes`` gap-fill passes for what is still missing (Braze's windows may sit elsewhere
 than we assume), stopping early when a pass adds nothing. A 400/404 fails its series (its
 other requests are skipped), an exhausted retry fails its series, a 401/403 stops everything,
@@ -27,7 +28,7 @@ from dataclasses import dataclass, field, replace
 from zoneinfo import ZoneInfo
 
 from exporter.client import BrazeClient, Point, cannot_reach, interpret
-from exporter.coverage import COMPLETE, FAILED, Calibration, Coverage, gap_requests, runs
+from exporter.coverage import COMPLETE, FAILED, OPEN, Calibration, Coverage, gap_requests, runs
 from exporter.errors import (
     ApiError,
     AuthError,
@@ -121,11 +122,11 @@ class Tally:
 
     sent: int = 0  # HTTP attempts, retries included
     done: int = 0  # requests answered and written
-    skipped: int = 0  # planned requests whose periods were all there already
+    skipped: int = 0  # planned requests whose periods other requests had brought meanwhile
     retries: int = 0
     rate_limited: int = 0
     rows: int = 0  # rows written (a period that two responses brought counts twice)
-    planned: int = 0  # requests the plan has
+    planned: int = 0  # requests planned for the periods still needed at the start
     gap: int = 0  # gap-fill requests queued
     outside: int = 0  # well-formed points outside the series' planned window: not written
 
@@ -136,13 +137,19 @@ class SeriesCounters:
 
     def __init__(self, size: int) -> None:
         # 32-bit counts: a series has at most some millions of periods, rows or requests.
-        self._columns = {name: array("i", bytes(4 * size)) for name in COUNTERS}
+        # A column is made at its first count: most runs never retry, skip or see a 429.
+        self._size = size
+        self._columns: dict[str, array[int]] = {}
 
     def add(self, index: int, name: str, n: int = 1) -> None:
-        self._columns[name][index] += n
+        column = self._columns.get(name)
+        if column is None:
+            column = self._columns[name] = array("i", bytes(4 * self._size))
+        column[index] += n
 
     def get(self, index: int, name: str) -> int:
-        return self._columns[name][index]
+        column = self._columns.get(name)
+        return 0 if column is None else column[index]
 
     def sum(self, indices: Sequence[int]) -> Tally:
         return Tally(
@@ -260,17 +267,21 @@ class Pipeline:
         result = self.result
         self._plan = plan
         self._tz = ZoneInfo(plan.timezone)
-        result.requests_planned = len(plan.requests)
         result.started = self._clock()
         self._lost_host.reset(result.started)
         self._lost_output.reset(result.started)
         result.by_series = SeriesCounters(len(plan.series))
-        for request in plan.requests:
-            result.count(request, "planned")
         done = None
         if self.state is not None and not self.fresh:  # what is done already, unless --fresh
             done = self.state.done(lambda: {s.key: i for i, s in enumerate(plan.series)})
-        result.coverage = Coverage(plan, done)
+        result.coverage = coverage = Coverage(plan, done)
+        # Requests cover what is still needed, not the window: a nightly run re-reads its
+        # provisional periods and the new ones, in as few requests as they fit.
+        for index in coverage.open_series():
+            planned = plan.count_requests(index, coverage.missing(index))
+            result.by_series.add(index, "planned", planned)
+            result.requests_planned += planned
+        result.totals.planned = result.requests_planned
         if not send:
             result.finished = result.started
             return result
@@ -322,16 +333,19 @@ class Pipeline:
         """Queue the requests of the series paced by ``lane``, then their gap-fills."""
         coverage = self._coverage
         mine = bytearray(self._budget_of(s) is lane for s in plan.series)
-        for request in plan.requests:
+        for index in coverage.open_series():
+            if not mine[index]:
+                continue
+            # Made as they are queued (the queue is bounded): memory follows the series.
+            for request in plan.requests_for(index, coverage.missing(index)):
+                if self._taking_no_work() or coverage.status[index] != OPEN:
+                    break
+                if not coverage.needs(request):  # another request brought its periods
+                    self.result.count(request, "skipped")
+                    continue
+                await queue.put(request)
             if self._taking_no_work():
                 break
-            if not mine[request.index]:
-                continue
-            if not coverage.needs(request):
-                if coverage.status[request.index] != FAILED:  # periods all there already
-                    self.result.count(request, "skipped")
-                continue
-            await queue.put(request)
         await queue.join()
         missing = self._missing_total(mine)
         for _ in range(self.gap_passes):

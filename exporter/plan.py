@@ -1,4 +1,9 @@
-"""Config + as-of date -> the minimal list of Braze requests. Pure: no I/O, no clock.
+"""Config + as-of date -> each series' window, and the fewest Braze requests covering the
+periods of it still needed. Pure: no I/O, no clock.
+
+A plan holds no request: :meth:`Plan.requests_for` makes a series' requests when they are
+fed, from the periods still needed then (the window, less what earlier runs recorded as
+done), so memory follows the number of series, never the number of periods or requests.
 
 Periods are integers so ranges can be merged and sliced with arithmetic: a day period is a
 proleptic ordinal (``date.toordinal()``) of a local day in the config's time zone; an hour
@@ -9,6 +14,7 @@ requested and labelled in UTC so no label is ambiguous across a DST change.
 from __future__ import annotations
 
 import hashlib
+import heapq
 import itertools
 import math
 from array import array
@@ -30,6 +36,7 @@ __all__ = [
     "Series",
     "build_plan",
     "count_series",
+    "cover",
     "describe_periods",
     "discovery_needs",
     "earliest_period",
@@ -44,7 +51,8 @@ __all__ = [
     "within_bound",
 ]
 
-MAX_LENGTH = 100  # Braze accepts length 1..100
+MAX_LENGTH = 100  # Braze accepts length 1..100 (a series' own limit: SeriesKind.max_length)
+Span = tuple[int, int]  # inclusive periods (lo, hi)
 _EPOCH_ORDINAL = date(1970, 1, 1).toordinal()
 _BEFORE_BOUND = f"; no date before {FIRST_DATE} is planned: choose a later --as-of"
 
@@ -145,34 +153,80 @@ class Request:
 
 @dataclass(frozen=True)
 class Plan:
+    """The series of a run and each one's window (merged inclusive spans of periods).
+
+    Series ``i``'s window is ``windows[window_of[i]]``: series alike share one tuple, so a
+    million series cost 4 bytes each here. Requests are made per series, on demand."""
+
     as_of: date
     timezone: str
-    requests: tuple[Request, ...]
     series: tuple[Series, ...]
+    windows: tuple[tuple[Span, ...], ...] = ()
+    window_of: array[int] = field(default_factory=lambda: array("i"))
     # Positions in ``series`` of each export's series (4 bytes each, for 100,000s of them).
     series_by_export: dict[str, array[int]] = field(default_factory=dict)
     warnings: tuple[str, ...] = ()
     shard: tuple[int, int] | None = None
-    # Series i's requests are requests[first_request[i]:first_request[i + 1]] (derived from
-    # ``requests``, which are grouped by series, when not given).
-    first_request: array[int] | None = None
     # Per unit, the first period still settling (within settle_days of as_of): provisional.
     settle_from: dict[str, int] = field(default_factory=dict)
+    _endings: dict[tuple[str, int], str] = field(default_factory=dict, compare=False, repr=False)
 
-    def __post_init__(self) -> None:
-        if self.first_request is None:
-            starts = array("i", [0] * (len(self.series) + 1))
-            for request in self.requests:
-                starts[request.index + 1] += 1
-            for i in range(len(self.series)):
-                starts[i + 1] += starts[i]
-            object.__setattr__(self, "first_request", starts)
+    @classmethod
+    def of_requests(
+        cls, as_of: date, timezone: str, requests: Iterable[Request], series: Sequence[Series]
+    ) -> Plan:
+        """A plan whose windows are the periods of ``requests`` (a plan written by hand)."""
+        spans: list[list[Span]] = [[] for _ in series]
+        for r in requests:
+            spans[r.index].append((r.first, r.last))
+        windows = {w: i for i, w in enumerate(dict.fromkeys(tuple(merge_spans(s)) for s in spans))}
+        return cls(
+            as_of,
+            timezone,
+            tuple(series),
+            tuple(windows),
+            array("i", (windows[tuple(merge_spans(s))] for s in spans)),
+        )
 
-    def requests_of(self, index: int) -> tuple[Request, ...]:
-        """The planned requests of series ``index``."""
-        starts = self.first_request
-        assert starts is not None
-        return self.requests[starts[index] : starts[index + 1]]
+    def window(self, index: int) -> tuple[Span, ...]:
+        """The merged spans series ``index`` exports (empty: another shard's, say)."""
+        return self.windows[self.window_of[index]] if self.windows else ()
+
+    def requests_for(self, index: int, needed: Iterable[Span]) -> Iterator[Request]:
+        """The fewest requests of series ``index`` that cover the merged spans ``needed``
+        (see :func:`cover`), made one by one as they are taken."""
+        s = self.series[index]
+        for first, last in cover(needed, s.info.max_length):
+            yield Request(s, first, last - first + 1, self._ending_at(s.unit, last), index)
+
+    def count_requests(self, index: int, needed: Iterable[Span]) -> int:
+        """``len(list(requests_for(index, needed)))``, by arithmetic."""
+        return sum(n for _, _, n in _cover_runs(needed, self.series[index].info.max_length))
+
+    def first_run_requests(self) -> dict[str, int]:
+        """Requests per series kind of a run with nothing done yet, by arithmetic."""
+        counts: dict[str, int] = {}
+        for i, s in enumerate(self.series):
+            counts[s.kind] = counts.get(s.kind, 0) + self.count_requests(i, self.window(i))
+        return counts
+
+    @property
+    def requests(self) -> tuple[Request, ...]:
+        """Every request of a first run (nothing done yet), materialised: for small plans and
+        tests only; a run takes each series' requests from :meth:`requests_for`."""
+        return tuple(
+            r for i in range(len(self.series)) for r in self.requests_for(i, self.window(i))
+        )
+
+    def _ending_at(self, unit: Unit, last: int) -> str:
+        # Series of one window end alike: one ending_at string serves all of their requests.
+        key = (unit, last)
+        text = self._endings.get(key)
+        if text is None:
+            if len(self._endings) > 4096:  # ends spread out (a resumed backfill): no hoard
+                self._endings.clear()
+            text = self._endings[key] = ending_at(unit, last, ZoneInfo(self.timezone))
+        return text
 
 
 def resolve_window(window: Window, as_of: date) -> tuple[date, date] | None:
@@ -310,15 +364,17 @@ def build_plan(
     shard: tuple[int, int] | None = None,
     discovered: Discovered | None = None,
 ) -> Plan:
-    """The requests for ``config`` as of a date; with ``shard=(k, n)`` only the k-th of n
-    disjoint parts of the series. ``discovered`` resolves the ``{discover: ...}`` ids (a
-    ConfigError names an export whose discovery is missing from it)."""
+    """The series of ``config`` and their windows as of a date; with ``shard=(k, n)`` only
+    the k-th of n disjoint parts of the series. ``discovered`` resolves the
+    ``{discover: ...}`` ids (a ConfigError names an export whose discovery is missing).
+
+    Each export's series come out of the product of its sorted ids already in plan order,
+    and the exports' streams are merged: no set, dict or sort over all the series, so a
+    million series cost their Series objects and a few bytes each."""
     tz = config.tz
     warnings: list[str] = []
-    # A series' spans: one tuple in the usual case, a list once exports overlap (memory).
-    ranges: dict[Series, tuple[int, int] | list[tuple[int, int]]] = {}
-    by_export: dict[str, tuple[Series, ...]] = {}
-    for export in config.exports:
+    streams: list[Iterator[tuple[Series, int, Span]]] = []
+    for number, export in enumerate(config.exports):
         days = resolve_window(export.window, as_of)
         if export.window.days is not None and as_of - timedelta(export.window.days) < FIRST_DATE:
             warnings.append(
@@ -336,48 +392,24 @@ def build_plan(
                 f"as-of date {as_of} (days are complete once they have ended in "
                 f"{config.timezone}){_BEFORE_BOUND if as_of <= FIRST_DATE else ''}"
             )
-        series = tuple(
-            s
-            for s in _expand(config, export, discovered)
-            if shard is None or shard_of(s, shard[1]) == shard[0]
-        )
-        by_export[export.name] = series
-        if days is None:
-            continue
-        day_span = (days[0].toordinal(), days[1].toordinal())
-        hour_span = hour_range(days[0], days[1], tz)
-        for s in series:
-            span = day_span if s.unit == "day" else hour_span
-            known = ranges.get(s)
-            if known is None:
-                ranges[s] = span
-            elif isinstance(known, list):
-                known.append(span)
-            else:
-                ranges[s] = [known, span]
-    all_series = tuple(
-        sorted({s for group in by_export.values() for s in group}, key=Series.sort_key)
-    )
-    index = {s: i for i, s in enumerate(all_series)}
-    exports = {name: array("i", (index[s] for s in group)) for name, group in by_export.items()}
-    del by_export, index  # the plan's peak memory is here: let go of what is no longer needed
-    # Series of one window end alike: one ending_at string serves all of their requests.
-    endings: dict[tuple[str, int], str] = {}
-
-    def end_of(unit: Unit, last: int) -> str:
-        key = (unit, last)
-        if key not in endings:
-            endings[key] = ending_at(unit, last, tz)
-        return endings[key]
-
-    requests = []
-    first_request = array("i", [0])
-    for i, s in enumerate(all_series):
-        spans = ranges.pop(s, None)
-        for lo, hi in merge_spans(spans if isinstance(spans, list) else [spans] if spans else []):
-            for first, length in _slices(lo, hi):
-                requests.append(Request(s, first, length, end_of(s.unit, first + length - 1), i))
-        first_request.append(len(requests))
+        spans = {
+            "day": (days[0].toordinal(), days[1].toordinal()),
+            "hour": hour_range(days[0], days[1], tz),
+        }
+        streams.append(_tagged(_expand(config, export, discovered), number, spans, shard))
+    all_series: list[Series] = []
+    positions = [array("i") for _ in config.exports]
+    windows: dict[tuple[Span, ...], int] = {}
+    window_of = array("i")
+    for s, group in itertools.groupby(_merged(streams), key=lambda item: item[0]):
+        index = len(all_series)
+        all_series.append(s)
+        found = []
+        for _, number, span in group:  # one per export that has the series
+            positions[number].append(index)
+            found.append(span)
+        window = tuple(merge_spans(found)) if len(found) > 1 else (found[0],)
+        window_of.append(windows.setdefault(window, len(windows)))
     settle_day = max(as_of - timedelta(days=config.settle_days), FIRST_DATE)
     settle_from = {
         "day": settle_day.toordinal(),
@@ -386,12 +418,12 @@ def build_plan(
     return Plan(
         as_of,
         config.timezone,
-        tuple(requests),
-        all_series,
-        exports,
+        tuple(all_series),
+        tuple(windows),
+        window_of,
+        {export.name: positions[n] for n, export in enumerate(config.exports)},
         tuple(warnings),
         shard,
-        first_request,
         settle_from,
     )
 
@@ -399,23 +431,42 @@ def build_plan(
 def count_series(
     config: Config, shard: tuple[int, int] | None = None, discovered: Discovered | None = None
 ) -> int:
-    """``len(build_plan(config, ...).series)`` without planning a request (``validate``).
-    Without ``discovered``, each discovered dimension counts as one id."""
+    """``len(build_plan(config, ...).series)`` without a window (``validate``). Without
+    ``discovered``, each discovered dimension counts as one id."""
     if discovered is None:
         discovered = {key: ("?",) for key in discovery_needs(config)}
-    return len(
-        {
-            s
-            for export in config.exports
-            for s in _expand(config, export, discovered)
-            if shard is None or shard_of(s, shard[1]) == shard[0]
-        }
-    )
+    streams = [
+        _tagged(_expand(config, export, discovered), n, {}, shard)
+        for n, export in enumerate(config.exports)
+    ]
+    return sum(1 for _ in itertools.groupby(_merged(streams), key=lambda item: item[0]))
+
+
+def _tagged(
+    series: Iterator[Series], number: int, spans: Mapping[str, Span], shard: tuple[int, int] | None
+) -> Iterator[tuple[Series, int, Span]]:
+    """The shard's series of export ``number``, each with that export's window for its unit
+    (a function, not a generator expression in a loop: those bind the loop's last values)."""
+    for s in series:
+        if shard is None or shard_of(s, shard[1]) == shard[0]:
+            yield s, number, spans.get(s.unit, (0, -1))
+
+
+def _merged(
+    streams: list[Iterator[tuple[Series, int, Span]]],
+) -> Iterator[tuple[Series, int, Span]]:
+    """The exports' sorted streams as one, in plan order; a series in several exports comes
+    once from each, side by side."""
+    if len(streams) == 1:
+        return streams[0]
+    return heapq.merge(*streams, key=lambda item: item[0].sort_key())
 
 
 def _expand(config: Config, export: Export, discovered: Discovered | None) -> Iterator[Series]:
+    """The export's series in plan order (:meth:`Series.sort_key`): each dimension's ids
+    without repeats, sorted (the whole workspace first), then the units, and their product."""
     dimensions = KINDS[export.series].dimensions
-    lists: list[Sequence[str | None]] = []
+    lists: list[list[str | None]] = []
     for param in dimensions:
         values = export.values(param)
         if isinstance(values, Discover):
@@ -425,17 +476,13 @@ def _expand(config: Config, export: Export, discovered: Discovered | None) -> It
                     f"{config.source}: exports.{export.name}.{DIMENSIONS[param].config_key}: "
                     "not discovered yet (discovery runs at the start of a run)"
                 )
-            lists.append(found)
-        else:
-            lists.append(values)
-    seen: set[Series] = set()
+            values = list(found)
+        lists.append(sorted(dict.fromkeys(values), key=lambda v: (v is not None, v or "")))
+    units = sorted(set(export.units))
     for combo in itertools.product(*lists):
         dims = dict(zip(dimensions, combo, strict=True))
-        for unit in export.units:
-            s = Series.of(export.series, unit, dims)
-            if s not in seen:
-                seen.add(s)
-                yield s
+        for unit in units:
+            yield Series.of(export.series, unit, dims)
 
 
 def merge_spans(spans: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:
@@ -449,8 +496,38 @@ def merge_spans(spans: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:
     return merged
 
 
-def _slices(lo: int, hi: int) -> Iterator[tuple[int, int]]:
-    # Anchored at the range's start, so a backfill's early requests keep their identity (and
-    # their resume state) when the range's end moves forward on a later day.
-    for first in range(lo, hi + 1, MAX_LENGTH):
-        yield first, min(MAX_LENGTH, hi - first + 1)
+def cover(needed: Iterable[Span], limit: int) -> Iterator[Span]:
+    """The fewest spans of at most ``limit`` periods that hold every period of the merged,
+    sorted spans ``needed``; each starts and ends on a needed period, so a request asks for
+    no period it does not need at either end. Greedy from the earliest needed period: for
+    points on a line and intervals of one length, that is the minimum (the classic proof:
+    the greedy interval ends no earlier than any other first interval can)."""
+    for first, last, n in _cover_runs(needed, limit):
+        for k in range(n):
+            start = first + k * limit
+            yield start, min(start + limit - 1, last)
+
+
+def _cover_runs(needed: Iterable[Span], limit: int) -> Iterator[tuple[int, int, int]]:
+    """:func:`cover`'s spans, grouped: ``(first, last, n)`` stands for n spans, the first
+    n - 1 of exactly ``limit`` periods from ``first`` on, the last ending at ``last``; a long
+    window is one group, so counting requests costs nothing per period."""
+    start: int | None = None  # the open span, to which later needed periods may still join
+    end = 0
+    for lo, hi in needed:
+        if start is not None:
+            reach = start + limit - 1
+            if lo > reach:
+                yield start, end, 1
+            else:  # this span joins the open one, as far as it reaches
+                if hi <= reach:
+                    end = hi
+                    continue
+                yield start, reach, 1
+                lo = reach + 1
+        full = (hi - lo) // limit  # whole spans before the last (open) one
+        if full:
+            yield lo, lo + full * limit - 1, full
+        start, end = lo + full * limit, hi
+    if start is not None:
+        yield start, end, 1

@@ -89,9 +89,8 @@ class Discovery:
         for warning in self.plan.warnings:
             log.warning("%s", warning, extra={"event": "plan_warning"})
         log.info(
-            "planned %d series, %d requests with the discovered ids",
+            "planned %d series with the discovered ids",
             len(self.plan.series),
-            len(self.plan.requests),
             extra={"event": "planned"},
         )
         return self.plan

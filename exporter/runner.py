@@ -49,6 +49,7 @@ __all__ = [
     "RunOptions",
     "RunOutcome",
     "execute",
+    "state_scope",
 ]
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_AUTH, EXIT_UNREACHABLE, EXIT_BUSY = 0, 1, 2, 3, 4, 5
@@ -102,6 +103,14 @@ def source_of(endpoint: str, sandbox: bool) -> dict[str, Any]:
     }
 
 
+def state_scope(config: Config, *, sandbox: bool) -> str:
+    """The resume state's scope of a run (see :class:`exporter.state.State`): its source,
+    format and time zone."""
+    source = source_of(config.braze.endpoint, sandbox)
+    origin = "sandbox" if source["sandbox"] else source["endpoint_host"]
+    return f"{origin}|{config.output.format}|{config.timezone}"
+
+
 async def execute(
     config: Config, plan: Plan | PlanRequest, key: ApiKey | None, options: RunOptions
 ) -> RunOutcome:
@@ -123,7 +132,6 @@ async def execute(
         if limits.pool_for(kind) != WORKSPACE_POOL
     }
     source = source_of(config.braze.endpoint, key is None)
-    origin = "sandbox" if source["sandbox"] else source["endpoint_host"]
     signals: list[int] = []
     async with contextlib.AsyncExitStack() as stack:  # closes in reverse order
         # Parquet's pyarrow must import before anything is written or sent: an exit 2 for
@@ -155,7 +163,7 @@ async def execute(
             )
             stack.callback(remote.close)
             holder, state_dir = remote.lock.holder, remote.work_dir
-        scope = f"{origin}|{config.output.format}|{config.timezone}"
+        scope = state_scope(config, sandbox=key is None)
         try:
             state = State(
                 state_path(state_dir, plan.shard),

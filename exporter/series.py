@@ -88,7 +88,8 @@ DIMENSIONS: dict[str, Dimension] = {
 class SeriesKind:
     """One Braze series endpoint.
 
-    - ``path``: the GET endpoint; every one takes ``length`` (1..100) and ``ending_at``.
+    - ``path``: the GET endpoint; every one takes ``length`` (1..``max_length``) and
+      ``ending_at``. ``max_length`` is 100 for all but Canvas (14, Braze's Canvas docs).
     - ``dimensions``: Braze parameter names, in column and directory order.
     - ``required``: the dimensions a request must give (an export must list values for them).
     - ``units``: the units Braze serves; ``takes_unit`` is False for the day-only endpoints,
@@ -111,6 +112,7 @@ class SeriesKind:
     takes_unit: bool = True
     pool: str = WORKSPACE_POOL
     additive: bool = True
+    max_length: int = 100
 
     @property
     def columns(self) -> tuple[str, ...]:

@@ -28,7 +28,9 @@ import contextlib
 import heapq
 import itertools
 import logging
+import shutil
 import sqlite3
+import tempfile
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,7 +42,7 @@ from exporter.redact import redact
 from exporter.storage import relative_path
 from exporter.writers import WrittenFile
 
-__all__ = ["Fingerprint", "GroupRecorder", "Record", "State", "state_path"]
+__all__ = ["Fingerprint", "GroupRecorder", "Record", "Records", "State", "state_path"]
 
 log = logging.getLogger(__name__)
 
@@ -158,13 +160,20 @@ class State:
         100,000s of series need not hold it."""
         found: dict[int, list[Span]] = {}
         keys: Mapping[str, int] | None = None
-        query = "SELECT series, lo, hi FROM periods WHERE scope = ? AND as_of IN (?, ?)"
+        # In key order, so each series' records merge as they come: a backfill of years
+        # leaves one record per request, but its series holds one span here.
+        query = (
+            "SELECT series, lo, hi FROM periods WHERE scope = ? AND as_of IN (?, ?) "
+            "ORDER BY series, lo"
+        )
         for series, lo, hi in self._query_all(query, (self._scope, _SETTLED, self._as_of)):
             if keys is None:
                 keys = series_keys()
             index = keys.get(series)
             if index is not None:
-                found.setdefault(index, []).append((lo, hi))
+                _add_span(found.setdefault(index, []), lo, hi)
+        for spans in found.values():  # another layout's file adds records out of order
+            spans[:] = _merged(sorted(spans))
         return found
 
     def scopes(self) -> set[str]:
@@ -482,6 +491,78 @@ class State:
 
     def close(self) -> None:
         self._db.close()
+
+
+class Records:
+    """The records of a directory's state files, read only (``plan``): no lock is taken and
+    nothing is written next to them. A file a run is writing now (its write-ahead log is
+    there) is read from a private copy, so the run is neither waited for nor disturbed.
+
+    ``of(series_key)`` gives a series' merged done spans (settled, or provisional of this
+    as-of date: as a resumed run counts them) and its provisional spans of earlier as-of
+    dates, which the next run reads again. One query per series: memory stays flat."""
+
+    def __init__(self, paths: Iterable[Path], *, scope: str, as_of: int) -> None:
+        """Raises ExporterError when a file cannot be read (damaged, unreadable)."""
+        self._scope, self._as_of = scope, as_of
+        self._copies = tempfile.TemporaryDirectory(prefix="braze-export-plan-")
+        self._dbs: list[sqlite3.Connection] = []
+        try:
+            for path in paths:
+                self._dbs.append(self._open(path))
+        except BaseException:
+            self.close()
+            raise
+
+    def _open(self, path: Path) -> sqlite3.Connection:
+        try:
+            wal = path.with_name(path.name + "-wal")
+            if wal.exists():  # a run is writing it (or was killed): read a copy
+                copy = Path(self._copies.name) / f"{len(self._dbs)}.sqlite"
+                shutil.copyfile(path, copy)
+                shutil.copyfile(wal, copy.with_name(copy.name + "-wal"))
+                db = sqlite3.connect(copy)
+            else:  # immutable: opens no journal, takes no lock, writes nothing
+                db = sqlite3.connect(f"file:{path}?mode=ro&immutable=1", uri=True)
+            db.execute("SELECT 1 FROM periods LIMIT 1").fetchall()
+            return db
+        except OSError as exc:
+            raise ExporterError(f"{path}: cannot read the resume state ({exc})") from None
+        except sqlite3.Error as exc:
+            raise _unusable(path, exc) from None
+
+    def of(self, series_key: str) -> tuple[list[Span], list[Span]]:
+        done: list[Span] = []
+        stale: list[Span] = []
+        query = "SELECT lo, hi, as_of FROM periods WHERE scope = ? AND series = ? ORDER BY lo"
+        for db in self._dbs:
+            for lo, hi, as_of in db.execute(query, (self._scope, series_key)):
+                fresh = as_of in (_SETTLED, self._as_of)
+                _add_span(done if fresh else stale, lo, hi)
+        if len(self._dbs) > 1:
+            done, stale = _merged(sorted(done)), _merged(sorted(stale))
+        return done, stale
+
+    def close(self) -> None:
+        for db in self._dbs:
+            db.close()
+        self._copies.cleanup()
+
+
+def _add_span(spans: list[Span], lo: int, hi: int) -> None:
+    """Append ``(lo, hi)``, joined to the last span when it touches or overlaps it."""
+    if spans and spans[-1][0] <= lo <= spans[-1][1] + 1:
+        spans[-1] = (spans[-1][0], max(hi, spans[-1][1]))
+    else:
+        spans.append((lo, hi))
+
+
+def _merged(spans: Iterable[Span]) -> list[Span]:
+    """Sorted spans, merged."""
+    out: list[Span] = []
+    for lo, hi in spans:
+        _add_span(out, lo, hi)
+    return out
 
 
 def _unusable(path: Path, exc: sqlite3.Error) -> ExporterError:

@@ -25,7 +25,7 @@ S = Series("s", None, "day")
 
 def _plan(*spans: tuple[int, int]) -> Plan:
     requests = tuple(Request(S, lo, hi - lo + 1, "x", 0) for lo, hi in spans)
-    return Plan(date(2024, 7, 1), "UTC", requests, (S,))
+    return Plan.of_requests(date(2024, 7, 1), "UTC", requests, (S,))
 
 
 def _points(lo: int, hi: int) -> list[Point]:
@@ -98,7 +98,7 @@ def test_a_gap_at_the_earliest_period_is_not_widened_before_it(unit: Unit) -> No
     """A gap that starts on 1970-01-01 (or its first hour) asks for nothing earlier."""
     low = earliest_period(unit)
     series = Series("s", None, unit)
-    plan = Plan(date(1970, 3, 1), "UTC", (Request(series, low, 50, "x", 0),), (series,))
+    plan = Plan.of_requests(date(1970, 3, 1), "UTC", [Request(series, low, 50, "x", 0)], [series])
     (request,) = gap_requests(plan, 0, [(low, low + 9)])
     assert (request.first, request.last) == (low, low + 10)
 

@@ -44,7 +44,7 @@ def _plan(segments: int, days: int = 3) -> Plan:
         for i in range(segments)
     )
     series = tuple(r.series for r in requests)
-    return Plan(date(2024, 7, 1), "UTC", requests, series)
+    return Plan.of_requests(date(2024, 7, 1), "UTC", requests, series)
 
 
 async def _run(
@@ -83,11 +83,11 @@ async def test_a_failed_series_sends_no_more_requests(tmp_path: Path) -> None:
     last = date(2024, 6, 30).toordinal()
     bad, good = Series("bad", None, "day"), Series("good", None, "day")
     requests = tuple(
-        Request(s, last - 9 * k - 8, 9, ending_at("day", last - 9 * k, UTC_ZONE), i)
+        Request(s, last - 100 * k - 99, 100, ending_at("day", last - 100 * k, UTC_ZONE), i)
         for i, s in enumerate((bad, good))
         for k in range(3)
     )
-    plan = Plan(date(2024, 7, 1), "UTC", requests, (bad, good))
+    plan = Plan.of_requests(date(2024, 7, 1), "UTC", requests, (bad, good))
     options = SandboxOptions(limit=0, reject_segments=frozenset({"bad"}))
     pipeline, seen = await _run(tmp_path, options, plan, CountingBudget())
     assert set(pipeline.result.failures) == {bad}
@@ -194,9 +194,11 @@ async def test_retry_lines_name_the_request_by_its_periods(
     """A retry line names the series once and the request's days, or its UTC hours."""
     clock = FakeClock(time.time())
     first_hour = int(datetime(2024, 6, 30, 22, tzinfo=UTC).timestamp()) // 3600
-    hours = Request(Series("h", None, "hour"), first_hour, 2, "2024-06-30T23:59:59+00:00")
+    hours = Request(Series("h", None, "hour"), first_hour, 2, "2024-06-30T23:59:59+00:00", 1)
     day_plan = _plan(1)
-    plan = Plan(date(2024, 7, 1), "UTC", (day_plan.requests[0], hours), (*day_plan.series,))
+    plan = Plan.of_requests(
+        date(2024, 7, 1), "UTC", (day_plan.requests[0], hours), (*day_plan.series, hours.series)
+    )
     failing = Response(503, RateHeaders(), b'{"message": "busy"}')
     hour_body = _hours_body("2024-06-30T22:00:00", "2024-06-30T23:00:00")
     client = ScriptedClient(failing, OK_3_DAYS, failing, Response(200, RateHeaders(), hour_body))
@@ -451,7 +453,7 @@ async def test_a_calibrated_window_never_reaches_before_1970(tmp_path: Path) -> 
     first = date(1970, 1, 1).toordinal()
     series = Series("s", None, "day")
     request = Request(series, first, 3, ending_at("day", first + 2, UTC_ZONE), 0)
-    plan = Plan(date(1970, 2, 1), "UTC", (request,), (series,))
+    plan = Plan.of_requests(date(1970, 2, 1), "UTC", [request], [series])
     days = _days_body("1970-01-01", "1970-01-02", "1970-01-03")
     pipeline, _ = _scripted_pipeline(
         tmp_path, Recording(Response(200, RateHeaders(), days)), FakeClock(0.0)

@@ -226,3 +226,22 @@ def test_period_labels_round_trip() -> None:
     assert period_of("hour", "2024-04-30T10:00:00Z") == hour
     with pytest.raises(ValueError, match="start of an hour"):
         period_of("hour", "2024-04-30T10:30:00")
+
+
+def test_series_come_once_each_in_plan_order_whatever_the_lists_order(
+    config_for: Callable[..., Config],
+) -> None:
+    """Repeated ids make one series; the plan's series are sorted as Series.sort_key says,
+    however the config lists them and however exports overlap."""
+    other = """\
+  - name: other
+    segment_ids: [seg-c, seg-a, seg-c]
+    app_ids: [app-2, null, app-1]
+    units: [hour, day]
+    window: {days: 3}
+"""
+    plan = build_plan(config_for(extra_exports=other), AS_OF)
+    assert list(plan.series) == sorted(set(plan.series), key=Series.sort_key)
+    assert len(plan.series) == 2 * 3 * 2
+    main = [plan.series[i] for i in plan.series_by_export["main"]]
+    assert main == [Series("seg-a", None, "day")]

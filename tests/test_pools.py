@@ -47,14 +47,16 @@ class FakeBraze:
         return Response(200, RateHeaders(limit=250_000, remaining=249_000), body)
 
 
-def _plan() -> Plan:
+def _plan(*, lists_first: bool = False) -> Plan:
     series = [Series(f"s{i}", None, "day") for i in range(6)]
     series.append(Series(None, None, "day", "purchases_quantity"))
+    if lists_first:
+        series.reverse()
     requests = tuple(
         Request(s, LAST - 2, 3, ending_at("day", LAST, ZoneInfo("UTC")), i)
         for i, s in enumerate(series)
     )
-    return Plan(date(2024, 7, 1), "UTC", requests, tuple(series))
+    return Plan.of_requests(date(2024, 7, 1), "UTC", requests, series)
 
 
 async def test_a_429_in_the_list_pool_does_not_pause_the_workspace_pool(tmp_path: Path) -> None:
@@ -84,19 +86,19 @@ async def test_a_429_in_the_list_pool_does_not_pause_the_workspace_pool(tmp_path
         concurrency=1,  # one worker per pool: with one queue it would wait on the 429
         sleep=no_wait,
     )
-    plan = Plan(date(2024, 7, 1), "UTC", tuple(reversed(_plan().requests)), _plan().series)
+    plan = _plan(lists_first=True)
     running = asyncio.create_task(pipeline.run(plan))
 
     async def sessions_done() -> None:
         while True:
             coverage: Any = pipeline.result.coverage
-            if coverage is not None and all(coverage.status[i] == COMPLETE for i in range(6)):
+            if coverage is not None and all(coverage.status[i] == COMPLETE for i in range(1, 7)):
                 return
             await asyncio.sleep(0.01)
 
     await asyncio.wait_for(sessions_done(), timeout=60)
     assert pipeline.result.coverage is not None
-    assert pipeline.result.coverage.status[6] != COMPLETE  # still waiting on its own pool
+    assert pipeline.result.coverage.status[0] != COMPLETE  # still waiting on its own pool
     assert lists.pauses == 1
     assert workspace.pauses == 0
     assert braze.sent.count("sessions") == 6
@@ -134,7 +136,7 @@ async def test_without_a_pool_override_a_429_pauses_every_series_of_the_pool(
         concurrency=1,
         sleep=no_wait,
     )
-    plan = Plan(date(2024, 7, 1), "UTC", tuple(reversed(_plan().requests)), _plan().series)
+    plan = _plan(lists_first=True)
     running = asyncio.create_task(pipeline.run(plan))
     for _ in range(100):
         await asyncio.sleep(0.01)

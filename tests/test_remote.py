@@ -184,6 +184,30 @@ def test_a_rerun_on_an_empty_local_disk_resumes_from_the_checkpoint(
     assert ".braze-export/state.sqlite" in _objects(bucket, ".braze-export")
 
 
+def test_plan_reads_the_checkpointed_state_in_the_prefix(
+    tmp_path: Path,
+    bucket: str,
+    write_config: Callable[..., Path],
+    sandbox_server: Any,
+    env_key: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """plan of an object storage output reads the state checkpointed there and changes no
+    object: after a complete run, the next run of the same day sends nothing."""
+    cfg = write_config(_config(bucket))
+    with sandbox_server(limit=0) as server:
+        monkeypatch.setenv("BRAZE_REST_ENDPOINT", server.url)
+        assert main(["run", str(cfg), "--as-of", AS_OF, "--work-dir", str(tmp_path / "a")]) == 0
+    before = {**_objects(bucket), **_objects(bucket, ".braze-export")}
+    capsys.readouterr()
+    assert main(["plan", str(cfg), "--as-of", AS_OF]) == 0
+    text = capsys.readouterr().out
+    assert f"state:    {bucket}: " in text
+    assert "requests: 0 (for 0 periods" in text
+    assert {**_objects(bucket), **_objects(bucket, ".braze-export")} == before
+
+
 def _env(s3: dict[str, str], url: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("BRAZE_", "AWS_"))}
     env.update(s3, BRAZE_API_KEY=KEY, BRAZE_REST_ENDPOINT=url, PYTHONPATH=str(ROOT))

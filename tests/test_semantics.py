@@ -218,6 +218,6 @@ def test_recent_periods_are_read_again_by_a_later_run(
         assert main(["run", str(config), "--as-of", AS_OF]) == 0
         assert sandbox_stats(handle.app).requests == 0
         assert main(["run", str(config), "--as-of", "2024-07-02"]) == 0
-        # Day series: only their last request (its periods end within 3 days) again; hour
-        # series: both requests of their moved window hold unsettled hours.
-        assert sandbox_stats(handle.app).requests == 4 + 4
+        # Every series re-reads its settling periods and the new day in one request (the
+        # window's slices cost an hour series two: its unsettled hours straddled them).
+        assert sandbox_stats(handle.app).requests == 6

@@ -1,0 +1,133 @@
+"""What the next run will send: a plan held against the saved resume state, read only.
+
+``plan`` reports from here. For each series, the periods still needed are its window less
+what the state records as done (:meth:`exporter.state.Records.of`), exactly as a run's
+coverage computes them; the requests are counted by the planner's own arithmetic
+(:meth:`exporter.plan.Plan.count_requests`), never listed, so a plan of 100 years of hours
+costs no more memory than a plan of one day.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import tempfile
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from exporter.coverage import Span, subtract
+from exporter.plan import Plan, Request
+from exporter.remote import ObjectStore, is_remote
+from exporter.state import Records
+from exporter.storage import WORK_DIR
+
+__all__ = ["Figures", "Outlook", "needed", "next_requests", "outlook", "saved_records"]
+
+
+@dataclass
+class Figures:
+    """Counts for some series of a plan: ``requests`` to send for the ``to_fetch`` periods
+    still needed, of ``periods`` in their windows; ``done`` periods recorded by earlier runs;
+    ``reread`` periods recorded as provisional by an earlier as-of date, fetched again."""
+
+    series: int = 0
+    requests: int = 0
+    periods: int = 0
+    done: int = 0
+    reread: int = 0
+    to_fetch: int = 0
+
+    def add(self, other: Figures) -> None:
+        for name, value in vars(other).items():
+            setattr(self, name, getattr(self, name) + value)
+
+
+@dataclass
+class Outlook:
+    """The next run's figures: in all, per export (a series in two exports counts in
+    both), requests per series kind; ``state`` says where the records came from (None: no
+    state, every window is fetched whole)."""
+
+    total: Figures
+    exports: dict[str, Figures]
+    by_kind: Counter[str] = field(default_factory=Counter)
+    state: str | None = None
+
+
+def needed(plan: Plan, index: int, done: list[Span]) -> list[Span]:
+    """The periods of series ``index`` a run must fetch: its window less ``done``. This is
+    the seam where other reasons to fetch a period again plug in."""
+    return subtract(list(plan.window(index)), done)
+
+
+def outlook(plan: Plan, records: Records | None, state: str | None = None) -> Outlook:
+    """Count, per series, what the next run sends, given the ``records`` of its state."""
+    total = Figures()
+    by_kind: Counter[str] = Counter()
+    exports: dict[str, Figures] = {}
+    counted = bytearray(len(plan.series))  # a series in two exports counts once in all
+    for name, members in plan.series_by_export.items():
+        figures = exports[name] = Figures()
+        for index in members:
+            one = _figures(plan, index, records)
+            figures.add(one)
+            if not counted[index]:
+                counted[index] = 1
+                total.add(one)
+                by_kind[plan.series[index].kind] += one.requests
+    return Outlook(total, exports, by_kind, state)
+
+
+def next_requests(plan: Plan, records: Records | None) -> Iterator[Request]:
+    """The requests the next run sends first, series by series, made as they are taken."""
+    for index, s in enumerate(plan.series):
+        done = records.of(s.key)[0] if records is not None else []
+        yield from plan.requests_for(index, needed(plan, index, done))
+
+
+def _figures(plan: Plan, index: int, records: Records | None) -> Figures:
+    window = list(plan.window(index))
+    done, stale = records.of(plan.series[index].key) if records is not None else ([], [])
+    want = needed(plan, index, done)
+    size, to_fetch = _size(window), _size(want)
+    reread = to_fetch - _size(subtract(want, stale)) if stale else 0
+    return Figures(1, plan.count_requests(index, want), size, size - to_fetch, reread, to_fetch)
+
+
+def _size(spans: list[Span]) -> int:
+    return sum(hi - lo + 1 for lo, hi in spans)
+
+
+@contextlib.contextmanager
+def saved_records(target: str, *, scope: str, as_of: int) -> Iterator[Records | None]:
+    """The records of the state files under ``target`` (a directory or an object storage
+    prefix), read only: no lock, nothing written there. None when there are none."""
+    with tempfile.TemporaryDirectory(prefix="braze-export-plan-") as tmp:
+        if is_remote(target):
+            store = ObjectStore.open(target)
+            try:
+                for relative in store.list(WORK_DIR):
+                    name = relative.rsplit("/", 1)[-1]
+                    if relative.count("/") == 1 and _is_state(name):
+                        data = store.get(relative)
+                        if data is not None:
+                            (Path(tmp) / name).write_bytes(data)
+            finally:
+                store.close()
+            directory = Path(tmp)
+        else:
+            directory = Path(target) / WORK_DIR
+        files = sorted(p for p in directory.glob("state*.sqlite") if _is_state(p.name))
+        if not files:
+            yield None
+            return
+        records = Records(files, scope=scope, as_of=as_of)
+        try:
+            yield records
+        finally:
+            records.close()
+
+
+def _is_state(name: str) -> bool:
+    return name.startswith("state") and name.endswith(".sqlite")

@@ -1,0 +1,232 @@
+"""Every run minimal: requests cover the periods still needed, `plan` says what the next run
+sends (from the saved state, read only), and a plan's memory follows its series."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from collections.abc import Callable
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bench.economy import NIGHTLY
+from exporter import series as series_module
+from exporter.cli import main
+from exporter.config import load_config
+from exporter.plan import Series, build_plan, cover, hour_range
+from exporter.sandbox import sandbox_stats
+from exporter.state import State, state_path
+from exporter.storage import WORK_DIR
+
+
+def _tree(root: Path) -> dict[str, tuple[int, int]]:
+    return {
+        str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns)
+        for p in sorted(root.rglob("*"))
+    }
+
+
+def test_cover_uses_the_fewest_requests_and_no_period_more_than_needed() -> None:
+    """Greedy from the earliest needed period: nearby gaps share a request, each request
+    starts and ends on a needed period, none is longer than the limit."""
+    assert list(cover([(0, 249)], 100)) == [(0, 99), (100, 199), (200, 249)]
+    assert list(cover([(72, 167)], 100)) == [(72, 167)]  # 96 hours: one request
+    assert list(cover([(0, 2), (50, 51), (99, 120)], 100)) == [(0, 99), (100, 120)]
+    assert list(cover([(0, 0), (100, 100)], 100)) == [(0, 0), (100, 100)]
+    assert list(cover([(5, 5), (10, 30)], 14)) == [(5, 18), (19, 30)]
+    assert list(cover([], 100)) == []
+
+
+def test_cover_is_minimal_against_brute_force() -> None:
+    """On every small set of needed periods, no cover has fewer spans than cover's."""
+    limit = 3
+    for mask in range(1, 1 << 10):
+        points = [p for p in range(10) if mask >> p & 1]
+        spans = [(p, p) for p in points]
+        got = list(cover(spans, limit))
+        assert all(hi - lo < limit for lo, hi in got)
+        assert all(any(lo <= p <= hi for lo, hi in got) for p in points)
+        best, i = 0, 0  # the optimum, counted from the left by its own definition
+        while i < len(points):
+            best += 1
+            reach = points[i] + limit - 1
+            while i < len(points) and points[i] <= reach:
+                i += 1
+        assert len(got) == best
+
+
+def test_a_series_requests_follow_its_kind_s_max_length(
+    write_config: Callable[..., Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A kind whose endpoint takes at most 14 periods (Canvas) is planned in 14s."""
+    kind = dataclasses.replace(series_module.KINDS["sessions"], max_length=14)
+    monkeypatch.setitem(series_module.KINDS, "sessions", kind)
+    config = load_config(write_config(NIGHTLY.format(out="o", days=30)), env={})
+    plan = build_plan(config, date(2024, 9, 10))
+    day = plan.series.index(Series("segment-a", None, "day"))
+    requests = list(plan.requests_for(day, plan.window(day)))
+    assert [r.length for r in requests] == [14, 14, 2]
+    assert plan.count_requests(day, plan.window(day)) == 3
+
+
+def test_the_days_after_a_run_need_one_request_per_unit(
+    write_config: Callable[..., Path],
+) -> None:
+    """The issue's nightly case: as of 09-11 after a run as of 09-10, the settling 3 days and
+    the new one are 4 days and 96 hours: one request each (the window's slices took 3)."""
+    config = load_config(write_config(NIGHTLY.format(out="o", days=7)), env={})
+    plan = build_plan(config, date(2024, 9, 11))
+    settled_until = date(2024, 9, 7)  # settle_days 3 before the run as of 09-10
+    counts = {}
+    for i, s in enumerate(plan.series):
+        lo, _ = plan.window(i)[0]
+        hi = (
+            settled_until.toordinal()
+            if s.unit == "day"
+            else hour_range(settled_until, settled_until, config.tz)[0]
+        ) - 1
+        needed = [(hi + 1, plan.window(i)[-1][1])]
+        assert lo <= hi
+        counts[s.unit] = plan.count_requests(i, needed)
+        assert len(list(plan.requests_for(i, needed))) == counts[s.unit]
+    assert counts == {"day": 1, "hour": 1}
+
+
+def test_a_hundred_year_plan_holds_windows_not_requests(
+    write_config: Callable[..., Path],
+) -> None:
+    """36,600 days of days and hours: series alike share one window, and their requests are
+    counted by arithmetic, ceil(periods / 100) each."""
+    text = NIGHTLY.replace("[segment-a]", "[segment-a, segment-b, segment-c]").format(
+        out="o", days=36_600
+    )
+    plan = build_plan(load_config(write_config(text), env={}), date(2024, 9, 10))
+    assert len(plan.series) == 6
+    assert len(plan.windows) == 2  # one per unit
+    assert plan.first_run_requests() == {"sessions": 3 * (366 + math.ceil(36_600 * 24 / 100))}
+
+
+def _nightly(
+    tmp_path: Path,
+    write_config: Callable[..., Path],
+    sandbox_server: Any,
+    monkeypatch: pytest.MonkeyPatch,
+    days: int,
+    nights: list[str],
+) -> list[int]:
+    """Run the nightly config once per as-of date; the requests each run sent."""
+    config = write_config(NIGHTLY.format(out=tmp_path / "out", days=days))
+    sent = []
+    with sandbox_server(limit=0) as handle:
+        monkeypatch.setenv("BRAZE_REST_ENDPOINT", handle.url)
+        for as_of in nights:
+            before = sandbox_stats(handle.app).requests
+            assert main(["run", str(config), "--as-of", as_of]) == 0
+            sent.append(sandbox_stats(handle.app).requests - before)
+    return sent
+
+
+@pytest.mark.parametrize(("days", "first"), [(7, 1 + 2), (30, 1 + 8)])
+def test_a_nightly_run_sends_one_request_per_series_per_unit(
+    tmp_path: Path,
+    write_config: Callable[..., Path],
+    sandbox_server: Any,
+    env_key: str,
+    monkeypatch: pytest.MonkeyPatch,
+    days: int,
+    first: int,
+) -> None:
+    """After the first run, each day's run re-reads the settling days and the new one in
+    one request per unit (2 for day + hour, where the window's slices sent 3)."""
+    nights = ["2024-09-10", "2024-09-11", "2024-09-12"]
+    sent = _nightly(tmp_path, write_config, sandbox_server, monkeypatch, days, nights)
+    assert sent == [first, 2, 2]
+
+
+def test_plan_says_what_the_next_run_sends_from_the_saved_state(
+    tmp_path: Path,
+    write_config: Callable[..., Path],
+    sandbox_server: Any,
+    env_key: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """plan reads the state: 0 requests for the same as-of date; the next day, 2 requests,
+    with the settling 3 days and 72 hours to read again, per export in --json."""
+    config = write_config(NIGHTLY.format(out=tmp_path / "out", days=7))
+    _nightly(tmp_path, write_config, sandbox_server, monkeypatch, 7, ["2024-09-10"])
+    capsys.readouterr()
+    assert main(["plan", str(config), "--as-of", "2024-09-10"]) == 0
+    text = capsys.readouterr().out
+    assert "requests: 0 (for 0 periods" in text
+    assert f"state:    {tmp_path / 'out'}: 175 of 175 periods done" in text
+    assert main(["plan", str(config), "--as-of", "2024-09-11", "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["exports"]["nightly"] == doc["totals"]
+    assert doc["totals"] | {"seconds_at_least": 0} == {
+        "series": 2,
+        "requests": 2,
+        "periods": 7 + 7 * 24,
+        "periods_done": 3 + 3 * 24,
+        "periods_to_read_again": 3 + 3 * 24,
+        "periods_to_fetch": 4 + 4 * 24,
+        "seconds_at_least": 0,
+    }
+    assert [r["length"] for r in doc["requests"]] == [4, 96]
+
+
+def test_plan_without_state_says_so_and_counts_whole_windows(
+    tmp_path: Path, write_config: Callable[..., Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """No state in the output directory: plan says the next run fetches every window whole."""
+    config = write_config(NIGHTLY.format(out=tmp_path / "out", days=7))
+    assert main(["plan", str(config), "--as-of", "2024-09-10"]) == 0
+    text = capsys.readouterr().out
+    assert f"state:    none in {tmp_path / 'out'}" in text
+    assert "requests: 3 (for 175 periods" in text
+    assert not (tmp_path / "out").exists()
+
+
+def test_plan_reads_a_state_a_run_holds_and_writes_nothing(
+    tmp_path: Path,
+    write_config: Callable[..., Path],
+    sandbox_server: Any,
+    env_key: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """plan takes no lock and writes nothing: it reads a state file a run holds open (its
+    exclusive lock, its write-ahead log) and leaves the directory as it was."""
+    config = write_config(NIGHTLY.format(out=tmp_path / "out", days=7))
+    _nightly(tmp_path, write_config, sandbox_server, monkeypatch, 7, ["2024-09-10"])
+    work = tmp_path / "out" / WORK_DIR
+    held = State(state_path(work, None), scope="other", as_of=0)  # a run holding the file
+    try:
+        before = _tree(tmp_path / "out")
+        capsys.readouterr()
+        assert main(["plan", str(config), "--as-of", "2024-09-10"]) == 0
+        assert "requests: 0 (for 0 periods" in capsys.readouterr().out
+        assert _tree(tmp_path / "out") == before
+    finally:
+        held.close()
+
+
+def test_validate_warns_when_a_first_run_needs_more_than_a_day_of_the_pool(
+    tmp_path: Path, write_config: Callable[..., Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """validate: more requests than the pool's share allows in a day is a warning, exit 0."""
+    text = NIGHTLY.format(out=tmp_path / "out", days=36_600).replace(
+        "version: 1\n", "version: 1\nlimits: {requests_per_hour: 100, share: 0.5}\n"
+    )
+    assert main(["validate", str(write_config(text))]) == 0
+    out = capsys.readouterr().out
+    requests = 366 + math.ceil(36_600 * 24 / 100)
+    assert f"warning: a first run as of today plans {requests:,} requests in the workspace" in out
+    assert "(1,200: 100/hour x 50%)" in out
+    small = NIGHTLY.format(out=tmp_path / "out", days=7)
+    assert main(["validate", str(write_config(small))]) == 0
+    assert "warning" not in capsys.readouterr().out
