@@ -4,7 +4,6 @@ real S3 server (moto's) on loopback."""
 from __future__ import annotations
 
 import json
-import logging
 import os
 import secrets
 import signal
@@ -28,7 +27,7 @@ from exporter.remote import (
     StorageError,
     remote_holder,
 )
-from exporter.sandbox import free_port, sandbox_stats
+from exporter.sandbox import sandbox_stats
 from tests.conftest import KEY, snapshot
 from tests.denied import denied_dir
 from tests.s3faults import Fault, FaultyS3, is_lock_create
@@ -53,28 +52,6 @@ exports:
     units: [day, hour]
     window: {{days: {days}}}
 """
-
-
-@pytest.fixture(scope="module")
-def s3_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
-    """moto's S3 server on 127.0.0.1 and a free port; the environment that points the AWS
-    credential chain and endpoint at it (and at nothing else)."""
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)
-    port = free_port()
-    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    home = tmp_path_factory.mktemp("aws")
-    env = {
-        "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}",
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_DEFAULT_REGION": "us-east-1",
-        "AWS_CONFIG_FILE": str(home / "config"),
-        "AWS_SHARED_CREDENTIALS_FILE": str(home / "credentials"),
-        "AWS_EC2_METADATA_DISABLED": "true",
-    }
-    yield env
-    server.stop()
 
 
 @pytest.fixture
