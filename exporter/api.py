@@ -18,12 +18,15 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import functools
 import logging
 import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date, datetime
 from pathlib import Path
+from typing import ParamSpec, TypeVar
 
 from exporter.config import (
     ApiKey,
@@ -35,6 +38,7 @@ from exporter.config import (
     resolve_api_key,
 )
 from exporter.errors import (
+    ApiError,
     ConfigError,
     DirectoryBusy,
     ExporterError,
@@ -42,7 +46,7 @@ from exporter.errors import (
 from exporter.logs import new_run_id
 from exporter.pipeline import account
 from exporter.plan import Discovered, Plan, PlanRequest, build_plan, discovery_needs, span_label
-from exporter.redact import register_secret
+from exporter.redact import redact, redacted_records, register_secret
 from exporter.remote import CHECKPOINT_S, LOCK_TTL_S, ObjectStore, is_remote
 from exporter.runner import (
     EXIT_AUTH,
@@ -72,6 +76,8 @@ __all__ = [
 SANDBOX_OUT = "sandbox-out"  # never the config's output.dir: invented rows beside real ones
 
 log = logging.getLogger("exporter")
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
 
 
 @dataclass(frozen=True)
@@ -288,11 +294,34 @@ def report_of(outcome: RunOutcome, run_id: str) -> RunReport:
             )
             for i in counted.incomplete
         },
-        failed={series.label: reason for series, reason in result.failures.items()},
+        failed={series.label: redact(reason) for series, reason in result.failures.items()},
         manifest=None if outcome.manifest_error else str(outcome.manifest),
-        manifest_error=outcome.manifest_error,
-        summary=tuple(outcome.summary),
+        manifest_error=None if outcome.manifest_error is None else redact(outcome.manifest_error),
+        summary=tuple(redact(line) for line in outcome.summary),
     )
+
+
+def _masked(call: Callable[_P, _R]) -> Callable[_P, _R]:
+    """``call`` with any registered secret masked in what leaves it: the records it logs (the
+    host's handlers do not redact) and the errors it raises."""
+
+    @functools.wraps(call)
+    def masked(*args: _P.args, **kwargs: _P.kwargs) -> _R:
+        with redacted_records():
+            try:
+                return call(*args, **kwargs)
+            except ExporterError as exc:
+                _mask(exc)
+                raise
+
+    return masked
+
+
+def _mask(exc: ExporterError) -> None:
+    """Any registered secret in the error's message masked (a server may echo the key)."""
+    exc.args = tuple(redact(arg) if isinstance(arg, str) else arg for arg in exc.args)
+    if isinstance(exc, ApiError):
+        exc.message = redact(exc.message)
 
 
 def _as_date(as_of: date | str | None) -> date | None:
@@ -304,6 +333,7 @@ def _as_date(as_of: date | str | None) -> date | None:
         raise ConfigError(f"as_of: {exc}") from None
 
 
+@_masked
 def run(
     config: str | Path | Config,
     *,

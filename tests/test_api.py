@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import json
+import logging
 import signal
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -18,6 +19,10 @@ from exporter.config import load_config
 from exporter.errors import AuthError, ConfigError, DirectoryBusy, Unreachable
 from exporter.sandbox import free_port
 from exporter.storage import DirLock
+from tests.conftest import serving
+from tests.test_redaction import CONFIG as ECHO_CONFIG
+from tests.test_redaction import KEY as ECHO_KEY
+from tests.test_redaction import EchoServer, _leaks
 
 AS_OF = "2024-07-01"
 CONFIG = """\
@@ -179,3 +184,37 @@ def test_a_loaded_config_runs_too(config: Path, tmp_path: Path) -> None:
         load_config(config), as_of=date(2024, 7, 1), sandbox=True, out=tmp_path / "o"
     )
     assert report.series_complete == 4
+
+
+@pytest.fixture
+def echo() -> Iterator[EchoServer]:
+    with serving(EchoServer()) as server:
+        yield server
+
+
+@pytest.mark.parametrize(
+    ("segments", "raised"), [("ok, s400, s429", IncompleteRun), ("s401", AuthError)]
+)
+def test_an_echoed_key_reaches_neither_the_hosts_logs_nor_the_errors(
+    tmp_path: Path,
+    echo: EchoServer,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    capsys: pytest.CaptureFixture[str],
+    segments: str,
+    raised: type[Exception],
+) -> None:
+    """A server that echoes the key: the host's own log handlers (here pytest's, which know
+    nothing of redaction), the error raised and the report hold no form of it."""
+    monkeypatch.setenv("BRAZE_API_KEY", ECHO_KEY)
+    monkeypatch.setenv("BRAZE_REST_ENDPOINT", echo.url)
+    path = tmp_path / "config.yaml"
+    path.write_text(ECHO_CONFIG.format(segments=segments))
+    with caplog.at_level(logging.DEBUG), pytest.raises(raised) as caught:
+        exporter.run(path, as_of=AS_OF)
+    report = getattr(caught.value, "report", None)
+    texts = [caplog.text, str(caught.value), *capsys.readouterr()]
+    if report is not None:
+        texts += [*report.summary, *report.failed.values()]
+    assert "invalid key: Bearer ***" in "\n".join(texts)  # the echo is there, the key is not
+    assert [leak for n, text in enumerate(texts) for leak in _leaks(str(n), text.encode())] == []
