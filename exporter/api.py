@@ -42,6 +42,7 @@ from exporter.errors import (
     ConfigError,
     DirectoryBusy,
     ExporterError,
+    IncompleteRun,
 )
 from exporter.logs import new_run_id
 from exporter.pipeline import account
@@ -113,27 +114,6 @@ class RunReport:
     def ok(self) -> bool:
         """Every series complete and the manifest written."""
         return self.exit_status == EXIT_OK
-
-
-class IncompleteRun(ExporterError):
-    """The run ended, but not every series is complete (exit status 1), or a signal stopped
-    it (130/143); ``report`` says which series and periods are missing. Rerunning the same
-    call resumes: completed periods are kept."""
-
-    def __init__(self, report: RunReport) -> None:
-        super().__init__(
-            f"run {report.run_id} ended with exit status {report.exit_status}: "
-            f"{report.series_complete} of {report.series} series complete, "
-            f"{report.series_failed} failed, {report.series_incomplete} incomplete "
-            f"({report.periods_missing} period(s) missing); "
-            + (
-                f"see the manifest {report.manifest}"
-                if report.manifest
-                else f"no manifest: {report.manifest_error}"
-            )
-            + "; rerun the same call to resume"
-        )
-        self.report = report
 
 
 @dataclass(frozen=True)
@@ -301,6 +281,21 @@ def report_of(outcome: RunOutcome, run_id: str) -> RunReport:
     )
 
 
+def _incomplete(report: RunReport) -> str:
+    return (
+        f"run {report.run_id} ended with exit status {report.exit_status}: "
+        f"{report.series_complete} of {report.series} series complete, "
+        f"{report.series_failed} failed, {report.series_incomplete} incomplete "
+        f"({report.periods_missing} period(s) missing); "
+        + (
+            f"see the manifest {report.manifest}"
+            if report.manifest
+            else f"no manifest: {report.manifest_error}"
+        )
+        + "; rerun the same call to resume"
+    )
+
+
 def _masked(call: Callable[_P, _R]) -> Callable[_P, _R]:
     """``call`` with any registered secret masked in what leaves it: the records it logs (the
     host's handlers do not redact) and the errors it raises."""
@@ -391,5 +386,5 @@ def run(
             f"({report.series_complete} of {report.series} series complete)"
         )
     if check and outcome.exit_code != EXIT_OK:
-        raise IncompleteRun(report)
+        raise IncompleteRun(_incomplete(report), report)
     return report
