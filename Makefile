@@ -28,8 +28,8 @@ demo: $(VENV)/.installed
 	@echo "demo files are under demo-out/sessions/"
 
 lint: $(VENV)/.installed-dev
-	$(BIN)/ruff check exporter tests bench
-	$(BIN)/ruff format --check exporter tests bench
+	$(BIN)/ruff check exporter tests bench examples
+	$(BIN)/ruff format --check exporter tests bench examples
 
 typecheck: $(VENV)/.installed-dev
 	$(BIN)/mypy

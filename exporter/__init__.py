@@ -1,8 +1,24 @@
-"""braze-export: export Braze's analytics time series to files."""
+"""braze-export: export Braze's analytics time series to files.
+
+``exporter.run(config, as_of=..., out=...)`` runs an export from Python (Airflow, Dagster,
+scripts) and returns an :class:`~exporter.api.RunReport`: see :mod:`exporter.api`.
+"""
 
 from importlib.metadata import PackageNotFoundError, version
+from typing import TYPE_CHECKING, Any
 
-__all__ = ["__version__", "package_version"]
+if TYPE_CHECKING:
+    from exporter.api import IncompleteRun, RunReport, run
+
+__all__ = [
+    "IncompleteRun",
+    "RunReport",
+    "__version__",
+    "package_version",
+    "run",
+]
+
+_API = frozenset({"IncompleteRun", "RunReport", "run"})
 
 
 def package_version() -> str:
@@ -12,6 +28,16 @@ def package_version() -> str:
         return version("braze-export")
     except PackageNotFoundError:
         return "0+unknown"
+
+
+def __getattr__(name: str) -> Any:
+    # The API on first use: `import exporter` stays cheap, and the modules it would import
+    # (which read __version__ from here) do not import a half-initialised package.
+    if name in _API:
+        from exporter import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'exporter' has no attribute {name!r}")
 
 
 __version__ = package_version()

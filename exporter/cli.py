@@ -6,7 +6,6 @@ import argparse
 import asyncio
 import contextlib
 import contextvars
-import errno
 import json
 import logging
 import math
@@ -24,9 +23,10 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from exporter import package_version
+from exporter.api import SANDBOX_OUT, api_key, check_out, load_plan, output_dir, prepare_run
 from exporter.catalog import catalog, catalog_table
 from exporter.completion import SHELLS, completion_script
-from exporter.config import ApiKey, Config, check_date, expand_home, load_config, resolve_api_key
+from exporter.config import ApiKey, Config, expand_home, load_config, parse_day
 from exporter.discover import DiscoverSpec, discovery_cost
 from exporter.doctor import DoctorReport, diagnose
 from exporter.errors import AuthError, ConfigError, DirectoryBusy, ExporterError, Unreachable
@@ -35,9 +35,7 @@ from exporter.manifest import verify
 from exporter.outlook import Figures, Outlook, next_requests, outlook, saved_records
 from exporter.plan import (
     MAX_LENGTH,
-    Discovered,
     Plan,
-    PlanRequest,
     Request,
     build_plan,
     count_series,
@@ -45,7 +43,7 @@ from exporter.plan import (
 )
 from exporter.progress import Progress, eta_seconds, format_duration
 from exporter.redact import redacted_streams, register_secret
-from exporter.remote import CHECKPOINT_S, LOCK_TTL_S, ObjectStore, is_remote
+from exporter.remote import CHECKPOINT_S, ObjectStore, is_remote
 from exporter.runner import (
     EXIT_AUTH,
     EXIT_BUSY,
@@ -54,7 +52,6 @@ from exporter.runner import (
     EXIT_SIGNAL,
     EXIT_UNREACHABLE,
     EXIT_USAGE,
-    RunOptions,
     execute,
     state_scope,
 )
@@ -70,7 +67,6 @@ from exporter.sandbox import (
 )
 from exporter.series import DIMENSIONS, LIST_POOL, LISTS
 from exporter.starter import StarterSettings, starter_config, workspace_at, write_starter
-from exporter.storage import unwritable
 
 __all__ = [
     "EXIT_AUTH",
@@ -83,8 +79,6 @@ __all__ = [
     "build_parser",
     "main",
 ]
-
-SANDBOX_OUT = "sandbox-out"  # never the config's output.dir: invented rows beside real ones
 
 log = logging.getLogger("exporter")
 
@@ -549,11 +543,7 @@ def _plan_args(command: argparse.ArgumentParser) -> None:
 
 def _date(text: str) -> date:
     try:
-        day = date.fromisoformat(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a date YYYY-MM-DD, got {text!r}") from None
-    try:
-        return check_date(day)
+        return parse_day(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
@@ -627,51 +617,7 @@ def _port(text: str) -> int:
 
 
 def _load(args: argparse.Namespace) -> tuple[Config, Plan]:
-    """The config and its plan; with ``{discover: ...}`` ids, the plan of the listed ids only
-    (a run plans again once discovery has found the rest), which also checks every window
-    before anything is sent."""
-    config = load_config(args.config)
-    today = datetime.now(config.tz).date()
-    if args.as_of is not None and args.as_of > today:
-        raise ConfigError(
-            f"--as-of {args.as_of} is after today ({today} in {config.timezone}): only days "
-            "that have ended can be exported"
-        )
-    as_of = args.as_of or today
-    plan = build_plan(config, as_of, args.shard, _nothing_found(config))
-    for warning in plan.warnings:
-        log.warning("%s", warning, extra={"event": "plan_warning"})
-    return config, plan
-
-
-def _nothing_found(config: Config) -> Discovered:
-    return {key: () for key in discovery_needs(config)}
-
-
-def _output_dir(config: Config, out: str | None) -> Path:
-    """Where the run writes, refused when it cannot be a directory (nothing is created)."""
-    where = "--out" if out else f"{config.source}: output.dir"
-    if re.match(r"[A-Za-z][A-Za-z0-9+.-]*:/(?!/)", out or config.output.dir):
-        raise ConfigError(
-            f"{where}: {out or config.output.dir!r} looks like a URL with one slash too few "
-            "(s3://bucket/prefix); a local directory name cannot start with a scheme"
-        )
-    try:
-        path = Path(expand_home(out) if out else config.output.dir)
-    except ValueError as exc:
-        raise ConfigError(f"{where}: {exc}") from None
-    if path.is_symlink() and not path.exists():
-        raise ConfigError(f"{where}: {path} is a broken or looping symbolic link")
-    for existing in (path, *path.parents):
-        if existing.exists():
-            if not existing.is_dir():
-                what = path if existing == path else existing
-                raise ConfigError(f"{where}: {what} is a file, not a directory")
-            if existing != path and not os.access(existing, os.W_OK | os.X_OK):
-                denied = PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(existing))
-                raise ConfigError(f"{where}: {unwritable(path, denied, 'cannot create it')}")
-            break
-    return path
+    return load_plan(args.config, args.as_of, args.shard)
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
@@ -679,7 +625,7 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     if is_remote(config.output.dir):
         ObjectStore.open(config.output.dir).close()  # its backend must be installed
     else:
-        _output_dir(config, None)
+        output_dir(config, None)
     series = count_series(config)  # as the planner counts, without planning a request
     if needs := discovery_needs(config):
         keys = ", ".join(sorted({DIMENSIONS[param].config_key for param, _ in needs}))
@@ -735,7 +681,7 @@ def _cmd_plan(args: argparse.Namespace) -> int:
     if is_remote(target):
         where = target
     else:
-        where = str(_output_dir(config, args.out or (SANDBOX_OUT if args.sandbox else None)))
+        where = str(output_dir(config, args.out or (SANDBOX_OUT if args.sandbox else None)))
     scope = state_scope(config, sandbox=args.sandbox)
     with saved_records(where, scope=scope, as_of=plan.as_of.toordinal()) as records:
         seen = outlook(plan, records, None if records is None else where)
@@ -883,50 +829,22 @@ def _requests_per_id(config: Config, plan: Plan, param: str, spec_key: Any) -> i
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    if args.out == "":
-        raise ConfigError("--out: must not be empty (leave it out to use output.dir)")
+    check_out(args.out)
     config, plan = _load(args)
-    key = None if args.sandbox else _api_key(config)
-    if args.out:
-        target = args.out
-    elif args.sandbox:
-        target = SANDBOX_OUT
-        log.info(
-            "sandbox run: writing to %s/, not to output.dir (%s); --out DIR chooses",
-            target,
-            config.output.dir,
-            extra={"event": "sandbox_out"},
-        )
-    else:
-        target = config.output.dir
-    if not 0 < args.checkpoint_interval <= LOCK_TTL_S / 2:
-        raise ConfigError(
-            f"--checkpoint-interval must be above 0 and at most {LOCK_TTL_S / 2:.0f} seconds "
-            f"(the lock expires after {LOCK_TTL_S:.0f} seconds without renewal)"
-        )
-    if is_remote(target):
-        ObjectStore.open(target).close()  # a missing backend is a config error, up front
-        if args.work_dir is not None and args.work_dir.exists() and not args.work_dir.is_dir():
-            raise ConfigError(f"--work-dir: {args.work_dir} is a file, not a directory")
-        out_dir = Path(target)
-    else:
-        out_dir = _output_dir(config, args.out or (SANDBOX_OUT if args.sandbox else None))
-    options = RunOptions(
-        remote=target if is_remote(target) else None,
+    run = prepare_run(
+        config,
+        plan,
+        out=args.out,
+        sandbox=args.sandbox,
+        fresh=args.fresh,
+        run_id=args.run_id,
+        command=args.command_line,
         work_dir=args.work_dir,
         checkpoint_s=args.checkpoint_interval,
-        out_dir=out_dir,
-        run_id=args.run_id,
-        fresh=args.fresh,
-        sandbox=args.sandbox,
         progress_interval=args.progress_interval,
         redraw_progress=args.log_format == "text",  # in JSON, every stderr line is a record
-        command=args.command_line,
     )
-    planned: Plan | PlanRequest = (
-        PlanRequest(config, plan.as_of, plan.shard) if discovery_needs(config) else plan
-    )
-    outcome = asyncio.run(execute(config, planned, key, options))
+    outcome = asyncio.run(execute(run.config, run.plan, run.key, run.options))
     args.exit_code = outcome.exit_code  # what main() returns should stdout be closed
     for line in outcome.summary:
         if outcome.manifest_error is not None:  # there is no manifest to see
@@ -958,17 +876,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return outcome.exit_code
 
 
-def _api_key(config: Config) -> ApiKey:
-    """The run's key, registered for redaction before anything could echo it."""
-    key = resolve_api_key(config)
-    register_secret(key.reveal())
-    return key
-
-
 def _cmd_doctor(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     as_of = datetime.now(config.tz).date()
-    key = None if args.sandbox else _api_key(config)
+    key = None if args.sandbox else api_key(config)
 
     async def check() -> DoctorReport:
         if key is not None:

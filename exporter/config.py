@@ -424,6 +424,15 @@ def check_date(value: date) -> date:
     return value
 
 
+def parse_day(text: str) -> date:
+    """``YYYY-MM-DD`` as a date the planner can work with; ValueError says what is wrong."""
+    try:
+        day = date.fromisoformat(text)
+    except ValueError:
+        raise ValueError(f"must be a date YYYY-MM-DD, got {text!r}") from None
+    return check_date(day)
+
+
 def expand_home(value: str) -> str:
     """``~`` and ``~user`` expanded; a ``~`` that cannot be is refused, never made a directory."""
     if value == "~" or value.startswith("~/"):

@@ -6,6 +6,8 @@
     │                            redirects elsewhere, or the output cannot be written (exit 4)
     ├── WriteError               one partition could not be written (its series fails)
     ├── DirectoryBusy            another run holds the output directory (exit 5)
+    ├── IncompleteRun            exporter.run(): the run ended with series failed or
+    │                            incomplete (exit 1) or was stopped by a signal; has the report
     └── ApiError                 one Braze call went wrong; carries the series it belongs to
         │                        (or, for a list endpoint, a label such as "/events/list page 2")
         ├── RetryableError       worth another attempt
@@ -28,6 +30,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from exporter.api import RunReport
     from exporter.plan import Series
 
 __all__ = [
@@ -37,6 +40,7 @@ __all__ = [
     "DirectoryBusy",
     "DiscoveryError",
     "ExporterError",
+    "IncompleteRun",
     "MalformedResponse",
     "RateLimited",
     "RetryableError",
@@ -58,6 +62,16 @@ class ConfigError(ExporterError):
 
 class DirectoryBusy(ExporterError):
     """Another live run writes into the output directory, and the two could lose rows."""
+
+
+class IncompleteRun(ExporterError):
+    """Raised by :func:`exporter.run` where the CLI exits 1 (series failed or incomplete, or
+    no manifest) or 130/143 (stopped by a signal); ``report`` says which series and periods
+    are missing. Rerunning the same call resumes: completed periods are kept."""
+
+    def __init__(self, message: str, report: RunReport) -> None:
+        super().__init__(message)
+        self.report = report
 
 
 class ApiError(ExporterError):

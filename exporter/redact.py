@@ -28,6 +28,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import logging
 import re
 import sys
 from collections.abc import Iterator
@@ -43,6 +44,7 @@ __all__ = [
     "holds_secret",
     "redact",
     "redact_bytes",
+    "redacted_records",
     "redacted_streams",
     "register_secret",
 ]
@@ -169,6 +171,39 @@ class _RedactingStream(io.TextIOBase):
 
     def __getattr__(self, name: str) -> object:
         return getattr(self._stream, name)
+
+
+class _RedactingFilter(logging.Filter):
+    """Masks a record's message before any handler formats it."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        masked = redact(message)
+        if masked != message:
+            record.msg, record.args = masked, None
+        return True
+
+
+@contextmanager
+def redacted_records(name: str = "exporter") -> Iterator[None]:
+    """Every record of the logger ``name`` and of the loggers under it is masked before any
+    handler sees it, until the block ends: for a host's own logging (the Python API), whose
+    handlers and formatters know nothing of the registry. A filter on a logger sees only the
+    records logged on that logger, so it goes on each of them (all exist once the package is
+    imported)."""
+    loggers = [logging.getLogger(name)] + [
+        logger
+        for key, logger in logging.Logger.manager.loggerDict.items()
+        if key.startswith(f"{name}.") and isinstance(logger, logging.Logger)
+    ]
+    masking = _RedactingFilter()
+    for logger in loggers:
+        logger.addFilter(masking)
+    try:
+        yield
+    finally:
+        for logger in loggers:
+            logger.removeFilter(masking)
 
 
 @contextmanager

@@ -13,7 +13,9 @@ import secrets
 import signal
 import sqlite3
 import sys
+import threading
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -78,6 +80,7 @@ class RunOutcome:
     result: RunResult
     summary: list[str]
     manifest: Path | str
+    plan: Plan  # as run: with the ids discovery found
     signal_name: str | None = None
     manifest_error: str | None = None  # why ``manifest`` could not be written (disk full)
 
@@ -295,7 +298,7 @@ async def execute(
     name = signal.Signals(signals[0]).name if signals else None
     summary = discovery.summary() + summary_lines(result, plan, budget, files)
     summary.append(checked_line)
-    return RunOutcome(code, result, summary, manifest, name, manifest_error)
+    return RunOutcome(code, result, summary, manifest, plan, name, manifest_error)
 
 
 def _check_files(
@@ -408,9 +411,6 @@ async def _with_signals_and_progress(
         signals.append(signum)
         pipeline.stop()
 
-    loop = asyncio.get_running_loop()
-    for signum in EXIT_SIGNAL:
-        loop.add_signal_handler(signum, on_signal, signum)
     interactive = options.redraw_progress and sys.stderr.isatty()
     if options.progress_interval is not None:
         interval = options.progress_interval
@@ -422,17 +422,38 @@ async def _with_signals_and_progress(
         interactive=interactive,
         interval_s=interval,
     )
-    ticker = asyncio.create_task(progress.run())
+    with _signals_to(on_signal):
+        ticker = asyncio.create_task(progress.run())
+        try:
+            return await running
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if not running.cancelled() or (current is not None and current.cancelling()):
+                raise  # we are being cancelled ourselves, not by a second signal
+            return pipeline.result
+        finally:
+            ticker.cancel()
+            await asyncio.wait([ticker])
+            progress.close()
+
+
+@contextlib.contextmanager
+def _signals_to(on_signal: Callable[[int], None]) -> Iterator[None]:
+    """SIGINT and SIGTERM call ``on_signal`` while the run goes, then the handlers that were
+    there before are back (a process that embeds the run, through :mod:`exporter.api`, keeps
+    its own). Only on the main thread: only it receives signals, asyncio refuses handlers
+    elsewhere, and orchestrators run tasks in threads; there the orchestrator stops the run."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    loop = asyncio.get_running_loop()
+    previous = {signum: signal.getsignal(signum) for signum in EXIT_SIGNAL}
+    for signum in EXIT_SIGNAL:
+        loop.add_signal_handler(signum, on_signal, signum)
     try:
-        return await running
-    except asyncio.CancelledError:
-        current = asyncio.current_task()
-        if not running.cancelled() or (current is not None and current.cancelling()):
-            raise  # we are being cancelled ourselves, not by a second signal
-        return pipeline.result
+        yield
     finally:
-        ticker.cancel()
-        await asyncio.wait([ticker])
-        progress.close()
-        for signum in EXIT_SIGNAL:
+        for signum, handler in previous.items():
             loop.remove_signal_handler(signum)
+            if handler is not None:  # None: a handler not set from Python, left as it is
+                signal.signal(signum, handler)

@@ -1,19 +1,25 @@
-"""The CI and Kubernetes examples parse, keep the key a secret, and call real CLI flags."""
+"""The examples parse, keep the key a secret, call real CLI flags, and run where they can:
+CI, Kubernetes, docker compose, Airflow and Dagster."""
 
 from __future__ import annotations
 
+import importlib.util
 import re
 import shlex
+import subprocess
+import sys
 from datetime import UTC, datetime
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
 import yaml
 
-from exporter.cli import build_parser
+from exporter.cli import build_parser, main
 from exporter.config import load_config
+from exporter.sandbox import free_port
 
 EXAMPLES = Path(__file__).parent.parent / "examples"
 IMAGE = "ghcr.io/your-org/braze-export:latest"
@@ -160,3 +166,121 @@ def test_nightly_schedule_fits_the_configs_time_zone(name: str) -> None:
         assert zone_of_cron == config.timezone
     for hour, _ in _local_times(cron, config.timezone, utc=zone_of_cron is None):
         assert 2 <= hour < 12, (name, cron, config.timezone)
+
+
+def _documented() -> str:
+    """The README and the docs site's pages, where every variable an example sets is named."""
+    root = EXAMPLES.parent
+    pages = [root / "README.md", *sorted((root / "docs").rglob("*.md"))]
+    return "\n".join(p.read_text() for p in pages if p.is_file())
+
+
+def _ours(compose: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The services running this repository's image (entrypoint braze-export)."""
+    return {n: s for n, s in compose["services"].items() if s.get("build") == ".."}
+
+
+def test_compose_runs_real_cli_commands_with_documented_variables() -> None:
+    """Every braze-export service's command parses with the real CLI, the exporter reaches the
+    sandbox on loopback (its network), and each variable set is documented."""
+    compose = _load("docker-compose.yml")
+    ours = _ours(compose)
+    assert {"sandbox", "export", "verify"} <= set(ours)
+    commands = {name: _check_cli(service["command"]) for name, service in ours.items()}
+    assert [commands[n].func.__name__ for n in ("sandbox", "export", "verify")] == [
+        "_cmd_sandbox",
+        "_cmd_run",
+        "_cmd_verify",
+    ]
+    assert commands["export"].out == commands["verify"].dir
+    export = ours["export"]
+    assert export["network_mode"] == "service:sandbox"
+    endpoint = export["environment"]["BRAZE_REST_ENDPOINT"]
+    assert endpoint == f"http://127.0.0.1:{commands['sandbox'].port}"
+    config = load_config(CONFIGS / Path(commands["export"].config).name, env=export["environment"])
+    assert config.braze.endpoint == endpoint  # plain http is accepted on loopback only
+    documented = _documented()
+    for service in compose["services"].values():
+        for name in service.get("environment", {}):
+            assert f"`{name}`" in documented or f"{name}=" in documented, name
+
+
+@pytest.mark.slow
+def test_compose_runs_as_written_without_docker(
+    s3_env: dict[str, str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The compose file's steps, run here in order with loopback addresses for the service
+    names (no Docker engine here): the bucket is made, the sandbox serves, the export into
+    s3:// completes and verify passes."""
+    compose = _load("docker-compose.yml")
+    services = compose["services"]
+    for name, value in s3_env.items():  # moto on loopback stands in for the s3 service
+        monkeypatch.setenv(name, value)
+    bucket = services["bucket"]["entrypoint"]
+    assert bucket[:2] == ["python", "-c"]
+    exec(bucket[2], {})  # noqa: S102 - the compose file's own one-liner, run as written
+    port = free_port()
+    sandbox = [
+        {"0.0.0.0": "127.0.0.1", "8080": str(port)}.get(arg, arg)  # noqa: S104 - replaced
+        for arg in services["sandbox"]["command"]
+    ]
+    with subprocess.Popen(
+        [sys.executable, "-m", "exporter", *sandbox], stdout=subprocess.PIPE, text=True
+    ) as server:
+        try:
+            assert server.stdout is not None
+            assert server.stdout.readline().startswith("sandbox listening on")
+            export = services["export"]
+            for name, value in export["environment"].items():
+                if name not in s3_env:
+                    monkeypatch.setenv(name, value.replace(":8080", f":{port}"))
+            run = [a.replace("/opt/braze-export/configs", str(CONFIGS)) for a in export["command"]]
+            assert main(run) == 0
+        finally:
+            server.terminate()
+    assert main(services["verify"]["command"]) == 0
+    assert " 0 changed, 0 missing, 0 unknown" in capsys.readouterr().out
+
+
+def _example(name: str) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(name.removesuffix(".py"), EXAMPLES / name)
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_dagster_asset_materialises_against_the_sandbox(tmp_path: Path) -> None:
+    """The Dagster example's asset materialises with the in-process sandbox, its metadata the
+    run's report."""
+    dg = pytest.importorskip(
+        "dagster", reason="dagster is not installed here (heavy; not a dev dependency)"
+    )
+    module = _example("dagster_assets.py")
+    config = {"config": str(CONFIGS / "demo.yaml"), "out": str(tmp_path / "o"), "sandbox": True}
+    result = dg.materialize(
+        [module.braze_sessions], run_config={"ops": {"braze_sessions": {"config": config}}}
+    )
+    assert result.success
+    (materialized,) = result.asset_materializations_for_node("braze_sessions")
+    metadata = {key: value.value for key, value in materialized.metadata.items()}
+    assert metadata["series_complete"] == metadata["series"] > 0
+    assert metadata["periods_missing"] == 0
+    assert Path(metadata["manifest"]).is_file()
+    assert module.nightly.cron_schedule == "30 3 * * *"
+
+
+def test_airflow_task_runs_against_the_sandbox(tmp_path: Path) -> None:
+    """The Airflow example's DAG loads with its one task, and the task's callable exports with
+    the in-process sandbox."""
+    pytest.importorskip(
+        "airflow", reason="apache-airflow is not installed here (huge; not a dev dependency)"
+    )
+    module = _example("airflow_dag.py")
+    assert module.nightly_dag.task_ids == ["braze_export"]
+    report = module.export(
+        "2024-07-01", config=str(CONFIGS / "demo.yaml"), out=str(tmp_path / "o"), sandbox=True
+    )
+    assert report["exit_status"] == 0
+    assert report["series_complete"] == report["series"] > 0

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
 import os
 import secrets
 import signal
@@ -56,29 +55,6 @@ exports:
     units: [day, hour]
     window: {{days: {days}}}
 """
-
-
-@pytest.fixture(scope="module")
-def s3_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
-    """moto's S3 server on 127.0.0.1 and a free port; the environment that points the AWS
-    credential chain and endpoint at it (and at nothing else)."""
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)
-    # Port 0: bound at once, so no other process can take it between a look-up and the bind.
-    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    _, port = server.get_host_and_port()
-    home = tmp_path_factory.mktemp("aws")
-    env = {
-        "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}",
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_DEFAULT_REGION": "us-east-1",
-        "AWS_CONFIG_FILE": str(home / "config"),
-        "AWS_SHARED_CREDENTIALS_FILE": str(home / "credentials"),
-        "AWS_EC2_METADATA_DISABLED": "true",
-    }
-    yield env
-    server.stop()
 
 
 @pytest.fixture
