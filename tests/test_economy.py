@@ -104,7 +104,8 @@ def test_a_hundred_year_plan_holds_windows_not_requests(
     text = NIGHTLY.replace("[segment-a]", "[segment-a, segment-b, segment-c]").format(
         out="o", days=36_600
     )
-    plan = build_plan(load_config(write_config(text), env={}), date(2024, 9, 10))
+    # An as-of late enough that the century starts after 1970-01-01, the earliest date planned.
+    plan = build_plan(load_config(write_config(text), env={}), date(2124, 9, 10))
     assert len(plan.series) == 6
     assert len(plan.windows) == 2  # one per unit
     assert plan.first_run_requests() == {"sessions": 3 * (366 + math.ceil(36_600 * 24 / 100))}
