@@ -220,12 +220,13 @@ def test_validate_warns_when_a_first_run_needs_more_than_a_day_of_the_pool(
     tmp_path: Path, write_config: Callable[..., Path], capsys: pytest.CaptureFixture[str]
 ) -> None:
     """validate: more requests than the pool's share allows in a day is a warning, exit 0."""
-    text = NIGHTLY.format(out=tmp_path / "out", days=36_600).replace(
+    # 20,000 days from today start after 1970-01-01, the earliest date planned.
+    text = NIGHTLY.format(out=tmp_path / "out", days=20_000).replace(
         "version: 1\n", "version: 1\nlimits: {requests_per_hour: 100, share: 0.5}\n"
     )
     assert main(["validate", str(write_config(text))]) == 0
     out = capsys.readouterr().out
-    requests = 366 + math.ceil(36_600 * 24 / 100)
+    requests = 200 + math.ceil(20_000 * 24 / 100)
     assert f"warning: a first run as of today plans {requests:,} requests in the workspace" in out
     assert "(1,200: 100/hour x 50%)" in out
     small = NIGHTLY.format(out=tmp_path / "out", days=7)
