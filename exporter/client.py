@@ -6,10 +6,10 @@ import json
 import socket
 import ssl
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, tzinfo
-from typing import Any
+from typing import Any, TypeVar
 
 import aiohttp
 from yarl import URL
@@ -37,8 +37,11 @@ __all__ = [
     "cannot_reach",
     "interpret",
     "make_session",
+    "parse_body",
     "raise_for_status",
 ]
+
+_T = TypeVar("_T")
 
 PATH = "/sessions/data_series"  # the first series; each Request names its own path
 _MAX_VALUE = 2**63 - 1  # int64, as Parquet and query engines store counts; no real count nears it
@@ -267,12 +270,38 @@ def raise_for_status(
     raise rejected(message or words, series=series, status=status, label=label)
 
 
-def _points(request: Request, body: bytes, tz: tzinfo) -> list[Point]:
-    series = request.series
+def parse_body(
+    body: bytes,
+    read: Callable[[Any], _T],
+    *,
+    series: Series | None = None,
+    label: str | None = None,
+) -> _T:
+    """``read`` applied to the JSON document of a 200 body; any way that fails becomes
+    MalformedResponse (retried, then the series or page fails): not JSON or not UTF-8
+    (ValueError), nested too deep for the parser (RecursionError: a body of 100,000 ``[``
+    fits under _MAX_BODY), too big to hold (MemoryError), or anything else ``read`` raises
+    on a shape the checks did not foresee. Never a traceback from a server's bytes."""
     try:
-        doc = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
-        raise MalformedResponse("body is not JSON", series=series, status=200) from None
+        return read(json.loads(body))
+    except MalformedResponse:
+        raise
+    except (ValueError, RecursionError, MemoryError):
+        raise MalformedResponse(
+            "body is not JSON", series=series, status=200, label=label
+        ) from None
+    except Exception as exc:  # a last resort: a body is the server's, never our crash
+        raise MalformedResponse(
+            f"body not understood ({type(exc).__name__})", series=series, status=200, label=label
+        ) from None
+
+
+def _points(request: Request, body: bytes, tz: tzinfo) -> list[Point]:
+    return parse_body(body, lambda doc: _points_of(request, doc, tz), series=request.series)
+
+
+def _points_of(request: Request, doc: Any, tz: tzinfo) -> list[Point]:
+    series = request.series
     if not isinstance(doc, dict) or not isinstance(doc.get("data"), list):
         raise MalformedResponse("body has no data list", series=series, status=200)
     if doc.get("message") != "success":
@@ -320,9 +349,12 @@ def _point(request: Request, item: Any, tz: tzinfo) -> Point:
 def _braze_message(body: bytes) -> str:
     """Braze's ``message`` and ``errors``, trimmed; never more than a line of text."""
     try:
-        doc: Mapping[str, Any] = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
+        return _message_of(json.loads(body))
+    except Exception:  # not JSON, nested too deep, ...: an error body with no message
         return ""
+
+
+def _message_of(doc: Any) -> str:
     if not isinstance(doc, dict):
         return ""
     parts = [str(doc.get("message") or "")]

@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any, Protocol
 
-from exporter.client import Response, raise_for_status
+from exporter.client import Response, parse_body, raise_for_status
 from exporter.errors import (
     DiscoveryError,
     MalformedResponse,
@@ -172,10 +172,10 @@ def interpret_list(source: ListSource, response: Response, *, page: int | None =
     ``message`` is present and not ``"success"``, MalformedResponse."""
     label = source.path if page is None else f"{source.path} page {page}"
     raise_for_status(response, permission=source.permission, label=label, rejected=DiscoveryError)
-    try:
-        doc = json.loads(response.body)
-    except (ValueError, UnicodeDecodeError):
-        raise MalformedResponse("body is not JSON", status=200, label=label) from None
+    return parse_body(response.body, lambda doc: _page_of(source, doc, label), label=label)
+
+
+def _page_of(source: ListSource, doc: Any, label: str) -> ListPage:
     if not isinstance(doc, dict) or not isinstance(doc.get(source.items_key), list):
         raise MalformedResponse(f"body has no {source.items_key} list", status=200, label=label)
     # Braze's examples all carry "message": "success"; a body without it is still a list.

@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import stat
 from array import array
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence, Set
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -280,22 +281,36 @@ def verify(target: str | Path, progress: Progress | None = None) -> Verification
             ) from None
     try:
         runs = out_dir / RUNS_DIR
+        files, not_files = _entries(out_dir)
         return _check(
             str(out_dir),
             [str(p.relative_to(out_dir)) for p in sorted(runs.glob("*.json"))],
             [str(p.relative_to(out_dir)) for p in sorted(runs.glob(f"*{JOURNAL_SUFFIX}"))],
-            {
-                str(p.relative_to(out_dir))
-                for name in DATA_DIRS
-                for p in (out_dir / name).rglob("*")
-                if p.is_file()
-            },
+            files,
             lambda relative: (out_dir / relative).read_bytes(),
             progress,
+            not_files,
         )
     finally:
         if lock is not None:
             lock.release()
+
+
+def _entries(out_dir: Path) -> tuple[set[str], set[str]]:
+    """(everything but directories, what is no regular file: directories, links, pipes)
+    under the data directories, relative to ``out_dir``. A link is never followed: it is no
+    file a run wrote."""
+    entries: set[str] = set()
+    not_files: set[str] = set()
+    for name in DATA_DIRS:
+        for p in (out_dir / name).rglob("*"):
+            mode = p.lstat().st_mode
+            relative = str(p.relative_to(out_dir))
+            if not stat.S_ISDIR(mode):
+                entries.add(relative)
+            if not stat.S_ISREG(mode):
+                not_files.add(relative)
+    return entries, not_files
 
 
 def _verify_store(store: ObjectStore, progress: Progress | None) -> Verification:
@@ -337,9 +352,13 @@ def _check(
     on_disk: set[str],
     read: Callable[[str], bytes],
     progress: Progress | None = None,
+    not_files: Set[str] = frozenset(),
 ) -> Verification:
     """``manifests``, ``journals`` and ``on_disk`` (the data files): paths relative to the
-    output; ``read`` gives a file's bytes by that path (called from several threads)."""
+    output; ``read`` gives a file's bytes by that path (called from several threads).
+    ``not_files``: what is there but no regular file (a directory, a link): changed where a
+    run recorded a file (even one it found gone), unknown if no run did (a directory no
+    run recorded is just a directory)."""
     if not manifests and not journals and not on_disk:
         raise ExporterError(f"{name}: no run manifest under {RUNS_DIR}/ and no data")
     report = Verification(manifests=0, journals=0)
@@ -363,8 +382,10 @@ def _check(
     for _, files in sorted(records, key=lambda r: r[0]):  # later runs win
         expected.update(files)
     wanted = {path: digest for path, digest in expected.items() if digest is not None}
-    paths = sorted(on_disk | wanted.keys())
-    for done, (relative, outcome) in enumerate(_outcomes(paths, on_disk, wanted, read), 1):
+    odd = {p for p in not_files if p in expected}
+    paths = sorted(on_disk | wanted.keys() | odd)
+    outcomes = _outcomes(paths, on_disk, wanted, read, odd)
+    for done, (relative, outcome) in enumerate(outcomes, 1):
         if outcome == "ok":
             report.ok += 1
         else:
@@ -375,13 +396,19 @@ def _check(
 
 
 def _outcomes(
-    paths: list[str], on_disk: set[str], wanted: Mapping[str, str], read: Callable[[str], bytes]
+    paths: list[str],
+    on_disk: set[str],
+    wanted: Mapping[str, str],
+    read: Callable[[str], bytes],
+    odd: Set[str],
 ) -> Iterator[tuple[str, str]]:
     """``(path, "ok" | "changed" | "missing" | "unknown")`` in the order of ``paths``; the
     files are read and hashed ``_HASHERS`` at a time (reads and sha256 release the GIL), with
     a bounded window so that memory does not grow with the number of files."""
 
     def outcome(relative: str) -> str:
+        if relative in odd:  # a directory or link where a run wrote a file: never read
+            return "changed"
         digest = wanted.get(relative)
         if digest is None:
             return "unknown"

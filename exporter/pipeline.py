@@ -313,6 +313,12 @@ class Pipeline:
             result.auth_error = errors.exceptions[0]  # type: ignore[assignment]
         except* Unreachable as errors:
             result.unreachable = errors.exceptions[0]  # type: ignore[assignment]
+        except* Exception as errors:  # a last resort (a feeder's bug): one line, no traceback
+            reason = _unexpected(errors.exceptions[0])
+            log.error("stopped: %s", reason, extra={"event": "run_failed"})
+            for index in list(coverage.open_series()):
+                result.failures.setdefault(plan.series[index], reason)
+                coverage.fail(index)
         finally:
             if watcher is not None:
                 watcher.cancel()
@@ -423,6 +429,8 @@ class Pipeline:
                     self._note_write_failure(exc)
                 except ExporterError as exc:
                     self._fail(request, str(exc))
+                except Exception as exc:  # a last resort: a bug fails its series, not the run
+                    self._fail(request, _unexpected(exc))
             finally:
                 queue.task_done()
         queue.task_done()
@@ -619,6 +627,12 @@ class Pipeline:
             )
             self.result.failures[series] = reason
             self._coverage.fail(request.index)
+
+
+def _unexpected(exc: BaseException) -> str:
+    """The one line for an exception no part of the exporter expected: its type only (its
+    text could hold anything a server sent)."""
+    return f"unexpected error ({type(exc).__name__}); please report it"
 
 
 @dataclass

@@ -7,7 +7,8 @@ the files the fingerprints name (one ``os.scandir`` per directory locally; one l
 series kind on object storage) and compares:
 
 * a file that is not there: its partition's periods are taken back (``missing``);
-* a file of another size or stamp (truncated, replaced, edited): it is moved aside to
+* a file of another size or stamp (truncated, replaced, edited), or no regular file any more
+  (a directory, a link): it is moved aside to
   ``.braze-export/displaced/{run_id}/`` (a rerun never merges into a file it did not write)
   and its partition's periods are taken back (``changed``);
 * an object whose stamp the store did not give when it was written: the listing's is adopted;
@@ -22,6 +23,7 @@ periods this run fetched again.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 from collections.abc import Iterable, Iterator, Mapping
@@ -29,16 +31,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
+from exporter.formats import decode
 from exporter.plan import Series, shard_of
 from exporter.remote import ObjectStore
 from exporter.series import KINDS
 from exporter.state import Fingerprint, State
-from exporter.storage import WORK_DIR
+from exporter.storage import JOURNAL_SUFFIX, RUNS_DIR, WORK_DIR
 from exporter.writers import partition_path, partitions
 
 __all__ = ["DISPLACED", "FileCheck", "Files", "LocalFiles", "StoreFiles", "check_files"]
 
 DISPLACED = f"{WORK_DIR}/displaced"
+NOT_A_FILE = -2  # the size a listing gives what is there but no regular file
 EXAMPLES = 10  # paths named in the log; the manifest lists them all
 
 log = logging.getLogger(__name__)
@@ -57,6 +61,14 @@ class Files(Protocol):
         """Move a file out of the data (``to``: relative to the output)."""
         ...
 
+    def read(self, relative: str) -> bytes:
+        """A file's bytes (OSError if it cannot be read)."""
+        ...
+
+    def has_record(self, run_id: str) -> bool:
+        """Whether ``_runs/`` holds the manifest or journal of ``run_id``."""
+        ...
+
 
 class LocalFiles:
     """A local output directory: one scandir per directory, a stat per file in it."""
@@ -69,9 +81,11 @@ class LocalFiles:
             with os.scandir(self.root / directory) as entries:
                 seen = {}
                 for entry in entries:
-                    if entry.is_file(follow_symlinks=False):
-                        info = entry.stat(follow_symlinks=False)
-                        seen[entry.name] = (info.st_size, str(info.st_mtime_ns))
+                    info = entry.stat(follow_symlinks=False)
+                    # A directory, link or pipe where a file was written is no file of ours:
+                    # it matches no fingerprint, so it is changed and moved aside.
+                    stamp = str(info.st_mtime_ns) if entry.is_file(follow_symlinks=False) else ""
+                    seen[entry.name] = (info.st_size if stamp else NOT_A_FILE, stamp)
                 return seen
         except (FileNotFoundError, NotADirectoryError):
             return {}
@@ -81,6 +95,13 @@ class LocalFiles:
         target.parent.mkdir(parents=True, exist_ok=True)
         os.replace(self.root / relative, target)
 
+    def read(self, relative: str) -> bytes:
+        return (self.root / relative).read_bytes()
+
+    def has_record(self, run_id: str) -> bool:
+        runs = self.root / RUNS_DIR
+        return any((runs / f"{run_id}{end}").is_file() for end in (".json", JOURNAL_SUFFIX))
+
 
 class StoreFiles:
     """An object storage prefix: each series kind's objects come from one listing."""
@@ -88,6 +109,7 @@ class StoreFiles:
     def __init__(self, store: ObjectStore) -> None:
         self.store = store
         self._listed: dict[str, dict[str, dict[str, tuple[int, str]]]] = {}
+        self._records: set[str] | None = None
 
     def listing(self, directory: str) -> _Seen:
         top = directory.split("/", 1)[0]
@@ -102,6 +124,17 @@ class StoreFiles:
     def displace(self, relative: str, to: str) -> None:
         self.store.move(relative, to)
 
+    def read(self, relative: str) -> bytes:
+        data = self.store.get(relative)
+        if data is None:
+            raise FileNotFoundError(relative)
+        return data
+
+    def has_record(self, run_id: str) -> bool:
+        if self._records is None:  # one listing of _runs/ per check
+            self._records = {name.rpartition("/")[2] for name in self.store.list(RUNS_DIR)}
+        return any(f"{run_id}{end}" in self._records for end in (".json", JOURNAL_SUFFIX))
+
 
 @dataclass
 class FileCheck:
@@ -112,6 +145,7 @@ class FileCheck:
     missing: list[str] = field(default_factory=list)
     changed: list[str] = field(default_factory=list)
     adopted: int = 0
+    vouched: list[tuple[str, int, str]] = field(default_factory=list)  # (path, rows, sha256)
     periods_taken_back: int = 0
     taken_back: list[tuple[str, int, int]] = field(default_factory=list)
 
@@ -126,6 +160,7 @@ class FileCheck:
             "files_missing": len(self.missing),
             "files_changed": len(self.changed),
             "files_adopted": self.adopted,
+            "files_vouched": len(self.vouched),
             "periods_taken_back": self.periods_taken_back,
             "periods_refetched": self.refetched(state),
             "missing": self.missing,
@@ -151,9 +186,11 @@ def check_files(
     mine = _ShardFilter(shard)
     gone: list[tuple[Fingerprint, bool]] = []
     if not state.checked:
-        unfingerprinted = _check_unfingerprinted(state, files, fmt, report, mine)
-        gone += [(absent, False) for absent in unfingerprinted]
+        gone += _check_unfingerprinted(state, files, fmt, report, mine)
+    state.note_run()
     adopt: list[Fingerprint] = []
+    unvouched: list[Fingerprint] = []
+    records = _Records(files, state)
     landing = state.pending()
     ours = (f for f in state.fingerprints() if mine(f.series))
     for directory, group in _by_directory(ours):
@@ -166,6 +203,8 @@ def check_files(
             elif _matches(now, (recorded.size, recorded.stamp)):
                 if not recorded.stamp:
                     adopt.append(_with(recorded, now))
+                elif not records.kept(recorded.sequence):
+                    unvouched.append(recorded)
             elif any(_matches(now, staged) for staged in landing.get(recorded.path, ())):
                 adopt.append(_with(recorded, now))  # landed, then the run was killed
             else:
@@ -180,6 +219,8 @@ def check_files(
     if adopt:
         state.adopt(adopt)
         report.adopted += len(adopt)
+    if unvouched:
+        _vouch(state, files, fmt, report, unvouched)
     state.clear_pending()
     state.mark_checked()
     if report.missing or report.changed:
@@ -196,6 +237,48 @@ def check_files(
             extra={"event": "files_checked"},
         )
     return report
+
+
+class _Records:
+    """Whether the record of the run that wrote a file is still under ``_runs/``."""
+
+    def __init__(self, files: Files, state: State) -> None:
+        self.files, self.state = files, state
+        self._kept: dict[int, bool] = {}
+
+    def kept(self, sequence: int) -> bool:
+        if sequence not in self._kept:
+            run_id = self.state.run_of(sequence)
+            # A run of a version that did not note its id: its record cannot be told.
+            self._kept[sequence] = run_id is None or self.files.has_record(run_id)
+        return self._kept[sequence]
+
+
+def _vouch(
+    state: State, files: Files, fmt: str, report: FileCheck, found: list[Fingerprint]
+) -> None:
+    """Files as they were written whose run's manifest and journal are gone (``_runs/``
+    deleted): this run's manifest records them (rows and sha256 from the file), so that
+    verify vouches for them. One that cannot be read as ours is left to verify to report."""
+    vouched: list[tuple[Fingerprint, int, str]] = []
+    for recorded in found:
+        series = _series_of(recorded.series)
+        data = files.read(recorded.path)
+        try:
+            rows = len(decode(fmt, series, data)) if series is not None else -1
+        except (ValueError, KeyError, TypeError):
+            rows = -1
+        if rows >= 0:
+            vouched.append((recorded, rows, hashlib.sha256(data).hexdigest()))
+    state.vouch(vouched)
+    report.vouched += [(f.path, rows, sha256) for f, rows, sha256 in vouched]
+    log.warning(
+        "%d file(s) of earlier runs whose run records under %s/ are gone: this run's "
+        "manifest vouches for them as they are",
+        len(vouched),
+        RUNS_DIR,
+        extra={"event": "files_vouched"},
+    )
 
 
 def _take_back(state: State, report: FileCheck, series: str, lo: int, hi: int) -> None:
@@ -250,11 +333,12 @@ class _ShardFilter:
 
 def _check_unfingerprinted(
     state: State, files: Files, fmt: str, report: FileCheck, mine: _ShardFilter
-) -> list[Fingerprint]:
+) -> list[tuple[Fingerprint, bool]]:
     """A state an older version wrote: find each done period's partition file from the
-    series key; adopt it as it is if it is there. Returns those that are not there."""
+    series key; adopt it as it is if it is there. Returns those that are not there, each
+    with whether something else (a directory, a link) is there instead."""
     adopt: dict[str, Fingerprint] = {}
-    absent: dict[str, Fingerprint] = {}
+    absent: dict[str, tuple[Fingerprint, bool]] = {}
     # Files a newer run wrote are the fingerprint check's: never adopted as they are now.
     mixed = state.has_fingerprint()
     for key, lo, hi in list(state.periods()):
@@ -270,8 +354,8 @@ def _check_unfingerprinted(
                 continue
             directory, _, file_name = path.rpartition("/")
             now = files.listing(directory).get(file_name)
-            if now is None:
-                absent[path] = Fingerprint(path, key, first, last, -1, "")
+            if now is None or now[0] == NOT_A_FILE:
+                absent[path] = (Fingerprint(path, key, first, last, -1, ""), now is not None)
             else:
                 adopt[path] = Fingerprint(path, key, first, last, *now)
     state.adopt(adopt.values())

@@ -194,6 +194,7 @@ async def execute(
         checked = _check_files(state, root, remote, config.output.format, options.run_id, plan)
         if journal is not None:
             journal.record((root / path, 0, None) for path in checked.missing + checked.changed)
+            journal.record((root / path, rows, sha256) for path, rows, sha256 in checked.vouched)
 
         def on_written(files: list[WrittenFile]) -> None:
             state.note_written(files)
@@ -329,6 +330,8 @@ def _file_check_line(checked: FileCheck, state: State) -> str:
             f"{DISPLACED}/): {checked.periods_taken_back} done period(s) taken back, "
             f"{checked.refetched(state)} fetched again"
         )
+    if checked.vouched:
+        line += f"; {len(checked.vouched)} whose run records are gone vouched for anew"
     return line
 
 

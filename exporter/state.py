@@ -72,6 +72,7 @@ _SCHEMA = (
     "CREATE TABLE IF NOT EXISTS pending (scope TEXT, path TEXT, size INTEGER, stamp TEXT, "
     "PRIMARY KEY (scope, path, size, stamp)) WITHOUT ROWID",
 )
+_RUN_OF = "run_id@"  # meta key prefix: the run id of a holder sequence
 _CHECKED = "files_checked"  # meta key: this state's periods all have fingerprints
 
 
@@ -87,6 +88,7 @@ class Fingerprint:
     hi: int
     size: int
     stamp: str
+    sequence: int = 0  # the holder sequence of the run that noted it (0: not known)
 
 
 @dataclass(frozen=True, slots=True)
@@ -279,6 +281,27 @@ class State:
             )
         self.adopt(Fingerprint(f.path, f.series, f.lo, f.hi, -1, "") for f in gone)
 
+    def note_run(self) -> None:
+        """Remember this run's id under its holder sequence: whose record (manifest or
+        journal under ``_runs/``) vouches for the files whose fingerprint bears it."""
+        self.set_meta(f"{_RUN_OF}{self._sequence}", self._run_id)
+
+    def run_of(self, sequence: int) -> str | None:
+        """The id of the run of holder ``sequence`` (None: a version that did not note it)."""
+        return self.get_meta(f"{_RUN_OF}{sequence}")
+
+    def vouch(self, found: Sequence[tuple[Fingerprint, int, str]]) -> None:
+        """``(fingerprint, rows, sha256)`` of files as they are, whose run's record is gone:
+        this run's manifest records them (so verify vouches for them), and their
+        fingerprints now bear this run's sequence."""
+        with self._transaction():
+            self._db.executemany(
+                "INSERT OR REPLACE INTO files (run_id, path, rows, sha256, version) "
+                "VALUES (?, ?, ?, ?, 0)",
+                [(self._run_id, f.path, rows, sha256) for f, rows, sha256 in found],
+            )
+        self.adopt(f for f, _, _ in found)
+
     def fingerprints(self) -> Iterator[Fingerprint]:
         """The latest fingerprint of each file of this scope (the highest sequence over
         the directory's state files), by path: streamed, never all in memory. Files known
@@ -297,9 +320,9 @@ class State:
                     log.debug("skipping another layout's state file: %s", exc)
             rows = heapq.merge(*cursors, key=lambda r: (r[0], r[1]))
             for _, same in itertools.groupby(rows, key=lambda r: r[0]):
-                *_, (path, _, series, lo, hi, size, stamp) = same
+                *_, (path, sequence, series, lo, hi, size, stamp) = same
                 if size >= 0:
-                    yield Fingerprint(path, series, lo, hi, size, stamp)
+                    yield Fingerprint(path, series, lo, hi, size, stamp, sequence)
 
     def has_fingerprint(self, path: str | None = None) -> bool:
         """Whether a state file of the directory holds a fingerprint of ``path`` (None: of

@@ -191,6 +191,13 @@ class NotBraze:
         self.hits += 1
         if self.close and request.transport is not None:
             request.transport.abort()
+        if isinstance(self.body, bytes):  # sent as it is, for bodies no JSON encoder makes
+            return web.Response(
+                body=self.body,
+                status=self.status,
+                headers=self.headers,
+                content_type="application/json",
+            )
         return web.json_response(self.body, status=self.status, headers=self.headers)
 
     def _serve(self) -> None:

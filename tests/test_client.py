@@ -121,6 +121,24 @@ def test_malformed_success_bodies_are_never_data(body: bytes, why: str) -> None:
         interpret(REQUEST, Response(200, RateHeaders(), body))
 
 
+DEEP = b"[" * 100_000 + b"]" * 100_000  # under _MAX_BODY, deeper than any parser recurses
+UNPARSABLE = [DEEP, b'{"data": ' + DEEP + b"}", b"\xff\xfe{}", b'{"data": [\xff]}']
+
+
+@pytest.mark.parametrize("body", UNPARSABLE)
+def test_every_body_that_fails_to_parse_is_malformed(body: bytes) -> None:
+    """Nested too deep, not UTF-8, torn: MalformedResponse (retried), never another exception."""
+    with pytest.raises(MalformedResponse, match="not JSON"):
+        interpret(REQUEST, Response(200, RateHeaders(), body))
+
+
+@pytest.mark.parametrize("body", UNPARSABLE)
+def test_an_unparsable_error_body_keeps_its_status(body: bytes) -> None:
+    """A 503 whose body cannot be parsed is still a ServerError, with no message."""
+    with pytest.raises(ServerError, match="server error"):
+        interpret(REQUEST, Response(503, RateHeaders(), body))
+
+
 def test_points_outside_the_request_are_data_not_errors() -> None:
     """Braze's window may sit elsewhere than asked: well-formed points all come back, sorted."""
     points = interpret(

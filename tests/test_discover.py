@@ -353,6 +353,13 @@ def test_malformed_list_bodies(body: Any) -> None:
         interpret_list(EVENTS, _response(200, body))
 
 
+def test_a_list_body_nested_too_deep_is_malformed() -> None:
+    """100,000 nested arrays: MalformedResponse (retried), never a RecursionError."""
+    deep = b"[" * 100_000 + b"]" * 100_000
+    with pytest.raises(MalformedResponse, match="not JSON"):
+        interpret_list(EVENTS, _response(200, b'{"events": ' + deep + b"}"))
+
+
 def test_a_body_without_message_is_still_a_list() -> None:
     """Braze's examples carry message=success, but a body without it is read."""
     page = interpret_list(PRODUCTS, _response(200, {"products": ["p"]}))

@@ -204,3 +204,18 @@ def test_doctor_probes_a_listed_series_and_names_the_permissions_it_did_not_prob
     assert "probing /kpi/dau/data_series app_id='ios' for unit(s) day" in out
     assert "not probed (a run needs them too): sessions.data_series, segments.list" in out
     assert "key: accepted, with the permission kpi.dau.data_series" in out
+
+
+def test_doctor_on_a_body_nested_too_deep_exits_1(
+    write_config: Callable[..., Path],
+    env_key: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    not_braze: NotBraze,
+) -> None:
+    """A 200 of 100,000 nested arrays: a verdict (the body is not JSON), exit 1, no traceback."""
+    not_braze.status, not_braze.body = 200, b"[" * 100_000 + b"]" * 100_000
+    code, out = _doctor(write_config, capsys, monkeypatch, not_braze.url)
+    assert code == 1
+    assert "body is not JSON" in out
+    assert "verdict: Braze is busy or odd right now" in out

@@ -461,3 +461,38 @@ async def test_a_calibrated_window_never_reaches_before_1970(tmp_path: Path) -> 
     pipeline.result.calibration = Calibration({"day": 1})
     await pipeline.run(plan)
     assert sent == [("2", ending_at("day", first + 1, UTC_ZONE))]
+
+
+class BuggyClient(ScriptedClient):
+    """Raises what no part of the exporter expects (a bug), for every request."""
+
+    async def get(self, request: Request, ending_at: str | None = None) -> Response:
+        self.calls += 1
+        raise ZeroDivisionError("a bug")
+
+
+async def test_an_unexpected_exception_fails_its_series_not_the_run(tmp_path: Path) -> None:
+    """A worker's unforeseen exception is a failed series with one reason, never an
+    ExceptionGroup out of run(): the run still ends with a result (and its manifest)."""
+    pipeline, _ = _scripted_pipeline(tmp_path, BuggyClient(), FakeClock(0.0))
+    result = await pipeline.run(_plan(2))
+    assert result.series_failed == 2
+    assert set(result.failures.values()) == {
+        "unexpected error (ZeroDivisionError); please report it"
+    }
+
+
+async def test_an_unexpected_exception_in_the_feeder_fails_the_open_series(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The feeder's unforeseen exception fails every series still open, with one reason."""
+    plan = _plan(2)
+
+    def broken(*args: object) -> list[Request]:
+        raise KeyError("a bug")
+
+    monkeypatch.setattr(type(plan), "requests_for", broken)
+    pipeline, _ = _scripted_pipeline(tmp_path, ScriptedClient(), FakeClock(0.0))
+    result = await pipeline.run(plan)
+    assert result.series_failed == 2
+    assert set(result.failures.values()) == {"unexpected error (KeyError); please report it"}

@@ -58,7 +58,19 @@ def _replace(path: Path) -> None:
     path.write_bytes(path.with_name(f"2024-05{path.suffix}").read_bytes())
 
 
-DAMAGE = {"deleted": _delete, "truncated": _truncate, "replaced": _replace}
+def _directory(path: Path) -> None:
+    """A directory where the file was (``rm F; mkdir F``), holding a file of its own."""
+    path.unlink()
+    path.mkdir()
+    (path / "mine").write_text("a user's\n")
+
+
+DAMAGE = {
+    "deleted": _delete,
+    "truncated": _truncate,
+    "replaced": _replace,
+    "a directory": _directory,
+}
 
 
 @pytest.fixture
@@ -89,8 +101,8 @@ def test_a_rerun_fetches_again_exactly_the_periods_of_a_damaged_file(
     damage: str,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    """A partition file deleted, truncated or replaced: the rerun sends one request (its
-    series'), writes its 30 periods again, exits 0, and verify passes."""
+    """A partition file deleted, truncated, replaced or made a directory: the rerun sends
+    one request (its series'), writes its 30 periods again, exits 0, and verify passes."""
     if fmt == "parquet":
         pytest.importorskip("pyarrow")
     out = tmp_path / "out"
@@ -115,6 +127,65 @@ def test_a_rerun_fetches_again_exactly_the_periods_of_a_damaged_file(
     if damage != "deleted":  # what was there is kept aside, never merged into
         displaced = list((out / DISPLACED).rglob(f"2024-06.{fmt}"))
         assert len(displaced) == 1
+    if damage == "a directory":  # and with what the user put in it
+        assert (displaced[0] / "mine").read_text() == "a user's\n"
+
+
+def test_verify_reports_a_directory_where_a_run_wrote_a_file(
+    tmp_path: Path, write_config: Callable[..., Path], sandbox: Any
+) -> None:
+    """A partition file replaced by a directory (or a link): verify reports it changed and
+    exits 1, before and after a run that found it, never "ok"."""
+    out = tmp_path / "out"
+    config = write_config(_config(out, "jsonl"))
+    assert _run(config) == 0
+    june, may = out / JUNE.format(fmt="jsonl"), out / MAY.format(fmt="jsonl")
+    _directory(june)
+    may.unlink()
+    may.symlink_to(june / "mine")
+    report = verify(out)
+    assert (report.changed, report.missing) == (
+        sorted([str(june.relative_to(out)), str(may.relative_to(out))]),
+        [],
+    )
+    assert main(["verify", str(out)]) == 1
+
+
+@pytest.mark.parametrize("lost", ["every record", "one manifest"])
+def test_a_rerun_after_run_records_are_deleted_leaves_a_verify_that_passes(
+    tmp_path: Path,
+    write_config: Callable[..., Path],
+    sandbox: Any,
+    lost: str,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """_runs/ deleted (or the manifest of the run that wrote some files): the rerun, with
+    nothing to fetch, vouches for the files as they are in its manifest; verify passes."""
+    out = tmp_path / "out"
+    config = write_config(_config(out, "jsonl"))
+    june = JUNE.format(fmt="jsonl")
+    assert _run(config) == 0
+    _delete(out / june)
+    assert _run(config) == 0  # writes June again: its manifest alone vouches for it
+    if lost == "every record":
+        for record in (out / "_runs").iterdir():
+            record.unlink()
+    else:
+        (out / "_runs" / f"{_last_manifest(out)['run_id']}.json").unlink()
+    before = snapshot(out)
+    sent = sandbox_stats(sandbox.app).requests
+    capsys.readouterr()
+    assert _run(config) == 0
+    assert sandbox_stats(sandbox.app).requests == sent
+    assert snapshot(out) == before
+    assert "vouched for anew" in capsys.readouterr().out
+    manifest = _last_manifest(out)
+    vouched = {f["path"]: f["rows"] for f in manifest["files"]}
+    assert vouched == ({june: 30} if lost == "one manifest" else {**vouched, june: 30})
+    assert len(vouched) == (1 if lost == "one manifest" else 4)
+    assert main(["verify", str(out)]) == 0, capsys.readouterr().out
+    assert _run(config) == 0  # vouched once: the next run finds every record there
+    assert _last_manifest(out)["files"] == []
 
 
 def test_an_untouched_output_is_checked_and_nothing_is_fetched(

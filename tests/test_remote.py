@@ -575,3 +575,28 @@ def test_a_damaged_object_is_fetched_again_and_verify_passes(
     assert check[f"files_{'missing' if how == 'deleted' else 'changed'}"] == 1
     assert (check["periods_taken_back"], check["periods_refetched"]) == (10, 10)
     assert main(["verify", bucket]) == 0
+
+
+def test_a_rerun_after_the_run_records_are_deleted_leaves_a_verify_that_passes(
+    tmp_path: Path,
+    bucket: str,
+    write_config: Callable[..., Path],
+    sandbox_server: Any,
+    env_key: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Every object under _runs/ deleted: the rerun, with nothing to fetch, vouches for the
+    objects as they are in its manifest, and verify passes."""
+    cfg = write_config(_config(bucket))
+    now = datetime(2024, 7, 1, 6, tzinfo=UTC).timestamp()
+    with sandbox_server(clock=lambda: now) as server:
+        monkeypatch.setenv("BRAZE_REST_ENDPOINT", server.url)
+        assert main(["run", str(cfg), "--as-of", AS_OF, "--work-dir", str(tmp_path / "a")]) == 0
+        store = ObjectStore.open(bucket)
+        for record in store.list("_runs"):
+            store.delete(record)
+        store.close()
+        sent = sandbox_stats(server.app).requests
+        assert main(["run", str(cfg), "--as-of", AS_OF, "--work-dir", str(tmp_path / "b")]) == 0
+        assert sandbox_stats(server.app).requests == sent
+    assert main(["verify", bucket]) == 0
