@@ -26,7 +26,15 @@ from exporter import package_version
 from exporter.api import SANDBOX_OUT, api_key, check_out, load_plan, output_dir, prepare_run
 from exporter.catalog import catalog, catalog_table
 from exporter.completion import SHELLS, completion_script
-from exporter.config import ApiKey, Config, expand_home, load_config, parse_day
+from exporter.config import (
+    DEFAULT_KEY_ENV,
+    ApiKey,
+    Config,
+    expand_home,
+    load_config,
+    parse_day,
+    register_env_key,
+)
 from exporter.discover import DiscoverSpec, discovery_cost
 from exporter.doctor import DoctorReport, diagnose
 from exporter.errors import AuthError, ConfigError, DirectoryBusy, ExporterError, Unreachable
@@ -485,7 +493,7 @@ def _getting_started(command: Callable[[str, str], argparse.ArgumentParser]) -> 
     init.add_argument(
         "--api-key-env",
         metavar="NAME",
-        default="BRAZE_API_KEY",
+        default=DEFAULT_KEY_ENV,
         help="the variable holding the key, written into the config (default: %(default)s)",
     )
     init.set_defaults(func=_cmd_init)
@@ -633,11 +641,10 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     else:
         counted = f"{series:,} series"
     key_var = config.braze.api_key_env
-    key_state = (
-        "set"
-        if os.environ.get(key_var) or os.environ.get(f"{key_var}_FILE")
-        else "NOT set: run will refuse to start without it, unless --sandbox"
-    )
+    key_state = "NOT set: run will refuse to start without it, unless --sandbox"
+    if os.environ.get(key_var) or os.environ.get(f"{key_var}_FILE"):
+        api_key(config)  # refused as run refuses it (too short, quoted, unreadable file)
+        key_state = "set"
     print(
         f"{config.source}: valid. {len(config.exports)} export(s) "
         f"({', '.join(e.name for e in config.exports)}) covering {counted}; days cut "
@@ -975,6 +982,8 @@ def _cmd_sandbox(args: argparse.Namespace) -> int:
 
 
 def _cmd_init(args: argparse.Namespace) -> int:
+    for name in {DEFAULT_KEY_ENV, args.api_key_env}:  # an error below may quote the key
+        register_env_key(name)
     settings = StarterSettings.from_args(args.endpoint, args.api_key_env)
     if not args.path:
         raise ConfigError("init: PATH must not be empty")

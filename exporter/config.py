@@ -38,11 +38,12 @@ from pydantic import (
 )
 
 from exporter.errors import ConfigError
-from exporter.redact import MIN_KEY_CHARS
+from exporter.redact import MIN_KEY_CHARS, register_secret
 from exporter.series import DIMENSIONS, KINDS, SERIES_NAMES, WORKSPACE_POOL
 
 __all__ = [
     "DEFAULT_ENDPOINT",
+    "DEFAULT_KEY_ENV",
     "ENDPOINT_ENV",
     "FIRST_DATE",
     "LAST_DATE",
@@ -63,10 +64,12 @@ __all__ = [
     "check_endpoint",
     "load_config",
     "reads_like_null",
+    "register_env_key",
     "resolve_api_key",
 ]
 
 DEFAULT_ENDPOINT = "https://rest.iad-01.braze.com"
+DEFAULT_KEY_ENV = "BRAZE_API_KEY"
 ENDPOINT_ENV = "BRAZE_REST_ENDPOINT"
 # Braze's rate-limit window is an hour: no pause needs to outlast it by more than 5 minutes.
 MAX_PAUSE_S = 3900.0
@@ -105,7 +108,7 @@ class _Model(BaseModel):
 class BrazeSettings(_Model):
     endpoint: str = DEFAULT_ENDPOINT
     api_key_env: Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")] = (
-        "BRAZE_API_KEY"
+        DEFAULT_KEY_ENV
     )
     timeout_s: float = Field(30.0, gt=0, le=600)
 
@@ -478,8 +481,11 @@ _Loader.yaml_implicit_resolvers = {
 
 
 def load_config(path: str | os.PathLike[str], env: Mapping[str, str] | None = None) -> Config:
-    """Read, validate and resolve a config file; raise ConfigError listing every problem."""
+    """Read, validate and resolve a config file; raise ConfigError listing every problem.
+    The key in ``env`` is registered for redaction before anything is checked (the default
+    variable's, then the one the file names): an error message may quote it."""
     env = os.environ if env is None else env
+    register_env_key(DEFAULT_KEY_ENV, env)
     source = Path(path)
     if source.is_dir():
         raise ConfigError(f"{source}: is a directory, not a config file")
@@ -516,6 +522,9 @@ def load_config(path: str | os.PathLike[str], env: Mapping[str, str] | None = No
     if not isinstance(raw, dict):
         got = "an empty file" if raw is None else type(raw).__name__
         raise ConfigError(f"{source}: must be a mapping with version: 1 and exports, got {got}")
+    named = raw.get("braze")
+    if isinstance(named, dict) and isinstance(named.get("api_key_env"), str):
+        register_env_key(named["api_key_env"], env)
     model, invalid = _validate(raw)
     problems += invalid
     if problems or model is None:
@@ -554,14 +563,38 @@ def _validate(raw: dict[str, Any]) -> tuple[_File | None, list[str]]:
     return model, problems
 
 
+def _key_file(name: str, env: Mapping[str, str]) -> Path | None:
+    """The file ``${name}_FILE`` names when it is where the key is read from: ``$name`` is
+    unset or empty (``NAME=""`` is how many CI systems spell "unset")."""
+    if not (env.get(name) or "").strip() and env.get(f"{name}_FILE"):
+        return Path(env[f"{name}_FILE"])
+    return None
+
+
+def register_env_key(name: str, env: Mapping[str, str] | None = None) -> None:
+    """Register for redaction the key ``$name`` (or its ``_FILE``) holds, if it can be one,
+    before anything could print it: a config error may quote it (an endpoint with the key as
+    its path). Never raises: :func:`resolve_api_key` says what is wrong when the key is
+    needed; a value shorter than MIN_KEY_CHARS cannot be registered (it is refused there)."""
+    env = os.environ if env is None else env
+    key_file = _key_file(name, env)
+    try:
+        value = env.get(name) if key_file is None else key_file.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return
+    value = (value or "").strip()
+    if len(value) >= MIN_KEY_CHARS:
+        register_secret(value)
+
+
 def resolve_api_key(config: Config, env: Mapping[str, str] | None = None) -> ApiKey:
     """The key from ``$api_key_env``, or, when that is unset or empty, from the file named by
     ``${api_key_env}_FILE`` (``NAME=""`` is how many CI systems spell "unset")."""
     env = os.environ if env is None else env
     name = config.braze.api_key_env
     value = env.get(name)
-    if not (value or "").strip() and env.get(f"{name}_FILE"):
-        key_file = Path(env[f"{name}_FILE"])
+    key_file = _key_file(name, env)
+    if key_file is not None:
         try:
             value = key_file.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as exc:

@@ -336,7 +336,7 @@ async def discover(
     if malformed:
         log.warning(
             "%s: %d entries were not well-formed (an id must be a string of 1..%d "
-            "characters) and were skipped",
+            "characters, not holding the API key) and were skipped",
             source.path,
             malformed,
             MAX_ID_CHARS,

@@ -10,17 +10,24 @@ registered once, when it is loaded, and the sinks replace it with ``***``:
 * the storage primitives redact the bytes of every file they write (partition files, manifest,
   journal, lock records, object storage puts) and the state's text columns.
 
-Besides the key as it is, its percent-encoded forms (``quote``, ``quote_plus``, escapes in
-either case), its JSON-escaped form and its base64 are redacted: the ways a server or a library
-may repeat it. ``Bearer <key>`` holds the key as it is.
+Besides the key as it is, these forms are redacted, the ways a server or a library may repeat
+it: percent-encoded (``quote``, ``quote_plus``) once or twice (a URL inside a URL), escapes in
+either case; backslash-escaped (JSON, JSON inside a JSON string, Python's repr, backslashes
+doubled); base64 (standard and URL-safe). ``Bearer <key>`` holds the key as it is. Not
+covered: the key split across lines or chunks, reversed, hex-encoded, in another case (except
+within the percent-encoded forms), or a fragment of it (a prefix): a fragment authenticates
+nothing, and masking fragments would garble unrelated text (any cut-off is arbitrary).
+:func:`holds_secret`, which decides whether a listed id may be used, is broader: every form,
+in any case.
 
 Keys shorter than :data:`MIN_KEY_CHARS` are refused where the key is loaded
 (:func:`exporter.config.resolve_api_key`): replacing a 1-character "key" everywhere would
 garble every line. Braze's REST keys are 36-character UUIDs.
 
-Cost: a few substring searches per text written (one per form, and one over its lowercase
-copy when the key has characters percent-encoding changes); a regex runs only on a text that
-holds the key. Never per row.
+Cost: a few substring searches per text written (one per distinct form, and one per
+percent-encoded form over its lowercase copy when the key has characters percent-encoding
+changes); a regex runs only on a text that holds the key. Forms that coincide count once: a
+Braze key (a UUID: hex digits and hyphens) has three (as is, and two base64). Never per row.
 """
 
 from __future__ import annotations
@@ -61,22 +68,29 @@ class _Registry:
     folded_data: tuple[bytes, ...] = ()
     pattern: re.Pattern[str] | None = None  # the folded forms, matched ignoring case
     data_pattern: re.Pattern[bytes] | None = None
+    lowered: tuple[str, ...] = ()  # every form, lowercased (holds_secret)
 
 
 _registry = _Registry()
 
 
 def _forms(secret: str) -> tuple[set[str], set[str]]:
-    """The ways ``secret`` may be written back: (exact forms: as is, JSON-escaped, base64;
-    percent-encoded forms, whose escapes may come in either case)."""
+    """The ways ``secret`` may be written back: (exact forms: as is, backslash-escaped,
+    base64; percent-encoded forms, once or twice, whose escapes may come in either case)."""
     raw = secret.encode()
+    escaped = json.dumps(secret)[1:-1]
     exact = {
         secret,
-        json.dumps(secret)[1:-1],
+        escaped,
+        json.dumps(secret, ensure_ascii=False)[1:-1],
+        json.dumps(escaped)[1:-1],  # an error body's JSON quoted in a JSON string
+        repr(secret)[1:-1],  # an exception's args, a dict printed
+        secret.replace("\\", "\\\\"),
         base64.b64encode(raw).decode().rstrip("="),
         base64.urlsafe_b64encode(raw).decode().rstrip("="),
     }
-    encoded = {quote(secret, safe=""), quote_plus(secret, safe="")} - exact
+    once = {quote(secret, safe=""), quote_plus(secret, safe="")}
+    encoded = (once | {quote(form, safe="") for form in once}) - exact
     return exact, encoded
 
 
@@ -97,6 +111,7 @@ def register_secret(secret: str) -> None:
         tuple(f.encode() for f in folded),
         re.compile(either, re.IGNORECASE) if folded else None,
         re.compile(either.encode(), re.IGNORECASE) if folded else None,
+        tuple({*_registry.lowered, *(form.lower() for form in exact | encoded)}),
     )
 
 
@@ -107,8 +122,12 @@ def forget_secrets() -> None:
 
 
 def holds_secret(text: str) -> bool:
-    """Whether ``text`` holds a registered secret in any of its forms."""
-    return redact(text) != text
+    """Whether ``text`` holds a registered secret in any of its forms, in any case: broader
+    than what :func:`redact` masks, for deciding whether a listed id may be used (an id
+    holding the key upper-cased would be masked once percent-encoded into a path)."""
+    found = _registry
+    lowered = text.lower()
+    return any(form in lowered for form in found.lowered)
 
 
 def redact(text: str) -> str:

@@ -325,9 +325,10 @@ def _check_files(
 def _file_check_line(checked: FileCheck, state: State) -> str:
     line = f"files of earlier runs: {checked.checked} checked"
     if checked.missing or checked.changed:
+        moved = f" (moved to {DISPLACED}/)" if checked.changed else ""
         line += (
-            f"; {len(checked.missing)} gone, {len(checked.changed)} changed (moved to "
-            f"{DISPLACED}/): {checked.periods_taken_back} done period(s) taken back, "
+            f"; {len(checked.missing)} gone, {len(checked.changed)} changed{moved}: "
+            f"{checked.periods_taken_back} done period(s) taken back, "
             f"{checked.refetched(state)} fetched again"
         )
     if checked.vouched:

@@ -31,6 +31,7 @@ from exporter import package_version
 from exporter.client import BrazeClient, cannot_reach, make_session
 from exporter.config import (
     DEFAULT_ENDPOINT,
+    DEFAULT_KEY_ENV,
     ENDPOINT_ENV,
     ApiKey,
     BrazeSettings,
@@ -47,6 +48,7 @@ from exporter.ratelimit import Budget
 from exporter.retry import RetryPolicy
 from exporter.sandbox import SandboxOptions, start_sandbox
 from exporter.series import LIST_POOL, WORKSPACE_POOL
+from exporter.writers import atomic_write
 
 __all__ = [
     "INIT_RETRY",
@@ -70,7 +72,7 @@ class StarterSettings:
     """What the starter config's ``braze:`` says, checked as the config checks it."""
 
     endpoint: str = DEFAULT_ENDPOINT
-    api_key_env: str = "BRAZE_API_KEY"
+    api_key_env: str = DEFAULT_KEY_ENV
 
     @classmethod
     def from_args(cls, endpoint: str | None, api_key_env: str) -> StarterSettings:
@@ -255,8 +257,9 @@ def write_starter(path: Path, text: str, *, force: bool, check_only: bool = Fals
     """Write ``text`` to ``path``, refusing (ConfigError, exit 2) a path that exists unless
     ``force``, a directory or other file that is not a regular one, or one that cannot be
     written (through a symbolic link: to where it points); ``check_only`` only refuses. The
-    text is validated as ``braze-export validate`` would before it lands (a starter that does
-    not validate is a bug: ExporterError), and never lands over a file created meanwhile."""
+    text is written by :func:`exporter.writers.atomic_write` (the API key redacted), validated
+    as ``braze-export validate`` would before it lands (a starter that does not validate is a
+    bug: ExporterError), and never lands over a file created meanwhile."""
     if path.is_dir():
         raise ConfigError(f"init: {path} is a directory; name the config file to write")
     if path.exists() and not force:
@@ -268,25 +271,30 @@ def write_starter(path: Path, text: str, *, force: bool, check_only: bool = Fals
         raise ConfigError(f"init: cannot write {path}: {path.parent} is not a directory")
     if check_only:
         return
-    temp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    try:
-        temp.write_text(text, encoding="utf-8")
+
+    def validates(temp: Path) -> None:
         try:
             load_config(temp, env={})
         except ConfigError as exc:
             raise ExporterError(
                 f"init: the starter config does not validate (a bug): {exc}"
             ) from None
-        if force:
-            os.replace(temp, path)
-        else:
-            os.link(temp, path)  # fails, where os.replace would not, if path appeared meanwhile
+
+    try:
+        # The one redacting write: names Braze listed may echo the key (ids holding it are
+        # skipped by discovery), and they land as comments.
+        atomic_write(
+            path,
+            text.encode(),
+            path.parent,
+            token=f".{path.name}.{secrets.token_hex(4)}",
+            replace=force,
+            check=validates,
+        )
     except FileExistsError:
         raise ConfigError(f"init: {path} exists; --force overwrites it") from None
     except OSError as exc:
         raise ConfigError(f"init: cannot write {path}: {exc.strerror or exc}") from None
-    finally:
-        temp.unlink(missing_ok=True)
 
 
 # --- the text ------------------------------------------------------------------------------

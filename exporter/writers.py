@@ -562,9 +562,14 @@ def atomic_write(
     *,
     durable: bool = True,
     token: str | None = None,
+    replace: bool = True,
+    check: Callable[[Path], None] | None = None,
 ) -> None:
     """Replace ``path`` with ``data`` (bytes, or chunks of them) whole: temp file in
-    ``tmp_dir`` (named after ``token``), fsync, rename, fsync of the directory."""
+    ``tmp_dir`` (named after ``token``), fsync, rename, fsync of the directory. The one way a
+    local file is written: the API key is redacted from what lands. ``replace`` False: never
+    over a file that exists, even one created meanwhile (FileExistsError). ``check`` is called
+    with the temp file before it lands; what it raises stops the write."""
     tmp, fd = _temp_file(tmp_dir, token or secrets.token_hex(8))
     try:
         try:
@@ -573,7 +578,13 @@ def atomic_write(
                 os.fsync(fd)
         finally:
             os.close(fd)
-        _rename(tmp, path)
+        if check is not None:
+            check(Path(tmp))
+        if replace:
+            _rename(tmp, path)
+        else:
+            os.link(tmp, path)  # fails, where a rename would not, if path exists
+            os.unlink(tmp)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

@@ -266,3 +266,35 @@ def test_fingerprint_tracks_the_resolved_config(write_config: Callable[..., Path
     two = load_config(write_config(GOOD, "b.yaml"), env={})
     three = load_config(write_config(GOOD + "timezone: Europe/Berlin\n", "c.yaml"), env={})
     assert one.fingerprint == two.fingerprint != three.fingerprint
+
+
+@pytest.mark.parametrize(
+    ("env", "code", "says"),
+    [
+        ({"BRAZE_API_KEY": "a"}, 2, "holds 1 character(s), fewer than 16"),
+        ({"BRAZE_API_KEY": "'quoted-key-0123456789'"}, 2, "holds quotes or spaces"),
+        ({"BRAZE_API_KEY": "", "BRAZE_API_KEY_FILE": "/nonexistent/key"}, 2, "cannot read"),
+        ({"BRAZE_API_KEY": "a-key-of-36-characters-0123456789abc"}, 0, "BRAZE_API_KEY (set)"),
+        ({}, 0, "BRAZE_API_KEY (NOT set: run will refuse"),
+    ],
+    ids=["short", "quoted", "unreadable file", "good", "unset"],
+)
+def test_validate_checks_the_key_as_run_does(
+    write_config: Callable[..., Path],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    env: dict[str, str],
+    code: int,
+    says: str,
+) -> None:
+    """A key run would refuse is refused by validate (exit 2, run's one line); an unset one
+    is reported NOT set, and the config is still valid."""
+    monkeypatch.delenv("BRAZE_API_KEY", raising=False)
+    monkeypatch.delenv("BRAZE_API_KEY_FILE", raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    assert main(["validate", str(write_config(GOOD))]) == code
+    out, err = capsys.readouterr()
+    assert says in (out if code == 0 else err)
+    if code:
+        assert err.count("\n") == 1

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import functools
+import json
 import os
 import re
+from base64 import b64encode
 from collections.abc import Callable
 from pathlib import Path
+from urllib.parse import quote
 
 import pytest
 import yaml
@@ -18,11 +21,19 @@ from exporter.config import ApiKey, Limits, Pool, Pools, load_config
 from exporter.discover import ListItem
 from exporter.errors import AuthError
 from exporter.ratelimit import Budget, RateHeaders
+from exporter.redact import forget_secrets, register_secret
 from exporter.retry import RetryPolicy
 from exporter.sandbox import SandboxOptions, catalogue, free_port, start_sandbox
 from exporter.sandbox_messaging import messaging_catalogue
 from exporter.series import LIST_POOL, WORKSPACE_POOL, ListSource
-from exporter.starter import Listed, StarterSettings, Workspace, read_workspace, starter_config
+from exporter.starter import (
+    Listed,
+    StarterSettings,
+    Workspace,
+    read_workspace,
+    starter_config,
+    write_starter,
+)
 
 from .conftest import KEY
 
@@ -249,3 +260,51 @@ def test_odd_ids_and_names_round_trip(tmp_path: Path) -> None:
     assert config.exports[0].segment_ids == ids
     assert config.exports[1].events == ids
     assert config.exports[0].allow_null_like_ids
+
+
+class _Echoing:
+    """A ListFetch whose lists echo the key: in every name, and in ids as it is,
+    upper-cased, percent-encoded and base64 (one page each, then an empty one)."""
+
+    def __init__(self, key: str) -> None:
+        self.key = key
+        self.read: set[str] = set()
+
+    async def get_list(self, source: ListSource, page: int) -> Response:
+        key, entries = self.key, list[object]()
+        if source.path not in self.read:
+            self.read.add(source.path)
+            ids = ["ok", key, f"evt {key.upper()}", quote(key, safe=""), b64encode(key.encode())]
+            names = [f"name {key}", f"named {quote(key, safe='')}", json.dumps(key)]
+            if source.items_key in ("events", "products"):
+                entries = [str(i) for i in ids]
+            else:
+                entries = [
+                    {"id": str(i), "name": names[n % 3], "analytics_tracking_enabled": True}
+                    for n, i in enumerate(ids)
+                ]
+        body = json.dumps({"message": "success", source.items_key: entries})
+        return Response(200, RateHeaders(), body.encode())
+
+
+async def test_discover_writes_no_form_of_the_key_and_skips_ids_holding_it(
+    tmp_path: Path,
+) -> None:
+    """Names that echo the key land masked in the config's comments; ids holding it in any
+    form or case are skipped; the file holds no form of the key and validates."""
+    key = "t3st/K3y+with=special&chars~0123456789-abcdef"
+    register_secret(key)
+    try:
+        workspace = await read_workspace(_Echoing(key), _budgets())
+        path = tmp_path / "disc.yaml"
+        write_starter(path, starter_config(workspace), force=False)
+    finally:
+        forget_secrets()
+    data = path.read_bytes()
+    for form in (key, quote(key, safe=""), key.upper(), b64encode(key.encode()).rstrip(b"=")):
+        assert (form if isinstance(form, bytes) else form.encode()) not in data
+    assert b"name ***" in data
+    config = load_config(path, env={})
+    assert config.exports[0].segment_ids == ["ok"]
+    assert config.exports[1].events == ["ok"]
+    assert config.exports[2].products == [None, "ok"]

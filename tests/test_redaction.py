@@ -327,3 +327,78 @@ def test_json_logs_on_a_terminal_draw_no_progress_line(tmp_path: Path) -> None:
     lines = err.decode().splitlines()
     assert any(json.loads(line)["event"] == "progress" for line in lines)
     assert b"\x1b[2K" not in err
+
+
+# A key with a backslash and both quotes: escaping changes it in every language.
+ODD_KEY = "Zk3y+/ab=c%20\"d\\e'-0123456789abcdef"
+
+
+@pytest.mark.parametrize(
+    "form",
+    [
+        quote(quote(ODD_KEY, safe=""), safe=""),
+        quote(quote(ODD_KEY, safe=""), safe="").lower(),
+        quote(quote_plus(ODD_KEY, safe=""), safe=""),
+        repr(ODD_KEY)[1:-1],
+        ODD_KEY.replace("\\", "\\\\"),
+        json.dumps(json.dumps(ODD_KEY))[3:-3],
+    ],
+    ids=["double quote", "double quote lowercase", "quote of quote_plus", "repr", "\\\\", "json"],
+)
+def test_doubly_encoded_and_escaped_forms_are_redacted(form: str) -> None:
+    """A URL inside a URL, Python's repr, backslashes doubled, JSON inside a JSON string: the
+    key in none of them gets past the mask, in text or bytes."""
+    register_secret(ODD_KEY)
+    try:
+        text = f"echo: {form}!"
+        assert redact(text) == "echo: ***!"
+        assert redact_bytes(text.encode()) == b"echo: ***!"
+    finally:
+        forget_secrets()
+
+
+def test_a_listed_id_holding_the_key_in_any_form_or_case_is_skipped(registered: str) -> None:
+    """An id holding the key upper-cased (which percent-encoding into a path would mask), or
+    in any other registered form, is skipped like one holding it as it is."""
+    held = [
+        f"evt {registered.upper()}",
+        quote(registered, safe="").upper(),
+        "p-" + base64.b64encode(registered.encode()).decode(),
+        quote(quote(registered, safe=""), safe=""),
+    ]
+    body = json.dumps({"events": ["purchase", *held]})
+    page = interpret_list(LISTS["event"], Response(200, RateHeaders(), body.encode()))
+    assert [item.id for item in page.items] == ["purchase"]
+    assert page.malformed == len(held)
+
+
+ENDPOINT_KEY = "abcd1234efgh5678ijkl9012"
+
+
+@pytest.mark.parametrize("command", ["run", "validate", "plan", "doctor"])
+@pytest.mark.parametrize("where", ["env", "config"])
+def test_a_key_in_a_refused_endpoint_is_masked_in_the_error(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    command: str,
+    where: str,
+) -> None:
+    """The key pasted as the endpoint's path ($BRAZE_REST_ENDPOINT, or braze.endpoint with
+    the variable the file names): exit 2, the error says why, with *** for the key."""
+    for name in [n for n in os.environ if n.startswith("BRAZE_")]:
+        monkeypatch.delenv(name)
+    endpoint = f"https://rest.iad-01.braze.com/{ENDPOINT_KEY}"
+    config = tmp_path / "config.yaml"
+    text = CONFIG.format(segments="s1")
+    if where == "env":
+        monkeypatch.setenv("BRAZE_API_KEY", ENDPOINT_KEY)
+        monkeypatch.setenv("BRAZE_REST_ENDPOINT", endpoint)
+    else:
+        monkeypatch.setenv("MY_KEY", ENDPOINT_KEY)
+        text += f"braze: {{endpoint: '{endpoint}', api_key_env: MY_KEY}}\n"
+    config.write_text(text, encoding="utf-8")
+    assert main([command, str(config)]) == 2
+    out, err = capsys.readouterr()
+    assert "without a path (got path '/***')" in err
+    assert ENDPOINT_KEY not in out + err
