@@ -243,8 +243,9 @@ def test_plan_counts_the_files_gone_as_the_run_s_file_check_does(
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    """A done period's file deleted and another changed: plan says the requests the run then sends, and how many
-    files and periods the file check takes back, without moving or writing anything."""
+    """A done period's file deleted and another changed: plan says the requests the run then
+    sends, and how many files and periods the file check takes back, moving or writing
+    nothing."""
     config = write_config(NIGHTLY.format(out=tmp_path / "out", days=7))
     _nightly(tmp_path, write_config, sandbox_server, monkeypatch, 7, ["2024-09-10"])
     out = tmp_path / "out"
