@@ -564,15 +564,15 @@ class Records:
 
     def withhold(self, taken: Iterable[tuple[str, int, int]]) -> int:
         """Count ``(series key, lo, hi)`` as not done from now on, as the run's file check
-        takes them back (nothing is written). Returns how many recorded periods that is."""
+        takes them back (nothing is written). Returns how many done periods that is."""
         for key, lo, hi in taken:
             self._withheld.setdefault(key, []).append((lo, hi))
         count = 0
         for key, spans in self._withheld.items():
             spans[:] = _merged(sorted(spans))
-            done, stale = self._recorded(key)
-            recorded = _merged(sorted(done + stale))
-            count += _size(recorded) - _size(subtract(recorded, spans))
+            # A run drops the stale provisional records before its check: not counted.
+            done = self._recorded(key)[0]
+            count += _size(done) - _size(subtract(done, spans))
         return count
 
     def of(self, series_key: str) -> tuple[list[Span], list[Span]]:

@@ -292,3 +292,28 @@ def test_validate_and_plan_give_one_least_time_and_no_share_advice_at_100_percen
     assert f"it takes at least {least}:" in warning
     assert "split the window into runs or ask Braze to raise the workspace's limit" in warning
     assert "limits.share" not in warning
+
+
+def test_plan_counts_as_taken_back_what_the_run_s_manifest_counts(
+    tmp_path: Path,
+    write_config: Callable[..., Path],
+    sandbox_server: Any,
+    env_key: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The next day, a provisional day's file deleted: its periods are read again anyway, so
+    plan, like the run's manifest, counts none of them as taken back."""
+    config = write_config(NIGHTLY.format(out=tmp_path / "out", days=7))
+    _nightly(tmp_path, write_config, sandbox_server, monkeypatch, 7, ["2024-09-10"])
+    out = tmp_path / "out"
+    hourly = sorted(p for p in out.rglob("*") if p.is_file() and "hour" in p.parts)
+    hourly[-1].unlink()
+    capsys.readouterr()
+    assert main(["plan", str(config), "--as-of", "2024-09-11", "--json"]) == 0
+    check = json.loads(capsys.readouterr().out)["file_check"]
+    _nightly(tmp_path, write_config, sandbox_server, monkeypatch, 7, ["2024-09-11"])
+    manifests = sorted((out / "_runs").glob("*.json"), key=lambda p: p.stat().st_mtime_ns)
+    ran = json.loads(manifests[-1].read_text())["file_check"]
+    assert (check["files_missing"], check["periods_taken_back"]) == (1, 0)
+    assert ran["periods_taken_back"] == check["periods_taken_back"]
