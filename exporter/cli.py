@@ -49,6 +49,7 @@ from exporter.plan import (
     count_series,
     discovery_needs,
 )
+from exporter.presence import FileCheck
 from exporter.progress import Progress, eta_seconds, format_duration
 from exporter.redact import redacted_streams, register_secret
 from exporter.remote import CHECKPOINT_S, ObjectStore, is_remote
@@ -671,14 +672,20 @@ def _over_a_day(config: Config) -> Iterator[str]:
     for kind, n in plan.first_run_requests().items():
         by_pool[config.limits.pool_for(kind)] += n
     for pool, n in sorted(by_pool.items()):
-        rph, share, _ = config.limits.pool(pool)
-        per_day = rph * share * 24
-        if n > per_day:
+        rph, share, reserve = config.limits.pool(pool)
+        least = eta_seconds(n, rph, share, reserve)  # as plan says it
+        if least > 86400:
+            advice = (
+                "split the window into runs or ask Braze to raise the workspace's limit"
+                if share >= 1
+                else "split the window into runs, or raise limits.share if Braze gave the "
+                "workspace more"
+            )
             yield (
                 f"a first run as of today plans {n:,} requests in the {pool} pool, more than "
-                f"its share allows in a day ({per_day:,.0f}: {rph:,}/hour x {share:.0%}); it "
-                f"takes at least {format_duration(n / per_day * 86400)}. Split the window "
-                "into runs, or raise limits.share if Braze gave the workspace more"
+                f"its share allows in a day ({rph:,}/hour x {share:.0%}, keeping "
+                f"{reserve:.0%} in reserve); it takes at least {format_duration(least)}: "
+                f"{advice}"
             )
 
 
@@ -690,10 +697,12 @@ def _cmd_plan(args: argparse.Namespace) -> int:
     else:
         where = str(output_dir(config, args.out or (SANDBOX_OUT if args.sandbox else None)))
     scope = state_scope(config, sandbox=args.sandbox)
-    with saved_records(where, scope=scope, as_of=plan.as_of.toordinal()) as records:
+    as_of = plan.as_of.toordinal()
+    with saved_records(where, scope=scope, as_of=as_of, shard=plan.shard) as saved:
+        records, check = saved if saved is not None else (None, None)
         seen = outlook(plan, records, None if records is None else where)
         if args.json:
-            _print_plan_json(config, plan, seen, next_requests(plan, records))
+            _print_plan_json(config, plan, seen, check, next_requests(plan, records))
             return EXIT_OK
     limits = config.limits
     shards = plan.shard[1] if plan.shard else 1
@@ -712,6 +721,12 @@ def _cmd_plan(args: argparse.Namespace) -> int:
         print(
             f"state:    {where}: {total.done:,} of {total.periods:,} periods done, "
             f"{total.reread:,} provisional to read again"
+        )
+    if check is not None and (check.missing or check.changed):
+        print(
+            f"files:    {len(check.missing):,} written file(s) gone and {len(check.changed):,} "
+            f"changed since: the run takes back their {check.periods_taken_back:,} period(s) "
+            "and fetches them again (counted above)"
         )
     print(
         f"requests: {total.requests:,} (for {total.to_fetch:,} periods, at most "
@@ -765,7 +780,11 @@ def _most_per_request(plan: Plan) -> str:
 
 
 def _print_plan_json(
-    config: Config, plan: Plan, seen: Outlook, requests: Iterator[Request]
+    config: Config,
+    plan: Plan,
+    seen: Outlook,
+    check: FileCheck | None,
+    requests: Iterator[Request],
 ) -> None:
     """The plan as one JSON document; the requests are written as they are made, so a plan
     of millions of them holds none in memory."""
@@ -795,6 +814,14 @@ def _print_plan_json(
         "series": len(plan.series),
         "state": seen.state,
         "totals": figures(seen.total),
+        "file_check": None
+        if check is None
+        else {
+            "files_checked": check.checked,
+            "files_missing": len(check.missing),
+            "files_changed": len(check.changed),
+            "periods_taken_back": check.periods_taken_back,
+        },
         "exports": {name: figures(f) for name, f in seen.exports.items()},
         "discovery": [
             {

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from exporter.coverage import Span, subtract
 from exporter.plan import Plan, Request
+from exporter.presence import FileCheck, Files, LocalFiles, StoreFiles, would_take_back
 from exporter.remote import ObjectStore, is_remote
 from exporter.state import Records
 from exporter.storage import WORK_DIR
@@ -45,8 +46,9 @@ class Figures:
 
 @dataclass
 class Outlook:
-    """The next run's figures: in all, per export (a series in two exports counts in
-    both), requests per series kind; ``state`` says where the records came from (None: no
+    """The next run's figures: in all, per export (a series in two exports counts in the
+    first that has it, as the run's manifest counts it: the exports add up to the total),
+    requests per series kind; ``state`` says where the records came from (None: no
     state, every window is fetched whole)."""
 
     total: Figures
@@ -66,14 +68,14 @@ def outlook(plan: Plan, records: Records | None, state: str | None = None) -> Ou
     total = Figures()
     by_kind: Counter[str] = Counter()
     exports: dict[str, Figures] = {}
-    counted = bytearray(len(plan.series))  # a series in two exports counts once in all
+    counted = bytearray(len(plan.series))  # a series in two exports counts once
     for name, members in plan.series_by_export.items():
         figures = exports[name] = Figures()
         for index in members:
-            one = _figures(plan, index, records)
-            figures.add(one)
             if not counted[index]:
                 counted[index] = 1
+                one = _figures(plan, index, records)
+                figures.add(one)
                 total.add(one)
                 by_kind[plan.series[index].kind] += one.requests
     return Outlook(total, exports, by_kind, state)
@@ -100,33 +102,36 @@ def _size(spans: list[Span]) -> int:
 
 
 @contextlib.contextmanager
-def saved_records(target: str, *, scope: str, as_of: int) -> Iterator[Records | None]:
+def saved_records(
+    target: str, *, scope: str, as_of: int, shard: tuple[int, int] | None = None
+) -> Iterator[tuple[Records, FileCheck] | None]:
     """The records of the state files under ``target`` (a directory or an object storage
-    prefix), read only: no lock, nothing written there. None when there are none."""
-    with tempfile.TemporaryDirectory(prefix="braze-export-plan-") as tmp:
+    prefix), read only: no lock, nothing written there. The periods of the files the run's
+    file check would take back (:func:`exporter.presence.would_take_back`: gone or changed)
+    count as not done; the check says how many. None when there are no state files."""
+    with contextlib.ExitStack() as stack:
+        tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="braze-export-plan-"))
+        files: Files
         if is_remote(target):
             store = ObjectStore.open(target)
-            try:
-                for relative in store.list(WORK_DIR):
-                    name = relative.rsplit("/", 1)[-1]
-                    if relative.count("/") == 1 and _is_state(name):
-                        data = store.get(relative)
-                        if data is not None:
-                            (Path(tmp) / name).write_bytes(data)
-            finally:
-                store.close()
-            directory = Path(tmp)
+            stack.callback(store.close)
+            for relative in store.list(WORK_DIR):
+                name = relative.rsplit("/", 1)[-1]
+                if relative.count("/") == 1 and _is_state(name):
+                    data = store.get(relative)
+                    if data is not None:
+                        (Path(tmp) / name).write_bytes(data)
+            directory, files = Path(tmp), StoreFiles(store)
         else:
-            directory = Path(target) / WORK_DIR
-        files = sorted(p for p in directory.glob("state*.sqlite") if _is_state(p.name))
-        if not files:
+            directory, files = Path(target) / WORK_DIR, LocalFiles(Path(target))
+        paths = sorted(p for p in directory.glob("state*.sqlite") if _is_state(p.name))
+        if not paths:
             yield None
             return
-        records = Records(files, scope=scope, as_of=as_of)
-        try:
-            yield records
-        finally:
-            records.close()
+        records = stack.enter_context(contextlib.closing(Records(paths, scope=scope, as_of=as_of)))
+        check = would_take_back(records.fingerprints(), files, records.pending(), shard)
+        check.periods_taken_back = records.withhold(check.taken_back)
+        yield records, check
 
 
 def _is_state(name: str) -> bool:

@@ -26,7 +26,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -39,7 +39,16 @@ from exporter.state import Fingerprint, State
 from exporter.storage import JOURNAL_SUFFIX, RUNS_DIR, WORK_DIR
 from exporter.writers import partition_path, partitions
 
-__all__ = ["DISPLACED", "FileCheck", "Files", "LocalFiles", "StoreFiles", "check_files"]
+__all__ = [
+    "DISPLACED",
+    "FileCheck",
+    "Files",
+    "LocalFiles",
+    "StoreFiles",
+    "check_files",
+    "compare",
+    "would_take_back",
+]
 
 DISPLACED = f"{WORK_DIR}/displaced"
 NOT_A_FILE = -2  # the size a listing gives what is there but no regular file
@@ -191,24 +200,14 @@ def check_files(
     adopt: list[Fingerprint] = []
     unvouched: list[Fingerprint] = []
     records = _Records(files, state)
-    landing = state.pending()
-    ours = (f for f in state.fingerprints() if mine(f.series))
-    for directory, group in _by_directory(ours):
-        seen = files.listing(directory)
-        for recorded in group:
-            report.checked += 1
-            now = seen.get(recorded.path.rpartition("/")[2])
-            if now is None:
-                gone.append((recorded, False))
-            elif _matches(now, (recorded.size, recorded.stamp)):
-                if not recorded.stamp:
-                    adopt.append(_with(recorded, now))
-                elif not records.kept(recorded.sequence):
-                    unvouched.append(recorded)
-            elif any(_matches(now, staged) for staged in landing.get(recorded.path, ())):
-                adopt.append(_with(recorded, now))  # landed, then the run was killed
-            else:
-                gone.append((recorded, True))
+    for recorded, verdict, now in compare(state.fingerprints(), files, state.pending(), mine):
+        report.checked += 1
+        if verdict in (GONE, CHANGED):
+            gone.append((recorded, verdict == CHANGED))
+        elif verdict == ADOPT and now is not None:
+            adopt.append(_with(recorded, now))
+        elif verdict == SAME and not records.kept(recorded.sequence):
+            unvouched.append(recorded)
     for recorded, changed in gone:
         if changed:
             files.displace(recorded.path, f"{DISPLACED}/{run_id}/{recorded.path}")
@@ -236,6 +235,52 @@ def check_files(
             f"; changed files moved to {DISPLACED}/{run_id}/" if report.changed else "",
             extra={"event": "files_checked"},
         )
+    return report
+
+
+GONE, CHANGED, ADOPT, SAME = "gone", "changed", "adopt", "same"
+
+
+def compare(
+    fingerprints: Iterable[Fingerprint],
+    files: Files,
+    landing: Mapping[str, Sequence[tuple[int, str]]],
+    mine: Callable[[str], bool] = lambda _: True,
+) -> Iterator[tuple[Fingerprint, str, tuple[int, str] | None]]:
+    """Read only: each fingerprint of a series ``mine`` keeps (sorted by path, as
+    :meth:`exporter.state.State.fingerprints` gives them) with its verdict and the
+    ``(size, stamp)`` seen now (None: not there). GONE and CHANGED: its periods are taken
+    back; ADOPT: an unknown stamp, or a landing (``landing``: path -> staged ``(size,
+    stamp)``) the run was killed after; SAME: as written. Lists each directory once."""
+    for directory, group in _by_directory(f for f in fingerprints if mine(f.series)):
+        seen = files.listing(directory)
+        for recorded in group:
+            now = seen.get(recorded.path.rpartition("/")[2])
+            if now is None:
+                yield recorded, GONE, None
+            elif _matches(now, (recorded.size, recorded.stamp)):
+                yield recorded, SAME if recorded.stamp else ADOPT, now
+            elif any(_matches(now, staged) for staged in landing.get(recorded.path, ())):
+                yield recorded, ADOPT, now
+            else:
+                yield recorded, CHANGED, now
+
+
+def would_take_back(
+    fingerprints: Iterable[Fingerprint],
+    files: Files,
+    landing: Mapping[str, Sequence[tuple[int, str]]],
+    shard: tuple[int, int] | None = None,
+) -> FileCheck:
+    """What :func:`check_files` would take back, read only (``plan``): nothing moved,
+    nothing written. ``taken_back`` holds the spans; ``periods_taken_back`` is left to the
+    caller, who knows which of them are done."""
+    report = FileCheck()
+    for recorded, verdict, _ in compare(fingerprints, files, landing, _ShardFilter(shard)):
+        report.checked += 1
+        if verdict in (GONE, CHANGED):
+            (report.changed if verdict == CHANGED else report.missing).append(recorded.path)
+            report.taken_back.append((recorded.series, recorded.lo, recorded.hi))
     return report
 
 

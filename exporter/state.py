@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from exporter.coverage import subtract
 from exporter.errors import ExporterError
 from exporter.plan import merge_spans
 from exporter.redact import redact
@@ -306,23 +307,15 @@ class State:
         """The latest fingerprint of each file of this scope (the highest sequence over
         the directory's state files), by path: streamed, never all in memory. Files known
         to be gone (size -1) are left out."""
-        sql = (
-            "SELECT path, sequence, series, lo, hi, size, stamp FROM fingerprints "
-            "WHERE scope = ? ORDER BY path, sequence"
-        )
         with contextlib.ExitStack() as stack:
-            cursors = [self._db.execute(sql, (self._scope,))]
+            cursors = [self._db.execute(_FINGERPRINTS, (self._scope,))]
             for db in self._others():
                 stack.callback(db.close)
                 try:
-                    cursors.append(db.execute(sql, (self._scope,)))
+                    cursors.append(db.execute(_FINGERPRINTS, (self._scope,)))
                 except sqlite3.Error as exc:
                     log.debug("skipping another layout's state file: %s", exc)
-            rows = heapq.merge(*cursors, key=lambda r: (r[0], r[1]))
-            for _, same in itertools.groupby(rows, key=lambda r: r[0]):
-                *_, (path, sequence, series, lo, hi, size, stamp) = same
-                if size >= 0:
-                    yield Fingerprint(path, series, lo, hi, size, stamp, sequence)
+            yield from _latest(cursors)
 
     def has_fingerprint(self, path: str | None = None) -> bool:
         """Whether a state file of the directory holds a fingerprint of ``path`` (None: of
@@ -530,6 +523,7 @@ class Records:
         self._scope, self._as_of = scope, as_of
         self._copies = tempfile.TemporaryDirectory(prefix="braze-export-plan-")
         self._dbs: list[sqlite3.Connection] = []
+        self._withheld: dict[str, list[Span]] = {}
         try:
             for path in paths:
                 self._dbs.append(self._open(path))
@@ -554,7 +548,41 @@ class Records:
         except sqlite3.Error as exc:
             raise _unusable(path, exc) from None
 
+    def fingerprints(self) -> Iterator[Fingerprint]:
+        """As :meth:`State.fingerprints`, read only."""
+        yield from _latest([db.execute(_FINGERPRINTS, (self._scope,)) for db in self._dbs])
+
+    def pending(self) -> dict[str, list[tuple[int, str]]]:
+        """As :meth:`State.pending`, read only."""
+        found: dict[str, list[tuple[int, str]]] = {}
+        sql = "SELECT path, size, stamp FROM pending WHERE scope = ?"
+        for db in self._dbs:
+            with contextlib.suppress(sqlite3.Error):  # a state older than the table
+                for path, size, stamp in db.execute(sql, (self._scope,)):
+                    found.setdefault(path, []).append((size, stamp))
+        return found
+
+    def withhold(self, taken: Iterable[tuple[str, int, int]]) -> int:
+        """Count ``(series key, lo, hi)`` as not done from now on, as the run's file check
+        takes them back (nothing is written). Returns how many done periods that is."""
+        for key, lo, hi in taken:
+            self._withheld.setdefault(key, []).append((lo, hi))
+        count = 0
+        for key, spans in self._withheld.items():
+            spans[:] = _merged(sorted(spans))
+            # A run drops the stale provisional records before its check: not counted.
+            done = self._recorded(key)[0]
+            count += _size(done) - _size(subtract(done, spans))
+        return count
+
     def of(self, series_key: str) -> tuple[list[Span], list[Span]]:
+        done, stale = self._recorded(series_key)
+        withheld = self._withheld.get(series_key)
+        if withheld:
+            done, stale = subtract(done, withheld), subtract(stale, withheld)
+        return done, stale
+
+    def _recorded(self, series_key: str) -> tuple[list[Span], list[Span]]:
         done: list[Span] = []
         stale: list[Span] = []
         query = "SELECT lo, hi, as_of FROM periods WHERE scope = ? AND series = ? ORDER BY lo"
@@ -570,6 +598,26 @@ class Records:
         for db in self._dbs:
             db.close()
         self._copies.cleanup()
+
+
+_FINGERPRINTS = (
+    "SELECT path, sequence, series, lo, hi, size, stamp FROM fingerprints "
+    "WHERE scope = ? ORDER BY path, sequence"
+)
+
+
+def _latest(cursors: Sequence[Iterable[tuple[Any, ...]]]) -> Iterator[Fingerprint]:
+    """The latest fingerprint of each path over ``cursors`` of :data:`_FINGERPRINTS`,
+    streamed; files known to be gone (size -1) are left out."""
+    rows = heapq.merge(*cursors, key=lambda r: (r[0], r[1]))
+    for _, same in itertools.groupby(rows, key=lambda r: r[0]):
+        *_, (path, sequence, series, lo, hi, size, stamp) = same
+        if size >= 0:
+            yield Fingerprint(path, series, lo, hi, size, stamp, sequence)
+
+
+def _size(spans: Iterable[Span]) -> int:
+    return sum(hi - lo + 1 for lo, hi in spans)
 
 
 def _add_span(spans: list[Span], lo: int, hi: int) -> None:

@@ -228,7 +228,92 @@ def test_validate_warns_when_a_first_run_needs_more_than_a_day_of_the_pool(
     out = capsys.readouterr().out
     requests = 200 + math.ceil(20_000 * 24 / 100)
     assert f"warning: a first run as of today plans {requests:,} requests in the workspace" in out
-    assert "(1,200: 100/hour x 50%)" in out
+    assert "(100/hour x 50%, keeping 10% in reserve)" in out
+    assert "raise limits.share if Braze gave the workspace more" in out
     small = NIGHTLY.format(out=tmp_path / "out", days=7)
     assert main(["validate", str(write_config(small))]) == 0
     assert "warning" not in capsys.readouterr().out
+
+
+def test_plan_counts_the_files_gone_as_the_run_s_file_check_does(
+    tmp_path: Path,
+    write_config: Callable[..., Path],
+    sandbox_server: Any,
+    env_key: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A done period's file deleted and another changed: plan says the requests the run then
+    sends, and how many files and periods the file check takes back, moving or writing
+    nothing."""
+    config = write_config(NIGHTLY.format(out=tmp_path / "out", days=7))
+    _nightly(tmp_path, write_config, sandbox_server, monkeypatch, 7, ["2024-09-10"])
+    out = tmp_path / "out"
+    data = sorted(p for p in out.rglob("*") if p.is_file() and p.parts[-2] != WORK_DIR)
+    hourly = [p for p in data if "_runs" not in p.parts and "hour" in str(p)]
+    hourly[0].unlink()
+    with hourly[1].open("ab") as changed:
+        changed.write(b"\n")
+    before = _tree(out)
+    capsys.readouterr()
+    assert main(["plan", str(config), "--as-of", "2024-09-10", "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert _tree(out) == before  # nothing moved aside, nothing written
+    planned = doc["totals"]["requests"]
+    assert planned == 1  # the two days' 48 hours: one request
+    assert doc["file_check"] | {"files_checked": 0} == {
+        "files_checked": 0,
+        "files_missing": 1,
+        "files_changed": 1,
+        "periods_taken_back": 48,
+    }
+    assert main(["plan", str(config), "--as-of", "2024-09-10"]) == 0
+    text = capsys.readouterr().out
+    assert "files:    1 written file(s) gone and 1 changed since" in text
+    assert "their 48 period(s)" in text
+    assert _nightly(tmp_path, write_config, sandbox_server, monkeypatch, 7, ["2024-09-10"]) == [
+        planned
+    ]
+
+
+def test_validate_and_plan_give_one_least_time_and_no_share_advice_at_100_percent(
+    tmp_path: Path, write_config: Callable[..., Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """validate's least time is plan's (the reserve counted in both); with share 100% its
+    advice is to split the window or ask Braze, never to raise limits.share."""
+    text = NIGHTLY.format(out=tmp_path / "out", days=20_000).replace(
+        "version: 1\n", "version: 1\nlimits: {requests_per_hour: 100, share: 1.0}\n"
+    )
+    config = write_config(text)
+    assert main(["validate", str(config)]) == 0
+    warning = capsys.readouterr().out
+    assert main(["plan", str(config)]) == 0
+    least = capsys.readouterr().out.split("time:     at least ")[1].split(" ")[0]
+    assert f"it takes at least {least}:" in warning
+    assert "split the window into runs or ask Braze to raise the workspace's limit" in warning
+    assert "limits.share" not in warning
+
+
+def test_plan_counts_as_taken_back_what_the_run_s_manifest_counts(
+    tmp_path: Path,
+    write_config: Callable[..., Path],
+    sandbox_server: Any,
+    env_key: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The next day, a provisional day's file deleted: its periods are read again anyway, so
+    plan, like the run's manifest, counts none of them as taken back."""
+    config = write_config(NIGHTLY.format(out=tmp_path / "out", days=7))
+    _nightly(tmp_path, write_config, sandbox_server, monkeypatch, 7, ["2024-09-10"])
+    out = tmp_path / "out"
+    hourly = sorted(p for p in out.rglob("*") if p.is_file() and "hour" in p.parts)
+    hourly[-1].unlink()
+    capsys.readouterr()
+    assert main(["plan", str(config), "--as-of", "2024-09-11", "--json"]) == 0
+    check = json.loads(capsys.readouterr().out)["file_check"]
+    _nightly(tmp_path, write_config, sandbox_server, monkeypatch, 7, ["2024-09-11"])
+    manifests = sorted((out / "_runs").glob("*.json"), key=lambda p: p.stat().st_mtime_ns)
+    ran = json.loads(manifests[-1].read_text())["file_check"]
+    assert (check["files_missing"], check["periods_taken_back"]) == (1, 0)
+    assert ran["periods_taken_back"] == check["periods_taken_back"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Callable
 from datetime import date
@@ -245,3 +246,21 @@ def test_series_come_once_each_in_plan_order_whatever_the_lists_order(
     assert len(plan.series) == 2 * 3 * 2
     main = [plan.series[i] for i in plan.series_by_export["main"]]
     assert main == [Series("seg-a", None, "day")]
+
+
+def test_plan_per_export_counts_add_up_when_exports_share_a_series(
+    tmp_path: Path, write_config: Callable[..., Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A series in two exports counts in the first that has it (as the manifest counts it):
+    the exports' requests and periods add up to the totals."""
+    path = write_config(
+        f"version: 1\noutput: {{dir: {tmp_path / 'out'}}}\nexports:\n"
+        "  - {name: first, segment_ids: [seg-a], window: {days: 7}}\n"
+        "  - {name: second, segment_ids: [seg-a, seg-b], window: {days: 3}}\n"
+    )
+    assert main(["plan", str(path), "--as-of", "2024-07-01", "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    first, second = doc["exports"]["first"], doc["exports"]["second"]
+    for name in ("series", "requests", "periods", "periods_to_fetch"):
+        assert first[name] + second[name] == doc["totals"][name]
+    assert (first["series"], second["series"]) == (1, 1)

@@ -552,10 +552,12 @@ def test_a_damaged_object_is_fetched_again_and_verify_passes(
     sandbox_server: Any,
     env_key: str,
     monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
     how: str,
 ) -> None:
-    """An object deleted, truncated or replaced under the prefix: the rerun's one listing
-    finds it, one request fetches its 10 periods again, exit 0, and verify passes."""
+    """An object deleted, truncated or replaced under the prefix: plan says so and the one
+    request (changing no object); the rerun's one listing finds it, one request fetches its
+    10 periods again, exit 0, and verify passes."""
     cfg = write_config(_config(bucket))
     now = datetime(2024, 7, 1, 6, tzinfo=UTC).timestamp()
     name = "sessions/day/segment-seg-0/workspace/2024-06.jsonl"
@@ -567,6 +569,14 @@ def test_a_damaged_object_is_fetched_again_and_verify_passes(
         store = ObjectStore.open(bucket)
         _damage(store, name, how)
         store.close()
+        damaged = {**_objects(bucket), **_objects(bucket, ".braze-export")}
+        capsys.readouterr()
+        assert main(["plan", str(cfg), "--as-of", AS_OF, "--json"]) == 0
+        planned = json.loads(capsys.readouterr().out)
+        assert {**_objects(bucket), **_objects(bucket, ".braze-export")} == damaged
+        assert planned["totals"]["requests"] == 1
+        assert planned["file_check"]["periods_taken_back"] == 10
+        assert planned["file_check"][f"files_{'missing' if how == 'deleted' else 'changed'}"] == 1
         assert main(["run", str(cfg), "--as-of", AS_OF, "--work-dir", str(tmp_path / "b")]) == 0
         assert sandbox_stats(server.app).requests == sent + 1
     assert _objects(bucket) == before
