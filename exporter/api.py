@@ -17,10 +17,8 @@ logger and the progress line to stderr, where the orchestrator collects them.
 from __future__ import annotations
 
 import asyncio
-import errno
 import functools
 import logging
-import os
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -43,6 +41,7 @@ from exporter.errors import (
     DirectoryBusy,
     ExporterError,
     IncompleteRun,
+    Unreachable,
 )
 from exporter.logs import new_run_id
 from exporter.pipeline import account
@@ -58,7 +57,7 @@ from exporter.runner import (
     RunOutcome,
     execute,
 )
-from exporter.storage import unwritable
+from exporter.storage import unwritable, write_denied
 
 __all__ = [
     "SANDBOX_OUT",
@@ -156,8 +155,9 @@ def _nothing_found(config: Config) -> Discovered:
 
 
 def output_dir(config: Config, out: str | None) -> Path:
-    """Where the run writes, refused (ConfigError) when it cannot be a directory; nothing is
-    created."""
+    """Where the run writes, refused (ConfigError) when it cannot be a directory, or
+    (Unreachable, exit 4) when it must be created where this process cannot write; nothing
+    is created."""
     where = "--out" if out else f"{config.source}: output.dir"
     if re.match(r"[A-Za-z][A-Za-z0-9+.-]*:/(?!/)", out or config.output.dir):
         raise ConfigError(
@@ -175,9 +175,9 @@ def output_dir(config: Config, out: str | None) -> Path:
             if not existing.is_dir():
                 what = path if existing == path else existing
                 raise ConfigError(f"{where}: {what} is a file, not a directory")
-            if existing != path and not os.access(existing, os.W_OK | os.X_OK):
-                denied = PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(existing))
-                raise ConfigError(f"{where}: {unwritable(path, denied, 'cannot create it')}")
+            if existing != path and (denied := write_denied(existing)) is not None:
+                # The output cannot be written: exit 4, as when the directory exists.
+                raise Unreachable(f"{where}: {unwritable(path, denied, 'cannot create it')}")
             break
     return path
 

@@ -232,6 +232,8 @@ class Pipeline:
         # it before its task yields, so a request that this answer's slot wakes is not sent.
         self._fatal = False
         self._in_flight = 0
+        # Set whenever a request's answer or a write lands: a stop waits for these, not time.
+        self._landed = asyncio.Event()
         self._answered = False  # any HTTP response at all
         self._succeeded = False  # any 200
         self._connect_failures = 0  # before any HTTP answer
@@ -247,7 +249,8 @@ class Pipeline:
         self._stopped_at = 0.0
 
     def stop(self) -> None:
-        """Take no new work; the caller's grace period then bounds what is in flight."""
+        """Take no new work; what is in flight gets the grace period, and with nothing in
+        flight (a pause, a retry's wait) the run ends at once."""
         self.result.interrupted = True
         if not self._stopping.is_set():
             self._stopped_at = self._clock()
@@ -383,10 +386,29 @@ class Pipeline:
         )
 
     async def watch_stop(self, tasks: list[asyncio.Task[None]]) -> None:
-        """After stop(), give in-flight requests grace_s, then cancel the stragglers."""
+        """After stop(), give in-flight requests and pending writes grace_s, then cancel the
+        stragglers. Workers only waiting (for a pause, a retry, a token) are cancelled as soon
+        as nothing is in flight: nothing they hold would be lost."""
         await self._stopping.wait()
-        _, pending = await asyncio.wait(tasks, timeout=self.grace_s)
-        if pending:
+        ended = asyncio.ensure_future(asyncio.wait(tasks))
+        settled = asyncio.ensure_future(self._settled())
+        try:
+            await asyncio.wait(
+                [ended, settled], timeout=self.grace_s, return_when=asyncio.FIRST_COMPLETED
+            )
+        finally:
+            for waiter in (ended, settled):
+                waiter.cancel()
+            await asyncio.wait([ended, settled])
+        pending = [task for task in tasks if not task.done()]
+        if pending and not self._busy():
+            log.info(
+                "stopping: nothing in flight, no write pending",
+                extra={"event": "stopped_idle"},
+            )
+            for task in pending:
+                task.cancel()
+        elif pending:
             writing = len(self._keeping)
             log.warning(
                 "stopping: cancelling %d request(s) still in flight%s",
@@ -399,6 +421,17 @@ class Pipeline:
             )
             for task in pending:
                 task.cancel()
+
+    def _busy(self) -> bool:
+        """Whether a request is on the wire or an answered request's rows are being written."""
+        return self._in_flight > 0 or bool(self._keeping)
+
+    async def _settled(self) -> None:
+        """Returns once no request is in flight and no write is pending; woken by each answer
+        and write that lands, and checked then (a landed answer may start its write)."""
+        while self._busy():
+            self._landed.clear()
+            await self._landed.wait()
 
     async def _worker(
         self, queue: asyncio.Queue[Request | None], sending: asyncio.Semaphore
@@ -468,6 +501,7 @@ class Pipeline:
         """A write landed (or failed): its error is its worker's to raise, or, the worker
         cancelled, shows as the periods still missing."""
         self._keeping.discard(keeping)
+        self._landed.set()
         if not keeping.cancelled():
             keeping.exception()
 
@@ -534,9 +568,9 @@ class Pipeline:
             if request.gap and not sent[0]:
                 self.result.count(request, "gap")  # counted when sent, not when queued
             sent[0] = True
-            self._in_flight += 1  # from its token to its answer: what a stop cancels
+            await budget.acquire()  # a wait for a token (or a pause) is not in flight
+            self._in_flight += 1  # from its token to its answer: what a stop waits for
             try:
-                await budget.acquire()
                 # The window as calibration knows it now, not when the request began waiting.
                 wire, end, text = self._as_sent(request)
                 self.result.count(request, "sent")
@@ -546,6 +580,7 @@ class Pipeline:
                 raise
             finally:
                 self._in_flight -= 1
+                self._landed.set()
         self._answered = True
         self._connect_failures = 0
         self._lost_host.reset(self._clock())

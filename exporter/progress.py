@@ -11,7 +11,7 @@ from typing import TextIO
 
 from exporter.pipeline import RunResult, account
 from exporter.plan import Plan, span_label
-from exporter.ratelimit import Budget
+from exporter.ratelimit import Budget, describe_pace
 from exporter.series import WORKSPACE_POOL
 
 __all__ = [
@@ -50,15 +50,19 @@ def eta_seconds(requests: int, requests_per_hour: float, share: float, reserve: 
 def status_line(
     result: RunResult, plan: Plan, elapsed: float, budgets: Iterable[Budget] = ()
 ) -> str:
-    """The progress line. While a pool's budget is paused it says until when and why (see
-    :func:`pause_notes`), and the ETA counts the rest of the longest pause."""
+    """The progress line. While a pool's budget is paused, or paced below its rate after
+    blind 429s, it says so (see :func:`pause_notes`); the ETA counts the rest of the longest
+    pause, then the requests left at the rate seen so far or, if slower, the slowest pace (a
+    paced pool's own share of what is left is not known here, so the ETA errs long)."""
     totals = result.totals
     to_do = result.requests_planned - totals.skipped + totals.gap
     left = to_do - totals.done
     rate = totals.sent / elapsed if elapsed > 0 else 0.0
     budgets = list(budgets)
     waiting = max((b.paused_for for b in budgets), default=0.0)
-    eta = format_duration(waiting + left / rate) if rate > 0 and left > 0 else "-"
+    going = min([b.pace for b in budgets if b.paced], default=rate)
+    going = min(rate, going) if rate > 0 else going
+    eta = format_duration(waiting + left / going) if going > 0 and left > 0 else "-"
     paused = "".join(f"{note} | " for note in pause_notes(budgets))
     return (
         f"series {result.series_complete}/{len(plan.series)} complete | requests "
@@ -68,15 +72,18 @@ def status_line(
 
 
 def pause_notes(budgets: Iterable[Budget]) -> list[str]:
-    """``paused until 14:03:10 UTC: 429, Reset`` for each paused budget (a pool other than
-    the workspace's is named: ``lists pool paused until ...``)."""
+    """``paused until 14:03:10 UTC: 429, Reset`` for each paused budget, and ``paced to 1
+    request every 60s: 429s without Reset`` for each budget whose AIMD pace is below its
+    rate (a pool other than the workspace's is named: ``lists pool paused until ...``)."""
     notes = []
     for budget in budgets:
+        pool = "" if budget.name == WORKSPACE_POOL else f"{budget.name} pool "
         until = budget.paused_until
         if until is not None:
-            pool = "" if budget.name == WORKSPACE_POOL else f"{budget.name} pool "
             when = datetime.fromtimestamp(until, UTC).strftime("%H:%M:%S")
             notes.append(f"{pool}paused until {when} UTC: {budget.pause_reason}")
+        if budget.paced:
+            notes.append(f"{pool}paced to {describe_pace(budget.pace)}: {budget.pace_reason}")
     return notes
 
 

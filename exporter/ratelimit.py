@@ -47,6 +47,7 @@ __all__ = [
     "Budget",
     "RateHeaders",
     "bucket_shape",
+    "describe_pace",
     "parse_rate_headers",
 ]
 
@@ -147,6 +148,7 @@ class Budget:
         self.last_seen: RateHeaders = RateHeaders()
         self.max_pace = self.allowed_per_hour / 3600
         self.pace = self.max_pace  # requests/s the AIMD rule allows now (<= the bucket's)
+        self.pace_reason = ""  # why the pace was cut below the bucket's rate
         self._next_slot = 0.0  # clock time of the next request while the pace is below max
 
     async def acquire(self) -> None:
@@ -170,6 +172,11 @@ class Budget:
         self._next_slot = slot + 1 / self.pace
         if slot > now:
             await self._sleep(slot - now)
+
+    @property
+    def paced(self) -> bool:
+        """Whether the AIMD rule holds requests below the bucket's rate (:attr:`pace`)."""
+        return self.pace < self.max_pace
 
     @property
     def paused_for(self) -> float:
@@ -257,7 +264,8 @@ class Budget:
             if first:
                 # Multiplicative decrease: nothing says when to come back, only "slower".
                 self.pace = max(min(_PACE_FLOOR, self.max_pace), self.pace * PACE_CUT)
-                note = f"; pace now {self.pace:.3g}/s"
+                self.pace_reason = "429s without Reset"
+                note = f"; pace now {describe_pace(self.pace)}"
         else:
             # Jitter so that paused workers do not all hit the new window in the same
             # millisecond.
@@ -307,6 +315,14 @@ class Budget:
             self._logged.add(kind)
             message = _ANOMALIES[kind].format(max_pause_s=self.max_pause_s)
             log.warning(message, extra={"event": "rate_header_anomaly"})
+
+
+def describe_pace(pace: float) -> str:
+    """``pace`` (requests/s) in words: ``1 request every 60s`` below one a second, else
+    ``2.5 requests/s``."""
+    if pace < 1:
+        return f"1 request every {1 / pace:.3g}s"
+    return f"{pace:.3g} requests/s"
 
 
 def _unless_negative(value: int | None) -> int | None:

@@ -40,7 +40,7 @@ from exporter.coverage import subtract
 from exporter.errors import ExporterError
 from exporter.plan import merge_spans
 from exporter.redact import redact
-from exporter.storage import relative_path
+from exporter.storage import relative_path, write_failure
 from exporter.writers import WrittenFile
 
 __all__ = ["Fingerprint", "GroupRecorder", "Record", "Records", "State", "state_path"]
@@ -121,7 +121,10 @@ class State:
         ``root``; ``sequence`` (the run's holder sequence) orders fingerprints across the
         directory's state files. Raises ExporterError when the file is locked by another
         run or damaged."""
-        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise write_failure(path.parent, exc, "cannot keep the resume state") from None
         self.path = path
         self._scope = scope
         self._as_of = as_of

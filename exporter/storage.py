@@ -49,6 +49,8 @@ __all__ = [
     "live_holders",
     "relative_path",
     "unwritable",
+    "write_denied",
+    "write_failure",
 ]
 
 WORK_DIR = ".braze-export"  # temp files and state: same file system as the data, not beside it
@@ -204,9 +206,7 @@ class Journal:
                 self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o644
             )
         except OSError as exc:
-            raise ExporterError(
-                unwritable(self.path, exc, "cannot start the run's journal")
-            ) from None
+            raise write_failure(self.path, exc, "cannot start the run's journal") from None
         self._append([{"run_id": run_id, "sequence": sequence}])
 
     def record(self, files: Iterable[tuple[Path, int, str | None]]) -> None:
@@ -242,10 +242,18 @@ class Journal:
 
 def unwritable(path: Path, exc: OSError, doing: str) -> str:
     """One line for an OSError on an output or work directory: ``{path}: {doing} ({cause})``
-    and, for a permission error, which directory denied whom and the fix. In a container
-    that is mostly a bind mount owned by another uid than the image's user: ``--user``."""
+    and, by errno, what to do: a read-only file system (EROFS) wants a read-write mount or
+    another --out; a full one (ENOSPC, EDQUOT) space; a permission error (EACCES, EPERM)
+    names which directory denied whom and the fix. In a container that is mostly a bind
+    mount owned by another uid than the image's user: ``--user``. Every place that cannot
+    write the output says it through here, so the cause reads the same wherever it struck."""
     text = f"{path}: {doing} ({exc.strerror or exc})"
-    if not isinstance(exc, PermissionError):
+    other = "choose another --out"
+    if exc.errno == errno.EROFS:
+        return f"{text}: it is on a read-only file system; mount it read-write or {other}"
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return f"{text}: the file system is full (or the quota reached); free space or {other}"
+    if exc.errno not in (errno.EACCES, errno.EPERM):
         return text
     denied = Path(exc.filename) if exc.filename else path
     while not denied.exists() and denied != denied.parent:  # what to create: its parent denied
@@ -260,6 +268,31 @@ def unwritable(path: Path, exc: OSError, doing: str) -> str:
         user = '--user "$(id -u):$(id -g)"'
         fix = f"run the container as the directory's owner (docker run {user}), or {fix}"
     return f"{text}: {denied}{owner} is not writable by uid {uid}; {fix}"
+
+
+# errnos that say the file system refuses this process any write: the output cannot be written
+_REFUSED = frozenset({errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM})
+
+
+def write_failure(path: Path, exc: OSError, doing: str) -> ExporterError:
+    """:func:`unwritable`'s line as an error: Unreachable (exit 4) when the file system
+    refuses any write (read-only, full, permission), else ExporterError (exit 1: something
+    in the way, such as a file where a directory should be)."""
+    error = Unreachable if exc.errno in _REFUSED else ExporterError
+    return error(unwritable(path, exc, doing))
+
+
+def write_denied(directory: Path) -> OSError | None:
+    """Why this process cannot create entries in the existing ``directory``, as the OSError
+    creating one would raise (EROFS for a read-only mount, else EACCES), or None if it can."""
+    if os.access(directory, os.W_OK | os.X_OK):
+        return None
+    try:
+        read_only = bool(os.statvfs(directory).f_flag & os.ST_RDONLY)
+    except OSError:
+        read_only = False
+    code = errno.EROFS if read_only else errno.EACCES
+    return OSError(code, os.strerror(code), str(directory))
 
 
 def _in_container() -> bool:

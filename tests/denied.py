@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -12,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-__all__ = ["Denied", "denied_dir"]
+__all__ = ["Denied", "denied_dir", "mounted", "read_only_dir"]
 
 
 @dataclass(frozen=True)
@@ -40,3 +41,29 @@ def denied_dir(parent: Path) -> Iterator[Denied]:
             yield Denied(target, [])
     finally:
         target.chmod(0o755)
+
+
+@contextmanager
+def mounted(target: Path, *options: str) -> Iterator[Path]:
+    """``mount OPTIONS target`` for the test's duration, unmounted after; skips the test
+    unless this process may mount (root with CAP_SYS_ADMIN and mount(8))."""
+    mount, umount = shutil.which("mount"), shutil.which("umount")
+    if os.geteuid() != 0 or mount is None or umount is None:
+        pytest.skip("mounting needs root and mount(8)")
+    done = subprocess.run([mount, *options, str(target)], capture_output=True, check=False)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount here: {done.stderr.decode().strip()}")
+    try:
+        yield target
+    finally:
+        subprocess.run([umount, "-l", str(target)], capture_output=True, check=False)
+
+
+@contextmanager
+def read_only_dir(parent: Path) -> Iterator[Path]:
+    """``parent/ro``, a read-only bind mount of itself (EROFS, as a container's ``:ro``
+    volume); skips the test where it cannot mount."""
+    target = parent / "ro"
+    target.mkdir()
+    with mounted(target, "--bind", "-o", "ro", str(target)):
+        yield target

@@ -8,12 +8,11 @@ from __future__ import annotations
 
 import errno
 import os
-import shutil
 import signal
 import socket
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +21,7 @@ import pytest
 from exporter.cli import main
 from exporter.storage import _in_container
 from tests.conftest import KEY, wait_for
-from tests.denied import denied_dir
+from tests.denied import denied_dir, mounted, read_only_dir
 
 ROOT = Path(__file__).parent.parent
 AS_OF = "2024-07-01"
@@ -265,20 +264,8 @@ def tiny_disk(tmp_path: Path) -> Iterator[Path]:
     """A 1 MiB tmpfs, where mounting is allowed (root); skipped elsewhere."""
     disk = tmp_path / "disk"
     disk.mkdir()
-    mount, umount = shutil.which("mount"), shutil.which("umount")
-    if mount is None or umount is None or os.geteuid() != 0:
-        pytest.skip("needs root and mount(8) for a tmpfs")
-    made = subprocess.run(
-        [mount, "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(disk)],
-        capture_output=True,
-        check=False,
-    )
-    if made.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {made.stderr.decode().strip()}")
-    try:
+    with mounted(disk, "-t", "tmpfs", "-o", "size=1m", "tmpfs"):
         yield disk
-    finally:
-        subprocess.run([umount, "-l", str(disk)], check=False)
 
 
 def _fill(disk: Path) -> None:
@@ -311,7 +298,9 @@ def test_a_full_disk_fails_the_series_and_still_prints_the_summary(tiny_disk: Pa
     assert "Traceback" not in err
     assert again.returncode == 4
     assert (
-        err.splitlines()[-1] == f"error: {out}: cannot register this run (No space left on device)"
+        err.splitlines()[-1] == f"error: {out}: cannot register this run (No space left on "
+        "device): the file system is full (or the quota reached); free space or choose "
+        "another --out"
     )
 
 
@@ -395,26 +384,61 @@ def test_too_little_memory_to_start_is_one_line_and_exit_4(
     )
 
 
-def test_an_output_directory_the_user_cannot_write_names_it_and_the_fix(tmp_path: Path) -> None:
-    """As with a bind mount owned by another uid in a container: exit 4, one line naming the
-    directory, its owner, the uid that cannot write it, and the fix (in a container: --user)."""
-    config = tmp_path / "c.yaml"
-    with denied_dir(tmp_path) as denied:
-        config.write_text(_good(denied.dir))
-        run = _cli("run", str(config), "--sandbox", "--out", str(denied.dir), "--as-of", AS_OF)
-        done = subprocess.run(
-            denied.prefix + run, env=_env(), capture_output=True, timeout=60, check=False
-        )
-        owner = denied.dir.stat().st_uid
+def _refused_output(config: Path, out: Path, prefix: Sequence[str] = ()) -> str:
+    """Run a sandbox export into ``out``, expect exit 4 and no traceback; its last line."""
+    config.write_text(_good(out))
+    run = _cli("run", str(config), "--sandbox", "--out", str(out), "--as-of", AS_OF)
+    done = subprocess.run([*prefix, *run], env=_env(), capture_output=True, timeout=60, check=False)
     err = done.stderr.decode()
     assert done.returncode == 4, err
     assert "Traceback" not in err
-    line = err.splitlines()[-1]
+    return err.splitlines()[-1]
+
+
+@pytest.mark.parametrize(
+    ("new", "doing"),
+    [("", "cannot register this run"), ("new", "cannot create it")],
+    ids=["existing", "to-create"],
+)
+def test_an_output_directory_the_user_cannot_write_names_it_and_the_fix(
+    tmp_path: Path, new: str, doing: str
+) -> None:
+    """As with a bind mount owned by another uid in a container: exit 4 whether --out exists
+    or must be created in it, one line naming the directory, its owner, the uid that cannot
+    write it, and the fix (in a container: --user)."""
+    config = tmp_path / "c.yaml"
+    with denied_dir(tmp_path) as denied:
+        out = denied.dir / new if new else denied.dir
+        line = _refused_output(config, out, denied.prefix)
+        owner = denied.dir.stat().st_uid
+    where = "--out: " if new else ""
     assert line.startswith(
-        f"error: {denied.dir}: cannot register this run (Permission denied): {denied.dir} "
+        f"error: {where}{out}: {doing} (Permission denied): {denied.dir} "
         f"(owned by uid {owner}) is not writable by uid {os.geteuid()}; "
     )
     assert ('--user "$(id -u):$(id -g)"' in line) is _in_container()
+
+
+@pytest.mark.parametrize(
+    ("new", "doing"),
+    [("", "cannot register this run"), ("new/deeper", "cannot create it")],
+    ids=["existing", "to-create"],
+)
+def test_an_output_directory_on_a_read_only_file_system_says_so(
+    tmp_path: Path, new: str, doing: str
+) -> None:
+    """--out on a read-only mount (a container's ``:ro`` volume): exit 4 whether it exists or
+    must be created, one line that names the read-only file system and its fix, never a
+    permission or --user hint."""
+    config = tmp_path / "c.yaml"
+    with read_only_dir(tmp_path) as ro:
+        out = ro / new if new else ro
+        line = _refused_output(config, out)
+    where = "--out: " if new else ""
+    assert line == (
+        f"error: {where}{out}: {doing} (Read-only file system): it is on a read-only file "
+        "system; mount it read-write or choose another --out"
+    )
 
 
 @pytest.mark.parametrize(

@@ -330,8 +330,24 @@ def test_a_paused_list_pool_is_named() -> None:
     clock = FakeClock(_AT_14H)
     lists = Budget(1000, 1.0, 0.1, clock=clock, jitter=lambda: 0.0, name="lists")
     lists.rate_limited(RateHeaders(limit=1000, remaining=0))  # no Reset: backs off 0.75 s
-    (note,) = pause_notes([Budget(10**8, 1.0, 0.1, clock=clock), lists])
-    assert note == "lists pool paused until 14:00:00 UTC: 429, no usable Reset: backing off"
+    assert pause_notes([Budget(10**8, 1.0, 0.1, clock=clock), lists]) == [
+        "lists pool paused until 14:00:00 UTC: 429, no usable Reset: backing off",
+        "lists pool paced to 1 request every 7.2s: 429s without Reset",
+    ]
+
+
+def test_the_progress_line_says_a_cut_pace_between_pauses_and_counts_it_in_the_eta() -> None:
+    """After blind 429s cut the pace to one request a minute, the line says so between the
+    pauses too, and the ETA counts the 60 requests left at that pace (an hour), not at the
+    rate seen so far (12 s)."""
+    clock = FakeClock(_AT_14H)
+    budget = Budget(3600, 1.0, 0.1, clock=clock, sleep=clock.sleep, jitter=lambda: 0.5)
+    for _ in range(7):  # 1/s halved down to the floor
+        budget.rate_limited(RateHeaders())
+        clock.now += budget.paused_for  # the gate opens again
+    line = status_line(_half_done(), _plan(), elapsed=10, budgets=[budget])
+    assert "| paced to 1 request every 60s: 429s without Reset | ETA 1h00m |" in line
+    assert "paused" not in line
 
 
 def test_shards_are_disjoint_and_cover_everything(write_config: Callable[..., Path]) -> None:

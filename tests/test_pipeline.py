@@ -422,6 +422,36 @@ async def test_the_stop_line_counts_the_requests_really_in_flight(
     assert lines == ["stopping: cancelling 2 request(s) still in flight"]
 
 
+async def test_a_stop_during_a_long_pause_with_nothing_in_flight_ends_at_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A 429 with Retry-After: 3000 pauses the pool; stop() with no request in flight and no
+    write pending ends the run at once, without waiting out the grace period."""
+    caplog.set_level(logging.INFO, "exporter.pipeline")
+    clock = FakeClock(time.time())
+    waiting = asyncio.Event()
+
+    async def long_sleep(seconds: float) -> None:  # the pause: never over within the test
+        clock.sleeps.append(seconds)
+        waiting.set()
+        await asyncio.Event().wait()
+
+    limited = Response(429, RateHeaders(retry_after_at=clock.now + 3000), b"{}")
+    client = ScriptedClient(limited)
+    pipeline, budget = _scripted_pipeline(tmp_path, client, clock)
+    pipeline._sleep = budget._sleep = long_sleep
+    pipeline.grace_s = 10**6  # waited out, the test would time out instead
+    running = asyncio.ensure_future(pipeline.run(_plan(3)))
+    await waiting.wait()
+    pipeline.stop()
+    result = await asyncio.wait_for(running, 60)
+    assert result.interrupted
+    assert client.calls == 1
+    assert min(clock.sleeps) > 2900  # it really was paused by the Retry-After
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("stopping")]
+    assert lines == ["stopping: nothing in flight, no write pending"]
+
+
 async def test_a_fast_run_whose_every_write_fails_stops_before_spending_its_budget(
     tmp_path: Path,
 ) -> None:

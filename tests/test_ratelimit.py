@@ -354,6 +354,19 @@ def test_successes_raise_the_pace_additively_up_to_the_bucket() -> None:
     assert budget.pace == budget.max_pace == pytest.approx(10.0)
 
 
+def test_the_pause_line_says_the_cut_pace_in_words(caplog: pytest.LogCaptureFixture) -> None:
+    """The log line of a blind 429 gives the new pace as a person reads it: one request
+    every N seconds, not a rate of 0.0167/s."""
+    clock = FakeClock(NOW)
+    budget = Budget(3600, 1.0, 0.1, clock=clock, sleep=clock.sleep, jitter=lambda: 0.5)
+    caplog.set_level(logging.INFO, "exporter.ratelimit")
+    for _ in range(7):  # 1/s halved down to the floor: one a minute
+        budget.rate_limited(RateHeaders())
+        _after_pause(clock, budget)
+    last = [r.getMessage() for r in caplog.records if "pausing" in r.getMessage()][-1]
+    assert last.endswith("(429, no usable Reset: backing off; pace now 1 request every 60s)")
+
+
 async def test_a_cut_pace_spaces_the_requests() -> None:
     """Below the bucket's rate, acquire hands out one request every 1/pace seconds."""
     clock = FakeClock(NOW)

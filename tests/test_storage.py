@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
 import shutil
 import signal
@@ -11,14 +12,18 @@ import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
+from exporter.api import output_dir
 from exporter.cli import main
-from exporter.errors import DirectoryBusy, ExporterError
-from exporter.storage import WORK_DIR, DirLock, relative_path, unwritable
+from exporter.config import load_config
+from exporter.errors import DirectoryBusy, ExporterError, Unreachable
+from exporter.storage import RUNS_DIR, WORK_DIR, DirLock, Journal, relative_path, unwritable
 from tests.conftest import data_files, snapshot, wait_for
+from tests.test_operate import CONFIG
 from tests.test_reliability import AS_OF, ROOT, _config, _env, _Exporter
 
 LOCKS = Path(WORK_DIR) / "locks"
@@ -251,3 +256,69 @@ def test_a_permission_error_names_the_directory_and_the_fix(
     assert ('--user "$(id -u):$(id -g)"' in line) is container
     assert line.endswith(f"give uid {os.geteuid()} the directory (chown) or use another one")
     assert "\n" not in line
+
+
+@pytest.mark.parametrize(
+    ("code", "says"),
+    [
+        (
+            errno.EROFS,
+            "it is on a read-only file system; mount it read-write or choose another --out",
+        ),
+        (
+            errno.ENOSPC,
+            "the file system is full (or the quota reached); free space or choose another --out",
+        ),
+        (
+            errno.EDQUOT,
+            "the file system is full (or the quota reached); free space or choose another --out",
+        ),
+    ],
+    ids=["erofs", "enospc", "edquot"],
+)
+def test_a_write_error_gives_the_cause_and_fix_of_its_errno(
+    tmp_path: Path, code: int, says: str
+) -> None:
+    """The cause comes from errno, not the exception's class: a read-only or full file
+    system is never explained as a permission problem."""
+    exc = OSError(code, os.strerror(code), str(tmp_path / "a"))
+    line = unwritable(tmp_path / "a", exc, "cannot register this run")
+    assert line == f"{tmp_path / 'a'}: cannot register this run ({os.strerror(code)}): {says}"
+
+
+def test_an_output_directory_to_create_on_a_read_only_mount_is_exit_4(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, write_config: Callable[..., Path]
+) -> None:
+    """Refused before anything is written, with the read-only cause and the exit status of
+    an output that cannot be written (4), as when the directory exists."""
+    real_statvfs = os.statvfs
+
+    def read_only(path: Any) -> Any:
+        real = real_statvfs(path)
+        return SimpleNamespace(f_flag=real.f_flag | os.ST_RDONLY)
+
+    monkeypatch.setattr(os, "access", lambda *args, **kwargs: False)
+    monkeypatch.setattr(os, "statvfs", read_only)
+    config = load_config(write_config(CONFIG.format(out=tmp_path / "new")), env={})
+    with pytest.raises(Unreachable, match=r"\(Read-only file system\): it is on a read-only"):
+        output_dir(config, None)
+    assert not (tmp_path / "new").exists()
+
+
+def test_a_journal_on_a_full_disk_is_exit_4_and_one_in_the_way_is_not(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A file system that refuses writes (here: full) is the output that cannot be written
+    (Unreachable, exit 4) with its cause; a file where _runs should be is not (exit 1)."""
+    (tmp_path / "blocked").mkdir()
+    (tmp_path / "blocked" / RUNS_DIR).write_text("a file where _runs should be")
+    with pytest.raises(ExporterError) as in_the_way:
+        Journal(tmp_path / "blocked", "r1", 0)
+    assert not isinstance(in_the_way.value, Unreachable)
+
+    def full(*args: Any, **kwargs: Any) -> int:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "open", full)
+    with pytest.raises(Unreachable, match=r"journal \(No space left on device\): the file sys"):
+        Journal(tmp_path, "r1", 0)
