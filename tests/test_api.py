@@ -90,11 +90,12 @@ def test_the_callers_signal_handlers_are_put_back(config: Path, tmp_path: Path) 
     def mine(signum: int, frame: FrameType | None) -> None:
         raise AssertionError("not called")
 
+    interrupt = signal.getsignal(signal.SIGINT)  # what the test runner inherited (may be SIG_IGN)
     before = signal.signal(signal.SIGTERM, mine)
     try:
         exporter.run(config, as_of=AS_OF, sandbox=True, out=tmp_path / "o")
         assert signal.getsignal(signal.SIGTERM) is mine
-        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+        assert signal.getsignal(signal.SIGINT) is interrupt
     finally:
         signal.signal(signal.SIGTERM, before)
 
