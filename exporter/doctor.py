@@ -25,7 +25,17 @@ from zoneinfo import ZoneInfo
 from exporter.client import BrazeClient, Point, Response, interpret, make_session
 from exporter.config import ApiKey, Config, Discover, Export, Unit
 from exporter.coverage import describe_offset
-from exporter.errors import ApiError, AuthError, RetryableError, TransportError, Unreachable
+from exporter.errors import (
+    EXIT_AUTH,
+    EXIT_FAILED,
+    EXIT_OK,
+    EXIT_UNREACHABLE,
+    ApiError,
+    AuthError,
+    RetryableError,
+    TransportError,
+    Unreachable,
+)
 from exporter.plan import Request, Series, discovery_needs, ending_at, hour_range, span_label
 from exporter.ratelimit import RateHeaders
 from exporter.series import KINDS, LISTS
@@ -33,7 +43,7 @@ from exporter.series import KINDS, LISTS
 __all__ = ["MAX_REQUESTS", "DoctorReport", "diagnose"]
 
 MAX_REQUESTS = 5
-EXIT_READY, EXIT_PROBLEM, EXIT_AUTH, EXIT_UNREACHABLE = 0, 1, 3, 4
+EXIT_READY, EXIT_PROBLEM = EXIT_OK, EXIT_FAILED  # doctor's words for the shared statuses
 _PROBE_LENGTH = 3
 
 
@@ -282,7 +292,8 @@ async def _where_days_are_cut(
     else:
         report.say(
             f"day: ending_at {early} named the day before: Braze cuts days in UTC (or another "
-            f"zone), not in {tz.key}; the rows are Braze's days (see README, First run)"
+            f"zone), not in {tz.key}; the rows are Braze's days (see docs/getting-started.md, "
+            "First run)"
         )
         report.cut_elsewhere = True
 

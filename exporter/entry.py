@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import sys
 
+# Imports only the standard library: the CLI's libraries are what may be cut short.
+from exporter.errors import EXIT_SIGINT, EXIT_UNREACHABLE
+
 __all__ = ["main"]
 
 
@@ -14,8 +17,8 @@ def main() -> int:
         from exporter.cli import main as cli_main
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
-        return 130
+        return EXIT_SIGINT
     except MemoryError:
         print("error: out of memory while starting: give braze-export more memory", file=sys.stderr)
-        return 4
+        return EXIT_UNREACHABLE
     return cli_main()

@@ -27,6 +27,7 @@ what Braze said (and what Braze said is redacted where it is printed or written:
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -34,11 +35,22 @@ if TYPE_CHECKING:
     from exporter.plan import Series
 
 __all__ = [
+    "EXIT_AUTH",
+    "EXIT_BUSY",
+    "EXIT_FAILED",
+    "EXIT_OK",
+    "EXIT_PRECEDENCE",
+    "EXIT_SIGINT",
+    "EXIT_SIGTERM",
+    "EXIT_STATUSES",
+    "EXIT_UNREACHABLE",
+    "EXIT_USAGE",
     "ApiError",
     "AuthError",
     "ConfigError",
     "DirectoryBusy",
     "DiscoveryError",
+    "ExitStatus",
     "ExporterError",
     "IncompleteRun",
     "MalformedResponse",
@@ -50,6 +62,99 @@ __all__ = [
     "Unreachable",
     "WriteError",
 ]
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_AUTH, EXIT_UNREACHABLE, EXIT_BUSY = 0, 1, 2, 3, 4, 5
+EXIT_SIGINT, EXIT_SIGTERM = 130, 143
+
+
+@dataclass(frozen=True, slots=True)
+class ExitStatus:
+    """One row of the exit-status table every command shares.
+
+    ``codes``: the status (130 and 143 share a row); ``brief``: the line ``--help`` prints;
+    ``detail``: the documentation's account, Markdown (links relative to ``docs/reference/``).
+    """
+
+    codes: tuple[int, ...]
+    brief: str
+    detail: str
+
+
+# The one table of exit statuses: `--help` and docs/reference/exit-codes.md are made from it.
+EXIT_STATUSES: tuple[ExitStatus, ...] = (
+    ExitStatus(
+        (EXIT_OK,),
+        "every series complete",
+        "every series complete: every planned period is in the files",
+    ),
+    ExitStatus(
+        (EXIT_FAILED,),
+        "some series failed, or the run is incomplete (a discovery failed, or its manifest "
+        "could not be written); the summary says which and why",
+        "some planned period is missing at the end: a series failed (listed with its reason) "
+        "or is incomplete after gap-fill (its missing ranges listed); everything else was "
+        "written; or a discovery failed (its exports got no series: `discovery: ... FAILED` in "
+        "the summary); or the run manifest could not be written (disk full: the summary says "
+        "so)",
+    ),
+    ExitStatus(
+        (EXIT_USAGE,),
+        "invalid config or command line: nothing was fetched or written",
+        "config or usage error: nothing was fetched or written (also: a key of fewer than 16 "
+        "characters; `sandbox` cannot listen on its `--host`/`--port`; and a run into a "
+        "directory that already holds rows of the same format from another source or time "
+        "zone)",
+    ),
+    ExitStatus(
+        (EXIT_AUTH,),
+        "Braze refused the key (401/403): check the key, its permission and the host",
+        "authentication or permission refused (401/403 on a series endpoint, 401 on a list): "
+        "check the key, the series' permission (`sessions.data_series`, ...: see "
+        "[Series](../series.md)) and the instance host",
+    ),
+    ExitStatus(
+        (EXIT_UNREACHABLE,),
+        "the endpoint is unreachable (fail-fast), not Braze, or redirects (3xx, never "
+        "followed), or the output (directory, object store, --work-dir) cannot be written",
+        "nothing can work: the first connections all failed (refused, host name not resolved, "
+        "TLS), or the endpoint answers 404 to the series endpoints (not a Braze REST host), or "
+        "any Braze call is answered with a redirect (3xx: never followed, since it would resend "
+        "the key; the message names only the `Location`'s scheme and host: set "
+        "`braze.endpoint` to it if that is your instance's REST host); or later, after "
+        "answers, every connection failed for 30 s (20 in a row: `lost HOST`), or every write "
+        "failed for 30 s (10 in a row), or 200 writes in a row failed however fast (the disk "
+        "is full or the object store is down); or the output directory cannot be written at "
+        "all when the run starts, whether it exists (`cannot register this run`) or must be "
+        "created (`--out: DIR: cannot create it`): the line says which of read-only file "
+        "system, full file system or another uid's directory (naming it, its owner and the "
+        "fix); or the object store cannot be used when the run starts (it answers only "
+        "errors, or denies access: `the object store cannot be used`, naming the prefix and "
+        "its last answer, within a few seconds), or the `--work-dir` cannot be written; or "
+        "too little memory to start (`out of memory while starting`). The message names the "
+        "host or the output, the cause and what to check; completed periods are saved",
+    ),
+    ExitStatus(
+        (EXIT_BUSY,),
+        "the output directory is held by another run",
+        "the output directory (or object storage prefix) is held by another run that could "
+        "lose rows alongside this one (see [Reliability](../reliability.md#one-directory-many-"
+        "processes)); nothing was fetched or written. The message names the holder: pid, host, "
+        "start time, command",
+    ),
+    ExitStatus(
+        (EXIT_SIGINT, EXIT_SIGTERM),
+        "interrupted by SIGINT (Ctrl-C) / SIGTERM: completed requests are saved, rerun to "
+        "resume; a second signal stops at once",
+        "interrupted by SIGINT / SIGTERM: completed requests are saved; rerun to resume",
+    ),
+)
+
+EXIT_PRECEDENCE = (
+    "Where several apply, an interruption wins, then 3, then 4, then 5, then 1. When the "
+    "reader of stdout goes away early (`plan --json | head`), the command stops writing "
+    "quietly: `run` keeps its run's status, the other commands exit 1 (their output is "
+    "incomplete). No failure shows a traceback."
+)
 
 
 class ExporterError(Exception):

@@ -24,7 +24,19 @@ from urllib.parse import urlsplit
 from exporter.client import BrazeClient, make_session
 from exporter.config import UNITS, ApiKey, Config, Unit
 from exporter.coverage import COMPLETE, Calibration
-from exporter.errors import ConfigError, ExporterError, Unreachable
+from exporter.errors import (
+    EXIT_AUTH,
+    EXIT_BUSY,
+    EXIT_FAILED,
+    EXIT_OK,
+    EXIT_SIGINT,
+    EXIT_SIGTERM,
+    EXIT_UNREACHABLE,
+    EXIT_USAGE,
+    ConfigError,
+    ExporterError,
+    Unreachable,
+)
 from exporter.manifest import RUNS_DIR, build_manifest, write_manifest
 from exporter.pipeline import Pipeline, RunResult
 from exporter.plan import Plan, PlanRequest
@@ -54,8 +66,7 @@ __all__ = [
     "state_scope",
 ]
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_AUTH, EXIT_UNREACHABLE, EXIT_BUSY = 0, 1, 2, 3, 4, 5
-EXIT_SIGNAL = {signal.SIGINT: 130, signal.SIGTERM: 143}
+EXIT_SIGNAL = {signal.SIGINT: EXIT_SIGINT, signal.SIGTERM: EXIT_SIGTERM}
 
 log = logging.getLogger(__name__)
 
