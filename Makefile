@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: demo test lint typecheck pytest bench clean install dev container-test
+.PHONY: demo test lint typecheck pytest docs docs-check bench clean install dev container-test
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -37,7 +37,19 @@ typecheck: $(VENV)/.installed-dev
 pytest: $(VENV)/.installed-dev
 	$(BIN)/python -m pytest -q
 
-test: lint typecheck pytest
+# The docs site, built strictly: a broken link or anchor fails. Offline (no plugin fetches).
+MKDOCS := NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
+
+# Regenerates docs/reference/ from the code (a test fails while a committed page is stale),
+# then builds the site into site/ (`$(BIN)/mkdocs serve` serves it while you edit).
+docs: $(VENV)/.installed-dev
+	$(BIN)/python -m exporter.docgen
+	$(MKDOCS) --site-dir site
+
+docs-check: $(VENV)/.installed-dev
+	$(MKDOCS) --quiet --site-dir $(VENV)/site
+
+test: lint typecheck pytest docs-check
 
 # Builds the Dockerfile with buildah (no Docker engine needed) and runs the image on the demo.
 container-test:
@@ -47,4 +59,4 @@ bench: $(VENV)/.installed-dev
 	$(BIN)/python -m bench.run_all
 
 clean:
-	rm -rf $(VENV) demo-out .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) demo-out site .mypy_cache .ruff_cache .pytest_cache

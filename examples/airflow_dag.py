@@ -5,7 +5,7 @@ they can read it, and give them the key as the variable the config names (BRAZE_
 BRAZE_API_KEY_FILE for a mounted secret; never an Airflow Variable or Connection field that
 the UI shows). S3 credentials come from the worker's usual AWS chain.
 
-What the task does on each outcome (README, "Python API"):
+What the task does on each outcome (docs/python-api.md):
 - every series complete: the task succeeds and returns the report's counts (an XCom);
 - failed or incomplete series: ``IncompleteRun`` fails the task and Airflow retries it; the
   rerun resumes, fetching only the periods still missing;

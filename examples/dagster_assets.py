@@ -7,7 +7,7 @@ BRAZE_API_KEY_FILE for a mounted secret). Load it with ``dagster dev -f dagster_
 The asset's metadata are the run's report (series complete, periods written and missing, the
 manifest); ``IncompleteRun`` (failed or incomplete series) fails the materialisation and the
 retry policy runs it again, resuming where it stopped. AuthError, Unreachable and ConfigError
-fail it too: fix the cause, then rematerialise. See README, "Python API".
+fail it too: fix the cause, then rematerialise. See docs/python-api.md.
 
 Checked by tests/test_examples.py where dagster is installed (it is not a dev dependency):
 it materialises the asset against the in-process sandbox.

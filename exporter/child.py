@@ -200,7 +200,7 @@ def _start_tracker_quietly() -> None:
     up the queues' semaphores and would print two lines of UserWarning about them, and if
     it is killed itself, this process relaunches it with a UserWarning of its own. (The
     relaunched tracker still prints a KeyError traceback per semaphore it never saw, when
-    the pool closes: left alone, see README.)"""
+    the pool closes: left alone, see docs/output.md, Parquet.)"""
     if _QUIET_TRACKER not in sys.warnoptions:  # also read when it is relaunched
         sys.warnoptions.append(_QUIET_TRACKER)
         warnings.filterwarnings(

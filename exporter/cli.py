@@ -15,6 +15,7 @@ import secrets
 import shlex
 import signal
 import sys
+import textwrap
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
@@ -37,7 +38,14 @@ from exporter.config import (
 )
 from exporter.discover import DiscoverSpec, discovery_cost
 from exporter.doctor import DoctorReport, diagnose
-from exporter.errors import AuthError, ConfigError, DirectoryBusy, ExporterError, Unreachable
+from exporter.errors import (
+    EXIT_STATUSES,
+    AuthError,
+    ConfigError,
+    DirectoryBusy,
+    ExporterError,
+    Unreachable,
+)
 from exporter.logs import console, logging_for_run, new_run_id
 from exporter.manifest import verify
 from exporter.outlook import Figures, Outlook, next_requests, outlook, saved_records
@@ -78,6 +86,7 @@ from exporter.series import DIMENSIONS, LIST_POOL, LISTS
 from exporter.starter import StarterSettings, starter_config, workspace_at, write_starter
 
 __all__ = [
+    "ENVIRONMENT",
     "EXIT_AUTH",
     "EXIT_BUSY",
     "EXIT_FAILED",
@@ -92,19 +101,17 @@ __all__ = [
 log = logging.getLogger("exporter")
 
 
-EPILOG = """\
-exit status:
-  0        every series complete
-  1        some series failed, or the run is incomplete (a discovery failed, or its
-           manifest could not be written); the summary says which and why
-  2        invalid config or command line: nothing was fetched or written
-  3        Braze refused the key (401/403): check the key, its permission and the host
-  4        the endpoint is unreachable (fail-fast), not Braze, or redirects (3xx, never
-           followed), or the output (directory, object store, --work-dir) cannot be written
-  5        the output directory is held by another run
-  130/143  interrupted by SIGINT (Ctrl-C) / SIGTERM: completed requests are saved, rerun to
-           resume; a second signal stops at once
+def _epilog() -> str:
+    """--help's closing text: the exit statuses from their one table, then the environment."""
+    lines = ["exit status:"]
+    for status in EXIT_STATUSES:
+        codes = "/".join(str(code) for code in status.codes)
+        wrapped = textwrap.wrap(status.brief, width=90 - 11)
+        lines += [f"  {codes:<9}{wrapped[0]}", *(f"{'':11}{line}" for line in wrapped[1:])]
+    return "\n".join(lines) + "\n\n" + ENVIRONMENT
 
+
+ENVIRONMENT = """\
 environment:
   BRAZE_API_KEY        the REST API key (the variable braze.api_key_env names; at least
                        16 characters; redacted as *** from every output and file)
@@ -112,6 +119,7 @@ environment:
                        variable is unset or empty (mounted secrets)
   BRAZE_REST_ENDPOINT  overrides braze.endpoint
 """
+EPILOG = _epilog()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -510,7 +518,7 @@ def _getting_started(command: Callable[[str, str], argparse.ArgumentParser]) -> 
     completion.add_argument(
         "shell",
         choices=SHELLS,
-        help=f"{', '.join(SHELLS)} (no default); see README, Shell completion",
+        help=f"{', '.join(SHELLS)} (no default); see docs/cli.md, Shell completion",
     )
     completion.set_defaults(func=_cmd_completion)
 

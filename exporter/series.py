@@ -2,7 +2,7 @@
 
 Config validation, the planner, the client, the writers and formats, the sandbox and the
 manifest all read a :class:`SeriesKind` from :data:`KINDS` instead of knowing an endpoint.
-Adding a series is one entry here (and its row in the README's series table).
+Adding a series is one entry here (then `make docs` regenerates the docs' series table).
 
 Facts are from Braze's public REST API docs ("Export ... by time" pages, "Get ... list"
 pages; see ../shared/BRAZE_API.md); none has been checked against a live workspace. Where the

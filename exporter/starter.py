@@ -471,7 +471,7 @@ def _quote(text: str) -> str:
 
 _HEAD = """\
 # braze-export config, written by `{command}` (braze-export {version}).
-# Every key says what it does; README's "Config reference" lists every key and its default.
+# Every key says what it does; docs/reference/config.md lists every key and its default.
 # Next: braze-export validate THIS_FILE   (checks it, sends nothing)
 #       braze-export plan THIS_FILE       (the requests a run makes, and how long it takes)
 #       braze-export doctor THIS_FILE     (first contact with the workspace: 2-3 requests)

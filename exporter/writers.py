@@ -4,7 +4,7 @@ Layout: ``{dir}/sessions/{unit}/segment-{seg}/{app}/{period}.{fmt}`` where ``{ap
 ``app-{id}``, or ``workspace`` for the series without an app id, and ``{period}`` is the month
 (day series) or the UTC date (hour series) of the data's own time. Ids are percent-encoded.
 No directory name holds ``=``: query engines that discover Hive partitions (DuckDB does by
-default) find none, so they read the ids from the rows, never from a path (see README). Each
+default) find none, so they read the ids from the rows, never from a path (see docs/output.md). Each
 name starts with a fixed word, so no id can name a hidden (``.x``, ``_x``) or parent directory.
 
 A write reads the partition, lets new values replace old ones period by period (Braze restates
@@ -163,7 +163,7 @@ class PartitionWriter:
     the loop about what a small file's encode does): the syncs and renames of a batch in one
     "syncer" thread, and for local Parquet the read, merge and encode of partitions in one
     encoder process (see _Stager and exporter.child; threads if it cannot run). Profiled
-    with bench/throughput.py (README, Benchmarks).
+    with bench/throughput.py (docs/benchmarks.md).
     """
 
     def __init__(
@@ -447,7 +447,7 @@ class _Stager:
 
     A process, not threads: pyarrow's writer releases the GIL around its C++ calls, but the
     Python half of each encode holds it, and the hand-offs between the encoder threads and the
-    loop's thread (about six per file) were what limited Parquet (README, Benchmarks). If the
+    loop's thread (about six per file) were what limited Parquet (docs/benchmarks.md). If the
     process cannot start, or dies _MAX_DEATHS times, partitions go to two threads instead:
     slower, the same bytes.
     """

@@ -139,7 +139,7 @@ def test_every_series_exports_every_period_with_the_sandboxs_values(
 def test_duckdb_reads_each_series_directory_as_its_rows(
     tmp_path: Path, write_config: Callable[..., Path]
 ) -> None:
-    """The README's query, per series directory, returns every exported row with the
+    """The docs' query, per series directory, returns every exported row with the
     series' columns and types (revenue a DOUBLE, the other values BIGINT)."""
     duckdb = pytest.importorskip("duckdb")
     out = tmp_path / "out"

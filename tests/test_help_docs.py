@@ -1,4 +1,4 @@
-"""--help, the README and the manifest say what is true."""
+"""--help, the README, the docs and the manifest say what is true."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from exporter.ratelimit import Budget
 from exporter.sandbox import FAULT_KINDS
 
 ROOT = Path(__file__).parent.parent
-README = (ROOT / "README.md").read_text(encoding="utf-8")
+DOCS = ROOT / "docs"
 
 
 def _parsers() -> Iterator[tuple[str, argparse.ArgumentParser]]:
@@ -65,16 +65,19 @@ def test_help_epilog_lists_exit_codes_and_environment() -> None:
         assert variable in epilog
 
 
-def test_readme_lists_version_and_every_exit_code() -> None:
-    """The README's CLI reference has --version and its exit-code table every status."""
-    assert "braze-export --version" in README
-    table = README[README.index("### Exit codes") :]
+def test_docs_list_version_and_every_exit_code() -> None:
+    """The README and the docs' Commands page show --version; the exit-code page has a row
+    for every status."""
+    assert "braze-export --version" in (ROOT / "README.md").read_text(encoding="utf-8")
+    assert "braze-export --version" in (DOCS / "cli.md").read_text(encoding="utf-8")
+    table = (DOCS / "reference" / "exit-codes.md").read_text(encoding="utf-8")
     for code in ("0", "1", "2", "3", "4", "5", "130 / 143"):
         assert f"| {code} |" in table
 
 
 def _docker_runs() -> Iterator[tuple[str, str]]:
-    for path in [ROOT / "README.md", ROOT / "Dockerfile", *sorted((ROOT / "examples").iterdir())]:
+    pages = [ROOT / "README.md", *sorted(DOCS.rglob("*.md")), ROOT / "Dockerfile"]
+    for path in [*pages, *sorted((ROOT / "examples").iterdir())]:
         text = path.read_text(encoding="utf-8")
         # A command may span lines (shell continuations, YAML folded scalars).
         for match in re.finditer(r"docker run.*?(?:\n\s*\n|```|\n\s*- |\Z)", text, re.S):
@@ -85,7 +88,7 @@ def test_docker_examples_can_write_to_a_bind_mount() -> None:
     """Every documented `docker run` that writes to a bind-mounted directory runs as the
     caller (--user), since the image's uid 10001 rarely owns it."""
     writing = [(n, c) for n, c in _docker_runs() if re.search(r'-v "?\$\{?PWD\}?/exports', c)]
-    assert len(writing) >= 2  # README and Dockerfile; the examples write to a bucket
+    assert len(writing) >= 2  # the docs and Dockerfile; the examples write to a bucket
     for name, command in writing:
         assert '--user "$(id -u):$(id -g)"' in command, (name, command)
 

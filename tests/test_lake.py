@@ -1,4 +1,4 @@
-"""Parquet output, its schema, and the README's DuckDB queries over every output format."""
+"""Parquet output, its schema, and the docs' DuckDB queries over every output format."""
 
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ from exporter.writers import PartitionWriter, partition_path
 from tests.conftest import data_files
 from tests.test_e2e import read_rows
 
-README = Path(__file__).resolve().parent.parent / "README.md"
+OUTPUT_DOC = Path(__file__).resolve().parent.parent / "docs" / "output.md"
 AS_OF = "2024-07-01"
 # Ids that a path cannot hold as they are, or that look like something else in one.
 SEGMENTS = [
@@ -76,8 +76,8 @@ def _hours(start: str, values: list[int]) -> list[Point]:
 
 
 def readme_queries() -> dict[str, str]:
-    """The DuckDB queries of the README's `Querying the output` section, by format."""
-    section = README.read_text().split("## Querying the output (DuckDB)", 1)[1]
+    """The DuckDB queries of the docs' `Querying the output` section, by format."""
+    section = OUTPUT_DOC.read_text().split("## Querying the output (DuckDB)", 1)[1]
     block = section.split("```sql\n", 1)[1].split("```", 1)[0]
     readers = {"read_parquet": "parquet", "read_json": "jsonl", "read_csv": "csv"}
     queries = {}
@@ -90,7 +90,7 @@ def readme_queries() -> dict[str, str]:
 
 
 async def test_parquet_has_the_documented_schema(tmp_path: Path) -> None:
-    """Columns, types and nullability as in the README, the schema version in the metadata,
+    """Columns, types and nullability as in the docs, the schema version in the metadata,
     zstd, null app_id for the workspace, `day` set in day rows and `hour` in hour rows."""
     writer = PartitionWriter(tmp_path, "parquet")
     (day_file,) = await writer.write(DAY, _days("2024-04-29", [42, 7]))
@@ -206,7 +206,7 @@ def test_verify_covers_parquet_files(
 def test_the_readme_duckdb_query_returns_exactly_the_exported_rows(
     tmp_path: Path, write_config: Callable[..., Path], fmt: str
 ) -> None:
-    """The README's query for the format, over a whole tree of day and hour series whose ids
+    """The docs' query for the format, over a whole tree of day and hour series whose ids
     hold `/`, spaces, unicode, `=`, a leading `_`, `..` and a number, returns every exported
     row once, with the ids and the null app_id as in the config."""
     out = tmp_path / "exports"
@@ -252,5 +252,5 @@ def test_the_readme_duckdb_query_returns_exactly_the_exported_rows(
 
 
 def test_the_documented_queries_cover_every_format() -> None:
-    """The README shows one query for each output format."""
+    """The docs show one query for each output format."""
     assert set(readme_queries()) == set(formats.FORMATS)
