@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import re
+import shlex
 from pathlib import Path
 
 import pytest
@@ -120,3 +121,33 @@ def test_every_docs_page_is_in_the_site_navigation() -> None:
     nav = (ROOT / "mkdocs.yml").read_text(encoding="utf-8")
     for page in DOCS.rglob("*.md"):
         assert f": {page.relative_to(DOCS).as_posix()}\n" in nav, page
+
+
+def _documented_commands() -> list[tuple[str, str]]:
+    """(page, command line) of every `braze-export ...` in a shell block of the README and
+    the docs, up to a redirection, pipe or comment."""
+    found = []
+    for page in [ROOT / "README.md", *sorted(DOCS.rglob("*.md"))]:
+        text = page.read_text(encoding="utf-8")
+        for block in re.findall(r"```sh\n(.*?)```", text, re.S):
+            for line in block.replace("\\\n", " ").splitlines():
+                match = re.search(r"(?:^|[\s/])braze-export( -*[a-z][^#|>;&]*)", line)
+                if match:
+                    found.append((page.name, match.group(1).strip()))
+    return found
+
+
+def test_documented_command_lines_parse_with_the_real_cli() -> None:
+    """Every braze-export command line the README and the docs show parses: no command or
+    option that does not exist."""
+    commands = _documented_commands()
+    assert len(commands) > 20
+    parser = build_parser()
+    for page, line in commands:
+        words = shlex.split(line.replace("...", "x"))
+        if words == ["--version"]:  # prints and exits 0, as it should
+            continue
+        try:
+            parser.parse_args(words)
+        except SystemExit:
+            pytest.fail(f"{page}: braze-export {line}")
