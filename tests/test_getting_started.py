@@ -123,12 +123,12 @@ def test_version_comes_from_package_metadata(
     assert capsys.readouterr().out == "braze-export 9.8.7\n"
 
 
-def test_docs_have_a_row_and_a_usage_line_per_command() -> None:
-    """Every command has a row in the docs' Commands page and a synopsis in the generated
-    command-line reference."""
+def test_docs_have_a_section_and_a_usage_line_per_command() -> None:
+    """Every command has a section in the docs' Commands page and a synopsis in the
+    generated command-line reference."""
     docs = Path(__file__).parent.parent / "docs"
     commands = (docs / "cli.md").read_text(encoding="utf-8")
     options = (docs / "reference" / "cli.md").read_text(encoding="utf-8")
     for command in _commands():
-        assert f"\n| `{command}` |" in commands, command
+        assert f"\n## `{command}`\n" in commands, command
         assert f"\nbraze-export {command}" in options, command
