@@ -72,6 +72,9 @@ def main(argv: list[str]) -> int:
         # A paragraph led by `**Lead.**` may have become a `## Lead` heading and its text.
         lead = re.match(r"\*\*([^*]+)\.\*\* ", text)
         pieces = [lead.group(1), text[lead.end() :]] if lead else [text]
+        # A table row may have become a heading and a paragraph: each cell is then enough.
+        if text.startswith("|"):
+            pieces = [cell for cell in re.split(r"(?<!\\)\|", text) if cell.strip()]
         if any(normalise(piece) not in everything for piece in pieces):
             missing.append((number, text))
     for number, text in missing:
