@@ -291,6 +291,8 @@ class Discovery:
             "rows": None,
             "sha256": None,
             "listed_at": None,
+            "malformed": None if found is None else found.malformed,
+            "duplicates": None if found is None else found.duplicates,
             "error": error,
         }
         if found is not None:

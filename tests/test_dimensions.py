@@ -228,6 +228,7 @@ def test_every_list_becomes_a_table_in_every_format(
         assert docs[name]["rows"] == len(rows)
         assert docs[name]["sha256"] == hashlib.sha256(data).hexdigest()
         assert docs[name]["error"] is None
+        assert docs[name]["malformed"] == docs[name]["duplicates"] == 0
 
 
 def test_a_discovery_writes_the_table_of_the_list_it_reads(
