@@ -278,7 +278,9 @@ class Discovery:
         listed_at: datetime,
     ) -> None:
         """Write the list's table when it was read to its end; else leave the last good one
-        and say why. A table that cannot be written fails the run (exit 1) like a listing."""
+        and say why. A table that cannot be written fails the run (exit 1) like a listing.
+        The read must be the whole list: discovery's filters apply after it, in memory (a
+        server-side filter such as ``last_edit.time[gt]`` would make the table a part)."""
         assert self.tables is not None
         name = table_of(source.dimension)
         doc: dict[str, Any] = {
