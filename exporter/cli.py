@@ -36,6 +36,7 @@ from exporter.config import (
     parse_day,
     register_env_key,
 )
+from exporter.dimensions import listed_tables, table_path
 from exporter.discover import DiscoverSpec, discovery_cost
 from exporter.doctor import DoctorReport, diagnose
 from exporter.errors import (
@@ -764,12 +765,13 @@ def _cmd_plan(args: argparse.Namespace) -> int:
         f"has {limits.reserve:.0%} left"
     )
     print(f"time:     at least {format_duration(eta)} at that rate")
-    # The list pool paces discovery of events and products (and any series moved there).
-    in_lists = sum(
-        1 + (LISTS[param].page_size is None)  # the product list ends with an empty page
-        for param, _ in needs
-        if LISTS[param].pool == LIST_POOL
-    ) + sum(n for kind, n in by_kind.items() if limits.pool_for(kind) == LIST_POOL)
+    listing = _listing_requests(config)
+    for line in _table_lines(config, listing):
+        print(line)
+    # The list pool paces the events and products lists (and any series moved there).
+    in_lists = listing.get(LIST_POOL, 0) + sum(
+        n for kind, n in by_kind.items() if limits.pool_for(kind) == LIST_POOL
+    )
     if in_lists:
         rph, lists_share, _ = limits.pool(LIST_POOL)
         rate = rph * lists_share / shards
@@ -780,6 +782,33 @@ def _cmd_plan(args: argparse.Namespace) -> int:
             "data request"
         )
     return EXIT_OK
+
+
+def _listing_requests(config: Config) -> Counter[str]:
+    """The least list requests a run sends, by pool: one per list it reads (for discovery or
+    a dimension table: one read serves both), and one more for the product list, which ends
+    with an empty page."""
+    least: Counter[str] = Counter()
+    for source, _ in listed_tables(config).values():
+        least[source.pool] += 1 + (source.page_size is None)
+    return least
+
+
+def _table_lines(config: Config, listing: Counter[str]) -> Iterator[str]:
+    tables = listed_tables(config)
+    if not tables:
+        return
+    pools = ", ".join(f"{n:,} in the {pool} pool" for pool, n in sorted(listing.items()))
+    yield (
+        f"tables:   {len(tables)} dimension table(s) under dimensions/, from at least "
+        f"{sum(listing.values()):,} list request(s) before the first data request ({pools})"
+    )
+    for name, (source, discovered) in tables.items():
+        also = "; the read discovery makes" if discovered else ""
+        yield (
+            f"  {table_path(name, config.output.format)}: "
+            f"{discovery_cost(DiscoverSpec(source.dimension))}{also}"
+        )
 
 
 def _most_per_request(plan: Plan) -> str:
@@ -843,6 +872,20 @@ def _print_plan_json(
             }
             for (param, _), spec in discovery_needs(config).items()
         ],
+        "dimensions": {
+            "requests_at_least": dict(sorted(_listing_requests(config).items())),
+            "tables": [
+                {
+                    "table": name,
+                    "path": table_path(name, config.output.format),
+                    "endpoint": source.path,
+                    "pool": source.pool,
+                    "requests_at_least": 1 + (source.page_size is None),
+                    "read_for_discovery": discovered,
+                }
+                for name, (source, discovered) in listed_tables(config).items()
+            ],
+        },
     }
     head = json.dumps(doc, indent=1)
     sys.stdout.write(head[:-2] + ',\n "requests": [')

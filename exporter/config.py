@@ -58,6 +58,7 @@ __all__ = [
     "Output",
     "Pool",
     "Pools",
+    "TableName",
     "Unit",
     "Window",
     "check_date",
@@ -94,6 +95,8 @@ SeriesName = Literal[
     "segment_size",
 ]
 PoolName = Literal["workspace", "lists"]
+# The lists a run may write as dimension tables (exporter.dimensions.TABLES, which checks).
+TableName = Literal["segments", "events", "products", "campaigns", "canvases"]
 # The config's names are series.py's: a series added there and not here fails at import.
 assert set(typing.get_args(SeriesName)) == set(SERIES_NAMES), "SeriesName != series.KINDS"
 # Ids are data: anything printable goes, the writers encode it before it touches a path.
@@ -352,6 +355,8 @@ class _File(_Model):
     settle_days: int = Field(3, ge=0, le=100)
     output: Output = Output()
     exports: Annotated[list[Export], Field(min_length=1)]
+    # Lists to write as dimension tables every run, besides those discovery reads anyway.
+    dimensions: list[TableName] = []
 
     @field_validator("timezone")
     @classmethod
@@ -383,6 +388,7 @@ class Config:
     output: Output
     exports: tuple[Export, ...]
     settle_days: int = 3
+    dimensions: tuple[str, ...] = ()  # the config's ``dimensions:``, each once, in its order
 
     @property
     def tz(self) -> ZoneInfo:
@@ -399,6 +405,8 @@ class Config:
             "output": self.output.model_dump(mode="json"),
             "exports": [e.model_dump(mode="json") for e in self.exports],
         }
+        if self.dimensions:  # absent when empty: configs without the key keep their hash
+            doc["dimensions"] = list(self.dimensions)
         blob = json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
         return hashlib.sha256(blob).hexdigest()
 
@@ -544,6 +552,7 @@ def load_config(path: str | os.PathLike[str], env: Mapping[str, str] | None = No
         output=model.output,
         exports=tuple(model.exports),
         settle_days=model.settle_days,
+        dimensions=tuple(dict.fromkeys(model.dimensions)),
     )
 
 

@@ -34,7 +34,7 @@ import random
 import re
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, Protocol
 
@@ -144,12 +144,14 @@ class ListItem:
     """One well-formed list entry. For events and products ``id`` and ``name`` are the same
     string (segments, campaigns and Canvases: the object's ``id`` and ``name``).
     ``analytics`` is the segment's ``analytics_tracking_enabled`` when it is a boolean, else
-    None (absent or not a boolean; events, products, campaigns, Canvases: None)."""
+    None (absent or not a boolean; events, products, campaigns, Canvases: None). ``raw`` is
+    the entry as Braze listed it, every field (the dimension tables write them all)."""
 
     id: str
     name: str
     analytics: bool | None = None
     tags: tuple[str, ...] = ()
+    raw: Any = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -205,7 +207,7 @@ def _valid_id(value: Any) -> bool:
 
 
 def _name(entry: Any) -> ListItem | None:
-    return ListItem(entry, entry) if _valid_id(entry) else None
+    return ListItem(entry, entry, raw=entry) if _valid_id(entry) else None
 
 
 def _object(entry: Any) -> ListItem | None:
@@ -221,6 +223,7 @@ def _object(entry: Any) -> ListItem | None:
         name if isinstance(name, str) else "",
         analytics if isinstance(analytics, bool) else None,
         tuple(t for t in tags if isinstance(t, str)) if isinstance(tags, list) else (),
+        entry,
     )
 
 
@@ -378,7 +381,13 @@ def discovery_cost(spec: DiscoverSpec) -> str:
     documented ones; the product list's is undocumented, so each page costs one request
     and the final empty page one more."""
     source = spec.source
-    things = {"segment_id": "segments", "event": "events", "product": "products"}[spec.dimension]
+    things = {
+        "segment_id": "segments",
+        "event": "events",
+        "product": "products",
+        "campaign_id": "campaigns",
+        "canvas_id": "Canvases",
+    }[spec.dimension]
     if source.page_size is None:
         growth = f"one per page of {things}, plus the empty page that ends the list"
     else:

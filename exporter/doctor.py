@@ -25,6 +25,7 @@ from zoneinfo import ZoneInfo
 from exporter.client import BrazeClient, Point, Response, interpret, make_session
 from exporter.config import ApiKey, Config, Discover, Export, Unit
 from exporter.coverage import describe_offset
+from exporter.dimensions import listed_tables
 from exporter.errors import (
     EXIT_AUTH,
     EXIT_FAILED,
@@ -36,9 +37,9 @@ from exporter.errors import (
     TransportError,
     Unreachable,
 )
-from exporter.plan import Request, Series, discovery_needs, ending_at, hour_range, span_label
+from exporter.plan import Request, Series, ending_at, hour_range, span_label
 from exporter.ratelimit import RateHeaders
-from exporter.series import KINDS, LISTS
+from exporter.series import KINDS
 
 __all__ = ["MAX_REQUESTS", "DoctorReport", "diagnose"]
 
@@ -154,7 +155,8 @@ async def diagnose(
         f"probing {kind.path} {shown} for unit(s) {', '.join(units)}; days cut in {config.timezone}"
     )
     others = sorted({KINDS[e.series].permission for e in config.exports} - {kind.permission})
-    lists = sorted({LISTS[param].permission for param, _ in discovery_needs(config)})
+    # Every list a run reads: its discoveries' and its dimension tables'.
+    lists = sorted({source.permission for source, _ in listed_tables(config).values()})
     if others or lists:
         report.say(
             f"not probed (a run needs them too): {', '.join(others + lists)}; grant them in "

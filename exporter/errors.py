@@ -94,7 +94,9 @@ EXIT_STATUSES: tuple[ExitStatus, ...] = (
         "some planned period is missing at the end: a series failed (listed with its reason) "
         "or is incomplete after gap-fill (its missing ranges listed); everything else was "
         "written; or a discovery failed (its exports got no series: `discovery: ... FAILED` in "
-        "the summary); or the run manifest could not be written (disk full: the summary says "
+        "the summary); or a list for a dimension table could not be read to its end or the table "
+        "not written (the last good table kept: `dimensions: ... FAILED`); or the run manifest "
+        "could not be written (disk full: the summary says "
         "so)",
     ),
     ExitStatus(

@@ -1,4 +1,5 @@
-"""The config's ``{discover: ...}`` ids, resolved at the start of a run, then the plan.
+"""The lists a run reads at its start: the config's ``{discover: ...}`` ids, resolved, then the
+plan; and the dimension tables.
 
 Each list the config discovers from is read once, whatever filters its exports ask of it
 (:func:`exporter.plan.discovery_needs`), all lists at the same time, each through the budget
@@ -7,6 +8,11 @@ planned like ids written in the config. A discovery that fails (a 403 for the li
 permission, a list that cannot be read to its end) leaves only the exports that depend on it
 without series: the others run, the run ends with exit status 1 and the manifest says why. A
 401 stops the run (exit 3), as in the pipeline; a host that never answers is exit 4.
+
+Every list read to its end is written as its dimension table (:mod:`exporter.dimensions`),
+whether discovery read it or the config's ``dimensions:`` asked for it (those are read the same
+way, alongside). A list that cannot be read to its end leaves its last good table as it was,
+and ends the run with exit status 1 as a failed discovery does.
 """
 
 from __future__ import annotations
@@ -14,10 +20,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any
 
 from exporter.client import Response
 from exporter.config import Config, Discover
+from exporter.dimensions import TABLES, TableWriter, table_of, table_path
 from exporter.discover import Discovered, DiscoverSpec, ListFetch, discover, keeps
 from exporter.errors import (
     AuthError,
@@ -30,7 +40,7 @@ from exporter.errors import (
 from exporter.pipeline import Pipeline
 from exporter.plan import Plan, PlanRequest, discovery_needs
 from exporter.ratelimit import Budget
-from exporter.series import DIMENSIONS, LISTS, WORKSPACE_POOL, ListSource
+from exporter.series import DIMENSIONS, WORKSPACE_POOL, ListSource
 
 __all__ = ["Discovery"]
 
@@ -53,38 +63,60 @@ class _Counted:
 
 
 class Discovery:
-    """Runs a config's discoveries for one run, and keeps what they found for the manifest."""
+    """Reads the lists of one run: its discoveries and, given ``tables``, the dimension tables
+    (``clock``: when a list was read, epoch seconds); keeps what they found for the manifest
+    (``docs``: the discoveries, ``table_docs``: the tables)."""
 
-    def __init__(self, config: Config, pipeline: Pipeline, pools: dict[str, Budget]) -> None:
+    def __init__(
+        self,
+        config: Config,
+        pipeline: Pipeline,
+        pools: dict[str, Budget],
+        tables: TableWriter | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.config = config
         self.pipeline = pipeline
         self.pools = pools
+        self.tables = tables
+        self.clock = clock
         self.needs = discovery_needs(config)
         self.found: dict[Key, tuple[str, ...]] = {}
         self.docs: list[dict[str, Any]] = []
+        self.table_docs: list[dict[str, Any]] = []
         self.failed: list[str] = []
         self.plan: Plan | None = None
+        # Each list read once: for its discoveries' filters, and for a table the config asks.
+        self.lists: dict[str, dict[Key, Discover]] = {}
+        for key, spec in self.needs.items():
+            self.lists.setdefault(key[0], {})[key] = spec
+        if tables is not None:
+            for name in config.dimensions:
+                self.lists.setdefault(TABLES[name][0], {})
 
     def found_or_nothing(self) -> dict[Key, tuple[str, ...]]:
         """What was found, and no ids for a discovery that did not finish."""
         return {key: self.found.get(key, ()) for key in self.needs}
 
-    async def run(self, request: PlanRequest) -> Plan:
-        """Discover, then plan (with no ids for a discovery that did not finish). A stop
-        (a signal) ends discovery as it ends the data phase: what is in flight gets the
-        pipeline's grace period, then is cancelled."""
-        by_list: dict[str, dict[Key, Discover]] = {}
-        for key, spec in self.needs.items():
-            by_list.setdefault(key[0], {})[key] = spec
-        tasks = [asyncio.create_task(self._list(p, specs)) for p, specs in by_list.items()]
-        watcher = asyncio.create_task(self.pipeline.watch_stop(tasks))
-        try:
-            await asyncio.wait(tasks)
-        finally:
-            watcher.cancel()
-            for task in tasks:
-                task.cancel()
-            await asyncio.wait([watcher, *tasks])
+    async def run(self, request: Plan | PlanRequest) -> Plan:
+        """Read the lists, then plan (with no ids for a discovery that did not finish; a Plan
+        is taken as it is). A stop (a signal) ends the reading as it ends the data phase:
+        what is in flight gets the pipeline's grace period, then is cancelled."""
+        if self.lists:
+            tasks = [asyncio.create_task(self._list(p, specs)) for p, specs in self.lists.items()]
+            watcher = asyncio.create_task(self.pipeline.watch_stop(tasks))
+            try:
+                await asyncio.wait(tasks)
+            finally:
+                watcher.cancel()
+                for task in tasks:
+                    task.cancel()
+                await asyncio.wait([watcher, *tasks])
+            order = list(TABLES)
+            self.table_docs.sort(key=lambda doc: order.index(doc["table"]))
+        if isinstance(request, Plan):
+            self.plan = request
+            return request
         self.plan = request.build(self.found_or_nothing())
         for warning in self.plan.warnings:
             log.warning("%s", warning, extra={"event": "plan_warning"})
@@ -96,8 +128,8 @@ class Discovery:
         return self.plan
 
     def status(self) -> str:
-        done = len(self.docs)
-        return f"discovering ids: {done} of {len(self.needs)} discoveries done"
+        done = len({doc["endpoint"] for doc in self.docs + self.table_docs})
+        return f"reading lists: {done} of {len(self.lists)} done"
 
     def summary(self) -> list[str]:
         lines = []
@@ -110,6 +142,18 @@ class Discovery:
                     f"{head}: {len(doc['ids'])} kept, {doc['skipped']} filtered out, in "
                     f"{doc['pages']} page(s), {doc['requests']} request(s)"
                 )
+        for doc in self.table_docs:
+            head = f"dimensions: {doc['table']} from {doc['endpoint']}"
+            if doc["error"] is not None:
+                lines.append(
+                    f"{head}: FAILED after {doc['requests']} request(s): {doc['error']}; the "
+                    f"last good table {doc['path']} (if any) is left as it was"
+                )
+            else:
+                lines.append(
+                    f"{head}: {doc['rows']} row(s) in {doc['path']}, listed at "
+                    f"{doc['listed_at']} ({doc['requests']} request(s))"
+                )
         for name, pool in self.pools.items():
             if name != WORKSPACE_POOL and pool.acquired:  # the workspace's is the budget line
                 lines.append(
@@ -120,17 +164,17 @@ class Discovery:
         return lines
 
     async def _list(self, param: str, specs: dict[Key, Discover]) -> None:
-        """Read one list once, whatever filters the config asks of it, and apply each."""
-        source = LISTS[param]
-        config_key = DIMENSIONS[param].config_key
+        """Read one list once, whatever filters the config asks of it, apply each, and write
+        its dimension table."""
         wanted = {key: _spec(param, spec) for key, spec in specs.items()}
         # One read serves every filter: with one filter it filters as it reads, with several
-        # it keeps every listed item and filters them in memory afterwards.
+        # (or none: a table only) it keeps every listed item and filters them afterwards.
         read = (
             next(iter(wanted.values()))
             if len(wanted) == 1
             else DiscoverSpec(param, None, (), False)
         )
+        source = read.source
         pipeline = self.pipeline
         error: str | None = None
         found: Discovered | None = None
@@ -158,17 +202,35 @@ class Discovery:
             error = exc.reason if isinstance(exc, DiscoveryError) else str(exc)
         except ExporterError as exc:
             error = str(exc)
-        if found is None and not pipeline.result.interrupted:
+        listed_at = datetime.fromtimestamp(self.clock(), UTC)
+        failed = found is None and not pipeline.result.interrupted
+        if failed:
             self.failed.append(param)
+        if specs and failed:
             log.error(
                 "discovery of %s from %s failed: %s; exports that discover them get no "
                 "series this run",
-                config_key,
+                DIMENSIONS[param].config_key,
                 source.path,
                 error,
                 extra={"event": "discovery_failed"},
             )
+        self._account(param, specs, wanted, found, fetch.requests, error)
+        if self.tables is not None:
+            await self._table(source, found, fetch.requests, error, listed_at)
+
+    def _account(
+        self,
+        param: str,
+        specs: dict[Key, Discover],
+        wanted: dict[Key, DiscoverSpec],
+        found: Discovered | None,
+        requests: int,
+        error: str | None,
+    ) -> None:
+        """Each filter's ids, and its entry for the manifest."""
         for n, (key, spec) in enumerate(specs.items()):
+            source = wanted[key].source
             ids: tuple[str, ...] = ()
             if found is not None:
                 ids = tuple(i.id for i in found.items if keeps(wanted[key], i))
@@ -183,7 +245,7 @@ class Discovery:
             first = n == 0  # the list's cost is counted once, on its first filter
             self.docs.append(
                 {
-                    "config_key": config_key,
+                    "config_key": DIMENSIONS[param].config_key,
                     "dimension": param,
                     "endpoint": source.path,
                     "pool": source.pool,
@@ -197,7 +259,7 @@ class Discovery:
                         and found_spec.key == key[1]
                     ],
                     "ids": list(ids),
-                    "requests": fetch.requests if first else 0,
+                    "requests": requests if first else 0,
                     "pages": (found.pages if found else None) if first else 0,
                     "same_read_as_above": not first,
                     "skipped": len(found.items) - len(ids) if found else None,
@@ -206,6 +268,53 @@ class Discovery:
                     "error": error,
                 }
             )
+
+    async def _table(
+        self,
+        source: ListSource,
+        found: Discovered | None,
+        requests: int,
+        error: str | None,
+        listed_at: datetime,
+    ) -> None:
+        """Write the list's table when it was read to its end; else leave the last good one
+        and say why. A table that cannot be written fails the run (exit 1) like a listing.
+        The read must be the whole list: discovery's filters apply after it, in memory (a
+        server-side filter such as ``last_edit.time[gt]`` would make the table a part)."""
+        assert self.tables is not None
+        name = table_of(source.dimension)
+        doc: dict[str, Any] = {
+            "table": name,
+            "endpoint": source.path,
+            "pool": source.pool,
+            "path": table_path(name, self.tables.fmt),
+            "requests": requests,
+            "pages": None if found is None else found.pages,
+            "rows": None,
+            "sha256": None,
+            "listed_at": None,
+            "malformed": None if found is None else found.malformed,
+            "duplicates": None if found is None else found.duplicates,
+            "error": error,
+        }
+        if found is not None:
+            try:
+                written = await self.tables.replace(name, [i.raw for i in found.items], listed_at)
+            except ExporterError as exc:
+                doc["error"] = str(exc)
+                self.failed.append(source.dimension)
+            else:
+                doc.update(rows=written.rows, sha256=written.sha256, listed_at=written.listed_at)
+        elif error is None:
+            doc["error"] = "stopped before the list's end (the run is stopping)"
+        if doc["error"] is not None:
+            log.error(
+                "dimension table %s: %s; the last good table stays",
+                doc["path"],
+                doc["error"],
+                extra={"event": "dimension_failed"},
+            )
+        self.table_docs.append(doc)
 
 
 def _spec(param: str, spec: Discover) -> DiscoverSpec:

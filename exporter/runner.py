@@ -24,6 +24,7 @@ from urllib.parse import urlsplit
 from exporter.client import BrazeClient, make_session
 from exporter.config import UNITS, ApiKey, Config, Unit
 from exporter.coverage import COMPLETE, Calibration
+from exporter.dimensions import TableWriter
 from exporter.errors import (
     EXIT_AUTH,
     EXIT_BUSY,
@@ -243,13 +244,15 @@ async def execute(
             )
             if remote is not None:
                 remote.start(state, on_lost=pipeline.stop)
-            discovery = Discovery(config, pipeline, pools)
+            store = None if remote is None else remote.store
+            tables = TableWriter(root, config.output.format, token=holder.token, store=store)
+            discovery = Discovery(config, pipeline, pools, tables)
             result = await _with_signals_and_progress(pipeline, plan, discovery, signals, options)
         if isinstance(plan, PlanRequest):
             # Planned with what discovery found; with nothing when it was stopped early.
             plan = discovery.plan or plan.build(discovery.found_or_nothing())
-            if result.coverage is None:  # a second signal cancelled discovery: account
-                await pipeline.run(plan, send=False)
+        if result.coverage is None:  # a second signal cancelled the lists' reading: account
+            await pipeline.run(plan, send=False)
         _save_offsets(state, result.calibration)
         code = _exit_code(result, signals)
         if code == EXIT_OK and discovery.failed:
@@ -271,7 +274,8 @@ async def execute(
             discovery=discovery.docs,
             file_check=checked.doc(state),
         )
-        store = None if remote is None else remote.store
+        if discovery.table_docs:
+            doc["dimensions"] = discovery.table_docs
         manifest: Path | str = options.out_dir / RUNS_DIR / f"{options.run_id}.json"
         manifest_error: str | None = None
         try:
@@ -392,15 +396,13 @@ async def _with_signals_and_progress(
     options: RunOptions,
 ) -> RunResult:
     async def work() -> RunResult:
-        if isinstance(plan, Plan):
-            return await pipeline.run(plan)
-        built = await discovery.run(plan)
+        built = await discovery.run(plan)  # the lists first (none: the plan as it is)
         result = pipeline.result
         stop = result.auth_error or result.unreachable or result.interrupted
         return await pipeline.run(built, send=not stop)
 
     def status() -> str:
-        current = plan if isinstance(plan, Plan) else discovery.plan
+        current = discovery.plan
         budgets = discovery.pools.values()
         if current is None:
             return " | ".join([discovery.status(), *pause_notes(budgets)])

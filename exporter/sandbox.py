@@ -133,6 +133,8 @@ class SandboxOptions:
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
     gate: asyncio.Event | None = None  # None: answer at once; see the module docstring
     gate_after: int = 0  # series answers given before the gate holds the rest
+    # List path -> its first page answered 500, every attempt: a listing that breaks mid-way.
+    list_outage: Mapping[str, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.reset_style not in RESET_STYLES:
@@ -452,6 +454,10 @@ class _Sandbox:
     ) -> web.StreamResponse:
         """200 with ``doc``, unless this receipt of the request draws a fault (``bad``: the
         body of a 200 that is not a valid answer)."""
+        outage = self.options.list_outage.get(request.path)
+        page = request.query.get("page", "0")
+        if outage is not None and page.isdigit() and int(page) >= outage:
+            return _error(500, "Internal Server Error", headers)
         key = request.path_qs
         n = self._seen.get(key, 0)
         self._seen[key] = n + 1

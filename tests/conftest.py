@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 import socket
 import textwrap
 import threading
@@ -18,7 +19,9 @@ import pytest
 from aiohttp import ClientResponse, web
 from aioresponses import aioresponses
 
+from exporter.dimensions import DIMENSIONS_DIR
 from exporter.manifest import RUNS_DIR
+from exporter.remote import ObjectStore
 from exporter.sandbox import SandboxOptions, start_sandbox
 from exporter.writers import WORK_DIR
 
@@ -133,11 +136,12 @@ class mocked_http(aioresponses):
 
 
 def data_files(out: Path) -> list[Path]:
-    """The data files under an output directory: not the state, temp files or manifests."""
+    """The series' data files under an output directory: not the state, temp files,
+    manifests or dimension tables."""
     return sorted(
         p
         for p in out.rglob("*")
-        if p.is_file() and not {WORK_DIR, RUNS_DIR} & set(p.relative_to(out).parts)
+        if p.is_file() and not {WORK_DIR, RUNS_DIR, DIMENSIONS_DIR} & set(p.relative_to(out).parts)
     )
 
 
@@ -271,3 +275,15 @@ def s3_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]
     }
     yield env
     server.stop()
+
+
+@pytest.fixture
+def bucket(s3_env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> str:
+    """A new, empty bucket; its ``s3://`` URL with a prefix."""
+    for name, value in s3_env.items():
+        monkeypatch.setenv(name, value)
+    name = f"test-{secrets.token_hex(6)}"
+    store = ObjectStore.open(f"s3://{name}")
+    store.fs.mkdir(name)
+    store.close()
+    return f"s3://{name}/exports"

@@ -206,6 +206,19 @@ def test_doctor_probes_a_listed_series_and_names_the_permissions_it_did_not_prob
     assert "key: accepted, with the permission kpi.dau.data_series" in out
 
 
+def test_doctor_names_the_permissions_of_the_dimension_tables(
+    write_config: Callable[..., Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The lists dimensions: asks for are read by a run too: doctor names their permissions."""
+    text = (
+        "version: 1\ndimensions: [campaigns, events]\nexports:\n"
+        "  - name: d\n    series: dau\n    window: {days: 2}\n"
+    )
+    assert main(["doctor", str(write_config(text)), "--sandbox"]) == 0
+    out = capsys.readouterr().out
+    assert "not probed (a run needs them too): campaigns.list, events.list" in out
+
+
 def test_doctor_on_a_body_nested_too_deep_exits_1(
     write_config: Callable[..., Path],
     env_key: str,
