@@ -759,11 +759,14 @@ def _cmd_plan(args: argparse.Namespace) -> int:
     )
     print(f"time:     at least {format_duration(eta)} at that rate")
     # The list pool paces discovery of events and products (and any series moved there).
-    in_lists = sum(
-        1 + (LISTS[param].page_size is None)  # the product list ends with an empty page
-        for param, _ in needs
-        if LISTS[param].pool == LIST_POOL
-    ) + by_pool[LIST_POOL]
+    in_lists = (
+        sum(
+            1 + (LISTS[param].page_size is None)  # the product list ends with an empty page
+            for param, _ in needs
+            if LISTS[param].pool == LIST_POOL
+        )
+        + by_pool[LIST_POOL]
+    )
     if in_lists:
         rph, lists_share, _ = limits.pool(LIST_POOL)
         rate = rph * lists_share / shards
