@@ -18,7 +18,7 @@ import sys
 import textwrap
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import date, datetime
 from pathlib import Path
 from typing import Any, NoReturn
@@ -31,6 +31,7 @@ from exporter.config import (
     DEFAULT_KEY_ENV,
     ApiKey,
     Config,
+    Limits,
     expand_home,
     load_config,
     parse_day,
@@ -83,7 +84,7 @@ from exporter.sandbox import (
     run_sandbox,
     start_sandbox,
 )
-from exporter.series import DIMENSIONS, LIST_POOL, LISTS
+from exporter.series import DIMENSIONS, LIST_POOL, LISTS, WORKSPACE_POOL
 from exporter.starter import StarterSettings, starter_config, workspace_at, write_starter
 
 __all__ = [
@@ -677,9 +678,7 @@ def _over_a_day(config: Config) -> Iterator[str]:
         plan = build_plan(config, datetime.now(config.tz).date(), None, one_each)
     except ConfigError:
         return  # no complete day yet: nothing to send today
-    by_pool: Counter[str] = Counter()
-    for kind, n in plan.first_run_requests().items():
-        by_pool[config.limits.pool_for(kind)] += n
+    by_pool = _by_pool(config.limits, plan.first_run_requests())
     for pool, n in sorted(by_pool.items()):
         rph, share, reserve = config.limits.pool(pool)
         least = eta_seconds(n, rph, share, reserve)  # as plan says it
@@ -718,7 +717,10 @@ def _cmd_plan(args: argparse.Namespace) -> int:
     share = limits.share / shards
     allowed = limits.requests_per_hour * share
     total = seen.total
-    eta = eta_seconds(total.requests, limits.requests_per_hour, share, limits.reserve)
+    # The workspace pool's least time counts only its own requests: a series in another
+    # pool (campaigns, lists) is paced there, side by side.
+    by_pool = _by_pool(limits, seen.by_kind)
+    eta = eta_seconds(by_pool[WORKSPACE_POOL], limits.requests_per_hour, share, limits.reserve)
     part = f", shard {plan.shard[0]}/{shards}" if plan.shard else ""
     print(f"plan for {config.source} as of {plan.as_of} ({plan.timezone}{part})")
     needs = discovery_needs(config)
@@ -769,9 +771,7 @@ def _cmd_plan(args: argparse.Namespace) -> int:
     for line in _table_lines(config, listing):
         print(line)
     # The list pool paces the events and products lists (and any series moved there).
-    in_lists = listing.get(LIST_POOL, 0) + sum(
-        n for kind, n in by_kind.items() if limits.pool_for(kind) == LIST_POOL
-    )
+    in_lists = listing.get(LIST_POOL, 0) + by_pool[LIST_POOL]
     if in_lists:
         rph, lists_share, _ = limits.pool(LIST_POOL)
         rate = rph * lists_share / shards
@@ -781,6 +781,18 @@ def _cmd_plan(args: argparse.Namespace) -> int:
             f"{format_duration(in_lists * 3600 / rate)}; discovery finishes before the first "
             "data request"
         )
+    for pool in limits.pool_names:
+        if pool in (WORKSPACE_POOL, LIST_POOL):
+            continue
+        n = by_pool[pool]
+        if n:
+            rph, pool_share, reserve = limits.pool(pool)
+            least = eta_seconds(n, rph, pool_share / shards, reserve)
+            print(
+                f"{pool + ':':<9} {n:,} request(s) in the {pool} pool, at "
+                f"{rph * pool_share / shards:,.0f}/hour: at least {format_duration(least)}, "
+                "beside the workspace pool's"
+            )
     return EXIT_OK
 
 
@@ -811,6 +823,27 @@ def _table_lines(config: Config, listing: Counter[str]) -> Iterator[str]:
         )
 
 
+def _by_pool(limits: Limits, by_kind: Mapping[str, int]) -> Counter[str]:
+    """Requests per rate-limit pool, from requests per series kind."""
+    by_pool: Counter[str] = Counter()
+    for kind, n in by_kind.items():
+        by_pool[limits.pool_for(kind)] += n
+    return by_pool
+
+
+def _least_seconds(limits: Limits, by_kind: Mapping[str, int], shards: int) -> float:
+    """The least time requests take: each pool paces its own, side by side, so the slowest
+    pool's (each at its rate, its reserve counted)."""
+    return max(
+        (
+            eta_seconds(n, rph, share / shards, reserve)
+            for pool, n in _by_pool(limits, by_kind).items()
+            for rph, share, reserve in [limits.pool(pool)]
+        ),
+        default=0.0,
+    )
+
+
 def _most_per_request(plan: Plan) -> str:
     lengths = sorted({s.info.max_length for s in {s.kind: s for s in plan.series}.values()})
     return "/".join(map(str, lengths or [MAX_LENGTH]))
@@ -836,12 +869,7 @@ def _print_plan_json(
             "periods_done": f.done,
             "periods_to_read_again": f.reread,
             "periods_to_fetch": f.to_fetch,
-            "seconds_at_least": round(
-                eta_seconds(
-                    f.requests, limits.requests_per_hour, limits.share / shards, limits.reserve
-                ),
-                1,
-            ),
+            "seconds_at_least": round(_least_seconds(limits, f.by_kind, shards), 1),
         }
 
     doc = {

@@ -279,7 +279,7 @@ def s3_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]
 
 @pytest.fixture
 def bucket(s3_env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> str:
-    """A new, empty bucket; its ``s3://`` URL with a prefix."""
+    """A new, empty bucket on the S3 test server; its ``s3://`` URL with a prefix."""
     for name, value in s3_env.items():
         monkeypatch.setenv(name, value)
     name = f"test-{secrets.token_hex(6)}"
