@@ -112,10 +112,11 @@ class BrazeClient:
         return await self._send(url, request.params(ending_at), series=request.series)
 
     async def get_list(self, source: ListSource, page: int) -> Response:
-        """GET one page (from 0) of a list endpoint (``/segments/list?page=N``, ...); errors
-        as :meth:`get`, labelled ``<path> page <N>``."""
+        """GET one page (from 0) of a list endpoint (``/segments/list?page=N``, ...) with the
+        source's ``query``; errors as :meth:`get`, labelled ``<path> page <N>``."""
         label = f"{source.path} page {page}"
-        return await self._send(self._base + source.path, {"page": str(page)}, label=label)
+        params = {"page": str(page), **dict(source.query)}
+        return await self._send(self._base + source.path, params, label=label)
 
     async def _send(
         self,
