@@ -9,7 +9,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, tzinfo
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import aiohttp
 from yarl import URL
@@ -28,6 +28,9 @@ from exporter.errors import (
 from exporter.plan import Request, Series, period_of
 from exporter.ratelimit import RateHeaders, parse_rate_headers
 from exporter.series import ListSource
+
+if TYPE_CHECKING:  # details.py reads answers with this module's helpers
+    from exporter.details import DetailsSource
 
 __all__ = [
     "PATH",
@@ -117,6 +120,12 @@ class BrazeClient:
         label = f"{source.path} page {page}"
         params = {"page": str(page), **dict(source.query)}
         return await self._send(self._base + source.path, params, label=label)
+
+    async def get_details(self, source: DetailsSource, item_id: str) -> Response:
+        """GET one campaign's or Canvas' details (``/campaigns/details?campaign_id=...``);
+        errors as :meth:`get`, labelled ``<path> <param>=<id>``."""
+        label = f"{source.path} {source.param}={item_id}"
+        return await self._send(self._base + source.path, {source.param: item_id}, label=label)
 
     async def _send(
         self,

@@ -44,7 +44,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from functools import partial
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from exporter.client import Response, parse_body, raise_for_status
 from exporter.errors import (
@@ -70,6 +70,7 @@ __all__ = [
     "discovery_cost",
     "interpret_list",
     "keeps",
+    "paced",
     "read_time",
 ]
 
@@ -80,6 +81,7 @@ MAX_ID_CHARS = 256
 # Every list discovery reads; the lists of plain names (the others list objects with an id).
 _SOURCES: dict[str, ListSource] = {**LISTS, **MESSAGING_LISTS}
 _NAME_LISTS = ("event", "product")
+_T = TypeVar("_T")
 _TAGGED = ("segment_id", "campaign_id", "canvas_id")  # lists whose items carry tags
 
 
@@ -273,6 +275,28 @@ def read_time(value: Any) -> datetime | None:
     return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
 
 
+async def paced(
+    budget: Budget,
+    send: Callable[[], Awaitable[Response]],
+    read: Callable[[Response], _T],
+) -> _T:
+    """One attempt of a call outside the series pipeline (a list page, a details request):
+    a token from ``budget``, the call, its rate headers reported to the budget, then
+    ``read``'s interpretation. A 429 closes the budget's gate and raises ``read``'s
+    RateLimited with the budget's sanitized pause (never the raw header) as ``reset_at``."""
+    await budget.acquire()
+    response = await send()
+    budget.observe(response.rate, status=response.status)
+    if response.status == 429:
+        until = budget.rate_limited(response.rate)
+        try:
+            read(response)
+        except RateLimited as exc:
+            exc.reset_at = until
+            raise
+    return read(response)
+
+
 def keeps(spec: DiscoverSpec, item: ListItem) -> bool:
     """Whether ``spec``'s filters keep a listed item. An item without a readable
     ``last_edited`` is kept by ``edited_since`` (Braze listed it for that query)."""
@@ -319,18 +343,12 @@ async def discover(
 
     async def attempt(page: int) -> ListPage:
         nonlocal requests
-        await budget.acquire()
         requests += 1
-        response = await fetch.get_list(source, page)
-        budget.observe(response.rate, status=response.status)
-        if response.status == 429:
-            until = budget.rate_limited(response.rate)
-            try:
-                interpret_list(source, response, page=page)
-            except RateLimited as exc:
-                exc.reset_at = until  # the budget's sanitized pause, never the raw header
-                raise
-        return interpret_list(source, response, page=page)
+        return await paced(
+            budget,
+            partial(fetch.get_list, source, page),
+            partial(interpret_list, source, page=page),
+        )
 
     pages = 0
     while True:

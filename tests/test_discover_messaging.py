@@ -8,22 +8,15 @@ from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import aiohttp
 import pytest
-from aiohttp.test_utils import TestServer
-from aioresponses import aioresponses
 
 from exporter.client import BrazeClient
-from exporter.config import ApiKey
 from exporter.discover import Discovered, DiscoverSpec, discover, discovery_cost
-from exporter.ratelimit import Budget
 from exporter.retry import RetryPolicy
-from exporter.sandbox import SandboxOptions, make_app
+from exporter.sandbox import SandboxOptions
 from exporter.sandbox_messaging import messaging_catalogue
-from tests.conftest import FakeClock, mocked_http
-
-BASE = "https://rest.test"
-NOW = 1_704_888_000.0  # 2024-01-10T12:00:00Z
+from tests.conftest import FakeClock
+from tests.mockedbraze import BASE, NOW, MockedBraze, mocked_braze, sandbox_client
 
 
 def _campaign(i: int, edited: str = "2024-01-01T00:00:00+00:00", **extra: Any) -> Any:
@@ -31,11 +24,10 @@ def _campaign(i: int, edited: str = "2024-01-01T00:00:00+00:00", **extra: Any) -
 
 
 async def _discover(client: BrazeClient, spec: DiscoverSpec, clock: FakeClock) -> Discovered:
-    budget = Budget(10**8, 1.0, 0.1, clock=clock, sleep=clock.sleep, jitter=lambda: 0.5)
     return await discover(
         client,
         spec,
-        budget=budget,
+        budget=MockedBraze.budget_on(clock),
         retry=RetryPolicy(max_attempts=3),
         sleep=clock.sleep,
         clock=clock,
@@ -43,26 +35,17 @@ async def _discover(client: BrazeClient, spec: DiscoverSpec, clock: FakeClock) -
     )
 
 
-class Mocked:
-    def __init__(self, mocked: aioresponses, session: aiohttp.ClientSession) -> None:
-        self.mocked = mocked
-        self.clock = FakeClock(NOW)
-        self.client = BrazeClient(session, BASE, ApiKey("k-secret"), clock=self.clock)
-
+class Mocked(MockedBraze):
     def pages(self, path: str, key: str, pages: Sequence[Sequence[Any]]) -> None:
         for number, items in enumerate(pages):
             pattern = re.compile(re.escape(f"{BASE}{path}?") + f".*page={number}(&|$)")
             self.mocked.get(pattern, payload={"message": "success", key: list(items)})
 
-    def queries(self) -> list[dict[str, str]]:
-        return [dict(url.query) for (_, url), calls in self.mocked.requests.items() for _ in calls]
-
 
 @pytest.fixture
 async def mocked() -> AsyncIterator[Mocked]:
-    async with aiohttp.ClientSession() as session:
-        with mocked_http() as m:
-            yield Mocked(m, session)
+    async with mocked_braze(Mocked) as m:
+        yield m
 
 
 async def test_campaign_pages_ask_oldest_first_without_archived(mocked: Mocked) -> None:
@@ -148,19 +131,12 @@ async def test_the_sandbox_lists_archived_ones_only_when_asked(dimension: str) -
     catalogue = messaging_catalogue(options)
     items = catalogue.campaigns if dimension == "campaign_id" else catalogue.canvases
     since = catalogue.now - timedelta(days=200)
-    server = TestServer(make_app(options))
-    await server.start_server()
-    try:
-        async with aiohttp.ClientSession() as session:
-            clock = FakeClock(NOW)
-            client = BrazeClient(session, str(server.make_url("")), ApiKey("k" * 36), clock=clock)
-            live = await _discover(client, DiscoverSpec(dimension), clock)
-            every = await _discover(client, DiscoverSpec(dimension, include_archived=True), clock)
-            recent = await _discover(
-                client, DiscoverSpec(dimension, include_archived=True, edited_since=since), clock
-            )
-    finally:
-        await server.close()
+    async with sandbox_client(options) as (client, clock):
+        live = await _discover(client, DiscoverSpec(dimension), clock)
+        every = await _discover(client, DiscoverSpec(dimension, include_archived=True), clock)
+        recent = await _discover(
+            client, DiscoverSpec(dimension, include_archived=True, edited_since=since), clock
+        )
     assert live.ids == tuple(c.id for c in items if not c.archived)
     assert every.ids == tuple(c.id for c in items)
     assert recent.ids == tuple(c.id for c in items if c.last_edited > since)
