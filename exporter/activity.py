@@ -13,9 +13,11 @@ issue #19, section 3. What they prove, and so what may be skipped:
   ``last_edited`` and makes the run read its details again. So a draft's days are skipped
   when its details were read in this run, or when this run's list shows them unchanged.
 - Details read in THIS run bound every send up to now: the days after ``last_sent`` plus the
-  longest conversion window are skipped, to the window's end. Canvas details name the last
-  entry, not the last message: a step may send days after it (delays), so a Canvas' days
-  after ``last_entry`` are never skipped.
+  longest conversion window (every day, when nothing was sent yet) are skipped, to the
+  window's end. A send after the read can only land on the last day or two; those were not
+  recorded as done, so the next run, whose details are no longer fresh, reads them. Canvas
+  details name the last entry, not the last message: a step may send days after it
+  (delays), so a Canvas' days after ``last_entry`` are never skipped.
 - Details from an earlier run say nothing of what was sent since they were read (a
   triggered, action-based or recurring campaign sends without an edit): beyond the days
   before ``first_sent``, only the days their read already proved empty (after ``last_sent``
@@ -33,7 +35,17 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-__all__ = ["Activity", "Life", "Skip", "active_days"]
+__all__ = [
+    "AFTER_LAST",
+    "BEFORE_FIRST",
+    "DRAFT",
+    "NOT_SENT",
+    "RULES",
+    "Activity",
+    "Life",
+    "Skip",
+    "active_days",
+]
 
 Span = tuple[int, int]  # inclusive day periods: date.toordinal() of the day Braze labels
 _FAR = 2**62  # beyond any day ordinal: an open end
@@ -71,13 +83,22 @@ class Life:
         return max(known) + timedelta(seconds=self.conversion_s) if known else None
 
 
+BEFORE_FIRST = "before the first send"
+AFTER_LAST = "after the last send and its conversion window"
+DRAFT = "a draft that never sent"
+NOT_SENT = "nothing sent yet when the details were read"
+RULES = (BEFORE_FIRST, AFTER_LAST, DRAFT, NOT_SENT)
+
+
 @dataclass(frozen=True, slots=True)
 class Skip:
-    """Days ``first..last`` (inclusive day ordinals) left unread, and why, in words."""
+    """Days ``first..last`` (inclusive day ordinals) left unread, by which ``rule`` (one of
+    :data:`RULES`), and why, in words with the details' times."""
 
     first: int
     last: int
     reason: str
+    rule: str = BEFORE_FIRST
 
     @property
     def days(self) -> int:
@@ -115,18 +136,21 @@ def active_days(
         return Activity(tuple(window), ())
     cuts: list[Skip] = []
     read = _utc_day(life.read_at)
-    # What the read proved of the time before it reaches no provisional day unless fresh.
+    # The last day the read proves empty past the last send: with fresh details, to the
+    # window's end (a send after the read lands on a day from read - 1 on, which the next
+    # run reads: it was not recorded as done, and its details are no longer fresh); with
+    # earlier ones, the days ended before the read, and never a provisional day.
     proven = _FAR if fresh else min(read - 1 - _MARGIN, settle_from - 1)
     if life.draft and life.first is None and (fresh or confirmed):
-        cuts.append(Skip(-_FAR, _FAR, f"a draft that never sent (details of {_when(life)})"))
+        cuts.append(Skip(-_FAR, _FAR, f"a draft that never sent (details of {_when(life)})", DRAFT))
     elif life.first is None:
-        cuts.append(Skip(-_FAR, min(read - 1 - _MARGIN, proven), f"nothing sent by {_when(life)}"))
+        cuts.append(Skip(-_FAR, proven, f"nothing sent by {_when(life)}", NOT_SENT))
     else:
         cuts.append(Skip(-_FAR, _utc_day(life.first) - 1 - _MARGIN, _first_reason(life)))
         end = life.data_end
         if end is not None:
             reason = _after_reason(life) + ("" if fresh else f" (details of {_when(life)})")
-            cuts.append(Skip(_utc_day(end) + 1 + _MARGIN, proven, reason))
+            cuts.append(Skip(_utc_day(end) + 1 + _MARGIN, proven, reason, AFTER_LAST))
     return _split(window, cuts)
 
 
@@ -142,7 +166,7 @@ def _split(window: Sequence[Span], cuts: Sequence[Skip]) -> Activity:
                 continue
             if a > start:
                 kept.append((start, a - 1))
-            skipped.append(Skip(a, b, cut.reason))
+            skipped.append(Skip(a, b, cut.reason, cut.rule))
             start = b + 1
         if start <= hi:
             kept.append((start, hi))

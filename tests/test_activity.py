@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from datetime import UTC, date, datetime
 
-from exporter.activity import Activity, Life, active_days
+from exporter.activity import NOT_SENT, Activity, Life, active_days
 
 
 def d(text: str) -> int:
@@ -106,11 +106,21 @@ def test_an_unconfirmed_draft_is_read_from_its_read_on() -> None:
     assert activity.skipped[0].reason == "nothing sent by 2025-06-01T12:00Z"
 
 
-def test_a_campaign_that_never_sent_keeps_the_days_a_later_send_could_reach() -> None:
-    """Not a draft, never sent by a fresh read: only the day a later send could fall on stays."""
+def test_a_campaign_that_never_sent_by_a_fresh_read_has_nothing_to_read() -> None:
+    """Not a draft, never sent by a fresh read: no day is read (a later send lands on a day
+    the next run reads)."""
     life = campaign(None, None, read_at=at("2026-01-01T10:00:00"))
     activity = active_days(YEAR, life, fresh=True, settle_from=d("2025-12-29"))
-    assert kept(activity) == [("2025-12-31", "2025-12-31")]
+    assert activity.kept == ()
+    assert activity.skipped[0].rule == NOT_SENT
+
+
+def test_the_next_run_reads_the_days_a_send_after_a_fresh_read_could_reach() -> None:
+    """Those details, kept and confirmed by the next run's list, leave the day before the
+    read and after it to read; the days before are proven empty."""
+    life = campaign(None, None, read_at=at("2025-12-30T10:00:00"))
+    activity = active_days(YEAR, life, fresh=False, confirmed=True, settle_from=d("2025-12-31"))
+    assert kept(activity) == [("2025-12-29", "2025-12-31")]
 
 
 def test_a_canvas_is_never_skipped_after_its_last_entry() -> None:
