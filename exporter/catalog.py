@@ -1,6 +1,5 @@
 """The series catalogue behind ``braze-export series``: every series, generated from
-:data:`exporter.series.KINDS` (exported) and :data:`exporter.messaging.MESSAGING` (served by
-the sandbox, not exported yet), so the listing cannot drift from the code that fetches.
+:data:`exporter.series.KINDS`, so the listing cannot drift from the code that fetches.
 """
 
 from __future__ import annotations
@@ -8,8 +7,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
-from exporter.messaging import MESSAGING
-from exporter.series import DIMENSIONS, KINDS
+from exporter.series import KINDS
 
 __all__ = ["CatalogEntry", "catalog", "catalog_table"]
 
@@ -18,13 +16,11 @@ __all__ = ["CatalogEntry", "catalog", "catalog_table"]
 class CatalogEntry:
     """One series as a user picks it.
 
-    - ``series``: the config's ``series:`` value (for messaging series, their name in
-      :data:`~exporter.messaging.MESSAGING`).
-    - ``dimensions``: ``{param, config_key, required}`` each, in column order; messaging
-      series take their ids, all required, and have no config key yet (None).
+    - ``series``: the config's ``series:`` value.
+    - ``dimensions``: ``{param, config_key, required}`` each, in column order.
     - ``units``: ``day`` and/or ``hour``; ``value_columns``: the columns holding values
       (messaging rows are long: ``metric`` names the value in ``value``).
-    - ``exported``: False for what only the sandbox serves; ``notes``: what to know before
+    - ``exported``: always True now; ``notes``: what to know before
       summing or reading (fractional values, levels that must not be summed, limits)."""
 
     series: str
@@ -43,57 +39,38 @@ class CatalogEntry:
 
 
 def catalog() -> tuple[CatalogEntry, ...]:
-    """Every series: the exported family first (in :data:`KINDS` order), then the messaging
-    series the sandbox serves."""
-    exported = tuple(
+    """Every series, in :data:`KINDS` order."""
+    return tuple(
         CatalogEntry(
             series=kind.name,
             endpoint=kind.path,
             dimensions=tuple(
                 {
                     "param": param,
-                    "config_key": DIMENSIONS[param].config_key,
+                    "config_key": kind.config_key(param),
                     "required": param in kind.required,
                 }
                 for param in kind.dimensions
             ),
             units=kind.units,
-            value_columns=(kind.value_key,),
+            value_columns=("metric", "value") if kind.long else (kind.value_key,),
             pool=kind.pool,
             permission=kind.permission,
             exported=True,
             notes=(
-                *(["fractional (float64)"] if kind.fractional else []),
+                *(["long: one row per day, id, breakdown and metric"] if kind.long else []),
+                *(["fractional (float64)"] if kind.fractional and not kind.long else []),
                 *([] if kind.additive else ["a level: never sum across periods"]),
+                *([f"length at most {kind.max_length}"] if kind.max_length != 100 else []),
+                *(
+                    []
+                    if kind.retention_days is None
+                    else [f"Braze keeps it {kind.retention_days} days after the send"]
+                ),
             ),
         )
         for kind in KINDS.values()
     )
-    messaging = tuple(
-        CatalogEntry(
-            series=series.name,
-            endpoint=series.path,
-            dimensions=tuple(
-                {"param": param, "config_key": None, "required": True} for param in series.ids
-            ),
-            units=("day",),
-            value_columns=("metric", "value"),
-            pool=series.pool,
-            permission=series.permission,
-            exported=False,
-            notes=(
-                "sandbox only: not exported yet",
-                f"length at most {series.max_length}",
-                *(
-                    []
-                    if series.retention_days is None
-                    else [f"Braze keeps {series.retention_days} days"]
-                ),
-            ),
-        )
-        for series in MESSAGING.values()
-    )
-    return exported + messaging
 
 
 _HEADERS = ("series", "endpoint", "dimensions (config key)", "units", "value", "pool", "permission")

@@ -25,6 +25,8 @@ from exporter.errors import (
     TransportError,
     Unreachable,
 )
+from exporter.formats import DayRows, LongRow
+from exporter.messaging import flatten
 from exporter.plan import Request, Series, period_of
 from exporter.ratelimit import RateHeaders, parse_rate_headers
 from exporter.series import ListSource
@@ -34,6 +36,7 @@ if TYPE_CHECKING:  # details.py reads answers with this module's helpers
 
 __all__ = [
     "PATH",
+    "Answer",
     "BrazeClient",
     "Point",
     "Response",
@@ -42,6 +45,7 @@ __all__ = [
     "make_session",
     "parse_body",
     "raise_for_status",
+    "read_answer",
 ]
 
 _T = TypeVar("_T")
@@ -54,8 +58,24 @@ _MAX_BODY = 4 * 1024 * 1024  # 100 points are a few KiB; anything near this is n
 @dataclass(frozen=True, slots=True)
 class Point:
     time: str  # exactly as Braze sent it
-    value: int | float  # under the series' value key (``sessions``, ``count``, ``revenue``...)
+    # Under the series' value key (``sessions``, ``count``, ``revenue``...); for a long series
+    # (campaigns, canvas, sends) every value of the day, ``(breakdowns..., metric, value)``.
+    value: int | float | DayRows
     period: int
+
+    @property
+    def rows(self) -> int:
+        """The file rows the point makes: one, or one per value of a long series' day."""
+        return len(self.value) if isinstance(self.value, tuple) else 1
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """A good response's points, and the key paths of what it held where a number belongs
+    but that is no number (a long series' strings, nulls...: never written, so counted)."""
+
+    points: list[Point]
+    not_numeric: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -217,8 +237,19 @@ def interpret(request: Request, response: Response, tz: tzinfo = UTC) -> list[Po
     are: which of them the run wants is coverage's business, not a reason to retry (Braze
     does not document which periods a request covers). Otherwise the classified ApiError.
     ``tz`` is the config's zone, for day labels that carry an offset."""
+    return read_answer(request, response, tz).points
+
+
+def read_answer(request: Request, response: Response, tz: tzinfo = UTC) -> Answer:
+    """:func:`interpret`, with what a long series' answer held that is no number."""
     if response.status == 200:
-        return _points(request, response.body, tz)
+        if request.series.info.long:
+            return parse_body(
+                response.body,
+                lambda doc: _long_answer(request, doc, tz),
+                series=request.series,
+            )
+        return Answer(_points(request, response.body, tz))
     series = request.series
     raise_for_status(response, permission=series.info.permission, series=series)
     raise AssertionError("unreachable: raise_for_status raised")  # pragma: no cover
@@ -347,13 +378,36 @@ def _point(request: Request, item: Any, tz: tzinfo) -> Point:
             series=series,
             status=200,
         )
+    return Point(label, value, _period(series, label, tz))
+
+
+def _period(series: Series, label: str, tz: tzinfo) -> int:
     try:
-        period = period_of(series.unit, label, tz)
+        return period_of(series.unit, label, tz)
     except ValueError:
         raise MalformedResponse(
             f"time {label!r} is not a valid {series.unit} label", series=series, status=200
         ) from None
-    return Point(label, value, period)
+
+
+def _long_answer(request: Request, doc: Any, tz: tzinfo) -> Answer:
+    """A campaign, Canvas or send answer as one point per day holding all its values
+    (:func:`exporter.messaging.flatten`), in period order; a day with no value is a point
+    too (it replaces what the day held before)."""
+    series = request.series
+    kind = series.info
+    ids = {param: value or "" for param, value in series.dimensions()}
+    flat = flatten(kind, doc, ids, label=series.label)
+    days: dict[str, list[LongRow]] = {label: [] for label in flat.days}
+    for row in flat.rows:
+        days[row.time].append((*(getattr(row, b) for b in kind.breakdowns), row.metric, row.value))
+    points: dict[int, Point] = {}
+    for label, rows in days.items():
+        period = _period(series, label, tz)
+        if period in points:
+            raise MalformedResponse(f"time {label!r} appears twice", series=series, status=200)
+        points[period] = Point(label, tuple(rows), period)
+    return Answer([points[p] for p in sorted(points)], flat.skipped)
 
 
 def _braze_message(body: bytes) -> str:

@@ -42,6 +42,7 @@ from exporter.redact import MIN_KEY_CHARS, register_secret
 from exporter.series import DIMENSIONS, KINDS, SERIES_NAMES, WORKSPACE_POOL
 
 __all__ = [
+    "CANVAS_FLAGS",
     "DEFAULT_ENDPOINT",
     "DEFAULT_KEY_ENV",
     "ENDPOINT_ENV",
@@ -92,8 +93,11 @@ SeriesName = Literal[
     "uninstalls",
     "mau",
     "segment_size",
+    "campaigns",
+    "canvas",
+    "sends",
 ]
-PoolName = Literal["workspace", "lists"]
+PoolName = Literal["workspace", "lists", "campaigns"]
 # The config's names are series.py's: a series added there and not here fails at import.
 assert set(typing.get_args(SeriesName)) == set(SERIES_NAMES), "SeriesName != series.KINDS"
 # Ids are data: anything printable goes, the writers encode it before it touches a path.
@@ -130,6 +134,10 @@ class Pool(_Model):
 class Pools(_Model):
     # Braze documents /events/list and /purchases/product_list with their own 1,000/hour.
     lists: Pool = Pool()
+    # /campaigns/data_series: 50,000 requests per minute in Braze's current "Export campaign
+    # analytics" page (rate limit section); older pages put it in the workspace's pool, which
+    # ``pool_of: {campaigns: workspace}`` restores.
+    campaigns: Pool = Pool(requests_per_hour=50_000 * 60)
 
 
 class Limits(_Model):
@@ -148,7 +156,8 @@ class Limits(_Model):
     @model_validator(mode="after")
     def _some_pace(self) -> Limits:
         # share: 1e-300 is in (0, 1] but paces nothing: a run would wait forever.
-        for where, pool in (("", self), ("pools.lists.", self.pools.lists)):
+        pools = [("", self), *((f"pools.{n}.", p) for n, p in self.pools)]
+        for where, pool in pools:
             if pool.requests_per_hour * pool.share < 1:
                 raise ValueError(
                     f"{where}requests_per_hour x share is "
@@ -159,8 +168,13 @@ class Limits(_Model):
 
     def pool(self, name: str) -> tuple[int, float, float]:
         """(requests_per_hour, share, reserve) of a pool."""
-        pool: Limits | Pool = self if name == WORKSPACE_POOL else self.pools.lists
+        pool: Limits | Pool = self if name == WORKSPACE_POOL else getattr(self.pools, name)
         return pool.requests_per_hour, pool.share, pool.reserve
+
+    @property
+    def pool_names(self) -> tuple[str, ...]:
+        """Every pool: the workspace's, then those under ``pools``."""
+        return (WORKSPACE_POOL, *Pools.model_fields)
 
     def pool_for(self, kind: str) -> str:
         """The pool a series kind draws from: the config's ``pool_of``, else Braze's docs."""
@@ -236,6 +250,12 @@ class Discover(_Model):
 
 # The dimension lists of an export, by config key; which ones a series takes is series.py's.
 _DIMENSION_KEYS = {d.config_key: d for d in DIMENSIONS.values()}
+# Every key naming a dimension's values: the lists, and the single values (sends' campaign_id).
+_ID_KEYS = {
+    **_DIMENSION_KEYS,
+    **{p: DIMENSIONS[p] for k in KINDS.values() for p in k.single},
+}
+CANVAS_FLAGS = ("include_variant_breakdown", "include_step_breakdown", "include_deleted_step_data")
 
 
 def _ids_or_discover(value: Any) -> str:
@@ -263,6 +283,16 @@ class Export(_Model):
     app_ids: Annotated[list[Id | None], Field(min_length=1)] | None = None
     events: StrictIdsOrDiscover | None = None
     products: IdsOrDiscover | None = None
+    # Message analytics (series campaigns, canvas, sends): the ids under Braze's names.
+    campaign_ids: Annotated[list[Id], Field(min_length=1)] | None = None
+    canvas_ids: Annotated[list[Id], Field(min_length=1)] | None = None
+    campaign_id: Id | None = None  # sends: the campaign the send_ids belong to
+    send_ids: Annotated[list[Id], Field(min_length=1)] | None = None
+    # Canvas only: Braze's request flags (each false in Braze's default; true here, so that
+    # every step's and variant's rows arrive unless asked otherwise).
+    include_variant_breakdown: bool | None = None
+    include_step_breakdown: bool | None = None
+    include_deleted_step_data: bool | None = None
     units: Annotated[list[Unit], Field(min_length=1)] = ["day"]
     window: Window
     # Opt-in for ids that read like null ('null', 'None', ...): refused unless this is true.
@@ -270,8 +300,22 @@ class Export(_Model):
 
     def values(self, param: str) -> list[str | None] | Discover:
         """The ids listed for a dimension (``[None]`` when not given), or its discovery."""
-        value: list[str | None] | Discover | None = getattr(self, DIMENSIONS[param].config_key)
+        value: str | list[str | None] | Discover | None = getattr(
+            self, KINDS[self.series].config_key(param)
+        )
+        if isinstance(value, str):
+            return [value]
         return [None] if value is None else value
+
+    def flags(self) -> tuple[tuple[str, str], ...]:
+        """The series' request flags (Canvas' breakdowns) as query parameters, each given
+        or true by default; none for the other series."""
+        if self.series != "canvas":
+            return ()
+        return tuple(
+            (name, "true" if getattr(self, name) in (None, True) else "false")
+            for name in CANVAS_FLAGS
+        )
 
 
 def _series_problems(exports: object) -> Iterator[str]:
@@ -285,14 +329,15 @@ def _series_problems(exports: object) -> Iterator[str]:
         kind = KINDS.get(series) if isinstance(series, str) else None
         if kind is None:
             continue  # the schema names the unknown series
-        takes = [DIMENSIONS[p].config_key for p in kind.dimensions]
-        for key, dim in _DIMENSION_KEYS.items():
+        takes = [kind.config_key(p) for p in kind.dimensions]
+        for key, dim in _ID_KEYS.items():
             where = f"exports[{i}].{key}"
             value = export.get(key)
+            taken = dim.param in kind.dimensions and kind.config_key(dim.param) == key
             if value is None:
-                if dim.param in kind.required:
+                if taken and dim.param in kind.required:
                     yield f"{where}: required for series {series}"
-            elif dim.param not in kind.dimensions:
+            elif not taken:
                 yield (
                     f"{where}: series {series} takes no {key} (it takes "
                     f"{', '.join(takes) or 'no dimension'})"
@@ -311,12 +356,35 @@ def _series_problems(exports: object) -> Iterator[str]:
                 and key != "events"  # the schema refuses a null event itself
             ):
                 yield f"{where}: series {series} needs an id here, null is not one"
+        for flag in CANVAS_FLAGS:
+            if export.get(flag) is not None and series != "canvas":
+                yield f"exports[{i}].{flag}: only series canvas takes it, not {series}"
         units = export.get("units", ["day"])
         for j, unit in enumerate(units if isinstance(units, list) else []):
             if unit in UNITS and unit not in kind.units:
                 yield (
                     f"exports[{i}].units[{j}]: series {series} has no unit {unit!r} "
                     f"(Braze serves it by {' and '.join(kind.units)})"
+                )
+
+
+def _flag_conflicts(exports: object) -> Iterator[str]:
+    """A Canvas two exports ask for with other breakdown flags: both would write its files,
+    each with other rows."""
+    first: dict[str, tuple[int, tuple[object, ...]]] = {}
+    for i, export in _mappings(exports):
+        ids = export.get("canvas_ids")
+        if export.get("series") != "canvas" or not isinstance(ids, list):
+            continue
+        flags = tuple(export.get(flag) in (None, True) for flag in CANVAS_FLAGS)
+        for canvas in ids:
+            if not isinstance(canvas, str):
+                continue
+            j, theirs = first.setdefault(canvas, (i, flags))
+            if theirs != flags:
+                yield (
+                    f"exports[{i}].canvas_ids: Canvas {canvas!r} is also in exports[{j}] with "
+                    "other include_* flags; give both exports the same flags"
                 )
 
 
@@ -559,6 +627,7 @@ def _validate(raw: dict[str, Any]) -> tuple[_File | None, list[str]]:
     exports = raw.get("exports")
     problems += _duplicate_names(exports)
     problems += _series_problems(exports)
+    problems += _flag_conflicts(exports)
     problems += _null_like_ids(exports)
     return model, problems
 

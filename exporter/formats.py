@@ -21,6 +21,20 @@ under ``braze_export.schema_version``), shown for sessions::
     hour        timestamp  optional  unit 'hour': the hour's start, UTC (microseconds,
                                      isAdjustedToUTC); else null
 
+The message series (campaigns, canvas, sends: :attr:`SeriesKind.long`) are LONG: a
+partition's row for a period holds all of that day's values, ``(breakdowns..., metric,
+value)`` each (:data:`LongRow`), and a file has one line per value::
+
+    time            string   required  Braze's day label
+    campaign_id     string   required  (the kind's ids, under Braze's parameter names)
+    channel ...     string   optional  (the kind's breakdowns; null where a row is a total;
+    message_index   int64    optional   message_index is the entry's place in its channel)
+    metric          string   required  Braze's key exactly (nested: ``a.b``)
+    value           double   required
+
+A new metric from Braze is a new ``metric`` value, never a new column. The merge unit is the
+day: a day read again replaces all of its rows, whatever metrics it had before.
+
 Later versions may only add optional columns at the end: no column is ever renamed, retyped,
 removed or given another meaning. A file whose version is newer than this code's is never
 merged into (rewriting it would drop the columns it does not know).
@@ -45,6 +59,8 @@ __all__ = [
     "FORMATS",
     "PARQUET_SCHEMA_VERSION",
     "SCHEMA_VERSION_KEY",
+    "DayRows",
+    "LongRow",
     "Row",
     "decode",
     "encode",
@@ -56,7 +72,11 @@ FORMATS = ("jsonl", "csv", "parquet")
 PARQUET_SCHEMA_VERSION = 1
 SCHEMA_VERSION_KEY = "braze_export.schema_version"
 
-Value = int | float  # float only for kinds whose values may be fractional (revenue)
+# One value of a long series: its breakdown values (the kind's order), metric, value.
+LongRow = tuple[str | int | float | None, ...]
+DayRows = tuple[LongRow, ...]  # all values of one day of a long series
+# float only for kinds whose values may be fractional (revenue); DayRows for long kinds
+Value = int | float | DayRows
 Row = tuple[int, str, Value]  # (period, Braze's time label, value)
 
 _UNIX_EPOCH_ORDINAL = date(1970, 1, 1).toordinal()
@@ -64,6 +84,8 @@ _US_PER_HOUR = 3_600_000_000
 
 
 def encode(fmt: str, series: Series, rows: Sequence[Row]) -> bytes:
+    if series.info.long:
+        return _encode_long(fmt, series, rows)
     if fmt == "jsonl":
         return _encode_jsonl(series, rows)
     if fmt == "csv":
@@ -74,6 +96,8 @@ def encode(fmt: str, series: Series, rows: Sequence[Row]) -> bytes:
 def decode(fmt: str, series: Series, data: bytes, tz: tzinfo = UTC) -> dict[int, tuple[str, Value]]:
     """{period: (time, value)}; ValueError (or KeyError, TypeError) if ``data`` is not a
     file of ``fmt`` this tool wrote for a series of this kind."""
+    if series.info.long:
+        return _decode_long(fmt, series, data, tz)
     key = series.info.value_key
     pairs: list[tuple[Any, Any]]
     if fmt == "parquet":
@@ -115,7 +139,7 @@ _json_string = json.encoder.encode_basestring  # json.dumps(s, ensure_ascii=Fals
 def _json_number(value: Value) -> str:
     """json.dumps(value): the repr of an int or of a finite float (NaN and infinities,
     which no partition holds, as json.dumps spells them)."""
-    if type(value) is int or math.isfinite(value):
+    if type(value) is int or (type(value) is float and math.isfinite(value)):
         return repr(value)
     return json.dumps(value)
 
@@ -176,7 +200,23 @@ def _unimportable(exc: Exception) -> str:
 def parquet_schema(kind: SeriesKind) -> Any:
     """The pyarrow schema of a kind's Parquet files (see the module docstring)."""
     schema = _schemas.get(kind.name)
-    if schema is None:
+    if schema is None and kind.long:
+        pa, _ = _pyarrow()
+        schema = pa.schema(
+            [
+                pa.field("time", pa.string(), nullable=False),
+                *(pa.field(p, pa.string(), nullable=False) for p in kind.dimensions),
+                *(
+                    pa.field(b, pa.int64() if b == "message_index" else pa.string())
+                    for b in kind.breakdowns
+                ),
+                pa.field("metric", pa.string(), nullable=False),
+                pa.field("value", pa.float64(), nullable=False),
+            ],
+            metadata={SCHEMA_VERSION_KEY: str(PARQUET_SCHEMA_VERSION)},
+        )
+        _schemas[kind.name] = schema
+    elif schema is None:
         pa, _ = _pyarrow()
         schema = pa.schema(
             [
@@ -197,7 +237,7 @@ def parquet_schema(kind: SeriesKind) -> Any:
 
 
 def _encode_parquet(series: Series, rows: Sequence[Row]) -> bytes:
-    pa, pq = _pyarrow()
+    pa, _ = _pyarrow()
     kind = series.info
     schema = parquet_schema(kind)
     n = len(rows)
@@ -219,10 +259,16 @@ def _encode_parquet(series: Series, rows: Sequence[Row]) -> bytes:
         ],
         schema=schema,
     )
+    return _parquet_bytes(table)
+
+
+def _parquet_bytes(table: Any) -> bytes:
+    pa, pq = _pyarrow()
     sink = pa.BufferOutputStream()
     # Every setting that shapes the bytes is spelled out, so a pyarrow default changing does
-    # not change them. A partition holds at most 31 rows: one row group, one page per column;
-    # dictionaries cost more than they save at that size (and ~1/3 of the encode time).
+    # not change them. A partition holds at most 31 rows (long ones a few thousand): one row
+    # group, one page per column; dictionaries cost more than they save at that size (and
+    # ~1/3 of the encode time).
     pq.write_table(
         table,
         sink,
@@ -252,6 +298,15 @@ def _short_of_memory(message: str) -> bool:
 
 
 def _decode_parquet(data: bytes, key: str) -> list[tuple[Any, Any]]:
+    table = _read_parquet(data, ["time", key])
+    # column() by name: KeyError when the file lacks it (read() just leaves it out).
+    times, values = table.column("time").to_pylist(), table.column(key).to_pylist()
+    return list(zip(times, values, strict=True))
+
+
+def _read_parquet(data: bytes, columns: list[str]) -> Any:
+    """The table of ``columns`` of a Parquet file this tool wrote (ValueError if not one;
+    ExporterError if a newer version wrote it; MemoryError when memory runs out)."""
     pa, pq = _pyarrow()
     try:
         reader = pq.ParquetFile(pa.BufferReader(data))
@@ -262,13 +317,83 @@ def _decode_parquet(data: bytes, key: str) -> list[tuple[Any, Any]]:
                 f"written with Parquet schema version {version}, newer than this version's "
                 f"{PARQUET_SCHEMA_VERSION}: upgrade braze-export to merge into it"
             )
-        table = reader.read(columns=["time", key])
+        table = reader.read(columns=columns)
     except MemoryError:  # pyarrow's ArrowMemoryError too: the file may be fine
         raise
     except pa.ArrowException as exc:
         if _short_of_memory(str(exc)):  # e.g. ArrowInvalid "... std::bad_alloc"
             raise MemoryError(str(exc)) from None
         raise ValueError(str(exc)) from None
-    # column() by name: KeyError when the file lacks it (read() just leaves it out).
-    times, values = table.column("time").to_pylist(), table.column(key).to_pylist()
-    return list(zip(times, values, strict=True))
+    return table
+
+
+# --- long files (the message series) ------------------------------------------------------
+
+
+def long_lines(series: Series, rows: Sequence[Row]) -> list[tuple[Any, ...]]:
+    """One tuple per value in column order: (time, ids..., breakdowns..., metric, value)."""
+    ids = tuple(value for _, value in series.dimensions())
+    out: list[tuple[Any, ...]] = []
+    for _, time, day in rows:
+        assert isinstance(day, tuple), "a long series' period holds its rows"
+        out += [(time, *ids, *row) for row in day]
+    return out
+
+
+def _encode_long(fmt: str, series: Series, rows: Sequence[Row]) -> bytes:
+    kind = series.info
+    lines = long_lines(series, rows)
+    columns = kind.columns
+    if fmt == "jsonl":
+        return "".join(
+            json.dumps(dict(zip(columns, line, strict=True)), ensure_ascii=False) + "\n"
+            for line in lines
+        ).encode()
+    if fmt == "csv":
+        buf = io.StringIO(newline="")
+        # Every field quoted: an id or a metric with a lone "\r" stays one field.
+        out = csv.writer(buf, lineterminator="\n", quoting=csv.QUOTE_ALL)
+        out.writerow(columns)
+        out.writerows(tuple("" if v is None else v for v in line) for line in lines)
+        return buf.getvalue().encode()
+    pa, _ = _pyarrow()
+    schema = parquet_schema(kind)
+    table = pa.Table.from_arrays(
+        [pa.array([line[i] for line in lines], schema.field(i).type) for i in range(len(columns))],
+        schema=schema,
+    )
+    return _parquet_bytes(table)
+
+
+def _decode_long(fmt: str, series: Series, data: bytes, tz: tzinfo) -> dict[int, tuple[str, Value]]:
+    """{period: (time, DayRows)} of a long file this tool wrote for the series' kind."""
+    kind = series.info
+    columns = kind.columns
+    width = len(kind.dimensions)
+    records: list[tuple[Any, ...]]
+    if fmt == "parquet":
+        table = _read_parquet(data, list(columns))
+        records = list(zip(*(table.column(c).to_pylist() for c in columns), strict=True))
+    elif fmt == "jsonl":
+        docs = (json.loads(line) for line in data.decode("utf-8").split("\n") if line)
+        records = [tuple(doc[c] for c in columns) for doc in docs]
+    else:
+        reader = csv.reader(io.StringIO(data.decode("utf-8"), newline=""))
+        if tuple(next(reader)) != columns:
+            raise ValueError("the header is not this series' columns")
+        records = [_csv_record(kind.breakdowns, tuple(rec)) for rec in reader]
+    days: dict[int, tuple[str, list[LongRow]]] = {}
+    for record in records:
+        time, values = str(record[0]), record[1 + width :]
+        day = days.setdefault(period_of(series.unit, time, tz), (time, []))
+        day[1].append((*values[:-1], float(values[-1])))
+    return {p: (t, tuple(rows)) for p, (t, rows) in days.items()}
+
+
+def _csv_record(breakdowns: Sequence[str], rec: tuple[str, ...]) -> tuple[Any, ...]:
+    """A csv line's fields typed back: empty breakdowns are null, message_index an int."""
+    width = len(rec) - len(breakdowns) - 2
+    typed: list[Any] = list(rec[:width])
+    for name, text in zip(breakdowns, rec[width:-2], strict=True):
+        typed.append(None if text == "" else int(text) if name == "message_index" else text)
+    return (*typed, rec[-2], rec[-1])

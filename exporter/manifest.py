@@ -95,6 +95,7 @@ def _counts(
         "requests_retried": total.retries,
         "rate_limited": total.rate_limited,
         "rows_written": total.rows,
+        "values_not_numeric": total.not_numeric,
     }
 
 

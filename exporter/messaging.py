@@ -51,7 +51,7 @@ from datetime import date
 from typing import Any, NoReturn
 
 from exporter.errors import MalformedResponse
-from exporter.series import CAMPAIGNS_POOL, WORKSPACE_POOL, ListSource
+from exporter.series import IDS, KINDS, WORKSPACE_POOL, ListSource, SeriesKind
 
 __all__ = [
     "BREAKDOWNS",
@@ -64,7 +64,6 @@ __all__ = [
     "flatten",
 ]
 
-IDS = ("campaign_id", "canvas_id", "send_id")
 BREAKDOWNS = (
     "channel",
     "message_index",
@@ -76,77 +75,10 @@ BREAKDOWNS = (
     "step_name",
 )
 
-
-@dataclass(frozen=True, slots=True)
-class MessagingSeries:
-    """One of Braze's message-analytics series endpoints.
-
-    - ``ids``: the required id parameters, in column order (also the row's id columns).
-    - ``breakdowns``: the breakdown columns its rows may fill (the others stay None).
-    - ``max_length``: the largest ``length`` Braze accepts (Canvas: 14, the others 100).
-    - ``retention_days``: how long after a send Braze keeps its analytics (sends: 14),
-      None when the docs name no limit.
-    - ``pool``: the rate-limit pool (``/campaigns/data_series`` has its own 50,000/minute
-      in Braze's current docs; the others the workspace's 250,000/hour).
-    """
-
-    name: str
-    path: str
-    ids: tuple[str, ...]
-    breakdowns: tuple[str, ...]
-    permission: str
-    pool: str
-    max_length: int
-    retention_days: int | None = None
-
-    @property
-    def columns(self) -> tuple[str, ...]:
-        """The long-format output columns: ``time``, the ids, the breakdowns, metric, value."""
-        return ("time", *self.ids, *self.breakdowns, "metric", "value")
-
-
-_CHANNEL_BREAKDOWNS = ("channel", "message_index", "variation_api_id", "variation_name")
-
-MESSAGING: dict[str, MessagingSeries] = {
-    s.name: s
-    for s in (
-        MessagingSeries(
-            "campaigns",
-            "/campaigns/data_series",
-            ("campaign_id",),
-            _CHANNEL_BREAKDOWNS,
-            "campaigns.data_series",
-            CAMPAIGNS_POOL,
-            100,
-        ),
-        MessagingSeries(
-            "canvas",
-            "/canvas/data_series",
-            ("canvas_id",),
-            (
-                "variant_api_id",
-                "variant_name",
-                "step_api_id",
-                "step_name",
-                "channel",
-                "message_index",
-            ),
-            "canvas.data_series",
-            WORKSPACE_POOL,
-            14,
-        ),
-        MessagingSeries(
-            "sends",
-            "/sends/data_series",
-            ("campaign_id", "send_id"),
-            _CHANNEL_BREAKDOWNS,
-            "sends.data_series",
-            WORKSPACE_POOL,
-            100,
-            retention_days=14,
-        ),
-    )
-}
+# The three series are described with the rest of the family in exporter.series (ids as
+# dimensions, ``breakdowns``, ``max_length``, ``retention_days``, ``pool``).
+MessagingSeries = SeriesKind
+MESSAGING: dict[str, SeriesKind] = {k.name: k for k in KINDS.values() if k.long}
 
 # The lists that name the ids (Braze: "Export campaigns list", "Export Canvas list"): 100 per
 # page from page 0, archived ones only with include_archived=true. Not in series.LISTS: no
@@ -190,6 +122,7 @@ class Flattened:
 
     rows: tuple[MessagingRow, ...]
     skipped: tuple[str, ...]
+    days: tuple[str, ...] = ()  # every day's ``time``, in the answer's order
 
 
 def flatten(
@@ -209,7 +142,7 @@ def flatten(
         walk.canvas(body.get("data"))
     else:
         walk.days(body.get("data"))
-    return Flattened(tuple(walk.rows), tuple(walk.skipped))
+    return Flattened(tuple(walk.rows), tuple(walk.skipped), tuple(walk.labels))
 
 
 _Base = dict[str, Any]  # the row fields fixed above a leaf: ids, time and breakdowns
@@ -223,6 +156,7 @@ class _Walk:
         self.ids = ids
         self.rows: list[MessagingRow] = []
         self.skipped: list[str] = []
+        self.labels: list[str] = []
 
     def bad(self, why: str) -> NoReturn:
         raise MalformedResponse(why, status=200, label=self.label)
@@ -334,6 +268,7 @@ class _Walk:
         if label in seen:
             self.bad(f"time {label!r} appears twice")
         seen.add(label)
+        self.labels.append(label)
         return label
 
 

@@ -27,7 +27,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from zoneinfo import ZoneInfo
 
-from exporter.client import BrazeClient, Point, cannot_reach, interpret
+from exporter.client import Answer, BrazeClient, cannot_reach, interpret, read_answer
 from exporter.coverage import COMPLETE, FAILED, OPEN, Calibration, Coverage, gap_requests, runs
 from exporter.errors import (
     ApiError,
@@ -69,6 +69,7 @@ COUNTERS = (
     "planned",
     "gap",
     "outside",
+    "not_numeric",
 )
 # Fail fast: this many connection failures (refused, DNS, TLS) before any HTTP answer, or
 # 404s from this many segment/app pairs (or all the plan has) before any success, and
@@ -129,6 +130,7 @@ class Tally:
     planned: int = 0  # requests planned for the periods still needed at the start
     gap: int = 0  # gap-fill requests queued
     outside: int = 0  # well-formed points outside the series' planned window: not written
+    not_numeric: int = 0  # values of long series that are no number (logged): not written
 
 
 class SeriesCounters:
@@ -471,7 +473,7 @@ class Pipeline:
     async def _one(self, request: Request, sending: asyncio.Semaphore) -> None:
         sent = [False]  # whether an attempt has gone out yet
         try:
-            points = await call_with_retries(
+            answer = await call_with_retries(
                 lambda: self._attempt(request, sending, sent),
                 policy=self.policy,
                 label=lambda: f"{request.series.label} {self._periods(request)}",
@@ -492,7 +494,7 @@ class Pipeline:
         # The rows of an answered request are kept even if the run ends meanwhile (a 401 or
         # a lost host elsewhere cancels the workers): the write goes on in its own task, and
         # run() waits up to grace_s for those still landing.
-        keeping = asyncio.ensure_future(self._keep(request, points))
+        keeping = asyncio.ensure_future(self._keep(request, answer))
         self._keeping.add(keeping)
         keeping.add_done_callback(self._kept)
         await asyncio.shield(keeping)
@@ -505,10 +507,13 @@ class Pipeline:
         if not keeping.cancelled():
             keeping.exception()
 
-    async def _keep(self, request: Request, points: list[Point]) -> None:
+    async def _keep(self, request: Request, answer: Answer) -> None:
         """Write the points inside the series' window; record them in state and coverage."""
         index = request.index
         coverage = self._coverage
+        points = answer.points
+        if answer.not_numeric:
+            self._note_not_numeric(request, answer.not_numeric)
         inside = coverage.inside(index, points)
         if len(inside) < len(points):
             self.result.count(request, "outside", len(points) - len(inside))
@@ -523,7 +528,7 @@ class Pipeline:
         coverage.record(index, spans)
         self._lost_output.reset(self._clock())
         self.result.count(request, "done")
-        self.result.count(request, "rows", len(inside))
+        self.result.count(request, "rows", sum(p.rows for p in inside))
 
     def _as_sent(self, request: Request) -> tuple[Request, int, str]:
         """The request as it goes out: its window shifted by the calibrated offset (and cut
@@ -544,7 +549,7 @@ class Pipeline:
 
     async def _attempt(
         self, request: Request, sending: asyncio.Semaphore, sent: list[bool]
-    ) -> list[Point]:
+    ) -> Answer:
         """One HTTP attempt: an HTTP slot of the pool, then (unless stopping, or no period
         is needed any more) a token of its budget and the request. Once an answer ends the
         run (AuthError, Unreachable), no request is sent: at most ``concurrency`` were."""
@@ -558,7 +563,7 @@ class Pipeline:
 
     async def _exchange(
         self, request: Request, sending: asyncio.Semaphore, sent: list[bool]
-    ) -> list[Point]:
+    ) -> Answer:
         budget = self._budget_of(request.series)
         async with sending:
             if self._taking_no_work():  # stopped while this request waited for a slot
@@ -595,10 +600,10 @@ class Pipeline:
                 raise
         elif response.status == 404:
             self._note_not_found(request.series)
-        points = interpret(request, response, self._tz)
+        answer = read_answer(request, response, self._tz)
         self._succeeded = True
-        self.result.calibration.observe(request.series.unit, wire.length, end, points)
-        return points
+        self.result.calibration.observe(request.series.unit, wire.length, end, answer.points)
+        return answer
 
     def cannot_reach(self, exc: TransportError) -> Unreachable:
         """The fail-fast error for a host no connection reaches (discovery's too)."""
@@ -643,6 +648,20 @@ class Pipeline:
                 f"REST host. Check braze.endpoint (or $BRAZE_REST_ENDPOINT) is your "
                 f"instance's REST host, such as https://rest.iad-01.braze.com, with no path"
             )
+
+    def _note_not_numeric(self, request: Request, paths: Sequence[str]) -> None:
+        """Values where Braze documents a number that are none (a string, a null): they
+        cannot be rows, so they are counted (manifest ``values_not_numeric``) and named."""
+        self.result.count(request, "not_numeric", len(paths))
+        shown = ", ".join(paths[:3]) + (f" and {len(paths) - 3} more" if len(paths) > 3 else "")
+        log.warning(
+            "%s %s: %d value(s) not a number, not written: %s",
+            request.series.label,
+            self._periods(request),
+            len(paths),
+            shown,
+            extra={"event": "values_not_numeric", "series": self._fields(request)},
+        )
 
     def _periods(self, request: Request) -> str:
         return describe_periods(request.series.unit, request.first, request.last)

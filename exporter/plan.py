@@ -69,12 +69,35 @@ class Series:
     kind: str = "sessions"
     event: str | None = None
     product: str | None = None
+    campaign_id: str | None = None
+    canvas_id: str | None = None
+    send_id: str | None = None
+    # Request flags that shape the answer, not the series' identity (Canvas' breakdowns):
+    # the config refuses one series asked for with two sets of them.
+    flags: tuple[tuple[str, str], ...] = ()
 
     @classmethod
-    def of(cls, kind: str, unit: Unit, dims: Mapping[str, str | None]) -> Series:
+    def of(
+        cls,
+        kind: str,
+        unit: Unit,
+        dims: Mapping[str, str | None],
+        flags: tuple[tuple[str, str], ...] = (),
+    ) -> Series:
         """The series of ``kind`` with ``dims`` (Braze parameter name -> value; missing: None)."""
         get = dims.get
-        return cls(get("segment_id"), get("app_id"), unit, kind, get("event"), get("product"))
+        return cls(
+            get("segment_id"),
+            get("app_id"),
+            unit,
+            kind,
+            get("event"),
+            get("product"),
+            get("campaign_id"),
+            get("canvas_id"),
+            get("send_id"),
+            flags,
+        )
 
     @property
     def info(self) -> SeriesKind:
@@ -148,6 +171,7 @@ class Request:
         for param, value in series.dimensions():
             if value is not None:
                 params[param] = value
+        params.update(series.flags)
         return params
 
 
@@ -325,6 +349,8 @@ def shard_of(series: Series, count: int) -> int:
     key = f"{series.segment_id}\x1f{series.app_id is not None}\x1f{series.app_id}\x1f{series.unit}"
     if series.kind != "sessions":  # sessions keep the shards they had before the family
         key = f"{series.kind}\x1e{series.event}\x1e{series.product}\x1e{key}"
+    if series.info.long:  # (the message series' ids: the older kinds keep their shards)
+        key += f"\x1e{series.campaign_id}\x1e{series.canvas_id}\x1e{series.send_id}"
     digest = hashlib.blake2b(key.encode(), digest_size=8).digest()
     return int.from_bytes(digest, "big") % count + 1
 
@@ -392,6 +418,7 @@ def build_plan(
                 f"as-of date {as_of} (days are complete once they have ended in "
                 f"{config.timezone}){_BEFORE_BOUND if as_of <= FIRST_DATE else ''}"
             )
+        days = _kept(config, export, days, as_of, warnings)
         spans = {
             "day": (days[0].toordinal(), days[1].toordinal()),
             "hour": hour_range(days[0], days[1], tz),
@@ -426,6 +453,28 @@ def build_plan(
         shard,
         settle_from,
     )
+
+
+def _kept(
+    config: Config, export: Export, days: tuple[date, date], as_of: date, warnings: list[str]
+) -> tuple[date, date]:
+    """The window's days Braze still keeps: a series kept ``retention_days`` after the send
+    (sends: 14, Braze's "Export send analytics" page) has nothing older to give, so those
+    days are not planned (a warning says so). ConfigError when no day is left."""
+    keep = KINDS[export.series].retention_days
+    if keep is None or days[0] >= as_of - timedelta(days=keep):
+        return days
+    first = as_of - timedelta(days=keep)
+    if days[1] < first:
+        raise ConfigError(
+            f"{config.source}: exports.{export.name}.window: every day ends before {first}; "
+            f"Braze keeps {export.series} analytics {keep} days after the send"
+        )
+    warnings.append(
+        f"exports.{export.name}: Braze keeps {export.series} analytics {keep} days after the "
+        f"send; the window starts on {first}, not {days[0]}"
+    )
+    return first, days[1]
 
 
 def count_series(
@@ -479,10 +528,11 @@ def _expand(config: Config, export: Export, discovered: Discovered | None) -> It
             values = list(found)
         lists.append(sorted(dict.fromkeys(values), key=lambda v: (v is not None, v or "")))
     units = sorted(set(export.units))
+    flags = export.flags()
     for combo in itertools.product(*lists):
         dims = dict(zip(dimensions, combo, strict=True))
         for unit in units:
-            yield Series.of(export.series, unit, dims)
+            yield Series.of(export.series, unit, dims, flags)
 
 
 def merge_spans(spans: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:

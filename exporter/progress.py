@@ -146,7 +146,12 @@ def summary_lines(
         f"requests: {totals.done} done, {totals.skipped} skipped (already done), "
         f"{totals.gap} gap-fill, {totals.sent} sent, {totals.retries} retried, "
         f"{totals.rate_limited} rate-limited",
-        f"rows: {totals.rows} written to {files} files",
+        f"rows: {totals.rows} written to {files} files"
+        + (
+            f"; {totals.not_numeric} value(s) not a number, not written (see the log)"
+            if totals.not_numeric
+            else ""
+        ),
         f"budget: {totals.sent} requests sent in {format_duration(result.elapsed)}{pace}; "
         f"allowed {math.floor(allowed):,}/hour ({allowed / 3600:.1f}/s); "
         f"paused {budget.pauses} time(s) for the reserve or a 429",

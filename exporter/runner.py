@@ -35,7 +35,7 @@ from exporter.remote import CHECKPOINT_S, RemoteRun, default_work_dir
 from exporter.resolve import Discovery
 from exporter.retry import RetryPolicy
 from exporter.sandbox import SandboxOptions, start_sandbox
-from exporter.series import KINDS, LIST_POOL, WORKSPACE_POOL
+from exporter.series import KINDS, WORKSPACE_POOL
 from exporter.state import State, state_path
 from exporter.storage import WORK_DIR, DirLock, Journal
 from exporter.writers import PartitionWriter, WrittenFile, start_encoder
@@ -124,7 +124,7 @@ async def execute(
     shards = plan.shard[1] if plan.shard else 1
     pools = {
         name: Budget(rph, share / shards, reserve, max_pause_s=limits.max_pause_s, name=name)
-        for name in (WORKSPACE_POOL, LIST_POOL)
+        for name in limits.pool_names
         for rph, share, reserve in [limits.pool(name)]
     }
     budget = pools[WORKSPACE_POOL]

@@ -692,7 +692,8 @@ def make_app(options: SandboxOptions | None = None) -> web.Application:
     app = web.Application()
     app[_SANDBOX] = sandbox
     for kind in KINDS.values():
-        app.router.add_get(kind.path, sandbox.series_handler(kind))
+        if not kind.long:  # the message series: exporter.sandbox_messaging serves them
+            app.router.add_get(kind.path, sandbox.series_handler(kind))
     for source in LISTS.values():
         app.router.add_get(source.path, sandbox.list_handler(source))
     # Imported here: the campaign and Canvas endpoints are built on this module's helpers.

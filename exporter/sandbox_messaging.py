@@ -45,7 +45,7 @@ from typing import Any, TypeVar
 
 from aiohttp import web
 
-from exporter.messaging import MESSAGING, MESSAGING_LISTS, MessagingSeries
+from exporter.messaging import MESSAGING, MESSAGING_LISTS
 from exporter.sandbox import (
     _TAGS,
     Handler,
@@ -579,21 +579,6 @@ _L = TypeVar("_L", bound="Listed")
 # --- the endpoints ------------------------------------------------------------------------
 
 
-def _kind(series: MessagingSeries) -> SeriesKind:
-    """The series as the sandbox's request parser reads it: its ids required, days only."""
-    return SeriesKind(
-        series.name,
-        series.path,
-        series.ids,
-        series.ids,
-        ("day",),
-        "",
-        series.permission,
-        takes_unit=False,
-        pool=series.pool,
-    )
-
-
 def _flag(query: Mapping[str, str], name: str) -> bool:
     text = query.get(name, "false").lower()
     if text not in ("true", "false"):
@@ -642,9 +627,9 @@ class _Endpoints:
 
         return handle
 
-    def _labels(self, series: MessagingSeries, query: Mapping[str, str]) -> list[str]:
+    def _labels(self, series: SeriesKind, query: Mapping[str, str]) -> list[str]:
         opts = self.opts
-        _, _, labels = _parse(_kind(series), query, opts.clock(), opts.semantics)
+        _, _, labels = _parse(series, query, opts.clock(), opts.semantics)
         return [t for t in labels if t not in opts.missing_days]
 
     def listing(self, key: str) -> Callable[[Mapping[str, str]], tuple[object, object]]:

@@ -21,6 +21,7 @@ from urllib.parse import quote
 __all__ = [
     "CAMPAIGNS_POOL",
     "DIMENSIONS",
+    "IDS",
     "KINDS",
     "LISTS",
     "LIST_POOL",
@@ -80,8 +81,13 @@ DIMENSIONS: dict[str, Dimension] = {
         Dimension("product", "products", "product", "all-products"),
         Dimension("segment_id", "segment_ids", "segment", "all-users"),
         Dimension("app_id", "app_ids", "app", "workspace"),
+        # Message analytics: always given (required), so ``absent`` never names a directory.
+        Dimension("campaign_id", "campaign_ids", "campaign", "all-campaigns"),
+        Dimension("canvas_id", "canvas_ids", "canvas", "all-canvases"),
+        Dimension("send_id", "send_ids", "send", "all-sends"),
     )
 }
+IDS = ("campaign_id", "canvas_id", "send_id")  # the message-analytics series' id parameters
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,6 +105,13 @@ class SeriesKind:
     - ``pool``: the rate-limit pool the endpoint draws from (overridable in the config).
     - ``additive``: False when values must never be summed across periods (MAU is a rolling
       30-day count of unique users).
+    - ``breakdowns``: non-empty for the message-analytics series (campaigns, Canvas, sends),
+      whose days hold many values: their files are LONG, one row per (time, ids, breakdown,
+      metric) with the breakdown columns named here (see :mod:`exporter.messaging`).
+    - ``single``: dimensions an export gives one value of, under the parameter's own name
+      (sends: ``campaign_id``, the campaign its ``send_ids`` belong to).
+    - ``retention_days``: how long after a send Braze keeps the series (sends: 14), None
+      when the docs name no limit.
     """
 
     name: str
@@ -113,11 +126,31 @@ class SeriesKind:
     pool: str = WORKSPACE_POOL
     additive: bool = True
     max_length: int = 100
+    breakdowns: tuple[str, ...] = ()
+    single: tuple[str, ...] = ()
+    retention_days: int | None = None
+
+    @property
+    def long(self) -> bool:
+        """Whether the files are long (``metric``, ``value``) rather than one value a row."""
+        return bool(self.breakdowns)
+
+    @property
+    def ids(self) -> tuple[str, ...]:
+        """The dimensions, as :mod:`exporter.messaging` calls the message series' ids."""
+        return self.dimensions
 
     @property
     def columns(self) -> tuple[str, ...]:
-        """The output columns: ``time``, the value, each dimension, ``unit``."""
+        """The output columns: ``time``, the value, each dimension, ``unit``; for a long
+        series ``time``, each id, each breakdown, ``metric``, ``value``."""
+        if self.long:
+            return ("time", *self.dimensions, *self.breakdowns, "metric", "value")
         return ("time", self.value_key, *self.dimensions, "unit")
+
+    def config_key(self, param: str) -> str:
+        """The export's key for a dimension: ``segment_ids``, or ``campaign_id`` (single)."""
+        return param if param in self.single else DIMENSIONS[param].config_key
 
 
 def _kpi(name: str, additive: bool = True) -> SeriesKind:
@@ -133,6 +166,9 @@ def _kpi(name: str, additive: bool = True) -> SeriesKind:
         additive=additive,
     )
 
+
+# A message entry's place: its channel, its position in the channel's list, its variation.
+_CHANNEL_BREAKDOWNS = ("channel", "message_index", "variation_api_id", "variation_name")
 
 KINDS: dict[str, SeriesKind] = {
     k.name: k
@@ -188,6 +224,55 @@ KINDS: dict[str, SeriesKind] = {
             "segments.data_series",
             takes_unit=False,
             additive=False,  # an estimated size per day: a level, not a flow
+        ),
+        # Message analytics (Braze's "Export campaign analytics", "Export Canvas data series
+        # analytics" and "Export send analytics" pages): day only, no unit parameter.
+        SeriesKind(
+            "campaigns",
+            "/campaigns/data_series",
+            ("campaign_id",),
+            ("campaign_id",),
+            ("day",),
+            "value",
+            "campaigns.data_series",
+            fractional=True,
+            takes_unit=False,
+            pool=CAMPAIGNS_POOL,
+            breakdowns=_CHANNEL_BREAKDOWNS,
+        ),
+        SeriesKind(
+            "canvas",
+            "/canvas/data_series",
+            ("canvas_id",),
+            ("canvas_id",),
+            ("day",),
+            "value",
+            "canvas.data_series",
+            fractional=True,
+            takes_unit=False,
+            max_length=14,  # "length: max of 14" (Braze's Canvas data series page)
+            breakdowns=(
+                "variant_api_id",
+                "variant_name",
+                "step_api_id",
+                "step_name",
+                "channel",
+                "message_index",
+            ),
+        ),
+        SeriesKind(
+            "sends",
+            "/sends/data_series",
+            ("campaign_id", "send_id"),
+            ("campaign_id", "send_id"),
+            ("day",),
+            "value",
+            "sends.data_series",
+            fractional=True,
+            takes_unit=False,
+            breakdowns=_CHANNEL_BREAKDOWNS,
+            single=("campaign_id",),
+            retention_days=14,  # "send analytics are kept 14 days after the send" (Braze)
         ),
     )
 }

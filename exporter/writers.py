@@ -384,9 +384,12 @@ def _merge(
     rows: Sequence[formats.Row],
 ) -> _Prepared:
     for period, time, value in rows:
-        current[period] = (time, value)
+        current[period] = (time, value)  # a period read again replaces all it held
     data = formats.encode(fmt, series, [(p, *current[p]) for p in sorted(current)])
-    return len(current), hashlib.sha256(data).hexdigest(), data
+    count = len(current)
+    if series.info.long:  # a file row per value of the day
+        count = sum(len(day) for _, day in current.values() if isinstance(day, tuple))
+    return count, hashlib.sha256(data).hexdigest(), data
 
 
 def _parse(

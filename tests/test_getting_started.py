@@ -32,38 +32,33 @@ def _commands() -> list[str]:
 def test_series_json_lists_every_series_from_series_py(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    """series --json has each exported kind with its dimensions, units, value column, pool
-    and permission, then the messaging series marked as not exported."""
+    """series --json has each kind with its dimensions, units, value columns, pool and
+    permission; the message series are long (metric, value) and sends take one campaign_id."""
     assert main(["series", "--json"]) == 0
     doc = json.loads(capsys.readouterr().out)
     by_name = {e["series"]: e for e in doc}
-    assert list(by_name) == [*KINDS, *MESSAGING]
+    assert list(by_name) == list(KINDS)
     for name, kind in KINDS.items():
         entry = by_name[name]
         assert entry["exported"] is True
         assert entry["endpoint"] == kind.path
         assert [d["param"] for d in entry["dimensions"]] == list(kind.dimensions)
         assert [d["config_key"] for d in entry["dimensions"]] == [
-            DIMENSIONS[p].config_key for p in kind.dimensions
+            p if p in kind.single else DIMENSIONS[p].config_key for p in kind.dimensions
         ]
         assert [d["param"] for d in entry["dimensions"] if d["required"]] == list(kind.required)
         assert entry["units"] == list(kind.units)
-        assert entry["value_columns"] == [kind.value_key]
+        long = name in MESSAGING
+        assert entry["value_columns"] == (["metric", "value"] if long else [kind.value_key])
         assert (entry["pool"], entry["permission"]) == (kind.pool, kind.permission)
-    for name, series in MESSAGING.items():
-        entry = by_name[name]
-        assert entry["exported"] is False
-        assert "sandbox only: not exported yet" in entry["notes"]
-        assert [d["param"] for d in entry["dimensions"]] == list(series.ids)
+    assert [d["config_key"] for d in by_name["sends"]["dimensions"]] == ["campaign_id", "send_ids"]
 
 
 def test_series_table_has_a_line_per_series(capsys: pytest.CaptureFixture[str]) -> None:
     """series prints one table line per series, with its endpoint and permission."""
     assert main(["series"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    every = [(k.name, k.path, k.permission) for k in KINDS.values()] + [
-        (m.name, m.path, m.permission) for m in MESSAGING.values()
-    ]
+    every = [(k.name, k.path, k.permission) for k in KINDS.values()]
     for name, path, permission in every:
         (line,) = [line for line in lines if line.split()[:1] == [name]]
         assert path in line

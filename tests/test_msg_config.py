@@ -1,0 +1,138 @@
+"""Campaign, Canvas and send exports: their config keys, and how they are planned."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import date, timedelta
+from pathlib import Path
+
+import pytest
+
+from exporter.config import load_config
+from exporter.errors import ConfigError
+from exporter.plan import build_plan, cover
+
+AS_OF = date(2024, 7, 1)
+
+
+def _config(write_config: Callable[..., Path], exports: str, limits: str = "") -> Path:
+    return write_config(f"version: 1\n{limits}exports:\n{exports}")
+
+
+def _problems(write_config: Callable[..., Path], exports: str) -> str:
+    with pytest.raises(ConfigError) as caught:
+        load_config(_config(write_config, exports), env={})
+    return str(caught.value)
+
+
+CAMPAIGNS = """\
+  - name: c
+    series: campaigns
+    campaign_ids: [c-1, c-2]
+    window: {days: 30}
+"""
+CANVAS = """\
+  - name: v
+    series: canvas
+    canvas_ids: [v-1]
+    window: {days: 30}
+"""
+SENDS = """\
+  - name: s
+    series: sends
+    campaign_id: c-1
+    send_ids: [s-1, s-2]
+    window: {days: 30}
+"""
+
+
+def test_message_series_take_their_ids_under_brazes_names(
+    write_config: Callable[..., Path],
+) -> None:
+    """campaigns take campaign_ids, canvas canvas_ids, sends one campaign_id and send_ids."""
+    config = load_config(_config(write_config, CAMPAIGNS + CANVAS + SENDS), env={})
+    plan = build_plan(config, AS_OF)
+    labels = sorted(s.label for s in plan.series)
+    assert labels == [
+        "campaigns/day/campaign-c-1",
+        "campaigns/day/campaign-c-2",
+        "canvas/day/canvas-v-1",
+        "sends/day/campaign-c-1/send-s-1",
+        "sends/day/campaign-c-1/send-s-2",
+    ]
+
+
+def test_canvas_breakdowns_are_on_unless_turned_off(write_config: Callable[..., Path]) -> None:
+    """A Canvas request asks for every breakdown unless the export says otherwise."""
+    off = CANVAS + "    include_deleted_step_data: false\n"
+    config = load_config(_config(write_config, off), env={})
+    (request, *_) = build_plan(config, AS_OF).requests
+    params = request.params()
+    assert params["include_variant_breakdown"] == "true"
+    assert params["include_step_breakdown"] == "true"
+    assert params["include_deleted_step_data"] == "false"
+    assert "unit" not in params
+
+
+def test_hours_and_wrong_keys_are_refused_in_one_pass(write_config: Callable[..., Path]) -> None:
+    """Day only; each series its own id keys; the Canvas flags only on canvas."""
+    text = _problems(
+        write_config,
+        CAMPAIGNS.replace("window:", "units: [hour]\n    window:")
+        + SENDS.replace("campaign_id: c-1", "campaign_ids: [c-1]")
+        + CANVAS.replace("series: canvas", "series: campaigns")
+        + CAMPAIGNS.replace("name: c", "name: d").replace("campaign_ids: [c-1, c-2]", "")
+        + "    include_step_breakdown: false\n",
+    )
+    assert "exports[0].units[0]: series campaigns has no unit 'hour' (Braze serves it by day)" in (
+        text
+    )
+    assert "exports[1].campaign_ids: series sends takes no campaign_ids" in text
+    assert "exports[1].campaign_id: required for series sends" in text
+    assert "exports[2].canvas_ids: series campaigns takes no canvas_ids" in text
+    assert "exports[3].campaign_ids: required for series campaigns" in text
+    assert "exports[3].include_step_breakdown: only series canvas takes it" in text
+
+
+def test_one_canvas_with_two_sets_of_flags_is_refused(write_config: Callable[..., Path]) -> None:
+    """Two exports of one Canvas with other flags would write its files with other rows."""
+    other = CANVAS.replace("name: v", "name: w") + "    include_step_breakdown: false\n"
+    text = _problems(write_config, CANVAS + other)
+    assert "Canvas 'v-1' is also in exports[0] with other include_* flags" in text
+
+
+def test_campaigns_have_their_own_pool(write_config: Callable[..., Path]) -> None:
+    """50,000 requests/minute by default, configurable like the lists pool."""
+    config = load_config(_config(write_config, CAMPAIGNS), env={})
+    assert config.limits.pool("campaigns") == (3_000_000, 1.0, 0.1)
+    assert config.limits.pool_for("campaigns") == "campaigns"
+    limits = "limits:\n  pools: {campaigns: {requests_per_hour: 600, share: 0.5}}\n"
+    config = load_config(_config(write_config, CAMPAIGNS, limits), env={})
+    assert config.limits.pool("campaigns") == (600, 0.5, 0.1)
+    moved = "limits:\n  pool_of: {campaigns: workspace}\n"
+    assert load_config(_config(write_config, CAMPAIGNS, moved), env={}).limits.pool_for(
+        "campaigns"
+    ) == ("workspace")
+
+
+def test_canvas_windows_are_the_fewest_of_14_days(write_config: Callable[..., Path]) -> None:
+    """A 30-day Canvas window is 3 requests of at most 14 days, the last ending yesterday."""
+    config = load_config(_config(write_config, CANVAS), env={})
+    requests = build_plan(config, AS_OF).requests
+    assert [r.length for r in requests] == [14, 14, 2]
+    assert requests[-1].last == (AS_OF - timedelta(days=1)).toordinal()
+    assert len(list(cover([(0, 29)], 14))) == -(-30 // 14)
+
+
+def test_sends_are_planned_only_for_the_days_braze_keeps(
+    write_config: Callable[..., Path],
+) -> None:
+    """Braze keeps send analytics 14 days after the send: older days are not planned."""
+    config = load_config(_config(write_config, SENDS), env={})
+    plan = build_plan(config, AS_OF)
+    first = (AS_OF - timedelta(days=14)).toordinal()
+    assert {r.first for r in plan.requests} == {first}
+    assert any("keeps sends analytics 14 days after the send" in w for w in plan.warnings)
+    old = SENDS.replace("{days: 30}", "{start: 2024-01-01, end: 2024-02-01}")
+    with pytest.raises(ConfigError, match="every day ends before 2024-06-17"):
+        build_plan(load_config(_config(write_config, old), env={}), AS_OF)
