@@ -54,6 +54,7 @@ __all__ = [
     "BrazeSettings",
     "Config",
     "Discover",
+    "DiscoverKey",
     "Export",
     "Limits",
     "Output",
@@ -227,11 +228,15 @@ class Window(_Model):
 
 class Discover(_Model):
     """``{discover: ...}`` in place of a list of ids: resolved at run time from Braze's list
-    endpoints (``analytics_enabled`` for segment_ids, ``all`` for events and products)."""
+    endpoints (``analytics_enabled`` for segment_ids, ``all`` for the others). ``tags``
+    filter segments, campaigns and Canvases; ``include_archived`` and ``edited_since`` (a
+    UTC date: last edited after its midnight) campaigns and Canvases only."""
 
     discover: Literal["analytics_enabled", "all"]
     name: Annotated[str, StringConstraints(min_length=1, max_length=1000)] | None = None
     tags: Annotated[list[Id], Field(min_length=1)] | None = None
+    include_archived: bool = False
+    edited_since: LaxDate | None = None
 
     @field_validator("name")
     @classmethod
@@ -243,9 +248,26 @@ class Discover(_Model):
                 raise ValueError(f"is not a valid regular expression: {exc}") from None
         return value
 
+    @field_validator("edited_since")
+    @classmethod
+    def _since(cls, value: date | None) -> date | None:
+        return None if value is None else check_date(value)
+
     @property
-    def key(self) -> tuple[str, str | None, tuple[str, ...]]:
-        return (self.discover, self.name, tuple(sorted(self.tags or ())))
+    def key(self) -> DiscoverKey:
+        since = None if self.edited_since is None else self.edited_since.isoformat()
+        return (
+            self.discover,
+            self.name,
+            tuple(sorted(self.tags or ())),
+            self.include_archived,
+            since,
+        )
+
+
+# What makes two discoveries alike: (discover, name, sorted tags, include_archived,
+# edited_since as an ISO date).
+DiscoverKey = tuple[str, str | None, tuple[str, ...], bool, str | None]
 
 
 # The dimension lists of an export, by config key; which ones a series takes is series.py's.
@@ -255,6 +277,8 @@ _ID_KEYS = {
     **_DIMENSION_KEYS,
     **{p: DIMENSIONS[p] for k in KINDS.values() for p in k.single},
 }
+_TAGGED_KEYS = ("segment_ids", "campaign_ids", "canvas_ids")  # lists whose items carry tags
+_LISTED_KEYS = ("campaign_ids", "canvas_ids")  # lists with archived items and last_edited
 CANVAS_FLAGS = ("include_variant_breakdown", "include_step_breakdown", "include_deleted_step_data")
 
 
@@ -284,8 +308,8 @@ class Export(_Model):
     events: StrictIdsOrDiscover | None = None
     products: IdsOrDiscover | None = None
     # Message analytics (series campaigns, canvas, sends): the ids under Braze's names.
-    campaign_ids: Annotated[list[Id], Field(min_length=1)] | None = None
-    canvas_ids: Annotated[list[Id], Field(min_length=1)] | None = None
+    campaign_ids: StrictIdsOrDiscover | None = None
+    canvas_ids: StrictIdsOrDiscover | None = None
     campaign_id: Id | None = None  # sends: the campaign the send_ids belong to
     send_ids: Annotated[list[Id], Field(min_length=1)] | None = None
     # Canvas only: Braze's request flags (each false in Braze's default; true here, so that
@@ -347,8 +371,13 @@ def _series_problems(exports: object) -> Iterator[str]:
                 found = value.get("discover")
                 if found in _DISCOVER_FORMS and found != wanted:
                     yield f"{where}.discover: must be {wanted!r} for {key}, got {found!r}"
-                if value.get("tags") is not None and key != "segment_ids":
-                    yield f"{where}.tags: tags filter segments only, not {key}"
+                if value.get("tags") is not None and key not in _TAGGED_KEYS:
+                    yield f"{where}.tags: tags filter segments, campaigns and Canvases, not {key}"
+                for option in ("include_archived", "edited_since"):
+                    if value.get(option) is not None and key not in _LISTED_KEYS:
+                        yield (
+                            f"{where}.{option}: filters campaign_ids and canvas_ids only, not {key}"
+                        )
             elif (
                 isinstance(value, list)
                 and None in value

@@ -14,10 +14,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+from datetime import UTC, datetime, time
 from typing import Any
 
 from exporter.client import Response
-from exporter.config import Config, Discover
+from exporter.config import Config, Discover, DiscoverKey
 from exporter.discover import Discovered, DiscoverSpec, ListFetch, discover, keeps
 from exporter.errors import (
     AuthError,
@@ -27,16 +28,17 @@ from exporter.errors import (
     TransportError,
     Unreachable,
 )
+from exporter.messaging import MESSAGING_LISTS
 from exporter.pipeline import Pipeline
 from exporter.plan import Plan, PlanRequest, discovery_needs
 from exporter.ratelimit import Budget
-from exporter.series import DIMENSIONS, LISTS, WORKSPACE_POOL, ListSource
+from exporter.series import DIMENSIONS, WORKSPACE_POOL, ListSource
 
 __all__ = ["Discovery"]
 
 log = logging.getLogger(__name__)
 
-Key = tuple[str, tuple[str, str | None, tuple[str, ...]]]
+Key = tuple[str, DiscoverKey]
 
 
 class _Counted:
@@ -63,6 +65,8 @@ class Discovery:
         self.found: dict[Key, tuple[str, ...]] = {}
         self.docs: list[dict[str, Any]] = []
         self.failed: list[str] = []
+        # The list's last_edited of each campaign or Canvas listed: (param, id) -> time.
+        self.listed: dict[tuple[str, str], datetime | None] = {}
         self.plan: Plan | None = None
 
     def found_or_nothing(self) -> dict[Key, tuple[str, ...]]:
@@ -73,10 +77,11 @@ class Discovery:
         """Discover, then plan (with no ids for a discovery that did not finish). A stop
         (a signal) ends discovery as it ends the data phase: what is in flight gets the
         pipeline's grace period, then is cancelled."""
-        by_list: dict[str, dict[Key, Discover]] = {}
+        # One read per list and per query it is read with (archived ones or not, edited since).
+        by_list: dict[tuple[str, bool, str | None], dict[Key, Discover]] = {}
         for key, spec in self.needs.items():
-            by_list.setdefault(key[0], {})[key] = spec
-        tasks = [asyncio.create_task(self._list(p, specs)) for p, specs in by_list.items()]
+            by_list.setdefault((key[0], *key[1][3:]), {})[key] = spec
+        tasks = [asyncio.create_task(self._list(p[0], specs)) for p, specs in by_list.items()]
         watcher = asyncio.create_task(self.pipeline.watch_stop(tasks))
         try:
             await asyncio.wait(tasks)
@@ -120,16 +125,23 @@ class Discovery:
         return lines
 
     async def _list(self, param: str, specs: dict[Key, Discover]) -> None:
-        """Read one list once, whatever filters the config asks of it, and apply each."""
-        source = LISTS[param]
+        """Read one list once, whatever filters the config asks of it, and apply each (the
+        specs share the list's query: archived ones or not, edited since)."""
         config_key = DIMENSIONS[param].config_key
         wanted = {key: _spec(param, spec) for key, spec in specs.items()}
+        one = next(iter(wanted.values()))
+        source = one.source
         # One read serves every filter: with one filter it filters as it reads, with several
         # it keeps every listed item and filters them in memory afterwards.
         read = (
-            next(iter(wanted.values()))
+            one
             if len(wanted) == 1
-            else DiscoverSpec(param, None, (), False)
+            else DiscoverSpec(
+                param,
+                analytics_only=False,
+                include_archived=one.include_archived,
+                edited_since=one.edited_since,
+            )
         )
         pipeline = self.pipeline
         error: str | None = None
@@ -168,6 +180,9 @@ class Discovery:
                 error,
                 extra={"event": "discovery_failed"},
             )
+        if found is not None:
+            for item in found.items:
+                self.listed[(param, item.id)] = item.last_edited
         for n, (key, spec) in enumerate(specs.items()):
             ids: tuple[str, ...] = ()
             if found is not None:
@@ -190,6 +205,14 @@ class Discovery:
                     "discover": spec.discover,
                     "name": spec.name,
                     "tags": spec.tags,
+                    **(
+                        {
+                            "include_archived": spec.include_archived,
+                            "edited_since": key[1][4],
+                        }
+                        if param in MESSAGING_LISTS
+                        else {}
+                    ),
                     "exports": [
                         e.name
                         for e in self.config.exports
@@ -209,9 +232,12 @@ class Discovery:
 
 
 def _spec(param: str, spec: Discover) -> DiscoverSpec:
+    since = spec.edited_since
     return DiscoverSpec(
         param,
         None if spec.name is None else re.compile(spec.name),
         tuple(spec.tags or ()),
         spec.discover == "analytics_enabled",
+        spec.include_archived,
+        None if since is None else datetime.combine(since, time(0), UTC),
     )
