@@ -34,7 +34,14 @@ from typing import Any, Protocol
 from exporter.activity import Life
 from exporter.client import Response, parse_body, raise_for_status
 from exporter.discover import paced, read_time
-from exporter.errors import AuthError, DiscoveryError, ExporterError, MalformedResponse
+from exporter.errors import (
+    AuthError,
+    DiscoveryError,
+    ExporterError,
+    MalformedResponse,
+    TransportError,
+    Unreachable,
+)
 from exporter.ratelimit import Budget
 from exporter.retry import RetryPolicy, call_with_retries
 from exporter.series import WORKSPACE_POOL
@@ -180,8 +187,10 @@ async def read_details(
 ) -> DetailsRead:
     """Read the details of ``ids``, ``concurrency`` at a time, each attempt paced by
     ``budget`` (the workspace pool's) and retried by ``retry``; ``read_at`` of each is the
-    ``clock`` time of its answer. Raises AuthError for a 401 (no request can succeed); a 403
-    sets ``denied`` and no further id is asked; any other failure lands in ``failed``."""
+    ``clock`` time of its answer. Raises (in an ExceptionGroup) AuthError for a 401 (no
+    request can succeed), Unreachable for a redirect and TransportError when no connection
+    reaches the host; a 403 sets ``denied`` and no further id is asked; any other failure
+    lands in ``failed``."""
     done = DetailsRead(source)
     gate = asyncio.Semaphore(concurrency)
 
@@ -211,6 +220,12 @@ async def read_details(
                 if exc.status == 401:
                     raise
                 done.denied = done.denied or exc.reason
+            except TransportError as exc:
+                if exc.connect_failed:  # no connection reaches the host: nothing will
+                    raise
+                done.failed[item_id] = str(exc)
+            except Unreachable:
+                raise
             except ExporterError as exc:
                 done.failed[item_id] = str(exc)
 

@@ -16,6 +16,7 @@ from datetime import datetime
 from typing import Any
 
 from exporter.activity import RULES, Activity, Life, active_days
+from exporter.coverage import subtract
 from exporter.details import DETAILS, Known, wants_fresh
 from exporter.plan import cover
 
@@ -96,7 +97,7 @@ class SkipReport:
     failed: int = 0
     days: Counter[str] = field(default_factory=Counter)  # skipped days by rule
     whole: int = 0  # subjects with no day left to read
-    requests_saved: int = 0
+    requests_saved: int = 0  # of the data requests the needed periods would take
 
     def add(self, subject: Subject, activity: Activity, *, source: str) -> None:
         """Count one subject split by details ``source``: "fresh", "kept" or "none"."""
@@ -109,8 +110,10 @@ class SkipReport:
             self.days[skip.rule] += skip.days
         if activity.skipped and not activity.kept:
             self.whole += 1
-        before = requests_for(subject.window, subject.limit)
-        self.requests_saved += before - requests_for(activity.kept, subject.limit)
+        still = subtract(list(subject.needed), subtract(list(subject.needed), activity.kept))
+        self.requests_saved += requests_for(subject.needed, subject.limit) - requests_for(
+            still, subject.limit
+        )
 
     @property
     def things(self) -> str:

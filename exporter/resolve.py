@@ -32,6 +32,7 @@ from exporter.messaging import MESSAGING_LISTS
 from exporter.pipeline import Pipeline
 from exporter.plan import Plan, PlanRequest, discovery_needs
 from exporter.ratelimit import Budget
+from exporter.refine import Skipping
 from exporter.series import DIMENSIONS, WORKSPACE_POOL, ListSource
 
 __all__ = ["Discovery"]
@@ -67,6 +68,7 @@ class Discovery:
         self.failed: list[str] = []
         # The list's last_edited of each campaign or Canvas listed: (param, id) -> time.
         self.listed: dict[tuple[str, str], datetime | None] = {}
+        self.skipping = Skipping(pipeline, pools, self.listed)
         self.plan: Plan | None = None
 
     def found_or_nothing(self) -> dict[Key, tuple[str, ...]]:
@@ -100,6 +102,12 @@ class Discovery:
         )
         return self.plan
 
+    async def refine(self, plan: Plan) -> Plan:
+        """``plan`` with its campaign and Canvas windows cut to the days that could have data
+        (:mod:`exporter.refine`), which becomes :attr:`plan`."""
+        self.plan = await self.skipping.run(plan)
+        return self.plan
+
     def status(self) -> str:
         done = len(self.docs)
         return f"discovering ids: {done} of {len(self.needs)} discoveries done"
@@ -122,7 +130,7 @@ class Discovery:
                     f"{pool.allowed_per_hour:,.0f}/hour; paused {pool.pauses} time(s) for "
                     "the reserve or a 429"
                 )
-        return lines
+        return lines + self.skipping.summary()
 
     async def _list(self, param: str, specs: dict[Key, Discover]) -> None:
         """Read one list once, whatever filters the config asks of it, and apply each (the

@@ -234,11 +234,13 @@ async def execute(
                 remote.start(state, on_lost=pipeline.stop)
             discovery = Discovery(config, pipeline, pools)
             result = await _with_signals_and_progress(pipeline, plan, discovery, signals, options)
-        if isinstance(plan, PlanRequest):
+        if discovery.plan is not None:  # as discovered and cut by details
+            plan = discovery.plan
+        elif isinstance(plan, PlanRequest):
             # Planned with what discovery found; with nothing when it was stopped early.
-            plan = discovery.plan or plan.build(discovery.found_or_nothing())
-            if result.coverage is None:  # a second signal cancelled discovery: account
-                await pipeline.run(plan, send=False)
+            plan = plan.build(discovery.found_or_nothing())
+        if result.coverage is None:  # a second signal cancelled discovery or details: account
+            await pipeline.run(plan, send=False)
         _save_offsets(state, result.calibration)
         code = _exit_code(result, signals)
         if code == EXIT_OK and discovery.failed:
@@ -259,6 +261,7 @@ async def execute(
             pools={name: pool for name, pool in pools.items() if name != WORKSPACE_POOL},
             discovery=discovery.docs,
             file_check=checked.doc(state),
+            skipping=discovery.skipping.doc(),
         )
         store = None if remote is None else remote.store
         manifest: Path | str = options.out_dir / RUNS_DIR / f"{options.run_id}.json"
@@ -381,10 +384,10 @@ async def _with_signals_and_progress(
     options: RunOptions,
 ) -> RunResult:
     async def work() -> RunResult:
-        if isinstance(plan, Plan):
-            return await pipeline.run(plan)
-        built = await discovery.run(plan)
+        built = plan if isinstance(plan, Plan) else await discovery.run(plan)
         result = pipeline.result
+        if not (result.auth_error or result.unreachable or result.interrupted):
+            built = await discovery.refine(built)  # campaigns' and Canvases' details
         stop = result.auth_error or result.unreachable or result.interrupted
         return await pipeline.run(built, send=not stop)
 

@@ -1,0 +1,202 @@
+"""Before the data phase: the details of a plan's campaigns and Canvases, and their windows
+cut to the days that could have data (:mod:`exporter.activity`, :mod:`exporter.lives`).
+
+For each campaign and Canvas series of the plan: the kept details (from the resume state),
+the list's ``last_edited`` (when discovery listed it this run) and the periods still needed
+decide whether to read its details again (:func:`exporter.lives.refresh_reason`); those are
+read, paced by the workspace pool and retried like any call (:func:`exporter.details.
+read_details`), and kept for later runs. Each window is then cut, and the plan returned holds
+the cut windows: skipped days are neither requested, nor done, nor missing.
+
+A 403 on details reads the windows of that kind whole (or as the kept details allow) and is
+said once; a 401 stops the run (exit 3) and a host that cannot be reached is exit 4, as in
+the data phase.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from array import array
+from collections.abc import Callable, Mapping
+from dataclasses import replace
+from datetime import datetime
+from typing import Any
+
+from exporter.activity import Activity
+from exporter.coverage import subtract
+from exporter.details import DETAILS, DetailsRead, Known, read_details
+from exporter.errors import AuthError, TransportError, Unreachable
+from exporter.lives import SkipReport, Subject, refresh_reason, split
+from exporter.pipeline import Pipeline
+from exporter.plan import Plan, Span, span_label
+from exporter.ratelimit import Budget
+from exporter.series import WORKSPACE_POOL
+
+__all__ = ["SUBJECTS", "Skipping"]
+
+log = logging.getLogger(__name__)
+
+# The series whose windows details can cut, by the dimension naming their subject.
+SUBJECTS = {"campaigns": "campaign_id", "canvas": "canvas_id"}
+
+
+class Skipping:
+    """One run's details and cut windows; ``reports`` (by dimension) say what it did."""
+
+    def __init__(
+        self,
+        pipeline: Pipeline,
+        pools: Mapping[str, Budget],
+        listed: Mapping[tuple[str, str], datetime | None],
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.pipeline = pipeline
+        self.pools = pools
+        self.listed = listed
+        self.clock = clock
+        self.reports: dict[str, SkipReport] = {}
+        self.skipped: dict[str, list[dict[str, Any]]] = {}  # by id: its skipped spans
+
+    async def run(self, plan: Plan) -> Plan:
+        """``plan`` with its campaign and Canvas windows cut (the same plan when it has none)."""
+        by_dim: dict[str, dict[int, str]] = {}
+        for index, series in enumerate(plan.series):
+            dimension = SUBJECTS.get(series.kind)
+            value = None if dimension is None else series.get(dimension)
+            if dimension is not None and value is not None and plan.window(index):
+                by_dim.setdefault(dimension, {})[index] = value
+        if not by_dim:
+            return plan
+        state, pipeline = self.pipeline.state, self.pipeline
+        done: dict[int, list[Span]] = {}
+        if state is not None and not pipeline.fresh:
+            keys = {plan.series[i].key: i for ids in by_dim.values() for i in ids}
+            done = state.done(lambda: keys)
+        windows: dict[int, tuple[Span, ...]] = {}
+        for dimension, ids in by_dim.items():
+            known = state.details(dimension) if state is not None else {}
+            subjects = {
+                index: Subject(
+                    dimension,
+                    item,
+                    plan.window(index),
+                    tuple(subtract(list(plan.window(index)), done.get(index, []))),
+                    plan.series[index].info.max_length,
+                    plan.settle_from["day"],
+                    self.listed.get((dimension, item)),
+                )
+                for index, item in ids.items()
+            }
+            cut = await self._dimension(dimension, subjects, known)
+            if cut is None:  # the run stops (401, unreachable): plan as it was
+                return plan
+            windows.update(cut)
+        return _with_windows(plan, windows)
+
+    async def _dimension(
+        self, dimension: str, subjects: Mapping[int, Subject], known: Mapping[str, Known]
+    ) -> dict[int, tuple[Span, ...]] | None:
+        report = self.reports[dimension] = SkipReport(dimension)
+        wanted = {
+            s.id: why for s in subjects.values() if (why := refresh_reason(s, known.get(s.id)))
+        }
+        read = await self._read(dimension, list(wanted)) if wanted else None
+        if read is None and wanted:
+            return None
+        lives = read.lives if read is not None else {}
+        if read is not None:
+            report.details_requests = read.requests
+            report.denied = read.denied
+            report.failed = len(read.failed)
+            state = self.pipeline.state
+            if state is not None and lives:
+                listed = {s.id: s.listed for s in subjects.values()}
+                state.keep_details(
+                    dimension, {i: Known(life, listed[i]) for i, life in lives.items()}
+                )
+            if read.denied is not None:
+                log.warning(
+                    "%s: details refused (%s); their windows are read whole (or as details "
+                    "kept from an earlier run allow)",
+                    DETAILS[dimension].path,
+                    read.denied,
+                    extra={"event": "details_denied"},
+                )
+        windows: dict[int, tuple[Span, ...]] = {}
+        for index, subject in subjects.items():
+            kept = known.get(subject.id)
+            life = lives.get(subject.id)
+            if life is not None:
+                report.fresh[wanted[subject.id]] += 1
+                activity = split(subject, life, fresh=True, known=kept)
+                source = "fresh"
+            else:
+                activity = split(
+                    subject, None if kept is None else kept.life, fresh=False, known=kept
+                )
+                source = "none" if kept is None else "kept"
+            report.add(subject, activity, source=source)
+            self._note(subject, activity)
+            windows[index] = activity.kept
+        return windows
+
+    async def _read(self, dimension: str, ids: list[str]) -> DetailsRead | None:
+        """The details of ``ids``; None when the run must stop (the pipeline's result says
+        why)."""
+        pipeline = self.pipeline
+        result = pipeline.result
+        try:
+            return await read_details(
+                pipeline.client,
+                DETAILS[dimension],
+                ids,
+                budget=self.pools[WORKSPACE_POOL],
+                retry=pipeline.policy,
+                concurrency=pipeline.concurrency,
+                stopping=lambda: result.interrupted,
+                clock=self.clock,
+            )
+        except* AuthError as errors:
+            result.auth_error = errors.exceptions[0]  # type: ignore[assignment]
+        except* Unreachable as errors:
+            result.unreachable = errors.exceptions[0]  # type: ignore[assignment]
+        except* TransportError as errors:
+            result.unreachable = pipeline.cannot_reach(errors.exceptions[0])  # type: ignore[arg-type]
+        return None
+
+    def _note(self, subject: Subject, activity: Activity) -> None:
+        if activity.skipped:
+            self.skipped[subject.id] = [
+                {"days": span_label("day", s.first, s.last), "rule": s.rule, "reason": s.reason}
+                for s in activity.skipped
+            ]
+            log.debug(
+                "%s %s: skipped %s",
+                subject.dimension,
+                subject.id,
+                "; ".join(f"{d['days']}: {d['reason']}" for d in self.skipped[subject.id]),
+                extra={"event": "days_skipped"},
+            )
+
+    def summary(self) -> list[str]:
+        return [line for report in self.reports.values() for line in report.lines()]
+
+    def doc(self) -> dict[str, Any]:
+        """The manifest's ``skipping``: each kind's report, and each id's skipped days."""
+        return {
+            "reports": [report.doc() for report in self.reports.values()],
+            "skipped": self.skipped,
+        }
+
+
+def _with_windows(plan: Plan, cut: Mapping[int, tuple[Span, ...]]) -> Plan:
+    """``plan`` with the windows of the series in ``cut`` replaced."""
+    if not cut:
+        return plan
+    windows: dict[tuple[Span, ...], int] = {w: i for i, w in enumerate(plan.windows)}
+    window_of = array("i", plan.window_of)
+    for index, window in cut.items():
+        window_of[index] = windows.setdefault(window, len(windows))
+    return replace(plan, windows=tuple(windows), window_of=window_of)
