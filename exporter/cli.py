@@ -378,6 +378,8 @@ def build_parser() -> argparse.ArgumentParser:
         ("--segments", 230, "segments /segments/list serves"),
         ("--events", 40, "event names /events/list serves"),
         ("--products", 12, "product names /purchases/product_list serves"),
+        ("--campaigns", 150, "campaigns /campaigns/list serves"),
+        ("--canvases", 40, "Canvases /canvas/list serves"),
     ):
         box.add_argument(
             flag,
@@ -985,6 +987,8 @@ def _cmd_sandbox(args: argparse.Namespace) -> int:
         segments=args.segments,
         events=args.events,
         products=args.products,
+        campaigns=args.campaigns,
+        canvases=args.canvases,
         window_s=args.window,
         fault_rate=args.fault_rate,
         seed=args.seed,
