@@ -17,7 +17,7 @@ import signal
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import date, datetime
 from pathlib import Path
 from typing import Any, NoReturn
@@ -35,9 +35,11 @@ from exporter.config import (
     parse_day,
     register_env_key,
 )
+from exporter.details import DETAILS
 from exporter.discover import DiscoverSpec, discovery_cost
 from exporter.doctor import DoctorReport, diagnose
 from exporter.errors import AuthError, ConfigError, DirectoryBusy, ExporterError, Unreachable
+from exporter.lives import SkipReport
 from exporter.logs import console, logging_for_run, new_run_id
 from exporter.manifest import verify
 from exporter.outlook import Figures, Outlook, next_requests, outlook, saved_records
@@ -52,6 +54,7 @@ from exporter.plan import (
 from exporter.presence import FileCheck
 from exporter.progress import Progress, eta_seconds, format_duration
 from exporter.redact import redacted_streams, register_secret
+from exporter.refine import forecast
 from exporter.remote import CHECKPOINT_S, ObjectStore, is_remote
 from exporter.runner import (
     EXIT_AUTH,
@@ -74,8 +77,9 @@ from exporter.sandbox import (
     run_sandbox,
     start_sandbox,
 )
-from exporter.series import DIMENSIONS, LIST_POOL, LISTS
+from exporter.series import DIMENSIONS, LIST_POOL
 from exporter.starter import StarterSettings, starter_config, workspace_at, write_starter
+from exporter.state import Records
 
 __all__ = [
     "EXIT_AUTH",
@@ -702,16 +706,18 @@ def _cmd_plan(args: argparse.Namespace) -> int:
     as_of = plan.as_of.toordinal()
     with saved_records(where, scope=scope, as_of=as_of, shard=plan.shard) as saved:
         records, check = saved if saved is not None else (None, None)
+        plan, skips = _forecast(plan, records)
         seen = outlook(plan, records, None if records is None else where)
         if args.json:
-            _print_plan_json(config, plan, seen, check, next_requests(plan, records))
+            _print_plan_json(config, plan, seen, check, next_requests(plan, records), skips)
             return EXIT_OK
     limits = config.limits
     shards = plan.shard[1] if plan.shard else 1
     share = limits.share / shards
     allowed = limits.requests_per_hour * share
     total = seen.total
-    eta = eta_seconds(total.requests, limits.requests_per_hour, share, limits.reserve)
+    details = sum(r.details_requests for r in skips.values())
+    eta = eta_seconds(total.requests + details, limits.requests_per_hour, share, limits.reserve)
     part = f", shard {plan.shard[0]}/{shards}" if plan.shard else ""
     print(f"plan for {config.source} as of {plan.as_of} ({plan.timezone}{part})")
     needs = discovery_needs(config)
@@ -743,14 +749,31 @@ def _cmd_plan(args: argparse.Namespace) -> int:
                 f"  export {name}: {figures.requests:,} requests, {figures.done:,} periods "
                 f"done, {figures.reread:,} to read again"
             )
+    for report in skips.values():
+        source = DETAILS[report.dimension]
+        why = ", ".join(f"{n:,} {reason}" for reason, n in sorted(report.fresh.items()))
+        print(
+            f"details:  {report.details_requests:,} request(s) to {source.path} (workspace "
+            f"pool) before the data phase{f' ({why})' if why else ''}; the data requests "
+            "above are cut by the details kept and are at most what the run sends"
+        )
+        for line in report.lines()[1:]:
+            print(f"  {line}")
     for (param, spec_key), spec in needs.items():
         per_id = _requests_per_id(config, plan, param, spec_key)
         wanted = DiscoverSpec(param, None, tuple(spec.tags or ()))
+        details_note = ""
+        if param in DETAILS:
+            details_note = (
+                f", plus 1 request to {DETAILS[param].path} for each id without details kept "
+                "(its days the details prove empty are then not requested)"
+            )
         print(
             f"discover: {DIMENSIONS[param].config_key} ({spec.discover}"
             f"{'' if spec.name is None else f', name ~ {spec.name!r}'}"
             f"{'' if not spec.tags else ', tags ' + '/'.join(spec.tags)}) at run time: "
             f"{discovery_cost(wanted)}; each id found adds {per_id:,} request(s)"
+            f"{details_note}"
         )
     print(
         f"budget:   {allowed:,.0f} requests/hour ({share:.0%} of "
@@ -760,9 +783,9 @@ def _cmd_plan(args: argparse.Namespace) -> int:
     print(f"time:     at least {format_duration(eta)} at that rate")
     # The list pool paces discovery of events and products (and any series moved there).
     in_lists = sum(
-        1 + (LISTS[param].page_size is None)  # the product list ends with an empty page
+        1 + (DiscoverSpec(param).source.page_size is None)  # the product list's empty page
         for param, _ in needs
-        if LISTS[param].pool == LIST_POOL
+        if DiscoverSpec(param).source.pool == LIST_POOL
     ) + sum(n for kind, n in by_kind.items() if limits.pool_for(kind) == LIST_POOL)
     if in_lists:
         rph, lists_share, _ = limits.pool(LIST_POOL)
@@ -787,6 +810,7 @@ def _print_plan_json(
     seen: Outlook,
     check: FileCheck | None,
     requests: Iterator[Request],
+    skips: Mapping[str, SkipReport],
 ) -> None:
     """The plan as one JSON document; the requests are written as they are made, so a plan
     of millions of them holds none in memory."""
@@ -828,8 +852,8 @@ def _print_plan_json(
         "discovery": [
             {
                 "config_key": DIMENSIONS[param].config_key,
-                "endpoint": LISTS[param].path,
-                "pool": LISTS[param].pool,
+                "endpoint": DiscoverSpec(param).source.path,
+                "pool": DiscoverSpec(param).source.pool,
                 "discover": spec.discover,
                 "name": spec.name,
                 "tags": spec.tags,
@@ -837,6 +861,7 @@ def _print_plan_json(
             }
             for (param, _), spec in discovery_needs(config).items()
         ],
+        "skipping": [report.doc() for report in skips.values()],
     }
     head = json.dumps(doc, indent=1)
     sys.stdout.write(head[:-2] + ',\n "requests": [')
@@ -851,6 +876,15 @@ def _print_plan_json(
         }
         sys.stdout.write(("," if n else "") + "\n  " + json.dumps(item))
     sys.stdout.write("\n ]\n}\n")
+
+
+def _forecast(plan: Plan, records: Records | None) -> tuple[Plan, dict[str, SkipReport]]:
+    """The plan cut by the campaign and Canvas details kept in the state (exporter.refine)."""
+    if records is None:
+        return forecast(plan, lambda _: {}, lambda _: {})
+    return forecast(
+        plan, records.details, lambda keys: {i: records.of(k)[0] for k, i in keys.items()}
+    )
 
 
 def _requests_per_id(config: Config, plan: Plan, param: str, spec_key: Any) -> int:

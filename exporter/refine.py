@@ -33,7 +33,7 @@ from exporter.plan import Plan, Span, span_label
 from exporter.ratelimit import Budget
 from exporter.series import WORKSPACE_POOL
 
-__all__ = ["SUBJECTS", "Skipping"]
+__all__ = ["SUBJECTS", "Skipping", "forecast", "subjects_of", "with_windows"]
 
 log = logging.getLogger(__name__)
 
@@ -61,39 +61,20 @@ class Skipping:
 
     async def run(self, plan: Plan) -> Plan:
         """``plan`` with its campaign and Canvas windows cut (the same plan when it has none)."""
-        by_dim: dict[str, dict[int, str]] = {}
-        for index, series in enumerate(plan.series):
-            dimension = SUBJECTS.get(series.kind)
-            value = None if dimension is None else series.get(dimension)
-            if dimension is not None and value is not None and plan.window(index):
-                by_dim.setdefault(dimension, {})[index] = value
-        if not by_dim:
-            return plan
-        state, pipeline = self.pipeline.state, self.pipeline
-        done: dict[int, list[Span]] = {}
-        if state is not None and not pipeline.fresh:
-            keys = {plan.series[i].key: i for ids in by_dim.values() for i in ids}
-            done = state.done(lambda: keys)
+        state = self.pipeline.state
+        reading = state if not self.pipeline.fresh else None  # --fresh: nothing is done
+
+        def done_of(keys: Mapping[str, int]) -> Mapping[int, list[Span]]:
+            return {} if reading is None else reading.done(lambda: keys)
+
         windows: dict[int, tuple[Span, ...]] = {}
-        for dimension, ids in by_dim.items():
+        for dimension, subjects in subjects_of(plan, done_of, self.listed).items():
             known = state.details(dimension) if state is not None else {}
-            subjects = {
-                index: Subject(
-                    dimension,
-                    item,
-                    plan.window(index),
-                    tuple(subtract(list(plan.window(index)), done.get(index, []))),
-                    plan.series[index].info.max_length,
-                    plan.settle_from["day"],
-                    self.listed.get((dimension, item)),
-                )
-                for index, item in ids.items()
-            }
             cut = await self._dimension(dimension, subjects, known)
             if cut is None:  # the run stops (401, unreachable): plan as it was
                 return plan
             windows.update(cut)
-        return _with_windows(plan, windows)
+        return with_windows(plan, windows)
 
     async def _dimension(
         self, dimension: str, subjects: Mapping[int, Subject], known: Mapping[str, Known]
@@ -191,7 +172,67 @@ class Skipping:
         }
 
 
-def _with_windows(plan: Plan, cut: Mapping[int, tuple[Span, ...]]) -> Plan:
+def subjects_of(
+    plan: Plan,
+    done_of: Callable[[Mapping[str, int]], Mapping[int, list[Span]]],
+    listed: Mapping[tuple[str, str], datetime | None],
+) -> dict[str, dict[int, Subject]]:
+    """The campaign and Canvas series of ``plan`` with a window, by dimension and index.
+    ``done_of`` gives the done periods of the series whose ``{key: index}`` it is passed."""
+    by_dim: dict[str, dict[int, str]] = {}
+    for index, series in enumerate(plan.series):
+        dimension = SUBJECTS.get(series.kind)
+        value = None if dimension is None else series.get(dimension)
+        if dimension is not None and value is not None and plan.window(index):
+            by_dim.setdefault(dimension, {})[index] = value
+    if not by_dim:
+        return {}
+    done = done_of({plan.series[i].key: i for ids in by_dim.values() for i in ids})
+    return {
+        dimension: {
+            index: Subject(
+                dimension,
+                item,
+                plan.window(index),
+                tuple(subtract(list(plan.window(index)), list(done.get(index, [])))),
+                plan.series[index].info.max_length,
+                plan.settle_from["day"],
+                listed.get((dimension, item)),
+            )
+            for index, item in ids.items()
+        }
+        for dimension, ids in by_dim.items()
+    }
+
+
+def forecast(
+    plan: Plan,
+    known: Callable[[str], Mapping[str, Known]],
+    done_of: Callable[[Mapping[str, int]], Mapping[int, list[Span]]],
+) -> tuple[Plan, dict[str, SkipReport]]:
+    """What ``plan`` (the command) can say before a run: the windows cut by the details kept
+    (as a run cuts them before reading any; fresh ones can only cut more, so the data
+    requests counted are at most those the run sends) and, per dimension, the details
+    requests the run will send for the ids whose details it reads again. No list is read,
+    so a kept draft is not taken as still one."""
+    windows: dict[int, tuple[Span, ...]] = {}
+    reports: dict[str, SkipReport] = {}
+    for dimension, subjects in subjects_of(plan, done_of, {}).items():
+        kept = known(dimension)
+        report = reports[dimension] = SkipReport(dimension)
+        for index, subject in subjects.items():
+            was = kept.get(subject.id)
+            why = refresh_reason(subject, was)
+            if why is not None:
+                report.fresh[why] += 1
+                report.details_requests += 1
+            activity = split(subject, None if was is None else was.life, fresh=False, known=was)
+            report.add(subject, activity, source="none" if was is None else "kept")
+            windows[index] = activity.kept
+    return with_windows(plan, windows), reports
+
+
+def with_windows(plan: Plan, cut: Mapping[int, tuple[Span, ...]]) -> Plan:
     """``plan`` with the windows of the series in ``cut`` replaced."""
     if not cut:
         return plan
