@@ -83,7 +83,7 @@ class Life:
         return max(known) + timedelta(seconds=self.conversion_s) if known else None
 
 
-BEFORE_FIRST = "before the first send"
+BEFORE_FIRST = "before the first send or entry"
 AFTER_LAST = "after the last send and its conversion window"
 DRAFT = "a draft that never sent"
 NOT_SENT = "nothing sent yet when the details were read"

@@ -84,7 +84,7 @@ def test_the_report_adds_days_by_rule_and_requests_saved() -> None:
     report.details_requests += 1
     report.add(subj, split(subj, life, fresh=True, known=None), source="fresh")
     assert report.days == {
-        "before the first send": 58,
+        "before the first send or entry": 58,
         "after the last send and its conversion window": 285,
     }
     assert report.requests_saved == 3
