@@ -25,7 +25,7 @@ demo: $(VENV)/.installed
 	$(BIN)/braze-export doctor configs/demo.yaml --sandbox
 	$(BIN)/braze-export plan configs/demo.yaml
 	$(BIN)/braze-export run configs/demo.yaml --sandbox --out demo-out
-	@echo "demo files are under demo-out/sessions/"
+	@echo "demo files are under demo-out/ (sessions/, events/, dau/, purchases_revenue/, campaigns/, canvas/)"
 
 lint: $(VENV)/.installed-dev
 	$(BIN)/ruff check exporter tests bench examples

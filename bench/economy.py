@@ -6,9 +6,9 @@ discovered campaigns and the night after it (``python -m bench.economy campaigns
 that case alone).
 
 Each run goes against the sandbox; the requests it made (counted by the sandbox, per
-endpoint) are compared with the minimum: ceil(periods / 100) for a backfill, and for a
-night ceil(needed / 100) per unit, needed being settle_days + 1 days (the settling periods
-read again, and the new day), in days or hours.
+endpoint) are compared with the minimum: ceil(periods / 100) for a backfill (/ 14 for
+Canvas), and for a night ceil(needed / 100) per unit, needed being settle_days + 1 days (the
+settling periods read again, and the new day), in days or hours.
 """
 
 from __future__ import annotations
@@ -27,16 +27,21 @@ from exporter.sandbox import SandboxOptions
 from exporter.sandbox_messaging import messaging_catalogue
 from exporter.series import KINDS
 
-# The smallest export of each kind: its required dimensions, one id each.
+_SERVED = messaging_catalogue()  # the ids the sandbox knows (the same whatever its clock)
+# The smallest export of each kind: its required dimensions, one id each. Sends are left
+# out: Braze keeps them 14 days after the send, so no 365-day backfill of one exists.
 _DIMENSIONS = {
     "sessions": "    segment_ids: [segment-a]\n",
     "events": "    events: [purchase_completed]\n",
     "segment_size": "    segment_ids: [segment-a]\n",
+    "campaigns": f"    campaign_ids: [{_SERVED.campaigns[3].id}]\n",
+    "canvas": f"    canvas_ids: [{_SERVED.canvases[2].id}]\n",
 }
+_SKIPPED = {"sends"}
 
 
-def family_config(out: Path, kind: str, unit: str, days: int) -> str:
-    end = date.fromisoformat(AS_OF) - timedelta(days=1)
+def family_config(out: Path, kind: str, unit: str, days: int, as_of: str = AS_OF) -> str:
+    end = date.fromisoformat(as_of) - timedelta(days=1)
     start = end - timedelta(days=days - 1)
     return f"""\
 version: 1
@@ -58,22 +63,28 @@ def run_family(work: Path) -> bool:
     ok = True
     with sandbox("--limit", "0") as box:
         for kind, info in KINDS.items():
+            if kind in _SKIPPED:
+                continue
             for unit, days in (("day", 365), ("hour", 30)):
-                if unit not in info.units or info.long:  # the campaign case is below
+                if unit not in info.units:
                     continue
                 before = box.stats()["paths"].get(info.path, 0)
+                # The sandbox dates its campaigns and Canvases back from its clock: those
+                # chosen live through the year before today, so every day is read (no day
+                # is before their first send, see the campaign case for skipping).
+                as_of = str(datetime.now(UTC).date()) if info.long else AS_OF
                 cfg = write_config(
                     work / f"{kind}-{unit}.yaml",
-                    family_config(work / f"out-{kind}-{unit}", kind, unit, days),
+                    family_config(work / f"out-{kind}-{unit}", kind, unit, days, as_of),
                 )
                 result = measure(
-                    [sys.executable, "-m", "exporter", "run", str(cfg), "--as-of", AS_OF],
+                    [sys.executable, "-m", "exporter", "run", str(cfg), "--as-of", as_of],
                     env=exporter_env(box.url),
                 )
                 assert result.returncode == 0, result.stderr
                 made = box.stats()["paths"].get(info.path, 0) - before
                 periods = days * (24 if unit == "hour" else 1)
-                minimum = math.ceil(periods / 100)
+                minimum = math.ceil(periods / info.max_length)
                 ok = ok and made == minimum
                 print(
                     f"| {kind} | {info.path} | {unit} | {days} | {periods:,} | {made} | {minimum} |"

@@ -77,7 +77,7 @@ from exporter.sandbox import (
     run_sandbox,
     start_sandbox,
 )
-from exporter.series import DIMENSIONS, LIST_POOL
+from exporter.series import DIMENSIONS, LIST_POOL, WORKSPACE_POOL
 from exporter.starter import StarterSettings, starter_config, workspace_at, write_starter
 from exporter.state import Records
 
@@ -716,8 +716,16 @@ def _cmd_plan(args: argparse.Namespace) -> int:
     share = limits.share / shards
     allowed = limits.requests_per_hour * share
     total = seen.total
+    # The workspace pool's least time counts only its own requests: a series in another
+    # pool (campaigns, lists) is paced there, side by side. Details requests are the
+    # workspace's.
+    elsewhere = sum(
+        n for kind, n in seen.by_kind.items() if limits.pool_for(kind) != WORKSPACE_POOL
+    )
     details = sum(r.details_requests for r in skips.values())
-    eta = eta_seconds(total.requests + details, limits.requests_per_hour, share, limits.reserve)
+    eta = eta_seconds(
+        total.requests - elsewhere + details, limits.requests_per_hour, share, limits.reserve
+    )
     part = f", shard {plan.shard[0]}/{shards}" if plan.shard else ""
     print(f"plan for {config.source} as of {plan.as_of} ({plan.timezone}{part})")
     needs = discovery_needs(config)
@@ -796,6 +804,18 @@ def _cmd_plan(args: argparse.Namespace) -> int:
             f"{format_duration(in_lists * 3600 / rate)}; discovery finishes before the first "
             "data request"
         )
+    for pool in limits.pool_names:
+        if pool in (WORKSPACE_POOL, LIST_POOL):
+            continue
+        n = sum(k for kind, k in by_kind.items() if limits.pool_for(kind) == pool)
+        if n:
+            rph, pool_share, reserve = limits.pool(pool)
+            least = eta_seconds(n, rph, pool_share / shards, reserve)
+            print(
+                f"{pool + ':':<9} {n:,} request(s) in the {pool} pool, at "
+                f"{rph * pool_share / shards:,.0f}/hour: at least {format_duration(least)}, "
+                "beside the workspace pool's"
+            )
     return EXIT_OK
 
 

@@ -8,9 +8,10 @@ of typing ids:
 * ``/segments/list``: analytics-enabled segments are listed; the others are written commented
   out, with the reason (Braze has series only for analytics-enabled segments).
 * ``/events/list``, ``/purchases/product_list``: every event and product.
-* ``/campaigns/list``, ``/canvas/list``: comments only. The exporter does not export campaign
-  or Canvas analytics yet; a 403 on these two lists (a key without ``campaigns.list`` or
-  ``canvas.list``, which no export needs) becomes a comment instead of a failure.
+* ``/campaigns/list``, ``/canvas/list``: comments only, ids to copy into a ``campaigns`` or
+  ``canvas`` export; a 403 on these two lists (a key without ``campaigns.list`` or
+  ``canvas.list``, which the starter's exports do not need) becomes a comment instead of a
+  failure.
 
 Every list is read by :func:`exporter.discover.discover` (its paging, pacing and error
 handling), all five at once, each through the budget of its pool.
@@ -47,7 +48,7 @@ from exporter.errors import AuthError, ConfigError, ExporterError, TransportErro
 from exporter.ratelimit import Budget
 from exporter.retry import RetryPolicy
 from exporter.sandbox import SandboxOptions, start_sandbox
-from exporter.series import LIST_POOL, WORKSPACE_POOL
+from exporter.series import DIMENSIONS, KINDS, LIST_POOL, WORKSPACE_POOL
 from exporter.writers import atomic_write
 
 __all__ = [
@@ -396,8 +397,8 @@ def starter_config(
     out.add("    app_ids: [null]")
     _window(out, ())
     if workspace is not None:
-        _messaging(out, "Campaigns", workspace.campaigns)
-        _messaging(out, "Canvases", workspace.canvases)
+        _messaging(out, "Campaigns", workspace.campaigns, "campaigns")
+        _messaging(out, "Canvases", workspace.canvases, "canvas")
     return "\n".join(out.lines) + "\n"
 
 
@@ -436,10 +437,11 @@ def _ids(out: _Text, items: Sequence[ListItem], *, named: bool, commented: bool 
         out.add(f"{prefix}{_quote(item.id)}", _comment(item.name) if named else None)
 
 
-def _messaging(out: _Text, what: str, listed: Listed) -> None:
+def _messaging(out: _Text, what: str, listed: Listed, series: str) -> None:
     out.add()
     out.add(f"# {what} in this workspace, from {listed.path}, for reference only:")
-    out.add("# braze-export does not export campaign or Canvas analytics yet.")
+    key = DIMENSIONS[KINDS[series].dimensions[0]].config_key
+    out.add(f"# To export their analytics, list ids in an export of series: {series}, {key}: [...]")
     if listed.error is not None:
         out.add(f"#   not listed: {_comment(listed.error)}")
     elif not listed.items:

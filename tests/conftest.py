@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 import socket
 import textwrap
 import threading
@@ -271,3 +272,17 @@ def s3_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]
     }
     yield env
     server.stop()
+
+
+@pytest.fixture
+def bucket(s3_env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> str:
+    """A new, empty bucket on the S3 test server; its ``s3://`` URL with a prefix."""
+    from exporter.remote import ObjectStore
+
+    for name, value in s3_env.items():
+        monkeypatch.setenv(name, value)
+    name = f"test-{secrets.token_hex(6)}"
+    store = ObjectStore.open(f"s3://{name}")
+    store.fs.mkdir(name)
+    store.close()
+    return f"s3://{name}/exports"

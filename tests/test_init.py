@@ -151,7 +151,8 @@ async def test_discover_lists_analytics_enabled_segments_and_comments_the_rest()
     for campaign in campaigns:
         (line,) = [line for line in text.splitlines() if campaign.id in line]
         assert line.startswith("#")
-    assert "does not export campaign or Canvas analytics yet" in text
+    assert "in an export of series: campaigns, campaign_ids: [...]" in text
+    assert "in an export of series: canvas, canvas_ids: [...]" in text
 
 
 def test_init_sandbox_writes_a_config_that_validates(

@@ -8,9 +8,11 @@ from pathlib import Path
 
 import pytest
 
+from exporter.cli import main
 from exporter.config import load_config
 from exporter.errors import ConfigError
 from exporter.plan import build_plan, cover
+from exporter.sandbox_messaging import messaging_catalogue
 
 AS_OF = date(2024, 7, 1)
 
@@ -136,3 +138,25 @@ def test_sends_are_planned_only_for_the_days_braze_keeps(
     old = SENDS.replace("{days: 30}", "{start: 2024-01-01, end: 2024-02-01}")
     with pytest.raises(ConfigError, match="every day ends before 2024-06-17"):
         build_plan(load_config(_config(write_config, old), env={}), AS_OF)
+
+
+def test_plan_paces_campaign_requests_in_their_own_pool(
+    write_config: Callable[..., Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """plan's workspace time leaves out campaign requests and says theirs on a line of its
+    own, at the campaigns pool's rate."""
+    limits = "limits: {requests_per_hour: 3600, pools: {campaigns: {requests_per_hour: 60}}}\n"
+    config = _config(write_config, CAMPAIGNS + CANVAS, limits)
+    assert main(["plan", str(config), "--as-of", AS_OF.isoformat()]) == 0
+    out = capsys.readouterr().out
+    assert "time:     at least 3.0s at that rate" in out  # the 3 Canvas requests, 1/s
+    assert "campaigns: 2 request(s) in the campaigns pool, at 60/hour: at least 2m00s" in out
+
+
+def test_the_demo_exports_a_campaign_and_a_canvas_the_sandbox_serves() -> None:
+    """make demo shows one campaign and one Canvas export, of ids the sandbox knows."""
+    config = load_config(Path(__file__).parent.parent / "configs" / "demo.yaml", env={})
+    served = messaging_catalogue()
+    by_series = {e.series: e for e in config.exports}
+    assert by_series["campaigns"].campaign_ids == [served.campaigns[3].id]
+    assert by_series["canvas"].canvas_ids == [served.canvases[2].id]

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import secrets
 import signal
 import sqlite3
 import subprocess
@@ -55,18 +54,6 @@ exports:
     units: [day, hour]
     window: {{days: {days}}}
 """
-
-
-@pytest.fixture
-def bucket(s3_env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> str:
-    """A new, empty bucket; its ``s3://`` URL with a prefix."""
-    for name, value in s3_env.items():
-        monkeypatch.setenv(name, value)
-    name = f"test-{secrets.token_hex(6)}"
-    store = ObjectStore.open(f"s3://{name}")
-    store.fs.mkdir(name)
-    store.close()
-    return f"s3://{name}/exports"
 
 
 def _objects(url: str, under: str = "sessions") -> dict[str, bytes]:

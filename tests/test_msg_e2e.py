@@ -1,0 +1,368 @@
+"""Campaign, Canvas and send exports end to end against the sandbox, in every output format
+and on the S3 test server: every value once, reruns and restatements leave no duplicate and
+no stale row, Canvas windows are the fewest 14-day ones, and plan counts what a run sends."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections import Counter
+from collections.abc import Callable, Iterator
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from exporter import sandbox_messaging
+from exporter.cli import main
+from exporter.messaging import MESSAGING, flatten
+from exporter.remote import ObjectStore
+from exporter.sandbox import SandboxOptions, sandbox_stats
+from exporter.sandbox_messaging import (
+    Campaign,
+    campaign_day,
+    canvas_day,
+    messaging_catalogue,
+    send_day,
+)
+from tests.conftest import data_files
+
+FORMATS = ["jsonl", "csv", "parquet"]
+AS_OF = date(2024, 7, 1)
+DAYS = 30
+
+
+def _now(as_of: date) -> float:
+    """The sandbox's clock: 06:00 UTC on the as-of date (the run's days all ended)."""
+    return datetime.combine(as_of, datetime.min.time(), UTC).timestamp() + 6 * 3600
+
+
+CATALOGUE = messaging_catalogue(SandboxOptions(clock=lambda: _now(AS_OF)))
+# A triggered campaign that sends every day, a one-off that sent within the window, an API
+# campaign whose last two sends Braze still keeps, and a Canvas with a deleted step.
+LIVE = next(c for c in CATALOGUE.campaigns if c.schedule_type == "action_based")
+ONE_OFF = next(
+    c
+    for c in CATALOGUE.campaigns
+    if c.schedule_type == "time_based"
+    and c.first is not None
+    and AS_OF - timedelta(days=DAYS) < c.first.date() < AS_OF - timedelta(days=3)
+)
+API = next(
+    c
+    for c in CATALOGUE.campaigns
+    if c.schedule_type == "api_triggered" and c.last is not None and c.last.date() == AS_OF
+)
+SENDS = [s for s in API.sends if (AS_OF - s.day).days <= 12][-2:]
+CANVAS = next(
+    v for v in CATALOGUE.canvases if any(s.deleted for s in v.steps) and v.last is not None
+)
+
+CONFIG = """\
+version: 1
+output: {{dir: "{out}", format: {fmt}}}
+exports:
+  - name: campaigns
+    series: campaigns
+    campaign_ids: [{live}, {one_off}]
+    window: {{days: {days}}}
+  - name: journeys
+    series: canvas
+    canvas_ids: [{canvas}]
+    window: {{days: {days}}}
+  - name: sends
+    series: sends
+    campaign_id: {api}
+    send_ids: [{sends}]
+    window: {{days: 14}}
+"""
+
+
+def _config(out: str, fmt: str) -> str:
+    return CONFIG.format(
+        out=out,
+        fmt=fmt,
+        live=LIVE.id,
+        one_off=ONE_OFF.id,
+        canvas=CANVAS.id,
+        api=API.id,
+        sends=", ".join(s.id for s in SENDS),
+        days=DAYS,
+    )
+
+
+def _labels(as_of: date, days: int) -> list[str]:
+    return [(as_of - timedelta(days=k)).isoformat() for k in range(days, 0, -1)]
+
+
+Row = tuple[Any, ...]
+
+
+def _rows(name: str, ids: dict[str, str], items: list[dict[str, object]]) -> Iterator[Row]:
+    """The file rows (columns in order) of sandbox day items, as a long file holds them."""
+    kind = MESSAGING[name]
+    body: dict[str, object] = {"message": "success", "data": items}
+    if name == "canvas":
+        body["data"] = {"name": CANVAS.name, "stats": items}
+    for row in flatten(kind, body, ids).rows:
+        yield (*(getattr(row, c) for c in kind.columns[:-2]), row.metric, row.value)
+
+
+def expected(
+    as_of: date, edit: Callable[[dict[str, object]], dict[str, object]] = lambda d: d
+) -> Counter[Row]:
+    """Every value the config's exports should hold as of ``as_of`` (first run on AS_OF):
+    ``edit`` is what the sandbox did to days read again on ``as_of`` (settle_days: 3)."""
+    reread = {(as_of - timedelta(days=k)).isoformat() for k in range(1, 5)}
+    out: Counter[Row] = Counter()
+    later = (as_of - AS_OF).days
+
+    def fix(item: dict[str, object]) -> dict[str, object]:
+        return edit(item) if later and item["time"] in reread else item
+
+    for label in _labels(as_of, DAYS + later):
+        for campaign in (LIVE, ONE_OFF):
+            day = fix(campaign_day(campaign, label))
+            out.update(_rows("campaigns", {"campaign_id": campaign.id}, [day]))
+        item = fix(canvas_day(CANVAS, label, True, True, True))
+        out.update(_rows("canvas", {"canvas_id": CANVAS.id}, [item]))
+    for label in _labels(as_of, 14 + later):
+        for send in SENDS:
+            ids = {"campaign_id": API.id, "send_id": send.id}
+            out.update(_rows("sends", ids, [fix(send_day(API, send, label))]))
+    return out
+
+
+def read_long(data: bytes, fmt: str) -> list[Row]:
+    """A long file's rows as tuples in column order, typed as written."""
+    if fmt == "parquet":
+        table = pq.read_table(pa.BufferReader(data))
+        return [tuple(r.values()) for r in table.to_pylist()]
+    if fmt == "jsonl":
+        return [tuple(json.loads(x).values()) for x in data.decode().split("\n") if x]
+    reader = csv.DictReader(io.StringIO(data.decode(), newline=""))
+    return [
+        tuple(
+            float(v) if k == "value" else int(v) if k == "message_index" and v else v or None
+            for k, v in rec.items()
+        )
+        for rec in reader
+    ]
+
+
+def exported(files: dict[str, bytes], fmt: str) -> Counter[Row]:
+    """Every row of every file, counted (a duplicate counts twice)."""
+    rows: Counter[Row] = Counter()
+    for data in files.values():
+        rows.update(read_long(data, fmt))
+    return rows
+
+
+def _local(out: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(out)): p.read_bytes() for p in data_files(out)}
+
+
+def _manifest(out: Path) -> dict[str, Any]:
+    path = max((out / "_runs").glob("*.json"))
+    doc: dict[str, Any] = json.loads(path.read_text())
+    return doc
+
+
+def _drop_revenue(item: dict[str, object]) -> dict[str, object]:
+    """A restatement in which Braze no longer sends ``revenue`` (top level, Canvas totals)."""
+    item = {k: v for k, v in item.items() if k != "revenue"}
+    totals = item.get("total_stats")
+    if isinstance(totals, dict):
+        item["total_stats"] = {k: v for k, v in totals.items() if k != "revenue"}
+    return item
+
+
+@pytest.fixture
+def restating(monkeypatch: pytest.MonkeyPatch) -> Callable[[], None]:
+    """Call it to make the sandbox drop revenue from every day it serves from then on."""
+
+    def start() -> None:
+        for name in ("campaign_day", "send_day", "canvas_day"):
+            served = getattr(sandbox_messaging, name)
+            monkeypatch.setattr(
+                sandbox_messaging,
+                name,
+                lambda *a, _served=served, **k: _drop_revenue(_served(*a, **k)),
+            )
+
+    return start
+
+
+def _run(
+    sandbox_server: Any,
+    monkeypatch: pytest.MonkeyPatch,
+    config: Path,
+    as_of: date,
+    *extra: str,
+) -> dict[str, int]:
+    """One run as of ``as_of``; the requests the sandbox served. The sandbox's clock stays on
+    AS_OF: its catalogue is dated back from it, so another clock is another workspace."""
+    with sandbox_server(limit=0, campaigns_limit=0, clock=lambda: _now(AS_OF)) as server:
+        monkeypatch.setenv("BRAZE_REST_ENDPOINT", server.url)
+        assert main(["run", str(config), "--as-of", as_of.isoformat(), *extra]) == 0
+        return dict(sandbox_stats(server.app).paths)
+
+
+def _restated_run(
+    sandbox_server: Any,
+    monkeypatch: pytest.MonkeyPatch,
+    restating: Callable[[], None],
+    config: Path,
+    files: Callable[[], dict[str, bytes]],
+    fmt: str,
+    *extra: str,
+) -> Counter[Row]:
+    """A run the next day, the sandbox restating days without revenue: every value once,
+    restated days as now served. Returns the rows."""
+    restating()
+    later = AS_OF + timedelta(days=1)
+    _run(sandbox_server, monkeypatch, config, later, *extra)
+    rows = exported(files(), fmt)
+    assert rows == expected(later, _drop_revenue)
+    return rows
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_every_value_once_after_a_rerun_and_a_restatement(
+    tmp_path: Path,
+    write_config: Callable[..., Path],
+    sandbox_server: Any,
+    env_key: str,
+    monkeypatch: pytest.MonkeyPatch,
+    restating: Callable[[], None],
+    fmt: str,
+) -> None:
+    """Every value of the sandbox, once; a --fresh rerun adds no row; a later run that reads
+    restated days without revenue leaves no revenue row on those days, and the rest."""
+    out = tmp_path / "out"
+    config = write_config(_config(str(out), fmt))
+    _run(sandbox_server, monkeypatch, config, AS_OF)
+    first = expected(AS_OF)
+    assert exported(_local(out), fmt) == first
+    assert any(r[-2] == "revenue" and r[2] is None for r in first)  # a total's revenue
+    assert main(["verify", str(out)]) == 0
+    _run(sandbox_server, monkeypatch, config, AS_OF, "--fresh")
+    assert exported(_local(out), fmt) == first
+    rows = _restated_run(sandbox_server, monkeypatch, restating, config, lambda: _local(out), fmt)
+    later = AS_OF + timedelta(days=1)
+    restated = {(later - timedelta(days=k)).isoformat() for k in range(1, 5)}
+    totals = {(r[0], r[-2]) for r in rows if r[1] == LIVE.id and r[2] is None}
+    assert not {(day, "revenue") for day in restated} & totals
+    assert (min(restated), "unique_recipients") in totals
+    assert ((AS_OF - timedelta(days=5)).isoformat(), "revenue") in totals
+
+
+def test_canvas_windows_are_the_fewest_of_14_days_and_plan_counts_them(
+    tmp_path: Path,
+    write_config: Callable[..., Path],
+    sandbox_server: Any,
+    env_key: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """30 Canvas days are 3 requests; each campaign one; each send one (14 days kept); plan
+    --json lists exactly the requests the run then sends, and the manifest counts them."""
+    out = tmp_path / "out"
+    config = write_config(_config(str(out), "jsonl"))
+    capsys.readouterr()
+    assert main(["plan", str(config), "--json", "--as-of", AS_OF.isoformat()]) == 0
+    planned = json.loads(capsys.readouterr().out)
+    paths = Counter(r["path"] for r in planned["requests"])
+    assert paths == {"/canvas/data_series": 3, "/campaigns/data_series": 2, "/sends/data_series": 2}
+    assert [r["length"] for r in planned["requests"] if r["series"] == "canvas"] == [14, 14, 2]
+    served = _run(sandbox_server, monkeypatch, config, AS_OF)
+    assert {p: served.get(p, 0) for p in paths} == dict(paths)
+    manifest = _manifest(out)
+    assert manifest["totals"]["requests_made"] == planned["totals"]["requests"] == 7
+    assert manifest["totals"]["values_not_numeric"] == 0
+    for name, doc in manifest["exports"].items():
+        assert doc["requests_made"] == planned["exports"][name]["requests"]
+        assert doc["series_complete"] == doc["series"]
+
+
+def test_a_value_that_is_no_number_is_counted_and_logged(
+    tmp_path: Path,
+    write_config: Callable[..., Path],
+    sandbox_server: Any,
+    env_key: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A string where Braze documents a number is never written, and never dropped silently:
+    the log names it, the summary and the manifest count it."""
+    served = sandbox_messaging.campaign_day
+
+    def odd(campaign: Campaign, label: str) -> dict[str, object]:
+        return {**served(campaign, label), "unique_recipients": "n/a"}
+
+    monkeypatch.setattr(sandbox_messaging, "campaign_day", odd)
+    out = tmp_path / "out"
+    config = write_config(_config(str(out), "jsonl"))
+    _run(sandbox_server, monkeypatch, config, AS_OF)
+    said = capsys.readouterr()
+    assert f"{2 * DAYS} value(s) not a number, not written" in said.out
+    assert "data[0].unique_recipients" in said.err
+    assert _manifest(out)["exports"]["campaigns"]["values_not_numeric"] == 2 * DAYS
+    assert not any(
+        r[-2] == "unique_recipients" and r[2] is None for r in exported(_local(out), "jsonl")
+    )
+
+
+def _objects(url: str) -> dict[str, bytes]:
+    store = ObjectStore.open(url)
+    try:
+        return {
+            name: store.get(name) or b""
+            for top in ("campaigns", "canvas", "sends")
+            for name in store.list(top)
+        }
+    finally:
+        store.close()
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_object_storage_holds_every_value_once_after_a_restatement(
+    tmp_path: Path,
+    write_config: Callable[..., Path],
+    sandbox_server: Any,
+    env_key: str,
+    monkeypatch: pytest.MonkeyPatch,
+    restating: Callable[[], None],
+    bucket: str,
+    fmt: str,
+) -> None:
+    """On the S3 test server too: a first run, then a restated later run, leave every value
+    once and no revenue on the restated days."""
+    config = write_config(_config(bucket, fmt))
+    work = ["--work-dir", str(tmp_path / "work")]
+    _run(sandbox_server, monkeypatch, config, AS_OF, *work)
+    assert exported(_objects(bucket), fmt) == expected(AS_OF)
+    _restated_run(
+        sandbox_server, monkeypatch, restating, config, lambda: _objects(bucket), fmt, *work
+    )
+
+
+def test_the_campaigns_pool_paces_campaign_requests_alone(
+    tmp_path: Path,
+    write_config: Callable[..., Path],
+    sandbox_server: Any,
+    env_key: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """/campaigns/data_series draws from its own pool; Canvas and sends from the workspace's."""
+    out = tmp_path / "out"
+    config = write_config(_config(str(out), "jsonl"))
+    _run(sandbox_server, monkeypatch, config, AS_OF)
+    pools = _manifest(out)["pools"]
+    assert pools["campaigns"]["requests_paced"] == 2
+    assert pools["campaigns"]["allowed_per_hour"] == 3_000_000
+    assert _manifest(out)["budget"]["requests_paced"] == 5
