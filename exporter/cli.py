@@ -54,7 +54,7 @@ from exporter.plan import (
 from exporter.presence import FileCheck
 from exporter.progress import Progress, eta_seconds, format_duration
 from exporter.redact import redacted_streams, register_secret
-from exporter.refine import forecast
+from exporter.refine import forecast, read_whole
 from exporter.remote import CHECKPOINT_S, ObjectStore, is_remote
 from exporter.runner import (
     EXIT_AUTH,
@@ -706,7 +706,7 @@ def _cmd_plan(args: argparse.Namespace) -> int:
     as_of = plan.as_of.toordinal()
     with saved_records(where, scope=scope, as_of=as_of, shard=plan.shard) as saved:
         records, check = saved if saved is not None else (None, None)
-        plan, skips = _forecast(plan, records)
+        plan, skips = _forecast(config, plan, records)
         seen = outlook(plan, records, None if records is None else where)
         if args.json:
             _print_plan_json(config, plan, seen, check, next_requests(plan, records), skips)
@@ -898,12 +898,18 @@ def _print_plan_json(
     sys.stdout.write("\n ]\n}\n")
 
 
-def _forecast(plan: Plan, records: Records | None) -> tuple[Plan, dict[str, SkipReport]]:
+def _forecast(
+    config: Config, plan: Plan, records: Records | None
+) -> tuple[Plan, dict[str, SkipReport]]:
     """The plan cut by the campaign and Canvas details kept in the state (exporter.refine)."""
+    whole = read_whole(config, plan)
     if records is None:
-        return forecast(plan, lambda _: {}, lambda _: {})
+        return forecast(plan, lambda _: {}, lambda _: {}, whole)
     return forecast(
-        plan, records.details, lambda keys: {i: records.of(k)[0] for k, i in keys.items()}
+        plan,
+        records.details,
+        lambda keys: {i: records.of(k)[0] for k, i in keys.items()},
+        whole,
     )
 
 

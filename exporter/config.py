@@ -317,6 +317,9 @@ class Export(_Model):
     include_variant_breakdown: bool | None = None
     include_step_breakdown: bool | None = None
     include_deleted_step_data: bool | None = None
+    # Campaigns and Canvases: read only the days their details say could have data
+    # (exporter.activity); false reads every day of the window and no details.
+    skip_inactive_days: bool | None = None
     units: Annotated[list[Unit], Field(min_length=1)] = ["day"]
     window: Window
     # Opt-in for ids that read like null ('null', 'None', ...): refused unless this is true.
@@ -388,6 +391,11 @@ def _series_problems(exports: object) -> Iterator[str]:
         for flag in CANVAS_FLAGS:
             if export.get(flag) is not None and series != "canvas":
                 yield f"exports[{i}].{flag}: only series canvas takes it, not {series}"
+        if export.get("skip_inactive_days") is not None and series not in ("campaigns", "canvas"):
+            yield (
+                f"exports[{i}].skip_inactive_days: only series campaigns and canvas take it, "
+                f"not {series}"
+            )
         units = export.get("units", ["day"])
         for j, unit in enumerate(units if isinstance(units, list) else []):
             if unit in UNITS and unit not in kind.units:

@@ -18,12 +18,13 @@ from __future__ import annotations
 import logging
 import time
 from array import array
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
 from exporter.activity import Activity
+from exporter.config import Config
 from exporter.coverage import subtract
 from exporter.details import DETAILS, DetailsRead, Known, read_details
 from exporter.errors import AuthError, TransportError, Unreachable
@@ -33,7 +34,14 @@ from exporter.plan import Plan, Span, span_label
 from exporter.ratelimit import Budget
 from exporter.series import WORKSPACE_POOL
 
-__all__ = ["SUBJECTS", "Skipping", "forecast", "subjects_of", "with_windows"]
+__all__ = [
+    "SUBJECTS",
+    "Skipping",
+    "forecast",
+    "read_whole",
+    "subjects_of",
+    "with_windows",
+]
 
 log = logging.getLogger(__name__)
 
@@ -46,12 +54,14 @@ class Skipping:
 
     def __init__(
         self,
+        config: Config,
         pipeline: Pipeline,
         pools: Mapping[str, Budget],
         listed: Mapping[tuple[str, str], datetime | None],
         *,
         clock: Callable[[], float] = time.time,
     ) -> None:
+        self.config = config
         self.pipeline = pipeline
         self.pools = pools
         self.listed = listed
@@ -68,7 +78,8 @@ class Skipping:
             return {} if reading is None else reading.done(lambda: keys)
 
         windows: dict[int, tuple[Span, ...]] = {}
-        for dimension, subjects in subjects_of(plan, done_of, self.listed).items():
+        whole = read_whole(self.config, plan)
+        for dimension, subjects in subjects_of(plan, done_of, self.listed, whole).items():
             known = state.details(dimension) if state is not None else {}
             cut = await self._dimension(dimension, subjects, known)
             if cut is None:  # the run stops (401, unreachable): plan as it was
@@ -172,17 +183,31 @@ class Skipping:
         }
 
 
+def read_whole(config: Config, plan: Plan) -> set[int]:
+    """The series of ``plan`` an export holding them asks to read whole
+    (``skip_inactive_days: false``)."""
+    whole: set[int] = set()
+    for export in config.exports:
+        if export.skip_inactive_days is False:
+            whole.update(plan.series_by_export.get(export.name, ()))
+    return whole
+
+
 def subjects_of(
     plan: Plan,
     done_of: Callable[[Mapping[str, int]], Mapping[int, list[Span]]],
     listed: Mapping[tuple[str, str], datetime | None],
+    whole: Collection[int] = (),
 ) -> dict[str, dict[int, Subject]]:
-    """The campaign and Canvas series of ``plan`` with a window, by dimension and index.
-    ``done_of`` gives the done periods of the series whose ``{key: index}`` it is passed."""
+    """The campaign and Canvas series of ``plan`` with a window, by dimension and index,
+    but those in ``whole``. ``done_of`` gives the done periods of the series whose
+    ``{key: index}`` it is passed."""
     by_dim: dict[str, dict[int, str]] = {}
     for index, series in enumerate(plan.series):
         dimension = SUBJECTS.get(series.kind)
         value = None if dimension is None else series.get(dimension)
+        if index in whole:
+            continue
         if dimension is not None and value is not None and plan.window(index):
             by_dim.setdefault(dimension, {})[index] = value
     if not by_dim:
@@ -209,6 +234,7 @@ def forecast(
     plan: Plan,
     known: Callable[[str], Mapping[str, Known]],
     done_of: Callable[[Mapping[str, int]], Mapping[int, list[Span]]],
+    whole: Collection[int] = (),
 ) -> tuple[Plan, dict[str, SkipReport]]:
     """What ``plan`` (the command) can say before a run: the windows cut by the details kept
     (as a run cuts them before reading any; fresh ones can only cut more, so the data
@@ -217,7 +243,7 @@ def forecast(
     so a kept draft is not taken as still one."""
     windows: dict[int, tuple[Span, ...]] = {}
     reports: dict[str, SkipReport] = {}
-    for dimension, subjects in subjects_of(plan, done_of, {}).items():
+    for dimension, subjects in subjects_of(plan, done_of, {}, whole).items():
         kept = known(dimension)
         report = reports[dimension] = SkipReport(dimension)
         for index, subject in subjects.items():

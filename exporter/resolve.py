@@ -68,7 +68,7 @@ class Discovery:
         self.failed: list[str] = []
         # The list's last_edited of each campaign or Canvas listed: (param, id) -> time.
         self.listed: dict[tuple[str, str], datetime | None] = {}
-        self.skipping = Skipping(pipeline, pools, self.listed)
+        self.skipping = Skipping(config, pipeline, pools, self.listed)
         self.plan: Plan | None = None
 
     def found_or_nothing(self) -> dict[Key, tuple[str, ...]]:

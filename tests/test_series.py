@@ -67,6 +67,10 @@ def _config(write_config: Callable[..., Path], export: str) -> Path:
             "    series: canvas\n    canvas_ids: {discover: analytics_enabled}\n",
             "exports[0].canvas_ids.discover: must be 'all' for canvas_ids",
         ),
+        (
+            "    segment_ids: [a]\n    skip_inactive_days: false\n",
+            "exports[0].skip_inactive_days: only series campaigns and canvas take it",
+        ),
         ("    segment_ids: {discover: everything}\n", "exports[0].segment_ids.discover: must be"),
         ("    series: sales\n    segment_ids: [a]\n", "exports[0].series: must be"),
         ("    segment_ids: []\n", "exports[0].segment_ids: must not be empty"),

@@ -184,3 +184,16 @@ def test_archived_campaigns_are_exported_only_when_asked(
         catalogue = messaging_catalogue(server.options)
     assert sent["/campaigns/details"] == len(catalogue.campaigns)
     assert any(c.archived for c in catalogue.campaigns)
+
+
+def test_skip_inactive_days_false_reads_every_day_and_no_details(
+    tmp_path: Path, write_config: Callable[..., Path], messaging_sandbox: Any
+) -> None:
+    """An export that asks for every day (zeros included) sends no details request."""
+    path = write_config(_config(tmp_path / "out", days=150) + "    skip_inactive_days: false\n")
+    with messaging_sandbox(campaigns=20, canvases=0) as server:
+        assert _run(server, path) == 0
+        sent = _paths(server)
+        listed = [c for c in messaging_catalogue(server.options).campaigns if not c.archived]
+    assert "/campaigns/details" not in sent
+    assert sent["/campaigns/data_series"] == 2 * len(listed)
