@@ -370,3 +370,35 @@ def test_the_campaigns_pool_paces_campaign_requests_alone(
     assert pools["campaigns"]["requests_paced"] == 2
     assert pools["campaigns"]["allowed_per_hour"] == 3_000_000
     assert _manifest(out)["budget"]["requests_paced"] == 5
+
+
+def test_a_day_braze_leaves_out_is_gap_filled_within_14_days_then_reported(
+    tmp_path: Path,
+    write_config: Callable[..., Path],
+    sandbox_server: Any,
+    env_key: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A day never served is asked for again by gap-fill requests Braze accepts (Canvas: at
+    most 14 days), then reported missing; the rest is written, and a rerun the same day sends
+    only the gap-fill for it."""
+    hole = (AS_OF - timedelta(days=20)).isoformat()
+    out = tmp_path / "out"
+    config = write_config(_config(str(out), "jsonl"))
+    args = ["run", str(config), "--as-of", AS_OF.isoformat()]
+    with sandbox_server(
+        limit=0, campaigns_limit=0, clock=lambda: _now(AS_OF), missing_days=frozenset({hole})
+    ) as server:
+        monkeypatch.setenv("BRAZE_REST_ENDPOINT", server.url)
+        assert main(args) == 1
+        doc = _manifest(out)["totals"]
+        assert doc["series_failed"] == 0
+        assert {tuple(i["missing"]) for i in doc["incomplete"]} == {(hole,)}
+        assert doc["requests_gap_fill"] > 0
+        rows = exported(_local(out), "jsonl")
+        assert rows == Counter({r: n for r, n in expected(AS_OF).items() if r[0] != hole})
+        first = sandbox_stats(server.app).requests
+        assert main(args) == 1  # resumed: only the hole is asked for again
+        again = _manifest(out)["totals"]
+        assert again["requests_made"] == sandbox_stats(server.app).requests - first
+        assert again["requests_made"] == again["requests_gap_fill"] + 3  # one per series
