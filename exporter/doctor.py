@@ -25,10 +25,13 @@ from zoneinfo import ZoneInfo
 from exporter.client import BrazeClient, Point, Response, interpret, make_session
 from exporter.config import ApiKey, Config, Discover, Export, Unit
 from exporter.coverage import describe_offset
+from exporter.details import DETAILS
+from exporter.discover import DiscoverSpec
 from exporter.errors import ApiError, AuthError, RetryableError, TransportError, Unreachable
 from exporter.plan import Request, Series, discovery_needs, ending_at, hour_range, span_label
 from exporter.ratelimit import RateHeaders
-from exporter.series import KINDS, LISTS
+from exporter.refine import SUBJECTS
+from exporter.series import KINDS
 
 __all__ = ["MAX_REQUESTS", "DoctorReport", "diagnose"]
 
@@ -144,7 +147,15 @@ async def diagnose(
         f"probing {kind.path} {shown} for unit(s) {', '.join(units)}; days cut in {config.timezone}"
     )
     others = sorted({KINDS[e.series].permission for e in config.exports} - {kind.permission})
-    lists = sorted({LISTS[param].permission for param, _ in discovery_needs(config)})
+    lists = sorted({DiscoverSpec(param).source.permission for param, _ in discovery_needs(config)})
+    # Campaign and Canvas details, read before their data unless skip_inactive_days is false.
+    lists += sorted(
+        {
+            DETAILS[SUBJECTS[e.series]].permission
+            for e in config.exports
+            if e.series in SUBJECTS and e.skip_inactive_days is not False
+        }
+    )
     if others or lists:
         report.say(
             f"not probed (a run needs them too): {', '.join(others + lists)}; grant them in "

@@ -197,3 +197,20 @@ def test_skip_inactive_days_false_reads_every_day_and_no_details(
         listed = [c for c in messaging_catalogue(server.options).campaigns if not c.archived]
     assert "/campaigns/details" not in sent
     assert sent["/campaigns/data_series"] == 2 * len(listed)
+
+
+def test_doctor_names_the_list_and_details_permissions_a_run_needs(
+    write_config: Callable[..., Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A Canvas discovery and campaigns read by their details: doctor names canvas.list,
+    campaigns.details and canvas.details among what it did not probe."""
+    served = messaging_catalogue()
+    path = write_config(
+        CONFIG.format(out="out", series="canvas", key="canvas_ids", extra="", days=30)
+        + f"  - name: one\n    series: campaigns\n    campaign_ids: [{served.campaigns[3].id}]\n"
+        "    window: {days: 30}\n"
+    )
+    assert main(["doctor", str(path), "--sandbox"]) == 0
+    line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("not probed"))
+    for permission in ("canvas.list", "campaigns.details", "canvas.details"):
+        assert permission in line
