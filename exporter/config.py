@@ -409,11 +409,17 @@ def _flag_conflicts(exports: object) -> Iterator[str]:
     """A Canvas two exports ask for with other breakdown flags: both would write its files,
     each with other rows."""
     first: dict[str, tuple[int, tuple[object, ...]]] = {}
+    flags_of: dict[int, tuple[object, ...]] = {}  # every Canvas export's flags
+    discovering: list[int] = []
     for i, export in _mappings(exports):
         ids = export.get("canvas_ids")
-        if export.get("series") != "canvas" or not isinstance(ids, list):
+        if export.get("series") != "canvas":
             continue
-        flags = tuple(export.get(flag) in (None, True) for flag in CANVAS_FLAGS)
+        flags = flags_of[i] = tuple(export.get(flag) in (None, True) for flag in CANVAS_FLAGS)
+        if isinstance(ids, dict):
+            discovering.append(i)
+        if not isinstance(ids, list):
+            continue
         for canvas in ids:
             if not isinstance(canvas, str):
                 continue
@@ -423,6 +429,15 @@ def _flag_conflicts(exports: object) -> Iterator[str]:
                     f"exports[{i}].canvas_ids: Canvas {canvas!r} is also in exports[{j}] with "
                     "other include_* flags; give both exports the same flags"
                 )
+    for i in discovering[:1]:  # a discovery may find any Canvas, the others' too
+        others = [k for k, flags in flags_of.items() if flags != flags_of[i]]
+        if not others:
+            break
+        yield (
+            f"exports[{i}].canvas_ids: a discovery may find the Canvases of "
+            f"{', '.join(f'exports[{k}]' for k in others)}, which ask other include_* flags; "
+            "give every Canvas export the same flags"
+        )
 
 
 def _duplicate_names(exports: object) -> Iterator[str]:

@@ -4,14 +4,17 @@ page carries, and the name, tags, archived and edited-since filters."""
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from exporter.client import BrazeClient
+from exporter.config import load_config
 from exporter.discover import Discovered, DiscoverSpec, discover, discovery_cost
+from exporter.errors import ConfigError
 from exporter.retry import RetryPolicy
 from exporter.sandbox import SandboxOptions
 from exporter.sandbox_messaging import messaging_catalogue
@@ -142,3 +145,19 @@ async def test_the_sandbox_lists_archived_ones_only_when_asked(dimension: str) -
     assert recent.ids == tuple(c.id for c in items if c.last_edited > since)
     assert 0 < len(recent.ids) < len(every.ids)
     assert every.items[0].last_edited == items[0].last_edited
+
+
+def test_a_canvas_discovery_beside_an_export_with_other_flags_is_a_config_error(
+    write_config: Callable[..., Path],
+) -> None:
+    """A discovery may find the other export's Canvases: both would write their files with
+    other rows, so the flags must agree (as for a Canvas listed twice)."""
+    text = (
+        "version: 1\nexports:\n"
+        "  - {name: a, series: canvas, canvas_ids: {discover: all}, window: {days: 3}}\n"
+        "  - {name: b, series: canvas, canvas_ids: [v-1], include_step_breakdown: false,"
+        " window: {days: 3}}\n"
+    )
+    with pytest.raises(ConfigError, match=r"exports\[0\].canvas_ids: a discovery may find"):
+        load_config(write_config(text), env={})
+    load_config(write_config(text.replace(", include_step_breakdown: false", "")), env={})
