@@ -677,6 +677,9 @@ def _over_a_day(config: Config) -> Iterator[str]:
     by_pool: Counter[str] = Counter()
     for kind, n in plan.first_run_requests().items():
         by_pool[config.limits.pool_for(kind)] += n
+    # Campaign and Canvas details, read first (none kept yet), as plan counts them.
+    _, skips = _forecast(config, plan, None)
+    by_pool[WORKSPACE_POOL] += sum(r.details_requests for r in skips.values())
     for pool, n in sorted(by_pool.items()):
         rph, share, reserve = config.limits.pool(pool)
         least = eta_seconds(n, rph, share, reserve)  # as plan says it

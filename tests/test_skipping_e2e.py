@@ -214,3 +214,23 @@ def test_doctor_names_the_list_and_details_permissions_a_run_needs(
     line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("not probed"))
     for permission in ("canvas.list", "campaigns.details", "canvas.details"):
         assert permission in line
+
+
+def test_validate_and_plan_count_the_details_requests_in_the_workspace_pool(
+    write_config: Callable[..., Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """30 campaigns without details kept at 1 request an hour: both count 30 details
+    requests in the workspace pool and give the same least time."""
+    ids = ", ".join(f"c-{k}" for k in range(30))
+    path = write_config(
+        "version: 1\nlimits: {requests_per_hour: 1}\nexports:\n"
+        f"  - {{name: c, series: campaigns, campaign_ids: [{ids}], window: {{days: 3}}}}\n"
+    )
+    assert main(["validate", str(path)]) == 0
+    warning = capsys.readouterr().out
+    assert "plans 30 requests in the workspace pool" in warning
+    assert main(["plan", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "details:  30 request(s) to /campaigns/details" in out
+    least = out.split("time:     at least ")[1].split(" ")[0]
+    assert f"it takes at least {least}:" in warning
