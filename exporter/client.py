@@ -251,7 +251,19 @@ def read_answer(request: Request, response: Response, tz: tzinfo = UTC) -> Answe
             )
         return Answer(_points(request, response.body, tz))
     series = request.series
-    raise_for_status(response, permission=series.info.permission, series=series)
+    keep = series.info.retention_days
+    try:
+        raise_for_status(response, permission=series.info.permission, series=series)
+    except SeriesError as exc:
+        if exc.status != 400 or keep is None:
+            raise
+        # A send Braze no longer keeps cannot be told from one never made: say both.
+        raise SeriesError(
+            f"{exc.message} (an unknown id, or a send older than the {keep} days Braze keeps "
+            f"{series.kind} analytics after the send)",
+            series=series,
+            status=400,
+        ) from None
     raise AssertionError("unreachable: raise_for_status raised")  # pragma: no cover
 
 

@@ -402,3 +402,27 @@ def test_a_day_braze_leaves_out_is_gap_filled_within_14_days_then_reported(
         again = _manifest(out)["totals"]
         assert again["requests_made"] == sandbox_stats(server.app).requests - first
         assert again["requests_made"] == again["requests_gap_fill"] + 3  # one per series
+
+
+def test_a_send_braze_no_longer_keeps_fails_alone_saying_why(
+    tmp_path: Path,
+    write_config: Callable[..., Path],
+    sandbox_server: Any,
+    env_key: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A send older than 14 days is a 400: its series fails with Braze's words and the
+    retention named; every other series is exported (exit 1)."""
+    old = API.sends[0]
+    assert (AS_OF - old.day).days > 14
+    out = tmp_path / "out"
+    text = _config(str(out), "jsonl").replace(f"send_ids: [{SENDS[0].id}", f"send_ids: [{old.id}")
+    config = write_config(text)
+    with sandbox_server(limit=0, campaigns_limit=0, clock=lambda: _now(AS_OF)) as server:
+        monkeypatch.setenv("BRAZE_REST_ENDPOINT", server.url)
+        assert main(["run", str(config), "--as-of", AS_OF.isoformat()]) == 1
+    said = capsys.readouterr().out
+    assert f"failed sends/day/campaign-{API.id}/send-{old.id}: HTTP 400: Invalid send_id" in said
+    assert "a send older than the 14 days Braze keeps sends analytics after the send" in said
+    assert "series: 4 complete, 0 incomplete, 1 failed (of 5)" in said
