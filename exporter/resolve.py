@@ -1,9 +1,12 @@
-"""The config's ``{discover: ...}`` ids, resolved at the start of a run, then the plan.
+"""The config's ``{discover: ...}`` ids, resolved at the start of a run, then the plan, then
+the plan's campaign and Canvas windows cut by their details (:mod:`exporter.refine`).
 
-Each list the config discovers from is read once, whatever filters its exports ask of it
-(:func:`exporter.plan.discovery_needs`), all lists at the same time, each through the budget
-of its pool; each filter is then applied to what was listed. What they found is
-planned like ids written in the config. A discovery that fails (a 403 for the list's
+Each list the config discovers from is read once per query (the campaign and Canvas lists
+are read apart for archived ones or an ``edited_since``), whatever filters its exports ask
+of it (:func:`exporter.plan.discovery_needs`), all lists at the same time, each through the
+budget of its pool; each filter is then applied to what was listed. The campaign and Canvas
+lists' ``last_edited`` of each id is kept for the details (:attr:`Discovery.listed`). What
+they found is planned like ids written in the config. A discovery that fails (a 403 for the list's
 permission, a list that cannot be read to its end) leaves only the exports that depend on it
 without series: the others run, the run ends with exit status 1 and the manifest says why. A
 401 stops the run (exit 3), as in the pipeline; a host that never answers is exit 4.
