@@ -30,6 +30,7 @@ from exporter.config import (
     DEFAULT_KEY_ENV,
     ApiKey,
     Config,
+    Limits,
     expand_home,
     load_config,
     parse_day,
@@ -674,9 +675,7 @@ def _over_a_day(config: Config) -> Iterator[str]:
         plan = build_plan(config, datetime.now(config.tz).date(), None, one_each)
     except ConfigError:
         return  # no complete day yet: nothing to send today
-    by_pool: Counter[str] = Counter()
-    for kind, n in plan.first_run_requests().items():
-        by_pool[config.limits.pool_for(kind)] += n
+    by_pool = _by_pool(config.limits, plan.first_run_requests())
     # Campaign and Canvas details, read first (none kept yet), as plan counts them.
     _, skips = _forecast(config, plan, None)
     by_pool[WORKSPACE_POOL] += sum(r.details_requests for r in skips.values())
@@ -722,13 +721,9 @@ def _cmd_plan(args: argparse.Namespace) -> int:
     # The workspace pool's least time counts only its own requests: a series in another
     # pool (campaigns, lists) is paced there, side by side. Details requests are the
     # workspace's.
-    elsewhere = sum(
-        n for kind, n in seen.by_kind.items() if limits.pool_for(kind) != WORKSPACE_POOL
-    )
-    details = sum(r.details_requests for r in skips.values())
-    eta = eta_seconds(
-        total.requests - elsewhere + details, limits.requests_per_hour, share, limits.reserve
-    )
+    by_pool = _by_pool(limits, seen.by_kind)
+    by_pool[WORKSPACE_POOL] += sum(r.details_requests for r in skips.values())
+    eta = eta_seconds(by_pool[WORKSPACE_POOL], limits.requests_per_hour, share, limits.reserve)
     part = f", shard {plan.shard[0]}/{shards}" if plan.shard else ""
     print(f"plan for {config.source} as of {plan.as_of} ({plan.timezone}{part})")
     needs = discovery_needs(config)
@@ -793,11 +788,14 @@ def _cmd_plan(args: argparse.Namespace) -> int:
     )
     print(f"time:     at least {format_duration(eta)} at that rate")
     # The list pool paces discovery of events and products (and any series moved there).
-    in_lists = sum(
-        1 + (DiscoverSpec(param).source.page_size is None)  # the product list's empty page
-        for param, _ in needs
-        if DiscoverSpec(param).source.pool == LIST_POOL
-    ) + sum(n for kind, n in by_kind.items() if limits.pool_for(kind) == LIST_POOL)
+    in_lists = (
+        sum(
+            1 + (DiscoverSpec(param).source.page_size is None)  # the product list's empty page
+            for param, _ in needs
+            if DiscoverSpec(param).source.pool == LIST_POOL
+        )
+        + by_pool[LIST_POOL]
+    )
     if in_lists:
         rph, lists_share, _ = limits.pool(LIST_POOL)
         rate = rph * lists_share / shards
@@ -810,7 +808,7 @@ def _cmd_plan(args: argparse.Namespace) -> int:
     for pool in limits.pool_names:
         if pool in (WORKSPACE_POOL, LIST_POOL):
             continue
-        n = sum(k for kind, k in by_kind.items() if limits.pool_for(kind) == pool)
+        n = by_pool[pool]
         if n:
             rph, pool_share, reserve = limits.pool(pool)
             least = eta_seconds(n, rph, pool_share / shards, reserve)
@@ -820,6 +818,27 @@ def _cmd_plan(args: argparse.Namespace) -> int:
                 "beside the workspace pool's"
             )
     return EXIT_OK
+
+
+def _by_pool(limits: Limits, by_kind: Mapping[str, int]) -> Counter[str]:
+    """Requests per rate-limit pool, from requests per series kind."""
+    by_pool: Counter[str] = Counter()
+    for kind, n in by_kind.items():
+        by_pool[limits.pool_for(kind)] += n
+    return by_pool
+
+
+def _least_seconds(limits: Limits, by_kind: Mapping[str, int], shards: int) -> float:
+    """The least time requests take: each pool paces its own, side by side, so the slowest
+    pool's (each at its rate, its reserve counted)."""
+    return max(
+        (
+            eta_seconds(n, rph, share / shards, reserve)
+            for pool, n in _by_pool(limits, by_kind).items()
+            for rph, share, reserve in [limits.pool(pool)]
+        ),
+        default=0.0,
+    )
 
 
 def _most_per_request(plan: Plan) -> str:
@@ -848,12 +867,7 @@ def _print_plan_json(
             "periods_done": f.done,
             "periods_to_read_again": f.reread,
             "periods_to_fetch": f.to_fetch,
-            "seconds_at_least": round(
-                eta_seconds(
-                    f.requests, limits.requests_per_hour, limits.share / shards, limits.reserve
-                ),
-                1,
-            ),
+            "seconds_at_least": round(_least_seconds(limits, f.by_kind, shards), 1),
         }
 
     doc = {

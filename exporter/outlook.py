@@ -30,7 +30,8 @@ __all__ = ["Figures", "Outlook", "needed", "next_requests", "outlook", "saved_re
 class Figures:
     """Counts for some series of a plan: ``requests`` to send for the ``to_fetch`` periods
     still needed, of ``periods`` in their windows; ``done`` periods recorded by earlier runs;
-    ``reread`` periods recorded as provisional by an earlier as-of date, fetched again."""
+    ``reread`` periods recorded as provisional by an earlier as-of date, fetched again;
+    ``by_kind`` the requests per series kind (each kind's pool paces its own)."""
 
     series: int = 0
     requests: int = 0
@@ -38,6 +39,7 @@ class Figures:
     done: int = 0
     reread: int = 0
     to_fetch: int = 0
+    by_kind: Counter[str] = field(default_factory=Counter)
 
     def add(self, other: Figures) -> None:
         for name, value in vars(other).items():
@@ -66,7 +68,6 @@ def needed(plan: Plan, index: int, done: list[Span]) -> list[Span]:
 def outlook(plan: Plan, records: Records | None, state: str | None = None) -> Outlook:
     """Count, per series, what the next run sends, given the ``records`` of its state."""
     total = Figures()
-    by_kind: Counter[str] = Counter()
     exports: dict[str, Figures] = {}
     counted = bytearray(len(plan.series))  # a series in two exports counts once
     for name, members in plan.series_by_export.items():
@@ -77,8 +78,7 @@ def outlook(plan: Plan, records: Records | None, state: str | None = None) -> Ou
                 one = _figures(plan, index, records)
                 figures.add(one)
                 total.add(one)
-                by_kind[plan.series[index].kind] += one.requests
-    return Outlook(total, exports, by_kind, state)
+    return Outlook(total, exports, total.by_kind, state)
 
 
 def next_requests(plan: Plan, records: Records | None) -> Iterator[Request]:
@@ -94,7 +94,9 @@ def _figures(plan: Plan, index: int, records: Records | None) -> Figures:
     want = needed(plan, index, done)
     size, to_fetch = _size(window), _size(want)
     reread = to_fetch - _size(subtract(want, stale)) if stale else 0
-    return Figures(1, plan.count_requests(index, want), size, size - to_fetch, reread, to_fetch)
+    requests = plan.count_requests(index, want)
+    kind = Counter({plan.series[index].kind: requests})
+    return Figures(1, requests, size, size - to_fetch, reread, to_fetch, kind)
 
 
 def _size(spans: list[Span]) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from datetime import date, timedelta
 from pathlib import Path
@@ -161,3 +162,17 @@ def test_the_demo_exports_a_campaign_and_a_canvas_the_sandbox_serves() -> None:
     by_series = {e.series: e for e in config.exports}
     assert by_series["campaigns"].campaign_ids == [served.campaigns[3].id]
     assert by_series["canvas"].canvas_ids == [served.canvases[2].id]
+
+
+def test_plan_json_least_time_is_the_slowest_pools(
+    write_config: Callable[..., Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """plan --json's seconds_at_least: each pool paces its own requests side by side, so
+    the slowest pool's time, not all requests at the workspace's rate."""
+    limits = "limits: {requests_per_hour: 3600, pools: {campaigns: {requests_per_hour: 60}}}\n"
+    config = _config(write_config, CAMPAIGNS + CANVAS, limits)
+    assert main(["plan", str(config), "--json", "--as-of", AS_OF.isoformat()]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["exports"]["v"]["seconds_at_least"] == 3.0  # 3 Canvas requests at 1/s
+    assert doc["exports"]["c"]["seconds_at_least"] == 120.0  # 2 at 1/minute
+    assert doc["totals"]["seconds_at_least"] == 120.0
