@@ -37,7 +37,8 @@ from exporter.config import (
     parse_day,
     register_env_key,
 )
-from exporter.dimensions import listed_tables, table_path
+from exporter.details import DETAILS
+from exporter.dimensions import TABLES, listed_tables, table_path
 from exporter.discover import DiscoverSpec, discovery_cost
 from exporter.doctor import DoctorReport, diagnose
 from exporter.errors import (
@@ -48,6 +49,7 @@ from exporter.errors import (
     ExporterError,
     Unreachable,
 )
+from exporter.lives import SkipReport
 from exporter.logs import console, logging_for_run, new_run_id
 from exporter.manifest import verify
 from exporter.outlook import Figures, Outlook, next_requests, outlook, saved_records
@@ -62,6 +64,7 @@ from exporter.plan import (
 from exporter.presence import FileCheck
 from exporter.progress import Progress, eta_seconds, format_duration
 from exporter.redact import redacted_streams, register_secret
+from exporter.refine import forecast, read_whole
 from exporter.remote import CHECKPOINT_S, ObjectStore, is_remote
 from exporter.runner import (
     EXIT_AUTH,
@@ -84,8 +87,9 @@ from exporter.sandbox import (
     run_sandbox,
     start_sandbox,
 )
-from exporter.series import DIMENSIONS, LIST_POOL, LISTS, WORKSPACE_POOL
+from exporter.series import DIMENSIONS, LIST_POOL, WORKSPACE_POOL
 from exporter.starter import StarterSettings, starter_config, workspace_at, write_starter
+from exporter.state import Records
 
 __all__ = [
     "ENVIRONMENT",
@@ -388,6 +392,8 @@ def build_parser() -> argparse.ArgumentParser:
         ("--segments", 230, "segments /segments/list serves"),
         ("--events", 40, "event names /events/list serves"),
         ("--products", 12, "product names /purchases/product_list serves"),
+        ("--campaigns", 150, "campaigns /campaigns/list serves"),
+        ("--canvases", 40, "Canvases /canvas/list serves"),
     ):
         box.add_argument(
             flag,
@@ -679,6 +685,9 @@ def _over_a_day(config: Config) -> Iterator[str]:
     except ConfigError:
         return  # no complete day yet: nothing to send today
     by_pool = _by_pool(config.limits, plan.first_run_requests())
+    # Campaign and Canvas details, read first (none kept yet), as plan counts them.
+    _, skips = _forecast(config, plan, None)
+    by_pool[WORKSPACE_POOL] += sum(r.details_requests for r in skips.values())
     for pool, n in sorted(by_pool.items()):
         rph, share, reserve = config.limits.pool(pool)
         least = eta_seconds(n, rph, share, reserve)  # as plan says it
@@ -708,9 +717,10 @@ def _cmd_plan(args: argparse.Namespace) -> int:
     as_of = plan.as_of.toordinal()
     with saved_records(where, scope=scope, as_of=as_of, shard=plan.shard) as saved:
         records, check = saved if saved is not None else (None, None)
+        plan, skips = _forecast(config, plan, records)
         seen = outlook(plan, records, None if records is None else where)
         if args.json:
-            _print_plan_json(config, plan, seen, check, next_requests(plan, records))
+            _print_plan_json(config, plan, seen, check, next_requests(plan, records), skips)
             return EXIT_OK
     limits = config.limits
     shards = plan.shard[1] if plan.shard else 1
@@ -718,8 +728,10 @@ def _cmd_plan(args: argparse.Namespace) -> int:
     allowed = limits.requests_per_hour * share
     total = seen.total
     # The workspace pool's least time counts only its own requests: a series in another
-    # pool (campaigns, lists) is paced there, side by side.
+    # pool (campaigns, lists) is paced there, side by side. Details requests are the
+    # workspace's.
     by_pool = _by_pool(limits, seen.by_kind)
+    by_pool[WORKSPACE_POOL] += sum(r.details_requests for r in skips.values())
     eta = eta_seconds(by_pool[WORKSPACE_POOL], limits.requests_per_hour, share, limits.reserve)
     part = f", shard {plan.shard[0]}/{shards}" if plan.shard else ""
     print(f"plan for {config.source} as of {plan.as_of} ({plan.timezone}{part})")
@@ -752,14 +764,31 @@ def _cmd_plan(args: argparse.Namespace) -> int:
                 f"  export {name}: {figures.requests:,} requests, {figures.done:,} periods "
                 f"done, {figures.reread:,} to read again"
             )
+    for report in skips.values():
+        source = DETAILS[report.dimension]
+        why = ", ".join(f"{n:,} {reason}" for reason, n in sorted(report.fresh.items()))
+        print(
+            f"details:  {report.details_requests:,} request(s) to {source.path} (workspace "
+            f"pool) before the data phase{f' ({why})' if why else ''}; the data requests "
+            "above are cut by the details kept and are at most what the run sends"
+        )
+        for line in report.lines()[1:]:
+            print(f"  {line}")
     for (param, spec_key), spec in needs.items():
         per_id = _requests_per_id(config, plan, param, spec_key)
         wanted = DiscoverSpec(param, None, tuple(spec.tags or ()))
+        details_note = ""
+        if param in DETAILS:
+            details_note = (
+                f", plus 1 request to {DETAILS[param].path} for each id without details kept "
+                "(its days the details prove empty are then not requested)"
+            )
         print(
             f"discover: {DIMENSIONS[param].config_key} ({spec.discover}"
             f"{'' if spec.name is None else f', name ~ {spec.name!r}'}"
             f"{'' if not spec.tags else ', tags ' + '/'.join(spec.tags)}) at run time: "
             f"{discovery_cost(wanted)}; each id found adds {per_id:,} request(s)"
+            f"{details_note}"
         )
     print(
         f"budget:   {allowed:,.0f} requests/hour ({share:.0%} of "
@@ -797,11 +826,18 @@ def _cmd_plan(args: argparse.Namespace) -> int:
 
 
 def _listing_requests(config: Config) -> Counter[str]:
-    """The least list requests a run sends, by pool: one per list it reads (for discovery or
+    """The least list requests a run sends, by pool: one per read of a list (for discovery or
     a dimension table: one read serves both), and one more for the product list, which ends
     with an empty page."""
+    # One read per list and query (a campaign or Canvas list is read apart for archived ones
+    # or an edited_since), and a whole read for a table no discovery reads whole.
+    reads = {(param, key[3], key[4]) for param, key in discovery_needs(config)}
+    for name, (_, discovered) in listed_tables(config).items():
+        if not discovered:
+            reads.add((TABLES[name][0], False, None))
     least: Counter[str] = Counter()
-    for source, _ in listed_tables(config).values():
+    for param, _, _ in reads:
+        source = DiscoverSpec(param).source
         least[source.pool] += 1 + (source.page_size is None)
     return least
 
@@ -855,6 +891,7 @@ def _print_plan_json(
     seen: Outlook,
     check: FileCheck | None,
     requests: Iterator[Request],
+    skips: Mapping[str, SkipReport],
 ) -> None:
     """The plan as one JSON document; the requests are written as they are made, so a plan
     of millions of them holds none in memory."""
@@ -891,8 +928,8 @@ def _print_plan_json(
         "discovery": [
             {
                 "config_key": DIMENSIONS[param].config_key,
-                "endpoint": LISTS[param].path,
-                "pool": LISTS[param].pool,
+                "endpoint": DiscoverSpec(param).source.path,
+                "pool": DiscoverSpec(param).source.pool,
                 "discover": spec.discover,
                 "name": spec.name,
                 "tags": spec.tags,
@@ -914,6 +951,7 @@ def _print_plan_json(
                 for name, (source, discovered) in listed_tables(config).items()
             ],
         },
+        "skipping": [report.doc() for report in skips.values()],
     }
     head = json.dumps(doc, indent=1)
     sys.stdout.write(head[:-2] + ',\n "requests": [')
@@ -928,6 +966,21 @@ def _print_plan_json(
         }
         sys.stdout.write(("," if n else "") + "\n  " + json.dumps(item))
     sys.stdout.write("\n ]\n}\n")
+
+
+def _forecast(
+    config: Config, plan: Plan, records: Records | None
+) -> tuple[Plan, dict[str, SkipReport]]:
+    """The plan cut by the campaign and Canvas details kept in the state (exporter.refine)."""
+    whole = read_whole(config, plan)
+    if records is None:
+        return forecast(plan, lambda _: {}, lambda _: {}, whole)
+    return forecast(
+        plan,
+        records.details,
+        lambda keys: {i: records.of(k)[0] for k, i in keys.items()},
+        whole,
+    )
 
 
 def _requests_per_id(config: Config, plan: Plan, param: str, spec_key: Any) -> int:
@@ -1064,6 +1117,8 @@ def _cmd_sandbox(args: argparse.Namespace) -> int:
         segments=args.segments,
         events=args.events,
         products=args.products,
+        campaigns=args.campaigns,
+        canvases=args.canvases,
         window_s=args.window,
         fault_rate=args.fault_rate,
         seed=args.seed,

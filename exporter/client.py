@@ -9,7 +9,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, tzinfo
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import aiohttp
 from yarl import URL
@@ -30,6 +30,9 @@ from exporter.messaging import flatten
 from exporter.plan import Request, Series, period_of
 from exporter.ratelimit import RateHeaders, parse_rate_headers
 from exporter.series import ListSource
+
+if TYPE_CHECKING:  # details.py reads answers with this module's helpers
+    from exporter.details import DetailsSource
 
 __all__ = [
     "PATH",
@@ -132,10 +135,17 @@ class BrazeClient:
         return await self._send(url, request.params(ending_at), series=request.series)
 
     async def get_list(self, source: ListSource, page: int) -> Response:
-        """GET one page (from 0) of a list endpoint (``/segments/list?page=N``, ...); errors
-        as :meth:`get`, labelled ``<path> page <N>``."""
+        """GET one page (from 0) of a list endpoint (``/segments/list?page=N``, ...) with the
+        source's ``query``; errors as :meth:`get`, labelled ``<path> page <N>``."""
         label = f"{source.path} page {page}"
-        return await self._send(self._base + source.path, {"page": str(page)}, label=label)
+        params = {"page": str(page), **dict(source.query)}
+        return await self._send(self._base + source.path, params, label=label)
+
+    async def get_details(self, source: DetailsSource, item_id: str) -> Response:
+        """GET one campaign's or Canvas' details (``/campaigns/details?campaign_id=...``);
+        errors as :meth:`get`, labelled ``<path> <param>=<id>``."""
+        label = f"{source.path} {source.param}={item_id}"
+        return await self._send(self._base + source.path, {source.param: item_id}, label=label)
 
     async def _send(
         self,

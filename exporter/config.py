@@ -54,6 +54,7 @@ __all__ = [
     "BrazeSettings",
     "Config",
     "Discover",
+    "DiscoverKey",
     "Export",
     "Limits",
     "Output",
@@ -230,11 +231,15 @@ class Window(_Model):
 
 class Discover(_Model):
     """``{discover: ...}`` in place of a list of ids: resolved at run time from Braze's list
-    endpoints (``analytics_enabled`` for segment_ids, ``all`` for events and products)."""
+    endpoints (``analytics_enabled`` for segment_ids, ``all`` for the others). ``tags``
+    filter segments, campaigns and Canvases; ``include_archived`` and ``edited_since`` (a
+    UTC date: last edited after its midnight) campaigns and Canvases only."""
 
     discover: Literal["analytics_enabled", "all"]
     name: Annotated[str, StringConstraints(min_length=1, max_length=1000)] | None = None
     tags: Annotated[list[Id], Field(min_length=1)] | None = None
+    include_archived: bool = False
+    edited_since: LaxDate | None = None
 
     @field_validator("name")
     @classmethod
@@ -246,9 +251,26 @@ class Discover(_Model):
                 raise ValueError(f"is not a valid regular expression: {exc}") from None
         return value
 
+    @field_validator("edited_since")
+    @classmethod
+    def _since(cls, value: date | None) -> date | None:
+        return None if value is None else check_date(value)
+
     @property
-    def key(self) -> tuple[str, str | None, tuple[str, ...]]:
-        return (self.discover, self.name, tuple(sorted(self.tags or ())))
+    def key(self) -> DiscoverKey:
+        since = None if self.edited_since is None else self.edited_since.isoformat()
+        return (
+            self.discover,
+            self.name,
+            tuple(sorted(self.tags or ())),
+            self.include_archived,
+            since,
+        )
+
+
+# What makes two discoveries alike: (discover, name, sorted tags, include_archived,
+# edited_since as an ISO date).
+DiscoverKey = tuple[str, str | None, tuple[str, ...], bool, str | None]
 
 
 # The dimension lists of an export, by config key; which ones a series takes is series.py's.
@@ -258,6 +280,8 @@ _ID_KEYS = {
     **_DIMENSION_KEYS,
     **{p: DIMENSIONS[p] for k in KINDS.values() for p in k.single},
 }
+_TAGGED_KEYS = ("segment_ids", "campaign_ids", "canvas_ids")  # lists whose items carry tags
+_LISTED_KEYS = ("campaign_ids", "canvas_ids")  # lists with archived items and last_edited
 CANVAS_FLAGS = ("include_variant_breakdown", "include_step_breakdown", "include_deleted_step_data")
 
 
@@ -287,8 +311,8 @@ class Export(_Model):
     events: StrictIdsOrDiscover | None = None
     products: IdsOrDiscover | None = None
     # Message analytics (series campaigns, canvas, sends): the ids under Braze's names.
-    campaign_ids: Annotated[list[Id], Field(min_length=1)] | None = None
-    canvas_ids: Annotated[list[Id], Field(min_length=1)] | None = None
+    campaign_ids: StrictIdsOrDiscover | None = None
+    canvas_ids: StrictIdsOrDiscover | None = None
     campaign_id: Id | None = None  # sends: the campaign the send_ids belong to
     send_ids: Annotated[list[Id], Field(min_length=1)] | None = None
     # Canvas only: Braze's request flags (each false in Braze's default; true here, so that
@@ -296,6 +320,9 @@ class Export(_Model):
     include_variant_breakdown: bool | None = None
     include_step_breakdown: bool | None = None
     include_deleted_step_data: bool | None = None
+    # Campaigns and Canvases: read only the days their details say could have data
+    # (exporter.activity); false reads every day of the window and no details.
+    skip_inactive_days: bool | None = None
     units: Annotated[list[Unit], Field(min_length=1)] = ["day"]
     window: Window
     # Opt-in for ids that read like null ('null', 'None', ...): refused unless this is true.
@@ -350,8 +377,13 @@ def _series_problems(exports: object) -> Iterator[str]:
                 found = value.get("discover")
                 if found in _DISCOVER_FORMS and found != wanted:
                     yield f"{where}.discover: must be {wanted!r} for {key}, got {found!r}"
-                if value.get("tags") is not None and key != "segment_ids":
-                    yield f"{where}.tags: tags filter segments only, not {key}"
+                if value.get("tags") is not None and key not in _TAGGED_KEYS:
+                    yield f"{where}.tags: tags filter segments, campaigns and Canvases, not {key}"
+                for option in ("include_archived", "edited_since"):
+                    if value.get(option) is not None and key not in _LISTED_KEYS:
+                        yield (
+                            f"{where}.{option}: filters campaign_ids and canvas_ids only, not {key}"
+                        )
             elif (
                 isinstance(value, list)
                 and None in value
@@ -362,6 +394,11 @@ def _series_problems(exports: object) -> Iterator[str]:
         for flag in CANVAS_FLAGS:
             if export.get(flag) is not None and series != "canvas":
                 yield f"exports[{i}].{flag}: only series canvas takes it, not {series}"
+        if export.get("skip_inactive_days") is not None and series not in ("campaigns", "canvas"):
+            yield (
+                f"exports[{i}].skip_inactive_days: only series campaigns and canvas take it, "
+                f"not {series}"
+            )
         units = export.get("units", ["day"])
         for j, unit in enumerate(units if isinstance(units, list) else []):
             if unit in UNITS and unit not in kind.units:
@@ -375,11 +412,17 @@ def _flag_conflicts(exports: object) -> Iterator[str]:
     """A Canvas two exports ask for with other breakdown flags: both would write its files,
     each with other rows."""
     first: dict[str, tuple[int, tuple[object, ...]]] = {}
+    flags_of: dict[int, tuple[object, ...]] = {}  # every Canvas export's flags
+    discovering: list[int] = []
     for i, export in _mappings(exports):
         ids = export.get("canvas_ids")
-        if export.get("series") != "canvas" or not isinstance(ids, list):
+        if export.get("series") != "canvas":
             continue
-        flags = tuple(export.get(flag) in (None, True) for flag in CANVAS_FLAGS)
+        flags = flags_of[i] = tuple(export.get(flag) in (None, True) for flag in CANVAS_FLAGS)
+        if isinstance(ids, dict):
+            discovering.append(i)
+        if not isinstance(ids, list):
+            continue
         for canvas in ids:
             if not isinstance(canvas, str):
                 continue
@@ -389,6 +432,15 @@ def _flag_conflicts(exports: object) -> Iterator[str]:
                     f"exports[{i}].canvas_ids: Canvas {canvas!r} is also in exports[{j}] with "
                     "other include_* flags; give both exports the same flags"
                 )
+    for i in discovering[:1]:  # a discovery may find any Canvas, the others' too
+        others = [k for k, flags in flags_of.items() if flags != flags_of[i]]
+        if not others:
+            break
+        yield (
+            f"exports[{i}].canvas_ids: a discovery may find the Canvases of "
+            f"{', '.join(f'exports[{k}]' for k in others)}, which ask other include_* flags; "
+            "give every Canvas export the same flags"
+        )
 
 
 def _duplicate_names(exports: object) -> Iterator[str]:

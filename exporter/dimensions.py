@@ -102,7 +102,8 @@ def table_of(dimension: str) -> str:
 def listed_tables(config: Config) -> dict[str, tuple[ListSource, bool]]:
     """The tables a run of ``config`` writes, in :data:`TABLES` order: each one's list and
     whether discovery reads that list anyway (else ``dimensions:`` alone asks for it)."""
-    discovered = {param for param, _ in discovery_needs(config)}
+    # A read with edited_since (Braze's last_edit.time[gt]) lists a part: it writes no table.
+    discovered = {param for param, key in discovery_needs(config) if key[4] is None}
     out = {}
     for name, (dimension, _) in TABLES.items():
         if dimension in discovered or name in config.dimensions:

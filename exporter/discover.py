@@ -9,8 +9,15 @@ Three lists (:data:`exporter.series.LISTS`; facts from Braze's "Get ... list" do
 * ``/events/list?page=N``: 250 event names a page, alphabetical.
 * ``/purchases/product_list?page=N``: product names; the page size is undocumented.
 
-The campaign and Canvas lists (:data:`exporter.messaging.MESSAGING_LISTS`, 100 objects a page,
-``{"id", "name", "tags", ...}``) are read the same way, for ``init --discover``'s comments.
+The campaign and Canvas lists (:data:`exporter.messaging.MESSAGING_LISTS`; Braze's "Export
+campaigns list" and "Export Canvas list", braze.com/docs/api/endpoints/export/campaigns/
+get_campaigns and .../canvas/get_canvases) are read the same way: pages from 0, 100 objects a
+page, ``{"id", "name", "last_edited", "tags"}`` (campaigns also ``is_api_campaign``). Every page
+asks ``sort_direction=asc`` (oldest first: a campaign created while paging lands on the last
+page, not between pages already read), ``include_archived`` as the spec says (Braze lists
+archived ones only when asked; the list does not say which are, so this cannot be filtered
+afterwards) and, with ``edited_since``, ``last_edit.time[gt]``, which is also applied to the
+items read (a server ignoring it costs pages, never a wrong id).
 
 Paging ends at a page shorter than the documented size (without asking for the next), or at
 the first empty page when the size is undocumented. A server that ignores ``page`` is caught:
@@ -34,9 +41,10 @@ import random
 import re
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
 from functools import partial
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from exporter.client import Response, parse_body, raise_for_status
 from exporter.errors import (
@@ -62,6 +70,8 @@ __all__ = [
     "discovery_cost",
     "interpret_list",
     "keeps",
+    "paced",
+    "read_time",
 ]
 
 log = logging.getLogger(__name__)
@@ -71,6 +81,8 @@ MAX_ID_CHARS = 256
 # Every list discovery reads; the lists of plain names (the others list objects with an id).
 _SOURCES: dict[str, ListSource] = {**LISTS, **MESSAGING_LISTS}
 _NAME_LISTS = ("event", "product")
+_T = TypeVar("_T")
+_TAGGED = ("segment_id", "campaign_id", "canvas_id")  # lists whose items carry tags
 
 
 class ListFetch(Protocol):
@@ -90,29 +102,51 @@ class DiscoverSpec:
       ``canvas_id``).
     - ``name``: keep only items whose name (segment name, event or product name) matches,
       with ``re.search``; None keeps all.
-    - ``tags`` (segments only): keep segments carrying at least one of these tags; empty
-      keeps all.
+    - ``tags`` (segments, campaigns, Canvases): keep items carrying at least one of these
+      tags; empty keeps all.
     - ``analytics_only`` (segments only, ignored otherwise): keep only segments whose
       ``analytics_tracking_enabled`` is true: Braze has series only for those.
+    - ``include_archived`` (campaigns, Canvases): list archived ones too.
+    - ``edited_since`` (campaigns, Canvases; aware): keep those last edited after it.
 
-    Raises ValueError for an unknown dimension or tags on a list that has none."""
+    Raises ValueError for an unknown dimension, or a filter its list cannot apply."""
 
     dimension: str
     name: re.Pattern[str] | None = None
     tags: tuple[str, ...] = ()
     analytics_only: bool = True
+    include_archived: bool = False
+    edited_since: datetime | None = None
 
     def __post_init__(self) -> None:
         if self.dimension not in _SOURCES:
             raise ValueError(
                 f"no list to discover {self.dimension!r} from; one of {list(_SOURCES)}"
             )
-        if self.tags and self.dimension != "segment_id":
-            raise ValueError(f"tags filter only segments, not {self.dimension!r}")
+        if self.tags and self.dimension not in _TAGGED:
+            raise ValueError(
+                f"tags filter segments, campaigns and Canvases, not {self.dimension!r}"
+            )
+        messaging = self.dimension in MESSAGING_LISTS
+        if (self.include_archived or self.edited_since is not None) and not messaging:
+            raise ValueError(
+                f"include_archived and edited_since filter campaigns and Canvases, not "
+                f"{self.dimension!r}"
+            )
 
     @property
     def source(self) -> ListSource:
-        return _SOURCES[self.dimension]
+        """The list endpoint, with the query parameters this spec sends on every page."""
+        source = _SOURCES[self.dimension]
+        if self.dimension not in MESSAGING_LISTS:
+            return source
+        query = [
+            ("sort_direction", "asc"),
+            ("include_archived", "true" if self.include_archived else "false"),
+        ]
+        if self.edited_since is not None:
+            query.append(("last_edit.time[gt]", self.edited_since.isoformat()))
+        return replace(source, query=tuple(query))
 
 
 @dataclass(frozen=True)
@@ -144,13 +178,16 @@ class ListItem:
     """One well-formed list entry. For events and products ``id`` and ``name`` are the same
     string (segments, campaigns and Canvases: the object's ``id`` and ``name``).
     ``analytics`` is the segment's ``analytics_tracking_enabled`` when it is a boolean, else
-    None (absent or not a boolean; events, products, campaigns, Canvases: None). ``raw`` is
-    the entry as Braze listed it, every field (the dimension tables write them all)."""
+    None (absent or not a boolean; events, products, campaigns, Canvases: None).
+    ``last_edited``: a campaign's or Canvas' ``last_edited`` as listed (aware UTC), None
+    when absent or not an ISO 8601 time (and for the other lists). ``raw`` is the entry as
+    Braze listed it, every field (the dimension tables write them all)."""
 
     id: str
     name: str
     analytics: bool | None = None
     tags: tuple[str, ...] = ()
+    last_edited: datetime | None = None
     raw: Any = field(default=None, compare=False, repr=False)
 
 
@@ -211,8 +248,9 @@ def _name(entry: Any) -> ListItem | None:
 
 
 def _object(entry: Any) -> ListItem | None:
-    """A segment, campaign or Canvas object with a valid id; a missing or odd name or tag
-    list reads as none (and a missing analytics flag, as campaigns have, as None)."""
+    """A segment, campaign or Canvas object with a valid id; a missing or odd name, tag
+    list or ``last_edited`` reads as none (and a missing analytics flag, as campaigns have,
+    as None)."""
     if not isinstance(entry, dict) or not _valid_id(entry.get("id")):
         return None
     name = entry.get("name")
@@ -223,17 +261,55 @@ def _object(entry: Any) -> ListItem | None:
         name if isinstance(name, str) else "",
         analytics if isinstance(analytics, bool) else None,
         tuple(t for t in tags if isinstance(t, str)) if isinstance(tags, list) else (),
+        read_time(entry.get("last_edited")),
         entry,
     )
 
 
+def read_time(value: Any) -> datetime | None:
+    """An ISO 8601 time from Braze as an aware UTC datetime (naive is read as UTC; a bare
+    date is its midnight), or None when ``value`` is not one."""
+    if not isinstance(value, str):
+        return None
+    try:
+        moment = datetime.fromisoformat(value.replace("z", "Z"))
+    except ValueError:
+        return None
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+
+
+async def paced(
+    budget: Budget,
+    send: Callable[[], Awaitable[Response]],
+    read: Callable[[Response], _T],
+) -> _T:
+    """One attempt of a call outside the series pipeline (a list page, a details request):
+    a token from ``budget``, the call, its rate headers reported to the budget, then
+    ``read``'s interpretation. A 429 closes the budget's gate and raises ``read``'s
+    RateLimited with the budget's sanitized pause (never the raw header) as ``reset_at``."""
+    await budget.acquire()
+    response = await send()
+    budget.observe(response.rate, status=response.status)
+    if response.status == 429:
+        until = budget.rate_limited(response.rate)
+        try:
+            read(response)
+        except RateLimited as exc:
+            exc.reset_at = until
+            raise
+    return read(response)
+
+
 def keeps(spec: DiscoverSpec, item: ListItem) -> bool:
-    """Whether ``spec``'s filters keep a listed item."""
-    if spec.dimension == "segment_id":
-        if spec.analytics_only and item.analytics is not True:
-            return False
-        if spec.tags and not set(spec.tags) & set(item.tags):
-            return False
+    """Whether ``spec``'s filters keep a listed item. An item without a readable
+    ``last_edited`` is kept by ``edited_since`` (Braze listed it for that query)."""
+    if spec.dimension == "segment_id" and spec.analytics_only and item.analytics is not True:
+        return False
+    if spec.tags and not set(spec.tags) & set(item.tags):
+        return False
+    since, edited = spec.edited_since, item.last_edited
+    if since is not None and edited is not None and edited <= since:
+        return False
     return spec.name is None or spec.name.search(item.name) is not None
 
 
@@ -270,18 +346,12 @@ async def discover(
 
     async def attempt(page: int) -> ListPage:
         nonlocal requests
-        await budget.acquire()
         requests += 1
-        response = await fetch.get_list(source, page)
-        budget.observe(response.rate, status=response.status)
-        if response.status == 429:
-            until = budget.rate_limited(response.rate)
-            try:
-                interpret_list(source, response, page=page)
-            except RateLimited as exc:
-                exc.reset_at = until  # the budget's sanitized pause, never the raw header
-                raise
-        return interpret_list(source, response, page=page)
+        return await paced(
+            budget,
+            partial(fetch.get_list, source, page),
+            partial(interpret_list, source, page=page),
+        )
 
     pages = 0
     while True:

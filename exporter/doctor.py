@@ -25,6 +25,7 @@ from zoneinfo import ZoneInfo
 from exporter.client import BrazeClient, Point, Response, interpret, make_session
 from exporter.config import ApiKey, Config, Discover, Export, Unit
 from exporter.coverage import describe_offset
+from exporter.details import DETAILS
 from exporter.dimensions import listed_tables
 from exporter.errors import (
     EXIT_AUTH,
@@ -39,6 +40,7 @@ from exporter.errors import (
 )
 from exporter.plan import Request, Series, ending_at, hour_range, span_label
 from exporter.ratelimit import RateHeaders
+from exporter.refine import SUBJECTS
 from exporter.series import KINDS
 
 __all__ = ["MAX_REQUESTS", "DoctorReport", "diagnose"]
@@ -157,6 +159,14 @@ async def diagnose(
     others = sorted({KINDS[e.series].permission for e in config.exports} - {kind.permission})
     # Every list a run reads: its discoveries' and its dimension tables'.
     lists = sorted({source.permission for source, _ in listed_tables(config).values()})
+    # Campaign and Canvas details, read before their data unless skip_inactive_days is false.
+    lists += sorted(
+        {
+            DETAILS[SUBJECTS[e.series]].permission
+            for e in config.exports
+            if e.series in SUBJECTS and e.skip_inactive_days is not False
+        }
+    )
     if others or lists:
         report.say(
             f"not probed (a run needs them too): {', '.join(others + lists)}; grant them in "

@@ -114,12 +114,14 @@ def build_manifest(
     pools: Mapping[str, Budget] | None = None,
     discovery: Sequence[Mapping[str, Any]] = (),
     file_check: Mapping[str, Any] | None = None,
+    skipping: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """``source``: where the rows came from (``sandbox``, ``endpoint_host``); ``sequence``:
     the run's place among the holders of the directory (orders the runs for verify);
     ``pools``: the budget of each rate-limit pool other than the workspace's (``budget``);
     ``discovery``: what each discovery found (its dimension, filters, ids and cost);
-    ``file_check``: what the check of earlier runs' files found (exporter.presence)."""
+    ``file_check``: what the check of earlier runs' files found (exporter.presence);
+    ``skipping``: campaign and Canvas details read and days skipped (exporter.refine)."""
     elapsed = max(finished_at - started_at, 1e-9)
     return {
         "run_id": run_id,
@@ -178,6 +180,7 @@ def build_manifest(
         },
         "discovery": list(discovery),
         "file_check": dict(file_check or {}),
+        "skipping": dict(skipping or {}),
     }
 
 

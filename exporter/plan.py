@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta, tzinfo
 from zoneinfo import ZoneInfo
 
-from exporter.config import FIRST_DATE, Config, Discover, Export, Unit, Window
+from exporter.config import FIRST_DATE, Config, Discover, DiscoverKey, Export, Unit, Window
 from exporter.errors import ConfigError
 from exporter.series import DIMENSIONS, KINDS, SeriesKind
 
@@ -356,12 +356,12 @@ def shard_of(series: Series, count: int) -> int:
 
 
 # Ids found by discovery: {(dimension param, Discover.key): ids in Braze's order}.
-Discovered = Mapping[tuple[str, tuple[str, str | None, tuple[str, ...]]], Sequence[str]]
+Discovered = Mapping[tuple[str, DiscoverKey], Sequence[str]]
 
 
 def discovery_needs(
     config: Config,
-) -> dict[tuple[str, tuple[str, str | None, tuple[str, ...]]], Discover]:
+) -> dict[tuple[str, DiscoverKey], Discover]:
     """Each distinct discovery the config asks for (two exports asking alike share one)."""
     needs = {}
     for export in config.exports:

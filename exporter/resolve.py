@@ -1,18 +1,24 @@
 """The lists a run reads at its start: the config's ``{discover: ...}`` ids, resolved, then the
-plan; and the dimension tables.
+plan, then the plan's campaign and Canvas windows cut by their details
+(:mod:`exporter.refine`); and the dimension tables.
 
-Each list the config discovers from is read once, whatever filters its exports ask of it
-(:func:`exporter.plan.discovery_needs`), all lists at the same time, each through the budget
-of its pool; each filter is then applied to what was listed. What they found is
-planned like ids written in the config. A discovery that fails (a 403 for the list's
+Each list the config discovers from is read once per query (the campaign and Canvas lists
+are read apart for archived ones or an ``edited_since``), whatever filters its exports ask
+of it (:func:`exporter.plan.discovery_needs`), all lists at the same time, each through the
+budget of its pool; each filter is then applied to what was listed. The campaign and Canvas
+lists' ``last_edited`` of each id is kept for the details (:attr:`Discovery.listed`). What
+they found is planned like ids written in the config. A discovery that fails (a 403 for the list's
 permission, a list that cannot be read to its end) leaves only the exports that depend on it
 without series: the others run, the run ends with exit status 1 and the manifest says why. A
 401 stops the run (exit 3), as in the pipeline; a host that never answers is exit 4.
 
 Every list read to its end is written as its dimension table (:mod:`exporter.dimensions`),
 whether discovery read it or the config's ``dimensions:`` asked for it (those are read the same
-way, alongside). A list that cannot be read to its end leaves its last good table as it was,
-and ends the run with exit status 1 as a failed discovery does.
+way, alongside). A table is written only from a read of the whole list: a campaign or Canvas
+read with ``edited_since`` (Braze's ``last_edit.time[gt]``) lists a part, so it writes no
+table; where one such list is read with and without archived items, the read with them writes
+it. A list that cannot be read to its end leaves its last good table as it was, and ends the
+run with exit status 1 as a failed discovery does.
 """
 
 from __future__ import annotations
@@ -26,7 +32,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from exporter.client import Response
-from exporter.config import Config, Discover
+from exporter.config import Config, Discover, DiscoverKey
 from exporter.dimensions import TABLES, TableWriter, table_of, table_path
 from exporter.discover import Discovered, DiscoverSpec, ListFetch, discover, keeps
 from exporter.errors import (
@@ -37,16 +43,20 @@ from exporter.errors import (
     TransportError,
     Unreachable,
 )
+from exporter.messaging import MESSAGING_LISTS
 from exporter.pipeline import Pipeline
 from exporter.plan import Plan, PlanRequest, discovery_needs
 from exporter.ratelimit import Budget
+from exporter.refine import Skipping
 from exporter.series import DIMENSIONS, WORKSPACE_POOL, ListSource
 
 __all__ = ["Discovery"]
 
 log = logging.getLogger(__name__)
 
-Key = tuple[str, tuple[str, str | None, tuple[str, ...]]]
+Key = tuple[str, DiscoverKey]
+# One read of a list: (its dimension, include_archived, edited_since as an ISO date).
+ListKey = tuple[str, bool, str | None]
 
 
 class _Counted:
@@ -85,14 +95,26 @@ class Discovery:
         self.docs: list[dict[str, Any]] = []
         self.table_docs: list[dict[str, Any]] = []
         self.failed: list[str] = []
+        # The list's last_edited of each campaign or Canvas listed: (param, id) -> time.
+        self.listed: dict[tuple[str, str], datetime | None] = {}
+        self.skipping = Skipping(config, pipeline, pools, self.listed)
         self.plan: Plan | None = None
-        # Each list read once: for its discoveries' filters, and for a table the config asks.
-        self.lists: dict[str, dict[Key, Discover]] = {}
+        # Each list read once per query: for its discoveries' filters, and for a table the
+        # config asks (the whole list, archived ones left out as Braze lists it by default).
+        self.lists: dict[ListKey, dict[Key, Discover]] = {}
         for key, spec in self.needs.items():
-            self.lists.setdefault(key[0], {})[key] = spec
+            self.lists.setdefault((key[0], key[1][3], key[1][4]), {})[key] = spec
         if tables is not None:
             for name in config.dimensions:
-                self.lists.setdefault(TABLES[name][0], {})
+                param = TABLES[name][0]
+                if not any(k[0] == param and k[2] is None for k in self.lists):
+                    self.lists[(param, False, None)] = {}
+        # Which read writes each list's table: a whole one, with archived items if read so.
+        self.table_reads: set[ListKey] = set()
+        for param in {k[0] for k in self.lists}:
+            whole = sorted(k for k in self.lists if k[0] == param and k[2] is None)
+            if whole:
+                self.table_reads.add(whole[-1])  # (param, True, None) sorts after False
 
     def found_or_nothing(self) -> dict[Key, tuple[str, ...]]:
         """What was found, and no ids for a discovery that did not finish."""
@@ -125,6 +147,12 @@ class Discovery:
             len(self.plan.series),
             extra={"event": "planned"},
         )
+        return self.plan
+
+    async def refine(self, plan: Plan) -> Plan:
+        """``plan`` with its campaign and Canvas windows cut to the days that could have data
+        (:mod:`exporter.refine`), which becomes :attr:`plan`."""
+        self.plan = await self.skipping.run(plan)
         return self.plan
 
     def status(self) -> str:
@@ -161,18 +189,25 @@ class Discovery:
                     f"{pool.allowed_per_hour:,.0f}/hour; paused {pool.pauses} time(s) for "
                     "the reserve or a 429"
                 )
-        return lines
+        return lines + self.skipping.summary()
 
-    async def _list(self, param: str, specs: dict[Key, Discover]) -> None:
-        """Read one list once, whatever filters the config asks of it, apply each, and write
-        its dimension table."""
+    async def _list(self, read_key: ListKey, specs: dict[Key, Discover]) -> None:
+        """Read one list once per query (archived ones or not, edited since), whatever filters
+        the config asks of it, apply each, and write its dimension table when this read is
+        the one that writes it."""
+        param, include_archived, since = read_key
         wanted = {key: _spec(param, spec) for key, spec in specs.items()}
         # One read serves every filter: with one filter it filters as it reads, with several
         # (or none: a table only) it keeps every listed item and filters them afterwards.
         read = (
             next(iter(wanted.values()))
             if len(wanted) == 1
-            else DiscoverSpec(param, None, (), False)
+            else DiscoverSpec(
+                param,
+                analytics_only=False,
+                include_archived=include_archived,
+                edited_since=_since(since),
+            )
         )
         source = read.source
         pipeline = self.pipeline
@@ -215,8 +250,11 @@ class Discovery:
                 error,
                 extra={"event": "discovery_failed"},
             )
+        if found is not None:
+            for item in found.items:
+                self.listed[(param, item.id)] = item.last_edited
         self._account(param, specs, wanted, found, fetch.requests, error)
-        if self.tables is not None:
+        if self.tables is not None and read_key in self.table_reads:
             await self._table(source, found, fetch.requests, error, listed_at)
 
     def _account(
@@ -252,6 +290,14 @@ class Discovery:
                     "discover": spec.discover,
                     "name": spec.name,
                     "tags": spec.tags,
+                    **(
+                        {
+                            "include_archived": spec.include_archived,
+                            "edited_since": key[1][4],
+                        }
+                        if param in MESSAGING_LISTS
+                        else {}
+                    ),
                     "exports": [
                         e.name
                         for e in self.config.exports
@@ -318,9 +364,17 @@ class Discovery:
 
 
 def _spec(param: str, spec: Discover) -> DiscoverSpec:
+    since = spec.edited_since
     return DiscoverSpec(
         param,
         None if spec.name is None else re.compile(spec.name),
         tuple(spec.tags or ()),
         spec.discover == "analytics_enabled",
+        spec.include_archived,
+        None if since is None else datetime.combine(since, datetime.min.time(), UTC),
     )
+
+
+def _since(iso_date: str | None) -> datetime | None:
+    """An ``edited_since`` as the config key holds it (an ISO date), as midnight UTC."""
+    return None if iso_date is None else datetime.fromisoformat(iso_date).replace(tzinfo=UTC)

@@ -248,10 +248,12 @@ async def execute(
             tables = TableWriter(root, config.output.format, token=holder.token, store=store)
             discovery = Discovery(config, pipeline, pools, tables)
             result = await _with_signals_and_progress(pipeline, plan, discovery, signals, options)
-        if isinstance(plan, PlanRequest):
+        if discovery.plan is not None:  # as discovered and cut by details
+            plan = discovery.plan
+        elif isinstance(plan, PlanRequest):
             # Planned with what discovery found; with nothing when it was stopped early.
             plan = discovery.plan or plan.build(discovery.found_or_nothing())
-        if result.coverage is None:  # a second signal cancelled the lists' reading: account
+        if result.coverage is None:  # a second signal cancelled the lists or details: account
             await pipeline.run(plan, send=False)
         _save_offsets(state, result.calibration)
         code = _exit_code(result, signals)
@@ -273,6 +275,7 @@ async def execute(
             pools={name: pool for name, pool in pools.items() if name != WORKSPACE_POOL},
             discovery=discovery.docs,
             file_check=checked.doc(state),
+            skipping=discovery.skipping.doc(),
         )
         if discovery.table_docs:
             doc["dimensions"] = discovery.table_docs
@@ -398,6 +401,8 @@ async def _with_signals_and_progress(
     async def work() -> RunResult:
         built = await discovery.run(plan)  # the lists first (none: the plan as it is)
         result = pipeline.result
+        if not (result.auth_error or result.unreachable or result.interrupted):
+            built = await discovery.refine(built)  # campaigns' and Canvases' details
         stop = result.auth_error or result.unreachable or result.interrupted
         return await pipeline.run(built, send=not stop)
 

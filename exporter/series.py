@@ -284,7 +284,8 @@ class ListSource:
     """A discovery endpoint: pages of names (or segment objects) under ``items_key``.
 
     ``page_size`` is Braze's documented page size, or None when undocumented (then paging
-    stops at the first empty page)."""
+    stops at the first empty page). ``query``: parameters every page request carries besides
+    ``page`` (the campaign list's ``include_archived``, say), as ``(name, value)`` pairs."""
 
     dimension: str
     path: str
@@ -292,6 +293,7 @@ class ListSource:
     page_size: int | None
     permission: str
     pool: str
+    query: tuple[tuple[str, str], ...] = ()
 
 
 LISTS: dict[str, ListSource] = {

@@ -37,6 +37,8 @@ from pathlib import Path
 from typing import Any
 
 from exporter.coverage import subtract
+from exporter.details import SCHEMA as DETAILS_SCHEMA
+from exporter.details import Known, decode, encode
 from exporter.errors import ExporterError
 from exporter.plan import merge_spans
 from exporter.redact import redact
@@ -72,7 +74,10 @@ _SCHEMA = (
     # in between, the file on disk may be this one, and it is ours.
     "CREATE TABLE IF NOT EXISTS pending (scope TEXT, path TEXT, size INTEGER, stamp TEXT, "
     "PRIMARY KEY (scope, path, size, stamp)) WITHOUT ROWID",
+    # Campaign and Canvas details, so a run reads them again only when they may have changed.
+    DETAILS_SCHEMA,
 )
+_DETAILS = "SELECT id, listed, life FROM details WHERE scope = ? AND dimension = ?"
 _RUN_OF = "run_id@"  # meta key prefix: the run id of a holder sequence
 _CHECKED = "files_checked"  # meta key: this state's periods all have fingerprints
 
@@ -474,6 +479,21 @@ class State:
                 "a rerun fetches them again"
             ) from None
 
+    def details(self, dimension: str) -> dict[str, Known]:
+        """The campaign (``dimension`` ``campaign_id``) or Canvas details kept by any state
+        file of the directory, the latest read of each id."""
+        return decode(self._query_all(_DETAILS, (self._scope, dimension)))
+
+    def keep_details(self, dimension: str, known: Mapping[str, Known]) -> None:
+        """Keep details read in this run (replacing what was kept of those ids). Losing
+        them costs only their reading again: a failure is a warning."""
+        rows = [(self._scope, dimension, i, *encode(k)) for i, k in known.items()]
+        try:
+            with self._transaction():
+                self._db.executemany("INSERT OR REPLACE INTO details VALUES (?, ?, ?, ?, ?)", rows)
+        except sqlite3.Error as exc:
+            log.warning("cannot keep details in %s: %s", self.path, exc)
+
     def get_meta(self, key: str) -> str | None:
         row = self._db.execute(
             "SELECT value FROM meta WHERE scope = ? AND key = ?", (self._scope, key)
@@ -564,6 +584,14 @@ class Records:
                 for path, size, stamp in db.execute(sql, (self._scope,)):
                     found.setdefault(path, []).append((size, stamp))
         return found
+
+    def details(self, dimension: str) -> dict[str, Known]:
+        """As :meth:`State.details`, read only (a state older than the table has none)."""
+        rows: list[tuple[str, str, str]] = []
+        for db in self._dbs:
+            with contextlib.suppress(sqlite3.Error):
+                rows += db.execute(_DETAILS, (self._scope, dimension))
+        return decode(rows)
 
     def withhold(self, taken: Iterable[tuple[str, int, int]]) -> int:
         """Count ``(series key, lo, hi)`` as not done from now on, as the run's file check

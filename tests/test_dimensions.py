@@ -432,3 +432,39 @@ def test_the_documented_joins_give_sessions_and_campaign_rows_their_names(
             (campaigns[1]["name"], "unique_recipients"),
         ]
     )
+
+
+@pytest.mark.parametrize("asked", [False, True])
+def test_a_campaign_list_read_with_edited_since_is_never_the_table(
+    asked: bool,
+    tmp_path: Path,
+    write_config: Callable[..., Path],
+    run_sandbox: Callable[..., tuple[int, Any]],
+) -> None:
+    """A campaign discovery with ``edited_since`` reads a part of the list, so it writes no
+    table; with ``dimensions: [campaigns]`` the run reads the whole list too, and the table
+    holds every listed campaign while discovery keeps only the edited ones."""
+    listed = messaging_catalogue(SandboxOptions(**SIZES)).campaigns
+    listed = [c for c in listed if not c.archived]
+    since = sorted(c.last_edited.date() for c in listed)[len(listed) // 2]
+    as_of = datetime.fromtimestamp(CLOCK, UTC).date().isoformat()
+    out = tmp_path / "out"
+    config = CONFIG.format(out=out, fmt="jsonl").replace(
+        "dimensions: [segments, events, products, campaigns, canvases]\n",
+        "dimensions: [campaigns]\n" if asked else "",
+    )
+    config += (
+        "  - name: promo\n    series: campaigns\n"
+        f"    campaign_ids: {{discover: all, edited_since: {since}}}\n"
+        "    skip_inactive_days: false\n    window: {days: 1}\n"
+    )
+    code, _ = run_sandbox(["run", str(write_config(config)), "--as-of", as_of])
+    assert code == 0
+    ids = manifest(out)["discovery"][0]["ids"]
+    assert 0 < len(ids) < len(listed)
+    table = out / "dimensions" / "campaigns.jsonl"
+    if not asked:
+        assert not table.exists()
+        return
+    rows = read_table(table.read_bytes(), "jsonl")
+    assert sorted(r["id"] for r in rows) == sorted(c.id for c in listed)

@@ -376,8 +376,8 @@ def test_a_429_carries_the_raw_reset() -> None:
 
 
 def test_specs_reject_tags_outside_segments_and_unknown_lists() -> None:
-    """tags apply to segments only; a dimension without a list is refused."""
-    with pytest.raises(ValueError, match="tags filter only segments"):
+    """tags apply to lists whose items carry them; a dimension without a list is refused."""
+    with pytest.raises(ValueError, match="tags filter segments, campaigns and Canvases"):
         DiscoverSpec("event", tags=("x",))
     with pytest.raises(ValueError, match="no list to discover 'app_id'"):
         DiscoverSpec("app_id")

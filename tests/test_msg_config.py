@@ -150,7 +150,8 @@ def test_plan_paces_campaign_requests_in_their_own_pool(
     config = _config(write_config, CAMPAIGNS + CANVAS, limits)
     assert main(["plan", str(config), "--as-of", AS_OF.isoformat()]) == 0
     out = capsys.readouterr().out
-    assert "time:     at least 3.0s at that rate" in out  # the 3 Canvas requests, 1/s
+    # The 3 Canvas requests and the 3 details requests (no details kept yet), 1/s.
+    assert "time:     at least 6.0s at that rate" in out
     assert "campaigns: 2 request(s) in the campaigns pool, at 60/hour: at least 2m00s" in out
 
 

@@ -62,6 +62,8 @@ CANVAS = next(
     v for v in CATALOGUE.canvases if any(s.deleted for s in v.steps) and v.last is not None
 )
 
+# Every day of every window, zeros included, so each value the sandbox serves can be checked
+# (skipping the days details prove empty is tests/test_skipping_e2e.py's).
 CONFIG = """\
 version: 1
 output: {{dir: "{out}", format: {fmt}}}
@@ -69,10 +71,12 @@ exports:
   - name: campaigns
     series: campaigns
     campaign_ids: [{live}, {one_off}]
+    skip_inactive_days: false
     window: {{days: {days}}}
   - name: journeys
     series: canvas
     canvas_ids: [{canvas}]
+    skip_inactive_days: false
     window: {{days: {days}}}
   - name: sends
     series: sends

@@ -49,11 +49,27 @@ def _config(write_config: Callable[..., Path], export: str) -> Path:
         ),
         (
             "    series: events\n    events: {discover: all, tags: [x]}\n",
-            "exports[0].events.tags: tags filter segments only",
+            "exports[0].events.tags: tags filter segments, campaigns and Canvases, not events",
         ),
         (
             "    segment_ids: {discover: analytics_enabled, name: '('}\n",
             "exports[0].segment_ids.name: is not a valid regular expression",
+        ),
+        (
+            "    segment_ids: {discover: analytics_enabled, include_archived: true}\n",
+            "exports[0].segment_ids.include_archived: filters campaign_ids and canvas_ids only",
+        ),
+        (
+            "    series: campaigns\n    campaign_ids: {discover: all, edited_since: 2024-13-01}\n",
+            "exports[0].campaign_ids.edited_since: must be a date YYYY-MM-DD",
+        ),
+        (
+            "    series: canvas\n    canvas_ids: {discover: analytics_enabled}\n",
+            "exports[0].canvas_ids.discover: must be 'all' for canvas_ids",
+        ),
+        (
+            "    segment_ids: [a]\n    skip_inactive_days: false\n",
+            "exports[0].skip_inactive_days: only series campaigns and canvas take it",
         ),
         ("    segment_ids: {discover: everything}\n", "exports[0].segment_ids.discover: must be"),
         ("    series: sales\n    segment_ids: [a]\n", "exports[0].series: must be"),

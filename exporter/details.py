@@ -1,0 +1,303 @@
+"""Campaign and Canvas details: read, interpreted as a :class:`~exporter.activity.Life`, kept.
+
+Braze's "Export campaign details" (GET /campaigns/details?campaign_id=, permission
+campaigns.details) and "Export Canvas details" (GET /canvas/details?canvas_id=, permission
+canvas.details), braze.com/docs/api/endpoints/export/campaigns/get_campaign_details and
+.../canvas/get_canvas_details; both in the workspace's 250,000/hour pool. Fields used::
+
+    {"message": "success", "draft": bool, "first_sent": ISO 8601 | null,
+     "last_sent": ISO 8601 | null, "conversion_behaviors": [{"type": ..., "window": s}, ...]}
+    {"message": "success", "draft": bool, "first_entry": ..., "last_entry": ...}
+
+Details are kept in the resume state (table ``details``), each with the ``last_edited`` the
+list showed when they were read, so a run reads them again only when that changes or when a
+window makes fresh ones pay (:func:`wants_fresh`), not every night.
+
+A details request that fails leaves that id without details: its whole window is read. A
+403 (the key lacks the details permission) stops reading details of that kind for the run:
+every id of it falls back to its whole window, and the caller says so once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import random
+import time
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from functools import partial
+from typing import Any, Protocol
+
+from exporter.activity import Life
+from exporter.client import Response, parse_body, raise_for_status
+from exporter.discover import paced, read_time
+from exporter.errors import (
+    AuthError,
+    DiscoveryError,
+    ExporterError,
+    MalformedResponse,
+    TransportError,
+    Unreachable,
+)
+from exporter.ratelimit import Budget
+from exporter.retry import RetryPolicy, call_with_retries
+from exporter.series import WORKSPACE_POOL
+
+__all__ = [
+    "DETAILS",
+    "SCHEMA",
+    "DetailsFetch",
+    "DetailsRead",
+    "DetailsSource",
+    "Known",
+    "decode",
+    "encode",
+    "interpret_details",
+    "read_details",
+    "wants_fresh",
+]
+
+log = logging.getLogger(__name__)
+
+SCHEMA = (
+    "CREATE TABLE IF NOT EXISTS details (scope TEXT, dimension TEXT, id TEXT, listed TEXT, "
+    "life TEXT, PRIMARY KEY (scope, dimension, id)) WITHOUT ROWID"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class DetailsSource:
+    """A details endpoint: ``param`` is the id parameter (also the dimension), ``first`` and
+    ``last`` the fields bounding its sends (``last`` None: none does, as for Canvases, whose
+    ``last_entry`` is no last message)."""
+
+    param: str
+    path: str
+    permission: str
+    first: str
+    last: str | None
+    pool: str = WORKSPACE_POOL
+
+    @property
+    def things(self) -> str:
+        return "campaigns" if self.param == "campaign_id" else "Canvases"
+
+
+DETAILS: dict[str, DetailsSource] = {
+    s.param: s
+    for s in (
+        DetailsSource(
+            "campaign_id", "/campaigns/details", "campaigns.details", "first_sent", "last_sent"
+        ),
+        DetailsSource("canvas_id", "/canvas/details", "canvas.details", "first_entry", None),
+    )
+}
+
+
+class DetailsFetch(Protocol):
+    """What reading details needs of a client (:meth:`exporter.client.BrazeClient.get_details`)."""
+
+    async def get_details(self, source: DetailsSource, item_id: str) -> Response:
+        """GET the details of one id; a failed exchange is a TransportError."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class Known:
+    """Details as kept: the life they describe, and the list's ``last_edited`` when they
+    were read (None: not known, e.g. ids written in the config)."""
+
+    life: Life
+    listed: datetime | None = None
+
+
+def interpret_details(
+    source: DetailsSource, response: Response, item_id: str, read_at: datetime
+) -> Life:
+    """The life a details response describes, or its classified error (as the lists':
+    429 RateLimited, 401/403 AuthError, 5xx ServerError, another status DiscoveryError;
+    a 200 that is not a details object, or whose times are not ISO 8601, MalformedResponse)."""
+    label = f"{source.path} {source.param}={item_id}"
+    raise_for_status(response, permission=source.permission, label=label, rejected=DiscoveryError)
+    return parse_body(response.body, lambda doc: _life(source, doc, read_at, label), label=label)
+
+
+def _life(source: DetailsSource, doc: Any, read_at: datetime, label: str) -> Life:
+    if not isinstance(doc, dict) or doc.get("message", "success") != "success":
+        raise MalformedResponse(
+            "not a details object with message 'success'", status=200, label=label
+        )
+
+    def moment(key: str | None) -> datetime | None:
+        value = None if key is None else doc.get(key)
+        if value is None:
+            return None
+        found = read_time(value)
+        if found is None:
+            raise MalformedResponse(f"{key} is not an ISO 8601 time", status=200, label=label)
+        return found
+
+    draft = doc.get("draft", False)
+    if not isinstance(draft, bool):
+        raise MalformedResponse("draft is not true or false", status=200, label=label)
+    windows = doc.get("conversion_behaviors") or []
+    longest = 0
+    for behavior in windows if isinstance(windows, list) else []:
+        window = behavior.get("window") if isinstance(behavior, dict) else None
+        if isinstance(window, int | float) and not isinstance(window, bool) and window > 0:
+            longest = max(longest, min(int(window), 10**9))
+    return Life(
+        draft=draft,
+        first=moment(source.first),
+        last=moment(source.last),
+        read_at=read_at,
+        bounded=source.last is not None,
+        conversion_s=longest,
+    )
+
+
+@dataclass
+class DetailsRead:
+    """What one reading of details brought: ``lives`` by id, ``requests`` sent (every
+    attempt), ``failed`` ids with why, and ``denied`` (the 403's reason) when the key may not
+    read details of this kind (the ids not read then are in neither ``lives`` nor ``failed``)."""
+
+    source: DetailsSource
+    lives: dict[str, Life] = field(default_factory=dict)
+    requests: int = 0
+    failed: dict[str, str] = field(default_factory=dict)
+    denied: str | None = None
+
+
+async def read_details(
+    fetch: DetailsFetch,
+    source: DetailsSource,
+    ids: Sequence[str],
+    *,
+    budget: Budget,
+    retry: RetryPolicy,
+    concurrency: int = 16,
+    stopping: Callable[[], bool] = lambda: False,
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    clock: Callable[[], float] = time.time,
+    rand: Callable[[], float] = random.random,
+) -> DetailsRead:
+    """Read the details of ``ids``, ``concurrency`` at a time, each attempt paced by
+    ``budget`` (the workspace pool's) and retried by ``retry``; ``read_at`` of each is the
+    ``clock`` time of its answer. Raises (in an ExceptionGroup) AuthError for a 401 (no
+    request can succeed), Unreachable for a redirect and TransportError when no connection
+    reaches the host; a 403 sets ``denied`` and no further id is asked; any other failure
+    lands in ``failed``."""
+    done = DetailsRead(source)
+    gate = asyncio.Semaphore(concurrency)
+
+    async def attempt(item_id: str) -> Life:
+        done.requests += 1
+        return await paced(
+            budget,
+            partial(fetch.get_details, source, item_id),
+            lambda r: interpret_details(source, r, item_id, datetime.fromtimestamp(clock(), UTC)),
+        )
+
+    async def one(item_id: str) -> None:
+        async with gate:
+            if done.denied is not None or stopping():
+                return
+            try:
+                done.lives[item_id] = await call_with_retries(
+                    partial(attempt, item_id),
+                    policy=retry,
+                    label=f"{source.path} {source.param}={item_id}",
+                    stopping=stopping,
+                    sleep=sleep,
+                    clock=clock,
+                    rand=rand,
+                )
+            except AuthError as exc:
+                if exc.status == 401:
+                    raise
+                done.denied = done.denied or exc.reason
+            except TransportError as exc:
+                if exc.connect_failed:  # no connection reaches the host: nothing will
+                    raise
+                done.failed[item_id] = str(exc)
+            except Unreachable:
+                raise
+            except ExporterError as exc:
+                done.failed[item_id] = str(exc)
+
+    async with asyncio.TaskGroup() as group:
+        for item_id in ids:
+            group.create_task(one(item_id))
+    return done
+
+
+def wants_fresh(
+    known: Known | None,
+    listed: datetime | None,
+    *,
+    stale_requests: int,
+    least_requests: int,
+) -> str | None:
+    """Why this run should read an id's details again, or None to use ``known``.
+
+    - none kept: "no details kept";
+    - the list's ``last_edited`` differs from the one kept with them: "edited since";
+    - fresh ones pay: with the kept ones the id still needs ``stale_requests`` data
+      requests, fresh ones could bring that down to ``least_requests`` (its provisional
+      days only), and one details request saving two or more is worth it.
+    """
+    if known is None:
+        return "no details kept"
+    if listed is not None and known.listed != listed:
+        return "edited since its details were read"
+    if stale_requests - least_requests >= 2:
+        return "fresh details may save data requests"
+    return None
+
+
+def encode(known: Known) -> tuple[str, str]:
+    """``(listed, life)`` columns of the ``details`` table."""
+    life = known.life
+    doc = {
+        "draft": life.draft,
+        "first": _text(life.first),
+        "last": _text(life.last),
+        "read_at": _text(life.read_at),
+        "bounded": life.bounded,
+        "conversion_s": life.conversion_s,
+    }
+    return _text(known.listed) or "", json.dumps(doc, sort_keys=True)
+
+
+def decode(rows: Iterable[tuple[str, str, str]]) -> dict[str, Known]:
+    """``{id: Known}`` from ``(id, listed, life)`` rows (of several state files: the latest
+    read of an id wins); a row that cannot be read is left out (its details are read again)."""
+    found: dict[str, Known] = {}
+    for item_id, listed, text in rows:
+        try:
+            doc = json.loads(text)
+            read_at = read_time(doc["read_at"])
+            if read_at is None:
+                continue
+            life = Life(
+                draft=bool(doc["draft"]),
+                first=read_time(doc["first"]),
+                last=read_time(doc["last"]),
+                read_at=read_at,
+                bounded=bool(doc["bounded"]),
+                conversion_s=int(doc["conversion_s"]),
+            )
+        except (ValueError, KeyError, TypeError):
+            continue
+        earlier = found.get(item_id)
+        if earlier is None or earlier.life.read_at < read_at:
+            found[item_id] = Known(life, read_time(listed))
+    return found
+
+
+def _text(moment: datetime | None) -> str | None:
+    return None if moment is None else moment.isoformat()

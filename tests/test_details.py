@@ -1,0 +1,198 @@
+"""Campaign and Canvas details: read paced and retried, interpreted, kept in the state, and
+read again only when they may have changed or when fresh ones pay."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from datetime import UTC, date, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from exporter.activity import Life
+from exporter.client import Response
+from exporter.details import (
+    DETAILS,
+    DetailsRead,
+    Known,
+    interpret_details,
+    read_details,
+    wants_fresh,
+)
+from exporter.errors import AuthError, MalformedResponse
+from exporter.ratelimit import RateHeaders
+from exporter.retry import RetryPolicy
+from exporter.sandbox import SandboxOptions
+from exporter.sandbox_messaging import messaging_catalogue
+from exporter.state import Records, State, state_path
+from tests.conftest import FakeClock
+from tests.mockedbraze import BASE, NOW, MockedBraze, mocked_braze, sandbox_client
+
+READ = datetime.fromtimestamp(NOW, UTC)
+CAMPAIGNS, CANVASES = DETAILS["campaign_id"], DETAILS["canvas_id"]
+
+
+def _ok(doc: Any) -> Response:
+    return Response(200, RateHeaders(), json.dumps({"message": "success", **doc}).encode())
+
+
+def test_campaign_details_give_first_last_draft_and_longest_window() -> None:
+    """first_sent, last_sent, draft and the longest conversion_behaviors window are read."""
+    doc = {
+        "draft": False,
+        "first_sent": "2023-05-01T10:00:00+00:00",
+        "last_sent": "2023-05-20T08:30:00Z",
+        "conversion_behaviors": [{"type": "a", "window": 86_400}, {"type": "b", "window": 259_200}],
+    }
+    life = interpret_details(CAMPAIGNS, _ok(doc), "c-1", READ)
+    assert life == Life(
+        False,
+        datetime(2023, 5, 1, 10, tzinfo=UTC),
+        datetime(2023, 5, 20, 8, 30, tzinfo=UTC),
+        READ,
+        bounded=True,
+        conversion_s=259_200,
+    )
+
+
+def test_canvas_details_are_bounded_by_first_entry_only() -> None:
+    """A Canvas' last_entry is no last message: its life has no last and is unbounded."""
+    doc = {"draft": False, "first_entry": "2023-05-01", "last_entry": "2023-06-01"}
+    life = interpret_details(CANVASES, _ok(doc), "v-1", READ)
+    assert life.first == datetime(2023, 5, 1, tzinfo=UTC)
+    assert (life.last, life.bounded, life.data_end) == (None, False, None)
+
+
+@pytest.mark.parametrize(
+    "doc",
+    [{"first_sent": "soon"}, {"draft": "no"}, {"message": "oops"}],
+)
+def test_details_that_cannot_be_read_are_malformed(doc: dict[str, Any]) -> None:
+    """An unreadable time, a draft that is no boolean, or a failure message: MalformedResponse."""
+    with pytest.raises(MalformedResponse, match="/campaigns/details campaign_id=c-1"):
+        interpret_details(CAMPAIGNS, _ok(doc), "c-1", READ)
+
+
+class Harness(MockedBraze):
+    def details(self, item_id: str, status: int = 200, **doc: Any) -> None:
+        url = f"{BASE}/campaigns/details?campaign_id={item_id}"
+        self.mocked.get(url, status=status, payload={"message": "success", **doc})
+
+    async def read(self, ids: list[str], concurrency: int = 4) -> DetailsRead:
+        clock = self.clock
+        return await read_details(
+            self.client,
+            CAMPAIGNS,
+            ids,
+            budget=self.budget(),
+            retry=RetryPolicy(max_attempts=2),
+            concurrency=concurrency,
+            sleep=clock.sleep,
+            clock=clock,
+            rand=lambda: 0.5,
+        )
+
+
+@pytest.fixture
+async def harness() -> AsyncIterator[Harness]:
+    async with mocked_braze(Harness) as h:
+        yield h
+
+
+async def test_each_id_is_read_once_and_a_rejected_one_fails_alone(harness: Harness) -> None:
+    """Two ids read, one rejected (400): that one lands in failed, the others in lives."""
+    harness.details("c-1", first_sent="2023-05-01T00:00:00Z", last_sent=None, draft=False)
+    harness.details("c-2", status=400, errors=["Invalid campaign_id"])
+    harness.details("c-3", draft=True, first_sent=None)
+    read = await harness.read(["c-1", "c-2", "c-3"])
+    assert sorted(read.lives) == ["c-1", "c-3"]
+    assert read.lives["c-3"].draft
+    assert read.lives["c-1"].read_at == READ
+    assert list(read.failed) == ["c-2"]
+    assert (read.requests, read.denied) == (3, None)
+
+
+async def test_a_403_stops_reading_details(harness: Harness) -> None:
+    """The key lacks campaigns.details: no further id is asked, and the run is told why."""
+    harness.details("c-1", status=403, message="no permission")
+    read = await harness.read(["c-1", "c-2", "c-3"], concurrency=1)
+    assert read.requests == 1
+    assert read.lives == {}
+    assert "campaigns.details" in (read.denied or "")
+
+
+async def test_a_401_stops_the_run(harness: Harness) -> None:
+    """An invalid key: AuthError, as for every other call."""
+    harness.details("c-1", status=401, message="invalid key")
+    with pytest.raises(ExceptionGroup) as caught:
+        await harness.read(["c-1"])
+    assert isinstance(caught.value.exceptions[0], AuthError)
+
+
+def _known(edited: str | None = "2023-04-01T00:00:00+00:00") -> Known:
+    life = Life(False, datetime(2023, 5, 1, tzinfo=UTC), None, READ, conversion_s=60)
+    return Known(life, None if edited is None else datetime.fromisoformat(edited))
+
+
+def test_details_are_read_again_when_none_are_kept_or_the_campaign_was_edited() -> None:
+    """No details kept, or the list's last_edited moved: read fresh ones."""
+    known = _known()
+    listed = known.listed
+    assert wants_fresh(None, listed, stale_requests=1, least_requests=1) == "no details kept"
+    moved = datetime(2023, 9, 1, tzinfo=UTC)
+    assert wants_fresh(known, moved, stale_requests=1, least_requests=1) == (
+        "edited since its details were read"
+    )
+    assert wants_fresh(known, listed, stale_requests=1, least_requests=1) is None
+
+
+def test_details_are_read_again_when_that_saves_two_data_requests() -> None:
+    """Kept details would leave 3 requests where fresh ones might leave 1: read them; 2
+    against 1 is no saving (a details request costs one)."""
+    known = _known()
+    assert wants_fresh(known, known.listed, stale_requests=3, least_requests=1) is not None
+    assert wants_fresh(known, known.listed, stale_requests=2, least_requests=1) is None
+
+
+def test_details_kept_by_a_run_are_read_back_read_only(tmp_path: Path) -> None:
+    """What a run keeps, the next run and plan (read-only) read back; the latest read wins."""
+    path = state_path(tmp_path, None)
+    state = State(path, scope="s", as_of=date(2024, 1, 10).toordinal())
+    older = Known(Life(True, None, None, datetime(2023, 1, 1, tzinfo=UTC)))
+    state.keep_details("campaign_id", {"c-1": older, "c-2": _known(None)})
+    state.keep_details("campaign_id", {"c-1": _known()})
+    assert state.details("campaign_id") == {"c-1": _known(), "c-2": _known(None)}
+    assert state.details("canvas_id") == {}
+    state.close()
+    for scope, expected in (("s", {"c-1": _known(), "c-2": _known(None)}), ("other", {})):
+        records = Records([path], scope=scope, as_of=0)
+        try:
+            assert records.details("campaign_id") == expected
+        finally:
+            records.close()
+
+
+async def test_the_sandbox_details_tell_drafts_and_lives() -> None:
+    """Against the sandbox's catalogue: each campaign's first and last send and draft flag."""
+    options = SandboxOptions(campaigns=20, canvases=0, clock=FakeClock(NOW))
+    catalogue = messaging_catalogue(options)
+    async with sandbox_client(options) as (client, clock):
+        ids = [c.id for c in catalogue.campaigns]
+        read = await read_details(
+            client,
+            CAMPAIGNS,
+            ids,
+            budget=MockedBraze.budget_on(clock),
+            retry=RetryPolicy(max_attempts=2),
+        )
+    assert read.requests == 20
+    for campaign in catalogue.campaigns:
+        life = read.lives[campaign.id]
+        assert (life.draft, life.first, life.last) == (
+            campaign.draft,
+            campaign.first,
+            campaign.last,
+        )
+        assert life.conversion_s == 86_400 * campaign.conversion_events

@@ -1,0 +1,100 @@
+"""Whose details a run reads again, and what skipping adds up to."""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime
+
+from exporter.activity import Life
+from exporter.details import Known
+from exporter.lives import SkipReport, Subject, refresh_reason, split
+
+
+def d(text: str) -> int:
+    return date.fromisoformat(text).toordinal()
+
+
+def at(text: str) -> datetime:
+    return datetime.fromisoformat(text).replace(tzinfo=UTC)
+
+
+EDITED = at("2025-02-01T00:00:00")
+YEAR = ((d("2025-01-01"), d("2025-12-31")),)
+SETTLE = d("2025-12-29")
+
+
+def subject(needed: tuple[tuple[int, int], ...], **kw: object) -> Subject:
+    return Subject(
+        str(kw.get("dimension", "campaign_id")),
+        "c-1",
+        YEAR,
+        needed,
+        int(kw.get("limit", 100)),  # type: ignore[call-overload]
+        SETTLE,
+        kw.get("listed", EDITED),  # type: ignore[arg-type]
+    )
+
+
+def known(bounded: bool = True, read: str = "2025-12-31T10:00:00") -> Known:
+    life = Life(
+        False,
+        at("2025-03-01T00:00:00"),
+        at("2025-03-20T00:00:00") if bounded else None,
+        at(read),
+        bounded=bounded,
+    )
+    return Known(life, EDITED)
+
+
+def test_details_never_kept_are_read() -> None:
+    """A campaign first seen: its details are read."""
+    assert refresh_reason(subject(YEAR), None) == "no details kept"
+
+
+def test_a_nightly_run_keeps_the_details_it_has() -> None:
+    """Unchanged in the list, and only the last days needed: kept details serve."""
+    nightly = ((d("2025-12-28"), d("2025-12-31")),)
+    assert refresh_reason(subject(nightly), known(read="2025-12-30T10:00:00")) is None
+
+
+def test_an_edited_campaign_has_its_details_read_again() -> None:
+    """The list's last_edited moved since the details were read: read them again."""
+    nightly = ((d("2025-12-28"), d("2025-12-31")),)
+    moved = subject(nightly, listed=at("2025-12-29T00:00:00"))
+    assert refresh_reason(moved, known()) == "edited since its details were read"
+
+
+def test_a_window_beyond_what_was_proven_pays_for_fresh_details() -> None:
+    """Kept details read long ago leave most of a year to read (3+ requests): fresh ones pay."""
+    old = known(read="2025-04-01T00:00:00")
+    assert refresh_reason(subject(YEAR), old) == "fresh details may save data requests"
+
+
+def test_fresh_details_never_pay_for_a_canvas_already_entered() -> None:
+    """A Canvas' days after its last entry are read whatever its details say: no refresh."""
+    old = known(bounded=False, read="2025-04-01T00:00:00")
+    assert refresh_reason(subject(YEAR, dimension="canvas_id", limit=14), old) is None
+
+
+def test_the_report_adds_days_by_rule_and_requests_saved() -> None:
+    """One campaign split by fresh details: skipped days by rule, requests saved, lines."""
+    report = SkipReport("campaign_id")
+    subj = subject(YEAR)
+    life = known().life
+    report.fresh["no details kept"] += 1
+    report.details_requests += 1
+    report.add(subj, split(subj, life, fresh=True, known=None), source="fresh")
+    assert report.days == {
+        "before the first send or entry": 58,
+        "after the last send and its conversion window": 285,
+    }
+    assert report.requests_saved == 3
+    lines = report.lines()
+    assert lines[0].startswith("campaigns: 1; details read for 1 (1 no details kept; 1 request")
+    assert "58 before the first send" in lines[1]
+    assert report.doc()["requests_saved"] == 3
+
+
+def test_a_refusal_is_said_once() -> None:
+    """A 403 on details: one line says the windows are read whole."""
+    report = SkipReport("canvas_id", denied="refused; check campaigns.details")
+    assert sum("details refused" in line for line in report.lines()) == 1
