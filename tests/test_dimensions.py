@@ -444,8 +444,8 @@ def test_a_campaign_list_read_with_edited_since_is_never_the_table(
     """A campaign discovery with ``edited_since`` reads a part of the list, so it writes no
     table; with ``dimensions: [campaigns]`` the run reads the whole list too, and the table
     holds every listed campaign while discovery keeps only the edited ones."""
-    listed = messaging_catalogue(SandboxOptions(**SIZES)).campaigns
-    listed = [c for c in listed if not c.archived]
+    catalogued = messaging_catalogue(SandboxOptions(**SIZES)).campaigns
+    listed = [c for c in catalogued if not c.archived]
     since = sorted(c.last_edited.date() for c in listed)[len(listed) // 2]
     as_of = datetime.fromtimestamp(CLOCK, UTC).date().isoformat()
     out = tmp_path / "out"
