@@ -32,6 +32,7 @@ from exporter.config import (
     ApiKey,
     Config,
     expand_home,
+    key_source,
     load_config,
     parse_day,
     register_env_key,
@@ -116,7 +117,8 @@ environment:
   BRAZE_API_KEY        the REST API key (the variable braze.api_key_env names; at least
                        16 characters; redacted as *** from every output and file)
   {api_key_env}_FILE   e.g. BRAZE_API_KEY_FILE: a file holding the key, read when the
-                       variable is unset or empty (mounted secrets)
+                       variable is unset or empty (mounted secrets; a regular file
+                       of at most 4096 bytes)
   BRAZE_REST_ENDPOINT  overrides braze.endpoint
 """
 EPILOG = _epilog()
@@ -658,7 +660,7 @@ def _cmd_validate(args: argparse.Namespace) -> int:
         f"{config.source}: valid. {len(config.exports)} export(s) "
         f"({', '.join(e.name for e in config.exports)}) covering {counted}; days cut "
         f"in {config.timezone}; {config.output.format} files under {config.output.dir}/; endpoint "
-        f"{config.braze.endpoint}; key from ${key_var} ({key_state}); up to "
+        f"{config.braze.endpoint}; key from {key_source(key_var)} ({key_state}); up to "
         f"{config.limits.requests_per_hour * config.limits.share:,.0f} requests/hour with "
         f"{config.limits.concurrency} in flight."
     )
