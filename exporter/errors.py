@@ -115,7 +115,8 @@ EXIT_STATUSES: tuple[ExitStatus, ...] = (
     ExitStatus(
         (EXIT_UNREACHABLE,),
         "the endpoint is unreachable (fail-fast), not Braze, or redirects (3xx, never "
-        "followed), or the output (directory, object store, --work-dir) cannot be written",
+        "followed), or the output (directory, object store, --work-dir) cannot be written "
+        "(plan, verify: read)",
         "nothing can work: the first connections all failed (refused, host name not resolved, "
         "TLS), or the endpoint answers 404 to the series endpoints (not a Braze REST host), or "
         "any Braze call is answered with a redirect (3xx: never followed, since it would resend "
@@ -131,7 +132,9 @@ EXIT_STATUSES: tuple[ExitStatus, ...] = (
         "errors, or denies access: `the object store cannot be used`, naming the prefix and "
         "its last answer, within a few seconds), or the `--work-dir` cannot be written; or "
         "too little memory to start (`out of memory while starting`). The message names the "
-        "host or the output, the cause and what to check; completed periods are saved",
+        "host or the output, the cause and what to check; completed periods are saved. For "
+        "`plan` and `verify`, which write nothing: the output or its resume state cannot be "
+        "read (a permission denied, or an object store that answers only errors)",
     ),
     ExitStatus(
         (EXIT_BUSY,),

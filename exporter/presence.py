@@ -2,7 +2,8 @@
 file is gone or changed are taken back, so the run fetches them again.
 
 Every file a run writes leaves a fingerprint in the state (:class:`exporter.state.Fingerprint`:
-size, and the mtime in ns locally or the ETag on object storage). :func:`check_files` lists
+size, and locally the mtime, inode and ctime (:func:`exporter.storage.local_stamp`), or the
+ETag on object storage). :func:`check_files` lists
 the files the fingerprints name (one ``os.scandir`` per directory locally; one listing per
 series kind on object storage) and compares:
 
@@ -31,12 +32,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
+from exporter.errors import ExporterError
 from exporter.formats import decode
 from exporter.plan import Series, shard_of
 from exporter.remote import ObjectStore
 from exporter.series import KINDS
 from exporter.state import Fingerprint, State
-from exporter.storage import JOURNAL_SUFFIX, RUNS_DIR, WORK_DIR
+from exporter.storage import JOURNAL_SUFFIX, RUNS_DIR, WORK_DIR, local_stamp, same_stamp
 from exporter.writers import partition_path, partitions
 
 __all__ = [
@@ -44,6 +46,7 @@ __all__ = [
     "FileCheck",
     "Files",
     "LocalFiles",
+    "Ownership",
     "StoreFiles",
     "check_files",
     "compare",
@@ -93,7 +96,7 @@ class LocalFiles:
                     info = entry.stat(follow_symlinks=False)
                     # A directory, link or pipe where a file was written is no file of ours:
                     # it matches no fingerprint, so it is changed and moved aside.
-                    stamp = str(info.st_mtime_ns) if entry.is_file(follow_symlinks=False) else ""
+                    stamp = local_stamp(info) if entry.is_file(follow_symlinks=False) else ""
                     seen[entry.name] = (info.st_size if stamp else NOT_A_FILE, stamp)
                 return seen
         except (FileNotFoundError, NotADirectoryError):
@@ -155,6 +158,7 @@ class FileCheck:
     changed: list[str] = field(default_factory=list)
     adopted: int = 0
     vouched: list[tuple[str, int, str]] = field(default_factory=list)  # (path, rows, sha256)
+    foreign: list[str] = field(default_factory=list)  # files no run wrote, moved aside
     periods_taken_back: int = 0
     taken_back: list[tuple[str, int, int]] = field(default_factory=list)
 
@@ -172,9 +176,62 @@ class FileCheck:
             "files_vouched": len(self.vouched),
             "periods_taken_back": self.periods_taken_back,
             "periods_refetched": self.refetched(state),
+            "files_foreign": len(self.foreign),
             "missing": self.missing,
             "changed": self.changed,
+            "foreign": self.foreign,
         }
+
+
+class Ownership:
+    """Whether a partition file a run is about to merge into is one a run wrote: a run
+    never merges the rows of a file it did not write (a stray copy, a planted file) into
+    its output (:class:`exporter.writers.PartitionWriter` moves such a file aside first).
+
+    A file is ours when the state holds its fingerprint (a run wrote it; the file check has
+    made sure it is still as written), or, failing that (the state was deleted), when the
+    latest run record under ``_runs/`` gives its exact sha256. ``records`` reads those
+    (:func:`exporter.manifest.recorded_files`), once, the first time a file is not in the
+    state; ``report`` names each file moved aside (the summary and manifest say so)."""
+
+    def __init__(
+        self,
+        state: State,
+        records: Callable[[], Mapping[str, str]],
+        run_id: str,
+        report: FileCheck,
+    ) -> None:
+        self._state, self._load, self.run_id, self._report = state, records, run_id, report
+        self._records: Mapping[str, str] | None = None
+
+    def wrote(self, relative: str) -> bool:
+        """Whether the state holds a fingerprint of the file (``relative``: to the output)."""
+        return self._state.knows_file(relative)
+
+    def vouches(self, relative: str, data: bytes) -> bool:
+        """Whether a run record gives exactly these bytes for the file."""
+        if self._records is None:
+            try:
+                self._records = self._load()
+            except (OSError, ExporterError) as exc:  # unreadable records vouch for nothing
+                log.debug("cannot read the run records: %s", exc)
+                self._records = {}
+        digest = self._records.get(relative)
+        return digest is not None and hashlib.sha256(data).hexdigest() == digest
+
+    def displaced(self, relative: str) -> str:
+        """Where a file that is not ours goes, relative to the output; noted for the report."""
+        self._report.foreign.append(relative)
+        log.warning(
+            "%s is no file a run of this tool wrote (neither the resume state nor a run record "
+            "knows it): moved to %s/%s/ and not merged into; the file is written anew from "
+            "Braze's answers",
+            relative,
+            DISPLACED,
+            self.run_id,
+            extra={"event": "file_displaced"},
+        )
+        return f"{DISPLACED}/{self.run_id}/{relative}"
 
 
 def check_files(
@@ -259,7 +316,9 @@ def compare(
             if now is None:
                 yield recorded, GONE, None
             elif _matches(now, (recorded.size, recorded.stamp)):
-                yield recorded, SAME if recorded.stamp else ADOPT, now
+                # A stamp not known, or known in part (an older version's): the whole one
+                # seen now is recorded for the next check.
+                yield recorded, SAME if recorded.stamp == now[1] else ADOPT, now
             elif any(_matches(now, staged) for staged in landing.get(recorded.path, ())):
                 yield recorded, ADOPT, now
             else:
@@ -333,7 +392,7 @@ def _take_back(state: State, report: FileCheck, series: str, lo: int, hi: int) -
 
 def _matches(now: tuple[int, str], recorded: tuple[int, str]) -> bool:
     """Whether a file seen now is the one recorded ("": a stamp not known, any will do)."""
-    return now[0] == recorded[0] and (not recorded[1] or now[1] == recorded[1])
+    return now[0] == recorded[0] and (not recorded[1] or same_stamp(now[1], recorded[1]))
 
 
 def _with(recorded: Fingerprint, now: tuple[int, str]) -> Fingerprint:

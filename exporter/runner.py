@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import secrets
 import signal
@@ -37,10 +38,18 @@ from exporter.errors import (
     ExporterError,
     Unreachable,
 )
-from exporter.manifest import RUNS_DIR, build_manifest, write_manifest
+from exporter.manifest import RUNS_DIR, build_manifest, recorded_files, write_manifest
 from exporter.pipeline import Pipeline, RunResult
 from exporter.plan import Plan, PlanRequest
-from exporter.presence import DISPLACED, FileCheck, Files, LocalFiles, StoreFiles, check_files
+from exporter.presence import (
+    DISPLACED,
+    FileCheck,
+    Files,
+    LocalFiles,
+    Ownership,
+    StoreFiles,
+    check_files,
+)
 from exporter.progress import Progress, pause_notes, status_line, summary_lines
 from exporter.ratelimit import Budget
 from exporter.remote import CHECKPOINT_S, RemoteRun, default_work_dir
@@ -221,6 +230,12 @@ async def execute(
             store=None if remote is None else remote.store,
             tz=config.tz,
             encoder=encoder,
+            ownership=Ownership(
+                state,
+                functools.partial(recorded_files, root, None if remote is None else remote.store),
+                options.run_id,
+                checked,
+            ),
         )
         stack.push_async_callback(writer.aclose)
         endpoint = config.braze.endpoint
@@ -344,6 +359,11 @@ def _file_check_line(checked: FileCheck, state: State) -> str:
         )
     if checked.vouched:
         line += f"; {len(checked.vouched)} whose run records are gone vouched for anew"
+    if checked.foreign:
+        line += (
+            f"; {len(checked.foreign)} that no run wrote moved to {DISPLACED}/ and written "
+            "anew, never merged into"
+        )
     return line
 
 

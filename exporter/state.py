@@ -331,6 +331,12 @@ class State:
             )
         return next(rows, None) is not None
 
+    def knows_file(self, path: str) -> bool:
+        """Whether a state file of the directory holds a fingerprint of the file ``path``
+        as a run wrote or adopted it (one noted gone does not count)."""
+        sql = "SELECT 1 FROM fingerprints WHERE scope = ? AND path = ? AND size >= 0"
+        return next(self._query_all(sql, (self._scope, path)), None) is not None
+
     def adopt(self, fingerprints: Iterable[Fingerprint]) -> None:
         """Record fingerprints as found on disk (for files an older version wrote, or whose
         stamp the store did not give when it was written)."""

@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import os
 import sqlite3
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
@@ -131,6 +132,111 @@ def test_a_rerun_fetches_again_exactly_the_periods_of_a_damaged_file(
         assert len(displaced) == 1
     if damage == "a directory":  # and with what the user put in it
         assert (displaced[0] / "mine").read_text() == "a user's\n"
+
+
+def _plant(path: Path, fmt: str, kind: str) -> None:
+    """A file no run wrote where a run will write: parseable, holding a row of the series
+    relabelled from another id and a day after the as-of date, or a link to such a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    planted = path.parents[5] / f"planted.{fmt}" if kind == "a link" else path
+    lines = [
+        '{"time": "2024-06-15", "sessions": 1, "segment_id": "seg-a", "app_id": null, '
+        '"unit": "day"}',
+        '{"time": "2024-07-28", "sessions": 666, "segment_id": "EVIL", "app_id": "x", '
+        '"unit": "day"}',
+    ]
+    planted.write_text("".join(f"{line}\n" for line in lines))
+    if kind == "a link":
+        path.symlink_to(planted)
+
+
+@pytest.mark.parametrize("kind", ["a file", "a link"])
+def test_a_run_never_merges_into_a_file_no_run_wrote(
+    tmp_path: Path,
+    write_config: Callable[..., Path],
+    sandbox: Any,
+    kind: str,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A parseable partition file (or a link) that no run wrote is moved aside, never
+    merged into: the output holds only Braze's rows, the summary and manifest name it, and
+    verify passes."""
+    out = tmp_path / "out"
+    june = JUNE.format(fmt="jsonl")
+    _plant(out / june, "jsonl", kind)
+    assert _run(write_config(_config(out, "jsonl"))) == 0
+    clean = tmp_path / "clean"
+    assert _run(write_config(_config(clean, "jsonl"), "clean.yaml")) == 0
+    assert snapshot(out) == snapshot(clean)
+    assert "666" not in (out / june).read_text()
+    assert "that no run wrote moved to .braze-export/displaced/" in capsys.readouterr().out
+    check = _last_manifest(out)["file_check"]
+    assert (check["files_foreign"], check["foreign"]) == (1, [june])
+    assert len(list((out / DISPLACED).rglob("2024-06.jsonl"))) == 1
+    report = verify(out)
+    assert (report.changed, report.missing, report.unknown) == ([], [], [])
+
+
+@pytest.mark.parametrize("lost", ["the state", "the state and the run records"])
+def test_a_file_a_run_wrote_is_merged_into_even_when_the_state_is_gone(
+    tmp_path: Path, write_config: Callable[..., Path], sandbox: Any, lost: str
+) -> None:
+    """The state deleted: a file the run records give the exact bytes of is still ours and
+    merged into as it is; with the records gone too, nothing can tell it from a stray one,
+    so it is moved aside and written anew. Either way the data is what Braze sent."""
+    out = tmp_path / "out"
+    config = write_config(_config(out, "jsonl"))
+    assert _run(config) == 0
+    before = snapshot(out)
+    for state in (out / ".braze-export").glob("state*.sqlite*"):
+        state.unlink()
+    if lost != "the state":
+        for record in (out / "_runs").iterdir():
+            record.unlink()
+    assert _run(config) == 0
+    assert snapshot(out) == before
+    foreign = _last_manifest(out)["file_check"]["foreign"]
+    assert len(foreign) == (0 if lost == "the state" else 4)
+    assert main(["verify", str(out)]) == 0
+
+
+def _edit_keeping_size_and_mtime(path: Path) -> None:
+    """``sed -i`` of one digit, then ``touch -r`` back to the old mtime: same size."""
+    before = path.stat()
+    text = path.read_text()
+    digit = next(c for c in text if c.isdigit())
+    edited = path.with_name(f"{path.name}.sed")
+    edited.write_text(text.replace(digit, "9" if digit != "9" else "8", 1))
+    edited.replace(path)
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert (path.stat().st_size, path.stat().st_mtime_ns) == (before.st_size, before.st_mtime_ns)
+
+
+@pytest.mark.parametrize("stamps", ["this version's", "an older version's (mtime only)"])
+def test_an_edit_of_the_same_size_with_its_mtime_set_back_is_found(
+    tmp_path: Path, write_config: Callable[..., Path], sandbox: Any, stamps: str
+) -> None:
+    """A file edited to the same size with its mtime set back is changed (its inode and
+    ctime tell): the rerun fetches it again and verify passes. A state with mtime-only
+    stamps is upgraded by the first check, without fetching anything."""
+    out = tmp_path / "out"
+    config = write_config(_config(out, "jsonl"))
+    assert _run(config) == 0
+    sent = sandbox_stats(sandbox.app).requests
+    if stamps != "this version's":
+        db = sqlite3.connect(out / ".braze-export" / "state.sqlite")
+        db.execute("UPDATE fingerprints SET stamp = substr(stamp, 1, instr(stamp, ':') - 1)")
+        db.commit()
+        db.close()
+        assert _run(config) == 0
+        assert sandbox_stats(sandbox.app).requests == sent
+        assert _last_manifest(out)["file_check"]["files_adopted"] == 4
+    _edit_keeping_size_and_mtime(out / JUNE.format(fmt="jsonl"))
+    assert _run(config) == 0
+    assert sandbox_stats(sandbox.app).requests == sent + 1
+    assert _last_manifest(out)["file_check"]["changed"] == [JUNE.format(fmt="jsonl")]
+    report = verify(out)
+    assert (report.changed, report.missing, report.unknown) == ([], [], [])
 
 
 def test_verify_reports_a_directory_where_a_run_wrote_a_file(

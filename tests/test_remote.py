@@ -77,6 +77,25 @@ def _objects(url: str, under: str = "sessions") -> dict[str, bytes]:
         store.close()
 
 
+def _local_then_remote(
+    tmp_path: Path,
+    bucket: str,
+    write_config: Callable[..., Path],
+    sandbox_server: Any,
+    monkeypatch: pytest.MonkeyPatch,
+) -> dict[str, bytes]:
+    """One sandbox run into a local directory, one into ``bucket``: the local files."""
+    with sandbox_server(limit=0) as server:
+        monkeypatch.setenv("BRAZE_REST_ENDPOINT", server.url)
+        local = tmp_path / "local"
+        assert (
+            main(["run", str(write_config(_config(str(local)), "l.yaml")), "--as-of", AS_OF]) == 0
+        )
+        cfg = write_config(_config(bucket), "r.yaml")
+        assert main(["run", str(cfg), "--as-of", AS_OF, "--work-dir", str(tmp_path / "w")]) == 0
+    return snapshot(local)
+
+
 def test_a_run_writes_the_same_objects_as_a_local_run(
     tmp_path: Path,
     bucket: str,
@@ -86,15 +105,7 @@ def test_a_run_writes_the_same_objects_as_a_local_run(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """A run into s3:// writes byte for byte the files a local run writes, and a manifest."""
-    with sandbox_server(limit=0) as server:
-        monkeypatch.setenv("BRAZE_REST_ENDPOINT", server.url)
-        local = tmp_path / "local"
-        assert (
-            main(["run", str(write_config(_config(str(local)), "l.yaml")), "--as-of", AS_OF]) == 0
-        )
-        cfg = write_config(_config(bucket), "r.yaml")
-        assert main(["run", str(cfg), "--as-of", AS_OF, "--work-dir", str(tmp_path / "w")]) == 0
-    expected = snapshot(local)
+    expected = _local_then_remote(tmp_path, bucket, write_config, sandbox_server, monkeypatch)
     assert len(expected) > 20
     assert _objects(bucket) == expected
     runs = _objects(bucket, "_runs")
@@ -610,3 +621,44 @@ def test_a_rerun_after_the_run_records_are_deleted_leaves_a_verify_that_passes(
         assert main(["run", str(cfg), "--as-of", AS_OF, "--work-dir", str(tmp_path / "b")]) == 0
         assert sandbox_stats(server.app).requests == sent
     assert main(["verify", bucket]) == 0
+
+
+def test_an_object_no_run_wrote_is_moved_aside_never_merged_into(
+    tmp_path: Path,
+    bucket: str,
+    write_config: Callable[..., Path],
+    sandbox_server: Any,
+    env_key: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A parseable object no run wrote, where a run writes: copied to displaced/ and
+    replaced by Braze's rows alone, as a local run does; verify passes."""
+    name = "sessions/day/segment-seg-0/workspace/2024-06.jsonl"
+    planted = b'{"time": "2024-06-28", "sessions": 666, "segment_id": "EVIL", "unit": "day"}\n'
+    store = ObjectStore.open(bucket)
+    store.put_sync(name, planted)
+    store.close()
+    expected = _local_then_remote(tmp_path, bucket, write_config, sandbox_server, monkeypatch)
+    assert _objects(bucket) == expected
+    (aside,) = _objects(bucket, ".braze-export/displaced").values()
+    assert aside == planted
+    assert main(["verify", bucket]) == 0
+
+
+def test_plan_and_verify_against_a_store_that_answers_only_errors_exit_4(
+    bucket: str,
+    faulty_s3: FaultyS3,
+    write_config: Callable[..., Path],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """plan writes nothing: a store it cannot read is "cannot read the state" (not "cannot
+    write the output"); verify of such a store is exit 4, never 1 (files differ)."""
+    faulty_s3.faults.append(Fault(lambda _: True, ("503",), times=None))
+    cfg = write_config(_config(bucket, segments=1, days=2))
+    assert main(["plan", str(cfg), "--as-of", AS_OF]) == 4
+    (line,) = [x for x in capsys.readouterr().err.splitlines() if x.startswith("error")]
+    assert line.startswith(f"error: cannot read the state at {bucket}: ")
+    assert "HTTP 503" in line
+    assert main(["verify", bucket]) == 4
+    (line,) = [x for x in capsys.readouterr().err.splitlines() if x.startswith("error")]
+    assert line.startswith("error: the object store cannot be read: ")
