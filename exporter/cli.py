@@ -701,6 +701,7 @@ def _over_a_day(config: Config) -> Iterator[str]:
 
 def _cmd_plan(args: argparse.Namespace) -> int:
     config, plan = _load(args)
+    check_out(args.out)
     target = args.out or (SANDBOX_OUT if args.sandbox else config.output.dir)
     if is_remote(target):
         where = target
@@ -873,8 +874,10 @@ def _requests_per_id(config: Config, plan: Plan, param: str, spec_key: Any) -> i
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    check_out(args.out)
+    check_out(args.out)  # before the config is read: an empty --out is refused first
     config, plan = _load(args)
+    check_out(args.out)  # the key is registered once the config is read
+    check_out(None if args.work_dir is None else str(args.work_dir), "--work-dir")
     run = prepare_run(
         config,
         plan,

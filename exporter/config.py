@@ -39,7 +39,7 @@ from pydantic import (
 )
 
 from exporter.errors import ConfigError
-from exporter.redact import MIN_KEY_CHARS, register_secret
+from exporter.redact import MIN_KEY_CHARS, holds_secret, register_secret
 from exporter.series import DIMENSIONS, KINDS, SERIES_NAMES, WORKSPACE_POOL
 
 __all__ = [
@@ -564,7 +564,30 @@ def _validate(raw: dict[str, Any]) -> tuple[_File | None, list[str]]:
     problems += _duplicate_names(exports)
     problems += _series_problems(exports)
     problems += _null_like_ids(exports)
+    problems += _secret_holders(raw)
     return model, problems
+
+
+_HOLDS_KEY = (
+    "holds the API key: it would be written into directory and file names, the state and "
+    "the manifest (where it is masked as ***, so they would no longer match); use another id"
+)
+
+
+def _secret_holders(raw: dict[str, Any]) -> Iterator[str]:
+    """Ids and the output directory that hold the API key (registered for redaction before
+    the file is checked): they name directories and go into the state, and the key must be
+    in no file; masking it there would make the rows and the manifest lie."""
+    output = raw.get("output")
+    where = output.get("dir") if isinstance(output, dict) else None
+    if isinstance(where, str) and holds_secret(where):
+        yield f"output.dir: {_HOLDS_KEY.replace('use another id', 'use another directory')}"
+    for i, export in _mappings(raw.get("exports")):
+        for key in _DIMENSION_KEYS:
+            ids = export.get(key)
+            for j, value in enumerate(ids if isinstance(ids, list) else []):
+                if isinstance(value, str) and holds_secret(value):
+                    yield f"exports[{i}].{key}[{j}]: {_HOLDS_KEY}"
 
 
 KEY_FILE_MAX_BYTES = 4096
