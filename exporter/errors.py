@@ -134,7 +134,9 @@ EXIT_STATUSES: tuple[ExitStatus, ...] = (
         "too little memory to start (`out of memory while starting`). The message names the "
         "host or the output, the cause and what to check; completed periods are saved. For "
         "`plan` and `verify`, which write nothing: the output or its resume state cannot be "
-        "read (a permission denied, or an object store that answers only errors)",
+        "read (a permission denied, or an object store that answers only errors). Also: the "
+        "resume state (`.braze-export/state.sqlite`) is damaged (delete it: the data stays, "
+        "its periods are fetched again) or cannot be opened (something else in its place)",
     ),
     ExitStatus(
         (EXIT_BUSY,),

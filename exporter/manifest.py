@@ -39,6 +39,7 @@ __all__ = [
     "RUNS_DIR",
     "Verification",
     "build_manifest",
+    "is_manifest",
     "recorded_files",
     "verify",
     "write_manifest",
@@ -491,6 +492,16 @@ def _manifest_records(manifest: str, read: Callable[[str], bytes]) -> _Records:
         return (int(doc.get("sequence", 0)), str(doc["run_id"])), files
     except (OSError, ValueError, KeyError, TypeError, OverflowError, RecursionError) as exc:
         raise ExporterError(f"{manifest}: not a readable run manifest ({exc})") from None
+
+
+def is_manifest(data: bytes) -> bool:
+    """Whether ``data`` is a run manifest verify can read (one that is not vouches for
+    nothing: a run treats its files as it treats those whose manifest is gone)."""
+    try:
+        _manifest_records("", lambda _: data)
+    except ExporterError:
+        return False
+    return True
 
 
 def _journal_records(journal: str, read: Callable[[str], bytes]) -> _Records:

@@ -34,6 +34,7 @@ from typing import Protocol
 
 from exporter.errors import ExporterError
 from exporter.formats import decode
+from exporter.manifest import is_manifest
 from exporter.plan import Series, shard_of
 from exporter.remote import ObjectStore
 from exporter.series import KINDS
@@ -77,8 +78,9 @@ class Files(Protocol):
         """A file's bytes (OSError if it cannot be read)."""
         ...
 
-    def has_record(self, run_id: str) -> bool:
-        """Whether ``_runs/`` holds the manifest or journal of ``run_id``."""
+    def record(self, run_id: str) -> str:
+        """What ``_runs/`` holds of ``run_id``: KEPT (its journal, or a manifest verify can
+        read), GONE, or UNREADABLE (a manifest that is damaged or no manifest)."""
         ...
 
 
@@ -110,9 +112,16 @@ class LocalFiles:
     def read(self, relative: str) -> bytes:
         return (self.root / relative).read_bytes()
 
-    def has_record(self, run_id: str) -> bool:
+    def record(self, run_id: str) -> str:
         runs = self.root / RUNS_DIR
-        return any((runs / f"{run_id}{end}").is_file() for end in (".json", JOURNAL_SUFFIX))
+        if (runs / f"{run_id}{JOURNAL_SUFFIX}").is_file():
+            return KEPT
+        try:
+            return _manifest_state((runs / f"{run_id}.json").read_bytes())
+        except (FileNotFoundError, NotADirectoryError):
+            return GONE
+        except IsADirectoryError:
+            return UNREADABLE
 
 
 class StoreFiles:
@@ -142,10 +151,22 @@ class StoreFiles:
             raise FileNotFoundError(relative)
         return data
 
-    def has_record(self, run_id: str) -> bool:
+    def record(self, run_id: str) -> str:
         if self._records is None:  # one listing of _runs/ per check
             self._records = {name.rpartition("/")[2] for name in self.store.list(RUNS_DIR)}
-        return any(f"{run_id}{end}" in self._records for end in (".json", JOURNAL_SUFFIX))
+        if f"{run_id}{JOURNAL_SUFFIX}" in self._records:
+            return KEPT
+        if f"{run_id}.json" not in self._records:
+            return GONE
+        data = self.store.get(f"{RUNS_DIR}/{run_id}.json")
+        return GONE if data is None else _manifest_state(data)
+
+
+KEPT, UNREADABLE = "kept", "unreadable"  # (and GONE) what _runs/ holds of a run
+
+
+def _manifest_state(data: bytes) -> str:
+    return KEPT if is_manifest(data) else UNREADABLE
 
 
 @dataclass
@@ -159,6 +180,7 @@ class FileCheck:
     adopted: int = 0
     vouched: list[tuple[str, int, str]] = field(default_factory=list)  # (path, rows, sha256)
     foreign: list[str] = field(default_factory=list)  # files no run wrote, moved aside
+    unreadable: list[str] = field(default_factory=list)  # run manifests that were, moved aside
     periods_taken_back: int = 0
     taken_back: list[tuple[str, int, int]] = field(default_factory=list)
 
@@ -177,6 +199,7 @@ class FileCheck:
             "periods_taken_back": self.periods_taken_back,
             "periods_refetched": self.refetched(state),
             "files_foreign": len(self.foreign),
+            "records_unreadable": self.unreadable,
             "missing": self.missing,
             "changed": self.changed,
             "foreign": self.foreign,
@@ -256,7 +279,7 @@ def check_files(
     state.note_run()
     adopt: list[Fingerprint] = []
     unvouched: list[Fingerprint] = []
-    records = _Records(files, state)
+    records = _Records(files, state, run_id, report)
     for recorded, verdict, now in compare(state.fingerprints(), files, state.pending(), mine):
         report.checked += 1
         if verdict in (GONE, CHANGED):
@@ -344,17 +367,33 @@ def would_take_back(
 
 
 class _Records:
-    """Whether the record of the run that wrote a file is still under ``_runs/``."""
+    """Whether a readable record of the run that wrote a file is still under ``_runs/``.
+    A manifest that is not (truncated, damaged) vouches for nothing, as verify reads it: it
+    is moved aside to ``displaced/{run_id}/`` (so verify no longer reports it) and its
+    files are vouched for anew, as those of a manifest that is gone."""
 
-    def __init__(self, files: Files, state: State) -> None:
-        self.files, self.state = files, state
+    def __init__(self, files: Files, state: State, run_id: str, report: FileCheck) -> None:
+        self.files, self.state, self.run_id, self.report = files, state, run_id, report
         self._kept: dict[int, bool] = {}
 
     def kept(self, sequence: int) -> bool:
         if sequence not in self._kept:
             run_id = self.state.run_of(sequence)
             # A run of a version that did not note its id: its record cannot be told.
-            self._kept[sequence] = run_id is None or self.files.has_record(run_id)
+            record = KEPT if run_id is None else self.files.record(run_id)
+            if record == UNREADABLE:
+                name = f"{RUNS_DIR}/{run_id}.json"
+                self.files.displace(name, f"{DISPLACED}/{self.run_id}/{name}")
+                self.report.unreadable.append(name)
+                log.warning(
+                    "%s is no run manifest verify can read (damaged or truncated): moved to "
+                    "%s/%s/; the files it recorded are vouched for anew",
+                    name,
+                    DISPLACED,
+                    self.run_id,
+                    extra={"event": "record_displaced"},
+                )
+            self._kept[sequence] = record == KEPT
         return self._kept[sequence]
 
 
@@ -377,8 +416,8 @@ def _vouch(
     state.vouch(vouched)
     report.vouched += [(f.path, rows, sha256) for f, rows, sha256 in vouched]
     log.warning(
-        "%d file(s) of earlier runs whose run records under %s/ are gone: this run's "
-        "manifest vouches for them as they are",
+        "%d file(s) of earlier runs whose run records under %s/ are gone or unreadable: "
+        "this run's manifest vouches for them as they are",
         len(vouched),
         RUNS_DIR,
         extra={"event": "files_vouched"},

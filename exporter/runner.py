@@ -200,7 +200,7 @@ async def execute(
             if options.remote is None:
                 raise
             state_name = state_path(state_dir, plan.shard).name
-            raise ExporterError(
+            raise Unreachable(
                 f"{options.remote}/{WORK_DIR}/{state_name}: the checkpointed resume state "
                 f"cannot be used ({exc}). If it is damaged, delete that object to go on: the "
                 "data stays, the next run fetches every period of its windows again"
@@ -359,6 +359,8 @@ def _file_check_line(checked: FileCheck, state: State) -> str:
         )
     if checked.vouched:
         line += f"; {len(checked.vouched)} whose run records are gone vouched for anew"
+    if checked.unreadable:
+        line += f" ({len(checked.unreadable)} unreadable run manifest(s) moved to {DISPLACED}/)"
     if checked.foreign:
         line += (
             f"; {len(checked.foreign)} that no run wrote moved to {DISPLACED}/ and written "

@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from exporter.coverage import subtract
-from exporter.errors import ExporterError
+from exporter.errors import ExporterError, Unreachable
 from exporter.plan import merge_spans
 from exporter.redact import redact
 from exporter.storage import relative_path, write_failure
@@ -645,16 +645,23 @@ def _merged(spans: Iterable[Span]) -> list[Span]:
     return out
 
 
-def _unusable(path: Path, exc: sqlite3.Error) -> ExporterError:
+def _unusable(path: Path, exc: sqlite3.Error) -> Unreachable:
+    """The state cannot be used: exit 4 (the output cannot be used), never 1, which says
+    that periods are missing. The line says why and what to do."""
     text = str(exc)
+    if path.exists() and not path.is_file():
+        return Unreachable(
+            f"{path}: cannot use the resume state: it is not a file (a directory or something "
+            "else is in its place); move it away, then rerun"
+        )
     if isinstance(exc, sqlite3.OperationalError) and not text.startswith("file is not"):
         # The file may be fine: the disk is full, read-only, or failing. Deleting it would
         # throw away the record of what is done for nothing.
-        return ExporterError(
+        return Unreachable(
             f"{path}: cannot use the resume state ({text}); free disk space or fix the "
             "permissions of the output directory, then rerun"
         )
-    return ExporterError(
+    return Unreachable(
         f"{path}: the resume state is damaged ({text}). Delete it to go on: the data "
         "files stay as they are, only the record of what is done is lost, so the next run "
         "fetches every period of its windows again"

@@ -296,6 +296,53 @@ def test_a_rerun_after_run_records_are_deleted_leaves_a_verify_that_passes(
     assert _last_manifest(out)["files"] == []
 
 
+def test_an_unreadable_manifest_is_treated_as_gone_and_verify_then_passes(
+    tmp_path: Path,
+    write_config: Callable[..., Path],
+    sandbox: Any,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The manifest of the run that wrote the files, truncated: the rerun vouches for the
+    files anew, moves the manifest aside and says so; verify then passes."""
+    out = tmp_path / "out"
+    config = write_config(_config(out, "jsonl"))
+    assert _run(config) == 0
+    (manifest,) = (out / "_runs").glob("*.json")
+    manifest.write_bytes(manifest.read_bytes()[:100])
+    capsys.readouterr()
+    assert _run(config) == 0
+    out_text = capsys.readouterr().out
+    assert "4 whose run records are gone vouched for anew" in out_text
+    assert "(1 unreadable run manifest(s) moved to .braze-export/displaced/)" in out_text
+    assert _last_manifest(out)["file_check"]["records_unreadable"] == [f"_runs/{manifest.name}"]
+    assert not manifest.exists()
+    assert main(["verify", str(out)]) == 0
+
+
+def test_a_damaged_or_misplaced_state_is_exit_4_with_advice_that_fits(
+    tmp_path: Path,
+    write_config: Callable[..., Path],
+    sandbox: Any,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A damaged state.sqlite is exit 4 (the output cannot be used), not 1 (periods
+    missing), and says to delete it; a directory in its place says to move it away."""
+    out = tmp_path / "out"
+    config = write_config(_config(out, "jsonl"))
+    assert _run(config) == 0
+    state = out / ".braze-export" / "state.sqlite"
+    state.write_bytes(b"this is not a database" * 100)
+    capsys.readouterr()
+    assert _run(config) == 4
+    assert "the resume state is damaged" in capsys.readouterr().err
+    state.unlink()
+    state.mkdir()
+    assert _run(config) == 4
+    err = capsys.readouterr().err
+    assert "it is not a file" in err
+    assert "free disk space" not in err
+
+
 def test_an_untouched_output_is_checked_and_nothing_is_fetched(
     tmp_path: Path, write_config: Callable[..., Path], sandbox: Any
 ) -> None:
