@@ -46,10 +46,16 @@ class _Counted:
     def __init__(self, fetch: ListFetch) -> None:
         self.fetch = fetch
         self.requests = 0
+        self.pages = 0  # answers received
 
     async def get_list(self, source: ListSource, page: int) -> Response:
         self.requests += 1
-        return await self.fetch.get_list(source, page)
+        response = await self.fetch.get_list(source, page)
+        self.pages += 1
+        return response
+
+
+INTERRUPTED = "interrupted"  # a discovery's error when the run was stopped during it
 
 
 class Discovery:
@@ -103,7 +109,12 @@ class Discovery:
         lines = []
         for doc in self.docs:
             head = f"discovery: {doc['config_key']} from {doc['endpoint']}"
-            if doc["error"] is not None:
+            if doc["error"] == INTERRUPTED:
+                lines.append(
+                    f"{head}: interrupted after {doc['pages']} page(s), {doc['requests']} "
+                    "request(s); the exports that discover them got no series this run"
+                )
+            elif doc["error"] is not None:
                 lines.append(f"{head}: FAILED after {doc['requests']} request(s): {doc['error']}")
             else:
                 lines.append(
@@ -143,6 +154,9 @@ class Discovery:
                 retry=pipeline.policy,
                 stopping=lambda: pipeline.result.interrupted,
             )
+        except asyncio.CancelledError:  # stopped by a signal: still say what it had done
+            self._record(param, specs, wanted, None, INTERRUPTED, fetch)
+            raise
         except AuthError as exc:
             if exc.status == 401:
                 pipeline.result.auth_error = exc
@@ -158,7 +172,9 @@ class Discovery:
             error = exc.reason if isinstance(exc, DiscoveryError) else str(exc)
         except ExporterError as exc:
             error = str(exc)
-        if found is None and not pipeline.result.interrupted:
+        if found is None and pipeline.result.interrupted:
+            error = INTERRUPTED
+        elif found is None:
             self.failed.append(param)
             log.error(
                 "discovery of %s from %s failed: %s; exports that discover them get no "
@@ -168,6 +184,19 @@ class Discovery:
                 error,
                 extra={"event": "discovery_failed"},
             )
+        self._record(param, specs, wanted, found, error, fetch)
+
+    def _record(
+        self,
+        param: str,
+        specs: dict[Key, Discover],
+        wanted: dict[Key, DiscoverSpec],
+        found: Discovered | None,
+        error: str | None,
+        fetch: _Counted,
+    ) -> None:
+        """Keep the ids each filter found and the manifest's account of the discovery."""
+        source = LISTS[param]
         for n, (key, spec) in enumerate(specs.items()):
             ids: tuple[str, ...] = ()
             if found is not None:
@@ -183,7 +212,7 @@ class Discovery:
             first = n == 0  # the list's cost is counted once, on its first filter
             self.docs.append(
                 {
-                    "config_key": config_key,
+                    "config_key": DIMENSIONS[param].config_key,
                     "dimension": param,
                     "endpoint": source.path,
                     "pool": source.pool,
@@ -198,7 +227,7 @@ class Discovery:
                     ],
                     "ids": list(ids),
                     "requests": fetch.requests if first else 0,
-                    "pages": (found.pages if found else None) if first else 0,
+                    "pages": (found.pages if found else fetch.pages) if first else 0,
                     "same_read_as_above": not first,
                     "skipped": len(found.items) - len(ids) if found else None,
                     "malformed": found.malformed if found else None,
