@@ -147,11 +147,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             _silence_stdout()
             return int(getattr(args, "exit_code", EXIT_FAILED))
         except OSError as exc:
-            # Output that cannot be written (`> /dev/full`): one line on stderr, if it works.
+            # stdout that cannot be written (`> /dev/full`): one line on stderr, if it works.
+            # "The output" is the export's directory in every other message: name stdout. A
+            # run keeps its status (its files and manifest are whole), as when the reader of
+            # stdout goes away; the other commands did not get their output out.
             _silence_stdout()
             with contextlib.suppress(OSError):
-                console(f"error: cannot write the output: {exc.strerror or exc}")
-            return int(getattr(args, "exit_code", EXIT_FAILED)) or EXIT_FAILED
+                console(f"error: cannot write to stdout: {exc.strerror or exc}")
+            return int(getattr(args, "exit_code", EXIT_FAILED))
 
 
 def _silence_stdout() -> None:

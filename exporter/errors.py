@@ -157,8 +157,10 @@ EXIT_STATUSES: tuple[ExitStatus, ...] = (
 EXIT_PRECEDENCE = (
     "Where several apply, an interruption wins, then 3, then 4, then 5, then 1. When the "
     "reader of stdout goes away early (`plan --json | head`), the command stops writing "
-    "quietly: `run` keeps its run's status, the other commands exit 1 (their output is "
-    "incomplete). No failure shows a traceback."
+    "quietly; when stdout cannot be written (`> /dev/full`), it says `error: cannot write to "
+    "stdout: ...` once on stderr. Either way `run` keeps its run's status (its files and "
+    "manifest are whole), the other commands exit 1 (their output is incomplete). No failure "
+    "shows a traceback."
 )
 
 
