@@ -662,3 +662,15 @@ def test_plan_and_verify_against_a_store_that_answers_only_errors_exit_4(
     assert main(["verify", bucket]) == 4
     (line,) = [x for x in capsys.readouterr().err.splitlines() if x.startswith("error")]
     assert line.startswith("error: the object store cannot be read: ")
+
+
+@pytest.mark.parametrize("prefix", ["s3://b18/../x", "s3://b18/./y", "s3://b18//z", "s3://b/a//b"])
+def test_a_prefix_with_an_empty_dot_or_dot_dot_segment_is_refused(
+    write_config: Callable[..., Path], prefix: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Such keys are path traversal for whatever syncs the bucket to disk, and another lock
+    domain than the prefix meant: exit 2, one line, nothing sent."""
+    cfg = write_config(_config("out"))
+    assert main(["run", str(cfg), "--sandbox", "--out", prefix]) == 2
+    (line,) = capsys.readouterr().err.splitlines()
+    assert "the prefix holds an empty, '.' or '..' segment" in line
