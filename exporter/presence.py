@@ -64,7 +64,10 @@ _Seen = Mapping[str, tuple[int, str]]  # file name -> (size, stamp)
 
 
 class Files(Protocol):
-    """Where the partition files are, as the check sees them."""
+    """Where the partition files are, as the check sees them. ``unknown_writes``: why a file
+    may differ from the state without anyone having changed it ("" locally)."""
+
+    unknown_writes: str
 
     def listing(self, directory: str) -> _Seen:
         """The files directly in ``directory`` (relative to the output, ``/``-separated)."""
@@ -86,6 +89,9 @@ class Files(Protocol):
 
 class LocalFiles:
     """A local output directory: one scandir per directory, a stat per file in it."""
+
+    # Locally a file's fingerprint is noted before its rename: a kill leaves none unknown.
+    unknown_writes = ""
 
     def __init__(self, root: Path) -> None:
         self.root = root
@@ -126,6 +132,13 @@ class LocalFiles:
 
 class StoreFiles:
     """An object storage prefix: each series kind's objects come from one listing."""
+
+    # The resume state is checkpointed, so what a killed run wrote after its last checkpoint
+    # is known to no state: it reads as changed (or as written by no run), not as its own.
+    unknown_writes = (
+        " (on object storage, a run killed after its last checkpoint leaves such objects: "
+        "the state it checkpointed does not know them)"
+    )
 
     def __init__(self, store: ObjectStore) -> None:
         self.store = store
@@ -223,9 +236,11 @@ class Ownership:
         records: Callable[[], Mapping[str, str]],
         run_id: str,
         report: FileCheck,
+        unknown_writes: str = "",
     ) -> None:
         self._state, self._load, self.run_id, self._report = state, records, run_id, report
         self._records: Mapping[str, str] | None = None
+        self._unknown_writes = unknown_writes  # Files.unknown_writes
 
     def wrote(self, relative: str) -> bool:
         """Whether the state holds a fingerprint of the file (``relative``: to the output)."""
@@ -247,9 +262,10 @@ class Ownership:
         self._report.foreign.append(relative)
         log.warning(
             "%s is no file a run of this tool wrote (neither the resume state nor a run record "
-            "knows it): moved to %s/%s/ and not merged into; the file is written anew from "
-            "Braze's answers",
+            "knows it%s): moved to %s/%s/ and not merged into; the file is written anew "
+            "from Braze's answers",
             relative,
+            self._unknown_writes,
             DISPLACED,
             self.run_id,
             extra={"event": "file_displaced"},
@@ -312,7 +328,9 @@ def check_files(
             ", ".join(named),
             ", ..." if len(report.missing) + len(report.changed) > len(named) else "",
             report.periods_taken_back,
-            f"; changed files moved to {DISPLACED}/{run_id}/" if report.changed else "",
+            f"; changed files moved to {DISPLACED}/{run_id}/{files.unknown_writes}"
+            if report.changed
+            else "",
             extra={"event": "files_checked"},
         )
     return report

@@ -235,6 +235,7 @@ async def execute(
                 functools.partial(recorded_files, root, None if remote is None else remote.store),
                 options.run_id,
                 checked,
+                LocalFiles.unknown_writes if remote is None else StoreFiles.unknown_writes,
             ),
         )
         stack.push_async_callback(writer.aclose)

@@ -568,7 +568,8 @@ def test_a_damaged_object_is_fetched_again_and_verify_passes(
 ) -> None:
     """An object deleted, truncated or replaced under the prefix: plan says so and the one
     request (changing no object); the rerun's one listing finds it, one request fetches its
-    10 periods again, exit 0, and verify passes."""
+    10 periods again, exit 0, and verify passes. The warning of a changed object says that a
+    run killed after its last checkpoint leaves such objects too."""
     cfg = write_config(_config(bucket))
     now = datetime(2024, 7, 1, 6, tzinfo=UTC).timestamp()
     name = "sessions/day/segment-seg-0/workspace/2024-06.jsonl"
@@ -590,6 +591,9 @@ def test_a_damaged_object_is_fetched_again_and_verify_passes(
         assert planned["file_check"][f"files_{'missing' if how == 'deleted' else 'changed'}"] == 1
         assert main(["run", str(cfg), "--as-of", AS_OF, "--work-dir", str(tmp_path / "b")]) == 0
         assert sandbox_stats(server.app).requests == sent + 1
+    # The warning names the innocent cause too: a run killed after its last checkpoint.
+    killed = "a run killed after its last checkpoint leaves such objects"
+    assert (killed in capsys.readouterr().err) == (how != "deleted")
     assert _objects(bucket) == before
     docs = [json.loads(data) for n, data in _objects(bucket, "_runs").items() if n.endswith("n")]
     check = max(docs, key=lambda doc: doc["sequence"])["file_check"]
