@@ -10,9 +10,10 @@ restates recent data, so they count as done only for runs with the same as-of da
 resumed run), and a later run reads them again.
 
 Each partition file a run writes leaves a *fingerprint*: its size and a stamp that changes
-when the file is replaced (its mtime in ns; an object's ETag), with the series and the
-periods the partition holds. :mod:`exporter.presence` compares them with the files at the
-start of every run and takes back (``forget``) the periods of a file gone or changed.
+when the file is replaced (its mtime, inode and ctime: :func:`exporter.storage.local_stamp`;
+an object's ETag), with the series and the periods the partition holds.
+:mod:`exporter.presence` compares them with the files at the start of every run and takes
+back (``forget``) the periods of a file gone or changed.
 
 Periods are recorded only after their rows are durably in their partition files, so a crash
 at any moment loses at most the requests in flight, and those are simply fetched again (the
@@ -81,7 +82,7 @@ _CHECKED = "files_checked"  # meta key: this state's periods all have fingerprin
 class Fingerprint:
     """What a partition file was when written: ``path`` relative to the output, the key of
     its ``series``, the periods ``lo..hi`` it holds, its ``size`` in bytes and ``stamp``
-    (mtime in ns locally, the ETag on object storage; "": not known yet)."""
+    (local_stamp locally, the ETag on object storage; "": not known yet)."""
 
     path: str
     series: str
