@@ -371,7 +371,7 @@ def test_a_missing_backend_is_a_config_error_naming_the_extra(
 def test_a_stalled_holder_never_finds_its_epoch_again(bucket: str) -> None:
     """A holds epoch 1 and stalls past its expiry; B takes over and releases; C starts. A's
     renewal must see that it lost the prefix (epochs only grow: released locks are kept)."""
-    store = ObjectStore.open(f"s3://{bucket}/aba")
+    store = ObjectStore.open(f"{bucket}/aba")
     try:
 
         def take(now: float | None, ttl_s: float) -> RemoteLock:
