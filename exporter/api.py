@@ -46,7 +46,7 @@ from exporter.errors import (
 from exporter.logs import new_run_id
 from exporter.pipeline import account
 from exporter.plan import Discovered, Plan, PlanRequest, build_plan, discovery_needs, span_label
-from exporter.redact import redact, redacted_records, register_secret
+from exporter.redact import holds_secret, redact, redacted_records, register_secret
 from exporter.remote import CHECKPOINT_S, LOCK_TTL_S, ObjectStore, is_remote
 from exporter.runner import (
     EXIT_AUTH,
@@ -125,10 +125,16 @@ class PreparedRun:
     options: RunOptions
 
 
-def check_out(out: str | None) -> None:
-    """An empty ``out`` is a mistake (an unset variable), not "the default": ConfigError."""
+def check_out(out: str | None, option: str = "--out") -> None:
+    """An empty ``out`` is a mistake (an unset variable), not "the default"; one holding the
+    API key would write it into the paths the run prints and records: ConfigError."""
     if out == "":
-        raise ConfigError("--out: must not be empty (leave it out to use output.dir)")
+        raise ConfigError(f"{option}: must not be empty (leave it out to use output.dir)")
+    if out is not None and holds_secret(out):
+        raise ConfigError(
+            f"{option}: holds the API key: it would be printed and recorded as part of every "
+            "path; use another directory"
+        )
 
 
 def load_plan(

@@ -33,6 +33,7 @@ from exporter.config import (
     Config,
     Limits,
     expand_home,
+    key_source,
     load_config,
     parse_day,
     register_env_key,
@@ -122,7 +123,8 @@ environment:
   BRAZE_API_KEY        the REST API key (the variable braze.api_key_env names; at least
                        16 characters; redacted as *** from every output and file)
   {api_key_env}_FILE   e.g. BRAZE_API_KEY_FILE: a file holding the key, read when the
-                       variable is unset or empty (mounted secrets)
+                       variable is unset or empty (mounted secrets; a regular file
+                       of at most 4096 bytes)
   BRAZE_REST_ENDPOINT  overrides braze.endpoint
 """
 EPILOG = _epilog()
@@ -151,11 +153,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             _silence_stdout()
             return int(getattr(args, "exit_code", EXIT_FAILED))
         except OSError as exc:
-            # Output that cannot be written (`> /dev/full`): one line on stderr, if it works.
+            # stdout that cannot be written (`> /dev/full`): one line on stderr, if it works.
+            # "The output" is the export's directory in every other message: name stdout. A
+            # run keeps its status (its files and manifest are whole), as when the reader of
+            # stdout goes away; the other commands did not get their output out.
             _silence_stdout()
             with contextlib.suppress(OSError):
-                console(f"error: cannot write the output: {exc.strerror or exc}")
-            return int(getattr(args, "exit_code", EXIT_FAILED)) or EXIT_FAILED
+                console(f"error: cannot write to stdout: {exc.strerror or exc}")
+            return int(getattr(args, "exit_code", EXIT_FAILED))
 
 
 def _silence_stdout() -> None:
@@ -666,7 +671,7 @@ def _cmd_validate(args: argparse.Namespace) -> int:
         f"{config.source}: valid. {len(config.exports)} export(s) "
         f"({', '.join(e.name for e in config.exports)}) covering {counted}; days cut "
         f"in {config.timezone}; {config.output.format} files under {config.output.dir}/; endpoint "
-        f"{config.braze.endpoint}; key from ${key_var} ({key_state}); up to "
+        f"{config.braze.endpoint}; key from {key_source(key_var)} ({key_state}); up to "
         f"{config.limits.requests_per_hour * config.limits.share:,.0f} requests/hour with "
         f"{config.limits.concurrency} in flight."
     )
@@ -708,6 +713,7 @@ def _over_a_day(config: Config) -> Iterator[str]:
 
 def _cmd_plan(args: argparse.Namespace) -> int:
     config, plan = _load(args)
+    check_out(args.out)
     target = args.out or (SANDBOX_OUT if args.sandbox else config.output.dir)
     if is_remote(target):
         where = target
@@ -995,8 +1001,10 @@ def _requests_per_id(config: Config, plan: Plan, param: str, spec_key: Any) -> i
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    check_out(args.out)
+    check_out(args.out)  # before the config is read: an empty --out is refused first
     config, plan = _load(args)
+    check_out(args.out)  # the key is registered once the config is read
+    check_out(None if args.work_dir is None else str(args.work_dir), "--work-dir")
     run = prepare_run(
         config,
         plan,

@@ -15,6 +15,7 @@ import importlib.util
 import json
 import os
 import re
+import stat
 import typing
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -38,7 +39,7 @@ from pydantic import (
 )
 
 from exporter.errors import ConfigError
-from exporter.redact import MIN_KEY_CHARS, register_secret
+from exporter.redact import MIN_KEY_CHARS, holds_secret, register_secret
 from exporter.series import DIMENSIONS, KINDS, SERIES_NAMES, WORKSPACE_POOL
 
 __all__ = [
@@ -47,6 +48,7 @@ __all__ = [
     "DEFAULT_KEY_ENV",
     "ENDPOINT_ENV",
     "FIRST_DATE",
+    "KEY_FILE_MAX_BYTES",
     "LAST_DATE",
     "MAX_PAUSE_S",
     "UNITS",
@@ -65,7 +67,9 @@ __all__ = [
     "Window",
     "check_date",
     "check_endpoint",
+    "key_source",
     "load_config",
+    "read_key_file",
     "reads_like_null",
     "register_env_key",
     "resolve_api_key",
@@ -690,7 +694,35 @@ def _validate(raw: dict[str, Any]) -> tuple[_File | None, list[str]]:
     problems += _series_problems(exports)
     problems += _flag_conflicts(exports)
     problems += _null_like_ids(exports)
+    problems += _secret_holders(raw)
     return model, problems
+
+
+_HOLDS_KEY = (
+    "holds the API key: it would be written into directory and file names, the state and "
+    "the manifest (where it is masked as ***, so they would no longer match); use another id"
+)
+
+
+def _secret_holders(raw: dict[str, Any]) -> Iterator[str]:
+    """Ids and the output directory that hold the API key (registered for redaction before
+    the file is checked): they name directories and go into the state, and the key must be
+    in no file; masking it there would make the rows and the manifest lie."""
+    output = raw.get("output")
+    where = output.get("dir") if isinstance(output, dict) else None
+    if isinstance(where, str) and holds_secret(where):
+        yield f"output.dir: {_HOLDS_KEY.replace('use another id', 'use another directory')}"
+    for i, export in _mappings(raw.get("exports")):
+        for key in _DIMENSION_KEYS:
+            ids = export.get(key)
+            for j, value in enumerate(ids if isinstance(ids, list) else []):
+                if isinstance(value, str) and holds_secret(value):
+                    yield f"exports[{i}].{key}[{j}]: {_HOLDS_KEY}"
+
+
+KEY_FILE_MAX_BYTES = 4096
+"""The most a key file may hold: a Braze REST key is 36 characters, so a longer file (or a
+device such as /dev/zero) is not a key file, and reading it whole could exhaust memory."""
 
 
 def _key_file(name: str, env: Mapping[str, str]) -> Path | None:
@@ -701,6 +733,48 @@ def _key_file(name: str, env: Mapping[str, str]) -> Path | None:
     return None
 
 
+def key_source(name: str, env: Mapping[str, str] | None = None) -> str:
+    """Where the key is read from, for messages: ``$NAME``, or ``$NAME_FILE (path)`` when
+    ``$NAME`` is unset or empty and ``${NAME}_FILE`` is set."""
+    key_file = _key_file(name, os.environ if env is None else env)
+    return f"${name}" if key_file is None else f"${name}_FILE ({key_file})"
+
+
+def read_key_file(name: str, path: Path) -> str:
+    """The text of the key file ``${name}_FILE`` names, read without blocking and at most
+    KEY_FILE_MAX_BYTES + 1 bytes of it. ConfigError (one line naming the file) when it cannot
+    be opened, is no regular file (a FIFO would block, a device never ends), is longer than
+    KEY_FILE_MAX_BYTES, or is not UTF-8 text."""
+    where = f"{name}_FILE: cannot read {path}"
+    try:
+        # O_NONBLOCK: opening a FIFO must not wait for a writer (it is refused below).
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    except OSError as exc:
+        raise ConfigError(f"{where}: {exc.strerror}") from None
+    try:
+        mode = os.fstat(fd).st_mode
+        if stat.S_ISDIR(mode):
+            raise ConfigError(f"{where}: Is a directory")
+        if not stat.S_ISREG(mode):
+            raise ConfigError(f"{where}: not a regular file (a key file holds the key as text)")
+        data = b""
+        while len(data) <= KEY_FILE_MAX_BYTES and (chunk := os.read(fd, 1 + KEY_FILE_MAX_BYTES)):
+            data += chunk
+    except OSError as exc:
+        raise ConfigError(f"{where}: {exc.strerror}") from None
+    finally:
+        os.close(fd)
+    if len(data) > KEY_FILE_MAX_BYTES:
+        raise ConfigError(
+            f"{where}: it holds more than {KEY_FILE_MAX_BYTES} bytes, and a key file holds "
+            "only the key (36 characters)"
+        )
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError(f"{where}: not a text file") from None
+
+
 def register_env_key(name: str, env: Mapping[str, str] | None = None) -> None:
     """Register for redaction the key ``$name`` (or its ``_FILE``) holds, if it can be one,
     before anything could print it: a config error may quote it (an endpoint with the key as
@@ -709,8 +783,8 @@ def register_env_key(name: str, env: Mapping[str, str] | None = None) -> None:
     env = os.environ if env is None else env
     key_file = _key_file(name, env)
     try:
-        value = env.get(name) if key_file is None else key_file.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError):
+        value = env.get(name) if key_file is None else read_key_file(name, key_file)
+    except ConfigError:
         return
     value = (value or "").strip()
     if len(value) >= MIN_KEY_CHARS:
@@ -719,17 +793,15 @@ def register_env_key(name: str, env: Mapping[str, str] | None = None) -> None:
 
 def resolve_api_key(config: Config, env: Mapping[str, str] | None = None) -> ApiKey:
     """The key from ``$api_key_env``, or, when that is unset or empty, from the file named by
-    ``${api_key_env}_FILE`` (``NAME=""`` is how many CI systems spell "unset")."""
+    ``${api_key_env}_FILE`` (``NAME=""`` is how many CI systems spell "unset"; the file is
+    read as :func:`read_key_file` says). ConfigError naming the source the key came from."""
     env = os.environ if env is None else env
     name = config.braze.api_key_env
     value = env.get(name)
     key_file = _key_file(name, env)
+    source = key_source(name, env)[1:]
     if key_file is not None:
-        try:
-            value = key_file.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
-            reason = getattr(exc, "strerror", None) or "not a text file"
-            raise ConfigError(f"{name}_FILE: cannot read {key_file}: {reason}") from None
+        value = read_key_file(name, key_file)
         if not value.strip():
             raise ConfigError(f"{name}_FILE: {key_file} is empty")
     if value is None:
@@ -742,12 +814,12 @@ def resolve_api_key(config: Config, env: Mapping[str, str] | None = None) -> Api
         raise ConfigError(f"{config.source}: braze.api_key_env: {name} is empty")
     if value[0] in "'\"" or any(c.isspace() for c in value):
         # Braze answers 401 to a quoted key; say so before spending a request on it.
-        raise ConfigError(f"{config.source}: braze.api_key_env: {name} holds quotes or spaces")
+        raise ConfigError(f"{config.source}: braze.api_key_env: {source} holds quotes or spaces")
     if len(value) < MIN_KEY_CHARS:
         # Braze's REST keys are 36-character UUIDs; a short value is a placeholder or a
         # truncation, and one too short could not be redacted from the output safely.
         raise ConfigError(
-            f"{config.source}: braze.api_key_env: {name} holds {len(value)} character(s), "
+            f"{config.source}: braze.api_key_env: {source} holds {len(value)} character(s), "
             f"fewer than {MIN_KEY_CHARS}: that is no Braze REST API key (those are 36-character "
             "UUIDs)"
         )

@@ -117,7 +117,8 @@ EXIT_STATUSES: tuple[ExitStatus, ...] = (
     ExitStatus(
         (EXIT_UNREACHABLE,),
         "the endpoint is unreachable (fail-fast), not Braze, or redirects (3xx, never "
-        "followed), or the output (directory, object store, --work-dir) cannot be written",
+        "followed), or the output (directory, object store, --work-dir) cannot be written "
+        "(plan, verify: read)",
         "nothing can work: the first connections all failed (refused, host name not resolved, "
         "TLS), or the endpoint answers 404 to the series endpoints (not a Braze REST host), or "
         "any Braze call is answered with a redirect (3xx: never followed, since it would resend "
@@ -133,7 +134,11 @@ EXIT_STATUSES: tuple[ExitStatus, ...] = (
         "errors, or denies access: `the object store cannot be used`, naming the prefix and "
         "its last answer, within a few seconds), or the `--work-dir` cannot be written; or "
         "too little memory to start (`out of memory while starting`). The message names the "
-        "host or the output, the cause and what to check; completed periods are saved",
+        "host or the output, the cause and what to check; completed periods are saved. For "
+        "`plan` and `verify`, which write nothing: the output or its resume state cannot be "
+        "read (a permission denied, or an object store that answers only errors). Also: the "
+        "resume state (`.braze-export/state.sqlite`) is damaged (delete it: the data stays, "
+        "its periods are fetched again) or cannot be opened (something else in its place)",
     ),
     ExitStatus(
         (EXIT_BUSY,),
@@ -154,8 +159,10 @@ EXIT_STATUSES: tuple[ExitStatus, ...] = (
 EXIT_PRECEDENCE = (
     "Where several apply, an interruption wins, then 3, then 4, then 5, then 1. When the "
     "reader of stdout goes away early (`plan --json | head`), the command stops writing "
-    "quietly: `run` keeps its run's status, the other commands exit 1 (their output is "
-    "incomplete). No failure shows a traceback."
+    "quietly; when stdout cannot be written (`> /dev/full`), it says `error: cannot write to "
+    "stdout: ...` once on stderr. Either way `run` keeps its run's status (its files and "
+    "manifest are whole), the other commands exit 1 (their output is incomplete). No failure "
+    "shows a traceback."
 )
 
 

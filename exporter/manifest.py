@@ -26,7 +26,7 @@ from typing import Any
 
 from exporter import __version__
 from exporter.config import UNITS, Config
-from exporter.errors import ConfigError, DirectoryBusy, ExporterError
+from exporter.errors import ConfigError, DirectoryBusy, ExporterError, Unreachable
 from exporter.pipeline import RunResult, Tally, account
 from exporter.plan import Plan, Series, span_label
 from exporter.ratelimit import Budget
@@ -35,7 +35,15 @@ from exporter.series import KINDS
 from exporter.storage import JOURNAL_SUFFIX, RUNS_DIR, WORK_DIR, DirLock, live_holders
 from exporter.writers import atomic_write
 
-__all__ = ["RUNS_DIR", "Verification", "build_manifest", "verify", "write_manifest"]
+__all__ = [
+    "RUNS_DIR",
+    "Verification",
+    "build_manifest",
+    "is_manifest",
+    "recorded_files",
+    "verify",
+    "write_manifest",
+]
 
 DATA_DIRS = tuple(KINDS)  # each series' files are under {dir}/{series}/
 # Shorter runs are mostly the token bucket's initial burst: a rate over them would overstate
@@ -258,13 +266,14 @@ _HASHERS = 8  # files read and hashed at once: object stores answer each GET in 
 def verify(target: str | Path, progress: Progress | None = None) -> Verification:
     """Check every data file against the sha256 of the latest run that recorded it, and name
     the data files no run recorded. ``target``: a directory or an object storage prefix;
-    ``progress`` hears how far the check is, after each file."""
+    ``progress`` hears how far the check is, after each file. Unreachable (exit 4) when the
+    output cannot be read (the store answers only errors, a permission denied)."""
     if is_remote(target):
         store = ObjectStore.open(str(target))
         try:
             return _verify_store(store, progress)
-        except StorageError as exc:
-            raise ExporterError(str(exc)) from None
+        except StorageError as exc:  # the store cannot be read: exit 4, not "files differ"
+            raise Unreachable(f"the object store cannot be read: {exc}") from None
         finally:
             store.close()
     out_dir = Path(target)
@@ -295,6 +304,13 @@ def verify(target: str | Path, progress: Progress | None = None) -> Verification
             progress,
             not_files,
         )
+    except BrokenPipeError:
+        raise
+    except OSError as exc:  # a file or directory that cannot be read: exit 4, as for a store
+        raise Unreachable(
+            f"cannot read {exc.filename or out_dir}: {exc.strerror or exc}; fix its "
+            "permissions (or the disk), then verify again"
+        ) from None
     finally:
         if lock is not None:
             lock.release()
@@ -324,13 +340,7 @@ def _verify_store(store: ObjectStore, progress: Progress | None) -> Verification
             "verify it after the run ends"
         )
     runs = store.list(RUNS_DIR)
-
-    def read(relative: str) -> bytes:
-        data = store.get(relative)
-        if data is None:
-            raise FileNotFoundError(relative)
-        return data
-
+    read = _reader(store)
     on_store = {
         key
         for name in DATA_DIRS
@@ -347,6 +357,18 @@ def _verify_store(store: ObjectStore, progress: Progress | None) -> Verification
         read,
         progress,
     )
+
+
+def _reader(store: ObjectStore) -> Callable[[str], bytes]:
+    """An object's bytes by its path relative to the prefix (FileNotFoundError: none)."""
+
+    def read(relative: str) -> bytes:
+        data = store.get(relative)
+        if data is None:
+            raise FileNotFoundError(relative)
+        return data
+
+    return read
 
 
 def _check(
@@ -366,25 +388,7 @@ def _check(
     if not manifests and not journals and not on_disk:
         raise ExporterError(f"{name}: no run manifest under {RUNS_DIR}/ and no data")
     report = Verification(manifests=0, journals=0)
-    records = []
-    for manifest in manifests:
-        try:
-            records.append(_manifest_records(manifest, read))
-            report.manifests += 1
-        except ExporterError:
-            # Not ours, or damaged: say so and check the rest (its files may then show as
-            # unknown), rather than refuse to check anything.
-            report.unreadable.append(manifest)
-    finished = {order for order, _ in records}
-    for journal in journals:
-        order, files = _journal_records(journal, read)
-        # The journal of a run whose manifest is there adds only the writes that landed
-        # after it (an interrupted run's): its files count, the run is not reported again.
-        report.journals += order not in finished
-        records.append((order, files))
-    expected: dict[str, str | None] = {}
-    for _, files in sorted(records, key=lambda r: r[0]):  # later runs win
-        expected.update(files)
+    expected = _latest_records(manifests, journals, read, report)
     wanted = {path: digest for path, digest in expected.items() if digest is not None}
     odd = {p for p in not_files if p in expected}
     paths = sorted(on_disk | wanted.keys() | odd)
@@ -436,6 +440,54 @@ def _outcomes(
 _Records = tuple[tuple[int, str], dict[str, str | None]]
 
 
+def _latest_records(
+    manifests: list[str],
+    journals: list[str],
+    read: Callable[[str], bytes],
+    report: Verification,
+) -> dict[str, str | None]:
+    """What the latest run record of each data file says of it (``_Records``' dict);
+    ``report`` counts the manifests and journals read and names the unreadable ones."""
+    records = []
+    for manifest in manifests:
+        try:
+            records.append(_manifest_records(manifest, read))
+            report.manifests += 1
+        except ExporterError:
+            # Not ours, or damaged: say so and check the rest (its files may then show as
+            # unknown), rather than refuse to check anything.
+            report.unreadable.append(manifest)
+    finished = {order for order, _ in records}
+    for journal in journals:
+        order, files = _journal_records(journal, read)
+        # The journal of a run whose manifest is there adds only the writes that landed
+        # after it (an interrupted run's): its files count, the run is not reported again.
+        report.journals += order not in finished
+        records.append((order, files))
+    expected: dict[str, str | None] = {}
+    for _, files in sorted(records, key=lambda r: r[0]):  # later runs win
+        expected.update(files)
+    return expected
+
+
+def recorded_files(root: Path, store: ObjectStore | None = None) -> dict[str, str]:
+    """The sha256 the latest run record under ``_runs/`` (a manifest, or the journal of a
+    run killed before it) gives each data file: ``{path relative to the output: sha256}``,
+    as verify reads them; unreadable records give nothing. ``store``: object storage (then
+    ``root`` is unused). OSError (StorageError on object storage) when ``_runs/`` cannot be
+    listed or a journal cannot be read."""
+    read: Callable[[str], bytes]
+    if store is None:
+        names = [str(p.relative_to(root)) for p in sorted((root / RUNS_DIR).glob("*"))]
+        read = lambda relative: (root / relative).read_bytes()  # noqa: E731
+    else:
+        names, read = store.list(RUNS_DIR), _reader(store)
+    manifests = [n for n in names if n.endswith(".json")]
+    journals = [n for n in names if n.endswith(JOURNAL_SUFFIX)]
+    expected = _latest_records(manifests, journals, read, Verification(manifests=0, journals=0))
+    return {path: digest for path, digest in expected.items() if digest is not None}
+
+
 def _manifest_records(manifest: str, read: Callable[[str], bytes]) -> _Records:
     try:
         doc = json.loads(read(manifest).decode("utf-8"))
@@ -444,6 +496,16 @@ def _manifest_records(manifest: str, read: Callable[[str], bytes]) -> _Records:
         return (int(doc.get("sequence", 0)), str(doc["run_id"])), files
     except (OSError, ValueError, KeyError, TypeError, OverflowError, RecursionError) as exc:
         raise ExporterError(f"{manifest}: not a readable run manifest ({exc})") from None
+
+
+def is_manifest(data: bytes) -> bool:
+    """Whether ``data`` is a run manifest verify can read (one that is not vouches for
+    nothing: a run treats its files as it treats those whose manifest is gone)."""
+    try:
+        _manifest_records("", lambda _: data)
+    except ExporterError:
+        return False
+    return True
 
 
 def _journal_records(journal: str, read: Callable[[str], bytes]) -> _Records:

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from exporter.coverage import Span, subtract
+from exporter.errors import Unreachable
 from exporter.plan import Plan, Request
 from exporter.presence import FileCheck, Files, LocalFiles, StoreFiles, would_take_back
 from exporter.remote import ObjectStore, is_remote
@@ -112,28 +113,46 @@ def saved_records(
     file check would take back (:func:`exporter.presence.would_take_back`: gone or changed)
     count as not done; the check says how many. None when there are no state files."""
     with contextlib.ExitStack() as stack:
-        tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="braze-export-plan-"))
-        files: Files
-        if is_remote(target):
-            store = ObjectStore.open(target)
-            stack.callback(store.close)
-            for relative in store.list(WORK_DIR):
-                name = relative.rsplit("/", 1)[-1]
-                if relative.count("/") == 1 and _is_state(name):
-                    data = store.get(relative)
-                    if data is not None:
-                        (Path(tmp) / name).write_bytes(data)
-            directory, files = Path(tmp), StoreFiles(store)
-        else:
-            directory, files = Path(target) / WORK_DIR, LocalFiles(Path(target))
-        paths = sorted(p for p in directory.glob("state*.sqlite") if _is_state(p.name))
-        if not paths:
-            yield None
-            return
-        records = stack.enter_context(contextlib.closing(Records(paths, scope=scope, as_of=as_of)))
-        check = would_take_back(records.fingerprints(), files, records.pending(), shard)
-        check.periods_taken_back = records.withhold(check.taken_back)
-        yield records, check
+        try:
+            found = _read_records(stack, target, scope=scope, as_of=as_of, shard=shard)
+        except OSError as exc:  # StorageError too: plan writes nothing, it reads the state
+            raise Unreachable(
+                f"cannot read the state at {target}: {exc.strerror or exc}; plan writes "
+                "nothing, but it reads the resume state and lists the files"
+            ) from None
+        yield found
+
+
+def _read_records(
+    stack: contextlib.ExitStack,
+    target: str,
+    *,
+    scope: str,
+    as_of: int,
+    shard: tuple[int, int] | None,
+) -> tuple[Records, FileCheck] | None:
+    """What :func:`saved_records` yields, its clean-up pushed onto ``stack``."""
+    tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="braze-export-plan-"))
+    files: Files
+    if is_remote(target):
+        store = ObjectStore.open(target)
+        stack.callback(store.close)
+        for relative in store.list(WORK_DIR):
+            name = relative.rsplit("/", 1)[-1]
+            if relative.count("/") == 1 and _is_state(name):
+                data = store.get(relative)
+                if data is not None:
+                    (Path(tmp) / name).write_bytes(data)
+        directory, files = Path(tmp), StoreFiles(store)
+    else:
+        directory, files = Path(target) / WORK_DIR, LocalFiles(Path(target))
+    paths = sorted(p for p in directory.glob("state*.sqlite") if _is_state(p.name))
+    if not paths:
+        return None
+    records = stack.enter_context(contextlib.closing(Records(paths, scope=scope, as_of=as_of)))
+    check = would_take_back(records.fingerprints(), files, records.pending(), shard)
+    check.periods_taken_back = records.withhold(check.taken_back)
+    return records, check
 
 
 def _is_state(name: str) -> bool:

@@ -2,7 +2,8 @@
 file is gone or changed are taken back, so the run fetches them again.
 
 Every file a run writes leaves a fingerprint in the state (:class:`exporter.state.Fingerprint`:
-size, and the mtime in ns locally or the ETag on object storage). :func:`check_files` lists
+size, and locally the mtime, inode and ctime (:func:`exporter.storage.local_stamp`), or the
+ETag on object storage). :func:`check_files` lists
 the files the fingerprints name (one ``os.scandir`` per directory locally; one listing per
 series kind on object storage) and compares:
 
@@ -31,12 +32,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
+from exporter.errors import ExporterError
 from exporter.formats import decode
+from exporter.manifest import is_manifest
 from exporter.plan import Series, shard_of
 from exporter.remote import ObjectStore
 from exporter.series import KINDS
 from exporter.state import Fingerprint, State
-from exporter.storage import JOURNAL_SUFFIX, RUNS_DIR, WORK_DIR
+from exporter.storage import JOURNAL_SUFFIX, RUNS_DIR, WORK_DIR, local_stamp, same_stamp
 from exporter.writers import partition_path, partitions
 
 __all__ = [
@@ -44,6 +47,7 @@ __all__ = [
     "FileCheck",
     "Files",
     "LocalFiles",
+    "Ownership",
     "StoreFiles",
     "check_files",
     "compare",
@@ -60,7 +64,10 @@ _Seen = Mapping[str, tuple[int, str]]  # file name -> (size, stamp)
 
 
 class Files(Protocol):
-    """Where the partition files are, as the check sees them."""
+    """Where the partition files are, as the check sees them. ``unknown_writes``: why a file
+    may differ from the state without anyone having changed it ("" locally)."""
+
+    unknown_writes: str
 
     def listing(self, directory: str) -> _Seen:
         """The files directly in ``directory`` (relative to the output, ``/``-separated)."""
@@ -74,13 +81,17 @@ class Files(Protocol):
         """A file's bytes (OSError if it cannot be read)."""
         ...
 
-    def has_record(self, run_id: str) -> bool:
-        """Whether ``_runs/`` holds the manifest or journal of ``run_id``."""
+    def record(self, run_id: str) -> str:
+        """What ``_runs/`` holds of ``run_id``: KEPT (its journal, or a manifest verify can
+        read), GONE, or UNREADABLE (a manifest that is damaged or no manifest)."""
         ...
 
 
 class LocalFiles:
     """A local output directory: one scandir per directory, a stat per file in it."""
+
+    # Locally a file's fingerprint is noted before its rename: a kill leaves none unknown.
+    unknown_writes = ""
 
     def __init__(self, root: Path) -> None:
         self.root = root
@@ -93,7 +104,7 @@ class LocalFiles:
                     info = entry.stat(follow_symlinks=False)
                     # A directory, link or pipe where a file was written is no file of ours:
                     # it matches no fingerprint, so it is changed and moved aside.
-                    stamp = str(info.st_mtime_ns) if entry.is_file(follow_symlinks=False) else ""
+                    stamp = local_stamp(info) if entry.is_file(follow_symlinks=False) else ""
                     seen[entry.name] = (info.st_size if stamp else NOT_A_FILE, stamp)
                 return seen
         except (FileNotFoundError, NotADirectoryError):
@@ -107,13 +118,27 @@ class LocalFiles:
     def read(self, relative: str) -> bytes:
         return (self.root / relative).read_bytes()
 
-    def has_record(self, run_id: str) -> bool:
+    def record(self, run_id: str) -> str:
         runs = self.root / RUNS_DIR
-        return any((runs / f"{run_id}{end}").is_file() for end in (".json", JOURNAL_SUFFIX))
+        if (runs / f"{run_id}{JOURNAL_SUFFIX}").is_file():
+            return KEPT
+        try:
+            return _manifest_state((runs / f"{run_id}.json").read_bytes())
+        except (FileNotFoundError, NotADirectoryError):
+            return GONE
+        except IsADirectoryError:
+            return UNREADABLE
 
 
 class StoreFiles:
     """An object storage prefix: each series kind's objects come from one listing."""
+
+    # The resume state is checkpointed, so what a killed run wrote after its last checkpoint
+    # is known to no state: it reads as changed (or as written by no run), not as its own.
+    unknown_writes = (
+        " (on object storage, a run killed after its last checkpoint leaves such objects: "
+        "the state it checkpointed does not know them)"
+    )
 
     def __init__(self, store: ObjectStore) -> None:
         self.store = store
@@ -139,10 +164,22 @@ class StoreFiles:
             raise FileNotFoundError(relative)
         return data
 
-    def has_record(self, run_id: str) -> bool:
+    def record(self, run_id: str) -> str:
         if self._records is None:  # one listing of _runs/ per check
             self._records = {name.rpartition("/")[2] for name in self.store.list(RUNS_DIR)}
-        return any(f"{run_id}{end}" in self._records for end in (".json", JOURNAL_SUFFIX))
+        if f"{run_id}{JOURNAL_SUFFIX}" in self._records:
+            return KEPT
+        if f"{run_id}.json" not in self._records:
+            return GONE
+        data = self.store.get(f"{RUNS_DIR}/{run_id}.json")
+        return GONE if data is None else _manifest_state(data)
+
+
+KEPT, UNREADABLE = "kept", "unreadable"  # (and GONE) what _runs/ holds of a run
+
+
+def _manifest_state(data: bytes) -> str:
+    return KEPT if is_manifest(data) else UNREADABLE
 
 
 @dataclass
@@ -155,6 +192,8 @@ class FileCheck:
     changed: list[str] = field(default_factory=list)
     adopted: int = 0
     vouched: list[tuple[str, int, str]] = field(default_factory=list)  # (path, rows, sha256)
+    foreign: list[str] = field(default_factory=list)  # files no run wrote, moved aside
+    unreadable: list[str] = field(default_factory=list)  # run manifests that were, moved aside
     periods_taken_back: int = 0
     taken_back: list[tuple[str, int, int]] = field(default_factory=list)
 
@@ -172,9 +211,66 @@ class FileCheck:
             "files_vouched": len(self.vouched),
             "periods_taken_back": self.periods_taken_back,
             "periods_refetched": self.refetched(state),
+            "files_foreign": len(self.foreign),
+            "records_unreadable": self.unreadable,
             "missing": self.missing,
             "changed": self.changed,
+            "foreign": self.foreign,
         }
+
+
+class Ownership:
+    """Whether a partition file a run is about to merge into is one a run wrote: a run
+    never merges the rows of a file it did not write (a stray copy, a planted file) into
+    its output (:class:`exporter.writers.PartitionWriter` moves such a file aside first).
+
+    A file is ours when the state holds its fingerprint (a run wrote it; the file check has
+    made sure it is still as written), or, failing that (the state was deleted), when the
+    latest run record under ``_runs/`` gives its exact sha256. ``records`` reads those
+    (:func:`exporter.manifest.recorded_files`), once, the first time a file is not in the
+    state; ``report`` names each file moved aside (the summary and manifest say so)."""
+
+    def __init__(
+        self,
+        state: State,
+        records: Callable[[], Mapping[str, str]],
+        run_id: str,
+        report: FileCheck,
+        unknown_writes: str = "",
+    ) -> None:
+        self._state, self._load, self.run_id, self._report = state, records, run_id, report
+        self._records: Mapping[str, str] | None = None
+        self._unknown_writes = unknown_writes  # Files.unknown_writes
+
+    def wrote(self, relative: str) -> bool:
+        """Whether the state holds a fingerprint of the file (``relative``: to the output)."""
+        return self._state.knows_file(relative)
+
+    def vouches(self, relative: str, data: bytes) -> bool:
+        """Whether a run record gives exactly these bytes for the file."""
+        if self._records is None:
+            try:
+                self._records = self._load()
+            except (OSError, ExporterError) as exc:  # unreadable records vouch for nothing
+                log.debug("cannot read the run records: %s", exc)
+                self._records = {}
+        digest = self._records.get(relative)
+        return digest is not None and hashlib.sha256(data).hexdigest() == digest
+
+    def displaced(self, relative: str) -> str:
+        """Where a file that is not ours goes, relative to the output; noted for the report."""
+        self._report.foreign.append(relative)
+        log.warning(
+            "%s is no file a run of this tool wrote (neither the resume state nor a run record "
+            "knows it%s): moved to %s/%s/ and not merged into; the file is written anew "
+            "from Braze's answers",
+            relative,
+            self._unknown_writes,
+            DISPLACED,
+            self.run_id,
+            extra={"event": "file_displaced"},
+        )
+        return f"{DISPLACED}/{self.run_id}/{relative}"
 
 
 def check_files(
@@ -199,7 +295,7 @@ def check_files(
     state.note_run()
     adopt: list[Fingerprint] = []
     unvouched: list[Fingerprint] = []
-    records = _Records(files, state)
+    records = _Records(files, state, run_id, report)
     for recorded, verdict, now in compare(state.fingerprints(), files, state.pending(), mine):
         report.checked += 1
         if verdict in (GONE, CHANGED):
@@ -232,7 +328,9 @@ def check_files(
             ", ".join(named),
             ", ..." if len(report.missing) + len(report.changed) > len(named) else "",
             report.periods_taken_back,
-            f"; changed files moved to {DISPLACED}/{run_id}/" if report.changed else "",
+            f"; changed files moved to {DISPLACED}/{run_id}/{files.unknown_writes}"
+            if report.changed
+            else "",
             extra={"event": "files_checked"},
         )
     return report
@@ -259,7 +357,9 @@ def compare(
             if now is None:
                 yield recorded, GONE, None
             elif _matches(now, (recorded.size, recorded.stamp)):
-                yield recorded, SAME if recorded.stamp else ADOPT, now
+                # A stamp not known, or known in part (an older version's): the whole one
+                # seen now is recorded for the next check.
+                yield recorded, SAME if recorded.stamp == now[1] else ADOPT, now
             elif any(_matches(now, staged) for staged in landing.get(recorded.path, ())):
                 yield recorded, ADOPT, now
             else:
@@ -285,17 +385,33 @@ def would_take_back(
 
 
 class _Records:
-    """Whether the record of the run that wrote a file is still under ``_runs/``."""
+    """Whether a readable record of the run that wrote a file is still under ``_runs/``.
+    A manifest that is not (truncated, damaged) vouches for nothing, as verify reads it: it
+    is moved aside to ``displaced/{run_id}/`` (so verify no longer reports it) and its
+    files are vouched for anew, as those of a manifest that is gone."""
 
-    def __init__(self, files: Files, state: State) -> None:
-        self.files, self.state = files, state
+    def __init__(self, files: Files, state: State, run_id: str, report: FileCheck) -> None:
+        self.files, self.state, self.run_id, self.report = files, state, run_id, report
         self._kept: dict[int, bool] = {}
 
     def kept(self, sequence: int) -> bool:
         if sequence not in self._kept:
             run_id = self.state.run_of(sequence)
             # A run of a version that did not note its id: its record cannot be told.
-            self._kept[sequence] = run_id is None or self.files.has_record(run_id)
+            record = KEPT if run_id is None else self.files.record(run_id)
+            if record == UNREADABLE:
+                name = f"{RUNS_DIR}/{run_id}.json"
+                self.files.displace(name, f"{DISPLACED}/{self.run_id}/{name}")
+                self.report.unreadable.append(name)
+                log.warning(
+                    "%s is no run manifest verify can read (damaged or truncated): moved to "
+                    "%s/%s/; the files it recorded are vouched for anew",
+                    name,
+                    DISPLACED,
+                    self.run_id,
+                    extra={"event": "record_displaced"},
+                )
+            self._kept[sequence] = record == KEPT
         return self._kept[sequence]
 
 
@@ -318,8 +434,8 @@ def _vouch(
     state.vouch(vouched)
     report.vouched += [(f.path, rows, sha256) for f, rows, sha256 in vouched]
     log.warning(
-        "%d file(s) of earlier runs whose run records under %s/ are gone: this run's "
-        "manifest vouches for them as they are",
+        "%d file(s) of earlier runs whose run records under %s/ are gone or unreadable: "
+        "this run's manifest vouches for them as they are",
         len(vouched),
         RUNS_DIR,
         extra={"event": "files_vouched"},
@@ -333,7 +449,7 @@ def _take_back(state: State, report: FileCheck, series: str, lo: int, hi: int) -
 
 def _matches(now: tuple[int, str], recorded: tuple[int, str]) -> bool:
     """Whether a file seen now is the one recorded ("": a stamp not known, any will do)."""
-    return now[0] == recorded[0] and (not recorded[1] or now[1] == recorded[1])
+    return now[0] == recorded[0] and (not recorded[1] or same_stamp(now[1], recorded[1]))
 
 
 def _with(recorded: Fingerprint, now: tuple[int, str]) -> Fingerprint:

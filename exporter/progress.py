@@ -53,7 +53,8 @@ def status_line(
     """The progress line. While a pool's budget is paused, or paced below its rate after
     blind 429s, it says so (see :func:`pause_notes`); the ETA counts the rest of the longest
     pause, then the requests left at the rate seen so far or, if slower, the slowest pace (a
-    paced pool's own share of what is left is not known here, so the ETA errs long)."""
+    paced pool's own share of what is left is not known here, so the ETA errs long). While
+    a server's ask to wait more than an hour goes unheeded, the ETA is ``unknown``."""
     totals = result.totals
     to_do = result.requests_planned - totals.skipped + totals.gap
     left = to_do - totals.done
@@ -63,6 +64,8 @@ def status_line(
     going = min([b.pace for b in budgets if b.paced], default=rate)
     going = min(rate, going) if rate > 0 else going
     eta = format_duration(waiting + left / going) if going > 0 and left > 0 else "-"
+    if any(b.ignored_wait is not None for b in budgets) and left > 0:
+        eta = "unknown"  # the server asked for a wait we did not take: it may refuse until then
     paused = "".join(f"{note} | " for note in pause_notes(budgets))
     return (
         f"series {result.series_complete}/{len(plan.series)} complete | requests "
@@ -74,7 +77,8 @@ def status_line(
 def pause_notes(budgets: Iterable[Budget]) -> list[str]:
     """``paused until 14:03:10 UTC: 429, Reset`` for each paused budget, and ``paced to 1
     request every 60s: 429s without Reset`` for each budget whose AIMD pace is below its
-    rate (a pool other than the workspace's is named: ``lists pool paused until ...``)."""
+    rate (a pool other than the workspace's is named: ``lists pool paused until ...``), and
+    ``server asked to wait 72h00m, ignored: implausible`` while such an ask goes unheeded."""
     notes = []
     for budget in budgets:
         pool = "" if budget.name == WORKSPACE_POOL else f"{budget.name} pool "
@@ -82,6 +86,10 @@ def pause_notes(budgets: Iterable[Budget]) -> list[str]:
         if until is not None:
             when = datetime.fromtimestamp(until, UTC).strftime("%H:%M:%S")
             notes.append(f"{pool}paused until {when} UTC: {budget.pause_reason}")
+        if (asked := budget.ignored_wait) is not None:
+            notes.append(
+                f"{pool}server asked to wait {format_duration(asked)}, ignored: implausible"
+            )
         if budget.paced:
             notes.append(f"{pool}paced to {describe_pace(budget.pace)}: {budget.pace_reason}")
     return notes

@@ -73,11 +73,14 @@ _ANOMALIES = {
     "reset_ms": "X-RateLimit-Reset looks like milliseconds; reading it as seconds",
     "reset_past": "X-RateLimit-Reset is already in the past; ignoring it, pauses back off "
     "from 1s to 60s instead",
-    "reset_far": "X-RateLimit-Reset is more than an hour ahead; ignoring it, pauses back off "
-    "from 1s to 60s instead",
+    "reset_far": "X-RateLimit-Reset is {asked:.0f}s ahead, more than an hour (Braze's rate "
+    "limits are hourly: implausible); ignoring it, pauses back off from 1s to 60s instead",
     "reset_missing": "no X-RateLimit-Reset where a pause is needed; pauses back off from 1s "
     "to 60s instead",
-    "retry_after": "Retry-After is not in the future or more than an hour ahead; ignoring it",
+    "retry_after_past": "Retry-After is not in the future; ignoring it",
+    "retry_after_far": "Retry-After asks for a wait of {asked:.0f}s, more than an hour ahead "
+    "(Braze's rate limits are hourly: implausible); ignoring it, pauses back off from 1s to "
+    "60s instead and the ETA is unknown while they do",
     "negative": "a negative X-RateLimit-Limit, -Remaining or -Reset; ignoring it",
     "over_limit": "X-RateLimit-Remaining is above X-RateLimit-Limit; ignoring it",
     "clamped": "a pause longer than limits.max_pause_s ({max_pause_s:g}s) was asked for; "
@@ -143,6 +146,9 @@ class Budget:
         self.pause_reason = ""
         self._streak = 0  # 429s (and blind reserve pauses) in a row, without a success between
         self._logged: set[str] = set()
+        # The epoch second the server last asked us to wait until (Retry-After or Reset more
+        # than an hour ahead) and we did not, until a success: the ETA cannot be known then.
+        self.ignored_ask: float | None = None
         self.pauses = 0
         self.acquired = 0  # tokens handed out: every attempt this budget paced
         self.last_seen: RateHeaders = RateHeaders()
@@ -179,6 +185,12 @@ class Budget:
         return self.pace < self.max_pace
 
     @property
+    def ignored_wait(self) -> float | None:
+        """Seconds left of a wait the server asked for (over an hour) that was not taken;
+        None when there is none (a success since clears it)."""
+        return None if self.ignored_ask is None else max(0.0, self.ignored_ask - self._clock())
+
+    @property
     def paused_for(self) -> float:
         """Seconds until the gate opens again (0.0 when it is open)."""
         return max(0.0, self._paused_until - self._clock())
@@ -207,12 +219,15 @@ class Budget:
             self._anomaly("reset_past")
             reset = None
         elif reset is not None and reset > now + RESET_HORIZON_S:
-            self._anomaly("reset_far")
-            reset = None
+            self._anomaly("reset_far", asked=reset - now)
+            self.ignored_ask, reset = reset, None
         retry_after = headers.retry_after_at
-        if retry_after is not None and not now < retry_after <= now + RESET_HORIZON_S:
-            self._anomaly("retry_after")
+        if retry_after is not None and retry_after <= now:
+            self._anomaly("retry_after_past")
             retry_after = None
+        elif retry_after is not None and retry_after > now + RESET_HORIZON_S:
+            self._anomaly("retry_after_far", asked=retry_after - now)
+            self.ignored_ask, retry_after = retry_after, None
         return RateHeaders(limit, remaining, reset, retry_after)
 
     def observe(self, headers: RateHeaders, *, status: int = 200) -> None:
@@ -231,6 +246,7 @@ class Budget:
         if not low:
             if 200 <= status < 300:
                 self._streak = 0
+                self.ignored_ask = None
                 # Additive increase: successes at pace p add max_pace / PACE_RAMP_S per second.
                 step = self.max_pace / PACE_RAMP_S / self.pace
                 self.pace = min(self.max_pace, self.pace + step)
@@ -310,10 +326,11 @@ class Budget:
             self._paused_until = until
             self.pause_reason = why
 
-    def _anomaly(self, kind: str) -> None:
+    def _anomaly(self, kind: str, asked: float = 0.0) -> None:
+        """Warn once per kind (``asked``: the wait in seconds a header asked for)."""
         if kind not in self._logged:
             self._logged.add(kind)
-            message = _ANOMALIES[kind].format(max_pause_s=self.max_pause_s)
+            message = _ANOMALIES[kind].format(max_pause_s=self.max_pause_s, asked=asked)
             log.warning(message, extra={"event": "rate_header_anomaly"})
 
 

@@ -138,6 +138,14 @@ class ObjectStore:
             )
         if not parts.netloc:
             raise ConfigError(f"output {url}: no bucket (or container) named")
+        segments = parts.path.strip("/").split("/") if parts.path.strip("/") else []
+        if any(segment in ("", ".", "..") for segment in segments) or "//" in parts.path:
+            # Legal keys on a store, but path traversal for whatever syncs the bucket to disk
+            # (aws s3 sync, rclone), and another lock domain than the prefix a user means.
+            raise ConfigError(
+                f"output {url}: the prefix holds an empty, '.' or '..' segment; write it "
+                "without them (s3://bucket/path/to/prefix)"
+            )
         protocol, extra = backend
         try:
             import fsspec  # optional: only object storage needs it

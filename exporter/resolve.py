@@ -66,10 +66,16 @@ class _Counted:
     def __init__(self, fetch: ListFetch) -> None:
         self.fetch = fetch
         self.requests = 0
+        self.pages = 0  # answers received
 
     async def get_list(self, source: ListSource, page: int) -> Response:
         self.requests += 1
-        return await self.fetch.get_list(source, page)
+        response = await self.fetch.get_list(source, page)
+        self.pages += 1
+        return response
+
+
+INTERRUPTED = "interrupted"  # a discovery's error when the run was stopped during it
 
 
 class Discovery:
@@ -163,7 +169,12 @@ class Discovery:
         lines = []
         for doc in self.docs:
             head = f"discovery: {doc['config_key']} from {doc['endpoint']}"
-            if doc["error"] is not None:
+            if doc["error"] == INTERRUPTED:
+                lines.append(
+                    f"{head}: interrupted after {doc['pages']} page(s), {doc['requests']} "
+                    "request(s); the exports that discover them got no series this run"
+                )
+            elif doc["error"] is not None:
                 lines.append(f"{head}: FAILED after {doc['requests']} request(s): {doc['error']}")
             else:
                 lines.append(
@@ -222,6 +233,9 @@ class Discovery:
                 retry=pipeline.policy,
                 stopping=lambda: pipeline.result.interrupted,
             )
+        except asyncio.CancelledError:  # stopped by a signal: still say what it had done
+            self._record(param, specs, wanted, None, INTERRUPTED, fetch)
+            raise
         except AuthError as exc:
             if exc.status == 401:
                 pipeline.result.auth_error = exc
@@ -239,6 +253,8 @@ class Discovery:
             error = str(exc)
         listed_at = datetime.fromtimestamp(self.clock(), UTC)
         failed = found is None and not pipeline.result.interrupted
+        if found is None and pipeline.result.interrupted:
+            error = INTERRUPTED
         if failed:
             self.failed.append(param)
         if specs and failed:
@@ -253,20 +269,20 @@ class Discovery:
         if found is not None:
             for item in found.items:
                 self.listed[(param, item.id)] = item.last_edited
-        self._account(param, specs, wanted, found, fetch.requests, error)
+        self._record(param, specs, wanted, found, error, fetch)
         if self.tables is not None and read_key in self.table_reads:
             await self._table(source, found, fetch.requests, error, listed_at)
 
-    def _account(
+    def _record(
         self,
         param: str,
         specs: dict[Key, Discover],
         wanted: dict[Key, DiscoverSpec],
         found: Discovered | None,
-        requests: int,
         error: str | None,
+        fetch: _Counted,
     ) -> None:
-        """Each filter's ids, and its entry for the manifest."""
+        """Keep the ids each filter found and the manifest's account of the discovery."""
         for n, (key, spec) in enumerate(specs.items()):
             source = wanted[key].source
             ids: tuple[str, ...] = ()
@@ -305,8 +321,8 @@ class Discovery:
                         and found_spec.key == key[1]
                     ],
                     "ids": list(ids),
-                    "requests": requests if first else 0,
-                    "pages": (found.pages if found else None) if first else 0,
+                    "requests": fetch.requests if first else 0,
+                    "pages": (found.pages if found else fetch.pages) if first else 0,
                     "same_read_as_above": not first,
                     "skipped": len(found.items) - len(ids) if found else None,
                     "malformed": found.malformed if found else None,

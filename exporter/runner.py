@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import secrets
 import signal
@@ -38,10 +39,18 @@ from exporter.errors import (
     ExporterError,
     Unreachable,
 )
-from exporter.manifest import RUNS_DIR, build_manifest, write_manifest
+from exporter.manifest import RUNS_DIR, build_manifest, recorded_files, write_manifest
 from exporter.pipeline import Pipeline, RunResult
 from exporter.plan import Plan, PlanRequest
-from exporter.presence import DISPLACED, FileCheck, Files, LocalFiles, StoreFiles, check_files
+from exporter.presence import (
+    DISPLACED,
+    FileCheck,
+    Files,
+    LocalFiles,
+    Ownership,
+    StoreFiles,
+    check_files,
+)
 from exporter.progress import Progress, pause_notes, status_line, summary_lines
 from exporter.ratelimit import Budget
 from exporter.remote import CHECKPOINT_S, RemoteRun, default_work_dir
@@ -192,7 +201,7 @@ async def execute(
             if options.remote is None:
                 raise
             state_name = state_path(state_dir, plan.shard).name
-            raise ExporterError(
+            raise Unreachable(
                 f"{options.remote}/{WORK_DIR}/{state_name}: the checkpointed resume state "
                 f"cannot be used ({exc}). If it is damaged, delete that object to go on: the "
                 "data stays, the next run fetches every period of its windows again"
@@ -222,6 +231,13 @@ async def execute(
             store=None if remote is None else remote.store,
             tz=config.tz,
             encoder=encoder,
+            ownership=Ownership(
+                state,
+                functools.partial(recorded_files, root, None if remote is None else remote.store),
+                options.run_id,
+                checked,
+                LocalFiles.unknown_writes if remote is None else StoreFiles.unknown_writes,
+            ),
         )
         stack.push_async_callback(writer.aclose)
         endpoint = config.braze.endpoint
@@ -351,6 +367,13 @@ def _file_check_line(checked: FileCheck, state: State) -> str:
         )
     if checked.vouched:
         line += f"; {len(checked.vouched)} whose run records are gone vouched for anew"
+    if checked.unreadable:
+        line += f" ({len(checked.unreadable)} unreadable run manifest(s) moved to {DISPLACED}/)"
+    if checked.foreign:
+        line += (
+            f"; {len(checked.foreign)} that no run wrote moved to {DISPLACED}/ and written "
+            "anew, never merged into"
+        )
     return line
 
 

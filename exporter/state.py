@@ -10,9 +10,10 @@ restates recent data, so they count as done only for runs with the same as-of da
 resumed run), and a later run reads them again.
 
 Each partition file a run writes leaves a *fingerprint*: its size and a stamp that changes
-when the file is replaced (its mtime in ns; an object's ETag), with the series and the
-periods the partition holds. :mod:`exporter.presence` compares them with the files at the
-start of every run and takes back (``forget``) the periods of a file gone or changed.
+when the file is replaced (its mtime, inode and ctime: :func:`exporter.storage.local_stamp`;
+an object's ETag), with the series and the periods the partition holds.
+:mod:`exporter.presence` compares them with the files at the start of every run and takes
+back (``forget``) the periods of a file gone or changed.
 
 Periods are recorded only after their rows are durably in their partition files, so a crash
 at any moment loses at most the requests in flight, and those are simply fetched again (the
@@ -39,7 +40,7 @@ from typing import Any
 from exporter.coverage import subtract
 from exporter.details import SCHEMA as DETAILS_SCHEMA
 from exporter.details import Known, decode, encode
-from exporter.errors import ExporterError
+from exporter.errors import ExporterError, Unreachable
 from exporter.plan import merge_spans
 from exporter.redact import redact
 from exporter.storage import relative_path, write_failure
@@ -86,7 +87,7 @@ _CHECKED = "files_checked"  # meta key: this state's periods all have fingerprin
 class Fingerprint:
     """What a partition file was when written: ``path`` relative to the output, the key of
     its ``series``, the periods ``lo..hi`` it holds, its ``size`` in bytes and ``stamp``
-    (mtime in ns locally, the ETag on object storage; "": not known yet)."""
+    (local_stamp locally, the ETag on object storage; "": not known yet)."""
 
     path: str
     series: str
@@ -335,6 +336,12 @@ class State:
                 "SELECT 1 FROM fingerprints WHERE scope = ? AND path = ?", (self._scope, path)
             )
         return next(rows, None) is not None
+
+    def knows_file(self, path: str) -> bool:
+        """Whether a state file of the directory holds a fingerprint of the file ``path``
+        as a run wrote or adopted it (one noted gone does not count)."""
+        sql = "SELECT 1 FROM fingerprints WHERE scope = ? AND path = ? AND size >= 0"
+        return next(self._query_all(sql, (self._scope, path)), None) is not None
 
     def adopt(self, fingerprints: Iterable[Fingerprint]) -> None:
         """Record fingerprints as found on disk (for files an older version wrote, or whose
@@ -667,16 +674,23 @@ def _merged(spans: Iterable[Span]) -> list[Span]:
     return out
 
 
-def _unusable(path: Path, exc: sqlite3.Error) -> ExporterError:
+def _unusable(path: Path, exc: sqlite3.Error) -> Unreachable:
+    """The state cannot be used: exit 4 (the output cannot be used), never 1, which says
+    that periods are missing. The line says why and what to do."""
     text = str(exc)
+    if path.exists() and not path.is_file():
+        return Unreachable(
+            f"{path}: cannot use the resume state: it is not a file (a directory or something "
+            "else is in its place); move it away, then rerun"
+        )
     if isinstance(exc, sqlite3.OperationalError) and not text.startswith("file is not"):
         # The file may be fine: the disk is full, read-only, or failing. Deleting it would
         # throw away the record of what is done for nothing.
-        return ExporterError(
+        return Unreachable(
             f"{path}: cannot use the resume state ({text}); free disk space or fix the "
             "permissions of the output directory, then rerun"
         )
-    return ExporterError(
+    return Unreachable(
         f"{path}: the resume state is damaged ({text}). Delete it to go on: the data "
         "files stay as they are, only the record of what is done is lost, so the next run "
         "fetches every period of its windows again"

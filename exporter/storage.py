@@ -47,7 +47,9 @@ __all__ = [
     "Journal",
     "journal_path",
     "live_holders",
+    "local_stamp",
     "relative_path",
+    "same_stamp",
     "unwritable",
     "write_denied",
     "write_failure",
@@ -173,6 +175,24 @@ def live_holders(root: Path) -> list[Holder]:
 
 
 _NOT_NORMAL = frozenset(("", ".", ".."))  # path components relpath would normalise away
+
+
+def local_stamp(info: os.stat_result) -> str:
+    """What changes when a local file is replaced or edited, for its fingerprint:
+    ``"{st_mtime_ns}:{st_ino}:{st_ctime_ns}"``. The mtime alone can be set back (``touch -r``,
+    ``cp -p``); an edit (``sed -i``, an editor's save, ``cp``, ``rsync``) gives a new inode
+    or a new ctime, and no user call sets the ctime back. A chmod, a chown or a rename also
+    sets the ctime: such a file reads as changed and its periods are fetched again."""
+    return f"{info.st_mtime_ns}:{info.st_ino}:{info.st_ctime_ns}"
+
+
+def same_stamp(now: str, recorded: str) -> bool:
+    """Whether a stamp seen now is the ``recorded`` one. A recorded stamp of the mtime alone
+    (written by an older version, or noted before a rename that changed the ctime) is
+    compared on the mtime; object storage's ETags are compared whole."""
+    if ":" in recorded or ":" not in now:
+        return now == recorded
+    return now.partition(":")[0] == recorded
 
 
 def relative_path(path: str | os.PathLike[str], root: str | os.PathLike[str]) -> str:

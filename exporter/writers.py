@@ -25,6 +25,7 @@ import itertools
 import logging
 import os
 import secrets
+import stat
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -39,7 +40,7 @@ from exporter.errors import ExporterError, WriteError
 from exporter.plan import Series
 from exporter.redact import redact_bytes
 from exporter.series import encode_id
-from exporter.storage import WORK_DIR
+from exporter.storage import WORK_DIR, local_stamp, relative_path
 
 if TYPE_CHECKING:  # not imported at run time: the encoder process imports this module
     from exporter.client import Point
@@ -78,6 +79,19 @@ class Store(Protocol):
     def display(self, relative: str) -> str: ...
 
 
+class Ownership(Protocol):
+    """Whether a partition file that is there is one a run wrote (exporter.presence's
+    Ownership): a file that is not is moved aside before anything is merged into it."""
+
+    def wrote(self, relative: str) -> bool: ...
+
+    def vouches(self, relative: str, data: bytes) -> bool: ...
+
+    def displaced(self, relative: str) -> str:
+        """Where the file goes (relative to the output), the move being about to happen."""
+        ...
+
+
 @dataclass(frozen=True, slots=True)
 class WrittenFile:
     path: Path
@@ -87,8 +101,9 @@ class WrittenFile:
     series: str = ""  # the key of the series whose partition this is ("": not known)
     lo: int = 0  # the partition's periods, lo..hi: what the file holds when complete
     hi: int = -1
-    size: int = -1  # bytes, and what changes when the file is replaced: its mtime in ns
-    stamp: str = ""  # locally, the object's ETag on object storage ("": not known yet)
+    size: int = -1  # bytes, and what changes when the file is replaced: locally its
+    stamp: str = ""  # local_stamp (only the mtime until it lands), the object's ETag on
+    # object storage ("": not known yet)
 
 
 def partition_of(series: Series, period: int) -> str:
@@ -178,6 +193,7 @@ class PartitionWriter:
         store: Store | None = None,
         tz: tzinfo = UTC,
         encoder: ChildProcess | None = None,
+        ownership: Ownership | None = None,
     ) -> None:
         """``tz`` is the config's zone (for day labels that carry an offset, as
         :func:`exporter.plan.period_of` reads them); ``token`` names the temp files (the
@@ -186,7 +202,10 @@ class PartitionWriter:
         ``on_staged`` of every batch just before its renames (or PUT) begin, so that a file
         that lands and is killed before ``on_written`` is still recognised as ours.
         With a ``store`` (object storage), ``root`` is ``Path(".")``: paths are relative to
-        the store's prefix, and each partition is one GET and one whole-object PUT."""
+        the store's prefix, and each partition is one GET and one whole-object PUT.
+        ``ownership``: asked, the first time this writer meets a file that is there, whether
+        a run wrote it; one no run wrote is moved aside and written anew, never merged into
+        (None: every file is merged into, as in tests of the writer alone)."""
         self.root = root
         self.tz = tz
         self.store = store
@@ -203,6 +222,8 @@ class PartitionWriter:
         self._flusher: asyncio.Task[None] | None = None
         self._root_fd: int | None = None
         self._stager = _Stager(encoder) if fmt == "parquet" and store is None else None
+        self._ownership = ownership
+        self._screened: set[str] = set()  # files met once: ours, or moved aside
 
     async def aclose(self) -> None:
         """Finish the batch in progress (a cancelled write's batch still completes)."""
@@ -228,6 +249,7 @@ class PartitionWriter:
                     written.append(await self._put(self.store, path, series, group))
                     continue
                 try:
+                    self._screen_local(path)
                     staged = await self._stage(path, series, group, next(self._versions))
                     await self._commit(staged)
                 except OSError as exc:
@@ -243,6 +265,10 @@ class PartitionWriter:
         relative = path.as_posix()
         try:
             current = await store.read(relative)
+            owner = None if current is None else self._unscreened(relative)
+            if current is not None and owner is not None and not owner.vouches(relative, current):
+                await store.put(owner.displaced(relative), current)  # moved: copied, replaced
+                current = None
             rows = (
                 {}
                 if current is None
@@ -259,6 +285,32 @@ class PartitionWriter:
             self._on_written([item])
         return item
 
+    def _unscreened(self, relative: str) -> Ownership | None:
+        """Whom to ask about the file, when it is met for the first time and the state has
+        no fingerprint of it (None: it is ours, or was looked at already)."""
+        owner = self._ownership
+        if owner is None or relative in self._screened:
+            return None
+        self._screened.add(relative)
+        return None if owner.wrote(relative) else owner
+
+    def _screen_local(self, path: Path) -> None:
+        """Move the file at ``path`` aside if no run wrote it (a link or directory there is
+        no file of ours either). Reads it only when the state does not know it: rare."""
+        relative = relative_path(path, self.root)
+        owner = self._unscreened(relative)
+        if owner is None:
+            return
+        try:
+            mode = os.lstat(path).st_mode
+        except FileNotFoundError:
+            return
+        if stat.S_ISREG(mode) and owner.vouches(relative, path.read_bytes()):
+            return
+        target = self.root / owner.displaced(relative)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(path, target)
+
     async def _stage(
         self, path: Path, series: Series, points: list[Point], version: int
     ) -> _Staged:
@@ -274,7 +326,8 @@ class PartitionWriter:
         tmp, fd = _temp_file(self.tmp_dir, self.token)
         try:
             _write_all(fd, (data,))
-            # The rename keeps the mtime: the file's fingerprint is known before it lands.
+            # The rename keeps the mtime: the file is recognised by it should the run be
+            # killed between the rename and hearing of it (the whole stamp follows then).
             mtime_ns = os.fstat(fd).st_mtime_ns
         except BaseException:
             _discard(tmp, fd)
@@ -648,6 +701,9 @@ def _settle(staged: _Staged) -> None:
         os.close(staged.fd)
         if staged.error is None:
             _rename(staged.tmp, staged.item.path)
+            # The rename set the file's ctime: its whole stamp is read once it is in place.
+            stamp = local_stamp(os.lstat(staged.item.path))
+            staged.item = dataclasses.replace(staged.item, stamp=stamp)
             return
     except OSError as exc:
         staged.error = exc

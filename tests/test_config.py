@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from datetime import date
 from pathlib import Path
@@ -9,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from exporter.cli import main
-from exporter.config import ApiKey, load_config, resolve_api_key
+from exporter.config import ApiKey, key_source, load_config, register_env_key, resolve_api_key
 from exporter.errors import ConfigError
 
 GOOD = """\
@@ -230,6 +231,58 @@ def test_api_key_from_env_and_file(write_config: Callable[..., Path], tmp_path: 
     key_file = tmp_path / "key"
     key_file.write_text(f"{key}-file\n")
     assert resolve_api_key(config, {"BRAZE_API_KEY_FILE": str(key_file)}).reveal() == f"{key}-file"
+
+
+@pytest.mark.parametrize(
+    ("kind", "says"),
+    [
+        ("device", "not a regular file"),
+        ("fifo", "not a regular file"),
+        ("oversized", "it holds more than 4096 bytes"),
+        ("directory", "Is a directory"),
+    ],
+)
+def test_a_key_file_is_read_bounded_and_never_blocks(
+    write_config: Callable[..., Path], tmp_path: Path, kind: str, says: str
+) -> None:
+    """A key file that is a device (/dev/zero never ends), a FIFO (would block for a
+    writer), a directory or longer than 4 KiB is refused with one line naming the file."""
+    config = load_config(write_config(GOOD), env={})
+    path = {"device": Path("/dev/zero"), "directory": tmp_path}.get(kind, tmp_path / "key")
+    if kind == "fifo":
+        os.mkfifo(path)
+    elif kind == "oversized":
+        path.write_text("k" * 5000)
+    env = {"BRAZE_API_KEY": "", "BRAZE_API_KEY_FILE": str(path)}
+    with pytest.raises(ConfigError, match=f"BRAZE_API_KEY_FILE: cannot read {path}: {says}"):
+        resolve_api_key(config, env)
+    register_env_key("BRAZE_API_KEY", env)  # never raises, never blocks
+
+
+def test_messages_name_the_key_file_the_key_came_from(
+    write_config: Callable[..., Path],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A key read from $BRAZE_API_KEY_FILE is named by that variable and the file, not by
+    $BRAZE_API_KEY (which is empty)."""
+    config = load_config(write_config(GOOD), env={})
+    key_file = tmp_path / "k4"
+    key_file.write_text("short\n")
+    env = {"BRAZE_API_KEY": "", "BRAZE_API_KEY_FILE": str(key_file)}
+    with pytest.raises(ConfigError, match=rf"BRAZE_API_KEY_FILE \({key_file}\) holds 5 char"):
+        resolve_api_key(config, env)
+    key_file.write_text("two words-0123456789\nline\n")
+    with pytest.raises(ConfigError, match=rf"BRAZE_API_KEY_FILE \({key_file}\) holds quotes"):
+        resolve_api_key(config, env)
+    assert key_source("BRAZE_API_KEY", env) == f"$BRAZE_API_KEY_FILE ({key_file})"
+    assert key_source("BRAZE_API_KEY", {"BRAZE_API_KEY": "x"}) == "$BRAZE_API_KEY"
+    key_file.write_text("d3b07384-d9a0-4c2b-9f1e-7a1b2c3d4e5f\n")
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    assert main(["validate", str(write_config(GOOD))]) == 0
+    assert f"key from $BRAZE_API_KEY_FILE ({key_file}) (set)" in capsys.readouterr().out
 
 
 def test_api_key_problems(write_config: Callable[..., Path]) -> None:

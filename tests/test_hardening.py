@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import importlib.abc
+import json
 import os
 import sqlite3
 import subprocess
@@ -174,14 +175,31 @@ def test_a_full_disk_is_not_called_a_damaged_state() -> None:
 
 @pytest.mark.slow
 def test_output_to_a_full_device_or_a_closed_stdout_is_one_line(tmp_path: Path) -> None:
-    """`plan --json > /dev/full` and a closed stdout: exit 1 or quiet, never a traceback."""
+    """`plan --json > /dev/full` and a closed stdout: exit 1 or quiet, never a traceback; a
+    run whose stdout is full keeps its status (0, as its manifest says), naming stdout."""
     config = tmp_path / "c.yaml"
     config.write_text(CONFIG.format(out=tmp_path / "o", tz="UTC"))
     cli = [sys.executable, "-m", "exporter", "plan", str(config), "--json", "--as-of", AS_OF]
     with open("/dev/full", "w") as full:
         proc = subprocess.run(cli, stdout=full, stderr=subprocess.PIPE, text=True, timeout=120)
     assert proc.returncode == 1
-    assert proc.stderr == "error: cannot write the output: No space left on device\n"
+    assert proc.stderr == "error: cannot write to stdout: No space left on device\n"
+    run = [
+        *cli[:3],
+        "run",
+        str(config),
+        "--sandbox",
+        "--out",
+        str(tmp_path / "o"),
+        "--as-of",
+        AS_OF,
+    ]
+    with open("/dev/full", "w") as full:
+        proc = subprocess.run(run, stdout=full, stderr=subprocess.PIPE, text=True, timeout=120)
+    assert proc.returncode == 0  # the run is complete: its status is the manifest's
+    assert "error: cannot write to stdout: No space left on device" in proc.stderr
+    (manifest,) = (tmp_path / "o" / "_runs").glob("*.json")
+    assert json.loads(manifest.read_text())["exit_code"] == 0
     closed = subprocess.run(
         ["/bin/sh", "-c", " ".join(cli) + " >&-"], capture_output=True, text=True, timeout=120
     )

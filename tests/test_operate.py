@@ -325,6 +325,28 @@ def test_the_progress_line_says_a_pause_and_counts_it_in_the_eta(
     assert "paused" not in status_line(_half_done(), _plan(), elapsed=10, budgets=[budget])
 
 
+def test_an_ignored_ask_to_wait_days_makes_the_eta_unknown(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A 429 with Retry-After of 3 days (ignored: implausible) shows the server's ask and
+    an unknown ETA, never the seconds of the backoff; the warning names the rule that
+    applied. A success ends it."""
+    clock = FakeClock(_AT_14H)
+    budget = Budget(10**8, 1.0, 0.1, clock=clock, sleep=clock.sleep, jitter=lambda: 0.0)
+    with caplog.at_level(logging.WARNING):
+        budget.rate_limited(RateHeaders(retry_after_at=clock.now + 3 * 86400))
+    warning = caplog.records[0].getMessage()
+    assert warning.startswith("Retry-After asks for a wait of 259200s, more than an hour ahead")
+    line = status_line(_half_done(), _plan(), elapsed=10, budgets=[budget])
+    assert "| server asked to wait 72h00m, ignored: implausible |" in line
+    assert "| ETA unknown |" in line
+    clock.now += budget.paused_for
+    budget.observe(RateHeaders(limit=1000, remaining=900, reset_at=clock.now + 60))
+    line = status_line(_half_done(), _plan(), elapsed=10, budgets=[budget])
+    assert "server asked" not in line
+    assert "ETA unknown" not in line
+
+
 def test_a_paused_list_pool_is_named() -> None:
     """A pause of a pool other than the workspace's names that pool."""
     clock = FakeClock(_AT_14H)

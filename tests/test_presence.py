@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import os
 import sqlite3
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
@@ -133,6 +134,111 @@ def test_a_rerun_fetches_again_exactly_the_periods_of_a_damaged_file(
         assert (displaced[0] / "mine").read_text() == "a user's\n"
 
 
+def _plant(path: Path, fmt: str, kind: str) -> None:
+    """A file no run wrote where a run will write: parseable, holding a row of the series
+    relabelled from another id and a day after the as-of date, or a link to such a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    planted = path.parents[5] / f"planted.{fmt}" if kind == "a link" else path
+    lines = [
+        '{"time": "2024-06-15", "sessions": 1, "segment_id": "seg-a", "app_id": null, '
+        '"unit": "day"}',
+        '{"time": "2024-07-28", "sessions": 666, "segment_id": "EVIL", "app_id": "x", '
+        '"unit": "day"}',
+    ]
+    planted.write_text("".join(f"{line}\n" for line in lines))
+    if kind == "a link":
+        path.symlink_to(planted)
+
+
+@pytest.mark.parametrize("kind", ["a file", "a link"])
+def test_a_run_never_merges_into_a_file_no_run_wrote(
+    tmp_path: Path,
+    write_config: Callable[..., Path],
+    sandbox: Any,
+    kind: str,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A parseable partition file (or a link) that no run wrote is moved aside, never
+    merged into: the output holds only Braze's rows, the summary and manifest name it, and
+    verify passes."""
+    out = tmp_path / "out"
+    june = JUNE.format(fmt="jsonl")
+    _plant(out / june, "jsonl", kind)
+    assert _run(write_config(_config(out, "jsonl"))) == 0
+    clean = tmp_path / "clean"
+    assert _run(write_config(_config(clean, "jsonl"), "clean.yaml")) == 0
+    assert snapshot(out) == snapshot(clean)
+    assert "666" not in (out / june).read_text()
+    assert "that no run wrote moved to .braze-export/displaced/" in capsys.readouterr().out
+    check = _last_manifest(out)["file_check"]
+    assert (check["files_foreign"], check["foreign"]) == (1, [june])
+    assert len(list((out / DISPLACED).rglob("2024-06.jsonl"))) == 1
+    report = verify(out)
+    assert (report.changed, report.missing, report.unknown) == ([], [], [])
+
+
+@pytest.mark.parametrize("lost", ["the state", "the state and the run records"])
+def test_a_file_a_run_wrote_is_merged_into_even_when_the_state_is_gone(
+    tmp_path: Path, write_config: Callable[..., Path], sandbox: Any, lost: str
+) -> None:
+    """The state deleted: a file the run records give the exact bytes of is still ours and
+    merged into as it is; with the records gone too, nothing can tell it from a stray one,
+    so it is moved aside and written anew. Either way the data is what Braze sent."""
+    out = tmp_path / "out"
+    config = write_config(_config(out, "jsonl"))
+    assert _run(config) == 0
+    before = snapshot(out)
+    for state in (out / ".braze-export").glob("state*.sqlite*"):
+        state.unlink()
+    if lost != "the state":
+        for record in (out / "_runs").iterdir():
+            record.unlink()
+    assert _run(config) == 0
+    assert snapshot(out) == before
+    foreign = _last_manifest(out)["file_check"]["foreign"]
+    assert len(foreign) == (0 if lost == "the state" else 4)
+    assert main(["verify", str(out)]) == 0
+
+
+def _edit_keeping_size_and_mtime(path: Path) -> None:
+    """``sed -i`` of one digit, then ``touch -r`` back to the old mtime: same size."""
+    before = path.stat()
+    text = path.read_text()
+    digit = next(c for c in text if c.isdigit())
+    edited = path.with_name(f"{path.name}.sed")
+    edited.write_text(text.replace(digit, "9" if digit != "9" else "8", 1))
+    edited.replace(path)
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert (path.stat().st_size, path.stat().st_mtime_ns) == (before.st_size, before.st_mtime_ns)
+
+
+@pytest.mark.parametrize("stamps", ["this version's", "an older version's (mtime only)"])
+def test_an_edit_of_the_same_size_with_its_mtime_set_back_is_found(
+    tmp_path: Path, write_config: Callable[..., Path], sandbox: Any, stamps: str
+) -> None:
+    """A file edited to the same size with its mtime set back is changed (its inode and
+    ctime tell): the rerun fetches it again and verify passes. A state with mtime-only
+    stamps is upgraded by the first check, without fetching anything."""
+    out = tmp_path / "out"
+    config = write_config(_config(out, "jsonl"))
+    assert _run(config) == 0
+    sent = sandbox_stats(sandbox.app).requests
+    if stamps != "this version's":
+        db = sqlite3.connect(out / ".braze-export" / "state.sqlite")
+        db.execute("UPDATE fingerprints SET stamp = substr(stamp, 1, instr(stamp, ':') - 1)")
+        db.commit()
+        db.close()
+        assert _run(config) == 0
+        assert sandbox_stats(sandbox.app).requests == sent
+        assert _last_manifest(out)["file_check"]["files_adopted"] == 4
+    _edit_keeping_size_and_mtime(out / JUNE.format(fmt="jsonl"))
+    assert _run(config) == 0
+    assert sandbox_stats(sandbox.app).requests == sent + 1
+    assert _last_manifest(out)["file_check"]["changed"] == [JUNE.format(fmt="jsonl")]
+    report = verify(out)
+    assert (report.changed, report.missing, report.unknown) == ([], [], [])
+
+
 def test_verify_reports_a_directory_where_a_run_wrote_a_file(
     tmp_path: Path, write_config: Callable[..., Path], sandbox: Any
 ) -> None:
@@ -188,6 +294,53 @@ def test_a_rerun_after_run_records_are_deleted_leaves_a_verify_that_passes(
     assert main(["verify", str(out)]) == 0, capsys.readouterr().out
     assert _run(config) == 0  # vouched once: the next run finds every record there
     assert _last_manifest(out)["files"] == []
+
+
+def test_an_unreadable_manifest_is_treated_as_gone_and_verify_then_passes(
+    tmp_path: Path,
+    write_config: Callable[..., Path],
+    sandbox: Any,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The manifest of the run that wrote the files, truncated: the rerun vouches for the
+    files anew, moves the manifest aside and says so; verify then passes."""
+    out = tmp_path / "out"
+    config = write_config(_config(out, "jsonl"))
+    assert _run(config) == 0
+    (manifest,) = (out / "_runs").glob("*.json")
+    manifest.write_bytes(manifest.read_bytes()[:100])
+    capsys.readouterr()
+    assert _run(config) == 0
+    out_text = capsys.readouterr().out
+    assert "4 whose run records are gone vouched for anew" in out_text
+    assert "(1 unreadable run manifest(s) moved to .braze-export/displaced/)" in out_text
+    assert _last_manifest(out)["file_check"]["records_unreadable"] == [f"_runs/{manifest.name}"]
+    assert not manifest.exists()
+    assert main(["verify", str(out)]) == 0
+
+
+def test_a_damaged_or_misplaced_state_is_exit_4_with_advice_that_fits(
+    tmp_path: Path,
+    write_config: Callable[..., Path],
+    sandbox: Any,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A damaged state.sqlite is exit 4 (the output cannot be used), not 1 (periods
+    missing), and says to delete it; a directory in its place says to move it away."""
+    out = tmp_path / "out"
+    config = write_config(_config(out, "jsonl"))
+    assert _run(config) == 0
+    state = out / ".braze-export" / "state.sqlite"
+    state.write_bytes(b"this is not a database" * 100)
+    capsys.readouterr()
+    assert _run(config) == 4
+    assert "the resume state is damaged" in capsys.readouterr().err
+    state.unlink()
+    state.mkdir()
+    assert _run(config) == 4
+    err = capsys.readouterr().err
+    assert "it is not a file" in err
+    assert "free disk space" not in err
 
 
 def test_an_untouched_output_is_checked_and_nothing_is_fetched(

@@ -172,7 +172,7 @@ def test_a_reset_in_milliseconds_is_read_as_seconds(caplog: pytest.LogCaptureFix
     ("reset", "warning"),
     [
         (NOW - 60, "X-RateLimit-Reset is already in the past"),
-        (NOW + 2 * 3600, "X-RateLimit-Reset is more than an hour ahead"),
+        (NOW + 2 * 3600, "X-RateLimit-Reset is 7200s ahead, more than an hour"),
         (None, "no X-RateLimit-Reset where a pause is needed"),
         (-5.0, "a negative X-RateLimit-Limit, -Remaining or -Reset"),
     ],

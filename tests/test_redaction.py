@@ -402,3 +402,31 @@ def test_a_key_in_a_refused_endpoint_is_masked_in_the_error(
     out, err = capsys.readouterr()
     assert "without a path (got path '/***')" in err
     assert ENDPOINT_KEY not in out + err
+
+
+def test_a_config_id_or_output_holding_the_key_is_refused(
+    tmp_path: Path, env_key: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An id or output.dir holding the key (it would name directories and go into the
+    state, masked in the rows and manifest) is refused by validate and run, exit 2, one line
+    each and nothing written; so is --out or --work-dir holding it."""
+    config = tmp_path / "c.yaml"
+    out = tmp_path / f"out-{env_key}"
+    config.write_text(
+        f"version: 1\noutput: {{dir: '{out}'}}\nexports:\n  - name: n\n"
+        f"    segment_ids: [ok, 'x-{env_key}']\n    window: {{days: 2}}\n"
+    )
+    for command in (["validate"], ["run", "--sandbox"]):
+        assert main([*command, str(config)]) == 2
+        err = capsys.readouterr().err
+        assert "exports[0].segment_ids[1]: holds the API key" in err
+        assert "output.dir: holds the API key" in err
+        assert env_key not in err
+    assert not out.exists()
+    config.write_text(
+        "version: 1\nexports:\n  - name: n\n    segment_ids: [ok]\n    window: {days: 2}\n"
+    )
+    for option in ("--out", "--work-dir"):
+        assert main(["run", str(config), "--sandbox", option, str(out)]) == 2
+        assert f"{option}: holds the API key" in capsys.readouterr().err
+    assert not out.exists()

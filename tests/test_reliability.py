@@ -239,7 +239,9 @@ def test_a_signal_during_discovery_stops_within_the_grace_period(
     code: int,
 ) -> None:
     """Discovery of 12 pages of events paced by the 1,000/hour list pool (3.6 s a page):
-    a signal stops it within 10 s, exit 130/143, no further list page after the stop."""
+    a signal stops it within 10 s, exit 130/143, no further list page after the stop; the
+    summary and the manifest say the discovery was interrupted (its export did not merely
+    have nothing to do)."""
     out = tmp_path / "out"
     config = write_config(
         f"version: 1\noutput: {{dir: {out}}}\nexports:\n  - name: e\n    series: events\n"
@@ -255,3 +257,9 @@ def test_a_signal_during_discovery_stops_within_the_grace_period(
     assert "cancelling" not in stopped.stderr  # stopped within the grace, not at its end
     assert "rerun the same command to resume" in stopped.stderr
     assert "Traceback" not in stopped.stderr
+    assert re.search(
+        r"discovery: events from /events/list: interrupted after \d+ page\(s\)", stopped.stdout
+    )
+    (manifest,) = (out / "_runs").glob("*.json")
+    (discovery,) = json.loads(manifest.read_text())["discovery"]
+    assert discovery["error"] == "interrupted"

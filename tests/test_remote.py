@@ -64,6 +64,25 @@ def _objects(url: str, under: str = "sessions") -> dict[str, bytes]:
         store.close()
 
 
+def _local_then_remote(
+    tmp_path: Path,
+    bucket: str,
+    write_config: Callable[..., Path],
+    sandbox_server: Any,
+    monkeypatch: pytest.MonkeyPatch,
+) -> dict[str, bytes]:
+    """One sandbox run into a local directory, one into ``bucket``: the local files."""
+    with sandbox_server(limit=0) as server:
+        monkeypatch.setenv("BRAZE_REST_ENDPOINT", server.url)
+        local = tmp_path / "local"
+        assert (
+            main(["run", str(write_config(_config(str(local)), "l.yaml")), "--as-of", AS_OF]) == 0
+        )
+        cfg = write_config(_config(bucket), "r.yaml")
+        assert main(["run", str(cfg), "--as-of", AS_OF, "--work-dir", str(tmp_path / "w")]) == 0
+    return snapshot(local)
+
+
 def test_a_run_writes_the_same_objects_as_a_local_run(
     tmp_path: Path,
     bucket: str,
@@ -73,15 +92,7 @@ def test_a_run_writes_the_same_objects_as_a_local_run(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """A run into s3:// writes byte for byte the files a local run writes, and a manifest."""
-    with sandbox_server(limit=0) as server:
-        monkeypatch.setenv("BRAZE_REST_ENDPOINT", server.url)
-        local = tmp_path / "local"
-        assert (
-            main(["run", str(write_config(_config(str(local)), "l.yaml")), "--as-of", AS_OF]) == 0
-        )
-        cfg = write_config(_config(bucket), "r.yaml")
-        assert main(["run", str(cfg), "--as-of", AS_OF, "--work-dir", str(tmp_path / "w")]) == 0
-    expected = snapshot(local)
+    expected = _local_then_remote(tmp_path, bucket, write_config, sandbox_server, monkeypatch)
     assert len(expected) > 20
     assert _objects(bucket) == expected
     runs = _objects(bucket, "_runs")
@@ -347,7 +358,7 @@ def test_a_missing_backend_is_a_config_error_naming_the_extra(
 def test_a_stalled_holder_never_finds_its_epoch_again(bucket: str) -> None:
     """A holds epoch 1 and stalls past its expiry; B takes over and releases; C starts. A's
     renewal must see that it lost the prefix (epochs only grow: released locks are kept)."""
-    store = ObjectStore.open(f"s3://{bucket}/aba")
+    store = ObjectStore.open(f"{bucket}/aba")
     try:
 
         def take(now: float | None, ttl_s: float) -> RemoteLock:
@@ -544,7 +555,8 @@ def test_a_damaged_object_is_fetched_again_and_verify_passes(
 ) -> None:
     """An object deleted, truncated or replaced under the prefix: plan says so and the one
     request (changing no object); the rerun's one listing finds it, one request fetches its
-    10 periods again, exit 0, and verify passes."""
+    10 periods again, exit 0, and verify passes. The warning of a changed object says that a
+    run killed after its last checkpoint leaves such objects too."""
     cfg = write_config(_config(bucket))
     now = datetime(2024, 7, 1, 6, tzinfo=UTC).timestamp()
     name = "sessions/day/segment-seg-0/workspace/2024-06.jsonl"
@@ -566,6 +578,9 @@ def test_a_damaged_object_is_fetched_again_and_verify_passes(
         assert planned["file_check"][f"files_{'missing' if how == 'deleted' else 'changed'}"] == 1
         assert main(["run", str(cfg), "--as-of", AS_OF, "--work-dir", str(tmp_path / "b")]) == 0
         assert sandbox_stats(server.app).requests == sent + 1
+    # The warning names the innocent cause too: a run killed after its last checkpoint.
+    killed = "a run killed after its last checkpoint leaves such objects"
+    assert (killed in capsys.readouterr().err) == (how != "deleted")
     assert _objects(bucket) == before
     docs = [json.loads(data) for n, data in _objects(bucket, "_runs").items() if n.endswith("n")]
     check = max(docs, key=lambda doc: doc["sequence"])["file_check"]
@@ -597,3 +612,56 @@ def test_a_rerun_after_the_run_records_are_deleted_leaves_a_verify_that_passes(
         assert main(["run", str(cfg), "--as-of", AS_OF, "--work-dir", str(tmp_path / "b")]) == 0
         assert sandbox_stats(server.app).requests == sent
     assert main(["verify", bucket]) == 0
+
+
+def test_an_object_no_run_wrote_is_moved_aside_never_merged_into(
+    tmp_path: Path,
+    bucket: str,
+    write_config: Callable[..., Path],
+    sandbox_server: Any,
+    env_key: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A parseable object no run wrote, where a run writes: copied to displaced/ and
+    replaced by Braze's rows alone, as a local run does; verify passes."""
+    name = "sessions/day/segment-seg-0/workspace/2024-06.jsonl"
+    planted = b'{"time": "2024-06-28", "sessions": 666, "segment_id": "EVIL", "unit": "day"}\n'
+    store = ObjectStore.open(bucket)
+    store.put_sync(name, planted)
+    store.close()
+    expected = _local_then_remote(tmp_path, bucket, write_config, sandbox_server, monkeypatch)
+    assert _objects(bucket) == expected
+    (aside,) = _objects(bucket, ".braze-export/displaced").values()
+    assert aside == planted
+    assert main(["verify", bucket]) == 0
+
+
+def test_plan_and_verify_against_a_store_that_answers_only_errors_exit_4(
+    bucket: str,
+    faulty_s3: FaultyS3,
+    write_config: Callable[..., Path],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """plan writes nothing: a store it cannot read is "cannot read the state" (not "cannot
+    write the output"); verify of such a store is exit 4, never 1 (files differ)."""
+    faulty_s3.faults.append(Fault(lambda _: True, ("503",), times=None))
+    cfg = write_config(_config(bucket, segments=1, days=2))
+    assert main(["plan", str(cfg), "--as-of", AS_OF]) == 4
+    (line,) = [x for x in capsys.readouterr().err.splitlines() if x.startswith("error")]
+    assert line.startswith(f"error: cannot read the state at {bucket}: ")
+    assert "HTTP 503" in line
+    assert main(["verify", bucket]) == 4
+    (line,) = [x for x in capsys.readouterr().err.splitlines() if x.startswith("error")]
+    assert line.startswith("error: the object store cannot be read: ")
+
+
+@pytest.mark.parametrize("prefix", ["s3://b18/../x", "s3://b18/./y", "s3://b18//z", "s3://b/a//b"])
+def test_a_prefix_with_an_empty_dot_or_dot_dot_segment_is_refused(
+    write_config: Callable[..., Path], prefix: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Such keys are path traversal for whatever syncs the bucket to disk, and another lock
+    domain than the prefix meant: exit 2, one line, nothing sent."""
+    cfg = write_config(_config("out"))
+    assert main(["run", str(cfg), "--sandbox", "--out", prefix]) == 2
+    (line,) = capsys.readouterr().err.splitlines()
+    assert "the prefix holds an empty, '.' or '..' segment" in line
