@@ -15,11 +15,13 @@ import secrets
 import shlex
 import signal
 import sys
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from datetime import date, datetime
 from pathlib import Path
+from types import FrameType
 from typing import Any, NoReturn
 
 from exporter import package_version
@@ -37,7 +39,14 @@ from exporter.config import (
 )
 from exporter.discover import DiscoverSpec, discovery_cost
 from exporter.doctor import DoctorReport, diagnose
-from exporter.errors import AuthError, ConfigError, DirectoryBusy, ExporterError, Unreachable
+from exporter.errors import (
+    AuthError,
+    ConfigError,
+    DirectoryBusy,
+    ExporterError,
+    Terminated,
+    Unreachable,
+)
 from exporter.logs import console, logging_for_run, new_run_id
 from exporter.manifest import verify
 from exporter.outlook import Figures, Outlook, next_requests, outlook, saved_records
@@ -156,7 +165,8 @@ def _silence_stdout() -> None:
 
 def _dispatch(args: argparse.Namespace) -> int:
     try:
-        code: int = args.func(args)
+        with contextlib.nullcontext() if getattr(args, "serves", False) else _sigterm_unwinds():
+            code: int = args.func(args)
     except ConfigError as exc:
         for line in str(exc).splitlines():
             console(f"error: {line}")
@@ -173,11 +183,38 @@ def _dispatch(args: argparse.Namespace) -> int:
     except ExporterError as exc:
         console(f"error: {exc}")
         return EXIT_FAILED
-    except KeyboardInterrupt:
-        # Only before a run installs its own handlers (while starting up): nothing to save.
+    except KeyboardInterrupt as exc:
+        # Any command but a run going (it has its own handlers): what it was doing is undone
+        # on the way here (its temp files and directories removed), nothing is left to save.
+        # What stdout still buffers is dropped: a reader that stopped reading must not keep
+        # the exit waiting.
+        _silence_stdout()
         console("interrupted", event="interrupted")
-        return EXIT_SIGNAL[signal.SIGINT]
+        return EXIT_SIGNAL[signal.SIGTERM if isinstance(exc, Terminated) else signal.SIGINT]
     return code
+
+
+@contextlib.contextmanager
+def _sigterm_unwinds() -> Iterator[None]:
+    """SIGTERM raises Terminated while a command goes, as Ctrl-C raises KeyboardInterrupt,
+    so that every ``with`` and ``finally`` on the way out runs: no temp file or directory is
+    left behind (Python's default for SIGTERM ends the process where it stands). A second
+    SIGTERM stops at once. A run installs its own handlers on top while it goes. Left alone
+    when SIGTERM is ignored (``nohup``, an orchestrator) or off the main thread."""
+    main_thread = threading.current_thread() is threading.main_thread()
+    if not main_thread or signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+        yield
+        return
+
+    def unwind(signum: int, frame: FrameType | None) -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        raise Terminated
+
+    previous = signal.signal(signal.SIGTERM, unwind)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 # --log-format as the command line asks it, for usage errors (found before it is parsed).
@@ -261,7 +298,14 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument(
         "--json",
         action="store_true",
-        help="the same per export as JSON, and every request (default: a summary)",
+        help="the same as one JSON document: totals, per export and per series kind "
+        "(default: text)",
+    )
+    plan.add_argument(
+        "--requests",
+        action="store_true",
+        help="also list every request the next run sends, with Braze's parameters, streamed "
+        "(millions for a long hourly backfill; default: counts only)",
     )
     plan.add_argument(
         "--out",
@@ -453,7 +497,7 @@ def build_parser() -> argparse.ArgumentParser:
         default="naive",
         help="hour time labels: 2024-01-05T10:00:00 (naive, default), ...Z (z), ...+00:00 (offset)",
     )
-    box.set_defaults(func=_cmd_sandbox)
+    box.set_defaults(func=_cmd_sandbox, serves=True)  # serves until killed: no unwinding
     _getting_started(command)
     return parser
 
@@ -701,8 +745,9 @@ def _cmd_plan(args: argparse.Namespace) -> int:
     with saved_records(where, scope=scope, as_of=as_of, shard=plan.shard) as saved:
         records, check = saved if saved is not None else (None, None)
         seen = outlook(plan, records, None if records is None else where)
-        if args.json:
-            _print_plan_json(config, plan, seen, check, next_requests(plan, records))
+        if args.json or args.requests:
+            requests = next_requests(plan, records) if args.requests else None
+            _print_plan_json(config, plan, seen, check, requests)
             return EXIT_OK
     limits = config.limits
     shards = plan.shard[1] if plan.shard else 1
@@ -784,10 +829,11 @@ def _print_plan_json(
     plan: Plan,
     seen: Outlook,
     check: FileCheck | None,
-    requests: Iterator[Request],
+    requests: Iterator[Request] | None,
 ) -> None:
-    """The plan as one JSON document; the requests are written as they are made, so a plan
-    of millions of them holds none in memory."""
+    """The plan as one JSON document, its size independent of the periods; with
+    ``requests``, each of them too (``"requests": [...]``, last), written as they are made,
+    so a plan of millions of them holds none in memory."""
     limits = config.limits
     shards = plan.shard[1] if plan.shard else 1
 
@@ -823,6 +869,7 @@ def _print_plan_json(
             "periods_taken_back": check.periods_taken_back,
         },
         "exports": {name: figures(f) for name, f in seen.exports.items()},
+        "requests_by_series": dict(sorted((+seen.by_kind).items())),
         "discovery": [
             {
                 "config_key": DIMENSIONS[param].config_key,
@@ -837,17 +884,26 @@ def _print_plan_json(
         ],
     }
     head = json.dumps(doc, indent=1)
+    if requests is None:
+        sys.stdout.write(head + "\n")
+        return
     sys.stdout.write(head[:-2] + ',\n "requests": [')
-    for n, r in enumerate(requests):
-        item = {
-            **({} if r.series.kind == "sessions" else {"series": r.series.kind}),
-            **dict(r.series.dimensions()),
-            "unit": r.series.unit,
-            "path": r.series.info.path,
-            "length": r.length,
-            "ending_at": r.ending_at,
-        }
-        sys.stdout.write(("," if n else "") + "\n  " + json.dumps(item))
+    separator, series, prefix = "\n  ", None, ""
+    for r in requests:
+        if r.series is not series:  # a series' requests come together: its fields once
+            series = r.series
+            fields = {
+                **({} if series.kind == "sessions" else {"series": series.kind}),
+                **dict(series.dimensions()),
+                "unit": series.unit,
+                "path": series.info.path,
+            }
+            prefix = json.dumps(fields)[:-1]
+        # ending_at is an ISO 8601 date-time: nothing in it to escape.
+        sys.stdout.write(
+            f'{separator}{prefix}, "length": {r.length}, "ending_at": "{r.ending_at}"}}'
+        )
+        separator = ",\n  "
     sys.stdout.write("\n ]\n}\n")
 
 

@@ -110,9 +110,9 @@ def saved_records(
     file check would take back (:func:`exporter.presence.would_take_back`: gone or changed)
     count as not done; the check says how many. None when there are no state files."""
     with contextlib.ExitStack() as stack:
-        tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="braze-export-plan-"))
         files: Files
         if is_remote(target):
+            tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="braze-export-plan-"))
             store = ObjectStore.open(target)
             stack.callback(store.close)
             for relative in store.list(WORK_DIR):

@@ -493,8 +493,12 @@ class RemoteRun:
             for suffix in ("-wal", "-shm"):
                 target.with_name(name + suffix).unlink(missing_ok=True)
             tmp = target.with_name(name + ".download")
-            tmp.write_bytes(data)
-            os.replace(tmp, target)
+            try:
+                tmp.write_bytes(data)
+                os.replace(tmp, target)
+            except BaseException:  # a full disk, or a signal: no half file left
+                tmp.unlink(missing_ok=True)
+                raise
             restored.add(name)
         # A local state the prefix has no checkpoint of is not this prefix's truth: another
         # prefix's (a reused --work-dir), or one whose prefix was emptied since. Trusting it

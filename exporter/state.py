@@ -524,7 +524,7 @@ class Records:
     def __init__(self, paths: Iterable[Path], *, scope: str, as_of: int) -> None:
         """Raises ExporterError when a file cannot be read (damaged, unreadable)."""
         self._scope, self._as_of = scope, as_of
-        self._copies = tempfile.TemporaryDirectory(prefix="braze-export-plan-")
+        self._copies: tempfile.TemporaryDirectory[str] | None = None  # made when needed
         self._dbs: list[sqlite3.Connection] = []
         self._withheld: dict[str, list[Span]] = {}
         try:
@@ -538,6 +538,8 @@ class Records:
         try:
             wal = path.with_name(path.name + "-wal")
             if wal.exists():  # a run is writing it (or was killed): read a copy
+                if self._copies is None:
+                    self._copies = tempfile.TemporaryDirectory(prefix="braze-export-plan-")
                 copy = Path(self._copies.name) / f"{len(self._dbs)}.sqlite"
                 shutil.copyfile(path, copy)
                 shutil.copyfile(wal, copy.with_name(copy.name + "-wal"))
@@ -600,7 +602,8 @@ class Records:
     def close(self) -> None:
         for db in self._dbs:
             db.close()
-        self._copies.cleanup()
+        if self._copies is not None:
+            self._copies.cleanup()
 
 
 _FINGERPRINTS = (

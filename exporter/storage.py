@@ -390,8 +390,12 @@ def _next_sequence(locks: Path) -> int:
 def _write_json(path: Path, doc: object) -> None:
     """Replace a small file whole (callers hold the registry lock: the temp name is free)."""
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(redact(json.dumps(doc)), encoding="utf-8")
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(redact(json.dumps(doc)), encoding="utf-8")
+        os.replace(tmp, path)
+    except BaseException:  # a full disk, or a signal: no half file left
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def _remove_stale_temp_files(root: Path, live_tokens: set[str]) -> int:

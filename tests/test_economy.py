@@ -6,6 +6,10 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
+import signal
+import subprocess
+import sys
 from collections.abc import Callable
 from datetime import date
 from pathlib import Path
@@ -165,7 +169,7 @@ def test_plan_says_what_the_next_run_sends_from_the_saved_state(
     text = capsys.readouterr().out
     assert "requests: 0 (for 0 periods" in text
     assert f"state:    {tmp_path / 'out'}: 175 of 175 periods done" in text
-    assert main(["plan", str(config), "--as-of", "2024-09-11", "--json"]) == 0
+    assert main(["plan", str(config), "--as-of", "2024-09-11", "--json", "--requests"]) == 0
     doc = json.loads(capsys.readouterr().out)
     assert doc["exports"]["nightly"] == doc["totals"]
     assert doc["totals"] | {"seconds_at_least": 0} == {
@@ -317,3 +321,64 @@ def test_plan_counts_as_taken_back_what_the_run_s_manifest_counts(
     ran = json.loads(manifests[-1].read_text())["file_check"]
     assert (check["files_missing"], check["periods_taken_back"]) == (1, 0)
     assert ran["periods_taken_back"] == check["periods_taken_back"]
+
+
+def test_plan_json_is_a_summary_of_bounded_size_and_lists_requests_only_when_asked(
+    tmp_path: Path, write_config: Callable[..., Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """plan --json of 52 years of hours gives counts (totals, per export, per series kind),
+    never the requests; --requests lists each of them, Braze's parameters."""
+    config = write_config(NIGHTLY.format(out=tmp_path / "out", days=19_000))
+    as_of = "2024-09-10"
+    assert main(["plan", str(config), "--as-of", as_of, "--json"]) == 0
+    text = capsys.readouterr().out
+    doc = json.loads(text)
+    requests = 190 + math.ceil(19_000 * 24 / 100)
+    assert "requests" not in doc
+    assert doc["totals"]["requests"] == doc["requests_by_series"]["sessions"] == requests
+    assert len(text) < 4000
+    assert main(["plan", str(config), "--as-of", as_of, "--json", "--requests"]) == 0
+    listed = json.loads(capsys.readouterr().out)["requests"]
+    assert len(listed) == requests
+    assert listed[-1] == {
+        "segment_id": "segment-a",
+        "app_id": None,
+        "unit": "hour",
+        "path": "/sessions/data_series",
+        "length": 19_000 * 24 % 100 or 100,
+        "ending_at": "2024-09-09T23:59:59+00:00",
+    }
+
+
+def test_sigterm_during_plan_leaves_no_temp_directory(
+    tmp_path: Path, write_config: Callable[..., Path]
+) -> None:
+    """SIGTERM while plan streams its requests (reading a state a run holds, from a private
+    copy in a temp directory): exit 143, one line, and the temp directory is gone."""
+    config = write_config(NIGHTLY.format(out=tmp_path / "out", days=19_000))
+    held = State(state_path(tmp_path / "out" / WORK_DIR, None), scope="s", as_of=0)
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    argv = ["plan", str(config), "--as-of", "2024-09-10", "--json", "--requests"]
+    with subprocess.Popen(
+        [sys.executable, "-m", "exporter", *argv],
+        env={**os.environ, "TMPDIR": str(tmp)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        # SIGTERM as a service manager sends it, whatever this test runner inherited.
+        preexec_fn=lambda: signal.signal(signal.SIGTERM, signal.SIG_DFL),
+    ) as proc:
+        try:
+            assert proc.stdout is not None
+            assert proc.stderr is not None
+            assert proc.stdout.readline() == b"{\n"  # the copy is made: the plan is written
+            assert [p.name[:18] for p in tmp.iterdir()] == ["braze-export-plan-"]
+            proc.send_signal(signal.SIGTERM)  # it writes on into the pipe no one reads
+            err = proc.stderr.read().decode()
+            assert proc.wait(timeout=120) == 143
+        finally:
+            proc.kill()
+            held.close()
+    assert err.splitlines()[-1:] == ["interrupted"]
+    assert "Traceback" not in err
+    assert list(tmp.iterdir()) == []
