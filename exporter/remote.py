@@ -37,11 +37,12 @@ import json
 import logging
 import os
 import secrets
+import shutil
 import socket
 import sqlite3
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 from datetime import UTC, datetime
@@ -85,6 +86,7 @@ _NO_BACKEND_RETRIES: dict[str, dict[str, Any]] = {
     "s3": {"config_kwargs": {"retries": {"mode": "standard", "total_max_attempts": 1}}},
 }
 LOCK_TTL_S = 300.0
+_UPLOAD_CHUNK = 1 << 20  # bytes read from a spooled file per write to the store
 CHECKPOINT_S = 60.0
 _LOCK_DIR = f"{WORK_DIR}/lock"
 T = TypeVar("T")
@@ -185,6 +187,22 @@ class ObjectStore:
         object's ETag when the backend's answer gives it, else ""."""
         answer = self._call("write", relative, self.fs.pipe_file, redact_bytes(data))
         return _stamp(answer) if isinstance(answer, dict) else ""
+
+    def put_stream(self, relative: str, chunks: Iterable[bytes]) -> None:
+        """Replace the object whole with ``chunks`` (redacted as :meth:`put_sync`), holding
+        none of them in memory: they are spooled to an unnamed local temp file (gone with the
+        process, even after ``kill -9``), which is uploaded in parts and read again for a
+        retry."""
+        with tempfile.TemporaryFile() as spool:
+            for chunk in chunks:
+                spool.write(redact_bytes(chunk))
+
+            def upload(path: str) -> None:
+                spool.seek(0)
+                with self.fs.open(path, "wb") as target:
+                    shutil.copyfileobj(spool, target, _UPLOAD_CHUNK)
+
+            self._call("write", relative, upload)
 
     def move(self, relative: str, to: str) -> None:
         """Move an object (a copy, then a delete: object stores have no rename)."""

@@ -10,6 +10,7 @@ import os
 import signal
 import subprocess
 import sys
+import tracemalloc
 from collections.abc import Callable
 from datetime import date
 from pathlib import Path
@@ -21,7 +22,11 @@ from bench.economy import NIGHTLY
 from exporter import series as series_module
 from exporter.cli import main
 from exporter.config import load_config
+from exporter.coverage import Coverage
+from exporter.manifest import build_manifest, write_manifest
+from exporter.pipeline import RunResult
 from exporter.plan import Series, build_plan, cover, hour_range
+from exporter.ratelimit import Budget
 from exporter.sandbox import sandbox_stats
 from exporter.state import State, state_path
 from exporter.storage import WORK_DIR
@@ -382,3 +387,41 @@ def test_sigterm_during_plan_leaves_no_temp_directory(
     assert err.splitlines()[-1:] == ["interrupted"]
     assert "Traceback" not in err
     assert list(tmp.iterdir()) == []
+
+
+def test_the_manifest_of_an_interrupted_run_is_written_without_holding_its_series(
+    tmp_path: Path, write_config: Callable[..., Path]
+) -> None:
+    """A run stopped before any request: each of its 40,000 series is listed as incomplete
+    in the manifest, written entry by entry (4 bytes a series held, not an entry each)."""
+    segments = ", ".join(f"segment-{i:03d}" for i in range(200))
+    apps = ", ".join(f"app-{i:03d}" for i in range(100))
+    text = NIGHTLY.replace("[segment-a]", f"[{segments}]\n    app_ids: [{apps}]")
+    config = load_config(write_config(text.format(out="o", days=7)), env={})
+    plan = build_plan(config, date(2024, 9, 10))
+    result = RunResult(coverage=Coverage(plan), interrupted=True)
+    budget = Budget(1000, 1.0, 0.1)
+    tracemalloc.start()
+    try:
+        doc = build_manifest(
+            run_id="r",
+            config=config,
+            plan=plan,
+            result=result,
+            budget=budget,
+            started_at=0.0,
+            finished_at=1.0,
+            exit_code=130,
+            source={"sandbox": True},
+            sequence=1,
+        )
+        path = write_manifest(tmp_path, doc, iter(()), "t")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    written = json.loads(Path(path).read_text())
+    assert len(written["totals"]["incomplete"]) == len(plan.series) == 40_000
+    assert written["totals"]["incomplete"][0]["missing"] == ["2024-09-03..2024-09-09"]
+    assert written["exports"]["nightly"]["series_incomplete"] == 40_000
+    assert written["files"] == []
+    assert peak < 2_000_000  # the lists in memory took 40 MB
