@@ -49,7 +49,15 @@ from exporter.errors import (
 )
 from exporter.logs import console, logging_for_run, new_run_id
 from exporter.manifest import verify
-from exporter.outlook import Figures, Outlook, next_requests, outlook, saved_records
+from exporter.outlook import (
+    Figures,
+    InTheWay,
+    Outlook,
+    in_the_way,
+    next_requests,
+    outlook,
+    saved_records,
+)
 from exporter.plan import (
     MAX_LENGTH,
     Plan,
@@ -71,6 +79,7 @@ from exporter.runner import (
     EXIT_UNREACHABLE,
     EXIT_USAGE,
     execute,
+    run_layout,
     state_scope,
 )
 from exporter.sandbox import (
@@ -742,12 +751,13 @@ def _cmd_plan(args: argparse.Namespace) -> int:
         where = str(output_dir(config, args.out or (SANDBOX_OUT if args.sandbox else None)))
     scope = state_scope(config, sandbox=args.sandbox)
     as_of = plan.as_of.toordinal()
+    way = in_the_way(where, layout=run_layout(config, sandbox=args.sandbox), shard=plan.shard)
     with saved_records(where, scope=scope, as_of=as_of, shard=plan.shard) as saved:
         records, check = saved if saved is not None else (None, None)
         seen = outlook(plan, records, None if records is None else where)
         if args.json or args.requests:
             requests = next_requests(plan, records) if args.requests else None
-            _print_plan_json(config, plan, seen, check, requests)
+            _print_plan_json(config, plan, seen, check, way, requests)
             return EXIT_OK
     limits = config.limits
     shards = plan.shard[1] if plan.shard else 1
@@ -767,6 +777,8 @@ def _cmd_plan(args: argparse.Namespace) -> int:
             f"state:    {where}: {total.done:,} of {total.periods:,} periods done, "
             f"{total.reread:,} provisional to read again"
         )
+    if way is not None:
+        print(f"lock:     {_in_the_way_line(way)}")
     if check is not None and (check.missing or check.changed):
         print(
             f"files:    {len(check.missing):,} written file(s) gone and {len(check.changed):,} "
@@ -819,6 +831,24 @@ def _cmd_plan(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _in_the_way_line(way: InTheWay) -> str:
+    """Why the next run would stop at once (exit 5), as the lock record says."""
+    if not way.readable:
+        return (
+            f"held by a lock this version cannot read ({way.record}): a run now exits "
+            f"{EXIT_BUSY}; delete it if no run is writing there"
+        )
+    until = (
+        f"until {way.expires_at} unless it renews it"
+        if way.expires_at is not None
+        else "while its process lives"
+    )
+    return (
+        f"held by a run ({way.holder.describe()}) {until} ({way.record}): a run now exits "
+        f"{EXIT_BUSY}"
+    )
+
+
 def _most_per_request(plan: Plan) -> str:
     lengths = sorted({s.info.max_length for s in {s.kind: s for s in plan.series}.values()})
     return "/".join(map(str, lengths or [MAX_LENGTH]))
@@ -829,6 +859,7 @@ def _print_plan_json(
     plan: Plan,
     seen: Outlook,
     check: FileCheck | None,
+    way: InTheWay | None,
     requests: Iterator[Request] | None,
 ) -> None:
     """The plan as one JSON document, its size independent of the periods; with
@@ -867,6 +898,17 @@ def _print_plan_json(
             "files_missing": len(check.missing),
             "files_changed": len(check.changed),
             "periods_taken_back": check.periods_taken_back,
+        },
+        "lock": None
+        if way is None
+        else {
+            "pid": way.holder.pid,
+            "host": way.holder.host,
+            "started_at": way.holder.started_at,
+            "command": way.holder.command,
+            "expires_at": way.expires_at,
+            "record": way.record,
+            "run_exits": EXIT_BUSY,
         },
         "exports": {name: figures(f) for name, f in seen.exports.items()},
         "requests_by_series": dict(sorted((+seen.by_kind).items())),

@@ -19,11 +19,20 @@ from pathlib import Path
 from exporter.coverage import Span, subtract
 from exporter.plan import Plan, Request
 from exporter.presence import FileCheck, Files, LocalFiles, StoreFiles, would_take_back
-from exporter.remote import ObjectStore, is_remote
+from exporter.remote import ObjectStore, is_remote, remote_lease
 from exporter.state import Records
-from exporter.storage import WORK_DIR
+from exporter.storage import WORK_DIR, Holder, live_holders, lock_record
 
-__all__ = ["Figures", "Outlook", "needed", "next_requests", "outlook", "saved_records"]
+__all__ = [
+    "Figures",
+    "InTheWay",
+    "Outlook",
+    "in_the_way",
+    "needed",
+    "next_requests",
+    "outlook",
+    "saved_records",
+]
 
 
 @dataclass
@@ -55,6 +64,38 @@ class Outlook:
     exports: dict[str, Figures]
     by_kind: Counter[str] = field(default_factory=Counter)
     state: str | None = None
+
+
+@dataclass(frozen=True)
+class InTheWay:
+    """A run holding the output now, so that the next run would stop at once (exit 5): its
+    ``holder``, the lock ``record`` saying so, and on object storage when that lock expires
+    unless its holder renews it (``expires_at``, ISO 8601 UTC; None: while the process lives,
+    a directory's flock). A lock object this version cannot read (``readable`` False) holds
+    the prefix until it is deleted."""
+
+    holder: Holder
+    record: str
+    expires_at: str | None = None
+    readable: bool = True
+
+
+def in_the_way(target: str, *, layout: str, shard: tuple[int, int] | None) -> InTheWay | None:
+    """The run the next run of ``layout`` (and ``shard``) would find holding ``target``, as
+    its lock says, read only: the lock is neither taken nor broken. A directory is held
+    while its holder's process lives (a ``kill -9`` frees it); a prefix until the holder's
+    lock object expires (a ``kill -9`` leaves it held until then)."""
+    if is_remote(target):
+        with contextlib.closing(ObjectStore.open(target)) as store:
+            lease = remote_lease(store)
+        if lease is None:
+            return None
+        return InTheWay(lease.holder, lease.record, lease.expires_at, lease.readable)
+    me = Holder("", 0, "", "", "", layout, shard)
+    for holder in live_holders(Path(target)):
+        if not me.may_share_with(holder):
+            return InTheWay(holder, str(lock_record(Path(target), holder)))
+    return None
 
 
 def needed(plan: Plan, index: int, done: list[Span]) -> list[Span]:

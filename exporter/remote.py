@@ -44,7 +44,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
@@ -61,6 +61,7 @@ __all__ = [
     "CHECKPOINT_S",
     "LOCK_TTL_S",
     "STORE_ATTEMPTS",
+    "Lease",
     "ObjectStore",
     "RemoteLock",
     "RemoteRun",
@@ -68,6 +69,7 @@ __all__ = [
     "default_work_dir",
     "is_remote",
     "remote_holder",
+    "remote_lease",
 ]
 
 # scheme -> (fsspec protocol, the extra that installs its backend)
@@ -329,16 +331,36 @@ def _busy(store: ObjectStore, doc: dict[str, Any] | None, epoch: int) -> Directo
     )
 
 
-def remote_holder(store: ObjectStore, now: float | None = None) -> Holder | None:
-    """The run holding the prefix now (its lock unexpired), if any."""
+@dataclass(frozen=True)
+class Lease:
+    """The lock a run holds on a prefix, as its lock object (``record``) says: the
+    ``holder`` and when the lock expires unless renewed (``expires_at``, ISO 8601 UTC). An
+    object this version cannot read (``readable`` False) holds the prefix until deleted."""
+
+    holder: Holder
+    expires_at: str | None
+    record: str
+    readable: bool = True
+
+
+def remote_lease(store: ObjectStore, now: float | None = None) -> Lease | None:
+    """The lock of the run holding the prefix now (unexpired), if any; read only."""
     epoch, doc = _top_lock(store)
     if epoch == 0:
         return None
+    record = store.display(f"{_LOCK_DIR}/{epoch:012d}.json")
     if doc is None:
-        return Holder("?", 0, "?", "?", "an unknown run", "?", None)
-    if float(doc["expires_epoch"]) <= (time.time() if now is None else now):
+        return Lease(Holder("?", 0, "?", "?", "an unknown run", "?", None), None, record, False)
+    expires = float(doc["expires_epoch"])
+    if expires <= (time.time() if now is None else now):
         return None
-    return _holder_of(doc)
+    return Lease(_holder_of(doc), _iso(expires), record)
+
+
+def remote_holder(store: ObjectStore, now: float | None = None) -> Holder | None:
+    """The run holding the prefix now (its lock unexpired), if any."""
+    lease = remote_lease(store, now)
+    return None if lease is None else lease.holder
 
 
 class RemoteLock:

@@ -47,6 +47,7 @@ __all__ = [
     "Journal",
     "journal_path",
     "live_holders",
+    "lock_record",
     "relative_path",
     "unwritable",
     "write_denied",
@@ -162,6 +163,11 @@ class DirLock:
                 (locks / f"{self.token}{suffix}").unlink(missing_ok=True)
             os.close(self._fd)
             self._fd = None
+
+
+def lock_record(root: Path, holder: Holder) -> Path:
+    """The file that says who ``holder`` is (pid, host, start time, command, layout)."""
+    return root / WORK_DIR / _LOCKS / f"{holder.token}.json"
 
 
 def live_holders(root: Path) -> list[Holder]:

@@ -29,7 +29,7 @@ from exporter.plan import Series, build_plan, cover, hour_range
 from exporter.ratelimit import Budget
 from exporter.sandbox import sandbox_stats
 from exporter.state import State, state_path
-from exporter.storage import WORK_DIR
+from exporter.storage import WORK_DIR, DirLock
 
 
 def _tree(root: Path) -> dict[str, tuple[int, int]]:
@@ -425,3 +425,35 @@ def test_the_manifest_of_an_interrupted_run_is_written_without_holding_its_serie
     assert written["exports"]["nightly"]["series_incomplete"] == 40_000
     assert written["files"] == []
     assert peak < 2_000_000  # the lists in memory took 40 MB
+
+
+def test_plan_says_a_directory_a_live_run_holds_is_locked_and_a_killed_one_is_not(
+    tmp_path: Path, write_config: Callable[..., Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A live holder of the directory: plan names it and that a run exits 5 while it lives;
+    a holder killed (its flock gone with its process, its record left) holds nothing."""
+    out = tmp_path / "out"
+    config = write_config(NIGHTLY.format(out=out, days=7))
+    holder = DirLock.acquire(out, layout="other", shard=None, command="braze-export run live")
+    try:
+        assert main(["plan", str(config), "--as-of", "2024-09-10"]) == 0
+        text = capsys.readouterr().out
+        record = out / WORK_DIR / "locks" / f"{holder.token}.json"
+        assert (
+            f"lock:     held by a run ({holder.holder.describe()}) while its process lives "
+            f"({record}): a run now exits 5"
+        ) in text
+        assert (
+            main(["run", str(config), "--as-of", "2024-09-10", "--sandbox", "--out", str(out)]) == 5
+        )
+        assert main(["plan", str(config), "--as-of", "2024-09-10", "--json"]) == 0
+        assert json.loads(capsys.readouterr().out)["lock"]["run_exits"] == 5
+        assert holder._fd is not None
+        os.close(holder._fd)  # as kill -9 leaves it: the flock released, the record there
+        holder._fd = None
+        assert record.exists()
+        assert main(["plan", str(config), "--as-of", "2024-09-10", "--json"]) == 0
+        assert json.loads(capsys.readouterr().out)["lock"] is None
+        assert record.exists()  # plan breaks no lock: the next run clears it
+    finally:
+        holder.release()
