@@ -752,7 +752,8 @@ def _cmd_plan(args: argparse.Namespace) -> int:
     scope = state_scope(config, sandbox=args.sandbox)
     as_of = plan.as_of.toordinal()
     way = in_the_way(where, layout=run_layout(config, sandbox=args.sandbox), shard=plan.shard)
-    with saved_records(where, scope=scope, as_of=as_of, shard=plan.shard) as saved:
+    fmt = config.output.format
+    with saved_records(where, scope=scope, as_of=as_of, fmt=fmt, shard=plan.shard) as saved:
         records, check = saved if saved is not None else (None, None)
         seen = outlook(plan, records, None if records is None else where)
         if args.json or args.requests:

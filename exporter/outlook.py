@@ -20,7 +20,7 @@ from exporter.coverage import Span, subtract
 from exporter.plan import Plan, Request
 from exporter.presence import FileCheck, Files, LocalFiles, StoreFiles, would_take_back
 from exporter.remote import ObjectStore, is_remote, remote_lease
-from exporter.state import Records
+from exporter.state import Records, state_path
 from exporter.storage import WORK_DIR, Holder, live_holders, lock_record
 
 __all__ = [
@@ -144,12 +144,18 @@ def _size(spans: list[Span]) -> int:
 
 @contextlib.contextmanager
 def saved_records(
-    target: str, *, scope: str, as_of: int, shard: tuple[int, int] | None = None
+    target: str,
+    *,
+    scope: str,
+    as_of: int,
+    fmt: str,
+    shard: tuple[int, int] | None = None,
 ) -> Iterator[tuple[Records, FileCheck] | None]:
     """The records of the state files under ``target`` (a directory or an object storage
-    prefix), read only: no lock, nothing written there. The periods of the files the run's
-    file check would take back (:func:`exporter.presence.would_take_back`: gone or changed)
-    count as not done; the check says how many. None when there are no state files."""
+    prefix, of the output format ``fmt``), read only: no lock, nothing written there. The
+    periods of the files the run's file check would take back
+    (:func:`exporter.presence.would_take_back`: gone or changed) count as not done; the
+    check says how many. None when there are no state files."""
     with contextlib.ExitStack() as stack:
         files: Files
         if is_remote(target):
@@ -170,7 +176,14 @@ def saved_records(
             yield None
             return
         records = stack.enter_context(contextlib.closing(Records(paths, scope=scope, as_of=as_of)))
-        check = would_take_back(records.fingerprints(), files, records.pending(), shard)
+        # A state an older version wrote (no fingerprints): the run checks it by its done
+        # periods first, and so does this.
+        unchecked = (
+            None
+            if records.checked(state_path(directory, shard).name)
+            else (records.periods(), records.has_fingerprint, fmt)
+        )
+        check = would_take_back(records.fingerprints(), files, records.pending(), shard, unchecked)
         check.periods_taken_back = records.withhold(check.taken_back)
         yield records, check
 

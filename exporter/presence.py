@@ -45,8 +45,10 @@ __all__ = [
     "Files",
     "LocalFiles",
     "StoreFiles",
+    "Unfingerprinted",
     "check_files",
     "compare",
+    "find_unfingerprinted",
     "would_take_back",
 ]
 
@@ -271,11 +273,23 @@ def would_take_back(
     files: Files,
     landing: Mapping[str, Sequence[tuple[int, str]]],
     shard: tuple[int, int] | None = None,
+    unchecked: tuple[Iterable[tuple[str, int, int]], Callable[[str | None], bool], str]
+    | None = None,
 ) -> FileCheck:
     """What :func:`check_files` would take back, read only (``plan``): nothing moved,
-    nothing written. ``taken_back`` holds the spans; ``periods_taken_back`` is left to the
-    caller, who knows which of them are done."""
+    nothing written. ``unchecked``: the done periods, ``has_fingerprint`` and the format of
+    a state an older version wrote, found by their periods first as the run finds them
+    (:func:`find_unfingerprinted`). ``taken_back`` holds the spans; ``periods_taken_back``
+    is left to the caller, who knows which of them are done."""
     report = FileCheck()
+    if unchecked is not None:
+        periods, has_fingerprint, fmt = unchecked
+        found = find_unfingerprinted(periods, has_fingerprint, files, fmt, _ShardFilter(shard))
+        report.checked += len(found.there) + len(found.absent)
+        report.taken_back += found.unreadable
+        for recorded, changed in found.absent.values():
+            (report.changed if changed else report.missing).append(recorded.path)
+            report.taken_back.append((recorded.series, recorded.lo, recorded.hi))
     for recorded, verdict, _ in compare(fingerprints, files, landing, _ShardFilter(shard)):
         report.checked += 1
         if verdict in (GONE, CHANGED):
@@ -379,34 +393,62 @@ class _ShardFilter:
 def _check_unfingerprinted(
     state: State, files: Files, fmt: str, report: FileCheck, mine: _ShardFilter
 ) -> list[tuple[Fingerprint, bool]]:
-    """A state an older version wrote: find each done period's partition file from the
-    series key; adopt it as it is if it is there. Returns those that are not there, each
-    with whether something else (a directory, a link) is there instead."""
-    adopt: dict[str, Fingerprint] = {}
-    absent: dict[str, tuple[Fingerprint, bool]] = {}
-    # Files a newer run wrote are the fingerprint check's: never adopted as they are now.
-    mixed = state.has_fingerprint()
-    for key, lo, hi in list(state.periods()):
+    """A state an older version wrote: adopt each done period's partition file that is
+    there as it is; take back the periods of a key this version cannot read. Returns the
+    files that are not there, each with whether something else (a directory, a link) is
+    there instead."""
+    found = find_unfingerprinted(list(state.periods()), state.has_fingerprint, files, fmt, mine)
+    for key, lo, hi in found.unreadable:
+        _take_back(state, report, key, lo, hi)
+    state.adopt(found.there.values())
+    report.checked += len(found.there) + len(found.absent)
+    report.adopted += len(found.there)
+    return list(found.absent.values())
+
+
+@dataclass
+class Unfingerprinted:
+    """What the check of a state without fingerprints finds, by partition path: the files
+    ``there`` (adopted as they are), those ``absent`` (with whether something else, a
+    directory or a link, is there instead), and the done spans of keys this version cannot
+    read (``unreadable``: nothing to find their file by)."""
+
+    there: dict[str, Fingerprint] = field(default_factory=dict)
+    absent: dict[str, tuple[Fingerprint, bool]] = field(default_factory=dict)
+    unreadable: list[tuple[str, int, int]] = field(default_factory=list)
+
+
+def find_unfingerprinted(
+    periods: Iterable[tuple[str, int, int]],
+    has_fingerprint: Callable[[str | None], bool],
+    files: Files,
+    fmt: str,
+    mine: Callable[[str], bool],
+) -> Unfingerprinted:
+    """Read only: find each done span's partition files from its series key (``periods``:
+    ``(key, lo, hi)``) in ``fmt``, for the series ``mine`` keeps. A path a newer run left a
+    fingerprint of (``has_fingerprint``) is the fingerprint check's: left out."""
+    found = Unfingerprinted()
+    mixed = has_fingerprint(None)
+    for key, lo, hi in periods:
         if not mine(key):
             continue
         series = _series_of(key)
-        if series is None:  # not a key this version makes: nothing to find it by
-            _take_back(state, report, key, lo, hi)
+        if series is None:
+            found.unreadable.append((key, lo, hi))
             continue
         for name, first, last in partitions(series, lo, hi):
             path = partition_path(Path("."), series, name, fmt).as_posix()
-            if path in adopt or path in absent or (mixed and state.has_fingerprint(path)):
+            if path in found.there or path in found.absent or (mixed and has_fingerprint(path)):
                 continue
             directory, _, file_name = path.rpartition("/")
             now = files.listing(directory).get(file_name)
             if now is None or now[0] == NOT_A_FILE:
-                absent[path] = (Fingerprint(path, key, first, last, -1, ""), now is not None)
+                gone = Fingerprint(path, key, first, last, -1, "")
+                found.absent[path] = (gone, now is not None)
             else:
-                adopt[path] = Fingerprint(path, key, first, last, *now)
-    state.adopt(adopt.values())
-    report.checked += len(adopt) + len(absent)
-    report.adopted += len(adopt)
-    return list(absent.values())
+                found.there[path] = Fingerprint(path, key, first, last, *now)
+    return found
 
 
 def _series_of(key: str) -> Series | None:
