@@ -60,11 +60,13 @@ from exporter.outlook import (
 )
 from exporter.plan import (
     MAX_LENGTH,
+    Discovered,
     Plan,
     Request,
     build_plan,
     count_series,
     discovery_needs,
+    known_ids,
 )
 from exporter.presence import FileCheck
 from exporter.progress import Progress, eta_seconds, format_duration
@@ -753,12 +755,18 @@ def _cmd_plan(args: argparse.Namespace) -> int:
     as_of = plan.as_of.toordinal()
     way = in_the_way(where, layout=run_layout(config, sandbox=args.sandbox), shard=plan.shard)
     fmt = config.output.format
+    needs = discovery_needs(config)
     with saved_records(where, scope=scope, as_of=as_of, fmt=fmt, shard=plan.shard) as saved:
         records, check = saved if saved is not None else (None, None)
+        # The ids earlier runs discovered: their series' records are in the state, and the
+        # next run finds them again unless Braze dropped them.
+        found = known_ids(config, records.series_keys()) if needs and records else {}
+        if any(found.values()):
+            plan = build_plan(config, plan.as_of, plan.shard, found)
         seen = outlook(plan, records, None if records is None else where)
         if args.json or args.requests:
             requests = next_requests(plan, records) if args.requests else None
-            _print_plan_json(config, plan, seen, check, way, requests)
+            _print_plan_json(config, plan, seen, check, way, found, requests)
             return EXIT_OK
     limits = config.limits
     shards = plan.shard[1] if plan.shard else 1
@@ -768,8 +776,9 @@ def _cmd_plan(args: argparse.Namespace) -> int:
     eta = eta_seconds(total.requests, limits.requests_per_hour, share, limits.reserve)
     part = f", shard {plan.shard[0]}/{shards}" if plan.shard else ""
     print(f"plan for {config.source} as of {plan.as_of} ({plan.timezone}{part})")
-    needs = discovery_needs(config)
     listed = " with the ids listed in the config" if needs else ""
+    if known := sum(map(len, found.values())):
+        listed += f" and the {known:,} discovered id(s) the state holds"
     print(f"series:   {len(plan.series):,}{listed}")
     if seen.state is None:
         print(f"state:    none in {where}: the next run fetches every window whole")
@@ -806,7 +815,8 @@ def _cmd_plan(args: argparse.Namespace) -> int:
             f"discover: {DIMENSIONS[param].config_key} ({spec.discover}"
             f"{'' if spec.name is None else f', name ~ {spec.name!r}'}"
             f"{'' if not spec.tags else ', tags ' + '/'.join(spec.tags)}) at run time: "
-            f"{discovery_cost(wanted)}; each id found adds {per_id:,} request(s)"
+            f"{discovery_cost(wanted)}; {_found_so_far(found.get((param, spec_key)))}each "
+            f"id found that earlier runs did not adds {per_id:,} request(s) on its first run"
         )
     print(
         f"budget:   {allowed:,.0f} requests/hour ({share:.0%} of "
@@ -830,6 +840,12 @@ def _cmd_plan(args: argparse.Namespace) -> int:
             "data request"
         )
     return EXIT_OK
+
+
+def _found_so_far(ids: Sequence[str] | None) -> str:
+    if not ids:
+        return ""
+    return f"the {len(ids):,} id(s) earlier runs found are counted above; "
 
 
 def _in_the_way_line(way: InTheWay) -> str:
@@ -861,6 +877,7 @@ def _print_plan_json(
     seen: Outlook,
     check: FileCheck | None,
     way: InTheWay | None,
+    found: Discovered,
     requests: Iterator[Request] | None,
 ) -> None:
     """The plan as one JSON document, its size independent of the periods; with
@@ -922,8 +939,10 @@ def _print_plan_json(
                 "name": spec.name,
                 "tags": spec.tags,
                 "requests_at_least": 1,
+                "ids_in_state": len(found.get((param, spec_key), ())),
+                "requests_per_new_id": _requests_per_id(config, plan, param, spec_key),
             }
-            for (param, _), spec in discovery_needs(config).items()
+            for (param, spec_key), spec in discovery_needs(config).items()
         ],
     }
     head = json.dumps(doc, indent=1)

@@ -32,9 +32,8 @@ from pathlib import Path
 from typing import Protocol
 
 from exporter.formats import decode
-from exporter.plan import Series, shard_of
+from exporter.plan import series_of_key, shard_of
 from exporter.remote import ObjectStore
-from exporter.series import KINDS
 from exporter.state import Fingerprint, State
 from exporter.storage import JOURNAL_SUFFIX, RUNS_DIR, WORK_DIR
 from exporter.writers import partition_path, partitions
@@ -321,7 +320,7 @@ def _vouch(
     verify vouches for them. One that cannot be read as ours is left to verify to report."""
     vouched: list[tuple[Fingerprint, int, str]] = []
     for recorded in found:
-        series = _series_of(recorded.series)
+        series = series_of_key(recorded.series)
         data = files.read(recorded.path)
         try:
             rows = len(decode(fmt, series, data)) if series is not None else -1
@@ -383,7 +382,7 @@ class _ShardFilter:
         if self.shard is None:
             return True
         if key != self._last[0]:
-            series = _series_of(key)
+            series = series_of_key(key)
             # A key this version cannot read has no shard: a run without --shard checks it.
             ours = series is not None and shard_of(series, self.shard[1]) == self.shard[0]
             self._last = (key, ours)
@@ -433,7 +432,7 @@ def find_unfingerprinted(
     for key, lo, hi in periods:
         if not mine(key):
             continue
-        series = _series_of(key)
+        series = series_of_key(key)
         if series is None:
             found.unreadable.append((key, lo, hi))
             continue
@@ -449,24 +448,3 @@ def find_unfingerprinted(
             else:
                 found.there[path] = Fingerprint(path, key, first, last, *now)
     return found
-
-
-def _series_of(key: str) -> Series | None:
-    """The series a state key names (:attr:`exporter.plan.Series.key`), or None."""
-    if "\x1e" in key:
-        kind, *values, unit = key.split("\x1e")
-        info = KINDS.get(kind)
-        if info is None or len(values) != 2 * len(info.dimensions) or unit not in ("day", "hour"):
-            return None
-        dims = {
-            param: (value if flag == "1" else None)
-            for param, value, flag in zip(info.dimensions, values[::2], values[1::2], strict=True)
-        }
-        series = Series.of(kind, unit, dims)  # type: ignore[arg-type]
-    else:
-        parts = key.split("\x1f")
-        if len(parts) != 4 or parts[3] not in ("day", "hour"):
-            return None
-        segment, app, has_app, unit = parts
-        series = Series(segment, app if has_app == "1" else None, unit)  # type: ignore[arg-type]
-    return series if series.key == key else None

@@ -561,6 +561,14 @@ class Records:
         for rows in self._each(sql, (self._scope, _SETTLED, self._as_of)):
             yield from rows
 
+    def series_keys(self) -> Iterator[str]:
+        """Each series key the state files hold records of (once per file that holds it)."""
+        for rows in self._each(
+            "SELECT DISTINCT series FROM periods WHERE scope = ?", (self._scope,)
+        ):
+            for (key,) in rows:
+                yield key
+
     def has_fingerprint(self, path: str | None = None) -> bool:
         """As :meth:`State.has_fingerprint`, read only."""
         query = _fingerprint_query(self._scope, path)

@@ -457,3 +457,54 @@ def test_plan_says_a_directory_a_live_run_holds_is_locked_and_a_killed_one_is_no
         assert record.exists()  # plan breaks no lock: the next run clears it
     finally:
         holder.release()
+
+
+FOUND = """\
+version: 1
+timezone: UTC
+output: {{dir: {out}}}
+exports:
+  - name: found
+    segment_ids: {{discover: analytics_enabled}}
+    units: [day, hour]
+    window: {{days: 7}}
+"""
+
+
+def test_plan_of_a_discovery_config_counts_the_ids_earlier_runs_found(
+    tmp_path: Path,
+    write_config: Callable[..., Path],
+    sandbox_server: Any,
+    env_key: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """After a run, plan counts the discovered ids' done and provisional periods from the
+    state and the requests the next run sends for them (what it then sends), and says
+    apart what each id not seen before adds on its first run, in text and --json alike."""
+    config = write_config(FOUND.format(out=tmp_path / "out"))
+    with sandbox_server(limit=0, segments=6) as server:
+        monkeypatch.setenv("BRAZE_REST_ENDPOINT", server.url)
+        assert main(["run", str(config), "--as-of", "2024-09-10"]) == 0
+        ids = len({p.parts[-3] for p in (tmp_path / "out" / "sessions").rglob("*.jsonl")})
+        assert ids > 1
+        capsys.readouterr()
+        assert main(["plan", str(config), "--as-of", "2024-09-10"]) == 0
+        text = capsys.readouterr().out
+        periods = ids * (7 + 7 * 24)
+        assert f"series:   {2 * ids} with the ids listed in the config and the {ids} " in text
+        assert f"the {ids} id(s) earlier runs found are counted above" in text
+        assert f"{periods:,} of {periods:,} periods done" in text
+        assert "requests: 0 (for 0 periods" in text
+        assert "each id found that earlier runs did not adds 3 request(s) on its first run" in text
+        assert main(["plan", str(config), "--as-of", "2024-09-11", "--json"]) == 0
+        doc = json.loads(capsys.readouterr().out)
+        assert doc["totals"]["requests"] == 2 * ids
+        assert doc["totals"]["periods_to_read_again"] == ids * (3 + 3 * 24)
+        (found,) = doc["discovery"]
+        assert (found["ids_in_state"], found["requests_per_new_id"]) == (ids, 3)
+        data = server.app  # the requests of the series: all but the list's
+        before = sandbox_stats(data).requests - sandbox_stats(data).paths["/segments/list"]
+        assert main(["run", str(config), "--as-of", "2024-09-11"]) == 0
+        after = sandbox_stats(data).requests - sandbox_stats(data).paths["/segments/list"]
+        assert after - before == doc["totals"]["requests"]
