@@ -459,16 +459,7 @@ def test_plan_says_a_directory_a_live_run_holds_is_locked_and_a_killed_one_is_no
         holder.release()
 
 
-FOUND = """\
-version: 1
-timezone: UTC
-output: {{dir: {out}}}
-exports:
-  - name: found
-    segment_ids: {{discover: analytics_enabled}}
-    units: [day, hour]
-    window: {{days: 7}}
-"""
+FOUND = NIGHTLY.replace("[segment-a]", "{{discover: analytics_enabled}}")
 
 
 def test_plan_of_a_discovery_config_counts_the_ids_earlier_runs_found(
@@ -482,7 +473,7 @@ def test_plan_of_a_discovery_config_counts_the_ids_earlier_runs_found(
     """After a run, plan counts the discovered ids' done and provisional periods from the
     state and the requests the next run sends for them (what it then sends), and says
     apart what each id not seen before adds on its first run, in text and --json alike."""
-    config = write_config(FOUND.format(out=tmp_path / "out"))
+    config = write_config(FOUND.format(out=tmp_path / "out", days=7))
     with sandbox_server(limit=0, segments=6) as server:
         monkeypatch.setenv("BRAZE_REST_ENDPOINT", server.url)
         assert main(["run", str(config), "--as-of", "2024-09-10"]) == 0
