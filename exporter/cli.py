@@ -951,6 +951,7 @@ def _print_plan_json(
         return
     sys.stdout.write(head[:-2] + ',\n "requests": [')
     separator, series, prefix = "\n  ", None, ""
+    batch: list[str] = []  # a write per request costs more than making the request
     for r in requests:
         if r.series is not series:  # a series' requests come together: its fields once
             series = r.series
@@ -962,11 +963,12 @@ def _print_plan_json(
             }
             prefix = json.dumps(fields)[:-1]
         # ending_at is an ISO 8601 date-time: nothing in it to escape.
-        sys.stdout.write(
-            f'{separator}{prefix}, "length": {r.length}, "ending_at": "{r.ending_at}"}}'
-        )
+        batch.append(f'{separator}{prefix}, "length": {r.length}, "ending_at": "{r.ending_at}"}}')
         separator = ",\n  "
-    sys.stdout.write("\n ]\n}\n")
+        if len(batch) >= 1000:
+            sys.stdout.write("".join(batch))
+            batch.clear()
+    sys.stdout.write("".join(batch) + "\n ]\n}\n")
 
 
 def _requests_per_id(config: Config, plan: Plan, param: str, spec_key: Any) -> int:
