@@ -367,6 +367,7 @@ def test_sigterm_during_plan_leaves_no_temp_directory(
     argv = ["plan", str(config), "--as-of", "2024-09-10", "--json", "--requests"]
     with subprocess.Popen(
         [sys.executable, "-m", "exporter", *argv],
+        cwd=Path(__file__).parent.parent,  # this checkout's exporter
         env={**os.environ, "TMPDIR": str(tmp)},
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -377,7 +378,7 @@ def test_sigterm_during_plan_leaves_no_temp_directory(
             assert proc.stdout is not None
             assert proc.stderr is not None
             assert proc.stdout.readline() == b"{\n"  # the copy is made: the plan is written
-            assert [p.name[:18] for p in tmp.iterdir()] == ["braze-export-plan-"]
+            assert any(p.name.startswith("braze-export-plan-") for p in tmp.iterdir())
             proc.send_signal(signal.SIGTERM)  # it writes on into the pipe no one reads
             err = proc.stderr.read().decode()
             assert proc.wait(timeout=120) == 143
