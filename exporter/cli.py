@@ -16,11 +16,13 @@ import shlex
 import signal
 import sys
 import textwrap
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import date, datetime
 from pathlib import Path
+from types import FrameType
 from typing import Any, NoReturn
 
 from exporter import package_version
@@ -48,19 +50,30 @@ from exporter.errors import (
     ConfigError,
     DirectoryBusy,
     ExporterError,
+    Terminated,
     Unreachable,
 )
 from exporter.lives import SkipReport
 from exporter.logs import console, logging_for_run, new_run_id
 from exporter.manifest import verify
-from exporter.outlook import Figures, Outlook, next_requests, outlook, saved_records
+from exporter.outlook import (
+    Figures,
+    InTheWay,
+    Outlook,
+    in_the_way,
+    next_requests,
+    outlook,
+    saved_records,
+)
 from exporter.plan import (
     MAX_LENGTH,
+    Discovered,
     Plan,
     Request,
     build_plan,
     count_series,
     discovery_needs,
+    known_ids,
 )
 from exporter.presence import FileCheck
 from exporter.progress import Progress, eta_seconds, format_duration
@@ -76,6 +89,7 @@ from exporter.runner import (
     EXIT_UNREACHABLE,
     EXIT_USAGE,
     execute,
+    run_layout,
     state_scope,
 )
 from exporter.sandbox import (
@@ -175,7 +189,8 @@ def _silence_stdout() -> None:
 
 def _dispatch(args: argparse.Namespace) -> int:
     try:
-        code: int = args.func(args)
+        with contextlib.nullcontext() if getattr(args, "serves", False) else _sigterm_unwinds():
+            code: int = args.func(args)
     except ConfigError as exc:
         for line in str(exc).splitlines():
             console(f"error: {line}")
@@ -192,11 +207,38 @@ def _dispatch(args: argparse.Namespace) -> int:
     except ExporterError as exc:
         console(f"error: {exc}")
         return EXIT_FAILED
-    except KeyboardInterrupt:
-        # Only before a run installs its own handlers (while starting up): nothing to save.
+    except KeyboardInterrupt as exc:
+        # Any command but a run going (it has its own handlers): what it was doing is undone
+        # on the way here (its temp files and directories removed), nothing is left to save.
+        # What stdout still buffers is dropped: a reader that stopped reading must not keep
+        # the exit waiting.
+        _silence_stdout()
         console("interrupted", event="interrupted")
-        return EXIT_SIGNAL[signal.SIGINT]
+        return EXIT_SIGNAL[signal.SIGTERM if isinstance(exc, Terminated) else signal.SIGINT]
     return code
+
+
+@contextlib.contextmanager
+def _sigterm_unwinds() -> Iterator[None]:
+    """SIGTERM raises Terminated while a command goes, as Ctrl-C raises KeyboardInterrupt,
+    so that every ``with`` and ``finally`` on the way out runs: no temp file or directory is
+    left behind (Python's default for SIGTERM ends the process where it stands). A second
+    SIGTERM stops at once. A run installs its own handlers on top while it goes. Left alone
+    when SIGTERM is ignored (``nohup``, an orchestrator) or off the main thread."""
+    main_thread = threading.current_thread() is threading.main_thread()
+    if not main_thread or signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+        yield
+        return
+
+    def unwind(signum: int, frame: FrameType | None) -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        raise Terminated
+
+    previous = signal.signal(signal.SIGTERM, unwind)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 # --log-format as the command line asks it, for usage errors (found before it is parsed).
@@ -280,7 +322,14 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument(
         "--json",
         action="store_true",
-        help="the same per export as JSON, and every request (default: a summary)",
+        help="the same as one JSON document: totals, per export and per series kind "
+        "(default: text)",
+    )
+    plan.add_argument(
+        "--requests",
+        action="store_true",
+        help="also list every request the next run sends, with Braze's parameters, streamed "
+        "(millions for a long hourly backfill; default: counts only)",
     )
     plan.add_argument(
         "--out",
@@ -474,7 +523,7 @@ def build_parser() -> argparse.ArgumentParser:
         default="naive",
         help="hour time labels: 2024-01-05T10:00:00 (naive, default), ...Z (z), ...+00:00 (offset)",
     )
-    box.set_defaults(func=_cmd_sandbox)
+    box.set_defaults(func=_cmd_sandbox, serves=True)  # serves until killed: no unwinding
     _getting_started(command)
     return parser
 
@@ -721,12 +770,21 @@ def _cmd_plan(args: argparse.Namespace) -> int:
         where = str(output_dir(config, args.out or (SANDBOX_OUT if args.sandbox else None)))
     scope = state_scope(config, sandbox=args.sandbox)
     as_of = plan.as_of.toordinal()
-    with saved_records(where, scope=scope, as_of=as_of, shard=plan.shard) as saved:
+    way = in_the_way(where, layout=run_layout(config, sandbox=args.sandbox), shard=plan.shard)
+    fmt = config.output.format
+    needs = discovery_needs(config)
+    with saved_records(where, scope=scope, as_of=as_of, fmt=fmt, shard=plan.shard) as saved:
         records, check = saved if saved is not None else (None, None)
+        # The ids earlier runs discovered: their series' records are in the state, and the
+        # next run finds them again unless Braze dropped them.
+        found = known_ids(config, records.series_keys()) if needs and records else {}
+        if any(found.values()):
+            plan = build_plan(config, plan.as_of, plan.shard, found)
         plan, skips = _forecast(config, plan, records)
         seen = outlook(plan, records, None if records is None else where)
-        if args.json:
-            _print_plan_json(config, plan, seen, check, next_requests(plan, records), skips)
+        if args.json or args.requests:
+            requests = next_requests(plan, records) if args.requests else None
+            _print_plan_json(config, plan, seen, check, way, found, requests, skips)
             return EXIT_OK
     limits = config.limits
     shards = plan.shard[1] if plan.shard else 1
@@ -741,8 +799,9 @@ def _cmd_plan(args: argparse.Namespace) -> int:
     eta = eta_seconds(by_pool[WORKSPACE_POOL], limits.requests_per_hour, share, limits.reserve)
     part = f", shard {plan.shard[0]}/{shards}" if plan.shard else ""
     print(f"plan for {config.source} as of {plan.as_of} ({plan.timezone}{part})")
-    needs = discovery_needs(config)
     listed = " with the ids listed in the config" if needs else ""
+    if known := sum(map(len, found.values())):
+        listed += f" and the {known:,} discovered id(s) the state holds"
     print(f"series:   {len(plan.series):,}{listed}")
     if seen.state is None:
         print(f"state:    none in {where}: the next run fetches every window whole")
@@ -751,6 +810,8 @@ def _cmd_plan(args: argparse.Namespace) -> int:
             f"state:    {where}: {total.done:,} of {total.periods:,} periods done, "
             f"{total.reread:,} provisional to read again"
         )
+    if way is not None:
+        print(f"lock:     {_in_the_way_line(way)}")
     if check is not None and (check.missing or check.changed):
         print(
             f"files:    {len(check.missing):,} written file(s) gone and {len(check.changed):,} "
@@ -793,7 +854,8 @@ def _cmd_plan(args: argparse.Namespace) -> int:
             f"discover: {DIMENSIONS[param].config_key} ({spec.discover}"
             f"{'' if spec.name is None else f', name ~ {spec.name!r}'}"
             f"{'' if not spec.tags else ', tags ' + '/'.join(spec.tags)}) at run time: "
-            f"{discovery_cost(wanted)}; each id found adds {per_id:,} request(s)"
+            f"{discovery_cost(wanted)}; {_found_so_far(found.get((param, spec_key)))}each "
+            f"id found that earlier runs did not adds {per_id:,} request(s) on its first run"
             f"{details_note}"
         )
     print(
@@ -886,6 +948,30 @@ def _least_seconds(limits: Limits, by_kind: Mapping[str, int], shards: int) -> f
     )
 
 
+def _found_so_far(ids: Sequence[str] | None) -> str:
+    if not ids:
+        return ""
+    return f"the {len(ids):,} id(s) earlier runs found are counted above; "
+
+
+def _in_the_way_line(way: InTheWay) -> str:
+    """Why the next run would stop at once (exit 5), as the lock record says."""
+    if not way.readable:
+        return (
+            f"held by a lock this version cannot read ({way.record}): a run now exits "
+            f"{EXIT_BUSY}; delete it if no run is writing there"
+        )
+    until = (
+        f"until {way.expires_at} unless it renews it"
+        if way.expires_at is not None
+        else "while its process lives"
+    )
+    return (
+        f"held by a run ({way.holder.describe()}) {until} ({way.record}): a run now exits "
+        f"{EXIT_BUSY}"
+    )
+
+
 def _most_per_request(plan: Plan) -> str:
     lengths = sorted({s.info.max_length for s in {s.kind: s for s in plan.series}.values()})
     return "/".join(map(str, lengths or [MAX_LENGTH]))
@@ -896,11 +982,14 @@ def _print_plan_json(
     plan: Plan,
     seen: Outlook,
     check: FileCheck | None,
-    requests: Iterator[Request],
+    way: InTheWay | None,
+    found: Discovered,
+    requests: Iterator[Request] | None,
     skips: Mapping[str, SkipReport],
 ) -> None:
-    """The plan as one JSON document; the requests are written as they are made, so a plan
-    of millions of them holds none in memory."""
+    """The plan as one JSON document, its size independent of the periods; with
+    ``requests``, each of them too (``"requests": [...]``, last), written as they are made,
+    so a plan of millions of them holds none in memory."""
     limits = config.limits
     shards = plan.shard[1] if plan.shard else 1
 
@@ -930,7 +1019,19 @@ def _print_plan_json(
             "files_changed": len(check.changed),
             "periods_taken_back": check.periods_taken_back,
         },
+        "lock": None
+        if way is None
+        else {
+            "pid": way.holder.pid,
+            "host": way.holder.host,
+            "started_at": way.holder.started_at,
+            "command": way.holder.command,
+            "expires_at": way.expires_at,
+            "record": way.record,
+            "run_exits": EXIT_BUSY,
+        },
         "exports": {name: figures(f) for name, f in seen.exports.items()},
+        "requests_by_series": dict(sorted((+seen.by_kind).items())),
         "discovery": [
             {
                 "config_key": DIMENSIONS[param].config_key,
@@ -940,8 +1041,10 @@ def _print_plan_json(
                 "name": spec.name,
                 "tags": spec.tags,
                 "requests_at_least": 1,
+                "ids_in_state": len(found.get((param, spec_key), ())),
+                "requests_per_new_id": _requests_per_id(config, plan, param, spec_key),
             }
-            for (param, _), spec in discovery_needs(config).items()
+            for (param, spec_key), spec in discovery_needs(config).items()
         ],
         "dimensions": {
             "requests_at_least": dict(sorted(_listing_requests(config).items())),
@@ -960,18 +1063,29 @@ def _print_plan_json(
         "skipping": [report.doc() for report in skips.values()],
     }
     head = json.dumps(doc, indent=1)
+    if requests is None:
+        sys.stdout.write(head + "\n")
+        return
     sys.stdout.write(head[:-2] + ',\n "requests": [')
-    for n, r in enumerate(requests):
-        item = {
-            **({} if r.series.kind == "sessions" else {"series": r.series.kind}),
-            **dict(r.series.dimensions()),
-            "unit": r.series.unit,
-            "path": r.series.info.path,
-            "length": r.length,
-            "ending_at": r.ending_at,
-        }
-        sys.stdout.write(("," if n else "") + "\n  " + json.dumps(item))
-    sys.stdout.write("\n ]\n}\n")
+    separator, series, prefix = "\n  ", None, ""
+    batch: list[str] = []  # a write per request costs more than making the request
+    for r in requests:
+        if r.series is not series:  # a series' requests come together: its fields once
+            series = r.series
+            fields = {
+                **({} if series.kind == "sessions" else {"series": series.kind}),
+                **dict(series.dimensions()),
+                "unit": series.unit,
+                "path": series.info.path,
+            }
+            prefix = json.dumps(fields)[:-1]
+        # ending_at is an ISO 8601 date-time: nothing in it to escape.
+        batch.append(f'{separator}{prefix}, "length": {r.length}, "ending_at": "{r.ending_at}"}}')
+        separator = ",\n  "
+        if len(batch) >= 1000:
+            sys.stdout.write("".join(batch))
+            batch.clear()
+    sys.stdout.write("".join(batch) + "\n ]\n}\n")
 
 
 def _forecast(

@@ -20,6 +20,11 @@
         │                        that repeat or never end
         └── AuthError            401 / 403: no request of this run can succeed (exit 3)
 
+    KeyboardInterrupt
+    └── Terminated               SIGTERM outside a run's own handling (exit 143): raised like
+                                 Ctrl-C's KeyboardInterrupt, so every ``with`` and ``finally``
+                                 on the way out runs (temp files and directories go)
+
 Messages never contain the API key, a header or a full URL: only the series, the status and
 what Braze said (and what Braze said is redacted where it is printed or written:
 :mod:`exporter.redact`).
@@ -58,6 +63,7 @@ __all__ = [
     "RetryableError",
     "SeriesError",
     "ServerError",
+    "Terminated",
     "TransportError",
     "Unreachable",
     "WriteError",
@@ -152,7 +158,10 @@ EXIT_STATUSES: tuple[ExitStatus, ...] = (
         (EXIT_SIGINT, EXIT_SIGTERM),
         "interrupted by SIGINT (Ctrl-C) / SIGTERM: completed requests are saved, rerun to "
         "resume; a second signal stops at once",
-        "interrupted by SIGINT / SIGTERM: completed requests are saved; rerun to resume",
+        "interrupted by SIGINT / SIGTERM: completed requests are saved; rerun to resume. Any "
+        "other command (`plan`, `verify`, `init`, ...) stops where it is and removes what it "
+        "had in the making (temp files, `braze-export-plan-*` directories under `$TMPDIR`); "
+        "a second SIGTERM stops at once",
     ),
 )
 
@@ -168,6 +177,12 @@ EXIT_PRECEDENCE = (
 
 class ExporterError(Exception):
     """Root of every error the exporter raises on purpose."""
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM arrived while a command (or a run before its own handlers) was going. Not an
+    ExporterError: like KeyboardInterrupt, nothing on the way out may take it for a failure
+    and go on."""
 
 
 class ConfigError(ExporterError):

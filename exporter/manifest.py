@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import stat
 from array import array
 from collections import deque
@@ -62,6 +63,36 @@ def _series_doc(series: Series) -> dict[str, str | None]:
     return {**head, **dict(series.dimensions()), "unit": series.unit}
 
 
+class _Listed:
+    """A list of a manifest made entry by entry as it is written (:func:`write_manifest`):
+    an interrupted run of a million series lists a million of them, never all in memory."""
+
+    def __init__(self, entries: Callable[[], Iterable[Any]]) -> None:
+        self.entries = entries
+
+
+def _json_chunks(doc: Mapping[str, Any]) -> Iterator[bytes]:
+    """``doc`` as indented JSON, its :class:`_Listed` lists streamed entry by entry."""
+    listed: list[_Listed] = []
+
+    def later(value: object) -> str:
+        if not isinstance(value, _Listed):
+            raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+        listed.append(value)
+        return f"\0listed {len(listed) - 1}"  # a mark no other text of a manifest holds
+
+    text = json.dumps(doc, indent=1, ensure_ascii=False, default=later)
+    parts = re.split(r'"\\u0000listed (\d+)"', text)
+    yield parts[0].encode()
+    for number, after in zip(parts[1::2], parts[2::2], strict=True):
+        separator = "[\n  "
+        for entry in listed[int(number)].entries():
+            yield (separator + json.dumps(entry, ensure_ascii=False)).encode()
+            separator = ",\n  "
+        yield ("[]" if separator == "[\n  " else "\n ]").encode()
+        yield after.encode()
+
+
 def _counts(
     indices: Sequence[int], plan: Plan, result: RunResult, counted: Sequence[int] | None = None
 ) -> dict[str, Any]:
@@ -77,20 +108,24 @@ def _counts(
         "series_complete": report.complete,
         "series_incomplete": report.series_incomplete,
         "series_failed": len(report.failed),
-        "failures": [
-            {**_series_doc(plan.series[i]), "reason": result.failures[plan.series[i]]}
-            for i in report.failed
-        ],
-        "incomplete": [
-            {
-                **_series_doc(plan.series[i]),
-                "missing": [
-                    span_label(plan.series[i].unit, lo, hi)
-                    for lo, hi in (coverage.missing(i) if coverage is not None else [])
-                ],
-            }
-            for i in report.incomplete
-        ],
+        "failures": _Listed(
+            lambda: (
+                {**_series_doc(plan.series[i]), "reason": result.failures[plan.series[i]]}
+                for i in report.failed
+            )
+        ),
+        "incomplete": _Listed(
+            lambda: (
+                {
+                    **_series_doc(plan.series[i]),
+                    "missing": [
+                        span_label(plan.series[i].unit, lo, hi)
+                        for lo, hi in (coverage.missing(i) if coverage is not None else [])
+                    ],
+                }
+                for i in report.incomplete
+            )
+        ),
         "periods_planned": report.periods_planned,
         "periods_written": report.periods_written,
         "periods_already_done": report.periods_already_done,
@@ -217,34 +252,23 @@ def write_manifest(
     *,
     store: ObjectStore | None = None,
 ) -> Path | str:
-    """Write ``doc`` plus its ``files`` list atomically, streaming the list: a run of 100,000
-    series must not hold 100,000 entries in memory to describe itself. With a ``store``, one
-    PUT of the whole object under the prefix (an object store has no append to stream to).
+    """Write ``doc`` plus its ``files`` list atomically, streaming the lists (``files`` and
+    the series failed or incomplete): a run of a million series must not hold a million
+    entries in memory to describe itself. With a ``store``, the whole object under the
+    prefix, spooled to a local temp file first (an object store has no append to stream to).
     A file whose sha256 is None was found gone or changed by the run and not written again:
     it is listed with ``"sha256": null``."""
     path = out_dir / RUNS_DIR / f"{doc['run_id']}.json"
-    head = json.dumps(doc, indent=1, ensure_ascii=False)
-    assert head.endswith("\n}")
-
-    def chunks() -> Iterator[bytes]:
-        yield (head[:-2] + ',\n "files": [').encode()
-        separator = "\n  "
-        for relative, rows, sha256 in files:
-            entry = json.dumps(
-                {"path": relative, "rows": rows, "sha256": sha256}, ensure_ascii=False
-            )
-            yield (separator + entry).encode()
-            separator = ",\n  "
-        yield b"\n ]\n}\n"
-
+    entries = ({"path": name, "rows": rows, "sha256": sha256} for name, rows, sha256 in files)
+    chunks = _json_chunks({**doc, "files": _Listed(lambda: entries)})
     if store is not None:
         relative = f"{RUNS_DIR}/{doc['run_id']}.json"
         try:
-            store.put_sync(relative, b"".join(chunks()))
+            store.put_stream(relative, chunks)
         except StorageError as exc:
             raise ExporterError(str(exc)) from None
         return store.display(relative)
-    atomic_write(path, chunks(), out_dir / WORK_DIR / "tmp", token=token)
+    atomic_write(path, chunks, out_dir / WORK_DIR / "tmp", token=token)
     return path
 
 

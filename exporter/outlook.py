@@ -20,11 +20,20 @@ from exporter.coverage import Span, subtract
 from exporter.errors import Unreachable
 from exporter.plan import Plan, Request
 from exporter.presence import FileCheck, Files, LocalFiles, StoreFiles, would_take_back
-from exporter.remote import ObjectStore, is_remote
-from exporter.state import Records
-from exporter.storage import WORK_DIR
+from exporter.remote import ObjectStore, is_remote, remote_lease
+from exporter.state import Records, state_path
+from exporter.storage import WORK_DIR, Holder, live_holders, lock_record
 
-__all__ = ["Figures", "Outlook", "needed", "next_requests", "outlook", "saved_records"]
+__all__ = [
+    "Figures",
+    "InTheWay",
+    "Outlook",
+    "in_the_way",
+    "needed",
+    "next_requests",
+    "outlook",
+    "saved_records",
+]
 
 
 @dataclass
@@ -58,6 +67,38 @@ class Outlook:
     exports: dict[str, Figures]
     by_kind: Counter[str] = field(default_factory=Counter)
     state: str | None = None
+
+
+@dataclass(frozen=True)
+class InTheWay:
+    """A run holding the output now, so that the next run would stop at once (exit 5): its
+    ``holder``, the lock ``record`` saying so, and on object storage when that lock expires
+    unless its holder renews it (``expires_at``, ISO 8601 UTC; None: while the process lives,
+    a directory's flock). A lock object this version cannot read (``readable`` False) holds
+    the prefix until it is deleted."""
+
+    holder: Holder
+    record: str
+    expires_at: str | None = None
+    readable: bool = True
+
+
+def in_the_way(target: str, *, layout: str, shard: tuple[int, int] | None) -> InTheWay | None:
+    """The run the next run of ``layout`` (and ``shard``) would find holding ``target``, as
+    its lock says, read only: the lock is neither taken nor broken. A directory is held
+    while its holder's process lives (a ``kill -9`` frees it); a prefix until the holder's
+    lock object expires (a ``kill -9`` leaves it held until then)."""
+    if is_remote(target):
+        with contextlib.closing(ObjectStore.open(target)) as store:
+            lease = remote_lease(store)
+        if lease is None:
+            return None
+        return InTheWay(lease.holder, lease.record, lease.expires_at, lease.readable)
+    me = Holder("", 0, "", "", "", layout, shard)
+    for holder in live_holders(Path(target)):
+        if not me.may_share_with(holder):
+            return InTheWay(holder, str(lock_record(Path(target), holder)))
+    return None
 
 
 def needed(plan: Plan, index: int, done: list[Span]) -> list[Span]:
@@ -106,15 +147,21 @@ def _size(spans: list[Span]) -> int:
 
 @contextlib.contextmanager
 def saved_records(
-    target: str, *, scope: str, as_of: int, shard: tuple[int, int] | None = None
+    target: str,
+    *,
+    scope: str,
+    as_of: int,
+    fmt: str,
+    shard: tuple[int, int] | None = None,
 ) -> Iterator[tuple[Records, FileCheck] | None]:
     """The records of the state files under ``target`` (a directory or an object storage
-    prefix), read only: no lock, nothing written there. The periods of the files the run's
-    file check would take back (:func:`exporter.presence.would_take_back`: gone or changed)
-    count as not done; the check says how many. None when there are no state files."""
+    prefix, of the output format ``fmt``), read only: no lock, nothing written there. The
+    periods of the files the run's file check would take back
+    (:func:`exporter.presence.would_take_back`: gone or changed) count as not done; the
+    check says how many. None when there are no state files."""
     with contextlib.ExitStack() as stack:
         try:
-            found = _read_records(stack, target, scope=scope, as_of=as_of, shard=shard)
+            found = _read_records(stack, target, scope=scope, as_of=as_of, fmt=fmt, shard=shard)
         except OSError as exc:  # StorageError too: plan writes nothing, it reads the state
             raise Unreachable(
                 f"cannot read the state at {target}: {exc.strerror or exc}; plan writes "
@@ -129,12 +176,13 @@ def _read_records(
     *,
     scope: str,
     as_of: int,
+    fmt: str,
     shard: tuple[int, int] | None,
 ) -> tuple[Records, FileCheck] | None:
     """What :func:`saved_records` yields, its clean-up pushed onto ``stack``."""
-    tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="braze-export-plan-"))
     files: Files
     if is_remote(target):
+        tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="braze-export-plan-"))
         store = ObjectStore.open(target)
         stack.callback(store.close)
         for relative in store.list(WORK_DIR):
@@ -150,7 +198,14 @@ def _read_records(
     if not paths:
         return None
     records = stack.enter_context(contextlib.closing(Records(paths, scope=scope, as_of=as_of)))
-    check = would_take_back(records.fingerprints(), files, records.pending(), shard)
+    # A state an older version wrote (no fingerprints): the run checks it by its done
+    # periods first, and so does this.
+    unchecked = (
+        None
+        if records.checked(state_path(directory, shard).name)
+        else (records.periods(), records.has_fingerprint, fmt)
+    )
+    check = would_take_back(records.fingerprints(), files, records.pending(), shard, unchecked)
     check.periods_taken_back = records.withhold(check.taken_back)
     return records, check
 

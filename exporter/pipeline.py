@@ -695,8 +695,9 @@ class Accounting:
 
     series: int = 0
     complete: int = 0
-    incomplete: list[int] = field(default_factory=list)  # series indices
-    failed: list[int] = field(default_factory=list)
+    # Series indices, 4 bytes each: an interrupted run of a million series lists them all.
+    incomplete: array[int] = field(default_factory=lambda: array("i"))
+    failed: array[int] = field(default_factory=lambda: array("i"))
     periods_planned: int = 0
     periods_already_done: int = 0  # recorded as done by earlier runs
     periods_written: int = 0  # newly present after this run

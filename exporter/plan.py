@@ -42,10 +42,12 @@ __all__ = [
     "earliest_period",
     "ending_at",
     "hour_range",
+    "known_ids",
     "merge_spans",
     "period_label",
     "period_of",
     "resolve_window",
+    "series_of_key",
     "shard_of",
     "span_label",
     "within_bound",
@@ -253,6 +255,28 @@ class Plan:
         return text
 
 
+def series_of_key(key: str) -> Series | None:
+    """The series a state key names (:attr:`Series.key`), or None when this version makes
+    no such key."""
+    if "\x1e" in key:
+        kind, *values, unit = key.split("\x1e")
+        info = KINDS.get(kind)
+        if info is None or len(values) != 2 * len(info.dimensions) or unit not in ("day", "hour"):
+            return None
+        dims = {
+            param: (value if flag == "1" else None)
+            for param, value, flag in zip(info.dimensions, values[::2], values[1::2], strict=True)
+        }
+        series = Series.of(kind, unit, dims)  # type: ignore[arg-type]
+    else:
+        parts = key.split("\x1f")
+        if len(parts) != 4 or parts[3] not in ("day", "hour"):
+            return None
+        segment, app, has_app, unit = parts
+        series = Series(segment, app if has_app == "1" else None, unit)  # type: ignore[arg-type]
+    return series if series.key == key else None
+
+
 def resolve_window(window: Window, as_of: date) -> tuple[date, date] | None:
     """The inclusive local days a window covers before ``as_of`` and from FIRST_DATE on (an
     earlier start is clipped); None when none are left."""
@@ -355,13 +379,13 @@ def shard_of(series: Series, count: int) -> int:
     return int.from_bytes(digest, "big") % count + 1
 
 
-# Ids found by discovery: {(dimension param, Discover.key): ids in Braze's order}.
-Discovered = Mapping[tuple[str, DiscoverKey], Sequence[str]]
+# A discovery: (dimension param, Discover.key).
+Need = tuple[str, DiscoverKey]
+# Ids found by discovery: {need: ids in Braze's order}.
+Discovered = Mapping[Need, Sequence[str]]
 
 
-def discovery_needs(
-    config: Config,
-) -> dict[tuple[str, DiscoverKey], Discover]:
+def discovery_needs(config: Config) -> dict[Need, Discover]:
     """Each distinct discovery the config asks for (two exports asking alike share one)."""
     needs = {}
     for export in config.exports:
@@ -370,6 +394,29 @@ def discovery_needs(
             if isinstance(values, Discover):
                 needs[(param, values.key)] = values
     return needs
+
+
+def known_ids(config: Config, keys: Iterable[str]) -> dict[Need, list[str]]:
+    """For each discovery the config asks for (:func:`discovery_needs`), the ids of its
+    dimension that the series ``keys`` (of a resume state) hold, for the series kinds of
+    the exports that discover them: the ids earlier runs found. Sorted; keys this version
+    cannot read are left out."""
+    kinds: dict[Need, set[str]] = {}
+    for export in config.exports:
+        for param in KINDS[export.series].dimensions:
+            values = export.values(param)
+            if isinstance(values, Discover):
+                kinds.setdefault((param, values.key), set()).add(export.series)
+    found: dict[Need, set[str]] = {need: set() for need in kinds}
+    for key in keys:
+        series = series_of_key(key)
+        if series is None:
+            continue
+        for (param, spec), of_kinds in kinds.items():
+            value = series.get(param) if series.kind in of_kinds else None
+            if value is not None:
+                found[(param, spec)].add(value)
+    return {need: sorted(ids) for need, ids in found.items()}
 
 
 @dataclass(frozen=True)

@@ -35,9 +35,8 @@ from typing import Protocol
 from exporter.errors import ExporterError
 from exporter.formats import decode
 from exporter.manifest import is_manifest
-from exporter.plan import Series, shard_of
+from exporter.plan import series_of_key, shard_of
 from exporter.remote import ObjectStore
-from exporter.series import KINDS
 from exporter.state import Fingerprint, State
 from exporter.storage import JOURNAL_SUFFIX, RUNS_DIR, WORK_DIR, local_stamp, same_stamp
 from exporter.writers import partition_path, partitions
@@ -49,8 +48,10 @@ __all__ = [
     "LocalFiles",
     "Ownership",
     "StoreFiles",
+    "Unfingerprinted",
     "check_files",
     "compare",
+    "find_unfingerprinted",
     "would_take_back",
 ]
 
@@ -371,11 +372,23 @@ def would_take_back(
     files: Files,
     landing: Mapping[str, Sequence[tuple[int, str]]],
     shard: tuple[int, int] | None = None,
+    unchecked: tuple[Iterable[tuple[str, int, int]], Callable[[str | None], bool], str]
+    | None = None,
 ) -> FileCheck:
     """What :func:`check_files` would take back, read only (``plan``): nothing moved,
-    nothing written. ``taken_back`` holds the spans; ``periods_taken_back`` is left to the
-    caller, who knows which of them are done."""
+    nothing written. ``unchecked``: the done periods, ``has_fingerprint`` and the format of
+    a state an older version wrote, found by their periods first as the run finds them
+    (:func:`find_unfingerprinted`). ``taken_back`` holds the spans; ``periods_taken_back``
+    is left to the caller, who knows which of them are done."""
     report = FileCheck()
+    if unchecked is not None:
+        periods, has_fingerprint, fmt = unchecked
+        found = find_unfingerprinted(periods, has_fingerprint, files, fmt, _ShardFilter(shard))
+        report.checked += len(found.there) + len(found.absent)
+        report.taken_back += found.unreadable
+        for recorded, changed in found.absent.values():
+            (report.changed if changed else report.missing).append(recorded.path)
+            report.taken_back.append((recorded.series, recorded.lo, recorded.hi))
     for recorded, verdict, _ in compare(fingerprints, files, landing, _ShardFilter(shard)):
         report.checked += 1
         if verdict in (GONE, CHANGED):
@@ -423,7 +436,7 @@ def _vouch(
     verify vouches for them. One that cannot be read as ours is left to verify to report."""
     vouched: list[tuple[Fingerprint, int, str]] = []
     for recorded in found:
-        series = _series_of(recorded.series)
+        series = series_of_key(recorded.series)
         data = files.read(recorded.path)
         try:
             rows = len(decode(fmt, series, data)) if series is not None else -1
@@ -485,7 +498,7 @@ class _ShardFilter:
         if self.shard is None:
             return True
         if key != self._last[0]:
-            series = _series_of(key)
+            series = series_of_key(key)
             # A key this version cannot read has no shard: a run without --shard checks it.
             ours = series is not None and shard_of(series, self.shard[1]) == self.shard[0]
             self._last = (key, ours)
@@ -495,52 +508,59 @@ class _ShardFilter:
 def _check_unfingerprinted(
     state: State, files: Files, fmt: str, report: FileCheck, mine: _ShardFilter
 ) -> list[tuple[Fingerprint, bool]]:
-    """A state an older version wrote: find each done period's partition file from the
-    series key; adopt it as it is if it is there. Returns those that are not there, each
-    with whether something else (a directory, a link) is there instead."""
-    adopt: dict[str, Fingerprint] = {}
-    absent: dict[str, tuple[Fingerprint, bool]] = {}
-    # Files a newer run wrote are the fingerprint check's: never adopted as they are now.
-    mixed = state.has_fingerprint()
-    for key, lo, hi in list(state.periods()):
+    """A state an older version wrote: adopt each done period's partition file that is
+    there as it is; take back the periods of a key this version cannot read. Returns the
+    files that are not there, each with whether something else (a directory, a link) is
+    there instead."""
+    found = find_unfingerprinted(list(state.periods()), state.has_fingerprint, files, fmt, mine)
+    for key, lo, hi in found.unreadable:
+        _take_back(state, report, key, lo, hi)
+    state.adopt(found.there.values())
+    report.checked += len(found.there) + len(found.absent)
+    report.adopted += len(found.there)
+    return list(found.absent.values())
+
+
+@dataclass
+class Unfingerprinted:
+    """What the check of a state without fingerprints finds, by partition path: the files
+    ``there`` (adopted as they are), those ``absent`` (with whether something else, a
+    directory or a link, is there instead), and the done spans of keys this version cannot
+    read (``unreadable``: nothing to find their file by)."""
+
+    there: dict[str, Fingerprint] = field(default_factory=dict)
+    absent: dict[str, tuple[Fingerprint, bool]] = field(default_factory=dict)
+    unreadable: list[tuple[str, int, int]] = field(default_factory=list)
+
+
+def find_unfingerprinted(
+    periods: Iterable[tuple[str, int, int]],
+    has_fingerprint: Callable[[str | None], bool],
+    files: Files,
+    fmt: str,
+    mine: Callable[[str], bool],
+) -> Unfingerprinted:
+    """Read only: find each done span's partition files from its series key (``periods``:
+    ``(key, lo, hi)``) in ``fmt``, for the series ``mine`` keeps. A path a newer run left a
+    fingerprint of (``has_fingerprint``) is the fingerprint check's: left out."""
+    found = Unfingerprinted()
+    mixed = has_fingerprint(None)
+    for key, lo, hi in periods:
         if not mine(key):
             continue
-        series = _series_of(key)
-        if series is None:  # not a key this version makes: nothing to find it by
-            _take_back(state, report, key, lo, hi)
+        series = series_of_key(key)
+        if series is None:
+            found.unreadable.append((key, lo, hi))
             continue
         for name, first, last in partitions(series, lo, hi):
             path = partition_path(Path("."), series, name, fmt).as_posix()
-            if path in adopt or path in absent or (mixed and state.has_fingerprint(path)):
+            if path in found.there or path in found.absent or (mixed and has_fingerprint(path)):
                 continue
             directory, _, file_name = path.rpartition("/")
             now = files.listing(directory).get(file_name)
             if now is None or now[0] == NOT_A_FILE:
-                absent[path] = (Fingerprint(path, key, first, last, -1, ""), now is not None)
+                gone = Fingerprint(path, key, first, last, -1, "")
+                found.absent[path] = (gone, now is not None)
             else:
-                adopt[path] = Fingerprint(path, key, first, last, *now)
-    state.adopt(adopt.values())
-    report.checked += len(adopt) + len(absent)
-    report.adopted += len(adopt)
-    return list(absent.values())
-
-
-def _series_of(key: str) -> Series | None:
-    """The series a state key names (:attr:`exporter.plan.Series.key`), or None."""
-    if "\x1e" in key:
-        kind, *values, unit = key.split("\x1e")
-        info = KINDS.get(kind)
-        if info is None or len(values) != 2 * len(info.dimensions) or unit not in ("day", "hour"):
-            return None
-        dims = {
-            param: (value if flag == "1" else None)
-            for param, value, flag in zip(info.dimensions, values[::2], values[1::2], strict=True)
-        }
-        series = Series.of(kind, unit, dims)  # type: ignore[arg-type]
-    else:
-        parts = key.split("\x1f")
-        if len(parts) != 4 or parts[3] not in ("day", "hour"):
-            return None
-        segment, app, has_app, unit = parts
-        series = Series(segment, app if has_app == "1" else None, unit)  # type: ignore[arg-type]
-    return series if series.key == key else None
+                found.there[path] = Fingerprint(path, key, first, last, *now)
+    return found

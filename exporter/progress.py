@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import heapq
 import logging
 import math
 from collections.abc import Callable, Iterable
@@ -164,7 +165,8 @@ def summary_lines(
         f"allowed {math.floor(allowed):,}/hour ({allowed / 3600:.1f}/s); "
         f"paused {budget.pauses} time(s) for the reserve or a 429",
     ]
-    for series, reason in sorted(result.failures.items(), key=lambda i: i[0].sort_key())[:most]:
+    first = heapq.nsmallest(most, result.failures.items(), key=lambda i: i[0].sort_key())
+    for series, reason in first:
         lines.append(f"failed {series.label}: {reason}")
     coverage = result.coverage
     for index in report.incomplete[:most]:

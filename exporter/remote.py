@@ -37,13 +37,14 @@ import json
 import logging
 import os
 import secrets
+import shutil
 import socket
 import sqlite3
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
@@ -60,6 +61,7 @@ __all__ = [
     "CHECKPOINT_S",
     "LOCK_TTL_S",
     "STORE_ATTEMPTS",
+    "Lease",
     "ObjectStore",
     "RemoteLock",
     "RemoteRun",
@@ -67,6 +69,7 @@ __all__ = [
     "default_work_dir",
     "is_remote",
     "remote_holder",
+    "remote_lease",
 ]
 
 # scheme -> (fsspec protocol, the extra that installs its backend)
@@ -85,6 +88,7 @@ _NO_BACKEND_RETRIES: dict[str, dict[str, Any]] = {
     "s3": {"config_kwargs": {"retries": {"mode": "standard", "total_max_attempts": 1}}},
 }
 LOCK_TTL_S = 300.0
+_UPLOAD_CHUNK = 1 << 20  # bytes read from a spooled file per write to the store
 CHECKPOINT_S = 60.0
 _LOCK_DIR = f"{WORK_DIR}/lock"
 T = TypeVar("T")
@@ -193,6 +197,22 @@ class ObjectStore:
         object's ETag when the backend's answer gives it, else ""."""
         answer = self._call("write", relative, self.fs.pipe_file, redact_bytes(data))
         return _stamp(answer) if isinstance(answer, dict) else ""
+
+    def put_stream(self, relative: str, chunks: Iterable[bytes]) -> None:
+        """Replace the object whole with ``chunks`` (redacted as :meth:`put_sync`), holding
+        none of them in memory: they are spooled to an unnamed local temp file (gone with the
+        process, even after ``kill -9``), which is uploaded in parts and read again for a
+        retry."""
+        with tempfile.TemporaryFile() as spool:
+            for chunk in chunks:
+                spool.write(redact_bytes(chunk))
+
+            def upload(path: str) -> None:
+                spool.seek(0)
+                with self.fs.open(path, "wb") as target:
+                    shutil.copyfileobj(spool, target, _UPLOAD_CHUNK)
+
+            self._call("write", relative, upload)
 
     def move(self, relative: str, to: str) -> None:
         """Move an object (a copy, then a delete: object stores have no rename)."""
@@ -319,16 +339,36 @@ def _busy(store: ObjectStore, doc: dict[str, Any] | None, epoch: int) -> Directo
     )
 
 
-def remote_holder(store: ObjectStore, now: float | None = None) -> Holder | None:
-    """The run holding the prefix now (its lock unexpired), if any."""
+@dataclass(frozen=True)
+class Lease:
+    """The lock a run holds on a prefix, as its lock object (``record``) says: the
+    ``holder`` and when the lock expires unless renewed (``expires_at``, ISO 8601 UTC). An
+    object this version cannot read (``readable`` False) holds the prefix until deleted."""
+
+    holder: Holder
+    expires_at: str | None
+    record: str
+    readable: bool = True
+
+
+def remote_lease(store: ObjectStore, now: float | None = None) -> Lease | None:
+    """The lock of the run holding the prefix now (unexpired), if any; read only."""
     epoch, doc = _top_lock(store)
     if epoch == 0:
         return None
+    record = store.display(f"{_LOCK_DIR}/{epoch:012d}.json")
     if doc is None:
-        return Holder("?", 0, "?", "?", "an unknown run", "?", None)
-    if float(doc["expires_epoch"]) <= (time.time() if now is None else now):
+        return Lease(Holder("?", 0, "?", "?", "an unknown run", "?", None), None, record, False)
+    expires = float(doc["expires_epoch"])
+    if expires <= (time.time() if now is None else now):
         return None
-    return _holder_of(doc)
+    return Lease(_holder_of(doc), _iso(expires), record)
+
+
+def remote_holder(store: ObjectStore, now: float | None = None) -> Holder | None:
+    """The run holding the prefix now (its lock unexpired), if any."""
+    lease = remote_lease(store, now)
+    return None if lease is None else lease.holder
 
 
 class RemoteLock:
@@ -501,8 +541,12 @@ class RemoteRun:
             for suffix in ("-wal", "-shm"):
                 target.with_name(name + suffix).unlink(missing_ok=True)
             tmp = target.with_name(name + ".download")
-            tmp.write_bytes(data)
-            os.replace(tmp, target)
+            try:
+                tmp.write_bytes(data)
+                os.replace(tmp, target)
+            except BaseException:  # a full disk, or a signal: no half file left
+                tmp.unlink(missing_ok=True)
+                raise
             restored.add(name)
         # A local state the prefix has no checkpoint of is not this prefix's truth: another
         # prefix's (a reused --work-dir), or one whose prefix was emptied since. Trusting it

@@ -73,6 +73,7 @@ __all__ = [
     "RunOptions",
     "RunOutcome",
     "execute",
+    "run_layout",
     "state_scope",
 ]
 
@@ -135,6 +136,12 @@ def state_scope(config: Config, *, sandbox: bool) -> str:
     return f"{origin}|{config.output.format}|{config.timezone}"
 
 
+def run_layout(config: Config, *, sandbox: bool) -> str:
+    """What decides the files a run writes (its lock's ``layout``): only runs of one layout
+    may share a directory, as its shards K/N."""
+    return f"{config.fingerprint}|{sandbox}"
+
+
 async def execute(
     config: Config, plan: Plan | PlanRequest, key: ApiKey | None, options: RunOptions
 ) -> RunOutcome:
@@ -163,7 +170,7 @@ async def execute(
         encoder = await start_encoder(config.output.format, local=options.remote is None)
         if encoder is not None:
             stack.push_async_callback(encoder.aclose)  # also closed by the writer: harmless
-        layout = f"{config.fingerprint}|{source['sandbox']}"
+        layout = run_layout(config, sandbox=key is None)
         remote: RemoteRun | None = None
         if options.remote is None:
             root = options.out_dir

@@ -329,12 +329,7 @@ class State:
     def has_fingerprint(self, path: str | None = None) -> bool:
         """Whether a state file of the directory holds a fingerprint of ``path`` (None: of
         any file of this scope)."""
-        if path is None:
-            rows = self._query_all("SELECT 1 FROM fingerprints WHERE scope = ?", (self._scope,))
-        else:
-            rows = self._query_all(
-                "SELECT 1 FROM fingerprints WHERE scope = ? AND path = ?", (self._scope, path)
-            )
+        rows = self._query_all(*_fingerprint_query(self._scope, path))
         return next(rows, None) is not None
 
     def knows_file(self, path: str) -> bool:
@@ -551,12 +546,14 @@ class Records:
     def __init__(self, paths: Iterable[Path], *, scope: str, as_of: int) -> None:
         """Raises ExporterError when a file cannot be read (damaged, unreadable)."""
         self._scope, self._as_of = scope, as_of
-        self._copies = tempfile.TemporaryDirectory(prefix="braze-export-plan-")
+        self._copies: tempfile.TemporaryDirectory[str] | None = None  # made when needed
         self._dbs: list[sqlite3.Connection] = []
+        self._paths: list[Path] = []
         self._withheld: dict[str, list[Span]] = {}
         try:
             for path in paths:
                 self._dbs.append(self._open(path))
+                self._paths.append(path)
         except BaseException:
             self.close()
             raise
@@ -565,6 +562,8 @@ class Records:
         try:
             wal = path.with_name(path.name + "-wal")
             if wal.exists():  # a run is writing it (or was killed): read a copy
+                if self._copies is None:
+                    self._copies = tempfile.TemporaryDirectory(prefix="braze-export-plan-")
                 copy = Path(self._copies.name) / f"{len(self._dbs)}.sqlite"
                 shutil.copyfile(path, copy)
                 shutil.copyfile(wal, copy.with_name(copy.name + "-wal"))
@@ -580,7 +579,47 @@ class Records:
 
     def fingerprints(self) -> Iterator[Fingerprint]:
         """As :meth:`State.fingerprints`, read only."""
-        yield from _latest([db.execute(_FINGERPRINTS, (self._scope,)) for db in self._dbs])
+        yield from _latest(list(self._each(_FINGERPRINTS, (self._scope,))))
+
+    def periods(self) -> Iterator[tuple[str, int, int]]:
+        """As :meth:`State.periods` once a run has dropped the provisional records of
+        earlier as-of dates: ``(series key, lo, hi)``."""
+        sql = "SELECT series, lo, hi FROM periods WHERE scope = ? AND (as_of = ? OR as_of >= ?)"
+        for rows in self._each(sql, (self._scope, _SETTLED, self._as_of)):
+            yield from rows
+
+    def series_keys(self) -> Iterator[str]:
+        """Each series key the state files hold records of (once per file that holds it)."""
+        for rows in self._each(
+            "SELECT DISTINCT series FROM periods WHERE scope = ?", (self._scope,)
+        ):
+            for (key,) in rows:
+                yield key
+
+    def has_fingerprint(self, path: str | None = None) -> bool:
+        """As :meth:`State.has_fingerprint`, read only."""
+        query = _fingerprint_query(self._scope, path)
+        return any(next(rows, None) is not None for rows in self._each(*query))
+
+    def checked(self, name: str) -> bool:
+        """Whether the state file ``name`` (the one a run of this shard layout keeps) is
+        there and its done periods all have fingerprints (see :attr:`State.checked`): when
+        not, that run first checks the done periods' files from the periods themselves."""
+        sql = "SELECT 1 FROM meta WHERE scope = ? AND key = ?"
+        for path, db in zip(self._paths, self._dbs, strict=True):
+            if path.name == name:
+                with contextlib.suppress(sqlite3.Error):
+                    return db.execute(sql, (self._scope, _CHECKED)).fetchone() is not None
+        return False
+
+    def _each(self, sql: str, params: tuple[Any, ...]) -> Iterator[sqlite3.Cursor]:
+        """A cursor of ``sql`` per state file that has its tables (an older version's may
+        lack the newer ones: nothing to read there)."""
+        for db in self._dbs:
+            try:
+                yield db.execute(sql, params)
+            except sqlite3.OperationalError as exc:
+                log.debug("skipping a state file without the table: %s", exc)
 
     def pending(self) -> dict[str, list[tuple[int, str]]]:
         """As :meth:`State.pending`, read only."""
@@ -635,13 +674,21 @@ class Records:
     def close(self) -> None:
         for db in self._dbs:
             db.close()
-        self._copies.cleanup()
+        if self._copies is not None:
+            self._copies.cleanup()
 
 
 _FINGERPRINTS = (
     "SELECT path, sequence, series, lo, hi, size, stamp FROM fingerprints "
     "WHERE scope = ? ORDER BY path, sequence"
 )
+
+
+def _fingerprint_query(scope: str, path: str | None) -> tuple[str, tuple[str, ...]]:
+    """SQL and parameters finding a fingerprint of ``path`` (None: of any file)."""
+    if path is None:
+        return "SELECT 1 FROM fingerprints WHERE scope = ?", (scope,)
+    return "SELECT 1 FROM fingerprints WHERE scope = ? AND path = ?", (scope, path)
 
 
 def _latest(cursors: Sequence[Iterable[tuple[Any, ...]]]) -> Iterator[Fingerprint]:

@@ -48,6 +48,7 @@ __all__ = [
     "journal_path",
     "live_holders",
     "local_stamp",
+    "lock_record",
     "relative_path",
     "same_stamp",
     "unwritable",
@@ -164,6 +165,11 @@ class DirLock:
                 (locks / f"{self.token}{suffix}").unlink(missing_ok=True)
             os.close(self._fd)
             self._fd = None
+
+
+def lock_record(root: Path, holder: Holder) -> Path:
+    """The file that says who ``holder`` is (pid, host, start time, command, layout)."""
+    return root / WORK_DIR / _LOCKS / f"{holder.token}.json"
 
 
 def live_holders(root: Path) -> list[Holder]:
@@ -410,8 +416,12 @@ def _next_sequence(locks: Path) -> int:
 def _write_json(path: Path, doc: object) -> None:
     """Replace a small file whole (callers hold the registry lock: the temp name is free)."""
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(redact(json.dumps(doc)), encoding="utf-8")
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(redact(json.dumps(doc)), encoding="utf-8")
+        os.replace(tmp, path)
+    except BaseException:  # a full disk, or a signal: no half file left
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def _remove_stale_temp_files(root: Path, live_tokens: set[str]) -> int:

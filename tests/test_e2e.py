@@ -241,9 +241,9 @@ def test_run_without_key_exits_2(
 def test_plan_json_lists_every_request(
     tmp_path: Path, write_config: Callable[..., Path], capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """plan --json has one entry per request with Braze's parameters."""
+    """plan --json --requests has one entry per request with Braze's parameters."""
     path = write_config(CONFIG.format(out=tmp_path / "out", fmt="jsonl"))
-    assert main(["plan", str(path), "--as-of", AS_OF, "--json"]) == 0
+    assert main(["plan", str(path), "--as-of", AS_OF, "--json", "--requests"]) == 0
     doc = json.loads(capsys.readouterr().out)
     assert doc["series"] == 8
     # 7 series x 1 request; seg-a's day series is the backfill's 182 days, which contain

@@ -6,6 +6,11 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
+import signal
+import subprocess
+import sys
+import tracemalloc
 from collections.abc import Callable
 from datetime import date
 from pathlib import Path
@@ -17,10 +22,14 @@ from bench.economy import NIGHTLY
 from exporter import series as series_module
 from exporter.cli import main
 from exporter.config import load_config
+from exporter.coverage import Coverage
+from exporter.manifest import build_manifest, write_manifest
+from exporter.pipeline import RunResult
 from exporter.plan import Series, build_plan, cover, hour_range
+from exporter.ratelimit import Budget
 from exporter.sandbox import sandbox_stats
 from exporter.state import State, state_path
-from exporter.storage import WORK_DIR
+from exporter.storage import WORK_DIR, DirLock
 
 
 def _tree(root: Path) -> dict[str, tuple[int, int]]:
@@ -165,7 +174,7 @@ def test_plan_says_what_the_next_run_sends_from_the_saved_state(
     text = capsys.readouterr().out
     assert "requests: 0 (for 0 periods" in text
     assert f"state:    {tmp_path / 'out'}: 175 of 175 periods done" in text
-    assert main(["plan", str(config), "--as-of", "2024-09-11", "--json"]) == 0
+    assert main(["plan", str(config), "--as-of", "2024-09-11", "--json", "--requests"]) == 0
     doc = json.loads(capsys.readouterr().out)
     assert doc["exports"]["nightly"] == doc["totals"]
     assert doc["totals"] | {"seconds_at_least": 0} == {
@@ -317,3 +326,177 @@ def test_plan_counts_as_taken_back_what_the_run_s_manifest_counts(
     ran = json.loads(manifests[-1].read_text())["file_check"]
     assert (check["files_missing"], check["periods_taken_back"]) == (1, 0)
     assert ran["periods_taken_back"] == check["periods_taken_back"]
+
+
+def test_plan_json_is_a_summary_of_bounded_size_and_lists_requests_only_when_asked(
+    tmp_path: Path, write_config: Callable[..., Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """plan --json of 52 years of hours gives counts (totals, per export, per series kind),
+    never the requests; --requests lists each of them, Braze's parameters."""
+    config = write_config(NIGHTLY.format(out=tmp_path / "out", days=19_000))
+    as_of = "2024-09-10"
+    assert main(["plan", str(config), "--as-of", as_of, "--json"]) == 0
+    text = capsys.readouterr().out
+    doc = json.loads(text)
+    requests = 190 + math.ceil(19_000 * 24 / 100)
+    assert "requests" not in doc
+    assert doc["totals"]["requests"] == doc["requests_by_series"]["sessions"] == requests
+    assert len(text) < 4000
+    assert main(["plan", str(config), "--as-of", as_of, "--json", "--requests"]) == 0
+    listed = json.loads(capsys.readouterr().out)["requests"]
+    assert len(listed) == requests
+    assert listed[-1] == {
+        "segment_id": "segment-a",
+        "app_id": None,
+        "unit": "hour",
+        "path": "/sessions/data_series",
+        "length": 19_000 * 24 % 100 or 100,
+        "ending_at": "2024-09-09T23:59:59+00:00",
+    }
+
+
+def test_sigterm_during_plan_leaves_no_temp_directory(
+    tmp_path: Path, write_config: Callable[..., Path]
+) -> None:
+    """SIGTERM while plan streams its requests (reading a state a run holds, from a private
+    copy in a temp directory): exit 143, one line, and the temp directory is gone."""
+    config = write_config(NIGHTLY.format(out=tmp_path / "out", days=19_000))
+    held = State(state_path(tmp_path / "out" / WORK_DIR, None), scope="s", as_of=0)
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    argv = ["plan", str(config), "--as-of", "2024-09-10", "--json", "--requests"]
+    with subprocess.Popen(
+        [sys.executable, "-m", "exporter", *argv],
+        cwd=Path(__file__).parent.parent,  # this checkout's exporter
+        env={**os.environ, "TMPDIR": str(tmp)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        # SIGTERM as a service manager sends it, whatever this test runner inherited.
+        preexec_fn=lambda: signal.signal(signal.SIGTERM, signal.SIG_DFL),
+    ) as proc:
+        try:
+            assert proc.stdout is not None
+            assert proc.stderr is not None
+            assert proc.stdout.readline() == b"{\n"  # the copy is made: the plan is written
+            assert any(p.name.startswith("braze-export-plan-") for p in tmp.iterdir())
+            proc.send_signal(signal.SIGTERM)  # it writes on into the pipe no one reads
+            err = proc.stderr.read().decode()
+            assert proc.wait(timeout=120) == 143
+        finally:
+            proc.kill()
+            held.close()
+    assert err.splitlines()[-1:] == ["interrupted"]
+    assert "Traceback" not in err
+    assert list(tmp.iterdir()) == []
+
+
+def test_the_manifest_of_an_interrupted_run_is_written_without_holding_its_series(
+    tmp_path: Path, write_config: Callable[..., Path]
+) -> None:
+    """A run stopped before any request: each of its 40,000 series is listed as incomplete
+    in the manifest, written entry by entry (4 bytes a series held, not an entry each)."""
+    segments = ", ".join(f"segment-{i:03d}" for i in range(200))
+    apps = ", ".join(f"app-{i:03d}" for i in range(100))
+    text = NIGHTLY.replace("[segment-a]", f"[{segments}]\n    app_ids: [{apps}]")
+    config = load_config(write_config(text.format(out="o", days=7)), env={})
+    plan = build_plan(config, date(2024, 9, 10))
+    result = RunResult(coverage=Coverage(plan), interrupted=True)
+    budget = Budget(1000, 1.0, 0.1)
+    tracemalloc.start()
+    try:
+        doc = build_manifest(
+            run_id="r",
+            config=config,
+            plan=plan,
+            result=result,
+            budget=budget,
+            started_at=0.0,
+            finished_at=1.0,
+            exit_code=130,
+            source={"sandbox": True},
+            sequence=1,
+        )
+        path = write_manifest(tmp_path, doc, iter(()), "t")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    written = json.loads(Path(path).read_text())
+    assert len(written["totals"]["incomplete"]) == len(plan.series) == 40_000
+    assert written["totals"]["incomplete"][0]["missing"] == ["2024-09-03..2024-09-09"]
+    assert written["exports"]["nightly"]["series_incomplete"] == 40_000
+    assert written["files"] == []
+    assert peak < 2_000_000  # the lists in memory took 40 MB
+
+
+def test_plan_says_a_directory_a_live_run_holds_is_locked_and_a_killed_one_is_not(
+    tmp_path: Path, write_config: Callable[..., Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A live holder of the directory: plan names it and that a run exits 5 while it lives;
+    a holder killed (its flock gone with its process, its record left) holds nothing."""
+    out = tmp_path / "out"
+    config = write_config(NIGHTLY.format(out=out, days=7))
+    holder = DirLock.acquire(out, layout="other", shard=None, command="braze-export run live")
+    try:
+        assert main(["plan", str(config), "--as-of", "2024-09-10"]) == 0
+        text = capsys.readouterr().out
+        record = out / WORK_DIR / "locks" / f"{holder.token}.json"
+        assert (
+            f"lock:     held by a run ({holder.holder.describe()}) while its process lives "
+            f"({record}): a run now exits 5"
+        ) in text
+        assert (
+            main(["run", str(config), "--as-of", "2024-09-10", "--sandbox", "--out", str(out)]) == 5
+        )
+        assert main(["plan", str(config), "--as-of", "2024-09-10", "--json"]) == 0
+        assert json.loads(capsys.readouterr().out)["lock"]["run_exits"] == 5
+        assert holder._fd is not None
+        os.close(holder._fd)  # as kill -9 leaves it: the flock released, the record there
+        holder._fd = None
+        assert record.exists()
+        assert main(["plan", str(config), "--as-of", "2024-09-10", "--json"]) == 0
+        assert json.loads(capsys.readouterr().out)["lock"] is None
+        assert record.exists()  # plan breaks no lock: the next run clears it
+    finally:
+        holder.release()
+
+
+FOUND = NIGHTLY.replace("[segment-a]", "{{discover: analytics_enabled}}")
+
+
+def test_plan_of_a_discovery_config_counts_the_ids_earlier_runs_found(
+    tmp_path: Path,
+    write_config: Callable[..., Path],
+    sandbox_server: Any,
+    env_key: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """After a run, plan counts the discovered ids' done and provisional periods from the
+    state and the requests the next run sends for them (what it then sends), and says
+    apart what each id not seen before adds on its first run, in text and --json alike."""
+    config = write_config(FOUND.format(out=tmp_path / "out", days=7))
+    with sandbox_server(limit=0, segments=6) as server:
+        monkeypatch.setenv("BRAZE_REST_ENDPOINT", server.url)
+        assert main(["run", str(config), "--as-of", "2024-09-10"]) == 0
+        ids = len({p.parts[-3] for p in (tmp_path / "out" / "sessions").rglob("*.jsonl")})
+        assert ids > 1
+        capsys.readouterr()
+        assert main(["plan", str(config), "--as-of", "2024-09-10"]) == 0
+        text = capsys.readouterr().out
+        periods = ids * (7 + 7 * 24)
+        assert f"series:   {2 * ids} with the ids listed in the config and the {ids} " in text
+        assert f"the {ids} id(s) earlier runs found are counted above" in text
+        assert f"{periods:,} of {periods:,} periods done" in text
+        assert "requests: 0 (for 0 periods" in text
+        assert "each id found that earlier runs did not adds 3 request(s) on its first run" in text
+        assert main(["plan", str(config), "--as-of", "2024-09-11", "--json"]) == 0
+        doc = json.loads(capsys.readouterr().out)
+        assert doc["totals"]["requests"] == 2 * ids
+        assert doc["totals"]["periods_to_read_again"] == ids * (3 + 3 * 24)
+        (found,) = doc["discovery"]
+        assert (found["ids_in_state"], found["requests_per_new_id"]) == (ids, 3)
+        data = server.app  # the requests of the series: all but the list's
+        before = sandbox_stats(data).requests - sandbox_stats(data).paths["/segments/list"]
+        assert main(["run", str(config), "--as-of", "2024-09-11"]) == 0
+        after = sandbox_stats(data).requests - sandbox_stats(data).paths["/segments/list"]
+        assert after - before == doc["totals"]["requests"]

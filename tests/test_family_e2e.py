@@ -245,7 +245,7 @@ def test_plan_shows_discovery_and_its_cost_without_sending(
     assert "discover: segment_ids (analytics_enabled)" in text
     assert "at least 1 request to /segments/list (workspace pool; one per 100 segments)" in text
     assert "/events/list (lists pool; one per 250 events)" in text
-    assert "each id found adds 1 request(s)" in text
+    assert "each id found that earlier runs did not adds 1 request(s) on its first run" in text
     assert main(["plan", str(path), "--as-of", AS_OF, "--json"]) == 0
     plan = json.loads(capsys.readouterr().out)
     assert {d["endpoint"] for d in plan["discovery"]} == {

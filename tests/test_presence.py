@@ -382,6 +382,41 @@ def test_a_state_without_fingerprints_is_checked_once_by_its_periods(
     assert sandbox_stats(sandbox.app).requests == sent + 1
 
 
+@pytest.mark.parametrize("table", ["dropped", "emptied"])
+def test_plan_checks_a_state_without_fingerprints_as_the_run_does(
+    tmp_path: Path,
+    write_config: Callable[..., Path],
+    sandbox: Any,
+    capsys: pytest.CaptureFixture[str],
+    table: str,
+) -> None:
+    """A state an older version wrote (no fingerprints table, or an empty one) and a done
+    file gone since: plan finds it by the done periods, as the run's first check does, and
+    says the one request the run then sends, writing nothing."""
+    out = tmp_path / "out"
+    config = write_config(_config(out, "jsonl"))
+    assert _run(config) == 0
+    db = sqlite3.connect(out / ".braze-export" / "state.sqlite")
+    db.execute("DROP TABLE fingerprints" if table == "dropped" else "DELETE FROM fingerprints")
+    db.execute("DELETE FROM meta WHERE key = 'files_checked'")
+    db.commit()
+    db.close()
+    (out / JUNE.format(fmt="jsonl")).unlink()
+    work = sorted((out / ".braze-export").rglob("*"))
+    states = {p: p.read_bytes() for p in work if p.is_file()}
+    capsys.readouterr()
+    assert main(["plan", str(config), "--as-of", AS_OF, "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert sorted((out / ".braze-export").rglob("*")) == work
+    assert {p: p.read_bytes() for p in states} == states
+    assert doc["totals"]["requests"] == 1
+    assert doc["file_check"]["files_missing"] == 1
+    assert doc["file_check"]["periods_taken_back"] == 30
+    sent = sandbox_stats(sandbox.app).requests
+    assert _run(config) == 0
+    assert sandbox_stats(sandbox.app).requests == sent + 1
+
+
 def test_a_run_that_exits_0_is_followed_by_a_verify_that_passes(
     tmp_path: Path,
     write_config: Callable[..., Path],

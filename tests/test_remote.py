@@ -665,3 +665,40 @@ def test_a_prefix_with_an_empty_dot_or_dot_dot_segment_is_refused(
     assert main(["run", str(cfg), "--sandbox", "--out", prefix]) == 2
     (line,) = capsys.readouterr().err.splitlines()
     assert "the prefix holds an empty, '.' or '..' segment" in line
+
+
+def test_plan_says_a_prefix_is_locked_by_a_killed_run_until_its_lock_expires(
+    bucket: str,
+    write_config: Callable[..., Path],
+    env_key: str,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A run killed with its lock unexpired (kill -9: nothing released): plan names the
+    holder, the lock's expiry and object, and that a run exits 5, reading only; the run
+    then exits 5 indeed."""
+    cfg = write_config(_config(bucket))
+    store = ObjectStore.open(bucket)
+    killed = RemoteLock.acquire(store, layout="x", shard=None, command="braze-export run killed")
+    expires = datetime.fromtimestamp(killed.expires_at, UTC).isoformat(timespec="seconds")
+    try:
+        before = _objects(bucket, ".braze-export")
+        capsys.readouterr()
+        assert main(["plan", str(cfg), "--as-of", AS_OF]) == 0
+        text = capsys.readouterr().out
+        assert (
+            f"lock:     held by a run (pid {os.getpid()} on {killed.holder.host}, started "
+            f"{killed.holder.started_at}: braze-export run killed) until "
+            f"{expires.replace('+00:00', 'Z')} unless it renews it "
+            f"({bucket}/.braze-export/lock/000000000001.json): a run now exits 5"
+        ) in text
+        assert main(["plan", str(cfg), "--as-of", AS_OF, "--json"]) == 0
+        lock = json.loads(capsys.readouterr().out)["lock"]
+        assert (lock["command"], lock["run_exits"]) == ("braze-export run killed", 5)
+        assert lock["expires_at"] == expires.replace("+00:00", "Z")
+        assert _objects(bucket, ".braze-export") == before  # not taken, not broken
+        assert main(["run", str(cfg), "--as-of", AS_OF]) == 5
+    finally:
+        killed.release()
+        store.close()
+    assert main(["plan", str(cfg), "--as-of", AS_OF, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["lock"] is None
