@@ -51,6 +51,7 @@ from datetime import UTC, date, datetime, timedelta
 
 from aiohttp import web
 
+from exporter.client import SANDBOX_HEADER
 from exporter.series import (
     CAMPAIGNS_POOL,
     KINDS,
@@ -693,10 +694,17 @@ def sandbox_stats(app: web.Application) -> SandboxStats:
     return app[_SANDBOX].stats
 
 
+async def _say_sandbox(_request: web.Request, response: web.StreamResponse) -> None:
+    """Every answer, errors included, names its source: no run can take these invented rows
+    for Braze's (the run's manifest records ``source.sandbox: true``)."""
+    response.headers[SANDBOX_HEADER] = "1"
+
+
 def make_app(options: SandboxOptions | None = None) -> web.Application:
     sandbox = _Sandbox(options or SandboxOptions())
     app = web.Application()
     app[_SANDBOX] = sandbox
+    app.on_response_prepare.append(_say_sandbox)
     for kind in KINDS.values():
         app.router.add_get(kind.path, sandbox.series_handler(kind))
     for source in LISTS.values():
