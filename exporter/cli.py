@@ -728,8 +728,8 @@ def _cmd_plan(args: argparse.Namespace) -> int:
         print(f"state:    none in {where}: the next run fetches every window whole")
     else:
         print(
-            f"state:    {where}: {total.done:,} of {total.periods:,} periods done, "
-            f"{total.reread:,} provisional to read again"
+            f"state:    {where}: {total.done:,} of {total.periods:,} periods settled (kept, "
+            f"not fetched again), {total.reread:,} provisional (fetched again)"
         )
     if check is not None and (check.missing or check.changed):
         print(
@@ -747,8 +747,8 @@ def _cmd_plan(args: argparse.Namespace) -> int:
     if len(seen.exports) > 1:
         for name, figures in seen.exports.items():
             print(
-                f"  export {name}: {figures.requests:,} requests, {figures.done:,} periods "
-                f"done, {figures.reread:,} to read again"
+                f"  export {name}: {figures.requests:,} requests; {figures.done:,} periods "
+                f"settled (kept), {figures.reread:,} provisional (fetched again)"
             )
     for (param, spec_key), spec in needs.items():
         per_id = _requests_per_id(config, plan, param, spec_key)
@@ -1080,11 +1080,12 @@ def _cmd_init(args: argparse.Namespace) -> int:
         except AuthError as exc:
             console(f"error: {exc}")
             return EXIT_AUTH
-    command = "braze-export init" + (" --discover" if workspace else "")
-    text = starter_config(workspace, settings=settings, command=command)
+    flag = " --sandbox" if args.sandbox else " --discover" if workspace else ""
+    text = starter_config(workspace, settings=settings, command=f"braze-export init{flag}")
     write_starter(path, text, force=args.force)
     listed = "" if workspace is None else f" with {workspace.summary()}"
-    print(f"wrote {path}{listed}; next: braze-export validate {shlex.quote(str(path))}")
+    then = " --sandbox" if args.sandbox else ""
+    print(f"wrote {path}{listed}; next: braze-export doctor {shlex.quote(str(path))}{then}")
     return EXIT_OK
 
 
