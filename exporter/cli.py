@@ -746,6 +746,9 @@ def _cmd_plan(args: argparse.Namespace) -> int:
         print("  by series: " + ", ".join(f"{k} {n:,}" for k, n in sorted(by_kind.items())))
     if len(seen.exports) > 1:
         for name, figures in seen.exports.items():
+            if plan.series_by_export[name] and not figures.series:  # counted in the first
+                print(f"  export {name}: its series are counted under an earlier export")
+                continue
             print(
                 f"  export {name}: {figures.requests:,} requests; {figures.done:,} periods "
                 f"settled (kept), {figures.reread:,} provisional (fetched again)"

@@ -265,3 +265,14 @@ def test_the_config_reference_says_what_discover_and_the_key_file_take() -> None
     (key,) = [x for x in text.splitlines() if x.startswith("| `braze.api_key_env` |")]
     assert "`${api_key_env}_FILE`" in key
     assert "a trailing newline" in key
+
+
+def test_plan_says_why_an_export_sends_nothing_of_its_own(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The demo's backfill-q1 shares its series with the nightly export: plan says they are
+    counted there instead of a bare '0 requests'."""
+    assert main(["plan", str(ROOT / "configs/demo.yaml"), *AS_OF]) == 0
+    out = capsys.readouterr().out
+    assert "  export backfill-q1: its series are counted under an earlier export" in out
+    assert "  export nightly: " in out
