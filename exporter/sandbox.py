@@ -134,6 +134,9 @@ class SandboxOptions:
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
     gate: asyncio.Event | None = None  # None: answer at once; see the module docstring
     gate_after: int = 0  # series answers given before the gate holds the rest
+    # False: answers without the X-Braze-Export-Sandbox header, as Braze's own do (a test
+    # standing in for a real host); True everywhere else, so invented rows are marked.
+    identify: bool = True
     # List path -> its first page answered 500, every attempt: a listing that breaks mid-way.
     list_outage: Mapping[str, int] = field(default_factory=dict)
 
@@ -704,7 +707,8 @@ def make_app(options: SandboxOptions | None = None) -> web.Application:
     sandbox = _Sandbox(options or SandboxOptions())
     app = web.Application()
     app[_SANDBOX] = sandbox
-    app.on_response_prepare.append(_say_sandbox)
+    if sandbox.options.identify:
+        app.on_response_prepare.append(_say_sandbox)
     for kind in KINDS.values():
         app.router.add_get(kind.path, sandbox.series_handler(kind))
     for source in LISTS.values():
