@@ -124,13 +124,14 @@ def test_the_local_s3_recipe_runs_as_written(tmp_path: Path) -> None:
 
 
 def test_the_s3_test_extra_holds_moto_with_the_s3_extra() -> None:
-    """[s3-test] installs moto's server together with [s3], so pip resolves moto's botocore
-    within aiobotocore's pin; [dev] reuses it instead of a second moto pin."""
+    """[s3-test] installs moto's server with [s3] and a boto3 pinned within aiobotocore's
+    botocore range; [dev] reuses it instead of a second moto pin."""
     text = (ROOT / "pyproject.toml").read_text()
     extra = re.search(r"^s3-test = \[(.*)\]$", text, re.M)
     assert extra is not None
     assert '"braze-export[s3]"' in extra.group(1)
-    assert '"moto[server]' in extra.group(1)
+    assert '"moto[server]==' in extra.group(1)
+    assert '"boto3==' in extra.group(1)  # the newest boto3 needs a botocore s3fs refuses
     assert text.count('"moto[server]') == 1
     assert '"braze-export[s3-test]"' in text
 
