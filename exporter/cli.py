@@ -50,6 +50,7 @@ from exporter.errors import (
     ConfigError,
     DirectoryBusy,
     ExporterError,
+    StreamUnwritable,
     Terminated,
     Unreachable,
 )
@@ -166,7 +167,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             # status is the run's; anything else did not get all of its output out.
             _silence_stdout()
             return int(getattr(args, "exit_code", EXIT_FAILED))
-        except OSError as exc:
+        except StreamUnwritable as exc:
             # stdout that cannot be written (`> /dev/full`): one line on stderr, if it works.
             # "The output" is the export's directory in every other message: name stdout. A
             # run keeps its status (its files and manifest are whole), as when the reader of
@@ -175,6 +176,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             with contextlib.suppress(OSError):
                 console(f"error: cannot write to stdout: {exc.strerror or exc}")
             return int(getattr(args, "exit_code", EXIT_FAILED))
+        except OSError as exc:
+            # Any other OSError a command let through (a file, a store): one line, never a
+            # traceback, and never taken for stdout's.
+            with contextlib.suppress(OSError):
+                console(f"error: {exc.strerror or exc}")
+            return EXIT_FAILED
 
 
 def _silence_stdout() -> None:
@@ -807,8 +814,8 @@ def _cmd_plan(args: argparse.Namespace) -> int:
         print(f"state:    none in {where}: the next run fetches every window whole")
     else:
         print(
-            f"state:    {where}: {total.done:,} of {total.periods:,} periods done, "
-            f"{total.reread:,} provisional to read again"
+            f"state:    {where}: {total.done:,} of {total.periods:,} periods settled (kept, "
+            f"not fetched again), {total.reread:,} provisional (fetched again)"
         )
     if way is not None:
         print(f"lock:     {_in_the_way_line(way)}")
@@ -827,9 +834,12 @@ def _cmd_plan(args: argparse.Namespace) -> int:
         print("  by series: " + ", ".join(f"{k} {n:,}" for k, n in sorted(by_kind.items())))
     if len(seen.exports) > 1:
         for name, figures in seen.exports.items():
+            if plan.series_by_export[name] and not figures.series:  # counted in the first
+                print(f"  export {name}: its series are counted under an earlier export")
+                continue
             print(
-                f"  export {name}: {figures.requests:,} requests, {figures.done:,} periods "
-                f"done, {figures.reread:,} to read again"
+                f"  export {name}: {figures.requests:,} requests; {figures.done:,} periods "
+                f"settled (kept), {figures.reread:,} provisional (fetched again)"
             )
     for report in skips.values():
         source = DETAILS[report.dimension]
@@ -1285,11 +1295,12 @@ def _cmd_init(args: argparse.Namespace) -> int:
         except AuthError as exc:
             console(f"error: {exc}")
             return EXIT_AUTH
-    command = "braze-export init" + (" --discover" if workspace else "")
-    text = starter_config(workspace, settings=settings, command=command)
+    flag = " --sandbox" if args.sandbox else " --discover" if workspace else ""
+    text = starter_config(workspace, settings=settings, command=f"braze-export init{flag}")
     write_starter(path, text, force=args.force)
     listed = "" if workspace is None else f" with {workspace.summary()}"
-    print(f"wrote {path}{listed}; next: braze-export validate {shlex.quote(str(path))}")
+    then = " --sandbox" if args.sandbox else ""
+    print(f"wrote {path}{listed}; next: braze-export doctor {shlex.quote(str(path))}{then}")
     return EXIT_OK
 
 

@@ -36,6 +36,7 @@ if TYPE_CHECKING:  # details.py reads answers with this module's helpers
 
 __all__ = [
     "PATH",
+    "SANDBOX_HEADER",
     "Answer",
     "BrazeClient",
     "Point",
@@ -52,6 +53,10 @@ _T = TypeVar("_T")
 
 PATH = "/sessions/data_series"  # the first series; each Request names its own path
 _MAX_VALUE = 2**63 - 1  # int64, as Parquet and query engines store counts; no real count nears it
+# Sent by braze-export's own sandbox on every response (never by Braze): a run against a
+# standalone sandbox (`braze-export sandbox` named by braze.endpoint) records its rows as the
+# sandbox's invented data, whatever the endpoint looks like.
+SANDBOX_HEADER = "X-Braze-Export-Sandbox"
 _MAX_BODY = 4 * 1024 * 1024  # 100 points are a few KiB; anything near this is not a series
 
 
@@ -100,7 +105,8 @@ def make_session(concurrency: int) -> aiohttp.ClientSession:
 
 
 class BrazeClient:
-    """GETs one request. The session is injected: one per run, shared by every worker."""
+    """GETs one request. The session is injected: one per run, shared by every worker.
+    ``sandbox`` turns True once an answer carries :data:`SANDBOX_HEADER`."""
 
     def __init__(
         self,
@@ -121,6 +127,7 @@ class BrazeClient:
         # and it costs a timer reset per read.
         self._timeout = aiohttp.ClientTimeout(total=timeout_s, connect=min(10.0, timeout_s))
         self._clock = clock
+        self.sandbox = False  # whether any answer came from braze-export's sandbox
 
     @property
     def host(self) -> str:
@@ -165,6 +172,8 @@ class BrazeClient:
                 allow_redirects=False,
             ) as resp:
                 body = await _read_body(resp)
+                if SANDBOX_HEADER in resp.headers:
+                    self.sandbox = True
                 rate = parse_rate_headers(resp.headers, self._clock())
                 return Response(resp.status, rate, body, _redirect_origin(resp))
         except TimeoutError:

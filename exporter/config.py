@@ -119,9 +119,16 @@ class _Model(BaseModel):
 
 class BrazeSettings(_Model):
     endpoint: str = DEFAULT_ENDPOINT
-    api_key_env: Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")] = (
-        DEFAULT_KEY_ENV
-    )
+    api_key_env: Annotated[
+        str,
+        StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$"),
+        Field(
+            description="The environment variable holding the REST API key. When it is unset "
+            "or empty, the file `${api_key_env}_FILE` names is read instead: UTF-8 text "
+            "holding the key alone; whitespace around it (a trailing newline) is stripped, "
+            "quotes or spaces inside are refused."
+        ),
+    ] = DEFAULT_KEY_ENV
     timeout_s: float = Field(30.0, gt=0, le=600)
 
     @field_validator("endpoint")
@@ -240,10 +247,26 @@ class Discover(_Model):
     UTC date: last edited after its midnight) campaigns and Canvases only."""
 
     discover: Literal["analytics_enabled", "all"]
-    name: Annotated[str, StringConstraints(min_length=1, max_length=1000)] | None = None
-    tags: Annotated[list[Id], Field(min_length=1)] | None = None
-    include_archived: bool = False
-    edited_since: LaxDate | None = None
+    name: Annotated[str, StringConstraints(min_length=1, max_length=1000)] | None = Field(
+        None,
+        description="A regular expression (Python's `re.search`: it matches anywhere in the "
+        "name unless anchored with `^`/`$`): only items whose name matches are exported.",
+    )
+    tags: Annotated[list[Id], Field(min_length=1)] | None = Field(
+        None,
+        description="Segments, campaigns and Canvases: keep an item carrying at least one of "
+        "these tags (any one of them, not all).",
+    )
+    include_archived: bool = Field(
+        False,
+        description="Campaigns and Canvases: list archived ones too (Braze lists them only "
+        "when asked).",
+    )
+    edited_since: LaxDate | None = Field(
+        None,
+        description="Campaigns and Canvases: keep those last edited after this date's UTC "
+        "midnight (Braze's `last_edit.time[gt]`).",
+    )
 
     @field_validator("name")
     @classmethod

@@ -219,7 +219,8 @@ def _keys(
         alone = len(models) == 1 and origin not in (typing.Union, types.UnionType)
         if alone and "list" not in _type_name(field.annotation).split(" or ")[0]:
             default = "see below" if default != "required" else default
-        yield [f"`{path}`", _type_name(field.annotation), default, _bounds(field)]
+        meaning = " ".join((field.description or "").split())
+        yield [f"`{path}`", _type_name(field.annotation), default, _bounds(field), meaning]
         if alone:
             many = _type_name(field.annotation).startswith("list of")
             yield from _keys(models[0], f"{path}{'[]' if many else ''}.", alternatives)
@@ -228,9 +229,10 @@ def _keys(
 
 
 def config_page() -> str:
-    """Every key of the config file: its path, type, default and bounds."""
+    """Every key of the config file: its path, type, default, bounds and, where its field
+    has a description, what it means."""
     alternatives: dict[type[BaseModel], None] = {}
-    headers = ("key", "type", "default", "bounds")
+    headers = ("key", "type", "default", "bounds", "meaning")
     rows = list(_keys(File, "", alternatives))
     page = (
         _header("Config keys", "the pydantic models in `exporter/config.py`")

@@ -63,6 +63,7 @@ __all__ = [
     "RetryableError",
     "SeriesError",
     "ServerError",
+    "StreamUnwritable",
     "Terminated",
     "TransportError",
     "Unreachable",
@@ -183,6 +184,13 @@ class Terminated(KeyboardInterrupt):
     """SIGTERM arrived while a command (or a run before its own handlers) was going. Not an
     ExporterError: like KeyboardInterrupt, nothing on the way out may take it for a failure
     and go on."""
+
+
+class StreamUnwritable(OSError):
+    """stdout (or stderr) could not be written (``> /dev/full``): raised by the redacting
+    streams, so that the CLI tells it from any other OSError (a store, a file) and names
+    stdout only when stdout it was. Not an ExporterError: it is the terminal's, not the run's.
+    A closed pipe stays BrokenPipeError (the reader went away: quiet)."""
 
 
 class ConfigError(ExporterError):

@@ -33,9 +33,11 @@ _CONSOLE = logging.getLogger("exporter.console")
 
 
 def new_run_id(now: float | None = None) -> str:
-    """Sortable by start time, unique across shards started in the same second."""
+    """Sortable by start time to the millisecond (a rerun started in the same second as the
+    run before it sorts after it: manifests are read in this order, later runs winning), and
+    unique across shards started at the same moment: ``20231114T221320.250Z-1a2b3c``."""
     stamp = datetime.fromtimestamp(time.time() if now is None else now, UTC)
-    return f"{stamp:%Y%m%dT%H%M%SZ}-{secrets.token_hex(3)}"
+    return f"{stamp:%Y%m%dT%H%M%S}.{stamp.microsecond // 1000:03d}Z-{secrets.token_hex(3)}"
 
 
 class _Context(logging.Filter):

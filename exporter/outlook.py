@@ -89,8 +89,11 @@ def in_the_way(target: str, *, layout: str, shard: tuple[int, int] | None) -> In
     while its holder's process lives (a ``kill -9`` frees it); a prefix until the holder's
     lock object expires (a ``kill -9`` leaves it held until then)."""
     if is_remote(target):
-        with contextlib.closing(ObjectStore.open(target)) as store:
-            lease = remote_lease(store)
+        try:
+            with contextlib.closing(ObjectStore.open(target)) as store:
+                lease = remote_lease(store)
+        except OSError as exc:  # StorageError too: plan writes nothing, it reads the state
+            raise _unreadable(target, exc) from None
         if lease is None:
             return None
         return InTheWay(lease.holder, lease.record, lease.expires_at, lease.readable)
@@ -163,11 +166,16 @@ def saved_records(
         try:
             found = _read_records(stack, target, scope=scope, as_of=as_of, fmt=fmt, shard=shard)
         except OSError as exc:  # StorageError too: plan writes nothing, it reads the state
-            raise Unreachable(
-                f"cannot read the state at {target}: {exc.strerror or exc}; plan writes "
-                "nothing, but it reads the resume state and lists the files"
-            ) from None
+            raise _unreadable(target, exc) from None
         yield found
+
+
+def _unreadable(target: str, exc: OSError) -> Unreachable:
+    """A state, lock or listing plan cannot read: exit 4, saying it only reads."""
+    return Unreachable(
+        f"cannot read the state at {target}: {exc.strerror or exc}; plan writes nothing, but "
+        "it reads the resume state, the lock and the files"
+    )
 
 
 def _read_records(

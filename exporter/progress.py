@@ -152,7 +152,8 @@ def summary_lines(
         f"periods: {report.periods_planned} planned, {report.periods_written} written, "
         f"{report.periods_already_done} already done, {report.periods_missing} missing; "
         f"{report.outside_window} returned outside the window (not written)",
-        f"requests: {totals.done} done, {totals.skipped} skipped (already done), "
+        f"requests: {totals.done} done, {totals.skipped} dropped (other requests brought "
+        f"their periods), "
         f"{totals.gap} gap-fill, {totals.sent} sent, {totals.retries} retried, "
         f"{totals.rate_limited} rate-limited",
         f"rows: {totals.rows} written to {files} files"

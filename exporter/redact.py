@@ -44,6 +44,8 @@ from dataclasses import dataclass
 from typing import TextIO, cast
 from urllib.parse import quote, quote_plus
 
+from exporter.errors import StreamUnwritable
+
 __all__ = [
     "MASK",
     "MIN_KEY_CHARS",
@@ -165,11 +167,21 @@ class _RedactingStream(io.TextIOBase):
         self._stream = stream
 
     def write(self, text: str) -> int:
-        self._stream.write(redact(text))
+        try:
+            self._stream.write(redact(text))
+        except BrokenPipeError:
+            raise
+        except OSError as exc:  # told apart from any other OSError: see StreamUnwritable
+            raise StreamUnwritable(exc.errno, exc.strerror) from exc
         return len(text)
 
     def flush(self) -> None:
-        self._stream.flush()
+        try:
+            self._stream.flush()
+        except BrokenPipeError:
+            raise
+        except OSError as exc:
+            raise StreamUnwritable(exc.errno, exc.strerror) from exc
 
     def isatty(self) -> bool:
         return self._stream.isatty()

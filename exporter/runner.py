@@ -254,8 +254,9 @@ async def execute(
             stack.push_async_callback(runner.cleanup)
             log.info("sandbox started on %s", endpoint, extra={"event": "sandbox_started"})
         async with make_session(limits.concurrency) as session:
+            client = BrazeClient(session, endpoint, key, timeout_s=config.braze.timeout_s)
             pipeline = Pipeline(
-                client=BrazeClient(session, endpoint, key, timeout_s=config.braze.timeout_s),
+                client=client,
                 budget=budget,
                 budgets=by_kind,
                 writer=writer,
@@ -279,6 +280,8 @@ async def execute(
         if result.coverage is None:  # a second signal cancelled the lists or details: account
             await pipeline.run(plan, send=False)
         _save_offsets(state, result.calibration)
+        if client.sandbox:  # a standalone sandbox named by the endpoint: invented rows
+            source = {**source, "sandbox": True}
         code = _exit_code(result, signals)
         if code == EXIT_OK and discovery.failed:
             code = EXIT_FAILED
@@ -340,6 +343,8 @@ async def execute(
     name = signal.Signals(signals[0]).name if signals else None
     summary = discovery.summary() + summary_lines(result, plan, budget, files)
     summary.append(checked_line)
+    if source["sandbox"]:
+        summary.append("source: braze-export's sandbox: invented rows, not Braze data")
     return RunOutcome(code, result, summary, manifest, plan, name, manifest_error)
 
 

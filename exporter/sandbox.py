@@ -51,6 +51,7 @@ from datetime import UTC, date, datetime, timedelta
 
 from aiohttp import web
 
+from exporter.client import SANDBOX_HEADER
 from exporter.series import (
     CAMPAIGNS_POOL,
     KINDS,
@@ -133,6 +134,9 @@ class SandboxOptions:
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
     gate: asyncio.Event | None = None  # None: answer at once; see the module docstring
     gate_after: int = 0  # series answers given before the gate holds the rest
+    # False: answers without the X-Braze-Export-Sandbox header, as Braze's own do (a test
+    # standing in for a real host); True everywhere else, so invented rows are marked.
+    identify: bool = True
     # List path -> its first page answered 500, every attempt: a listing that breaks mid-way.
     list_outage: Mapping[str, int] = field(default_factory=dict)
 
@@ -693,10 +697,18 @@ def sandbox_stats(app: web.Application) -> SandboxStats:
     return app[_SANDBOX].stats
 
 
+async def _say_sandbox(_request: web.Request, response: web.StreamResponse) -> None:
+    """Every answer, errors included, names its source: no run can take these invented rows
+    for Braze's (the run's manifest records ``source.sandbox: true``)."""
+    response.headers[SANDBOX_HEADER] = "1"
+
+
 def make_app(options: SandboxOptions | None = None) -> web.Application:
     sandbox = _Sandbox(options or SandboxOptions())
     app = web.Application()
     app[_SANDBOX] = sandbox
+    if sandbox.options.identify:
+        app.on_response_prepare.append(_say_sandbox)
     for kind in KINDS.values():
         if not kind.long:  # the message series: exporter.sandbox_messaging serves them
             app.router.add_get(kind.path, sandbox.series_handler(kind))

@@ -328,8 +328,10 @@ def starter_config(
     settings = settings or StarterSettings()
     endpoint, api_key_env = settings.endpoint, settings.api_key_env
     out = _Text()
-    out.block(_HEAD.format(version=package_version(), command=command))
-    if workspace is not None and workspace.sandbox:
+    sandbox = workspace is not None and workspace.sandbox
+    flag = " --sandbox" if sandbox else ""
+    out.block(_HEAD.format(version=package_version(), command=command, flag=flag))
+    if sandbox:
         out.block(_SANDBOX_NOTE)
     out.add()
     out.add("version: 1", "the config format (the only one so far)")
@@ -437,7 +439,14 @@ def _ids(out: _Text, items: Sequence[ListItem], *, named: bool, commented: bool 
         out.add(f"{prefix}{_quote(item.id)}", _comment(item.name) if named else None)
 
 
+# Campaigns and Canvases listed as comments, at most: a workspace has hundreds, and the config
+# is a file to keep in git, not a catalogue.
+MESSAGING_SHOWN = 20
+
+
 def _messaging(out: _Text, what: str, listed: Listed, series: str) -> None:
+    """The first :data:`MESSAGING_SHOWN` of a campaign or Canvas list as comments, and how
+    many more there are, with how to export their analytics."""
     out.add()
     out.add(f"# {what} in this workspace, from {listed.path}, for reference only:")
     key = DIMENSIONS[KINDS[series].dimensions[0]].config_key
@@ -446,8 +455,11 @@ def _messaging(out: _Text, what: str, listed: Listed, series: str) -> None:
         out.add(f"#   not listed: {_comment(listed.error)}")
     elif not listed.items:
         out.add("#   none listed")
-    for item in listed.items:
+    for item in listed.items[:MESSAGING_SHOWN]:
         out.add(f"#   {_comment(item.id)}", _comment(item.name))
+    rest = len(listed.items) - MESSAGING_SHOWN
+    if rest > 0:
+        out.add(f"#   ... and {rest} more (the Braze dashboard, or GET {listed.path}, lists all)")
 
 
 def _comment(text: str) -> str:
@@ -474,15 +486,14 @@ def _quote(text: str) -> str:
 _HEAD = """\
 # braze-export config, written by `{command}` (braze-export {version}).
 # Every key says what it does; docs/reference/config.md lists every key and its default.
-# Next: braze-export validate THIS_FILE   (checks it, sends nothing)
-#       braze-export plan THIS_FILE       (the requests a run makes, and how long it takes)
-#       braze-export doctor THIS_FILE     (first contact with the workspace: 2-3 requests)
-#       braze-export run THIS_FILE"""
+# Next: braze-export doctor THIS_FILE{flag}   (first contact with the workspace: 1-3 requests)
+#       braze-export plan THIS_FILE{flag}     (the requests a run makes, and how long it takes)
+#       braze-export run THIS_FILE{flag}
+# After editing it: braze-export validate THIS_FILE (checks it, sends nothing)."""
 
 _SANDBOX_NOTE = """\
-# The ids below come from the sandbox: they are invented. Try the exporter with
-#       braze-export run THIS_FILE --sandbox
-# and write a config for your workspace with `braze-export init --discover`."""
+# The ids below come from the sandbox: they are invented (hence --sandbox above). Write a
+# config for your workspace with `braze-export init --discover`."""
 
 _REST = """\
 

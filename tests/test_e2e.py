@@ -334,10 +334,11 @@ def test_a_real_runs_manifest_names_its_endpoint_host(
     env_key: str,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """A run against an endpoint records that host and that it was not the sandbox."""
+    """A run against an endpoint whose answers do not name the sandbox (as Braze's do not)
+    records that host and that it was not the sandbox."""
     out = tmp_path / "out"
     path = write_config(CONFIG.format(out=out, fmt="jsonl").replace("days: 3", "days: 1"))
-    with sandbox_server() as server:
+    with sandbox_server(identify=False) as server:
         monkeypatch.setenv("BRAZE_REST_ENDPOINT", server.url.replace("127.0.0.1", "localhost"))
         assert main(["run", str(path), "--as-of", AS_OF]) == 0
     (manifest,) = (out / "_runs").glob("*.json")

@@ -173,7 +173,10 @@ def test_plan_says_what_the_next_run_sends_from_the_saved_state(
     assert main(["plan", str(config), "--as-of", "2024-09-10"]) == 0
     text = capsys.readouterr().out
     assert "requests: 0 (for 0 periods" in text
-    assert f"state:    {tmp_path / 'out'}: 175 of 175 periods done" in text
+    assert (
+        f"state:    {tmp_path / 'out'}: 175 of 175 periods settled (kept, not fetched again), "
+        "0 provisional (fetched again)"
+    ) in text
     assert main(["plan", str(config), "--as-of", "2024-09-11", "--json", "--requests"]) == 0
     doc = json.loads(capsys.readouterr().out)
     assert doc["exports"]["nightly"] == doc["totals"]
@@ -187,6 +190,42 @@ def test_plan_says_what_the_next_run_sends_from_the_saved_state(
         "seconds_at_least": 0,
     }
     assert [r["length"] for r in doc["requests"]] == [4, 96]
+
+
+def test_plan_says_the_settled_periods_are_kept_and_the_provisional_fetched_again(
+    tmp_path: Path,
+    write_config: Callable[..., Path],
+    sandbox_server: Any,
+    env_key: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The next night's plan counts the settled periods as kept and only the provisional
+    ones (the last settle_days) as fetched again: the two never overlap."""
+    config = write_config(NIGHTLY.format(out=tmp_path / "out", days=7))
+    _nightly(tmp_path, write_config, sandbox_server, monkeypatch, 7, ["2024-09-10"])
+    capsys.readouterr()
+    assert main(["plan", str(config), "--as-of", "2024-09-11"]) == 0
+    assert (
+        f"state:    {tmp_path / 'out'}: {3 + 3 * 24} of 175 periods settled (kept, not fetched "
+        f"again), {3 + 3 * 24} provisional (fetched again)"
+    ) in capsys.readouterr().out
+
+
+def test_a_rerun_with_nothing_to_do_says_no_request_was_needed(
+    tmp_path: Path,
+    write_config: Callable[..., Path],
+    sandbox_server: Any,
+    env_key: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A rerun of a finished night sends nothing: every period already done, and no request
+    counted as dropped (that count is of requests other requests made moot)."""
+    _nightly(tmp_path, write_config, sandbox_server, monkeypatch, 7, ["2024-09-10"] * 2)
+    last = capsys.readouterr().out.split("series: ")[-1]
+    assert "periods: 175 planned, 0 written, 175 already done, 0 missing" in last
+    assert "requests: 0 done, 0 dropped (other requests brought their periods)" in last
 
 
 def test_plan_without_state_says_so_and_counts_whole_windows(
@@ -486,7 +525,7 @@ def test_plan_of_a_discovery_config_counts_the_ids_earlier_runs_found(
         periods = ids * (7 + 7 * 24)
         assert f"series:   {2 * ids} with the ids listed in the config and the {ids} " in text
         assert f"the {ids} id(s) earlier runs found are counted above" in text
-        assert f"{periods:,} of {periods:,} periods done" in text
+        assert f"{periods:,} of {periods:,} periods settled" in text
         assert "requests: 0 (for 0 periods" in text
         assert "each id found that earlier runs did not adds 3 request(s) on its first run" in text
         assert main(["plan", str(config), "--as-of", "2024-09-11", "--json"]) == 0

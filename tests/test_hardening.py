@@ -247,3 +247,19 @@ def test_no_run_starts_while_verify_reads(
     assert verify(out).ok > 0
     assert len(refused) == 1
     assert "braze-export verify" in refused[0]
+
+
+def test_an_oserror_that_is_not_stdouts_is_never_called_stdouts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An OSError a command lets through from a file or a store (here plan's lock reading)
+    is one line naming it, exit 1: only a write to stdout that fails says stdout."""
+    config = tmp_path / "c.yaml"
+    config.write_text(CONFIG.format(out=tmp_path / "o", tz="UTC"))
+
+    def denied(*args: object, **kwargs: object) -> None:
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr("exporter.cli.in_the_way", denied)
+    assert main(["plan", str(config), "--as-of", AS_OF]) == 1
+    assert capsys.readouterr().err == "error: Permission denied\n"

@@ -27,6 +27,7 @@ from exporter.sandbox import SandboxOptions, catalogue, free_port, start_sandbox
 from exporter.sandbox_messaging import messaging_catalogue
 from exporter.series import LIST_POOL, WORKSPACE_POOL, ListSource
 from exporter.starter import (
+    MESSAGING_SHOWN,
     Listed,
     StarterSettings,
     Workspace,
@@ -147,12 +148,17 @@ async def test_discover_lists_analytics_enabled_segments_and_comments_the_rest()
     for segment in listed.segments[:5]:
         assert re.search(rf'"{segment.id}"\s+# {re.escape(segment.name)}$', text, re.M)
     campaigns = [c for c in messaging_catalogue(options).campaigns if not c.archived]
-    assert campaigns
-    for campaign in campaigns:
+    assert len(campaigns) > MESSAGING_SHOWN
+    for campaign in campaigns[:MESSAGING_SHOWN]:
         (line,) = [line for line in text.splitlines() if campaign.id in line]
         assert line.startswith("#")
     assert "in an export of series: campaigns, campaign_ids: [...]" in text
     assert "in an export of series: canvas, canvas_ids: [...]" in text
+    assert not any(c.id in text for c in campaigns[MESSAGING_SHOWN:])
+    rest = len(campaigns) - MESSAGING_SHOWN
+    assert (
+        f"#   ... and {rest} more (the Braze dashboard, or GET /campaigns/list, lists all)" in text
+    )
 
 
 def test_init_sandbox_writes_a_config_that_validates(
@@ -174,6 +180,23 @@ def test_init_sandbox_writes_a_config_that_validates(
     sessions = load_config(path, env={}).exports[0]
     assert isinstance(sessions.segment_ids, list)
     assert len(sessions.segment_ids) > 1
+
+
+def test_init_sandbox_names_itself_and_its_next_steps_follow_the_readme(
+    tmp_path: Path, fast_init: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The header names the command that wrote the file (`init --sandbox`), and its Next:
+    steps (with --sandbox) come in the README's order: doctor, plan, run."""
+    path = tmp_path / "s.yaml"
+    assert main(["init", str(path), "--sandbox"]) == 0
+    assert f"next: braze-export doctor {path} --sandbox" in capsys.readouterr().out
+    head = path.read_text().split("\nversion:")[0]
+    assert "written by `braze-export init --sandbox`" in head
+    steps = re.findall(r"braze-export (\w+) THIS_FILE --sandbox", head)
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    five = re.findall(r"^\.venv/bin/braze-export (\w+) my\.yaml", readme, re.M)
+    assert five[0] == "init"
+    assert steps == five[1:] == ["doctor", "plan", "run"]
 
 
 class _Refusing:

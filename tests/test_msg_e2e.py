@@ -278,7 +278,7 @@ def test_canvas_windows_are_the_fewest_of_14_days_and_plan_counts_them(
     out = tmp_path / "out"
     config = write_config(_config(str(out), "jsonl"))
     capsys.readouterr()
-    assert main(["plan", str(config), "--json", "--as-of", AS_OF.isoformat()]) == 0
+    assert main(["plan", str(config), "--json", "--requests", "--as-of", AS_OF.isoformat()]) == 0
     planned = json.loads(capsys.readouterr().out)
     paths = Counter(r["path"] for r in planned["requests"])
     assert paths == {"/canvas/data_series": 3, "/campaigns/data_series": 2, "/sends/data_series": 2}

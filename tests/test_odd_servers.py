@@ -80,7 +80,7 @@ def test_one_segment_answering_404_fails_alone(
     printed = capsys.readouterr().out
     assert code == 1
     assert "series: 6 complete, 0 incomplete, 2 failed (of 8)" in printed
-    assert "0 skipped" in printed  # requests a failure made moot are not "already done"
+    assert "0 dropped (other requests brought their periods)" in printed  # moot ones: not counted
     assert _check_every_row(out) == 3 * (3 + 72)
 
 

@@ -237,9 +237,12 @@ def test_libraries_info_lines_show_only_at_debug(level: str) -> None:
 
 
 def test_run_ids_sort_by_start_time() -> None:
-    """Run ids start with a UTC timestamp, so manifests list in run order."""
+    """Run ids start with a UTC timestamp to the millisecond, so manifests list in run order,
+    also for two runs started in the same second (a quick rerun: verify's "later runs win")."""
     assert new_run_id(1_700_000_000) < new_run_id(1_700_000_001)
-    assert new_run_id(1_700_000_000).startswith("20231114T221320Z-")
+    for _ in range(20):  # the random suffix must never decide the order
+        assert new_run_id(1_700_000_000.1) < new_run_id(1_700_000_000.9)
+    assert new_run_id(1_700_000_000.25).startswith("20231114T221320.250Z-")
 
 
 def _plan() -> Plan:
