@@ -149,14 +149,45 @@ def _life(source: DetailsSource, doc: Any, read_at: datetime, label: str) -> Lif
         window = behavior.get("window") if isinstance(behavior, dict) else None
         if isinstance(window, int | float) and not isinstance(window, bool) and window > 0:
             longest = max(longest, min(int(window), 10**9))
+    first, last = moment(source.first), moment(source.last)
+    doubt = _implausible(source, first, last)
+    if doubt is not None:
+        # Details that contradict themselves prove nothing: no day of this id is skipped.
+        log.warning(
+            "%s: the details are not plausible (%s): every day of its window is read",
+            label,
+            doubt,
+            extra={"event": "details_implausible"},
+        )
+        return Life(draft=False, first=_EPOCH, last=None, read_at=read_at, bounded=False)
     return Life(
         draft=draft,
-        first=moment(source.first),
-        last=moment(source.last),
+        first=first,
+        last=last,
         read_at=read_at,
         bounded=source.last is not None,
         conversion_s=longest,
     )
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)  # before every day a plan holds: nothing is cut
+
+
+def _implausible(
+    source: DetailsSource, first: datetime | None, last: datetime | None
+) -> str | None:
+    """Why a campaign's first and last send cannot both be true, or None: a last send
+    without a first, a first without a last, or a last before the first. (A Canvas has no
+    last bound: only its first entry is read.)"""
+    if source.last is None:
+        return None
+    if first is not None and last is None:
+        return f"{source.first} without {source.last}"
+    if first is None and last is not None:
+        return f"{source.last} without {source.first}"
+    if first is not None and last is not None and last < first:
+        return f"{source.last} before {source.first}"
+    return None
 
 
 @dataclass

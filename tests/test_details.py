@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from exporter.activity import Life
+from exporter.activity import Life, active_days
 from exporter.client import Response
 from exporter.details import (
     DETAILS,
@@ -63,6 +63,25 @@ def test_canvas_details_are_bounded_by_first_entry_only() -> None:
     life = interpret_details(CANVASES, _ok(doc), "v-1", READ)
     assert life.first == datetime(2023, 5, 1, tzinfo=UTC)
     assert (life.last, life.bounded, life.data_end) == (None, False, None)
+
+
+@pytest.mark.parametrize(
+    "doc",
+    [
+        {"draft": False, "first_sent": "2024-05-10T00:00:00Z", "last_sent": "2024-05-01T00:00:00Z"},
+        {"draft": False, "first_sent": "2024-05-10T00:00:00Z", "last_sent": None},
+        {"draft": True, "first_sent": None, "last_sent": "2024-05-10T00:00:00Z"},
+    ],
+)
+def test_details_that_contradict_themselves_skip_no_day(doc: dict[str, Any]) -> None:
+    """A last send before the first, a first without a last or a last without a first prove
+    nothing: every day of the window is kept, fresh or not (never a live day skipped)."""
+    life = interpret_details(CAMPAIGNS, _ok(doc), "c-1", READ)
+    window = [(date(2024, 3, 1).toordinal(), date(2024, 7, 1).toordinal())]
+    for fresh in (True, False):
+        kept = active_days(window, life, fresh=fresh, confirmed=True)
+        assert list(kept.kept) == window
+        assert not kept.skipped
 
 
 @pytest.mark.parametrize(

@@ -112,6 +112,10 @@ def test_campaigns_have_their_own_pool(write_config: Callable[..., Path]) -> Non
     limits = "limits:\n  pools: {campaigns: {requests_per_hour: 600, share: 0.5}}\n"
     config = load_config(_config(write_config, CAMPAIGNS, limits), env={})
     assert config.limits.pool("campaigns") == (600, 0.5, 0.1)
+    # One key set keeps the pool's own defaults (not the lists pool's 1,000/hour).
+    limits = "limits:\n  pools: {campaigns: {share: 0.5}}\n"
+    config = load_config(_config(write_config, CAMPAIGNS, limits), env={})
+    assert config.limits.pool("campaigns") == (3_000_000, 0.5, 0.1)
     moved = "limits:\n  pool_of: {campaigns: workspace}\n"
     assert load_config(_config(write_config, CAMPAIGNS, moved), env={}).limits.pool_for(
         "campaigns"
