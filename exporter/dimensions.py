@@ -225,8 +225,11 @@ def _fit(kind: ColumnType, value: Any) -> Any:
     if kind == "float" and _is_int(value):
         return float(value)
     if kind == "list":
-        # Tags: the strings of the list (the discovery filters read them the same way).
-        return [v for v in value if isinstance(v, str)] if isinstance(value, list) else _MISFIT
+        # Tags: a list of strings; an element of another type is kept as its JSON text (3 ->
+        # "3"), never dropped (the discovery filters match the strings only).
+        if not isinstance(value, list):
+            return _MISFIT
+        return [v if isinstance(v, str) else json.dumps(v, ensure_ascii=False) for v in value]
     fits = {
         "string": isinstance(value, str),
         "bool": type(value) is bool,
