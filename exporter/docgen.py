@@ -80,7 +80,8 @@ def _series_rows(entries: Sequence[CatalogEntry]) -> list[list[str]]:
 
 
 def series_page() -> str:
-    """Every series the exporter knows, as two tables: exported, then sandbox only."""
+    """Every series the exporter knows: those it exports, then (when there are any) those
+    only the sandbox serves."""
     headers = ["`series`", "endpoint", "dimensions (config key)", "units", "value", "pool"]
     headers += ["permission", "notes"]
     entries = catalog()
@@ -92,10 +93,15 @@ def series_page() -> str:
         "each dimension under the config key; a required dimension must be listed (or "
         "discovered). See [Series](../series.md) for what the values mean.\n\n"
         "## Exported\n\n"
+        "The campaign, Canvas and send series are written long: `metric` names the value in "
+        "`value`.\n\n"
         + _table(headers, _series_rows(exported))
-        + "\n## Served by the sandbox only (not exported yet)\n\n"
-        + "Messaging rows are long: `metric` names the value in `value`.\n\n"
-        + _table(headers, _series_rows(sandbox_only))
+        + (
+            "\n## Served by the sandbox only (not exported yet)\n\n"
+            + _table(headers, _series_rows(sandbox_only))
+            if sandbox_only
+            else ""
+        )
     )
 
 

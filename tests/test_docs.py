@@ -74,6 +74,16 @@ def test_series_page_has_a_row_per_series() -> None:
         assert f"\n| `{name}` |" in page, name
 
 
+def test_no_generated_page_has_a_heading_over_an_empty_table() -> None:
+    """A section of a generated page is a table with at least one row (no 'sandbox only'
+    heading over nothing once every series is exported)."""
+    pages = [docgen.series_page(), docgen.config_page(), docgen.cli_page()]
+    for page in pages:
+        for section in page.split("\n## ")[1:]:
+            rows = [line for line in section.splitlines() if line.startswith("| ")]
+            assert len(rows) >= 2 or "|" not in section, section.splitlines()[0]  # header + a row
+
+
 def test_cli_page_has_every_option_of_every_command() -> None:
     """Every option string of every command appears in the command-line reference."""
     page = docgen.cli_page()
