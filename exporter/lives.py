@@ -124,8 +124,14 @@ class SkipReport:
         source = DETAILS[self.dimension]
         read = sum(self.fresh.values())
         why = ", ".join(f"{n} {reason}" for reason, n in sorted(self.fresh.items()))
+        if not why:  # nothing read: refused, failed, or nothing to read
+            why = "none needed"
+            if self.denied is not None:
+                why = "refused"
+            elif self.failed:
+                why = "none could be read"
         lines = [
-            f"{self.things}: {self.subjects}; details read for {read} ({why or 'none needed'}; "
+            f"{self.things}: {self.subjects}; details read for {read} ({why}; "
             f"{self.details_requests} request(s) to {source.path}), kept from an earlier run "
             f"for {self.kept}, none for {self.without}"
         ]

@@ -98,3 +98,13 @@ def test_a_refusal_is_said_once() -> None:
     """A 403 on details: one line says the windows are read whole."""
     report = SkipReport("canvas_id", denied="refused; check campaigns.details")
     assert sum("details refused" in line for line in report.lines()) == 1
+
+
+def test_refused_or_failed_details_are_never_called_none_needed() -> None:
+    """The first line says why no details were read: refused, could not be read, or none
+    needed, never 'none needed' for a refusal."""
+    refused = SkipReport("campaign_id", denied="refused; check campaigns.details")
+    assert "details read for 0 (refused;" in refused.lines()[0]
+    failed = SkipReport("campaign_id", failed=2)
+    assert "details read for 0 (none could be read;" in failed.lines()[0]
+    assert "(none needed;" in SkipReport("campaign_id").lines()[0]
