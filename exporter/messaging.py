@@ -44,6 +44,7 @@ not a date, a day twice) raises :class:`~exporter.errors.MalformedResponse`.
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -251,10 +252,15 @@ class _Walk:
         return value
 
     def text(self, item: Mapping[str, Any], key: str, path: str) -> str | None:
+        """A name or id: a string as sent; a number or boolean where Braze documents a string
+        is plausible and kept as its JSON text (``3`` -> ``"3"``), never the reason a whole
+        series fails; an object or a list is no name (MalformedResponse)."""
         value = item.get(key)
-        if value is not None and not isinstance(value, str):
-            self.bad(f"{path}.{key} is not a string")
-        return value
+        if value is None or isinstance(value, str):
+            return value
+        if isinstance(value, int | float | bool):
+            return json.dumps(value)
+        self.bad(f"{path}.{key} is not a string")
 
     def time(self, item: Mapping[str, Any], path: str, seen: set[str]) -> str:
         """The day's ``time``: an ISO 8601 date (a date-time's date part is accepted)."""

@@ -227,6 +227,17 @@ def test_multivariate_entries_are_told_apart_by_name_and_position() -> None:
     assert _by_metric(rows, variation_name="B", channel="trigger_in_app_message")["revenue"] == 0.75
 
 
+def test_a_name_that_is_a_number_is_kept_as_text_and_fails_nothing() -> None:
+    """A variation_name sent as a number is plausible: kept as its JSON text, every metric
+    of the day kept (it once failed the whole series)."""
+    doc = copy.deepcopy(MULTIVARIATE_DOC)
+    entries = next(iter(doc["data"][0]["messages"].values()))
+    entries[0]["variation_name"] = 3
+    rows = flatten(CAMPAIGNS, doc, CID).rows
+    assert len(rows) == len(flatten(CAMPAIGNS, MULTIVARIATE_DOC, CID).rows)
+    assert "3" in {r.variation_name for r in rows}
+
+
 def test_send_rows_carry_both_ids() -> None:
     """A send's rows carry campaign_id and send_id under Braze's parameter names."""
     rows = flatten(SENDS, SEND_DOC, {"campaign_id": "c-1", "send_id": "s-1"}).rows
@@ -329,14 +340,14 @@ MALFORMED = [
     (CAMPAIGN_DOC, "data.0.messages", [], r"data\[0\].messages is not an object"),
     (CAMPAIGN_DOC, "data.0.messages.email", {"sent": 1}, "messages.email is not a list"),
     (CAMPAIGN_DOC, "data.0.messages.email.0", 5, r"email\[0\] is not an object"),
-    (CAMPAIGN_DOC, "data.0.messages.email.0.variation_api_id", 7, "is not a string"),
+    (CAMPAIGN_DOC, "data.0.messages.email.0.variation_api_id", ["7"], "is not a string"),
     (MULTIVARIATE_DOC, "data.0.messages.trigger_in_app_message.1.variation_name", [], "string"),
     (CANVAS_DOC, "data", [], "data is not an object"),
     (CANVAS_DOC, "data.stats", ..., "no stats list"),
     (CANVAS_DOC, "data.stats.0.total_stats", 3, "total_stats is not an object"),
     (CANVAS_DOC, "data.stats.0.variant_stats", [], "variant_stats is not an object"),
     (CANVAS_DOC, "data.stats.0.step_stats.step-1", 1, "step_stats.step-1 is not an object"),
-    (CANVAS_DOC, "data.stats.0.step_stats.step-1.name", 1, "name is not a string"),
+    (CANVAS_DOC, "data.stats.0.step_stats.step-1.name", {"n": 1}, "name is not a string"),
     (CANVAS_DOC, "data.stats.0.step_stats.step-1.messages.sms", {}, "sms is not a list"),
 ]
 
