@@ -21,8 +21,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 from array import array
+from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from zoneinfo import ZoneInfo
@@ -57,6 +59,9 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+# A list position in a key path (``data[3]``, ``email.0``), named ``[*]`` or ``*``.
+_ANY_INDEX = re.compile(r"(\[)\d+\]|(?<=\.)\d+(?=\.|$)")
 
 
 COUNTERS = (
@@ -653,15 +658,19 @@ class Pipeline:
         """Values where Braze documents a number that are none (a string, a null): they
         cannot be rows, so they are counted (manifest ``values_not_numeric``) and named."""
         self.result.count(request, "not_numeric", len(paths))
-        shown = ", ".join(paths[:3]) + (f" and {len(paths) - 3} more" if len(paths) > 3 else "")
+        # Every key named, whatever the count: a path with its day and list positions as *
+        # (the keys are Braze's, so there are few), and each full path at DEBUG.
+        keys = Counter(_ANY_INDEX.sub(lambda m: "[*]" if m[1] else "*", p) for p in paths)
         log.warning(
-            "%s %s: %d value(s) not a number, not written: %s",
+            "%s %s: %d value(s) not a number, not written, by key: %s",
             request.series.label,
             self._periods(request),
             len(paths),
-            shown,
+            ", ".join(f"{key} ({n})" for key, n in sorted(keys.items())),
             extra={"event": "values_not_numeric", "series": self._fields(request)},
         )
+        for path in paths:
+            log.debug("%s: %s is not a number", request.series.label, path)
 
     def _periods(self, request: Request) -> str:
         return describe_periods(request.series.unit, request.first, request.last)
