@@ -50,6 +50,7 @@ from exporter.errors import (
     ConfigError,
     DirectoryBusy,
     ExporterError,
+    RetentionError,
     StreamUnwritable,
     Terminated,
     Unreachable,
@@ -743,6 +744,8 @@ def _over_a_day(config: Config) -> Iterator[str]:
     try:
         one_each = {key: ("?",) for key in discovery_needs(config)}
         plan = build_plan(config, datetime.now(config.tz).date(), None, one_each)
+    except RetentionError:
+        raise  # nothing of that window can be had, today or later: as run refuses it
     except ConfigError:
         return  # no complete day yet: nothing to send today
     by_pool = _by_pool(config.limits, plan.first_run_requests())

@@ -60,6 +60,7 @@ __all__ = [
     "IncompleteRun",
     "MalformedResponse",
     "RateLimited",
+    "RetentionError",
     "RetryableError",
     "SeriesError",
     "ServerError",
@@ -195,6 +196,11 @@ class StreamUnwritable(OSError):
 
 class ConfigError(ExporterError):
     """The config file or the command line is invalid; nothing was fetched or written."""
+
+
+class RetentionError(ConfigError):
+    """A window that ends before what Braze still keeps (sends: 14 days after the send):
+    nothing in it can be had, on any day this config runs."""
 
 
 class DirectoryBusy(ExporterError):

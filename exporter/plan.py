@@ -24,7 +24,7 @@ from datetime import UTC, date, datetime, time, timedelta, tzinfo
 from zoneinfo import ZoneInfo
 
 from exporter.config import FIRST_DATE, Config, Discover, DiscoverKey, Export, Unit, Window
-from exporter.errors import ConfigError
+from exporter.errors import ConfigError, RetentionError
 from exporter.series import DIMENSIONS, KINDS, SeriesKind
 
 __all__ = [
@@ -513,7 +513,7 @@ def _kept(
         return days
     first = as_of - timedelta(days=keep)
     if days[1] < first:
-        raise ConfigError(
+        raise RetentionError(
             f"{config.source}: exports.{export.name}.window: every day ends before {first}; "
             f"Braze keeps {export.series} analytics {keep} days after the send"
         )

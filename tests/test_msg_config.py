@@ -145,6 +145,16 @@ def test_sends_are_planned_only_for_the_days_braze_keeps(
         build_plan(load_config(_config(write_config, old), env={}), AS_OF)
 
 
+def test_validate_refuses_a_sends_window_braze_no_longer_keeps_as_run_does(
+    write_config: Callable[..., Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A sends window that ends before the 14 days Braze keeps is exit 2 for validate too
+    (it said valid, then plan and run refused it)."""
+    old = SENDS.replace("{days: 30}", "{start: 2024-01-01, end: 2024-02-01}")
+    assert main(["validate", str(_config(write_config, old))]) == 2
+    assert "Braze keeps sends analytics 14 days after the send" in capsys.readouterr().err
+
+
 def test_plan_paces_campaign_requests_in_their_own_pool(
     write_config: Callable[..., Path], capsys: pytest.CaptureFixture[str]
 ) -> None:
