@@ -70,6 +70,7 @@ from exporter.outlook import (
 from exporter.plan import (
     MAX_LENGTH,
     Discovered,
+    Need,
     Plan,
     Request,
     build_plan,
@@ -787,7 +788,7 @@ def _cmd_plan(args: argparse.Namespace) -> int:
         records, check = saved if saved is not None else (None, None)
         # The ids earlier runs discovered: their series' records are in the state, and the
         # next run finds them again unless Braze dropped them.
-        found = known_ids(config, records.series_keys()) if needs and records else {}
+        found = _known_ids(config, records) if needs and records else {}
         if any(found.values()):
             plan = build_plan(config, plan.as_of, plan.shard, found)
         plan, skips = _forecast(config, plan, records)
@@ -959,6 +960,21 @@ def _least_seconds(limits: Limits, by_kind: Mapping[str, int], shards: int) -> f
         ),
         default=0.0,
     )
+
+
+def _known_ids(config: Config, records: Records) -> dict[Need, list[str]]:
+    """The ids earlier runs discovered: those their series' records hold and, for a campaign
+    or Canvas discovery (the only one of its dimension), those whose details the state keeps,
+    the ones a backfill skipped whole included (the next run finds them again and reads their
+    provisional days). Ids the config lists are not counted again."""
+    found = known_ids(config, records.series_keys())
+    per_param = Counter(param for param, _ in found)
+    for (param, key), ids in found.items():
+        if param not in DETAILS or per_param[param] > 1:
+            continue  # several filters of one list: whose details these are is not known
+        listed = {i for e in config.exports if isinstance(v := e.values(param), list) for i in v}
+        found[(param, key)] = sorted(set(ids) | (set(records.details(param)) - listed))
+    return found
 
 
 def _found_so_far(ids: Sequence[str] | None) -> str:
