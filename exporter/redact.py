@@ -158,6 +158,18 @@ def redact_bytes(data: bytes) -> bytes:
     return data
 
 
+@contextmanager
+def _unwritable() -> Iterator[None]:
+    """A stream's write that fails is StreamUnwritable, told apart from any other OSError;
+    a closed pipe stays BrokenPipeError (the reader went away)."""
+    try:
+        yield
+    except BrokenPipeError:
+        raise
+    except OSError as exc:
+        raise StreamUnwritable(exc.errno, exc.strerror) from exc
+
+
 class _RedactingStream(io.TextIOBase):
     """A text stream that redacts what is written, then hands it on (fileno, isatty, ...
     are the wrapped stream's)."""
@@ -167,21 +179,13 @@ class _RedactingStream(io.TextIOBase):
         self._stream = stream
 
     def write(self, text: str) -> int:
-        try:
+        with _unwritable():
             self._stream.write(redact(text))
-        except BrokenPipeError:
-            raise
-        except OSError as exc:  # told apart from any other OSError: see StreamUnwritable
-            raise StreamUnwritable(exc.errno, exc.strerror) from exc
         return len(text)
 
     def flush(self) -> None:
-        try:
+        with _unwritable():
             self._stream.flush()
-        except BrokenPipeError:
-            raise
-        except OSError as exc:
-            raise StreamUnwritable(exc.errno, exc.strerror) from exc
 
     def isatty(self) -> bool:
         return self._stream.isatty()
