@@ -39,7 +39,7 @@ from exporter.errors import (
     Unreachable,
 )
 from exporter.plan import Request, Series, ending_at, hour_range, span_label
-from exporter.ratelimit import RateHeaders
+from exporter.ratelimit import RESET_SKEW_S, RateHeaders
 from exporter.refine import SUBJECTS
 from exporter.series import KINDS
 
@@ -119,8 +119,10 @@ def _rate_line(rate: RateHeaders, sent: int, now: float) -> str:
         when = "no reset time given"
     elif reset > 10**11:
         when = f"X-RateLimit-Reset {reset:.0f} looks like milliseconds"
-    elif reset < now:
+    elif reset <= now - RESET_SKEW_S:
         when = "X-RateLimit-Reset is already in the past"
+    elif reset <= now:
+        when = "the window has just rolled over"
     else:
         at = datetime.fromtimestamp(reset, UTC).strftime("%H:%M:%SZ")
         when = f"resets in {math.ceil(reset - now)}s (at {at})"

@@ -57,6 +57,10 @@ Clock = Callable[[], float]
 Sleep = Callable[[float], Awaitable[None]]
 
 RESET_MARGIN_S = 0.25  # Reset is in whole seconds; a little after it the window has moved on
+# A Reset up to this far behind our clock is the window that has just rolled over, not a stale
+# header: Reset is whole seconds, the answer spent time in flight, and two clocks differ a
+# little. Near a minute boundary that is most answers of a 60 s pool (the campaigns pool).
+RESET_SKEW_S = 5.0
 RESET_HORIZON_S = MAX_PAUSE_S  # a Reset further ahead than one window and a margin is not one
 BACKOFF_BASE_S = 1.0  # the pool-wide backoff when the headers say nothing usable
 BACKOFF_MAX_S = 60.0
@@ -215,9 +219,11 @@ class Budget:
         if reset is not None and _MS_FROM <= reset < _MS_TO:
             self._anomaly("reset_ms")
             reset /= 1000
-        if reset is not None and reset <= now:
+        if reset is not None and reset <= now - RESET_SKEW_S:
             self._anomaly("reset_past")
             reset = None
+        elif reset is not None and reset < now:
+            reset = now  # the window has just rolled over: the pool is full again
         elif reset is not None and reset > now + RESET_HORIZON_S:
             self._anomaly("reset_far", asked=reset - now)
             self.ignored_ask, reset = reset, None

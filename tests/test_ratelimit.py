@@ -10,6 +10,7 @@ from multidict import CIMultiDict
 from exporter.ratelimit import (
     PACE_RAMP_S,
     RESET_MARGIN_S,
+    RESET_SKEW_S,
     Budget,
     RateHeaders,
     bucket_shape,
@@ -191,13 +192,38 @@ def test_an_unusable_reset_on_a_429_backs_off_one_second(
     assert any(m.startswith(warning) for m in _warnings(caplog))
 
 
+@pytest.mark.parametrize("behind", [0.0, 0.4, 1.0, RESET_SKEW_S - 0.1])
+def test_a_reset_that_just_rolled_over_is_the_new_window_not_an_anomaly(
+    behind: float, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A whole-second Reset a moment behind our clock (time in flight, clocks apart) is the
+    window that has just begun: no warning, and a 429 or a low reserve waits only the margin,
+    not the 1-60 s backoff (BREAK19 finding 9: a 60 s pool warned in most runs)."""
+    clock = FakeClock(NOW)
+    budget = _budget(clock)
+    with caplog.at_level(logging.WARNING):
+        until = budget.rate_limited(RateHeaders(limit=10, remaining=0, reset_at=NOW - behind))
+        assert NOW + RESET_MARGIN_S <= until <= NOW + 2 * RESET_MARGIN_S
+        _after_pause(clock, budget)
+        budget.observe(RateHeaders(limit=10, remaining=0, reset_at=clock.now - behind))
+        assert budget.paused_for == pytest.approx(RESET_MARGIN_S)
+    assert _warnings(caplog) == []
+
+
+def test_a_reset_further_behind_than_the_skew_is_stale() -> None:
+    """Beyond RESET_SKEW_S a past Reset is not the new window: the backoff decides."""
+    budget = _budget(FakeClock(NOW))
+    until = budget.rate_limited(RateHeaders(limit=10, remaining=0, reset_at=NOW - RESET_SKEW_S))
+    assert until - NOW == pytest.approx(1.0)
+
+
 def test_429s_in_a_row_double_the_backoff_up_to_60s() -> None:
     """Each 429 after the gate reopened waits twice as long as the last, at most 60 s."""
     clock = FakeClock(NOW)
     budget = _budget(clock)
     waits = []
     for _ in range(9):
-        waits.append(budget.rate_limited(RateHeaders(reset_at=NOW - 1)) - clock.now)
+        waits.append(budget.rate_limited(RateHeaders(reset_at=NOW - 60)) - clock.now)
         _after_pause(clock, budget)
     assert waits == pytest.approx([1, 2, 4, 8, 16, 32, 60, 60, 60])
 
