@@ -359,9 +359,9 @@ def run(
 
     Raises ConfigError (CLI exit 2), AuthError (3), Unreachable (4), DirectoryBusy (5), and,
     with ``check`` (the default), IncompleteRun (1, 130, 143) carrying the report. Signal
-    handlers (a first SIGINT/SIGTERM stops cleanly) are installed only on the main thread and
-    the previous ones are put back afterwards. Not from a running event loop (it runs its
-    own, as ``asyncio.run``).
+    handlers (a first SIGINT/SIGTERM stops cleanly) are installed only on the main thread, and
+    not for a signal set to be ignored; the previous ones are put back afterwards. Not from a
+    running event loop (it runs its own, as ``asyncio.run``).
     """
     check_out(None if out is None else str(out))
     day = _as_date(as_of)

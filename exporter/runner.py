@@ -499,13 +499,17 @@ def _signals_to(on_signal: Callable[[int], None]) -> Iterator[None]:
     """SIGINT and SIGTERM call ``on_signal`` while the run goes, then the handlers that were
     there before are back (a process that embeds the run, through :mod:`exporter.api`, keeps
     its own). Only on the main thread: only it receives signals, asyncio refuses handlers
-    elsewhere, and orchestrators run tasks in threads; there the orchestrator stops the run."""
+    elsewhere, and orchestrators run tasks in threads; there the orchestrator stops the run.
+    A signal the parent set to be ignored stays ignored from start to end: a non-interactive
+    shell's ``cmd &`` ignores SIGINT (POSIX), ``nohup``-style wrappers SIGTERM. Taking it over
+    here honoured it in the middle of a run but not before (BREAK19 finding 12)."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
     loop = asyncio.get_running_loop()
-    previous = {signum: signal.getsignal(signum) for signum in EXIT_SIGNAL}
-    for signum in EXIT_SIGNAL:
+    inherited = {signum: signal.getsignal(signum) for signum in EXIT_SIGNAL}
+    previous = {s: h for s, h in inherited.items() if h is not signal.SIG_IGN}
+    for signum in previous:
         loop.add_signal_handler(signum, on_signal, signum)
     try:
         yield

@@ -67,7 +67,14 @@ class _Exporter:
     """``braze-export run`` in a subprocess; its output goes to files, never to pipes that
     could fill up."""
 
-    def __init__(self, config: Path, url: str, tag: str = "", *extra: str) -> None:
+    def __init__(
+        self,
+        config: Path,
+        url: str,
+        tag: str = "",
+        *extra: str,
+        preexec_fn: Callable[[], object] | None = None,
+    ) -> None:
         self.out_path = config.with_suffix(f".{tag}stdout")
         self.err_path = config.with_suffix(f".{tag}stderr")
         with self.out_path.open("w") as out, self.err_path.open("w") as err:
@@ -76,6 +83,7 @@ class _Exporter:
                 env=_env(url),
                 stdout=out,
                 stderr=err,
+                preexec_fn=preexec_fn,
             )
 
     def wait(self, timeout: float) -> int:
@@ -263,3 +271,29 @@ def test_a_signal_during_discovery_stops_within_the_grace_period(
     (manifest,) = (out / "_runs").glob("*.json")
     (discovery,) = json.loads(manifest.read_text())["discovery"]
     assert discovery["error"] == "interrupted"
+
+
+def test_a_sigint_the_parent_ignores_stays_ignored_for_the_whole_run(
+    tmp_path: Path,
+    write_config: Callable[..., Path],
+    sandbox_server: Any,
+) -> None:
+    """A non-interactive shell's ``cmd &`` starts the run with SIGINT ignored. It was dropped
+    before the run's handlers were in and honoured after (BREAK19 finding 12); now it stays
+    ignored throughout, and SIGTERM stops the run. On the old code the SIGINT sent during
+    discovery was taken (exit 130)."""
+    out = tmp_path / "out"
+    config = write_config(
+        f"version: 1\noutput: {{dir: {out}}}\nexports:\n  - name: e\n    series: events\n"
+        "    events: {discover: all}\n    window: {days: 1}\n"
+    )
+    with sandbox_server(events=3000) as server:
+        run = _Exporter(
+            config, server.url, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)
+        )
+        wait_for(lambda: sandbox_stats(server.app).paths.get("/events/list"), "a list page")
+        run.proc.send_signal(signal.SIGINT)
+        run.proc.send_signal(signal.SIGTERM)
+        assert run.wait(120) == 143
+    assert "received SIGINT" not in run.stderr
+    assert "received SIGTERM" in run.stderr
