@@ -220,8 +220,8 @@ async def read_details(
     ``budget`` (the workspace pool's) and retried by ``retry``; ``read_at`` of each is the
     ``clock`` time of its answer. Raises (in an ExceptionGroup) AuthError for a 401 (no
     request can succeed), Unreachable for a redirect and TransportError when no connection
-    reaches the host; a 403 sets ``denied`` and no further id is asked; any other failure
-    lands in ``failed``."""
+    reaches the host; a 403 sets ``denied`` and no further id is asked (the first id is asked
+    alone, so a refusal costs one request); any other failure lands in ``failed``."""
     done = DetailsRead(source)
     gate = asyncio.Semaphore(concurrency)
 
@@ -260,9 +260,12 @@ async def read_details(
             except ExporterError as exc:
                 done.failed[item_id] = str(exc)
 
-    async with asyncio.TaskGroup() as group:
-        for item_id in ids:
-            group.create_task(one(item_id))
+    # The first id goes alone: a key without the permission is refused once, not once per
+    # worker already in flight when the first 403 comes back.
+    for flight in (ids[:1], ids[1:]):
+        async with asyncio.TaskGroup() as group:
+            for item_id in flight:
+                group.create_task(one(item_id))
     return done
 
 

@@ -3,6 +3,7 @@ read again only when they may have changed or when fresh ones pay."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 from datetime import UTC, date, datetime
@@ -16,13 +17,14 @@ from exporter.client import Response
 from exporter.details import (
     DETAILS,
     DetailsRead,
+    DetailsSource,
     Known,
     interpret_details,
     read_details,
     wants_fresh,
 )
 from exporter.errors import AuthError, MalformedResponse
-from exporter.ratelimit import RateHeaders
+from exporter.ratelimit import Budget, RateHeaders
 from exporter.retry import RetryPolicy
 from exporter.sandbox import SandboxOptions
 from exporter.sandbox_messaging import messaging_catalogue
@@ -139,6 +141,41 @@ async def test_a_403_stops_reading_details(harness: Harness) -> None:
     read = await harness.read(["c-1", "c-2", "c-3"], concurrency=1)
     assert read.requests == 1
     assert read.lives == {}
+    assert "campaigns.details" in (read.denied or "")
+
+
+class _Refusing:
+    """Every details request is refused (403), each answered only once all that will be
+    sent together are in flight: a concurrent flight shows in ``asked``."""
+
+    def __init__(self) -> None:
+        self.asked: list[str] = []
+
+    async def get_details(self, source: DetailsSource, item_id: str) -> Response:
+        self.asked.append(item_id)
+        for _ in range(20):  # let every other worker reach its request first
+            await asyncio.sleep(0)
+        body = json.dumps({"message": "no permission"}).encode()
+        return Response(403, RateHeaders(), body)
+
+
+async def test_a_403_is_met_by_one_request_not_a_full_flight() -> None:
+    """The first id is asked alone, the others only once it was not refused. Before, all 16
+    of the concurrency were in flight when the first 403 came back (BREAK19 finding 7)."""
+    clock = FakeClock(NOW)
+    fetch = _Refusing()
+    read = await read_details(
+        fetch,
+        CAMPAIGNS,
+        [f"c-{n}" for n in range(40)],
+        budget=Budget(10**8, 1.0, 0.1, clock=clock, sleep=clock.sleep),
+        retry=RetryPolicy(max_attempts=2),
+        concurrency=16,
+        sleep=clock.sleep,
+        clock=clock,
+    )
+    assert fetch.asked == ["c-0"]
+    assert read.requests == 1
     assert "campaigns.details" in (read.denied or "")
 
 
