@@ -18,6 +18,8 @@ issue #19, section 3. What they prove, and so what may be skipped:
   recorded as done, so the next run, whose details are no longer fresh, reads them. Canvas
   details name the last entry, not the last message: a step may send days after it
   (delays), so a Canvas' days after ``last_entry`` are never skipped.
+- Details kept by a run of the same as-of date (the one a resumed run resumes) count as
+  read in this run (:meth:`exporter.lives.Subject.resumes`), as its provisional periods do.
 - Details from an earlier run say nothing of what was sent since they were read (a
   triggered, action-based or recurring campaign sends without an edit): beyond the days
   before ``first_sent``, only the days their read already proved empty (after ``last_sent``

@@ -107,11 +107,13 @@ class DetailsFetch(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class Known:
-    """Details as kept: the life they describe, and the list's ``last_edited`` when they
-    were read (None: not known, e.g. ids written in the config)."""
+    """Details as kept: the life they describe, the list's ``last_edited`` when they were
+    read (None: not known, e.g. ids written in the config) and ``as_of``, the as-of date
+    ordinal of the run that read them (None: kept by a version that did not record it)."""
 
     life: Life
     listed: datetime | None = None
+    as_of: int | None = None
 
 
 def interpret_details(
@@ -304,6 +306,8 @@ def encode(known: Known) -> tuple[str, str]:
         "bounded": life.bounded,
         "conversion_s": life.conversion_s,
     }
+    if known.as_of is not None:
+        doc["as_of"] = known.as_of
     return _text(known.listed) or "", json.dumps(doc, sort_keys=True)
 
 
@@ -325,11 +329,13 @@ def decode(rows: Iterable[tuple[str, str, str]]) -> dict[str, Known]:
                 bounded=bool(doc["bounded"]),
                 conversion_s=int(doc["conversion_s"]),
             )
+            as_of = doc.get("as_of")
+            as_of = as_of if isinstance(as_of, int) and not isinstance(as_of, bool) else None
         except (ValueError, KeyError, TypeError):
             continue
         earlier = found.get(item_id)
         if earlier is None or earlier.life.read_at < read_at:
-            found[item_id] = Known(life, read_time(listed))
+            found[item_id] = Known(life, read_time(listed), as_of)
     return found
 
 

@@ -30,7 +30,8 @@ class Subject:
     """One campaign or Canvas series of a plan: its ``dimension`` (``campaign_id`` or
     ``canvas_id``) and ``id``, its ``window`` and the periods of it still ``needed`` (both
     merged day spans), ``limit`` the series' longest request, ``settle_from`` the first
-    provisional day, ``listed`` the list's ``last_edited`` this run (None: not listed)."""
+    provisional day, ``listed`` the list's ``last_edited`` this run (None: not listed),
+    ``as_of`` the run's as-of date ordinal (None: not known)."""
 
     dimension: str
     id: str
@@ -39,10 +40,20 @@ class Subject:
     limit: int
     settle_from: int
     listed: datetime | None = None
+    as_of: int | None = None
 
     def confirmed(self, known: Known) -> bool:
         """Whether this run's list shows the ``last_edited`` the kept details were read at."""
         return self.listed is not None and known.listed == self.listed
+
+    def resumes(self, known: Known) -> bool:
+        """Whether the kept details were read by a run of this run's as-of date: the run this
+        one resumes. They count as read in this run, as that run's provisional periods count
+        as done (:mod:`exporter.state`): a resumed run skips what the run it resumes would
+        have, so its files end as that run's would (BREAK19 finding 8). Sound for the same
+        reason fresh details are: the days after the read were not recorded as done, and a
+        run of a later as-of date, whose details are then an earlier run's, reads them."""
+        return self.as_of is not None and known.as_of == self.as_of
 
 
 def requests_for(spans: Sequence[Span], limit: int) -> int:
@@ -57,15 +68,16 @@ def refresh_reason(subject: Subject, known: Known | None) -> str | None:
     entry are read whatever the details say)."""
     if known is None:
         return wants_fresh(None, subject.listed, stale_requests=0, least_requests=0)
+    resumed = subject.resumes(known)  # as good as fresh: reading again cannot cut more
     stale = active_days(
         subject.needed,
         known.life,
-        fresh=False,
+        fresh=resumed,
         confirmed=subject.confirmed(known),
         settle_from=subject.settle_from,
     )
     stale_requests = requests_for(stale.kept, subject.limit)
-    helps = known.life.bounded or known.life.first is None
+    helps = not resumed and (known.life.bounded or known.life.first is None)
     return wants_fresh(
         known,
         subject.listed,
@@ -76,8 +88,11 @@ def refresh_reason(subject: Subject, known: Known | None) -> str | None:
 
 def split(subject: Subject, life: Life | None, *, fresh: bool, known: Known | None) -> Activity:
     """The subject's window cut by ``life`` (read in this run when ``fresh``, else the kept
-    ``known`` one's; None: every day is kept)."""
+    ``known`` one's, which count as fresh when read by the run this one resumes; None:
+    every day is kept)."""
     confirmed = known is not None and subject.confirmed(known)
+    if not fresh and known is not None and life is known.life:
+        fresh = subject.resumes(known)
     return active_days(
         subject.window, life, fresh=fresh, confirmed=confirmed, settle_from=subject.settle_from
     )

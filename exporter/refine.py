@@ -223,6 +223,7 @@ def subjects_of(
                 plan.series[index].info.max_length,
                 plan.settle_from["day"],
                 listed.get((dimension, item)),
+                plan.as_of.toordinal(),
             )
             for index, item in ids.items()
         }

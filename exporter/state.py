@@ -33,7 +33,7 @@ import shutil
 import sqlite3
 import tempfile
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -487,9 +487,13 @@ class State:
         return decode(self._query_all(_DETAILS, (self._scope, dimension)))
 
     def keep_details(self, dimension: str, known: Mapping[str, Known]) -> None:
-        """Keep details read in this run (replacing what was kept of those ids). Losing
-        them costs only their reading again: a failure is a warning."""
-        rows = [(self._scope, dimension, i, *encode(k)) for i, k in known.items()]
+        """Keep details read in this run (replacing what was kept of those ids), stamped with
+        the run's as-of date: a resumed run takes them as its own. Losing them costs only
+        their reading again: a failure is a warning."""
+        rows = [
+            (self._scope, dimension, i, *encode(replace(k, as_of=self._as_of)))
+            for i, k in known.items()
+        ]
         try:
             with self._transaction():
                 self._db.executemany("INSERT OR REPLACE INTO details VALUES (?, ?, ?, ?, ?)", rows)

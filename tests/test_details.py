@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
@@ -213,16 +214,19 @@ def test_details_are_read_again_when_that_saves_two_data_requests() -> None:
 
 
 def test_details_kept_by_a_run_are_read_back_read_only(tmp_path: Path) -> None:
-    """What a run keeps, the next run and plan (read-only) read back; the latest read wins."""
+    """What a run keeps, the next run and plan (read-only) read back, stamped with the
+    keeping run's as-of date; the latest read wins."""
     path = state_path(tmp_path, None)
-    state = State(path, scope="s", as_of=date(2024, 1, 10).toordinal())
+    as_of = date(2024, 1, 10).toordinal()
+    state = State(path, scope="s", as_of=as_of)
     older = Known(Life(True, None, None, datetime(2023, 1, 1, tzinfo=UTC)))
     state.keep_details("campaign_id", {"c-1": older, "c-2": _known(None)})
     state.keep_details("campaign_id", {"c-1": _known()})
-    assert state.details("campaign_id") == {"c-1": _known(), "c-2": _known(None)}
+    kept = {"c-1": replace(_known(), as_of=as_of), "c-2": replace(_known(None), as_of=as_of)}
+    assert state.details("campaign_id") == kept
     assert state.details("canvas_id") == {}
     state.close()
-    for scope, expected in (("s", {"c-1": _known(), "c-2": _known(None)}), ("other", {})):
+    for scope, expected in (("s", kept), ("other", {})):
         records = Records([path], scope=scope, as_of=0)
         try:
             assert records.details("campaign_id") == expected

@@ -31,10 +31,13 @@ def subject(needed: tuple[tuple[int, int], ...], **kw: object) -> Subject:
         int(kw.get("limit", 100)),  # type: ignore[call-overload]
         SETTLE,
         kw.get("listed", EDITED),  # type: ignore[arg-type]
+        kw.get("as_of"),  # type: ignore[arg-type]
     )
 
 
-def known(bounded: bool = True, read: str = "2025-12-31T10:00:00") -> Known:
+def known(
+    bounded: bool = True, read: str = "2025-12-31T10:00:00", as_of: int | None = None
+) -> Known:
     life = Life(
         False,
         at("2025-03-01T00:00:00"),
@@ -42,7 +45,7 @@ def known(bounded: bool = True, read: str = "2025-12-31T10:00:00") -> Known:
         at(read),
         bounded=bounded,
     )
-    return Known(life, EDITED)
+    return Known(life, EDITED, as_of)
 
 
 def test_details_never_kept_are_read() -> None:
@@ -108,3 +111,22 @@ def test_refused_or_failed_details_are_never_called_none_needed() -> None:
     failed = SkipReport("campaign_id", failed=2)
     assert "details read for 0 (none could be read;" in failed.lines()[0]
     assert "(none needed;" in SkipReport("campaign_id").lines()[0]
+
+
+def test_details_kept_by_the_run_this_one_resumes_count_as_read_in_it() -> None:
+    """Kept by a run of the same as-of date (the one this resumes): the provisional days
+    after the last send are skipped as that run skipped them, and nothing is read again.
+    Kept by a run of another as-of date: the provisional days are read (BREAK19 finding 8)."""
+    as_of = d("2026-01-01")
+    now = known(as_of=as_of)
+    resumed = split(subject(YEAR, as_of=as_of), now.life, fresh=False, known=now)
+    assert resumed.kept == ((d("2025-02-28"), d("2025-03-21")),)
+    assert refresh_reason(subject(YEAR, as_of=as_of), now) is None
+    earlier = known(as_of=as_of - 1)
+    nightly = split(subject(YEAR, as_of=as_of), earlier.life, fresh=False, known=earlier)
+    assert nightly.kept[-1] == (d("2025-12-29"), d("2025-12-31"))
+    assert refresh_reason(subject(YEAR, as_of=as_of), earlier) is not None
+    unstamped = known()  # kept by a version that did not stamp them: an earlier run's
+    assert split(subject(YEAR, as_of=as_of), unstamped.life, fresh=False, known=unstamped).kept[
+        -1
+    ] == (d("2025-12-29"), d("2025-12-31"))

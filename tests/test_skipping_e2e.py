@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -13,8 +14,9 @@ from typing import Any
 import pytest
 
 from exporter.cli import main
-from exporter.sandbox import sandbox_stats
+from exporter.sandbox import _SANDBOX, sandbox_stats
 from exporter.sandbox_messaging import Listed, messaging_catalogue
+from tests.conftest import snapshot
 
 CONFIG = """\
 version: 1
@@ -250,3 +252,30 @@ def test_validate_and_plan_count_the_details_requests_in_the_workspace_pool(
     assert "details:  30 request(s) to /campaigns/details" in out
     least = out.split("time:     at least ")[1].split(" ")[0]
     assert f"it takes at least {least}:" in warning
+
+
+def test_a_resumed_backfill_skips_as_the_run_it_resumes_would_have(
+    tmp_path: Path,
+    write_config: Callable[..., Path],
+    messaging_sandbox: Any,
+) -> None:
+    """A run stopped after reading details (here: its data requests refused) and resumed the
+    same as-of day takes its details as this run's, as it takes its provisional periods: the
+    files end byte-identical to an uninterrupted run's. Before, the resumed run took them as
+    an earlier run's and read every campaign's provisional days again, writing extra rows of
+    zeros (BREAK19 finding 8)."""
+    whole, resumed = tmp_path / "whole", tmp_path / "resumed"
+    with messaging_sandbox(campaigns=40, canvases=0) as server:
+        assert _run(server, write_config(_config(whole), "whole.yaml")) == 0
+        path = write_config(_config(resumed), "resumed.yaml")
+        sandbox = server.app[_SANDBOX]
+        sandbox.options = replace(
+            sandbox.options, deny_permissions=frozenset({"campaigns.data_series"})
+        )
+        assert _run(server, path) == 3  # the details are kept, no data is written
+        sandbox.options = replace(sandbox.options, deny_permissions=frozenset())
+        before = _paths(server)
+        assert _run(server, path) == 0
+        after = _paths(server)
+    assert after.get("/campaigns/details", 0) == before.get("/campaigns/details", 0)
+    assert snapshot(resumed) == snapshot(whole)
