@@ -105,6 +105,7 @@ from exporter.sandbox import (
     run_sandbox,
     start_sandbox,
 )
+from exporter.sandbox_messaging import retained_sends
 from exporter.series import DIMENSIONS, LIST_POOL, WORKSPACE_POOL
 from exporter.starter import StarterSettings, starter_config, workspace_at, write_starter
 from exporter.state import Records
@@ -506,6 +507,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="answer 400 for this segment, repeatable (default: none)",
     )
     box.add_argument("--deny", action="store_true", help="answer 403 to everything (default: off)")
+    box.add_argument(
+        "--sends",
+        action="store_true",
+        help="print the send ids /sends/data_series answers today (tab-separated campaign_id, "
+        "send_id, day of the send; for --campaigns N) and exit, serving nothing",
+    )
     box.add_argument(
         "--reset-style",
         choices=RESET_STYLES,
@@ -1260,6 +1267,12 @@ def _cmd_verify(args: argparse.Namespace) -> int:
 
 
 def _cmd_sandbox(args: argparse.Namespace) -> int:
+    if args.sends:
+        # Braze hands send ids out (POST /sends/id/create); the sandbox's are found here.
+        print("campaign_id\tsend_id\tsent_on")
+        for campaign, send in retained_sends(SandboxOptions(campaigns=args.campaigns)):
+            print(f"{campaign.id}\t{send.id}\t{send.day.isoformat()}")
+        return EXIT_OK
     options = SandboxOptions(
         api_key=args.api_key,
         limit=args.limit,

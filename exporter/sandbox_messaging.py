@@ -70,6 +70,7 @@ __all__ = [
     "campaign_day",
     "canvas_day",
     "messaging_catalogue",
+    "retained_sends",
     "send_day",
 ]
 
@@ -330,6 +331,22 @@ class MessagingCatalogue:
     campaigns: tuple[Campaign, ...]
     canvases: tuple[Canvas, ...]
     now: datetime
+
+
+def retained_sends(options: SandboxOptions | None = None) -> list[tuple[Campaign, Send]]:
+    """The sends ``/sends/data_series`` answers today (``options.clock``): those of the last
+    :data:`SEND_RETENTION_DAYS` days, by day then campaign. At Braze a send id comes from
+    ``POST /sends/id/create`` (or the ``send_id`` given when messaging); the sandbox's are
+    only findable here (``braze-export sandbox --sends``)."""
+    opts = options or SandboxOptions()
+    today = datetime.fromtimestamp(opts.clock(), UTC).date()
+    found = [
+        (campaign, send)
+        for campaign in messaging_catalogue(opts).campaigns
+        for send in campaign.sends
+        if 0 <= (today - send.day).days <= SEND_RETENTION_DAYS
+    ]
+    return sorted(found, key=lambda cs: (cs[1].day, cs[0].id, cs[1].id))
 
 
 def messaging_catalogue(options: SandboxOptions | None = None) -> MessagingCatalogue:

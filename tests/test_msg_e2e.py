@@ -427,3 +427,41 @@ def test_a_send_braze_no_longer_keeps_fails_alone_saying_why(
     assert f"failed sends/day/campaign-{API.id}/send-{old.id}: HTTP 400: Invalid send_id" in said
     assert "a send older than the 14 days Braze keeps sends analytics after the send" in said
     assert "series: 4 complete, 0 incomplete, 1 failed (of 5)" in said
+
+
+def test_the_sandbox_lists_the_send_ids_it_answers_and_they_export(
+    tmp_path: Path,
+    write_config: Callable[..., Path],
+    sandbox_server: Any,
+    env_key: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """`braze-export sandbox --sends` prints the send ids a docs-only user can export (none
+    was findable: BREAK19 finding 5); the sends of its first campaign export, with their
+    values on the day printed."""
+    assert main(["sandbox", "--sends"]) == 0
+    header, *lines = capsys.readouterr().out.splitlines()
+    assert header == "campaign_id\tsend_id\tsent_on"
+    rows = [line.split("\t") for line in lines]
+    assert rows
+    campaign = rows[0][0]
+    sends = {send: sent_on for cid, send, sent_on in rows if cid == campaign}
+    out = tmp_path / "out"
+    config = write_config(
+        f"version: 1\ntimezone: UTC\noutput: {{dir: {out}}}\nexports:\n"
+        f"  - name: s\n    series: sends\n    campaign_id: {campaign}\n"
+        f"    send_ids: [{', '.join(sends)}]\n    window: {{days: 14}}\n"
+    )
+    with sandbox_server(limit=0, campaigns_limit=0) as server:
+        monkeypatch.setenv("BRAZE_REST_ENDPOINT", server.url)
+        assert main(["run", str(config)]) == 0
+    for send, sent_on in sends.items():
+        rows_of = [
+            json.loads(line)
+            for p in data_files(out)
+            if f"send-{send}" in str(p)
+            for line in p.read_text().splitlines()
+        ]
+        assert {r["time"] for r in rows_of if r["value"]} <= {sent_on}
+        assert any(r["value"] for r in rows_of) or sent_on == str(datetime.now(UTC).date())
