@@ -125,11 +125,15 @@ class PreparedRun:
     options: RunOptions
 
 
-def check_out(out: str | None, option: str = "--out") -> None:
-    """An empty ``out`` is a mistake (an unset variable), not "the default"; one holding the
-    API key would write it into the paths the run prints and records: ConfigError."""
+WORK_DIR_DEFAULT = "a directory under $TMPDIR"  # where a remote run keeps its state by default
+
+
+def check_out(out: str | None, option: str = "--out", default: str = "output.dir") -> None:
+    """An empty ``out`` is a mistake (an unset variable), not "the default" (``default``, as
+    the message names it); one holding the API key would write it into the paths the run
+    prints and records: ConfigError."""
     if out == "":
-        raise ConfigError(f"{option}: must not be empty (leave it out to use output.dir)")
+        raise ConfigError(f"{option}: must not be empty (leave it out to use {default})")
     if out is not None and holds_secret(out):
         raise ConfigError(
             f"{option}: holds the API key: it would be printed and recorded as part of every "
@@ -364,6 +368,8 @@ def run(
     running event loop (it runs its own, as ``asyncio.run``).
     """
     check_out(None if out is None else str(out))
+    if isinstance(work_dir, str):  # Path("") is ".": an empty string must be caught as one
+        check_out(work_dir, "work_dir", WORK_DIR_DEFAULT)
     day = _as_date(as_of)
     if shard is not None and not 1 <= shard[0] <= shard[1] <= 1000:
         raise ConfigError(f"shard: must be (K, N) with 1 <= K <= N <= 1000, got {shard!r}")

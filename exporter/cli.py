@@ -26,7 +26,15 @@ from types import FrameType
 from typing import Any, NoReturn
 
 from exporter import package_version
-from exporter.api import SANDBOX_OUT, api_key, check_out, load_plan, output_dir, prepare_run
+from exporter.api import (
+    SANDBOX_OUT,
+    WORK_DIR_DEFAULT,
+    api_key,
+    check_out,
+    load_plan,
+    output_dir,
+    prepare_run,
+)
 from exporter.catalog import catalog, catalog_table
 from exporter.completion import SHELLS, completion_script
 from exporter.config import (
@@ -364,7 +372,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument(
         "--work-dir",
-        type=Path,
+        type=str,  # not Path: Path("") is ".", and an empty --work-dir must be refused
         metavar="DIR",
         help="object storage only: local directory for the resume state while the run goes "
         "(default: under $TMPDIR); it is checkpointed to the prefix as the run goes",
@@ -1154,7 +1162,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     check_out(args.out)  # before the config is read: an empty --out is refused first
     config, plan = _load(args)
     check_out(args.out)  # the key is registered once the config is read
-    check_out(None if args.work_dir is None else str(args.work_dir), "--work-dir")
+    check_out(args.work_dir, "--work-dir", WORK_DIR_DEFAULT)
     run = prepare_run(
         config,
         plan,
@@ -1163,7 +1171,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         fresh=args.fresh,
         run_id=args.run_id,
         command=args.command_line,
-        work_dir=args.work_dir,
+        work_dir=None if args.work_dir is None else Path(args.work_dir),
         checkpoint_s=args.checkpoint_interval,
         progress_interval=args.progress_interval,
         redraw_progress=args.log_format == "text",  # in JSON, every stderr line is a record

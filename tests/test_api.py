@@ -164,6 +164,7 @@ def test_an_output_held_by_another_run_raises_directory_busy(config: Path, tmp_p
         ({"as_of": "2999-01-01"}, "is after today"),
         ({"shard": (3, 2)}, "shard: must be"),
         ({"out": ""}, "--out: must not be empty"),
+        ({"work_dir": ""}, "work_dir: must not be empty"),
         ({}, "BRAZE_API_KEY"),  # no key in the environment, and not the sandbox
     ],
 )

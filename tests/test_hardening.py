@@ -141,14 +141,30 @@ def test_verify_expands_home(
     assert main(["verify", "~/x"]) == 0
 
 
-@pytest.mark.parametrize("command", [["run", "--out", ""], ["verify", ""]])
+@pytest.mark.parametrize(
+    ("command", "said"),
+    [
+        (["run", "--out", ""], "error: --out: must not be empty (leave it out to use output.dir)"),
+        (
+            ["run", "--work-dir", ""],  # was taken as "." (Path("")): BREAK18b leftover
+            "error: --work-dir: must not be empty (leave it out to use a directory under $TMPDIR)",
+        ),
+        (["verify", ""], "error: verify: DIR must not be empty"),
+    ],
+)
 def test_an_empty_path_argument_is_a_usage_error(
-    command: list[str], write_config: Callable[..., Path], tmp_path: Path
+    command: list[str],
+    said: str,
+    write_config: Callable[..., Path],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
-    """--out '' and verify '' are mistakes, not 'the default'."""
+    """--out '', --work-dir '' and verify '' are mistakes (an unset variable), not 'the
+    default'."""
     config = _config(write_config, tmp_path / "o")
     args = [command[0], str(config), *command[1:]] if command[0] == "run" else command
     assert main(args) == 2
+    assert capsys.readouterr().err.splitlines()[-1] == said
 
 
 def test_a_relative_or_empty_home_is_not_used_for_tilde(
