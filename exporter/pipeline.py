@@ -42,7 +42,15 @@ from exporter.errors import (
     Unreachable,
     WriteError,
 )
-from exporter.plan import Plan, Request, Series, describe_periods, ending_at, within_bound
+from exporter.plan import (
+    Plan,
+    Request,
+    Series,
+    describe_periods,
+    ending_at,
+    period_label,
+    within_bound,
+)
 from exporter.ratelimit import Budget
 from exporter.retry import RetryPolicy, call_with_retries
 from exporter.state import GroupRecorder, State
@@ -676,8 +684,15 @@ class Pipeline:
         return describe_periods(request.series.unit, request.first, request.last)
 
     def _fields(self, request: Request) -> dict[str, str | None]:
-        """The request for a JSON log record: its series' fields and its periods."""
-        return {**request.series.log_fields(), "periods": self._periods(request)}
+        """The request for a JSON log record: its series' fields and its periods as
+        ``first`` and ``last`` labels (``2024-01-05``, or ``2024-01-05T10:00Z`` for an hour),
+        fields a log query can compare, not one sentence to parse."""
+        unit = request.series.unit
+        return {
+            **request.series.log_fields(),
+            "first": period_label(unit, request.first),
+            "last": period_label(unit, request.last),
+        }
 
     def _fail(self, request: Request, reason: str) -> None:
         series = request.series

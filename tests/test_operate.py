@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import re
 from collections.abc import Callable
 from datetime import UTC, date, datetime
 from pathlib import Path
@@ -446,3 +447,27 @@ def test_bad_shard_is_a_usage_error(bad: str, capsys: pytest.CaptureFixture[str]
         main(["plan", "x.yaml", "--shard", bad])
     assert caught.value.code == 2
     assert "must be K/N" in capsys.readouterr().err
+
+
+def test_json_log_records_of_a_request_give_its_periods_as_fields(
+    tmp_path: Path,
+    write_config: Callable[..., Path],
+    sandbox_server: Any,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A retry record names its request's periods as ``first`` and ``last`` labels a log
+    query can compare, not one formatted ``periods`` sentence (BREAK18b leftover)."""
+    monkeypatch.setenv("BRAZE_API_KEY", KEY)
+    path = write_config(CONFIG.format(out=tmp_path / "out"))
+    with sandbox_server(fault_rate=0.3, seed=3, slow_s=0.01) as server:
+        monkeypatch.setenv("BRAZE_REST_ENDPOINT", server.url)
+        # Whether a series runs out of attempts depends on how the faults fall: either way.
+        assert main(["--log-format", "json", "run", str(path), "--as-of", AS_OF]) in (0, 1)
+    records = [json.loads(line) for line in capsys.readouterr().err.splitlines()]
+    retries = [r for r in records if r["event"] == "retry"]
+    assert retries
+    for record in retries:
+        assert "periods" not in record
+        assert record["first"] <= record["last"]
+        assert re.fullmatch(r"\d{4}-\d\d-\d\d(T\d\d:00Z)?", record["first"])
