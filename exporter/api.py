@@ -6,7 +6,7 @@ runs exactly what ``braze-export run`` runs (the CLI calls :func:`prepare_run` a
 ``runner.execute`` too) and gives back a :class:`RunReport` instead of printed lines and an
 exit status. Where the CLI would exit 2, 3, 4 or 5 the API raises the exception behind that
 status; a run that ends with failed or incomplete series (exit 1) or is stopped by a signal
-(130/143) raises :class:`IncompleteRun` carrying its report, so an orchestrator's task fails
+(129/130/143) raises :class:`IncompleteRun` carrying its report, so an orchestrator's task fails
 and retries (``check=False`` returns the report instead).
 
 The key comes only from the environment (the variable ``braze.api_key_env`` names, or its
@@ -84,7 +84,7 @@ _R = TypeVar("_R")
 class RunReport:
     """What one run did, as its summary and manifest say it.
 
-    ``exit_status`` is the CLI's (0 complete, 1 failed or incomplete series, 130/143 stopped
+    ``exit_status`` is the CLI's (0 complete, 1 failed or incomplete series, 129/130/143 stopped
     by SIGINT/SIGTERM). Periods count each series' unit (days, hours, ...). ``missing`` maps
     a series' label to the ranges of periods it lacks (``2024-01-01..2024-01-03``) and
     ``failed`` to the reason it failed; ``manifest`` is the run manifest's path (an object
@@ -362,7 +362,7 @@ def run(
     on loopback, no key needed.
 
     Raises ConfigError (CLI exit 2), AuthError (3), Unreachable (4), DirectoryBusy (5), and,
-    with ``check`` (the default), IncompleteRun (1, 130, 143) carrying the report. Signal
+    with ``check`` (the default), IncompleteRun (1, 129, 130, 143) carrying the report. Signal
     handlers (a first SIGINT/SIGTERM stops cleanly) are installed only on the main thread, and
     not for a signal set to be ignored; the previous ones are put back afterwards. Not from a
     running event loop (it runs its own, as ``asyncio.run``).

@@ -10,9 +10,10 @@ The process is the standard library's: a one-worker :class:`ProcessPoolExecutor`
 "spawn" start method (a fresh interpreter: it inherits no file descriptor of ours, never the
 directory lock's, and no thread). What this module adds is its life cycle:
 
-- Signals: SIGINT and SIGTERM are blocked while the process starts and ignored in it (the pool's
-  initializer); the parent handles them and closes the pool when the run is done, so a Ctrl-C
-  (sent to the whole process group) never interrupts a batch or prints a traceback from it.
+- Signals: SIGHUP, SIGINT and SIGTERM are blocked while the process starts and ignored in it
+  (the pool's initializer); the parent handles them and closes the pool when the run is done,
+  so a Ctrl-C or a hang-up (sent to the whole process group) never interrupts a batch or
+  prints a traceback from it.
 - The parent dying (``kill -9`` included) kills the child: ``PR_SET_PDEATHSIG``, plus a check
   that the parent it was started for is still its parent (it may have died before). The pid
   is compared, never assumed to be 1: the parent may be PID 1 in a pid namespace.
@@ -42,7 +43,7 @@ from exporter.errors import ExporterError, WriteError
 
 __all__ = ["ChildDied", "ChildProcess", "ChildUnavailable", "run_all"]
 
-_SIGNALS = {signal.SIGINT, signal.SIGTERM}
+_SIGNALS = {signal.SIGHUP, signal.SIGINT, signal.SIGTERM}
 # A batch (some dozens of partitions of at most 31 rows) takes milliseconds: a child that has
 # not answered in this long is stopped or stuck, and is killed (its batch is run again).
 BATCH_TIMEOUT_S = 60.0

@@ -207,7 +207,7 @@ def _silence_stdout() -> None:
 
 def _dispatch(args: argparse.Namespace) -> int:
     try:
-        with contextlib.nullcontext() if getattr(args, "serves", False) else _sigterm_unwinds():
+        with contextlib.nullcontext() if getattr(args, "serves", False) else _signals_unwind():
             code: int = args.func(args)
     except ConfigError as exc:
         for line in str(exc).splitlines():
@@ -232,31 +232,35 @@ def _dispatch(args: argparse.Namespace) -> int:
         # the exit waiting.
         _silence_stdout()
         console("interrupted", event="interrupted")
-        return EXIT_SIGNAL[signal.SIGTERM if isinstance(exc, Terminated) else signal.SIGINT]
+        return EXIT_SIGNAL[
+            signal.Signals(exc.signum) if isinstance(exc, Terminated) else signal.SIGINT
+        ]
     return code
 
 
 @contextlib.contextmanager
-def _sigterm_unwinds() -> Iterator[None]:
-    """SIGTERM raises Terminated while a command goes, as Ctrl-C raises KeyboardInterrupt,
-    so that every ``with`` and ``finally`` on the way out runs: no temp file or directory is
-    left behind (Python's default for SIGTERM ends the process where it stands). A second
-    SIGTERM stops at once. A run installs its own handlers on top while it goes. Left alone
-    when SIGTERM is ignored (``nohup``, an orchestrator) or off the main thread."""
-    main_thread = threading.current_thread() is threading.main_thread()
-    if not main_thread or signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+def _signals_unwind() -> Iterator[None]:
+    """SIGTERM and SIGHUP raise Terminated while a command goes, as Ctrl-C raises
+    KeyboardInterrupt, so that every ``with`` and ``finally`` on the way out runs: no temp
+    file or directory is left behind (Python's default for them ends the process where it
+    stands). A second one stops at once. A run installs its own handlers on top while it
+    goes. Each is left alone when ignored (``nohup``, an orchestrator), and all off the main
+    thread."""
+    if threading.current_thread() is not threading.main_thread():
         yield
         return
 
     def unwind(signum: int, frame: FrameType | None) -> None:
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        raise Terminated
+        signal.signal(signum, signal.SIG_DFL)
+        raise Terminated(signum)
 
-    previous = signal.signal(signal.SIGTERM, unwind)
+    taken = [s for s in (signal.SIGTERM, signal.SIGHUP) if signal.getsignal(s) is signal.SIG_DFL]
+    previous = {signum: signal.signal(signum, unwind) for signum in taken}
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 # --log-format as the command line asks it, for usage errors (found before it is parsed).

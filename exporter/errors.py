@@ -45,6 +45,7 @@ __all__ = [
     "EXIT_FAILED",
     "EXIT_OK",
     "EXIT_PRECEDENCE",
+    "EXIT_SIGHUP",
     "EXIT_SIGINT",
     "EXIT_SIGTERM",
     "EXIT_STATUSES",
@@ -72,7 +73,7 @@ __all__ = [
 ]
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_AUTH, EXIT_UNREACHABLE, EXIT_BUSY = 0, 1, 2, 3, 4, 5
-EXIT_SIGINT, EXIT_SIGTERM = 130, 143
+EXIT_SIGHUP, EXIT_SIGINT, EXIT_SIGTERM = 129, 130, 143  # 128 + the signal number
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,13 +158,14 @@ EXIT_STATUSES: tuple[ExitStatus, ...] = (
         "start time, command",
     ),
     ExitStatus(
-        (EXIT_SIGINT, EXIT_SIGTERM),
-        "interrupted by SIGINT (Ctrl-C) / SIGTERM: completed requests are saved, rerun to "
-        "resume; a second signal stops at once",
-        "interrupted by SIGINT / SIGTERM: completed requests are saved; rerun to resume. Any "
-        "other command (`plan`, `verify`, `init`, ...) stops where it is and removes what it "
-        "had in the making (temp files, `braze-export-plan-*` directories under `$TMPDIR`); "
-        "a second SIGTERM stops at once",
+        (EXIT_SIGHUP, EXIT_SIGINT, EXIT_SIGTERM),
+        "interrupted by SIGHUP (terminal hung up) / SIGINT (Ctrl-C) / SIGTERM: completed "
+        "requests are saved, rerun to resume; a second signal stops at once",
+        "interrupted by SIGHUP (the terminal hung up) / SIGINT / SIGTERM: completed requests "
+        "are saved; rerun to resume. Any other command (`plan`, `verify`, `init`, ...) stops "
+        "where it is and removes what it had in the making (temp files, `braze-export-plan-*` "
+        "directories under `$TMPDIR`); a second SIGHUP or SIGTERM stops at once. A signal "
+        "the parent set to be ignored (`nohup`, a script's `cmd &` for SIGINT) stays ignored",
     ),
 )
 
@@ -182,9 +184,13 @@ class ExporterError(Exception):
 
 
 class Terminated(KeyboardInterrupt):
-    """SIGTERM arrived while a command (or a run before its own handlers) was going. Not an
-    ExporterError: like KeyboardInterrupt, nothing on the way out may take it for a failure
-    and go on."""
+    """SIGTERM or SIGHUP (``signum``) arrived while a command (or a run before its own
+    handlers) was going. Not an ExporterError: like KeyboardInterrupt, nothing on the way out
+    may take it for a failure and go on."""
+
+    def __init__(self, signum: int = 15) -> None:
+        super().__init__(signum)
+        self.signum = signum
 
 
 class StreamUnwritable(OSError):
@@ -209,7 +215,7 @@ class DirectoryBusy(ExporterError):
 
 class IncompleteRun(ExporterError):
     """Raised by :func:`exporter.run` where the CLI exits 1 (series failed or incomplete, or
-    no manifest) or 130/143 (stopped by a signal); ``report`` says which series and periods
+    no manifest) or 129/130/143 (stopped by a signal); ``report`` says which series and periods
     are missing. Rerunning the same call resumes: completed periods are kept."""
 
     def __init__(self, message: str, report: RunReport) -> None:

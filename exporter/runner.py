@@ -31,6 +31,7 @@ from exporter.errors import (
     EXIT_BUSY,
     EXIT_FAILED,
     EXIT_OK,
+    EXIT_SIGHUP,
     EXIT_SIGINT,
     EXIT_SIGTERM,
     EXIT_UNREACHABLE,
@@ -77,7 +78,13 @@ __all__ = [
     "state_scope",
 ]
 
-EXIT_SIGNAL = {signal.SIGINT: EXIT_SIGINT, signal.SIGTERM: EXIT_SIGTERM}
+# The signals that stop a run cleanly, and the status each ends it with. SIGHUP: a closed
+# terminal or SSH session stops the run as SIGTERM would (nohup ignores it: then it goes on).
+EXIT_SIGNAL = {
+    signal.SIGHUP: EXIT_SIGHUP,
+    signal.SIGINT: EXIT_SIGINT,
+    signal.SIGTERM: EXIT_SIGTERM,
+}
 
 log = logging.getLogger(__name__)
 
@@ -496,7 +503,7 @@ async def _with_signals_and_progress(
 
 @contextlib.contextmanager
 def _signals_to(on_signal: Callable[[int], None]) -> Iterator[None]:
-    """SIGINT and SIGTERM call ``on_signal`` while the run goes, then the handlers that were
+    """SIGHUP, SIGINT and SIGTERM call ``on_signal`` while the run goes, then the handlers that were
     there before are back (a process that embeds the run, through :mod:`exporter.api`, keeps
     its own). Only on the main thread: only it receives signals, asyncio refuses handlers
     elsewhere, and orchestrators run tasks in threads; there the orchestrator stops the run.

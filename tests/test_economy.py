@@ -394,11 +394,13 @@ def test_plan_json_is_a_summary_of_bounded_size_and_lists_requests_only_when_ask
     }
 
 
-def test_sigterm_during_plan_leaves_no_temp_directory(
-    tmp_path: Path, write_config: Callable[..., Path]
+@pytest.mark.parametrize(("signum", "code"), [(signal.SIGTERM, 143), (signal.SIGHUP, 129)])
+def test_sigterm_or_sighup_during_plan_leaves_no_temp_directory(
+    tmp_path: Path, write_config: Callable[..., Path], signum: int, code: int
 ) -> None:
-    """SIGTERM while plan streams its requests (reading a state a run holds, from a private
-    copy in a temp directory): exit 143, one line, and the temp directory is gone."""
+    """SIGTERM (or SIGHUP: the terminal closed; it used to end plan where it stood) while
+    plan streams its requests (reading a state a run holds, from a private copy in a temp
+    directory): exit 143 (129), one line, and the temp directory is gone."""
     config = write_config(NIGHTLY.format(out=tmp_path / "out", days=19_000))
     held = State(state_path(tmp_path / "out" / WORK_DIR, None), scope="s", as_of=0)
     tmp = tmp_path / "tmp"
@@ -410,17 +412,18 @@ def test_sigterm_during_plan_leaves_no_temp_directory(
         env={**os.environ, "TMPDIR": str(tmp)},
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
-        # SIGTERM as a service manager sends it, whatever this test runner inherited.
-        preexec_fn=lambda: signal.signal(signal.SIGTERM, signal.SIG_DFL),
+        # The signal as a service manager or a terminal sends it, whatever this test runner
+        # inherited.
+        preexec_fn=lambda: signal.signal(signum, signal.SIG_DFL),
     ) as proc:
         try:
             assert proc.stdout is not None
             assert proc.stderr is not None
             assert proc.stdout.readline() == b"{\n"  # the copy is made: the plan is written
             assert any(p.name.startswith("braze-export-plan-") for p in tmp.iterdir())
-            proc.send_signal(signal.SIGTERM)  # it writes on into the pipe no one reads
+            proc.send_signal(signum)  # it writes on into the pipe no one reads
             err = proc.stderr.read().decode()
-            assert proc.wait(timeout=120) == 143
+            assert proc.wait(timeout=120) == code
         finally:
             proc.kill()
             held.close()

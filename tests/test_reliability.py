@@ -163,7 +163,9 @@ def test_kill_9_at_random_moments_then_rerun_is_identical(
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("signum", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+@pytest.mark.parametrize(
+    ("signum", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143), (signal.SIGHUP, 129)]
+)
 def test_signals_stop_cleanly_and_resume(
     tmp_path: Path,
     write_config: Callable[..., Path],
@@ -171,13 +173,17 @@ def test_signals_stop_cleanly_and_resume(
     signum: int,
     code: int,
 ) -> None:
-    """SIGINT/SIGTERM: the requests in flight finish within the 10 s grace, nothing is
-    cancelled, the run says how to resume and exits 130/143; a rerun completes."""
+    """SIGINT/SIGTERM/SIGHUP: the requests in flight finish within the 10 s grace, nothing
+    is cancelled, the run says how to resume and exits 130/143/129; a rerun completes. (A
+    SIGHUP, a closed terminal, used to end the run where it stood.)"""
     out = tmp_path / "out"
     config = write_config(_config(out))
     # 30 answers, then the run waits mid-way: the signal finds it with work done and to do.
     with sandbox_server(limit=0, gate=asyncio.Event(), gate_after=30) as server:
-        stopped = _Exporter(config, server.url)
+        # The signal's default disposition, whatever this test runner inherited (nohup).
+        stopped = _Exporter(
+            config, server.url, preexec_fn=lambda: signal.signal(signum, signal.SIG_DFL)
+        )
         wait_for(lambda: snapshot(out), "the run to write some files")
         stopped.proc.send_signal(signum)
         wait_for(lambda: "then stopping" in stopped.stderr, "the run to take the stop")
