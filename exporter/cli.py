@@ -137,10 +137,12 @@ log = logging.getLogger("exporter")
 def _epilog() -> str:
     """--help's closing text: the exit statuses from their one table, then the environment."""
     lines = ["exit status:"]
-    for status in EXIT_STATUSES:
-        codes = "/".join(str(code) for code in status.codes)
-        wrapped = textwrap.wrap(status.brief, width=90 - 11)
-        lines += [f"  {codes:<9}{wrapped[0]}", *(f"{'':11}{line}" for line in wrapped[1:])]
+    columns = ["/".join(str(code) for code in status.codes) for status in EXIT_STATUSES]
+    indent = 2 + max(len(c) for c in columns) + 2  # the widest codes and two spaces
+    for status, codes in zip(EXIT_STATUSES, columns, strict=True):
+        wrapped = textwrap.wrap(status.brief, width=90 - indent)
+        first = f"  {codes}".ljust(indent) + wrapped[0]
+        lines += [first, *(f"{'':{indent}}{line}" for line in wrapped[1:])]
     return "\n".join(lines) + "\n\n" + ENVIRONMENT
 
 
@@ -523,7 +525,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--sends",
         action="store_true",
         help="print the send ids /sends/data_series answers today (tab-separated campaign_id, "
-        "send_id, day of the send; for --campaigns N) and exit, serving nothing",
+        "send_id, day of the send; for --campaigns N) and exit, serving nothing (default: off)",
     )
     box.add_argument(
         "--reset-style",
