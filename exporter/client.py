@@ -81,6 +81,7 @@ class Answer:
 
     points: list[Point]
     not_numeric: tuple[str, ...] = ()
+    replaced: int = 0  # lone surrogates in names and keys, written as U+FFFD (exporter.text)
 
 
 @dataclass(frozen=True)
@@ -428,7 +429,7 @@ def _long_answer(request: Request, doc: Any, tz: tzinfo) -> Answer:
         if period in points:
             raise MalformedResponse(f"time {label!r} appears twice", series=series, status=200)
         points[period] = Point(label, tuple(rows), period)
-    return Answer([points[p] for p in sorted(points)], flat.skipped)
+    return Answer([points[p] for p in sorted(points)], flat.skipped, flat.replaced)
 
 
 def _braze_message(body: bytes) -> str:

@@ -47,6 +47,7 @@ from exporter.plan import discovery_needs
 from exporter.redact import redact_bytes
 from exporter.series import ListSource
 from exporter.storage import WORK_DIR
+from exporter.text import writable_doc
 from exporter.writers import Store, atomic_write
 
 __all__ = [
@@ -141,7 +142,15 @@ def build_table(name: str, entries: Sequence[Any], listed_at: datetime) -> Table
     """The table of list ``name`` (a key of :data:`TABLES`) from its raw entries (objects, or
     plain names for events and products), read at ``listed_at`` (made UTC, whole seconds)."""
     documented = dict(TABLES[name][1])
-    flat = [_flatten(entry) for entry in entries]
+    cleaned, replaced = writable_doc(list(entries))
+    if replaced:
+        log.warning(
+            "%s: %d lone surrogate(s) (invalid Unicode) in names or fields; written as U+FFFD",
+            name,
+            replaced,
+            extra={"event": "invalid_unicode"},
+        )
+    flat = [_flatten(entry) for entry in cleaned]
     names = list(documented)
     seen = set(names)
     for fields in flat:

@@ -53,6 +53,7 @@ from typing import Any, NoReturn
 
 from exporter.errors import MalformedResponse
 from exporter.series import IDS, KINDS, WORKSPACE_POOL, ListSource, SeriesKind
+from exporter.text import writable
 
 __all__ = [
     "BREAKDOWNS",
@@ -124,6 +125,7 @@ class Flattened:
     rows: tuple[MessagingRow, ...]
     skipped: tuple[str, ...]
     days: tuple[str, ...] = ()  # every day's ``time``, in the answer's order
+    replaced: int = 0  # lone surrogates in names and keys written as U+FFFD (exporter.text)
 
 
 def flatten(
@@ -143,7 +145,7 @@ def flatten(
         walk.canvas(body.get("data"))
     else:
         walk.days(body.get("data"))
-    return Flattened(tuple(walk.rows), tuple(walk.skipped), tuple(walk.labels))
+    return Flattened(tuple(walk.rows), tuple(walk.skipped), tuple(walk.labels), walk.replaced)
 
 
 _Base = dict[str, Any]  # the row fields fixed above a leaf: ids, time and breakdowns
@@ -158,6 +160,13 @@ class _Walk:
         self.rows: list[MessagingRow] = []
         self.skipped: list[str] = []
         self.labels: list[str] = []
+        self.replaced = 0
+
+    def clean(self, text: str) -> str:
+        """A name or key as it can be written (:func:`exporter.text.writable`), counted."""
+        fixed, count = writable(text)
+        self.replaced += count
+        return fixed
 
     def bad(self, why: str) -> NoReturn:
         raise MalformedResponse(why, status=200, label=self.label)
@@ -208,7 +217,8 @@ class _Walk:
         for api_id, stats in self.obj(value, path).items():
             where = f"{path}.{api_id}"
             stats = self.obj(stats, where)
-            named = {**base, id_key: api_id, name_key: self.text(stats, "name", where)}
+            name = self.text(stats, "name", where)
+            named = {**base, id_key: self.clean(api_id), name_key: name}
             for key, leaf in stats.items():
                 if key == "messages" and id_key == "step_api_id":
                     self.messages(leaf, f"{where}.messages", named)
@@ -220,7 +230,7 @@ class _Walk:
         if value is None:
             return
         for channel, entries in self.obj(value, path).items():
-            where = f"{path}.{channel}"
+            where, name = f"{path}.{channel}", self.clean(channel)
             if not isinstance(entries, list):
                 self.bad(f"{where} is not a list")
             for index, entry in enumerate(entries):
@@ -228,7 +238,7 @@ class _Walk:
                 entry = self.obj(entry, at)
                 row = {
                     **base,
-                    "channel": channel,
+                    "channel": name,
                     "message_index": index,
                     "variation_api_id": self.text(entry, "variation_api_id", at),
                     "variation_name": self.text(entry, "variation_name", at),
@@ -244,7 +254,7 @@ class _Walk:
     def leaf(self, value: object, metric: str, path: str, base: _Base) -> None:
         """A value where Braze documents a number: rows for every number in it."""
         for sub, number in _numbers(value, metric, path, self.skipped):
-            self.rows.append(MessagingRow(metric=sub, value=number, **base))
+            self.rows.append(MessagingRow(metric=self.clean(sub), value=number, **base))
 
     def obj(self, value: object, path: str) -> dict[str, Any]:
         if not isinstance(value, dict):
@@ -256,8 +266,10 @@ class _Walk:
         is plausible and kept as its JSON text (``3`` -> ``"3"``), never the reason a whole
         series fails; an object or a list is no name (MalformedResponse)."""
         value = item.get(key)
-        if value is None or isinstance(value, str):
-            return value
+        if value is None:
+            return None
+        if isinstance(value, str):
+            return self.clean(value)
         if isinstance(value, int | float | bool):
             return json.dumps(value)
         self.bad(f"{path}.{key} is not a string")

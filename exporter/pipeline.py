@@ -527,6 +527,15 @@ class Pipeline:
         points = answer.points
         if answer.not_numeric:
             self._note_not_numeric(request, answer.not_numeric)
+        if answer.replaced:
+            log.warning(
+                "%s %s: %d lone surrogate(s) (invalid Unicode) in names or metric keys; "
+                "written as U+FFFD",
+                request.series.label,
+                self._periods(request),
+                answer.replaced,
+                extra={"event": "invalid_unicode", "series": self._fields(request)},
+            )
         inside = coverage.inside(index, points)
         if len(inside) < len(points):
             self.result.count(request, "outside", len(points) - len(inside))

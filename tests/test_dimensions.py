@@ -182,6 +182,24 @@ def test_a_field_whose_values_mix_types_is_json_text() -> None:
         assert got == ["1", '[{"k": 1}]']
 
 
+def test_a_lone_surrogate_in_a_list_is_written_as_a_replacement_character(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A lone surrogate (JSON's '\\ud800', which no UTF-8 file holds) in a name, a tag, a
+    field's name or a nested value is written as U+FFFD in every format, and counted in a
+    warning; the encode used to fail the whole table (UnicodeEncodeError)."""
+    entries = json.loads(
+        '[{"id": "a", "name": "x\\ud800", "tags": ["t\\udc00"], "extra\\udfff": [1, "\\ud800"]}]'
+    )
+    with caplog.at_level("WARNING"):
+        table = build_table("campaigns", entries, datetime.now(UTC))
+    assert "campaigns: 4 lone surrogate(s)" in caplog.text
+    for fmt in ("jsonl", "csv", "parquet"):
+        (row,) = read_table(encode_table(fmt, table), fmt)
+        assert (row["name"], row["tags"]) == ("x\ufffd", ["t\ufffd"])
+        assert row["extra\ufffd"] == '[1, "\ufffd"]'
+
+
 async def test_a_table_is_written_through_the_redacting_atomic_write(tmp_path: Path) -> None:
     """The key Braze may echo into a list never reaches the table, and no temp file stays."""
     register_secret(KEY)

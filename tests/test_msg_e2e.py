@@ -465,3 +465,64 @@ def test_the_sandbox_lists_the_send_ids_it_answers_and_they_export(
         ]
         assert {r["time"] for r in rows_of if r["value"]} <= {sent_on}
         assert any(r["value"] for r in rows_of) or sent_on == str(datetime.now(UTC).date())
+
+
+# Lone surrogates as JSON escapes them, in names, metric keys and channels; and what a file
+# holds in their place.
+_POISON = {
+    "Variant ": "Variant \\ud800",
+    "conversions2": "conversions\\udc002",
+    "push": "pu\\udfffsh",
+}
+_WRITTEN = {
+    "Variant ": "Variant \ufffd",
+    "conversions2": "conversions\ufffd2",
+    "push": "pu\ufffdsh",
+}
+
+
+def _poisoned(item: dict[str, object]) -> dict[str, object]:
+    text = json.dumps(item)
+    for plain, escaped in _POISON.items():
+        text = text.replace(plain, escaped)
+    poisoned: dict[str, object] = json.loads(text)
+    return poisoned
+
+
+def _as_written(row: Row) -> Row:
+    def fix(value: object) -> object:
+        if not isinstance(value, str):
+            return value
+        for plain, written in _WRITTEN.items():
+            value = value.replace(plain, written)
+        return value
+
+    return tuple(fix(v) for v in row)
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_a_lone_surrogate_in_a_name_or_key_is_written_as_a_replacement_character(
+    tmp_path: Path,
+    write_config: Callable[..., Path],
+    sandbox_server: Any,
+    env_key: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    fmt: str,
+) -> None:
+    """JSON may escape a lone surrogate ('\\ud800'), which no UTF-8 file holds: in a
+    variation or variant name, a metric key or a channel it is written as U+FFFD, counted
+    in a warning, and every other value is exported as served. It used to fail the series
+    at the write (UnicodeEncodeError)."""
+    for name in ("campaign_day", "send_day", "canvas_day"):
+        served = getattr(sandbox_messaging, name)
+        monkeypatch.setattr(
+            sandbox_messaging, name, lambda *a, _served=served, **k: _poisoned(_served(*a, **k))
+        )
+    out = tmp_path / "out"
+    _run(sandbox_server, monkeypatch, write_config(_config(str(out), fmt)), AS_OF)
+    want = Counter({_as_written(row): n for row, n in expected(AS_OF).items()})
+    assert exported(_local(out), fmt) == want
+    assert any("\ufffd" in str(row) for row in want)
+    said = capsys.readouterr().err
+    assert "lone surrogate(s) (invalid Unicode) in names or metric keys; written as U+FFFD" in said
