@@ -82,6 +82,7 @@ class Answer:
     points: list[Point]
     not_numeric: tuple[str, ...] = ()
     replaced: int = 0  # lone surrogates in names and keys, written as U+FFFD (exporter.text)
+    withheld: tuple[str, ...] = ()  # days whose values were all no number: left missing
 
 
 @dataclass(frozen=True)
@@ -424,12 +425,19 @@ def _long_answer(request: Request, doc: Any, tz: tzinfo) -> Answer:
     for row in flat.rows:
         days[row.time].append((*(getattr(row, b) for b in kind.breakdowns), row.metric, row.value))
     points: dict[int, Point] = {}
+    withheld: list[str] = []
     for label, rows in days.items():
         period = _period(series, label, tz)
         if period in points:
             raise MalformedResponse(f"time {label!r} appears twice", series=series, status=200)
+        if not rows and label in flat.unread:
+            # Values came, none a number: not "nothing that day". Written, the empty day
+            # would be recorded done and never read again; left out, it stays missing
+            # (gap-fill, then incomplete) and the next run reads it.
+            withheld.append(label)
+            continue
         points[period] = Point(label, tuple(rows), period)
-    return Answer([points[p] for p in sorted(points)], flat.skipped, flat.replaced)
+    return Answer([points[p] for p in sorted(points)], flat.skipped, flat.replaced, tuple(withheld))
 
 
 def _braze_message(body: bytes) -> str:

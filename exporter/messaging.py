@@ -126,6 +126,9 @@ class Flattened:
     skipped: tuple[str, ...]
     days: tuple[str, ...] = ()  # every day's ``time``, in the answer's order
     replaced: int = 0  # lone surrogates in names and keys written as U+FFFD (exporter.text)
+    # Days that held a value where a number belongs that was none: a day with no number at
+    # all among them is no answer (Braze's format drifted), not a day of nothing.
+    unread: frozenset[str] = frozenset()
 
 
 def flatten(
@@ -145,7 +148,13 @@ def flatten(
         walk.canvas(body.get("data"))
     else:
         walk.days(body.get("data"))
-    return Flattened(tuple(walk.rows), tuple(walk.skipped), tuple(walk.labels), walk.replaced)
+    return Flattened(
+        tuple(walk.rows),
+        tuple(walk.skipped),
+        tuple(walk.labels),
+        walk.replaced,
+        frozenset(walk.unread),
+    )
 
 
 _Base = dict[str, Any]  # the row fields fixed above a leaf: ids, time and breakdowns
@@ -161,6 +170,7 @@ class _Walk:
         self.skipped: list[str] = []
         self.labels: list[str] = []
         self.replaced = 0
+        self.unread: set[str] = set()
 
     def clean(self, text: str) -> str:
         """A name or key as it can be written (:func:`exporter.text.writable`), counted."""
@@ -253,8 +263,11 @@ class _Walk:
 
     def leaf(self, value: object, metric: str, path: str, base: _Base) -> None:
         """A value where Braze documents a number: rows for every number in it."""
+        before = len(self.skipped)
         for sub, number in _numbers(value, metric, path, self.skipped):
             self.rows.append(MessagingRow(metric=self.clean(sub), value=number, **base))
+        if len(self.skipped) > before:
+            self.unread.add(base["time"])
 
     def obj(self, value: object, path: str) -> dict[str, Any]:
         if not isinstance(value, dict):

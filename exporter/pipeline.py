@@ -526,7 +526,7 @@ class Pipeline:
         coverage = self._coverage
         points = answer.points
         if answer.not_numeric:
-            self._note_not_numeric(request, answer.not_numeric)
+            self._note_not_numeric(request, answer.not_numeric, answer.withheld)
         if answer.replaced:
             log.warning(
                 "%s %s: %d lone surrogate(s) (invalid Unicode) in names or metric keys; "
@@ -671,19 +671,29 @@ class Pipeline:
                 f"instance's REST host, such as https://rest.iad-01.braze.com, with no path"
             )
 
-    def _note_not_numeric(self, request: Request, paths: Sequence[str]) -> None:
+    def _note_not_numeric(
+        self, request: Request, paths: Sequence[str], withheld: Sequence[str] = ()
+    ) -> None:
         """Values where Braze documents a number that are none (a string, a null): they
-        cannot be rows, so they are counted (manifest ``values_not_numeric``) and named."""
+        cannot be rows, so they are counted (manifest ``values_not_numeric``) and named.
+        ``withheld``: the days none of whose values was a number, left missing."""
         self.result.count(request, "not_numeric", len(paths))
         # Every key named, whatever the count: a path with its day and list positions as *
         # (the keys are Braze's, so there are few), and each full path at DEBUG.
         keys = Counter(_ANY_INDEX.sub(lambda m: "[*]" if m[1] else "*", p) for p in paths)
+        days = (
+            f"; {len(withheld)} day(s) held no number at all ({_span_of_labels(withheld)}): "
+            "not written, left missing to be read again"
+            if withheld
+            else ""
+        )
         log.warning(
-            "%s %s: %d value(s) not a number, not written, by key: %s",
+            "%s %s: %d value(s) not a number, not written, by key: %s%s",
             request.series.label,
             self._periods(request),
             len(paths),
             ", ".join(f"{key} ({n})" for key, n in sorted(keys.items())),
+            days,
             extra={"event": "values_not_numeric", "series": self._fields(request)},
         )
         for path in paths:
@@ -714,6 +724,12 @@ class Pipeline:
             )
             self.result.failures[series] = reason
             self._coverage.fail(request.index)
+
+
+def _span_of_labels(labels: Sequence[str]) -> str:
+    """``2024-01-01..2024-01-03`` from the first and last of ``labels`` (one: itself)."""
+    ordered = sorted(labels)
+    return ordered[0] if len(ordered) == 1 else f"{ordered[0]}..{ordered[-1]}"
 
 
 def _unexpected(exc: BaseException) -> str:

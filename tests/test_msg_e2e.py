@@ -526,3 +526,41 @@ def test_a_lone_surrogate_in_a_name_or_key_is_written_as_a_replacement_character
     assert any("\ufffd" in str(row) for row in want)
     said = capsys.readouterr().err
     assert "lone surrogate(s) (invalid Unicode) in names or metric keys; written as U+FFFD" in said
+
+
+def _strings(value: object) -> object:
+    """Every number in a day item as a JSON string, as a gateway or a format drift sends it."""
+    if isinstance(value, dict):
+        return {k: v if k == "time" else _strings(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_strings(v) for v in value]
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return str(value)
+    return value
+
+
+def test_a_day_with_no_number_at_all_is_left_missing_and_read_again(
+    tmp_path: Path,
+    write_config: Callable[..., Path],
+    sandbox_server: Any,
+    env_key: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Every campaign value sent as a string: no day is written as an empty day recorded done
+    (it was, exit 0, and no later run read it again: BREAK19c finding 1). The days stay
+    missing (exit 1, said why); once Braze answers numbers, a rerun writes every value."""
+    served = sandbox_messaging.campaign_day
+    monkeypatch.setattr(sandbox_messaging, "campaign_day", lambda *a: _strings(served(*a)))
+    out = tmp_path / "out"
+    config = write_config(_config(str(out), "jsonl"))
+    with sandbox_server(limit=0, campaigns_limit=0, clock=lambda: _now(AS_OF)) as server:
+        monkeypatch.setenv("BRAZE_REST_ENDPOINT", server.url)
+        assert main(["run", str(config), "--as-of", AS_OF.isoformat()]) == 1
+    said = capsys.readouterr()
+    assert "day(s) held no number at all" in said.err
+    assert "series: 3 complete, 2 incomplete, 0 failed (of 5)" in said.out
+    assert not any(r[1] in (LIVE.id, ONE_OFF.id) for r in exported(_local(out), "jsonl"))
+    monkeypatch.setattr(sandbox_messaging, "campaign_day", served)
+    _run(sandbox_server, monkeypatch, config, AS_OF)
+    assert exported(_local(out), "jsonl") == expected(AS_OF)
