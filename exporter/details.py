@@ -23,11 +23,12 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import random
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from functools import partial
 from typing import Any, Protocol
 
@@ -145,14 +146,8 @@ def _life(source: DetailsSource, doc: Any, read_at: datetime, label: str) -> Lif
     draft = doc.get("draft", False)
     if not isinstance(draft, bool):
         raise MalformedResponse("draft is not true or false", status=200, label=label)
-    windows = doc.get("conversion_behaviors") or []
-    longest = 0
-    for behavior in windows if isinstance(windows, list) else []:
-        window = behavior.get("window") if isinstance(behavior, dict) else None
-        if isinstance(window, int | float) and not isinstance(window, bool) and window > 0:
-            longest = max(longest, min(int(window), 10**9))
     first, last = moment(source.first), moment(source.last)
-    doubt = _implausible(source, first, last)
+    doubt = _implausible(source, first, last, read_at)
     if doubt is not None:
         # Details that contradict themselves prove nothing: no day of this id is skipped.
         log.warning(
@@ -162,6 +157,17 @@ def _life(source: DetailsSource, doc: Any, read_at: datetime, label: str) -> Lif
             extra={"event": "details_implausible"},
         )
         return Life(draft=False, first=_EPOCH, last=None, read_at=read_at, bounded=False)
+    longest, unknown = _conversion_window(doc.get("conversion_behaviors"))
+    if unknown is not None:
+        # The first send still bounds the days before it; nothing bounds those after.
+        log.warning(
+            "%s: the details' conversion window is unknown (%s): every day after its first "
+            "send is read",
+            label,
+            unknown,
+            extra={"event": "details_implausible"},
+        )
+        return Life(draft=draft, first=first, last=last, read_at=read_at, bounded=False)
     return Life(
         draft=draft,
         first=first,
@@ -173,14 +179,57 @@ def _life(source: DetailsSource, doc: Any, read_at: datetime, label: str) -> Lif
 
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)  # before every day a plan holds: nothing is cut
+# How far past our clock a send time may be before it contradicts it: Braze's clock and ours
+# differ by seconds; a send "in the future" by more is no send at all.
+_CLOCK_SKEW = timedelta(hours=1)
+_LONGEST_WINDOW_S = 10**9  # ~32 years: beyond any window, and within every date's range
+
+
+def _conversion_window(behaviors: Any) -> tuple[int, str | None]:
+    """The longest ``conversion_behaviors[].window`` in whole seconds (0: none), and why the
+    windows cannot be read, or None. Braze documents the window as a number of seconds; a
+    number sent as a string (``"2592000"``) is plausible drift and read. A window that is
+    missing, negative or no number is unknown, and an unknown window bounds nothing: the
+    caller then proves no day empty after the last send."""
+    if behaviors is None:
+        return 0, None
+    if not isinstance(behaviors, list):
+        return 0, "conversion_behaviors is not a list"
+    longest = 0
+    for index, behavior in enumerate(behaviors):
+        window = behavior.get("window") if isinstance(behavior, dict) else None
+        seconds = _seconds(window)
+        if seconds is None:
+            return 0, f"conversion_behaviors[{index}].window {window!r} is not seconds"
+        longest = max(longest, min(seconds, _LONGEST_WINDOW_S))
+    return longest, None
+
+
+def _seconds(value: Any) -> int | None:
+    """A non-negative finite number of seconds (or its decimal text), whole; None otherwise."""
+    if isinstance(value, str):
+        try:
+            value = float(value.strip())
+        except ValueError:
+            return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    if not math.isfinite(value) or value < 0:
+        return None
+    return math.ceil(min(value, _LONGEST_WINDOW_S))
 
 
 def _implausible(
-    source: DetailsSource, first: datetime | None, last: datetime | None
+    source: DetailsSource, first: datetime | None, last: datetime | None, read_at: datetime
 ) -> str | None:
-    """Why a campaign's first and last send cannot both be true, or None: a last send
-    without a first, a first without a last, or a last before the first. (A Canvas has no
-    last bound: only its first entry is read.)"""
+    """Why the details' send (or entry) times cannot be true, or None: one after the moment
+    they were read (more than the clocks' skew), a last send without a first, a first
+    without a last, or a last before the first. (A Canvas has no last bound: only its first
+    entry is read.)"""
+    for key, moment in ((source.first, first), (source.last, last)):
+        if moment is not None and moment > read_at + _CLOCK_SKEW:
+            when = read_at.strftime("%Y-%m-%dT%H:%MZ")
+            return f"{key} {moment.strftime('%Y-%m-%dT%H:%MZ')} is after they were read ({when})"
     if source.last is None:
         return None
     if first is not None and last is None:

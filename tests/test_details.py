@@ -88,6 +88,72 @@ def test_details_that_contradict_themselves_skip_no_day(doc: dict[str, Any]) -> 
 
 
 @pytest.mark.parametrize(
+    ("source", "doc"),
+    [
+        (
+            CAMPAIGNS,
+            {"draft": False, "first_sent": "2030-01-01T00:00:00Z", "last_sent": "2030-01-02"},
+        ),
+        (CAMPAIGNS, {"draft": False, "first_sent": "2024-05-01", "last_sent": "2030-01-02"}),
+        (CANVASES, {"draft": False, "first_entry": "2030-01-01T00:00:00Z"}),
+    ],
+    ids=["first-and-last", "last", "canvas-first-entry"],
+)
+def test_a_send_after_the_details_were_read_skips_no_day(
+    source: DetailsSource, doc: dict[str, Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    """A first or last send (or entry) later than the read contradicts the clock: every day
+    is kept, and a warning says why. A first_sent in 2030 once skipped a whole window as
+    "before the first send" (BREAK19c finding 3)."""
+    with caplog.at_level("WARNING"):
+        life = interpret_details(source, _ok(doc), "c-1", READ)
+    assert "is after they were read" in caplog.text
+    window = [(date(2024, 3, 1).toordinal(), date(2024, 7, 1).toordinal())]
+    for fresh in (True, False):
+        assert list(active_days(window, life, fresh=fresh, confirmed=True).kept) == window
+
+
+@pytest.mark.parametrize(("window", "seconds"), [("2592000", 2_592_000), (90.5, 91), (0, 0)])
+def test_a_conversion_window_in_seconds_is_read_as_a_number_or_its_text(
+    window: object, seconds: int
+) -> None:
+    """A window sent as a number's text is plausible drift: read, not dropped as 0."""
+    doc = {
+        "draft": False,
+        "first_sent": "2023-12-01",
+        "last_sent": "2023-12-02",
+        "conversion_behaviors": [{"type": "a", "window": window}],
+    }
+    life = interpret_details(CAMPAIGNS, _ok(doc), "c-1", READ)
+    assert (life.conversion_s, life.bounded) == (seconds, True)
+
+
+@pytest.mark.parametrize(
+    "behaviors",
+    [[{"window": "a month"}], [{"window": -5}], [{"type": "a"}], [{"window": True}], {"w": 1}],
+    ids=["text", "negative", "missing", "bool", "not-a-list"],
+)
+def test_an_unknown_conversion_window_reads_every_day_after_the_first_send(
+    behaviors: object, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A window that is no number of seconds is unknown, not 0: the days after the last
+    send are read (they were skipped as if no window applied: BREAK19c finding 2); the days
+    before the first send are still skipped, and a warning names the field."""
+    doc = {
+        "draft": False,
+        "first_sent": "2023-12-01",
+        "last_sent": "2023-12-02",
+        "conversion_behaviors": behaviors,
+    }
+    with caplog.at_level("WARNING"):
+        life = interpret_details(CAMPAIGNS, _ok(doc), "c-1", READ)
+    assert "conversion window is unknown" in caplog.text
+    window = [(date(2023, 10, 1).toordinal(), date(2024, 1, 9).toordinal())]
+    kept = active_days(window, life, fresh=True, confirmed=True).kept
+    assert list(kept) == [(date(2023, 11, 30).toordinal(), date(2024, 1, 9).toordinal())]
+
+
+@pytest.mark.parametrize(
     "doc",
     [{"first_sent": "soon"}, {"draft": "no"}, {"message": "oops"}],
 )
