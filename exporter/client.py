@@ -29,7 +29,7 @@ from exporter.formats import DayRows, LongRow
 from exporter.messaging import flatten
 from exporter.plan import Request, Series, period_of
 from exporter.ratelimit import RateHeaders, parse_rate_headers
-from exporter.series import ListSource
+from exporter.series import ANSWER_BYTES, ListSource
 
 if TYPE_CHECKING:  # details.py reads answers with this module's helpers
     from exporter.details import DetailsSource
@@ -57,7 +57,6 @@ _MAX_VALUE = 2**63 - 1  # int64, as Parquet and query engines store counts; no r
 # standalone sandbox (`braze-export sandbox` named by braze.endpoint) records its rows as the
 # sandbox's invented data, whatever the endpoint looks like.
 SANDBOX_HEADER = "X-Braze-Export-Sandbox"
-_MAX_BODY = 4 * 1024 * 1024  # 100 points are a few KiB; anything near this is not a series
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,6 +90,7 @@ class Response:
     rate: RateHeaders
     body: bytes
     redirect: str | None = None  # a 3xx's Location as scheme://host[:port] only, if usable
+    cut_at: int | None = None  # the limit in bytes the body was cut at (None: read whole)
 
 
 def make_session(concurrency: int) -> aiohttp.ClientSession:
@@ -140,8 +140,13 @@ class BrazeClient:
     async def get(self, request: Request, ending_at: str | None = None) -> Response:
         """Send it (with ``ending_at`` instead of the request's own when given, as calibration
         shifts it); any failure to get a whole response becomes a TransportError."""
-        url = self._base + request.series.info.path
-        return await self._send(url, request.params(ending_at), series=request.series)
+        info = request.series.info
+        return await self._send(
+            self._base + info.path,
+            request.params(ending_at),
+            series=request.series,
+            limit=info.max_answer_bytes,
+        )
 
     async def get_list(self, source: ListSource, page: int) -> Response:
         """GET one page (from 0) of a list endpoint (``/segments/list?page=N``, ...) with the
@@ -163,6 +168,7 @@ class BrazeClient:
         *,
         series: Series | None = None,
         label: str | None = None,
+        limit: int = ANSWER_BYTES,
     ) -> Response:
         try:
             # Never follow a redirect: it would resend the key to wherever it points.
@@ -173,11 +179,13 @@ class BrazeClient:
                 timeout=self._timeout,
                 allow_redirects=False,
             ) as resp:
-                body = await _read_body(resp)
+                body, cut = await _read_body(resp, limit)
                 if SANDBOX_HEADER in resp.headers:
                     self.sandbox = True
                 rate = parse_rate_headers(resp.headers, self._clock())
-                return Response(resp.status, rate, body, _redirect_origin(resp))
+                return Response(
+                    resp.status, rate, body, _redirect_origin(resp), limit if cut else None
+                )
         except TimeoutError:
             raise TransportError(
                 f"no response from {self.host} in time",
@@ -206,17 +214,17 @@ def _redirect_origin(resp: aiohttp.ClientResponse) -> str | None:
         return None
 
 
-async def _read_body(resp: aiohttp.ClientResponse) -> bytes:
-    """The whole body, however many pieces it arrives in; a body over _MAX_BODY is cut at
-    the limit (and then fails as malformed: it is no series)."""
+async def _read_body(resp: aiohttp.ClientResponse, limit: int) -> tuple[bytes, bool]:
+    """The whole body, however many pieces it arrives in, and whether it was cut: reading
+    stops past ``limit`` bytes (then the answer is refused as too large, never parsed)."""
     chunks: list[bytes] = []
     size = 0
     async for chunk in resp.content.iter_chunked(64 * 1024):
         chunks.append(chunk)
         size += len(chunk)
-        if size >= _MAX_BODY:
-            break
-    return b"".join(chunks)
+        if size > limit:
+            return b"".join(chunks), True
+    return b"".join(chunks), False
 
 
 def _transport_cause(exc: aiohttp.ClientError) -> tuple[str, str]:
@@ -254,6 +262,7 @@ def interpret(request: Request, response: Response, tz: tzinfo = UTC) -> list[Po
 def read_answer(request: Request, response: Response, tz: tzinfo = UTC) -> Answer:
     """:func:`interpret`, with what a long series' answer held that is no number."""
     if response.status == 200:
+        raise_if_cut(response, series=request.series)
         if request.series.info.long:
             return parse_body(
                 response.body,
@@ -299,9 +308,10 @@ def raise_for_status(
     list page: 429 RateLimited (``reset_at`` raw from Retry-After or Reset: the caller's
     budget judges it), 401/403 AuthError naming ``permission``, 5xx and 408 ServerError,
     3xx Unreachable (a redirect is never followed: the run stops, exit 4), anything else
-    ``rejected`` (not retried)."""
+    ``rejected`` (not retried); a 200 cut at its size limit, ``rejected`` too."""
     status = response.status
     if status == 200:
+        raise_if_cut(response, series=series, label=label, rejected=rejected)
         return
     if 300 <= status < 400:
         where = response.redirect or "a Location that is no URL"
@@ -334,6 +344,28 @@ def raise_for_status(
     raise rejected(message or words, series=series, status=status, label=label)
 
 
+def raise_if_cut(
+    response: Response,
+    *,
+    series: Series | None = None,
+    label: str | None = None,
+    rejected: type[ApiError] = SeriesError,
+) -> None:
+    """``rejected`` (not retried: the same request brings the same answer, fetched again
+    for nothing) when the body was cut at its limit (:attr:`SeriesKind.max_answer_bytes`);
+    it was never parsed, so it is never taken for "not JSON"."""
+    if response.cut_at is None:
+        return
+    what = series.kind if series is not None else "list or details"
+    raise rejected(
+        f"the answer is larger than {response.cut_at / 1024 / 1024:g} MiB, the most a {what} "
+        "answer is read at: not read",
+        series=series,
+        status=200,
+        label=label,
+    )
+
+
 def parse_body(
     body: bytes,
     read: Callable[[Any], _T],
@@ -344,7 +376,7 @@ def parse_body(
     """``read`` applied to the JSON document of a 200 body; any way that fails becomes
     MalformedResponse (retried, then the series or page fails): not JSON or not UTF-8
     (ValueError), nested too deep for the parser (RecursionError: a body of 100,000 ``[``
-    fits under _MAX_BODY), too big to hold (MemoryError), or anything else ``read`` raises
+    fits under the 4 MiB limit), too big to hold (MemoryError), or anything else ``read`` raises
     on a shape the checks did not foresee. Never a traceback from a server's bytes."""
     try:
         return read(json.loads(body))

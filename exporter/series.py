@@ -36,6 +36,8 @@ __all__ = [
 Unit = Literal["day", "hour"]
 
 WORKSPACE_POOL = "workspace"  # Braze's shared per-workspace pool: 250,000 requests/hour
+ANSWER_BYTES = 4 * 1024 * 1024  # the largest answer read (lists, details, one-value series)
+LONG_ANSWER_BYTES = 64 * 1024 * 1024  # ... of a campaigns, canvas or sends series
 LIST_POOL = "lists"  # /events/list and /purchases/product_list: 1,000 requests/hour
 # /campaigns/data_series: its own 50,000 requests/minute in Braze's current "Export campaign
 # analytics" page (older pages: the workspace pool).
@@ -129,6 +131,14 @@ class SeriesKind:
     breakdowns: tuple[str, ...] = ()
     single: tuple[str, ...] = ()
     retention_days: int | None = None
+
+    @property
+    def max_answer_bytes(self) -> int:
+        """The largest answer read: 100 points of one value are a few KiB, so 4 MiB is no
+        series; a long series' day holds every channel's and variation's (or step's)
+        counters, and a 100-day answer of a campaign with a thousand variations is ~3 MiB:
+        64 MiB."""
+        return LONG_ANSWER_BYTES if self.long else ANSWER_BYTES
 
     @property
     def long(self) -> bool:

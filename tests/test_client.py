@@ -121,7 +121,7 @@ def test_malformed_success_bodies_are_never_data(body: bytes, why: str) -> None:
         interpret(REQUEST, Response(200, RateHeaders(), body))
 
 
-DEEP = b"[" * 100_000 + b"]" * 100_000  # under _MAX_BODY, deeper than any parser recurses
+DEEP = b"[" * 100_000 + b"]" * 100_000  # under 4 MiB, deeper than any parser recurses
 UNPARSABLE = [DEEP, b'{"data": ' + DEEP + b"}", b"\xff\xfe{}", b'{"data": [\xff]}']
 
 
@@ -298,3 +298,58 @@ async def test_the_session_sends_no_cookies_back() -> None:
             async with session.get(f"http://localhost:{server.port}/") as resp:
                 await resp.read()
     assert seen == [None, None]
+
+
+async def _answered(request: Request, body: bytes) -> Response:
+    """What BrazeClient.get reads of ``body`` served by a real loopback server."""
+
+    async def serve(_: web.Request) -> web.Response:
+        return web.Response(body=body, content_type="application/json")
+
+    app = web.Application()
+    app.router.add_get("/{tail:.*}", serve)
+    async with TestServer(app, host="127.0.0.1") as server, make_session(2) as session:
+        client = BrazeClient(session, str(server.make_url("")).rstrip("/"), ApiKey("k"))
+        return await client.get(request)
+
+
+CAMPAIGN = Request(
+    Series.of("campaigns", "day", {"campaign_id": "c-1"}), FIRST, 1, "2024-04-28T23:59:59+00:00"
+)
+
+
+def _campaign_day(variations: int) -> bytes:
+    """One campaign day of ``variations`` email variations (~60 bytes each)."""
+    entries = ",".join(
+        f'{{"variation_api_id": "v{i}", "variation_name": "V", "sent": {i}}}'
+        for i in range(variations)
+    )
+    day = (
+        f'{{"time": "{date.fromordinal(FIRST).isoformat()}", "messages": {{"email": [{entries}]}}}}'
+    )
+    return f'{{"message": "success", "data": [{day}]}}'.encode()
+
+
+async def test_a_long_series_answer_over_4_mib_is_read_whole() -> None:
+    """A campaign day of 80,000 variations (~5 MiB): every value read. It was cut at 4 MiB
+    and failed as "body is not JSON" on every attempt (BREAK19c finding 5)."""
+    body = _campaign_day(80_000)
+    assert len(body) > 4 * 1024 * 1024
+    points = interpret(CAMPAIGN, await _answered(CAMPAIGN, body))
+    assert points[0].rows == 80_000
+
+
+@pytest.mark.parametrize(
+    ("request_", "limit"), [(REQUEST, "4 MiB"), (CAMPAIGN, "64 MiB")], ids=["sessions", "long"]
+)
+async def test_an_answer_over_its_limit_is_refused_as_too_large_not_retried(
+    request_: Request, limit: str
+) -> None:
+    """Past the kind's limit the answer is not parsed: a SeriesError naming the size (not
+    retried: the same request brings it again), never "body is not JSON"."""
+    size = 65 * 1024 * 1024 if request_ is CAMPAIGN else 5 * 1024 * 1024
+    body = b'{"message": "success", "data": [' + b" " * size + b"]}"
+    response = await _answered(request_, body)
+    with pytest.raises(SeriesError, match=f"larger than {limit}, the most a") as caught:
+        interpret(request_, response)
+    assert not isinstance(caught.value, RetryableError)
