@@ -746,6 +746,7 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     if os.environ.get(key_var) or os.environ.get(f"{key_var}_FILE"):
         api_key(config)  # refused as run refuses it (too short, quoted, unreadable file)
         key_state = "set"
+    warnings = list(_over_a_day(config))  # may refuse the config: before "valid." is said
     print(
         f"{config.source}: valid. {len(config.exports)} export(s) "
         f"({', '.join(e.name for e in config.exports)}) covering {counted}; days cut "
@@ -754,7 +755,7 @@ def _cmd_validate(args: argparse.Namespace) -> int:
         f"{config.limits.requests_per_hour * config.limits.share:,.0f} requests/hour with "
         f"{config.limits.concurrency} in flight."
     )
-    for line in _over_a_day(config):
+    for line in warnings:
         print(f"warning: {line}")
     return EXIT_OK
 
