@@ -873,7 +873,8 @@ def _cmd_plan(args: argparse.Namespace) -> int:
         print(
             f"details:  {report.details_requests:,} request(s) to {source.path} (workspace "
             f"pool) before the data phase{f' ({why})' if why else ''}; the data requests "
-            "above are cut by the details kept and are at most what the run sends"
+            "above are cut by the details kept: the run sends at most as many (fresh details, "
+            "and its list showing a kept draft unchanged, cut more)"
         )
         for line in report.lines()[1:]:
             print(f"  {line}")

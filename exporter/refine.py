@@ -238,8 +238,9 @@ def forecast(
     whole: Collection[int] = (),
 ) -> tuple[Plan, dict[str, SkipReport]]:
     """What ``plan`` (the command) can say before a run: the windows cut by the details kept
-    (as a run cuts them before reading any; fresh ones can only cut more, so the data
-    requests counted are at most those the run sends) and, per dimension, the details
+    (as a run cuts them before reading any; fresh ones, and the run's list confirming a
+    kept draft, can only cut more, so the run sends at most the data requests counted) and,
+    per dimension, the details
     requests the run will send for the ids whose details it reads again. No list is read,
     so a kept draft is not taken as still one."""
     windows: dict[int, tuple[Span, ...]] = {}

@@ -126,6 +126,9 @@ def test_the_next_night_reads_no_details_and_one_request_per_campaign_not_a_draf
             capsys.readouterr()
             assert main(["plan", str(path), "--as-of", str(today), "--json"]) == 0
             planned = json.loads(capsys.readouterr().out)["totals"]["requests"]
+            assert main(["plan", str(path), "--as-of", str(today)]) == 0
+            # An upper bound, said as one (it said "at most what the run sends": BREAK19c 7).
+            assert "the run sends at most as many" in capsys.readouterr().out
         assert _paths(server) == before  # plan sent nothing
         assert _run(server, path, "--as-of", str(today)) == 0
         after = _paths(server)
