@@ -27,6 +27,7 @@ import asyncio
 import logging
 import re
 import time
+from collections import Counter
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -167,8 +168,12 @@ class Discovery:
 
     def summary(self) -> list[str]:
         lines = []
+        reads = Counter((doc["config_key"], doc["endpoint"]) for doc in self.docs)
         for doc in self.docs:
             head = f"discovery: {doc['config_key']} from {doc['endpoint']}"
+            if reads[doc["config_key"], doc["endpoint"]] > 1:  # which filter is which
+                names = doc["exports"]
+                head += f" (export{'s' if len(names) > 1 else ''} {', '.join(names)})"
             if doc["error"] == INTERRUPTED:
                 lines.append(
                     f"{head}: interrupted after {doc['pages']} page(s), {doc['requests']} "

@@ -282,3 +282,28 @@ def test_a_resumed_backfill_skips_as_the_run_it_resumes_would_have(
         after = _paths(server)
     assert after.get("/campaigns/details", 0) == before.get("/campaigns/details", 0)
     assert snapshot(resumed) == snapshot(whole)
+
+
+def test_two_discoveries_of_one_list_are_told_apart_by_their_exports(
+    tmp_path: Path,
+    write_config: Callable[..., Path],
+    messaging_sandbox: Any,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Two exports discovering campaigns with other filters: each summary line names its
+    export (the two lines were alike but for their counts: BREAK19c finding 12)."""
+    out = tmp_path / "out"
+    path = write_config(
+        f"version: 1\ntimezone: UTC\noutput: {{dir: {out}}}\nexports:\n"
+        "  - name: welcome\n    series: campaigns\n"
+        "    campaign_ids: {discover: all, name: '^Welcome', include_archived: true}\n"
+        "    window: {days: 3}\n"
+        "  - name: recent\n    series: campaigns\n"
+        "    campaign_ids: {discover: all, edited_since: 2020-01-01}\n    window: {days: 3}\n"
+    )
+    with messaging_sandbox(campaigns=20, canvases=0) as server:
+        assert _run(server, path) == 0
+    lines = [x for x in capsys.readouterr().out.splitlines() if x.startswith("discovery:")]
+    assert len(lines) == 2
+    assert lines[0].startswith("discovery: campaign_ids from /campaigns/list (export welcome): ")
+    assert lines[1].startswith("discovery: campaign_ids from /campaigns/list (export recent): ")
