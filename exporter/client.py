@@ -82,6 +82,7 @@ class Answer:
     not_numeric: tuple[str, ...] = ()
     replaced: int = 0  # lone surrogates in names and keys, written as U+FFFD (exporter.text)
     withheld: tuple[str, ...] = ()  # days whose values were all no number: left missing
+    doubtful: tuple[str, ...] = ()  # paths of numbers no count can be (negative, >= 2^53)
 
 
 @dataclass(frozen=True)
@@ -469,7 +470,13 @@ def _long_answer(request: Request, doc: Any, tz: tzinfo) -> Answer:
             withheld.append(label)
             continue
         points[period] = Point(label, tuple(rows), period)
-    return Answer([points[p] for p in sorted(points)], flat.skipped, flat.replaced, tuple(withheld))
+    return Answer(
+        [points[p] for p in sorted(points)],
+        flat.skipped,
+        flat.replaced,
+        tuple(withheld),
+        flat.doubtful,
+    )
 
 
 def _braze_message(body: bytes) -> str:

@@ -129,6 +129,9 @@ class Flattened:
     # Days that held a value where a number belongs that was none: a day with no number at
     # all among them is no answer (Braze's format drifted), not a day of nothing.
     unread: frozenset[str] = frozenset()
+    # Key paths of numbers written as sent that no count can be: negative, or beyond 2^53
+    # (float64 holds them only approximately).
+    doubtful: tuple[str, ...] = ()
 
 
 def flatten(
@@ -154,6 +157,7 @@ def flatten(
         tuple(walk.labels),
         walk.replaced,
         frozenset(walk.unread),
+        tuple(walk.doubtful),
     )
 
 
@@ -171,6 +175,7 @@ class _Walk:
         self.labels: list[str] = []
         self.replaced = 0
         self.unread: set[str] = set()
+        self.doubtful: list[str] = []
 
     def clean(self, text: str) -> str:
         """A name or key as it can be written (:func:`exporter.text.writable`), counted."""
@@ -264,7 +269,9 @@ class _Walk:
     def leaf(self, value: object, metric: str, path: str, base: _Base) -> None:
         """A value where Braze documents a number: rows for every number in it."""
         before = len(self.skipped)
-        for sub, number in _numbers(value, metric, path, self.skipped):
+        for sub, number, where in _numbers(value, metric, path, self.skipped):
+            if number < 0 or abs(number) >= _EXACT:
+                self.doubtful.append(where)
             self.rows.append(MessagingRow(metric=self.clean(sub), value=number, **base))
         if len(self.skipped) > before:
             self.unread.add(base["time"])
@@ -303,10 +310,13 @@ class _Walk:
         return label
 
 
+_EXACT = 2.0**53  # float64 holds every integer below this exactly
+
+
 def _numbers(
     value: object, metric: str, path: str, skipped: list[str]
-) -> Iterator[tuple[str, float]]:
-    """(metric, value) for each finite number in ``value``; other leaves' paths go to
+) -> Iterator[tuple[str, float, str]]:
+    """(metric, value, path) for each finite number in ``value``; other leaves' paths go to
     ``skipped``. A bool is not a number here (JSON true is no count)."""
     if isinstance(value, int | float) and not isinstance(value, bool):
         try:
@@ -314,7 +324,7 @@ def _numbers(
         except OverflowError:  # an integer beyond any float
             number = math.inf
         if math.isfinite(number):
-            yield metric, number
+            yield metric, number, path
         else:
             skipped.append(path)
     elif isinstance(value, dict):

@@ -527,6 +527,16 @@ class Pipeline:
         points = answer.points
         if answer.not_numeric:
             self._note_not_numeric(request, answer.not_numeric, answer.withheld)
+        if answer.doubtful:
+            log.warning(
+                "%s %s: %d value(s) negative or beyond 2^53 (no count is; float64 holds the "
+                "latter only approximately), written as sent, by key: %s",
+                request.series.label,
+                self._periods(request),
+                len(answer.doubtful),
+                _by_key(answer.doubtful),
+                extra={"event": "values_doubtful", "series": self._fields(request)},
+            )
         if answer.replaced:
             log.warning(
                 "%s %s: %d lone surrogate(s) (invalid Unicode) in names or metric keys; "
@@ -680,7 +690,7 @@ class Pipeline:
         self.result.count(request, "not_numeric", len(paths))
         # Every key named, whatever the count: a path with its day and list positions as *
         # (the keys are Braze's, so there are few), and each full path at DEBUG.
-        keys = Counter(_ANY_INDEX.sub(lambda m: "[*]" if m[1] else "*", p) for p in paths)
+        keys = _by_key(paths)
         days = (
             f"; {len(withheld)} day(s) held no number at all ({_span_of_labels(withheld)}): "
             "not written, left missing to be read again"
@@ -692,7 +702,7 @@ class Pipeline:
             request.series.label,
             self._periods(request),
             len(paths),
-            ", ".join(f"{key} ({n})" for key, n in sorted(keys.items())),
+            keys,
             days,
             extra={"event": "values_not_numeric", "series": self._fields(request)},
         )
@@ -724,6 +734,13 @@ class Pipeline:
             )
             self.result.failures[series] = reason
             self._coverage.fail(request.index)
+
+
+def _by_key(paths: Sequence[str]) -> str:
+    """``data[*].a (30), data[*].b (2)``: key paths with their day and list positions as
+    ``*`` (the keys are Braze's, so there are few), each with its count."""
+    keys = Counter(_ANY_INDEX.sub(lambda m: "[*]" if m[1] else "*", p) for p in paths)
+    return ", ".join(f"{key} ({n})" for key, n in sorted(keys.items()))
 
 
 def _span_of_labels(labels: Sequence[str]) -> str:

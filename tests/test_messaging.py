@@ -449,3 +449,13 @@ def test_every_numeric_leaf_of_a_sandbox_answer_is_one_row(case: int) -> None:
     assert len(flat.rows) == _numbers(doc) > 20
     assert flat.skipped == ()
     assert any(r.value > 0 for r in flat.rows)
+
+
+def test_numbers_no_count_can_be_are_written_and_named() -> None:
+    """Negative, or at or beyond 2^53 (float64 holds it approximately): written as sent and
+    named by path, for the run to warn of (they came without a word: BREAK19c finding 9).
+    A fraction (revenue) or a count below 2^53 is no doubt."""
+    day = {"time": "2024-06-01", "a": -5, "b": 2**53 + 1, "c": 0.5, "d": 2**53 - 1, "e": 7}
+    flat = flatten(CAMPAIGNS, {"message": "success", "data": [day]}, CID)
+    assert flat.doubtful == ("data[0].a", "data[0].b")
+    assert [row.value for row in flat.rows] == [-5.0, float(2**53), 0.5, float(2**53 - 1), 7.0]

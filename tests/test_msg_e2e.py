@@ -564,3 +564,28 @@ def test_a_day_with_no_number_at_all_is_left_missing_and_read_again(
     monkeypatch.setattr(sandbox_messaging, "campaign_day", served)
     _run(sandbox_server, monkeypatch, config, AS_OF)
     assert exported(_local(out), "jsonl") == expected(AS_OF)
+
+
+def test_a_value_no_count_can_be_is_written_and_warned_of(
+    tmp_path: Path,
+    write_config: Callable[..., Path],
+    sandbox_server: Any,
+    env_key: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A negative unique_recipients is Braze's to send and is written as sent, but never
+    without a word: a warning names the key and its count (BREAK19c finding 9)."""
+    served = sandbox_messaging.campaign_day
+    monkeypatch.setattr(
+        sandbox_messaging,
+        "campaign_day",
+        lambda *a: {**served(*a), "unique_recipients": -5},
+    )
+    out = tmp_path / "out"
+    _run(sandbox_server, monkeypatch, write_config(_config(str(out), "jsonl")), AS_OF)
+    said = capsys.readouterr().err
+    assert "value(s) negative or beyond 2^53" in said
+    assert "by key: data[*].unique_recipients (" in said
+    rows = exported(_local(out), "jsonl")
+    assert any(r[-2] == "unique_recipients" and r[-1] == -5.0 for r in rows)
