@@ -101,20 +101,8 @@ def test_verify_reports_an_unreadable_manifest_and_checks_the_rest(
 ) -> None:
     """A foreign or damaged file in _runs/ is named; the other files are still checked."""
     out = tmp_path / "out"
-    assert (
-        main(
-            [
-                "run",
-                str(_config(write_config, out)),
-                "--sandbox",
-                "--out",
-                str(out),
-                "--as-of",
-                AS_OF,
-            ]
-        )
-        == 0
-    )
+    config = _config(write_config, out)
+    assert main(["run", str(config), "--sandbox", "--out", str(out), "--as-of", AS_OF]) == 0
     (out / "_runs" / "foreign.json").write_text('{"sequence": 1e999, "run_id": "x", "files": []}')
     (out / "_runs" / "deep.json").write_text("[" * 100_000 + "]" * 100_000)
     capsys.readouterr()

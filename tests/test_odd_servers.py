@@ -147,20 +147,8 @@ def test_an_empty_journal_vouches_for_nothing_and_breaks_nothing(
 ) -> None:
     """A 0-byte journal (a run that hit a full disk at its start) does not break verify."""
     out = tmp_path / "out"
-    assert (
-        main(
-            [
-                "run",
-                str(write_config(CONFIG.format(out=out))),
-                "--sandbox",
-                "--out",
-                str(out),
-                "--as-of",
-                AS_OF,
-            ]
-        )
-        == 0
-    )
+    config = write_config(CONFIG.format(out=out))
+    assert main(["run", str(config), "--sandbox", "--out", str(out), "--as-of", AS_OF]) == 0
     (out / "_runs" / "20240101T000000Z-dead00.journal.jsonl").write_bytes(b"")
     report = verify(out)
     assert report.ok > 0
