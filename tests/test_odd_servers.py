@@ -19,6 +19,7 @@ from exporter.plan import Request, Series
 from exporter.ratelimit import RateHeaders, parse_rate_headers
 from exporter.sandbox import sandbox_stats
 from exporter.state import State, state_path
+from tests.conftest import Cli
 from tests.test_e2e import _check_every_row
 
 AS_OF = "2024-07-01"
@@ -38,15 +39,13 @@ exports:
 def _run(
     tmp_path: Path,
     write_config: Callable[..., Path],
-    sandbox_server: Any,
-    monkeypatch: pytest.MonkeyPatch,
+    cli: Cli,
     **server: Any,
 ) -> tuple[int, Path, int]:
     out = tmp_path / "out"
     config = write_config(CONFIG.format(out=out))
     server.setdefault("limit", 0)
-    with sandbox_server(**server) as handle:
-        monkeypatch.setenv("BRAZE_REST_ENDPOINT", handle.url)
+    with cli.sandbox(**server) as handle:
         code = main(["run", str(config), "--as-of", AS_OF])
         return code, out, sandbox_stats(handle.app).requests
 
@@ -54,12 +53,11 @@ def _run(
 def test_a_body_that_arrives_in_pieces_is_read_whole(
     tmp_path: Path,
     write_config: Callable[..., Path],
-    sandbox_server: Any,
+    cli: Cli,
     env_key: str,
-    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """200 bodies written in 20 pieces 1 ms apart: every row, no retry."""
-    code, out, sent = _run(tmp_path, write_config, sandbox_server, monkeypatch, body_pieces=20)
+    code, out, sent = _run(tmp_path, write_config, cli, body_pieces=20)
     assert code == 0
     assert _check_every_row(out) == 4 * (3 + 72)
     assert sent == 8
@@ -68,15 +66,12 @@ def test_a_body_that_arrives_in_pieces_is_read_whole(
 def test_one_segment_answering_404_fails_alone(
     tmp_path: Path,
     write_config: Callable[..., Path],
-    sandbox_server: Any,
+    cli: Cli,
     env_key: str,
-    monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     """A 404 for one segment is that segment's failure, not a reason to stop the run."""
-    code, out, _ = _run(
-        tmp_path, write_config, sandbox_server, monkeypatch, not_found_segments={"seg-a"}
-    )
+    code, out, _ = _run(tmp_path, write_config, cli, not_found_segments={"seg-a"})
     printed = capsys.readouterr().out
     assert code == 1
     assert "series: 6 complete, 0 incomplete, 2 failed (of 8)" in printed

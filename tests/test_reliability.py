@@ -18,7 +18,7 @@ import pytest
 
 from exporter.cli import main
 from exporter.sandbox import sandbox_stats
-from tests.conftest import KEY, snapshot, wait_for
+from tests.conftest import KEY, Cli, snapshot, wait_for
 
 AS_OF = "2024-07-01"
 ROOT = Path(__file__).parent.parent
@@ -99,23 +99,17 @@ class _Exporter:
 
 
 def test_faults_leave_output_identical_to_a_clean_run(
-    tmp_path: Path,
-    write_config: Callable[..., Path],
-    sandbox_server: Any,
-    env_key: str,
-    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path, write_config: Callable[..., Path], cli: Cli, env_key: str
 ) -> None:
     """With 20% injected faults of every kind the files equal a fault-free run's, byte for byte."""
     clean, faulty = tmp_path / "clean", tmp_path / "faulty"
-    with sandbox_server(limit=0) as server:
-        monkeypatch.setenv("BRAZE_REST_ENDPOINT", server.url)
+    with cli.sandbox(limit=0):
         config = write_config(_config(clean, segments=10), "a.yaml")
         assert main(["run", str(config), "--as-of", AS_OF]) == 0
     # A slow fault outlasts the client's timeout many times over; a sound answer, even on a
     # busy machine, comes well within it.
     config = write_config(_config(faulty, timeout=3, concurrency=16, segments=10), "b.yaml")
-    with sandbox_server(limit=0, fault_rate=0.2, seed=7, slow_s=60) as server:
-        monkeypatch.setenv("BRAZE_REST_ENDPOINT", server.url)
+    with cli.sandbox(limit=0, fault_rate=0.2, seed=7, slow_s=60) as server:
         assert main(["run", str(config), "--as-of", AS_OF]) == 0
         stats = sandbox_stats(server.app)
     assert stats.faults > 20  # with 180 requests, every kind had its chance

@@ -16,7 +16,7 @@ from exporter.cli import main
 from exporter.config import load_config
 from exporter.plan import build_plan, period_of
 from exporter.sandbox import sandbox_stats
-from tests.conftest import data_files
+from tests.conftest import Cli, data_files
 from tests.test_e2e import _check_every_row
 
 AS_OF = "2024-07-01"
@@ -50,8 +50,7 @@ def _rows(out: Path) -> list[dict[str, Any]]:
 def _run(
     tmp_path: Path,
     write_config: Callable[..., Path],
-    sandbox_server: Any,
-    monkeypatch: pytest.MonkeyPatch,
+    cli: Cli,
     *,
     tz: str = "America/New_York",
     as_of: str = AS_OF,
@@ -61,8 +60,7 @@ def _run(
     out = tmp_path / out_name
     config = write_config(CONFIG.format(tz=tz, out=out, concurrency=CONCURRENCY))
     server.setdefault("limit", 0)
-    with sandbox_server(**server) as handle:
-        monkeypatch.setenv("BRAZE_REST_ENDPOINT", handle.url)
+    with cli.sandbox(**server) as handle:
         code = main(["run", str(config), "--as-of", as_of])
         sent = sandbox_stats(handle.app).requests
     return code, out, config, sent
@@ -82,9 +80,8 @@ def _run(
 def test_every_planned_period_exactly_once_whatever_the_window_semantics(
     tmp_path: Path,
     write_config: Callable[..., Path],
-    sandbox_server: Any,
+    cli: Cli,
     env_key: str,
-    monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
     semantics: str,
     tz: str,
@@ -95,8 +92,7 @@ def test_every_planned_period_exactly_once_whatever_the_window_semantics(
     code, out, config, sent = _run(
         tmp_path,
         write_config,
-        sandbox_server,
-        monkeypatch,
+        cli,
         tz=tz,
         semantics=semantics,
         hour_labels=hour_labels,
@@ -128,13 +124,12 @@ def test_every_planned_period_exactly_once_whatever_the_window_semantics(
 def test_calibration_is_logged_once_in_plain_words(
     tmp_path: Path,
     write_config: Callable[..., Path],
-    sandbox_server: Any,
+    cli: Cli,
     env_key: str,
-    monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     """An exclusive server: one line says windows end a period early and requests shift."""
-    code, *_ = _run(tmp_path, write_config, sandbox_server, monkeypatch, semantics="exclusive")
+    code, *_ = _run(tmp_path, write_config, cli, semantics="exclusive")
     assert code == 0
     said = [line for line in capsys.readouterr().err.splitlines() if "windows ending" in line]
     assert sorted(
@@ -150,18 +145,14 @@ def test_calibration_is_logged_once_in_plain_words(
 def test_a_later_run_starts_from_the_measured_offset(
     tmp_path: Path,
     write_config: Callable[..., Path],
-    sandbox_server: Any,
+    cli: Cli,
     env_key: str,
-    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """The offset is kept in the state: a --fresh rerun sends exactly the minimum."""
-    code, _out, config, _ = _run(
-        tmp_path, write_config, sandbox_server, monkeypatch, semantics="exclusive"
-    )
+    code, _out, config, _ = _run(tmp_path, write_config, cli, semantics="exclusive")
     assert code == 0
     plan = build_plan(load_config(config, env={}), date.fromisoformat(AS_OF))
-    with sandbox_server(limit=0, semantics="exclusive") as handle:
-        monkeypatch.setenv("BRAZE_REST_ENDPOINT", handle.url)
+    with cli.sandbox(limit=0, semantics="exclusive") as handle:
         assert main(["run", str(config), "--as-of", AS_OF, "--fresh"]) == 0
         assert sandbox_stats(handle.app).requests == len(plan.requests)
 
@@ -169,9 +160,8 @@ def test_a_later_run_starts_from_the_measured_offset(
 def test_periods_the_server_never_returns_are_reported_missing(
     tmp_path: Path,
     write_config: Callable[..., Path],
-    sandbox_server: Any,
+    cli: Cli,
     env_key: str,
-    monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     """A hole in Braze's data: one gap-fill pass, then exit 1 with the missing ranges listed
@@ -179,8 +169,7 @@ def test_periods_the_server_never_returns_are_reported_missing(
     code, out, config, sent = _run(
         tmp_path,
         write_config,
-        sandbox_server,
-        monkeypatch,
+        cli,
         missing_days=frozenset({"2024-03-10", "2024-03-11"}),
     )
     printed = capsys.readouterr().out
@@ -205,16 +194,14 @@ def test_periods_the_server_never_returns_are_reported_missing(
 def test_recent_periods_are_read_again_by_a_later_run(
     tmp_path: Path,
     write_config: Callable[..., Path],
-    sandbox_server: Any,
+    cli: Cli,
     env_key: str,
-    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """settle_days: a resumed run (same as-of) skips everything, the next day's run re-reads
     the series whose last days were still settling."""
-    code, _out, config, _ = _run(tmp_path, write_config, sandbox_server, monkeypatch)
+    code, _out, config, _ = _run(tmp_path, write_config, cli)
     assert code == 0
-    with sandbox_server(limit=0) as handle:
-        monkeypatch.setenv("BRAZE_REST_ENDPOINT", handle.url)
+    with cli.sandbox(limit=0) as handle:
         assert main(["run", str(config), "--as-of", AS_OF]) == 0
         assert sandbox_stats(handle.app).requests == 0
         assert main(["run", str(config), "--as-of", "2024-07-02"]) == 0
