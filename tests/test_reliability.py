@@ -21,6 +21,10 @@ from exporter.sandbox import sandbox_stats
 from tests.conftest import KEY, Cli, snapshot, wait_for
 
 AS_OF = "2024-07-01"
+# A signal that stops a run and the exit status it then ends with.
+STOP_SIGNALS = pytest.mark.parametrize(
+    ("signum", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)]
+)
 ROOT = Path(__file__).parent.parent
 
 
@@ -157,7 +161,7 @@ def test_kill_9_at_random_moments_then_rerun_is_identical(
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("signum", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+@STOP_SIGNALS
 def test_signals_stop_cleanly_and_resume(
     tmp_path: Path,
     write_config: Callable[..., Path],
@@ -232,7 +236,7 @@ def test_the_key_appears_in_no_output(
         assert KEY.encode() not in blob
 
 
-@pytest.mark.parametrize(("signum", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+@STOP_SIGNALS
 def test_a_signal_during_discovery_stops_within_the_grace_period(
     tmp_path: Path,
     write_config: Callable[..., Path],
