@@ -19,7 +19,7 @@ from exporter.plan import Request, Series
 from exporter.ratelimit import RateHeaders, parse_rate_headers
 from exporter.sandbox import sandbox_stats
 from exporter.state import State, state_path
-from tests.conftest import Cli
+from tests.conftest import Cli, Ran
 from tests.test_e2e import _check_every_row
 
 AS_OF = "2024-07-01"
@@ -41,13 +41,13 @@ def _run(
     write_config: Callable[..., Path],
     cli: Cli,
     **server: Any,
-) -> tuple[int, Path, int]:
+) -> tuple[Ran, Path, int]:
     out = tmp_path / "out"
     config = write_config(CONFIG.format(out=out))
     server.setdefault("limit", 0)
     with cli.sandbox(**server) as handle:
-        code = main(["run", str(config), "--as-of", AS_OF])
-        return code, out, sandbox_stats(handle.app).requests
+        ran = cli("run", config, "--as-of", AS_OF)
+        return ran, out, sandbox_stats(handle.app).requests
 
 
 def test_a_body_that_arrives_in_pieces_is_read_whole(
@@ -57,8 +57,8 @@ def test_a_body_that_arrives_in_pieces_is_read_whole(
     env_key: str,
 ) -> None:
     """200 bodies written in 20 pieces 1 ms apart: every row, no retry."""
-    code, out, sent = _run(tmp_path, write_config, cli, body_pieces=20)
-    assert code == 0
+    ran, out, sent = _run(tmp_path, write_config, cli, body_pieces=20)
+    assert ran.code == 0
     assert _check_every_row(out) == 4 * (3 + 72)
     assert sent == 8
 
@@ -68,12 +68,11 @@ def test_one_segment_answering_404_fails_alone(
     write_config: Callable[..., Path],
     cli: Cli,
     env_key: str,
-    capsys: pytest.CaptureFixture[str],
 ) -> None:
     """A 404 for one segment is that segment's failure, not a reason to stop the run."""
-    code, out, _ = _run(tmp_path, write_config, cli, not_found_segments={"seg-a"})
-    printed = capsys.readouterr().out
-    assert code == 1
+    ran, out, _ = _run(tmp_path, write_config, cli, not_found_segments={"seg-a"})
+    printed = ran.out
+    assert ran.code == 1
     assert "series: 6 complete, 0 incomplete, 2 failed (of 8)" in printed
     assert "0 dropped (other requests brought their periods)" in printed  # moot ones: not counted
     assert _check_every_row(out) == 3 * (3 + 72)
