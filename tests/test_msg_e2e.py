@@ -30,7 +30,7 @@ from exporter.sandbox_messaging import (
     messaging_catalogue,
     send_day,
 )
-from tests.conftest import data_files
+from tests.conftest import Cli, data_files
 
 FORMATS = ["jsonl", "csv", "parquet"]
 AS_OF = date(2024, 7, 1)
@@ -381,11 +381,7 @@ def test_the_campaigns_pool_paces_campaign_requests_alone(
 
 
 def test_a_day_braze_leaves_out_is_gap_filled_within_14_days_then_reported(
-    tmp_path: Path,
-    write_config: Callable[..., Path],
-    sandbox_server: Any,
-    env_key: str,
-    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path, write_config: Callable[..., Path], cli: Cli, env_key: str
 ) -> None:
     """A day never served is asked for again by gap-fill requests Braze accepts (Canvas: at
     most 14 days), then reported missing; the rest is written, and a rerun the same day sends
@@ -394,10 +390,9 @@ def test_a_day_braze_leaves_out_is_gap_filled_within_14_days_then_reported(
     out = tmp_path / "out"
     config = write_config(_config(str(out), "jsonl"))
     args = ["run", str(config), "--as-of", AS_OF.isoformat()]
-    with sandbox_server(
+    with cli.sandbox(
         limit=0, campaigns_limit=0, clock=lambda: _now(AS_OF), missing_days=frozenset({hole})
     ) as server:
-        monkeypatch.setenv("BRAZE_REST_ENDPOINT", server.url)
         assert main(args) == 1
         doc = _manifest(out)["totals"]
         assert doc["series_failed"] == 0
@@ -413,12 +408,7 @@ def test_a_day_braze_leaves_out_is_gap_filled_within_14_days_then_reported(
 
 
 def test_a_send_braze_no_longer_keeps_fails_alone_saying_why(
-    tmp_path: Path,
-    write_config: Callable[..., Path],
-    sandbox_server: Any,
-    env_key: str,
-    monkeypatch: pytest.MonkeyPatch,
-    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path, write_config: Callable[..., Path], cli: Cli, env_key: str
 ) -> None:
     """A send older than 14 days is a 400: its series fails with Braze's words and the
     retention named; every other series is exported (exit 1)."""
@@ -427,10 +417,10 @@ def test_a_send_braze_no_longer_keeps_fails_alone_saying_why(
     out = tmp_path / "out"
     text = _config(str(out), "jsonl").replace(f"send_ids: [{SENDS[0].id}", f"send_ids: [{old.id}")
     config = write_config(text)
-    with sandbox_server(limit=0, campaigns_limit=0, clock=lambda: _now(AS_OF)) as server:
-        monkeypatch.setenv("BRAZE_REST_ENDPOINT", server.url)
-        assert main(["run", str(config), "--as-of", AS_OF.isoformat()]) == 1
-    said = capsys.readouterr().out
+    run = ["run", str(config), "--as-of", AS_OF.isoformat()]
+    ran, _ = cli.against_sandbox(*run, limit=0, campaigns_limit=0, clock=lambda: _now(AS_OF))
+    assert ran.code == 1
+    said = ran.out
     assert f"failed sends/day/campaign-{API.id}/send-{old.id}: HTTP 400: Invalid send_id" in said
     assert "a send older than the 14 days Braze keeps sends analytics after the send" in said
     assert "series: 4 complete, 0 incomplete, 1 failed (of 5)" in said
