@@ -1,4 +1,5 @@
-"""Shared fixtures: config files on disk and a sandbox server on a free loopback port."""
+"""Shared fixtures: config files on disk, a sandbox server on a free loopback port, and the
+CLI run in this process against it with its exit status and output."""
 
 from __future__ import annotations
 
