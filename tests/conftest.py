@@ -1,4 +1,5 @@
-"""Shared fixtures: config files on disk and a sandbox server on a free loopback port."""
+"""Shared fixtures: config files on disk, a sandbox server on a free loopback port, and the
+CLI run in this process against it with its exit status and output."""
 
 from __future__ import annotations
 
@@ -19,10 +20,11 @@ import pytest
 from aiohttp import ClientResponse, web
 from aioresponses import aioresponses
 
+from exporter.cli import main
 from exporter.dimensions import DIMENSIONS_DIR
 from exporter.manifest import RUNS_DIR
 from exporter.remote import ObjectStore
-from exporter.sandbox import SandboxOptions, start_sandbox
+from exporter.sandbox import SandboxOptions, SandboxStats, sandbox_stats, start_sandbox
 from exporter.writers import WORK_DIR
 
 KEY = "sandbox-key-5f1e2d3c4b5a69788796a5b4"
@@ -112,6 +114,65 @@ def env_key(monkeypatch: pytest.MonkeyPatch) -> str:
     monkeypatch.setenv("BRAZE_API_KEY", KEY)
     monkeypatch.delenv("BRAZE_REST_ENDPOINT", raising=False)
     return KEY
+
+
+@dataclass(frozen=True)
+class Ran:
+    """One CLI command run in this process: its exit status and what it printed."""
+
+    code: int
+    out: str
+    err: str
+
+
+class Cli:
+    """The CLI run in this process against the endpoint the environment names, and sandboxes
+    to point it at: ``with cli.sandbox(deny=True) as server: ran = cli("run", config)``."""
+
+    def __init__(
+        self,
+        start: Callable[..., _ThreadedSandbox],
+        monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str],
+    ) -> None:
+        self._start = start
+        self._monkeypatch = monkeypatch
+        self._capsys = capsys
+
+    def point_at(self, url: str) -> None:
+        """Send the real (not --sandbox) commands to ``url``, as BRAZE_REST_ENDPOINT does."""
+        self._monkeypatch.setenv("BRAZE_REST_ENDPOINT", url)
+
+    @contextmanager
+    def sandbox(self, **options: object) -> Iterator[ServerHandle]:
+        """A sandbox (``sandbox_server``'s options) the commands go to until the block ends."""
+        with self._start(**options) as server:
+            self.point_at(server.url)
+            yield server
+
+    def against_sandbox(self, *args: str | Path, **options: object) -> tuple[Ran, SandboxStats]:
+        """One command against a new sandbox with these options: what the command did, and
+        what the sandbox served it."""
+        with self.sandbox(**options) as server:
+            ran = self(*args)
+            return ran, sandbox_stats(server.app)
+
+    def __call__(self, *args: str | Path) -> Ran:
+        """``main`` with these arguments; what it printed, and only that."""
+        self._capsys.readouterr()
+        code = main([str(arg) for arg in args])
+        printed = self._capsys.readouterr()
+        return Ran(code, printed.out, printed.err)
+
+
+@pytest.fixture
+def cli(
+    sandbox_server: Callable[..., _ThreadedSandbox],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> Cli:
+    """Run CLI commands and start sandboxes for them (the key stays ``env_key``'s to give)."""
+    return Cli(sandbox_server, monkeypatch, capsys)
 
 
 class _NoStreamWriter:

@@ -19,7 +19,7 @@ from exporter.config import load_config
 from exporter.errors import AuthError, ConfigError, DirectoryBusy, Unreachable
 from exporter.sandbox import free_port
 from exporter.storage import DirLock
-from tests.conftest import serving
+from tests.conftest import Cli, serving
 from tests.test_redaction import CONFIG as ECHO_CONFIG
 from tests.test_redaction import KEY as ECHO_KEY
 from tests.test_redaction import EchoServer, _leaks
@@ -101,12 +101,11 @@ def test_the_callers_signal_handlers_are_put_back(config: Path, tmp_path: Path) 
 
 
 def test_failed_series_raise_incomplete_run_with_the_report(
-    config: Path, sandbox_server: Any, env_key: str, monkeypatch: pytest.MonkeyPatch
+    config: Path, cli: Cli, env_key: str
 ) -> None:
     """A run with failed series raises IncompleteRun (an orchestrator's task fails) carrying
     the report, which names each failed series and why; check=False returns it instead."""
-    with sandbox_server(reject_segments=frozenset({"seg-b"})) as server:
-        monkeypatch.setenv("BRAZE_REST_ENDPOINT", server.url)
+    with cli.sandbox(reject_segments=frozenset({"seg-b"})):
         with pytest.raises(IncompleteRun) as caught:
             exporter.run(config, as_of=AS_OF)
         report = exporter.run(config, as_of=AS_OF, check=False)
@@ -123,14 +122,10 @@ def test_failed_series_raise_incomplete_run_with_the_report(
     assert raised.manifest in str(caught.value)
 
 
-def test_a_refused_key_raises_auth_error(
-    config: Path, sandbox_server: Any, env_key: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_a_refused_key_raises_auth_error(config: Path, cli: Cli, env_key: str) -> None:
     """Where the CLI exits 3 the API raises AuthError, without the key in it."""
-    with sandbox_server(deny=True) as server:
-        monkeypatch.setenv("BRAZE_REST_ENDPOINT", server.url)
-        with pytest.raises(AuthError, match="HTTP 403") as caught:
-            exporter.run(config, as_of=AS_OF)
+    with cli.sandbox(deny=True), pytest.raises(AuthError, match="HTTP 403") as caught:
+        exporter.run(config, as_of=AS_OF)
     assert env_key not in str(caught.value)
 
 

@@ -27,7 +27,7 @@ from exporter.remote import ObjectStore
 from exporter.sandbox import SandboxOptions, catalogue, sandbox_stats
 from exporter.sandbox_messaging import messaging_catalogue
 from exporter.storage import WORK_DIR
-from tests.conftest import KEY
+from tests.conftest import KEY, Cli
 
 AS_OF = "2024-07-01"
 OUTPUT_DOCS = Path(__file__).parent.parent / "docs" / "output.md"
@@ -109,14 +109,11 @@ def manifest(out: Path) -> dict[str, Any]:
 
 
 @pytest.fixture
-def run_sandbox(
-    sandbox_server: Any, env_key: str, monkeypatch: pytest.MonkeyPatch
-) -> Callable[..., tuple[int, Any]]:
+def run_sandbox(cli: Cli, env_key: str) -> Callable[..., tuple[int, Any]]:
     """Run the CLI against a sandbox of the small lists (options on top); (exit, stats)."""
 
     def run(args: list[str], **options: Any) -> tuple[int, Any]:
-        with sandbox_server(**{**SIZES, **options}) as server:
-            monkeypatch.setenv("BRAZE_REST_ENDPOINT", server.url)
+        with cli.sandbox(**{**SIZES, **options}) as server:
             code = main(args)
             return code, sandbox_stats(server.app)
 

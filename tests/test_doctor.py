@@ -10,8 +10,9 @@ import pytest
 
 from exporter.cli import main
 from exporter.sandbox import sandbox_stats
-from tests.conftest import NotBraze
+from tests.conftest import Cli, NotBraze
 
+Doctor = Callable[[str], tuple[int, str]]
 CONFIG = """\
 version: 1
 timezone: America/New_York
@@ -23,17 +24,18 @@ exports:
 """
 
 
-def _doctor(
-    write_config: Callable[..., Path],
-    capsys: pytest.CaptureFixture[str],
-    monkeypatch: pytest.MonkeyPatch,
-    url: str,
-) -> tuple[int, str]:
-    monkeypatch.setenv("BRAZE_REST_ENDPOINT", url)
-    code = main(["doctor", str(write_config(CONFIG))])
-    printed = capsys.readouterr()
-    assert "Traceback" not in printed.err
-    return code, printed.out
+@pytest.fixture
+def doctor(write_config: Callable[..., Path], cli: Cli, env_key: str) -> Doctor:
+    """doctor of CONFIG against an endpoint URL, with the key: its exit status and what it
+    printed (never a traceback)."""
+
+    def run(url: str) -> tuple[int, str]:
+        cli.point_at(url)
+        ran = cli("doctor", write_config(CONFIG))
+        assert "Traceback" not in ran.err
+        return ran.code, ran.out
+
+    return run
 
 
 @pytest.mark.parametrize(
@@ -49,18 +51,15 @@ def _doctor(
     ],
 )
 def test_doctor_reports_the_window_offset_of_each_unit(
-    write_config: Callable[..., Path],
+    doctor: Doctor,
     sandbox_server: Any,
-    env_key: str,
-    monkeypatch: pytest.MonkeyPatch,
-    capsys: pytest.CaptureFixture[str],
     semantics: str,
     day_words: str,
     hour_words: str,
 ) -> None:
     """Each semantics is named in plain words per unit; two requests; verdict ready."""
     with sandbox_server(semantics=semantics, hour_labels="z") as server:
-        code, out = _doctor(write_config, capsys, monkeypatch, server.url)
+        code, out = doctor(server.url)
         assert sandbox_stats(server.app).requests == 2
     assert code == 0
     day = next(line for line in out.splitlines() if line.startswith("day: asked"))
@@ -81,18 +80,15 @@ def test_doctor_reports_the_window_offset_of_each_unit(
     ],
 )
 def test_doctor_names_auth_problems(
-    write_config: Callable[..., Path],
+    doctor: Doctor,
     sandbox_server: Any,
-    env_key: str,
-    monkeypatch: pytest.MonkeyPatch,
-    capsys: pytest.CaptureFixture[str],
     server: dict[str, Any],
     code: int,
     words: str,
 ) -> None:
     """401 and 403 exit 3 with what to check, after one request."""
     with sandbox_server(**server) as handle:
-        got, out = _doctor(write_config, capsys, monkeypatch, handle.url)
+        got, out = doctor(handle.url)
         assert sandbox_stats(handle.app).requests == 1
     assert got == code
     assert words in out
@@ -100,29 +96,23 @@ def test_doctor_names_auth_problems(
 
 
 def test_doctor_on_a_closed_port_exits_4(
-    write_config: Callable[..., Path],
-    env_key: str,
-    monkeypatch: pytest.MonkeyPatch,
-    capsys: pytest.CaptureFixture[str],
+    doctor: Doctor,
     closed_port: int,
 ) -> None:
     """Nothing listening: the host and 'connection refused', exit 4."""
     port = closed_port
-    code, out = _doctor(write_config, capsys, monkeypatch, f"http://127.0.0.1:{port}")
+    code, out = doctor(f"http://127.0.0.1:{port}")
     assert code == 4
     assert f"connection refused (127.0.0.1:{port})" in out
     assert "verdict: unreachable" in out
 
 
 def test_doctor_on_a_host_that_is_not_braze_exits_4(
-    write_config: Callable[..., Path],
-    env_key: str,
-    monkeypatch: pytest.MonkeyPatch,
-    capsys: pytest.CaptureFixture[str],
+    doctor: Doctor,
     not_braze: NotBraze,
 ) -> None:
     """A 404 says the host is not a Braze REST host."""
-    code, out = _doctor(write_config, capsys, monkeypatch, not_braze.url)
+    code, out = doctor(not_braze.url)
     assert code == 4
     assert "verdict: not Braze" in out
 
@@ -136,17 +126,14 @@ def test_doctor_sandbox_needs_no_key(
 
 
 def test_doctor_does_not_call_an_empty_answer_ready(
-    write_config: Callable[..., Path],
-    env_key: str,
-    monkeypatch: pytest.MonkeyPatch,
-    capsys: pytest.CaptureFixture[str],
+    doctor: Doctor,
     not_braze: NotBraze,
 ) -> None:
     """200 with no points: the offset is unknown, and the verdict says so instead of ready;
     a Remaining above Limit is called out, not shown as fact."""
     not_braze.status, not_braze.body = 200, {"message": "success", "data": []}
     not_braze.headers = {"X-RateLimit-Limit": "1000", "X-RateLimit-Remaining": "2000"}
-    code, out = _doctor(write_config, capsys, monkeypatch, not_braze.url)
+    code, out = doctor(not_braze.url)
     assert code == 0
     assert (
         "verdict: reachable and authorised, but no whole window came back for day and hour" in out
@@ -155,35 +142,27 @@ def test_doctor_does_not_call_an_empty_answer_ready(
 
 
 def test_doctor_on_a_server_that_drops_connections_exits_1(
-    write_config: Callable[..., Path],
-    env_key: str,
-    monkeypatch: pytest.MonkeyPatch,
-    capsys: pytest.CaptureFixture[str],
+    doctor: Doctor,
     not_braze: NotBraze,
 ) -> None:
     """Connected, then closed without an answer: not "unreachable", exit 1 with the cause."""
     not_braze.close = True
-    code, out = _doctor(write_config, capsys, monkeypatch, not_braze.url)
+    code, out = doctor(not_braze.url)
     assert code == 1
     assert "verdict: no usable answer (connection closed before a whole response)" in out
 
 
 def test_doctor_sees_days_cut_in_utc_east_of_utc(
-    write_config: Callable[..., Path],
-    sandbox_server: Any,
-    env_key: str,
-    monkeypatch: pytest.MonkeyPatch,
-    capsys: pytest.CaptureFixture[str],
+    write_config: Callable[..., Path], cli: Cli, env_key: str
 ) -> None:
     """Tokyo: a window ending at 23:59:59 local cannot show a UTC cut; a third probe ending at
     00:30 local does, and the verdict says so."""
     tokyo = CONFIG.replace("America/New_York", "Asia/Tokyo")
     for semantics, words in (("utc", "named the day before"), ("contains", "names the same day")):
-        with sandbox_server(semantics=semantics) as server:
-            monkeypatch.setenv("BRAZE_REST_ENDPOINT", server.url)
-            assert main(["doctor", str(write_config(tokyo))]) == 0
-            assert sandbox_stats(server.app).requests == 3
-        out = capsys.readouterr().out
+        ran, stats = cli.against_sandbox("doctor", write_config(tokyo), semantics=semantics)
+        assert ran.code == 0
+        assert stats.requests == 3
+        out = ran.out
         assert words in out
         assert ("with a caveat" in out) == (semantics == "utc")
 
@@ -220,15 +199,12 @@ def test_doctor_names_the_permissions_of_the_dimension_tables(
 
 
 def test_doctor_on_a_body_nested_too_deep_exits_1(
-    write_config: Callable[..., Path],
-    env_key: str,
-    monkeypatch: pytest.MonkeyPatch,
-    capsys: pytest.CaptureFixture[str],
+    doctor: Doctor,
     not_braze: NotBraze,
 ) -> None:
     """A 200 of 100,000 nested arrays: a verdict (the body is not JSON), exit 1, no traceback."""
     not_braze.status, not_braze.body = 200, b"[" * 100_000 + b"]" * 100_000
-    code, out = _doctor(write_config, capsys, monkeypatch, not_braze.url)
+    code, out = doctor(not_braze.url)
     assert code == 1
     assert "body is not JSON" in out
     assert "verdict: Braze is busy or odd right now" in out

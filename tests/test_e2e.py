@@ -17,7 +17,7 @@ from exporter.config import load_config
 from exporter.plan import Series, build_plan
 from exporter.sandbox import sandbox_stats, session_count
 from exporter.writers import partition_path
-from tests.conftest import data_files
+from tests.conftest import Cli, data_files
 
 AS_OF = "2024-07-01"
 CONFIG = """\
@@ -94,86 +94,65 @@ def test_sandbox_run_writes_every_point_exactly_once(
 
 
 def test_real_endpoint_path_key_resume_and_fresh(
-    tmp_path: Path,
-    write_config: Callable[..., Path],
-    sandbox_server: Any,
-    env_key: str,
-    monkeypatch: pytest.MonkeyPatch,
-    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path, write_config: Callable[..., Path], cli: Cli, env_key: str
 ) -> None:
     """With the key from the environment: a rerun skips done requests, --fresh refetches
     and rewrites byte-identical files."""
     out = tmp_path / "out"
     path = write_config(CONFIG.format(out=out, fmt="jsonl"))
-    with sandbox_server() as server:
-        monkeypatch.setenv("BRAZE_REST_ENDPOINT", server.url)
-        assert main(["run", str(path), "--as-of", AS_OF]) == 0
+    with cli.sandbox() as server:
+        assert cli("run", path, "--as-of", AS_OF).code == 0
         first = {p: p.read_bytes() for p in data_files(out)}
         sent_first = sandbox_stats(server.app).requests
-        capsys.readouterr()
-        assert main(["run", str(path), "--as-of", AS_OF]) == 0
+        rerun = cli("run", path, "--as-of", AS_OF)
+        assert rerun.code == 0
         assert sandbox_stats(server.app).requests == sent_first  # nothing fetched again
-        assert "0 done" in capsys.readouterr().out
-        assert main(["run", str(path), "--as-of", AS_OF, "--fresh"]) == 0
+        assert "0 done" in rerun.out
+        assert cli("run", path, "--as-of", AS_OF, "--fresh").code == 0
         assert sandbox_stats(server.app).requests == 2 * sent_first
     assert {p: p.read_bytes() for p in data_files(out)} == first
 
 
 def test_auth_refused_exits_3_with_advice(
-    tmp_path: Path,
-    write_config: Callable[..., Path],
-    sandbox_server: Any,
-    monkeypatch: pytest.MonkeyPatch,
-    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path, write_config: Callable[..., Path], cli: Cli, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A wrong key stops the run with exit 3 and says what to check."""
     out = tmp_path / "out"
     path = write_config(CONFIG.format(out=out, fmt="jsonl"))
     monkeypatch.setenv("BRAZE_API_KEY", "wrong-key-0123456789")
-    with sandbox_server() as server:
-        monkeypatch.setenv("BRAZE_REST_ENDPOINT", server.url)
-        assert main(["run", str(path), "--as-of", AS_OF]) == 3
-        sent = sandbox_stats(server.app).requests
-    err = capsys.readouterr().err
+    ran, stats = cli.against_sandbox("run", path, "--as-of", AS_OF)
+    assert ran.code == 3
+    err = ran.err
     assert "HTTP 401" in err
     assert "sessions.data_series" in err
     assert "wrong-key-0123456789" not in err
-    assert sent <= 8  # limits.concurrency: those in flight at the first 401, none after it
+    # limits.concurrency: those in flight at the first 401, none after it
+    assert stats.requests <= 8
     assert data_files(out) == []
 
 
 def test_denied_permission_exits_3(
-    tmp_path: Path,
-    write_config: Callable[..., Path],
-    sandbox_server: Any,
-    env_key: str,
-    monkeypatch: pytest.MonkeyPatch,
-    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path, write_config: Callable[..., Path], cli: Cli, env_key: str
 ) -> None:
     """A 403 stops the run with exit 3."""
     path = write_config(CONFIG.format(out=tmp_path / "out", fmt="jsonl"))
-    with sandbox_server(deny=True) as server:
-        monkeypatch.setenv("BRAZE_REST_ENDPOINT", server.url)
-        assert main(["run", str(path), "--as-of", AS_OF]) == 3
-    assert "HTTP 403" in capsys.readouterr().err
+    ran, _ = cli.against_sandbox("run", path, "--as-of", AS_OF, deny=True)
+    assert ran.code == 3
+    assert "HTTP 403" in ran.err
 
 
 def test_a_rejected_series_fails_alone(
-    tmp_path: Path,
-    write_config: Callable[..., Path],
-    sandbox_server: Any,
-    env_key: str,
-    monkeypatch: pytest.MonkeyPatch,
-    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path, write_config: Callable[..., Path], cli: Cli, env_key: str
 ) -> None:
     """A 400 fails that segment's series, the others are written, exit 1 lists the failures."""
     out = tmp_path / "out"
     path = write_config(CONFIG.format(out=out, fmt="jsonl"))
-    with sandbox_server(reject_segments=frozenset({"odd/seg id"})) as server:
-        monkeypatch.setenv("BRAZE_REST_ENDPOINT", server.url)
-        assert main(["run", str(path), "--as-of", AS_OF]) == 1
-        rejected = sandbox_stats(server.app).requests - sandbox_stats(server.app).ok
-    summary = capsys.readouterr().out
+    ran, stats = cli.against_sandbox(
+        "run", path, "--as-of", AS_OF, reject_segments=frozenset({"odd/seg id"})
+    )
+    assert ran.code == 1
+    rejected = stats.requests - stats.ok
+    summary = ran.out
     assert "series: 4 complete, 0 incomplete, 4 failed" in summary
     assert (
         "failed sessions/day/segment-odd%2Fseg%20id/workspace: HTTP 400: Invalid segment_id"
@@ -185,11 +164,7 @@ def test_a_rejected_series_fails_alone(
 
 
 def test_rate_limited_run_waits_for_reset_and_completes(
-    tmp_path: Path,
-    write_config: Callable[..., Path],
-    sandbox_server: Any,
-    env_key: str,
-    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path, write_config: Callable[..., Path], cli: Cli, env_key: str
 ) -> None:
     """Against a tiny window the run pauses at the reserve and still writes everything."""
     out = tmp_path / "out"
@@ -202,10 +177,10 @@ exports:
     window: {days: 1}
 """
     path = write_config(text)
-    with sandbox_server(limit=5, window_s=1.0) as server:
-        monkeypatch.setenv("BRAZE_REST_ENDPOINT", server.url)
-        assert main(["run", str(path), "--as-of", AS_OF, "--out", str(out)]) == 0
-        stats = sandbox_stats(server.app)
+    ran, stats = cli.against_sandbox(
+        "run", path, "--as-of", AS_OF, "--out", out, limit=5, window_s=1.0
+    )
+    assert ran.code == 0
     assert stats.ok == 12
     assert stats.max_in_window <= 5
     assert _check_every_row(out) == 12
@@ -269,11 +244,7 @@ def test_plan_and_validate_summaries(
 
 
 def test_restated_values_replace_old_ones_without_duplicates(
-    tmp_path: Path,
-    write_config: Callable[..., Path],
-    sandbox_server: Any,
-    env_key: str,
-    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path, write_config: Callable[..., Path], cli: Cli, env_key: str
 ) -> None:
     """When Braze restates recent days, a rerun over them overwrites those rows in place and
     leaves older rows untouched."""
@@ -282,13 +253,13 @@ def test_restated_values_replace_old_ones_without_duplicates(
     day = out / "sessions/day/segment-seg-a/workspace/2024-06.jsonl"
     # The sandbox's "now" is the as-of date, so the last 3 days are the recent ones.
     now = datetime(2024, 7, 1, 6, tzinfo=UTC).timestamp()
-    with sandbox_server(clock=lambda: now) as server:
-        monkeypatch.setenv("BRAZE_REST_ENDPOINT", server.url)
-        assert main(["run", str(path), "--as-of", AS_OF]) == 0
+    first, _ = cli.against_sandbox("run", path, "--as-of", AS_OF, clock=lambda: now)
+    assert first.code == 0
     before = [json.loads(line) for line in day.read_text().splitlines()]
-    with sandbox_server(clock=lambda: now, restate=7) as server:
-        monkeypatch.setenv("BRAZE_REST_ENDPOINT", server.url)
-        assert main(["run", str(path), "--as-of", AS_OF, "--fresh"]) == 0
+    fresh, _ = cli.against_sandbox(
+        "run", path, "--as-of", AS_OF, "--fresh", clock=lambda: now, restate=7
+    )
+    assert fresh.code == 0
     after = [json.loads(line) for line in day.read_text().splitlines()]
     assert [r["time"] for r in after] == [r["time"] for r in before]  # no row added
     changed = [b["time"] for b, a in zip(before, after, strict=True) if b != a]
@@ -328,19 +299,15 @@ def test_a_sandbox_run_never_writes_into_output_dir(
 
 
 def test_a_real_runs_manifest_names_its_endpoint_host(
-    tmp_path: Path,
-    write_config: Callable[..., Path],
-    sandbox_server: Any,
-    env_key: str,
-    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path, write_config: Callable[..., Path], sandbox_server: Any, cli: Cli, env_key: str
 ) -> None:
     """A run against an endpoint whose answers do not name the sandbox (as Braze's do not)
     records that host and that it was not the sandbox."""
     out = tmp_path / "out"
     path = write_config(CONFIG.format(out=out, fmt="jsonl").replace("days: 3", "days: 1"))
     with sandbox_server(identify=False) as server:
-        monkeypatch.setenv("BRAZE_REST_ENDPOINT", server.url.replace("127.0.0.1", "localhost"))
-        assert main(["run", str(path), "--as-of", AS_OF]) == 0
+        cli.point_at(server.url.replace("127.0.0.1", "localhost"))
+        assert cli("run", path, "--as-of", AS_OF).code == 0
     (manifest,) = (out / "_runs").glob("*.json")
     doc = json.loads(manifest.read_text())
     assert doc["source"] == {"sandbox": False, "endpoint_host": "localhost"}

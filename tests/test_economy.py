@@ -14,7 +14,6 @@ import tracemalloc
 from collections.abc import Callable
 from datetime import date
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -30,6 +29,7 @@ from exporter.ratelimit import Budget
 from exporter.sandbox import sandbox_stats
 from exporter.state import State, state_path
 from exporter.storage import WORK_DIR, DirLock
+from tests.conftest import Cli
 
 
 def _tree(root: Path) -> dict[str, tuple[int, int]]:
@@ -120,55 +120,52 @@ def test_a_hundred_year_plan_holds_windows_not_requests(
     assert plan.first_run_requests() == {"sessions": 3 * (366 + math.ceil(36_600 * 24 / 100))}
 
 
-def _nightly(
-    tmp_path: Path,
-    write_config: Callable[..., Path],
-    sandbox_server: Any,
-    monkeypatch: pytest.MonkeyPatch,
-    days: int,
-    nights: list[str],
-) -> list[int]:
-    """Run the nightly config once per as-of date; the requests each run sent."""
-    config = write_config(NIGHTLY.format(out=tmp_path / "out", days=days))
-    sent = []
-    with sandbox_server(limit=0) as handle:
-        monkeypatch.setenv("BRAZE_REST_ENDPOINT", handle.url)
-        for as_of in nights:
-            before = sandbox_stats(handle.app).requests
-            assert main(["run", str(config), "--as-of", as_of]) == 0
-            sent.append(sandbox_stats(handle.app).requests - before)
-    return sent
+Nightly = Callable[[int, list[str]], list[int]]
+
+
+@pytest.fixture
+def nightly(tmp_path: Path, write_config: Callable[..., Path], cli: Cli, env_key: str) -> Nightly:
+    """Run the nightly config (``days`` long, into tmp_path/out) once per as-of date against
+    one sandbox; the requests each run sent."""
+
+    def run(days: int, nights: list[str]) -> list[int]:
+        config = write_config(NIGHTLY.format(out=tmp_path / "out", days=days))
+        sent = []
+        with cli.sandbox(limit=0) as handle:
+            for as_of in nights:
+                before = sandbox_stats(handle.app).requests
+                assert main(["run", str(config), "--as-of", as_of]) == 0
+                sent.append(sandbox_stats(handle.app).requests - before)
+        return sent
+
+    return run
 
 
 @pytest.mark.parametrize(("days", "first"), [(7, 1 + 2), (30, 1 + 8)])
 def test_a_nightly_run_sends_one_request_per_series_per_unit(
     tmp_path: Path,
     write_config: Callable[..., Path],
-    sandbox_server: Any,
-    env_key: str,
-    monkeypatch: pytest.MonkeyPatch,
+    nightly: Nightly,
     days: int,
     first: int,
 ) -> None:
     """After the first run, each day's run re-reads the settling days and the new one in
     one request per unit (2 for day + hour, where the window's slices sent 3)."""
     nights = ["2024-09-10", "2024-09-11", "2024-09-12"]
-    sent = _nightly(tmp_path, write_config, sandbox_server, monkeypatch, days, nights)
+    sent = nightly(days, nights)
     assert sent == [first, 2, 2]
 
 
 def test_plan_says_what_the_next_run_sends_from_the_saved_state(
     tmp_path: Path,
     write_config: Callable[..., Path],
-    sandbox_server: Any,
-    env_key: str,
-    monkeypatch: pytest.MonkeyPatch,
+    nightly: Nightly,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     """plan reads the state: 0 requests for the same as-of date; the next day, 2 requests,
     with the settling 3 days and 72 hours to read again, per export in --json."""
     config = write_config(NIGHTLY.format(out=tmp_path / "out", days=7))
-    _nightly(tmp_path, write_config, sandbox_server, monkeypatch, 7, ["2024-09-10"])
+    nightly(7, ["2024-09-10"])
     capsys.readouterr()
     assert main(["plan", str(config), "--as-of", "2024-09-10"]) == 0
     text = capsys.readouterr().out
@@ -195,15 +192,13 @@ def test_plan_says_what_the_next_run_sends_from_the_saved_state(
 def test_plan_says_the_settled_periods_are_kept_and_the_provisional_fetched_again(
     tmp_path: Path,
     write_config: Callable[..., Path],
-    sandbox_server: Any,
-    env_key: str,
-    monkeypatch: pytest.MonkeyPatch,
+    nightly: Nightly,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     """The next night's plan counts the settled periods as kept and only the provisional
     ones (the last settle_days) as fetched again: the two never overlap."""
     config = write_config(NIGHTLY.format(out=tmp_path / "out", days=7))
-    _nightly(tmp_path, write_config, sandbox_server, monkeypatch, 7, ["2024-09-10"])
+    nightly(7, ["2024-09-10"])
     capsys.readouterr()
     assert main(["plan", str(config), "--as-of", "2024-09-11"]) == 0
     assert (
@@ -215,14 +210,12 @@ def test_plan_says_the_settled_periods_are_kept_and_the_provisional_fetched_agai
 def test_a_rerun_with_nothing_to_do_says_no_request_was_needed(
     tmp_path: Path,
     write_config: Callable[..., Path],
-    sandbox_server: Any,
-    env_key: str,
-    monkeypatch: pytest.MonkeyPatch,
+    nightly: Nightly,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     """A rerun of a finished night sends nothing: every period already done, and no request
     counted as dropped (that count is of requests other requests made moot)."""
-    _nightly(tmp_path, write_config, sandbox_server, monkeypatch, 7, ["2024-09-10"] * 2)
+    nightly(7, ["2024-09-10"] * 2)
     last = capsys.readouterr().out.split("series: ")[-1]
     assert "periods: 175 planned, 0 written, 175 already done, 0 missing" in last
     assert "requests: 0 done, 0 dropped (other requests brought their periods)" in last
@@ -243,15 +236,13 @@ def test_plan_without_state_says_so_and_counts_whole_windows(
 def test_plan_reads_a_state_a_run_holds_and_writes_nothing(
     tmp_path: Path,
     write_config: Callable[..., Path],
-    sandbox_server: Any,
-    env_key: str,
-    monkeypatch: pytest.MonkeyPatch,
+    nightly: Nightly,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     """plan takes no lock and writes nothing: it reads a state file a run holds open (its
     exclusive lock, its write-ahead log) and leaves the directory as it was."""
     config = write_config(NIGHTLY.format(out=tmp_path / "out", days=7))
-    _nightly(tmp_path, write_config, sandbox_server, monkeypatch, 7, ["2024-09-10"])
+    nightly(7, ["2024-09-10"])
     work = tmp_path / "out" / WORK_DIR
     held = State(state_path(work, None), scope="other", as_of=0)  # a run holding the file
     try:
@@ -286,16 +277,14 @@ def test_validate_warns_when_a_first_run_needs_more_than_a_day_of_the_pool(
 def test_plan_counts_the_files_gone_as_the_run_s_file_check_does(
     tmp_path: Path,
     write_config: Callable[..., Path],
-    sandbox_server: Any,
-    env_key: str,
-    monkeypatch: pytest.MonkeyPatch,
+    nightly: Nightly,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     """A done period's file deleted and another changed: plan says the requests the run then
     sends, and how many files and periods the file check takes back, moving or writing
     nothing."""
     config = write_config(NIGHTLY.format(out=tmp_path / "out", days=7))
-    _nightly(tmp_path, write_config, sandbox_server, monkeypatch, 7, ["2024-09-10"])
+    nightly(7, ["2024-09-10"])
     out = tmp_path / "out"
     data = sorted(p for p in out.rglob("*") if p.is_file() and p.parts[-2] != WORK_DIR)
     hourly = [p for p in data if "_runs" not in p.parts and "hour" in str(p)]
@@ -319,9 +308,7 @@ def test_plan_counts_the_files_gone_as_the_run_s_file_check_does(
     text = capsys.readouterr().out
     assert "files:    1 written file(s) gone and 1 changed since" in text
     assert "their 48 period(s)" in text
-    assert _nightly(tmp_path, write_config, sandbox_server, monkeypatch, 7, ["2024-09-10"]) == [
-        planned
-    ]
+    assert nightly(7, ["2024-09-10"]) == [planned]
 
 
 def test_validate_and_plan_give_one_least_time_and_no_share_advice_at_100_percent(
@@ -345,22 +332,20 @@ def test_validate_and_plan_give_one_least_time_and_no_share_advice_at_100_percen
 def test_plan_counts_as_taken_back_what_the_run_s_manifest_counts(
     tmp_path: Path,
     write_config: Callable[..., Path],
-    sandbox_server: Any,
-    env_key: str,
-    monkeypatch: pytest.MonkeyPatch,
+    nightly: Nightly,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     """The next day, a provisional day's file deleted: its periods are read again anyway, so
     plan, like the run's manifest, counts none of them as taken back."""
     config = write_config(NIGHTLY.format(out=tmp_path / "out", days=7))
-    _nightly(tmp_path, write_config, sandbox_server, monkeypatch, 7, ["2024-09-10"])
+    nightly(7, ["2024-09-10"])
     out = tmp_path / "out"
     hourly = sorted(p for p in out.rglob("*") if p.is_file() and "hour" in p.parts)
     hourly[-1].unlink()
     capsys.readouterr()
     assert main(["plan", str(config), "--as-of", "2024-09-11", "--json"]) == 0
     check = json.loads(capsys.readouterr().out)["file_check"]
-    _nightly(tmp_path, write_config, sandbox_server, monkeypatch, 7, ["2024-09-11"])
+    nightly(7, ["2024-09-11"])
     manifests = sorted((out / "_runs").glob("*.json"), key=lambda p: p.stat().st_mtime_ns)
     ran = json.loads(manifests[-1].read_text())["file_check"]
     assert (check["files_missing"], check["periods_taken_back"]) == (1, 0)
@@ -508,17 +493,15 @@ FOUND = NIGHTLY.replace("[segment-a]", "{{discover: analytics_enabled}}")
 def test_plan_of_a_discovery_config_counts_the_ids_earlier_runs_found(
     tmp_path: Path,
     write_config: Callable[..., Path],
-    sandbox_server: Any,
+    cli: Cli,
     env_key: str,
-    monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     """After a run, plan counts the discovered ids' done and provisional periods from the
     state and the requests the next run sends for them (what it then sends), and says
     apart what each id not seen before adds on its first run, in text and --json alike."""
     config = write_config(FOUND.format(out=tmp_path / "out", days=7))
-    with sandbox_server(limit=0, segments=6) as server:
-        monkeypatch.setenv("BRAZE_REST_ENDPOINT", server.url)
+    with cli.sandbox(limit=0, segments=6) as server:
         assert main(["run", str(config), "--as-of", "2024-09-10"]) == 0
         ids = len({p.parts[-3] for p in (tmp_path / "out" / "sessions").rglob("*.jsonl")})
         assert ids > 1

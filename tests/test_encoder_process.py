@@ -27,7 +27,7 @@ from exporter.storage import WORK_DIR, DirLock
 from exporter.writers import PartitionWriter, partition_path
 from tests.conftest import data_files, wait_for
 from tests.test_reliability import AS_OF, ROOT, _config, _env, _Exporter
-from tests.test_storage import _unshare
+from tests.test_storage import _sandbox_run_as_pid_1, _unshare
 from tests.test_writers import _days
 
 DAY = Series("seg-a", "app-1", "day")
@@ -309,19 +309,8 @@ def test_a_parquet_run_as_pid_1_of_a_pid_namespace(tmp_path: Path) -> None:
     out = tmp_path / "out"
     config = tmp_path / "c.yaml"
     config.write_text(_parquet(_config(out, segments=2, days=3)))
-    command = (
-        f"exec {sys.executable} -m exporter run {config} --sandbox --out {out} --as-of {AS_OF}"
-    )
     started = time.monotonic()
-    proc = subprocess.run(
-        [*prefix, "sh", "-c", command],
-        env=_env("http://127.0.0.1:9"),  # unused: --sandbox
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    proc = _sandbox_run_as_pid_1(prefix, config, out)
     assert proc.returncode == 0, proc.stderr
     assert "encoded on threads" not in proc.stderr
     assert time.monotonic() - started < 60

@@ -12,8 +12,7 @@ import pytest
 
 from exporter.cli import main
 from exporter.pipeline import CONNECT_FAILURES_TO_GIVE_UP, NOT_FOUND_TO_GIVE_UP
-from exporter.sandbox import sandbox_stats
-from tests.conftest import NotBraze, data_files
+from tests.conftest import Cli, NotBraze, data_files
 
 AS_OF = "2024-07-01"
 CONFIG = """\
@@ -107,21 +106,15 @@ def test_an_endpoint_with_a_path_is_refused_by_validate(
 
 
 def test_a_refused_run_calls_no_series_complete(
-    tmp_path: Path,
-    write_config: Callable[..., Path],
-    sandbox_server: Any,
-    env_key: str,
-    monkeypatch: pytest.MonkeyPatch,
-    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path, write_config: Callable[..., Path], cli: Cli, env_key: str
 ) -> None:
     """403: the summary and the manifest count every series as incomplete, none as ok."""
     out = tmp_path / "out"
     config = _config(write_config, out, segments=8)
-    with sandbox_server(deny=True) as server:
-        monkeypatch.setenv("BRAZE_REST_ENDPOINT", server.url)
-        assert main(["run", str(config), "--as-of", AS_OF]) == 3
-        assert sandbox_stats(server.app).requests <= 8  # in flight at the first 403 (concurrency)
-    assert "series: 0 complete, 16 incomplete, 0 failed (of 16)" in capsys.readouterr().out
+    ran, stats = cli.against_sandbox("run", config, "--as-of", AS_OF, deny=True)
+    assert ran.code == 3
+    assert stats.requests <= 8  # in flight at the first 403 (concurrency)
+    assert "series: 0 complete, 16 incomplete, 0 failed (of 16)" in ran.out
     totals = _manifest(out)["totals"]
     assert (totals["series_complete"], totals["series_incomplete"]) == (0, 16)
     assert "series_ok" not in totals

@@ -16,10 +16,10 @@ import pytest
 from exporter.cli import main
 from exporter.config import load_config
 from exporter.plan import Series, build_plan
-from exporter.sandbox import SandboxOptions, catalogue, sandbox_stats, series_value
+from exporter.sandbox import SandboxOptions, catalogue, series_value
 from exporter.series import KINDS as ALL_KINDS
 from exporter.writers import partition_path
-from tests.conftest import data_files
+from tests.conftest import Cli, data_files
 
 # The one-value series (the long message series have their own tests: test_msg_*.py).
 KINDS = {name: kind for name, kind in ALL_KINDS.items() if not kind.long}
@@ -256,12 +256,7 @@ def test_plan_shows_discovery_and_its_cost_without_sending(
 
 
 def test_a_discovery_the_key_may_not_read_fails_only_its_exports(
-    tmp_path: Path,
-    write_config: Callable[..., Path],
-    sandbox_server: Any,
-    env_key: str,
-    monkeypatch: pytest.MonkeyPatch,
-    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path, write_config: Callable[..., Path], cli: Cli, env_key: str
 ) -> None:
     """The key lacks events.list and purchases.product_list (403): those discoveries fail at
     once and their exports get no series; the segments are discovered and exported; exit 1,
@@ -269,12 +264,11 @@ def test_a_discovery_the_key_may_not_read_fails_only_its_exports(
     out = tmp_path / "out"
     path = write_config(DISCOVER.format(out=out, filters=""))
     denied = frozenset({"events.list", "purchases.product_list"})
-    with sandbox_server(deny_permissions=denied) as server:
-        monkeypatch.setenv("BRAZE_REST_ENDPOINT", server.url)
-        code = main(["run", str(path), "--out", str(out), "--as-of", AS_OF])
-        stats = sandbox_stats(server.app)
-    assert code == 1
-    summary = capsys.readouterr().out
+    ran, stats = cli.against_sandbox(
+        "run", path, "--out", out, "--as-of", AS_OF, deny_permissions=denied
+    )
+    assert ran.code == 1
+    summary = ran.out
     assert "discovery: products from /purchases/product_list: FAILED" in summary
     assert "discovery: events from /events/list: FAILED" in summary
     assert "its permission events.list" in summary
@@ -290,11 +284,7 @@ def test_a_discovery_the_key_may_not_read_fails_only_its_exports(
 
 
 def test_a_401_during_discovery_stops_before_any_data_request(
-    tmp_path: Path,
-    write_config: Callable[..., Path],
-    sandbox_server: Any,
-    monkeypatch: pytest.MonkeyPatch,
-    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path, write_config: Callable[..., Path], cli: Cli, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A key refused (401) by /segments/list stops the run (exit 3) before any series is
     fetched; the listed series are accounted as missing, with their periods named."""
@@ -303,24 +293,19 @@ def test_a_401_during_discovery_stops_before_any_data_request(
         DISCOVER.format(out=out, filters="")
         + "  - name: dau\n    series: dau\n    window: {days: 2}\n"
     )
-    with sandbox_server(api_key="the-right-key-0123456789") as server:
-        monkeypatch.setenv("BRAZE_REST_ENDPOINT", server.url)
-        monkeypatch.setenv("BRAZE_API_KEY", "a-wrong-key-0123456789")
-        code = main(["run", str(path), "--out", str(out), "--as-of", AS_OF])
-        stats = sandbox_stats(server.app)
-    assert code == 3
+    monkeypatch.setenv("BRAZE_API_KEY", "a-wrong-key-0123456789")
+    ran, stats = cli.against_sandbox(
+        "run", path, "--out", out, "--as-of", AS_OF, api_key="the-right-key-0123456789"
+    )
+    assert ran.code == 3
     assert set(stats.paths) <= {"/segments/list", "/events/list", "/purchases/product_list"}
-    summary = capsys.readouterr().out
+    summary = ran.out
     assert "incomplete dau/day/workspace: missing 2024-06-29..2024-06-30" in summary
     assert "a-wrong-key-0123456789" not in summary
 
 
 def test_each_pool_paces_its_own_endpoints(
-    tmp_path: Path,
-    write_config: Callable[..., Path],
-    sandbox_server: Any,
-    env_key: str,
-    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path, write_config: Callable[..., Path], cli: Cli, env_key: str
 ) -> None:
     """The list pool's budget paces /events/list and /purchases/product_list and nothing
     else; the workspace budget paces /segments/list and every series request: the manifest's
@@ -331,10 +316,8 @@ def test_each_pool_paces_its_own_endpoints(
             "exports:", "limits: {pools: {lists: {requests_per_hour: 50000}}}\nexports:"
         )
     )
-    with sandbox_server() as server:
-        monkeypatch.setenv("BRAZE_REST_ENDPOINT", server.url)
-        assert main(["run", str(path), "--out", str(out), "--as-of", AS_OF]) == 0
-        stats = sandbox_stats(server.app)
+    ran, stats = cli.against_sandbox("run", path, "--out", out, "--as-of", AS_OF)
+    assert ran.code == 0
     doc = _manifest(out)
     assert doc["pools"]["lists"]["allowed_per_hour"] == 50000
     assert (
@@ -347,11 +330,7 @@ def test_each_pool_paces_its_own_endpoints(
 
 
 def test_two_filters_on_one_list_read_it_once(
-    tmp_path: Path,
-    write_config: Callable[..., Path],
-    sandbox_server: Any,
-    env_key: str,
-    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path, write_config: Callable[..., Path], cli: Cli, env_key: str
 ) -> None:
     """Two exports discovering segments with different filters: /segments/list is read once
     (3 pages for 230 segments), and each filter gets its own ids, recorded apart."""
@@ -364,10 +343,8 @@ def test_two_filters_on_one_list_read_it_once(
         "    segment_ids: {discover: analytics_enabled, name: '^Power'}\n"
         "    window: {days: 1}\n"
     )
-    with sandbox_server() as server:
-        monkeypatch.setenv("BRAZE_REST_ENDPOINT", server.url)
-        assert main(["run", str(path), "--out", str(out), "--as-of", AS_OF]) == 0
-        stats = sandbox_stats(server.app)
+    ran, stats = cli.against_sandbox("run", path, "--out", out, "--as-of", AS_OF)
+    assert ran.code == 0
     assert stats.paths["/segments/list"] == 3
     shelf = catalogue(SandboxOptions()).segments
     docs = {d["exports"][0]: d for d in _manifest(out)["discovery"]}

@@ -20,6 +20,7 @@ import pytest
 
 from bench.economy import NIGHTLY
 from exporter.cli import main
+from tests.conftest import Cli
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
@@ -236,22 +237,14 @@ def test_doctor_spends_what_the_docs_say(
 
 
 def test_a_run_against_a_standalone_sandbox_is_recorded_as_the_sandboxs(
-    tmp_path: Path,
-    write_config: Callable[..., Path],
-    sandbox_server: Any,
-    env_key: str,
-    monkeypatch: pytest.MonkeyPatch,
-    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path, write_config: Callable[..., Path], cli: Cli, env_key: str
 ) -> None:
     """A run whose endpoint is a `braze-export sandbox` (not --sandbox) records
     source.sandbox true and says in its summary that the rows are invented."""
     config = write_config(NIGHTLY.format(out=tmp_path / "out", days=7))
-    with sandbox_server() as handle:
-        monkeypatch.setenv("BRAZE_REST_ENDPOINT", handle.url)
-        assert main(["run", str(config), "--as-of", "2024-09-10"]) == 0
-    assert "source: braze-export's sandbox: invented rows, not Braze data" in (
-        capsys.readouterr().out
-    )
+    ran, _ = cli.against_sandbox("run", config, "--as-of", "2024-09-10")
+    assert ran.code == 0
+    assert "source: braze-export's sandbox: invented rows, not Braze data" in ran.out
     assert _manifest(tmp_path / "out" / "_runs")["source"]["sandbox"] is True
 
 

@@ -19,6 +19,7 @@ from exporter import entry
 from exporter.cli import main
 from exporter.manifest import verify
 from exporter.state import _unusable
+from tests.conftest import Cli
 
 AS_OF = "2024-07-01"
 CONFIG = """\
@@ -40,23 +41,16 @@ def _config(
 
 
 def test_a_real_run_never_merges_into_sandbox_rows(
-    tmp_path: Path,
-    write_config: Callable[..., Path],
-    sandbox_server: Any,
-    env_key: str,
-    monkeypatch: pytest.MonkeyPatch,
-    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path, write_config: Callable[..., Path], cli: Cli, env_key: str
 ) -> None:
     """run --sandbox --out D, then a real run into D: refused (exit 2), D unchanged."""
     out = tmp_path / "out"
     config = _config(write_config, out)
-    assert main(["run", str(config), "--sandbox", "--out", str(out), "--as-of", AS_OF]) == 0
+    assert cli("run", config, "--sandbox", "--out", out, "--as-of", AS_OF).code == 0
     before = {p: p.read_bytes() for p in out.rglob("*.jsonl")}
-    capsys.readouterr()
-    with sandbox_server() as server:
-        monkeypatch.setenv("BRAZE_REST_ENDPOINT", server.url)
-        assert main(["run", str(config), "--as-of", AS_OF]) == 2
-    err = capsys.readouterr().err
+    ran, _ = cli.against_sandbox("run", config, "--as-of", AS_OF)
+    assert ran.code == 2
+    err = ran.err
     assert f"error: {out} already holds jsonl rows from the sandbox" in err
     assert {p: p.read_bytes() for p in out.rglob("*.jsonl")} == before
 
@@ -107,20 +101,8 @@ def test_verify_reports_an_unreadable_manifest_and_checks_the_rest(
 ) -> None:
     """A foreign or damaged file in _runs/ is named; the other files are still checked."""
     out = tmp_path / "out"
-    assert (
-        main(
-            [
-                "run",
-                str(_config(write_config, out)),
-                "--sandbox",
-                "--out",
-                str(out),
-                "--as-of",
-                AS_OF,
-            ]
-        )
-        == 0
-    )
+    config = _config(write_config, out)
+    assert main(["run", str(config), "--sandbox", "--out", str(out), "--as-of", AS_OF]) == 0
     (out / "_runs" / "foreign.json").write_text('{"sequence": 1e999, "run_id": "x", "files": []}')
     (out / "_runs" / "deep.json").write_text("[" * 100_000 + "]" * 100_000)
     capsys.readouterr()

@@ -11,7 +11,6 @@ import json
 from collections.abc import Callable
 from datetime import date
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -19,6 +18,7 @@ from exporter.cli import build_parser, main
 from exporter.config import load_config, resolve_api_key
 from exporter.errors import ConfigError
 from exporter.plan import build_plan, count_series
+from tests.conftest import Cli
 
 GOOD = """\
 version: 1
@@ -102,7 +102,7 @@ def test_tilde_in_output_dir_is_expanded(
     tmp_path: Path,
     write_config: Callable[..., Path],
     monkeypatch: pytest.MonkeyPatch,
-    sandbox_server: Any,
+    cli: Cli,
     env_key: str,
 ) -> None:
     """dir: ~/braze means the home directory's braze/, never a literal ./~."""
@@ -110,8 +110,7 @@ def test_tilde_in_output_dir_is_expanded(
     monkeypatch.chdir(tmp_path)
     config = load_config(write_config(GOOD.format(out="~/braze")), env={})
     assert config.output.dir == str(tmp_path / "home" / "braze")
-    with sandbox_server() as server:
-        monkeypatch.setenv("BRAZE_REST_ENDPOINT", server.url)
+    with cli.sandbox():
         assert main(["run", str(config.source), "--as-of", "2024-07-01"]) == 0
     assert (tmp_path / "home" / "braze" / "_runs").is_dir()
     assert not (tmp_path / "~").exists()

@@ -5,6 +5,7 @@ no stale row, Canvas windows are the fewest 14-day ones, and plan counts what a 
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import json
 from collections import Counter
@@ -29,7 +30,7 @@ from exporter.sandbox_messaging import (
     messaging_catalogue,
     send_day,
 )
-from tests.conftest import data_files
+from tests.conftest import Cli, data_files
 
 FORMATS = ["jsonl", "csv", "parquet"]
 AS_OF = date(2024, 7, 1)
@@ -235,28 +236,45 @@ def _restated_run(
     return rows
 
 
-@pytest.mark.parametrize("fmt", FORMATS)
-def test_every_value_once_after_a_rerun_and_a_restatement(
-    tmp_path: Path,
-    write_config: Callable[..., Path],
+@pytest.fixture
+def run_as_of(
+    sandbox_server: Any, env_key: str, monkeypatch: pytest.MonkeyPatch
+) -> Callable[..., dict[str, int]]:
+    """``_run`` against this test's sandboxes, with the key in the environment."""
+    return functools.partial(_run, sandbox_server, monkeypatch)
+
+
+@pytest.fixture
+def restated_run(
     sandbox_server: Any,
     env_key: str,
     monkeypatch: pytest.MonkeyPatch,
     restating: Callable[[], None],
+) -> Callable[..., Counter[Row]]:
+    """``_restated_run`` against this test's sandboxes, with the key in the environment."""
+    return functools.partial(_restated_run, sandbox_server, monkeypatch, restating)
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_every_value_once_after_a_rerun_and_a_restatement(
+    tmp_path: Path,
+    write_config: Callable[..., Path],
+    run_as_of: Callable[..., dict[str, int]],
+    restated_run: Callable[..., Counter[Row]],
     fmt: str,
 ) -> None:
     """Every value of the sandbox, once; a --fresh rerun adds no row; a later run that reads
     restated days without revenue leaves no revenue row on those days, and the rest."""
     out = tmp_path / "out"
     config = write_config(_config(str(out), fmt))
-    _run(sandbox_server, monkeypatch, config, AS_OF)
+    run_as_of(config, AS_OF)
     first = expected(AS_OF)
     assert exported(_local(out), fmt) == first
     assert any(r[-2] == "revenue" and r[2] is None for r in first)  # a total's revenue
     assert main(["verify", str(out)]) == 0
-    _run(sandbox_server, monkeypatch, config, AS_OF, "--fresh")
+    run_as_of(config, AS_OF, "--fresh")
     assert exported(_local(out), fmt) == first
-    rows = _restated_run(sandbox_server, monkeypatch, restating, config, lambda: _local(out), fmt)
+    rows = restated_run(config, lambda: _local(out), fmt)
     later = AS_OF + timedelta(days=1)
     restated = {(later - timedelta(days=k)).isoformat() for k in range(1, 5)}
     totals = {(r[0], r[-2]) for r in rows if r[1] == LIVE.id and r[2] is None}
@@ -268,9 +286,7 @@ def test_every_value_once_after_a_rerun_and_a_restatement(
 def test_canvas_windows_are_the_fewest_of_14_days_and_plan_counts_them(
     tmp_path: Path,
     write_config: Callable[..., Path],
-    sandbox_server: Any,
-    env_key: str,
-    monkeypatch: pytest.MonkeyPatch,
+    run_as_of: Callable[..., dict[str, int]],
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     """30 Canvas days are 3 requests; each campaign one; each send one (14 days kept); plan
@@ -283,7 +299,7 @@ def test_canvas_windows_are_the_fewest_of_14_days_and_plan_counts_them(
     paths = Counter(r["path"] for r in planned["requests"])
     assert paths == {"/canvas/data_series": 3, "/campaigns/data_series": 2, "/sends/data_series": 2}
     assert [r["length"] for r in planned["requests"] if r["series"] == "canvas"] == [14, 14, 2]
-    served = _run(sandbox_server, monkeypatch, config, AS_OF)
+    served = run_as_of(config, AS_OF)
     assert {p: served.get(p, 0) for p in paths} == dict(paths)
     manifest = _manifest(out)
     assert manifest["totals"]["requests_made"] == planned["totals"]["requests"] == 7
@@ -296,8 +312,7 @@ def test_canvas_windows_are_the_fewest_of_14_days_and_plan_counts_them(
 def test_a_value_that_is_no_number_is_counted_and_logged(
     tmp_path: Path,
     write_config: Callable[..., Path],
-    sandbox_server: Any,
-    env_key: str,
+    run_as_of: Callable[..., dict[str, int]],
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
@@ -311,7 +326,7 @@ def test_a_value_that_is_no_number_is_counted_and_logged(
     monkeypatch.setattr(sandbox_messaging, "campaign_day", odd)
     out = tmp_path / "out"
     config = write_config(_config(str(out), "jsonl"))
-    _run(sandbox_server, monkeypatch, config, AS_OF)
+    run_as_of(config, AS_OF)
     said = capsys.readouterr()
     assert f"{2 * DAYS} value(s) not a number, not written" in said.out
     # Named by key with its count, whatever the count (it once named the first 3 only).
@@ -338,10 +353,8 @@ def _objects(url: str) -> dict[str, bytes]:
 def test_object_storage_holds_every_value_once_after_a_restatement(
     tmp_path: Path,
     write_config: Callable[..., Path],
-    sandbox_server: Any,
-    env_key: str,
-    monkeypatch: pytest.MonkeyPatch,
-    restating: Callable[[], None],
+    run_as_of: Callable[..., dict[str, int]],
+    restated_run: Callable[..., Counter[Row]],
     bucket: str,
     fmt: str,
 ) -> None:
@@ -349,24 +362,18 @@ def test_object_storage_holds_every_value_once_after_a_restatement(
     once and no revenue on the restated days."""
     config = write_config(_config(bucket, fmt))
     work = ["--work-dir", str(tmp_path / "work")]
-    _run(sandbox_server, monkeypatch, config, AS_OF, *work)
+    run_as_of(config, AS_OF, *work)
     assert exported(_objects(bucket), fmt) == expected(AS_OF)
-    _restated_run(
-        sandbox_server, monkeypatch, restating, config, lambda: _objects(bucket), fmt, *work
-    )
+    restated_run(config, lambda: _objects(bucket), fmt, *work)
 
 
 def test_the_campaigns_pool_paces_campaign_requests_alone(
-    tmp_path: Path,
-    write_config: Callable[..., Path],
-    sandbox_server: Any,
-    env_key: str,
-    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path, write_config: Callable[..., Path], run_as_of: Callable[..., dict[str, int]]
 ) -> None:
     """/campaigns/data_series draws from its own pool; Canvas and sends from the workspace's."""
     out = tmp_path / "out"
     config = write_config(_config(str(out), "jsonl"))
-    _run(sandbox_server, monkeypatch, config, AS_OF)
+    run_as_of(config, AS_OF)
     pools = _manifest(out)["pools"]
     assert pools["campaigns"]["requests_paced"] == 2
     assert pools["campaigns"]["allowed_per_hour"] == 3_000_000
@@ -374,11 +381,7 @@ def test_the_campaigns_pool_paces_campaign_requests_alone(
 
 
 def test_a_day_braze_leaves_out_is_gap_filled_within_14_days_then_reported(
-    tmp_path: Path,
-    write_config: Callable[..., Path],
-    sandbox_server: Any,
-    env_key: str,
-    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path, write_config: Callable[..., Path], cli: Cli, env_key: str
 ) -> None:
     """A day never served is asked for again by gap-fill requests Braze accepts (Canvas: at
     most 14 days), then reported missing; the rest is written, and a rerun the same day sends
@@ -387,10 +390,9 @@ def test_a_day_braze_leaves_out_is_gap_filled_within_14_days_then_reported(
     out = tmp_path / "out"
     config = write_config(_config(str(out), "jsonl"))
     args = ["run", str(config), "--as-of", AS_OF.isoformat()]
-    with sandbox_server(
+    with cli.sandbox(
         limit=0, campaigns_limit=0, clock=lambda: _now(AS_OF), missing_days=frozenset({hole})
     ) as server:
-        monkeypatch.setenv("BRAZE_REST_ENDPOINT", server.url)
         assert main(args) == 1
         doc = _manifest(out)["totals"]
         assert doc["series_failed"] == 0
@@ -406,12 +408,7 @@ def test_a_day_braze_leaves_out_is_gap_filled_within_14_days_then_reported(
 
 
 def test_a_send_braze_no_longer_keeps_fails_alone_saying_why(
-    tmp_path: Path,
-    write_config: Callable[..., Path],
-    sandbox_server: Any,
-    env_key: str,
-    monkeypatch: pytest.MonkeyPatch,
-    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path, write_config: Callable[..., Path], cli: Cli, env_key: str
 ) -> None:
     """A send older than 14 days is a 400: its series fails with Braze's words and the
     retention named; every other series is exported (exit 1)."""
@@ -420,10 +417,10 @@ def test_a_send_braze_no_longer_keeps_fails_alone_saying_why(
     out = tmp_path / "out"
     text = _config(str(out), "jsonl").replace(f"send_ids: [{SENDS[0].id}", f"send_ids: [{old.id}")
     config = write_config(text)
-    with sandbox_server(limit=0, campaigns_limit=0, clock=lambda: _now(AS_OF)) as server:
-        monkeypatch.setenv("BRAZE_REST_ENDPOINT", server.url)
-        assert main(["run", str(config), "--as-of", AS_OF.isoformat()]) == 1
-    said = capsys.readouterr().out
+    run = ["run", str(config), "--as-of", AS_OF.isoformat()]
+    ran, _ = cli.against_sandbox(*run, limit=0, campaigns_limit=0, clock=lambda: _now(AS_OF))
+    assert ran.code == 1
+    said = ran.out
     assert f"failed sends/day/campaign-{API.id}/send-{old.id}: HTTP 400: Invalid send_id" in said
     assert "a send older than the 14 days Braze keeps sends analytics after the send" in said
     assert "series: 4 complete, 0 incomplete, 1 failed (of 5)" in said

@@ -28,17 +28,28 @@ def _queries(out: Path) -> list[str]:
 
 
 @pytest.fixture
-def tree(
+def export(
     tmp_path: Path,
     write_config: Callable[..., Path],
     sandbox_server: Any,
     env_key: str,
     monkeypatch: pytest.MonkeyPatch,
-) -> Path:
+) -> Callable[[str, str], Path]:
+    """Export the e2e config's campaigns, Canvas and sends in a format into a directory of
+    tmp_path: the tree."""
+
+    def run(fmt: str, name: str) -> Path:
+        out = tmp_path / name
+        _run(sandbox_server, monkeypatch, write_config(_config(str(out), fmt)), AS_OF)
+        return out
+
+    return run
+
+
+@pytest.fixture
+def tree(export: Callable[[str, str], Path]) -> Path:
     """A parquet tree of the e2e config's campaigns, Canvas and sends."""
-    out = tmp_path / "out"
-    _run(sandbox_server, monkeypatch, write_config(_config(str(out), "parquet")), AS_OF)
-    return out
+    return export("parquet", "out")
 
 
 def _campaign_rows(out: Path, fmt: str = "parquet") -> list[tuple[Any, ...]]:
@@ -81,17 +92,10 @@ def test_sends_opens_clicks_per_channel_per_day(tree: Path) -> None:
     assert any(sums[0] for sums in got.values())
 
 
-def test_the_reads_return_every_row_typed(
-    tmp_path: Path,
-    write_config: Callable[..., Path],
-    sandbox_server: Any,
-    env_key: str,
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+def test_the_reads_return_every_row_typed(export: Callable[[str, str], Path]) -> None:
     """The section's Parquet and jsonl reads return every row of each tree, typed."""
     for fmt in ("parquet", "jsonl"):
-        out = tmp_path / fmt
-        _run(sandbox_server, monkeypatch, write_config(_config(str(out), fmt)), AS_OF)
+        out = export(fmt, fmt)
         reads = _queries(out)[0].split(";")
         query = reads[0] if fmt == "parquet" else reads[1]
         got = duckdb.sql(query).fetchall()

@@ -19,6 +19,7 @@ from exporter.plan import Request, Series
 from exporter.ratelimit import RateHeaders, parse_rate_headers
 from exporter.sandbox import sandbox_stats
 from exporter.state import State, state_path
+from tests.conftest import Cli, Ran
 from tests.test_e2e import _check_every_row
 
 AS_OF = "2024-07-01"
@@ -38,29 +39,26 @@ exports:
 def _run(
     tmp_path: Path,
     write_config: Callable[..., Path],
-    sandbox_server: Any,
-    monkeypatch: pytest.MonkeyPatch,
+    cli: Cli,
     **server: Any,
-) -> tuple[int, Path, int]:
+) -> tuple[Ran, Path, int]:
     out = tmp_path / "out"
     config = write_config(CONFIG.format(out=out))
     server.setdefault("limit", 0)
-    with sandbox_server(**server) as handle:
-        monkeypatch.setenv("BRAZE_REST_ENDPOINT", handle.url)
-        code = main(["run", str(config), "--as-of", AS_OF])
-        return code, out, sandbox_stats(handle.app).requests
+    with cli.sandbox(**server) as handle:
+        ran = cli("run", config, "--as-of", AS_OF)
+        return ran, out, sandbox_stats(handle.app).requests
 
 
 def test_a_body_that_arrives_in_pieces_is_read_whole(
     tmp_path: Path,
     write_config: Callable[..., Path],
-    sandbox_server: Any,
+    cli: Cli,
     env_key: str,
-    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """200 bodies written in 20 pieces 1 ms apart: every row, no retry."""
-    code, out, sent = _run(tmp_path, write_config, sandbox_server, monkeypatch, body_pieces=20)
-    assert code == 0
+    ran, out, sent = _run(tmp_path, write_config, cli, body_pieces=20)
+    assert ran.code == 0
     assert _check_every_row(out) == 4 * (3 + 72)
     assert sent == 8
 
@@ -68,17 +66,13 @@ def test_a_body_that_arrives_in_pieces_is_read_whole(
 def test_one_segment_answering_404_fails_alone(
     tmp_path: Path,
     write_config: Callable[..., Path],
-    sandbox_server: Any,
+    cli: Cli,
     env_key: str,
-    monkeypatch: pytest.MonkeyPatch,
-    capsys: pytest.CaptureFixture[str],
 ) -> None:
     """A 404 for one segment is that segment's failure, not a reason to stop the run."""
-    code, out, _ = _run(
-        tmp_path, write_config, sandbox_server, monkeypatch, not_found_segments={"seg-a"}
-    )
-    printed = capsys.readouterr().out
-    assert code == 1
+    ran, out, _ = _run(tmp_path, write_config, cli, not_found_segments={"seg-a"})
+    printed = ran.out
+    assert ran.code == 1
     assert "series: 6 complete, 0 incomplete, 2 failed (of 8)" in printed
     assert "0 dropped (other requests brought their periods)" in printed  # moot ones: not counted
     assert _check_every_row(out) == 3 * (3 + 72)
@@ -147,20 +141,8 @@ def test_an_empty_journal_vouches_for_nothing_and_breaks_nothing(
 ) -> None:
     """A 0-byte journal (a run that hit a full disk at its start) does not break verify."""
     out = tmp_path / "out"
-    assert (
-        main(
-            [
-                "run",
-                str(write_config(CONFIG.format(out=out))),
-                "--sandbox",
-                "--out",
-                str(out),
-                "--as-of",
-                AS_OF,
-            ]
-        )
-        == 0
-    )
+    config = write_config(CONFIG.format(out=out))
+    assert main(["run", str(config), "--sandbox", "--out", str(out), "--as-of", AS_OF]) == 0
     (out / "_runs" / "20240101T000000Z-dead00.journal.jsonl").write_bytes(b"")
     report = verify(out)
     assert report.ok > 0

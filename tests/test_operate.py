@@ -22,7 +22,7 @@ from exporter.progress import Progress, pause_notes, status_line
 from exporter.ratelimit import Budget, RateHeaders
 from exporter.redact import redacted_streams, register_secret
 from exporter.storage import DirLock
-from tests.conftest import KEY, FakeClock, snapshot
+from tests.conftest import KEY, Cli, FakeClock, snapshot
 
 AS_OF = "2024-07-01"
 CONFIG = """\
@@ -161,32 +161,16 @@ def test_verify_waits_for_a_run_in_progress(
 
 
 def test_json_logs_carry_run_id_and_event(
-    tmp_path: Path,
-    write_config: Callable[..., Path],
-    sandbox_server: Any,
-    monkeypatch: pytest.MonkeyPatch,
-    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path, write_config: Callable[..., Path], cli: Cli, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """--log-format json: every stderr line is an object with run_id and event; no key."""
     monkeypatch.setenv("BRAZE_API_KEY", KEY)
     out = tmp_path / "out"
     path = write_config(CONFIG.format(out=out))
-    with sandbox_server(reject_segments=frozenset({"s3"})) as server:
-        monkeypatch.setenv("BRAZE_REST_ENDPOINT", server.url)
-        code = main(
-            [
-                "--log-format",
-                "json",
-                "run",
-                str(path),
-                "--as-of",
-                AS_OF,
-                "--progress-interval",
-                "0.01",
-            ]
-        )
-    assert code == 1
-    err = capsys.readouterr().err
+    run = ["run", str(path), "--as-of", AS_OF, "--progress-interval", "0.01"]
+    ran, _ = cli.against_sandbox("--log-format", "json", *run, reject_segments=frozenset({"s3"}))
+    assert ran.code == 1
+    err = ran.err
     records = [json.loads(line) for line in err.splitlines()]  # every line, none plain
     assert records
     assert {r["run_id"] for r in records} == {_manifest(out)["run_id"]}

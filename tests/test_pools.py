@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import date
 from pathlib import Path
 from typing import Any
@@ -59,33 +60,45 @@ def _plan(*, lists_first: bool = False) -> Plan:
     return Plan.of_requests(date(2024, 7, 1), "UTC", requests, series)
 
 
-async def test_a_429_in_the_list_pool_does_not_pause_the_workspace_pool(tmp_path: Path) -> None:
-    """Purchases moved to the list pool get a 429: the sessions (workspace pool) all finish
-    while the list pool is still paused; the purchases finish once its pause ends."""
-    clock = FakeClock()
-    gate = asyncio.Event()
+def _held(clock: FakeClock, gate: asyncio.Event) -> Callable[[float], Awaitable[None]]:
+    """A pool's sleep: its pause ends only when ``gate`` is set."""
 
-    async def held(seconds: float) -> None:  # the list pool's pause ends only when told
+    async def held(seconds: float) -> None:
         await gate.wait()
         await clock.sleep(seconds)
 
-    lists = Budget(10**8, 1.0, 0.1, clock=clock, sleep=held)
-    workspace = Budget(10**8, 1.0, 0.1, clock=clock, sleep=clock.sleep)
-    braze = FakeBraze(clock, "purchases_quantity")
+    return held
+
+
+def _pipeline(
+    tmp_path: Path, braze: FakeBraze, budget: Budget, budgets: Mapping[str, Budget] | None = None
+) -> Pipeline:
+    """One worker a pool against ``braze``; a retry's own wait takes no time."""
 
     async def no_wait(_: float) -> None:
         await asyncio.sleep(0)
 
-    pipeline = Pipeline(
+    return Pipeline(
         client=braze,  # type: ignore[arg-type]
-        budget=workspace,
-        budgets={"purchases_quantity": lists},
+        budget=budget,
+        budgets=budgets,
         writer=PartitionWriter(tmp_path, "jsonl", durable=False),
         state=None,
         policy=RetryPolicy(max_attempts=3),
         concurrency=1,  # one worker per pool: with one queue it would wait on the 429
         sleep=no_wait,
     )
+
+
+async def test_a_429_in_the_list_pool_does_not_pause_the_workspace_pool(tmp_path: Path) -> None:
+    """Purchases moved to the list pool get a 429: the sessions (workspace pool) all finish
+    while the list pool is still paused; the purchases finish once its pause ends."""
+    clock = FakeClock()
+    gate = asyncio.Event()
+    lists = Budget(10**8, 1.0, 0.1, clock=clock, sleep=_held(clock, gate))
+    workspace = Budget(10**8, 1.0, 0.1, clock=clock, sleep=clock.sleep)
+    braze = FakeBraze(clock, "purchases_quantity")
+    pipeline = _pipeline(tmp_path, braze, workspace, {"purchases_quantity": lists})
     plan = _plan(lists_first=True)
     running = asyncio.create_task(pipeline.run(plan))
 
@@ -116,26 +129,9 @@ async def test_without_a_pool_override_a_429_pauses_every_series_of_the_pool(
     test above shows the lanes, not a lucky order)."""
     clock = FakeClock()
     gate = asyncio.Event()
-
-    async def held(seconds: float) -> None:
-        await gate.wait()
-        await clock.sleep(seconds)
-
-    workspace = Budget(10**8, 1.0, 0.1, clock=clock, sleep=held)
+    workspace = Budget(10**8, 1.0, 0.1, clock=clock, sleep=_held(clock, gate))
     braze = FakeBraze(clock, "purchases_quantity")
-
-    async def no_wait(_: float) -> None:
-        await asyncio.sleep(0)
-
-    pipeline = Pipeline(
-        client=braze,  # type: ignore[arg-type]
-        budget=workspace,
-        writer=PartitionWriter(tmp_path, "jsonl", durable=False),
-        state=None,
-        policy=RetryPolicy(max_attempts=3),
-        concurrency=1,
-        sleep=no_wait,
-    )
+    pipeline = _pipeline(tmp_path, braze, workspace)
     plan = _plan(lists_first=True)
     running = asyncio.create_task(pipeline.run(plan))
     for _ in range(100):

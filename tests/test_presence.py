@@ -23,7 +23,7 @@ from exporter.progress import Progress
 from exporter.sandbox import sandbox_stats
 from exporter.state import State, state_path
 from exporter.writers import WrittenFile, partition_path, partition_span
-from tests.conftest import snapshot
+from tests.conftest import Cli, ServerHandle, snapshot
 
 AS_OF = "2024-07-01"
 NOW = datetime(2024, 7, 1, 6, tzinfo=UTC).timestamp()  # the sandbox's clock: same rows twice
@@ -75,9 +75,8 @@ DAMAGE = {
 
 
 @pytest.fixture
-def sandbox(sandbox_server: Any, env_key: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
-    with sandbox_server(clock=lambda: NOW) as server:
-        monkeypatch.setenv("BRAZE_REST_ENDPOINT", server.url)
+def sandbox(cli: Cli, env_key: str) -> Iterator[ServerHandle]:
+    with cli.sandbox(clock=lambda: NOW) as server:
         yield server
 
 
@@ -466,18 +465,13 @@ def test_a_shard_checks_only_the_files_of_its_own_series(
 
 
 def test_an_incomplete_run_leaves_no_journal_and_verify_vouches_by_its_manifest(
-    tmp_path: Path,
-    write_config: Callable[..., Path],
-    sandbox_server: Any,
-    env_key: str,
-    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path, write_config: Callable[..., Path], cli: Cli, env_key: str
 ) -> None:
     """A run that ends with a failed series writes its manifest, which lists every file it
     wrote: its journal goes, and verify reports no journal."""
     out = tmp_path / "out"
     config = write_config(_config(out, "jsonl"))
-    with sandbox_server(reject_segments=frozenset({"seg-b"})) as server:
-        monkeypatch.setenv("BRAZE_REST_ENDPOINT", server.url)
+    with cli.sandbox(reject_segments=frozenset({"seg-b"})):
         assert _run(config) == 1
     assert list((out / "_runs").glob("*.journal.jsonl")) == []
     report = verify(out)

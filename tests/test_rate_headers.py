@@ -4,14 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import aiohttp
 import pytest
 
-from exporter.cli import build_parser, main
-from exporter.sandbox import RESET_STYLES, SandboxOptions, sandbox_stats, start_sandbox
-from tests.conftest import FakeClock
+from exporter.cli import build_parser
+from exporter.sandbox import RESET_STYLES, SandboxOptions, start_sandbox
+from tests.conftest import Cli, FakeClock
 from tests.test_e2e import AS_OF, _check_every_row
 
 SEGMENTS = [f"s{i}" for i in range(12)]
@@ -69,39 +68,30 @@ def test_sandbox_command_lists_the_reset_styles(capsys: pytest.CaptureFixture[st
 
 @pytest.mark.parametrize("style", RESET_STYLES)
 def test_each_reset_style_completes_with_exact_data(
-    tmp_path: Path,
-    write_config: Callable[..., Path],
-    sandbox_server: Any,
-    env_key: str,
-    monkeypatch: pytest.MonkeyPatch,
-    style: str,
+    tmp_path: Path, write_config: Callable[..., Path], cli: Cli, env_key: str, style: str
 ) -> None:
     """Reset in seconds, milliseconds, the past or missing: every row equals the sandbox's."""
     out = tmp_path / "out"
     path = write_config(_config(out, reserve=0.2, concurrency=4))
-    with sandbox_server(limit=5, window_s=1.0, reset_style=style) as server:
-        monkeypatch.setenv("BRAZE_REST_ENDPOINT", server.url)
-        assert main(["run", str(path), "--as-of", AS_OF]) == 0
-        stats = sandbox_stats(server.app)
+    ran, stats = cli.against_sandbox(
+        "run", path, "--as-of", AS_OF, limit=5, window_s=1.0, reset_style=style
+    )
+    assert ran.code == 0
     assert stats.ok == len(SEGMENTS)
     assert _check_every_row(out) == 2 * len(SEGMENTS)
 
 
 def test_many_429s_with_a_reset_in_the_past_never_loop_tight(
-    tmp_path: Path,
-    write_config: Callable[..., Path],
-    sandbox_server: Any,
-    env_key: str,
-    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path, write_config: Callable[..., Path], cli: Cli, env_key: str
 ) -> None:
     """With Reset already gone, 429s per 1 s window stay within two rounds of the workers."""
     out = tmp_path / "out"
     concurrency, limit = 12, 3
     path = write_config(_config(out, reserve=0, concurrency=concurrency))
-    with sandbox_server(limit=limit, window_s=1.0, reset_style="past") as server:
-        monkeypatch.setenv("BRAZE_REST_ENDPOINT", server.url)
-        assert main(["run", str(path), "--as-of", AS_OF]) == 0
-        stats = sandbox_stats(server.app)
+    ran, stats = cli.against_sandbox(
+        "run", path, "--as-of", AS_OF, limit=limit, window_s=1.0, reset_style="past"
+    )
+    assert ran.code == 0
     assert _check_every_row(out) == 2 * len(SEGMENTS)
     assert stats.rate_limited >= concurrency - limit  # the first burst alone overran the limit
     # A 429 closes the gate for everyone: a window sees the requests already in flight, and
@@ -112,18 +102,12 @@ def test_many_429s_with_a_reset_in_the_past_never_loop_tight(
 
 
 def test_max_pause_s_clamps_the_pauses_of_a_run(
-    tmp_path: Path,
-    write_config: Callable[..., Path],
-    sandbox_server: Any,
-    env_key: str,
-    monkeypatch: pytest.MonkeyPatch,
-    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path, write_config: Callable[..., Path], cli: Cli, env_key: str
 ) -> None:
     """limits.max_pause_s: 1 against 3 s windows: no pause lasts longer, the data is exact."""
     out = tmp_path / "out"
     path = write_config(_config(out, reserve=0.2, concurrency=2, extra=", max_pause_s: 1"))
-    with sandbox_server(limit=6, window_s=3.0) as server:
-        monkeypatch.setenv("BRAZE_REST_ENDPOINT", server.url)
-        assert main(["run", str(path), "--as-of", AS_OF]) == 0
-    assert "a pause longer than limits.max_pause_s (1s) was asked for" in capsys.readouterr().err
+    ran, _ = cli.against_sandbox("run", path, "--as-of", AS_OF, limit=6, window_s=3.0)
+    assert ran.code == 0
+    assert "a pause longer than limits.max_pause_s (1s) was asked for" in ran.err
     assert _check_every_row(out) == 2 * len(SEGMENTS)

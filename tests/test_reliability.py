@@ -18,9 +18,23 @@ import pytest
 
 from exporter.cli import main
 from exporter.sandbox import sandbox_stats
-from tests.conftest import KEY, snapshot, wait_for
+from tests.conftest import KEY, Cli, snapshot, wait_for
 
 AS_OF = "2024-07-01"
+# A signal that stops a run and the exit status it then ends with.
+STOP_SIGNALS = pytest.mark.parametrize(
+    ("signum", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143), (signal.SIGHUP, 129)]
+)
+_STOPPING = tuple(signum for signum, _ in STOP_SIGNALS.args[1])
+
+
+def _as_sent() -> None:
+    """In the run's process: each stop signal's default disposition, as a terminal or a
+    service manager meets it, whatever this test runner inherited (nohup, a CI shell)."""
+    for signum in _STOPPING:
+        signal.signal(signum, signal.SIG_DFL)
+
+
 ROOT = Path(__file__).parent.parent
 
 
@@ -73,7 +87,7 @@ class _Exporter:
         url: str,
         tag: str = "",
         *extra: str,
-        preexec_fn: Callable[[], object] | None = None,
+        preexec_fn: Callable[[], object] = _as_sent,
     ) -> None:
         self.out_path = config.with_suffix(f".{tag}stdout")
         self.err_path = config.with_suffix(f".{tag}stderr")
@@ -99,23 +113,17 @@ class _Exporter:
 
 
 def test_faults_leave_output_identical_to_a_clean_run(
-    tmp_path: Path,
-    write_config: Callable[..., Path],
-    sandbox_server: Any,
-    env_key: str,
-    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path, write_config: Callable[..., Path], cli: Cli, env_key: str
 ) -> None:
     """With 20% injected faults of every kind the files equal a fault-free run's, byte for byte."""
     clean, faulty = tmp_path / "clean", tmp_path / "faulty"
-    with sandbox_server(limit=0) as server:
-        monkeypatch.setenv("BRAZE_REST_ENDPOINT", server.url)
+    with cli.sandbox(limit=0):
         config = write_config(_config(clean, segments=10), "a.yaml")
         assert main(["run", str(config), "--as-of", AS_OF]) == 0
     # A slow fault outlasts the client's timeout many times over; a sound answer, even on a
     # busy machine, comes well within it.
     config = write_config(_config(faulty, timeout=3, concurrency=16, segments=10), "b.yaml")
-    with sandbox_server(limit=0, fault_rate=0.2, seed=7, slow_s=60) as server:
-        monkeypatch.setenv("BRAZE_REST_ENDPOINT", server.url)
+    with cli.sandbox(limit=0, fault_rate=0.2, seed=7, slow_s=60) as server:
         assert main(["run", str(config), "--as-of", AS_OF]) == 0
         stats = sandbox_stats(server.app)
     assert stats.faults > 20  # with 180 requests, every kind had its chance
@@ -163,9 +171,7 @@ def test_kill_9_at_random_moments_then_rerun_is_identical(
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(
-    ("signum", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143), (signal.SIGHUP, 129)]
-)
+@STOP_SIGNALS
 def test_signals_stop_cleanly_and_resume(
     tmp_path: Path,
     write_config: Callable[..., Path],
@@ -180,10 +186,7 @@ def test_signals_stop_cleanly_and_resume(
     config = write_config(_config(out))
     # 30 answers, then the run waits mid-way: the signal finds it with work done and to do.
     with sandbox_server(limit=0, gate=asyncio.Event(), gate_after=30) as server:
-        # The signal's default disposition, whatever this test runner inherited (nohup).
-        stopped = _Exporter(
-            config, server.url, preexec_fn=lambda: signal.signal(signum, signal.SIG_DFL)
-        )
+        stopped = _Exporter(config, server.url)
         wait_for(lambda: snapshot(out), "the run to write some files")
         stopped.proc.send_signal(signum)
         wait_for(lambda: "then stopping" in stopped.stderr, "the run to take the stop")
@@ -244,7 +247,7 @@ def test_the_key_appears_in_no_output(
         assert KEY.encode() not in blob
 
 
-@pytest.mark.parametrize(("signum", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+@STOP_SIGNALS
 def test_a_signal_during_discovery_stops_within_the_grace_period(
     tmp_path: Path,
     write_config: Callable[..., Path],
@@ -279,6 +282,12 @@ def test_a_signal_during_discovery_stops_within_the_grace_period(
     assert discovery["error"] == "interrupted"
 
 
+def _sigint_ignored() -> None:
+    """As a non-interactive shell's ``cmd &`` starts a process: SIGINT ignored."""
+    _as_sent()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def test_a_sigint_the_parent_ignores_stays_ignored_for_the_whole_run(
     tmp_path: Path,
     write_config: Callable[..., Path],
@@ -295,7 +304,9 @@ def test_a_sigint_the_parent_ignores_stays_ignored_for_the_whole_run(
     )
     with sandbox_server(events=3000) as server:
         run = _Exporter(
-            config, server.url, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)
+            config,
+            server.url,
+            preexec_fn=_sigint_ignored,
         )
         wait_for(lambda: sandbox_stats(server.app).paths.get("/events/list"), "a list page")
         run.proc.send_signal(signal.SIGINT)

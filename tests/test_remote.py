@@ -13,6 +13,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -30,7 +31,7 @@ from exporter.remote import (
     remote_holder,
 )
 from exporter.sandbox import sandbox_stats
-from tests.conftest import KEY, snapshot, wait_for
+from tests.conftest import KEY, Cli, ServerHandle, snapshot, wait_for
 from tests.denied import denied_dir
 from tests.s3faults import Fault, FaultyS3, is_lock_create
 
@@ -64,35 +65,36 @@ def _objects(url: str, under: str = "sessions") -> dict[str, bytes]:
         store.close()
 
 
+def _run_in(cli: Cli, cfg: Path, work: Path) -> int:
+    """A run of ``cfg`` as of AS_OF with its own local work directory: its exit status."""
+    return cli("run", cfg, "--as-of", AS_OF, "--work-dir", work).code
+
+
 def _local_then_remote(
-    tmp_path: Path,
-    bucket: str,
-    write_config: Callable[..., Path],
-    sandbox_server: Any,
-    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path, bucket: str, write_config: Callable[..., Path], cli: Cli
 ) -> dict[str, bytes]:
     """One sandbox run into a local directory, one into ``bucket``: the local files."""
-    with sandbox_server(limit=0) as server:
-        monkeypatch.setenv("BRAZE_REST_ENDPOINT", server.url)
+    with cli.sandbox(limit=0):
         local = tmp_path / "local"
-        assert (
-            main(["run", str(write_config(_config(str(local)), "l.yaml")), "--as-of", AS_OF]) == 0
-        )
-        cfg = write_config(_config(bucket), "r.yaml")
-        assert main(["run", str(cfg), "--as-of", AS_OF, "--work-dir", str(tmp_path / "w")]) == 0
+        assert cli("run", write_config(_config(str(local)), "l.yaml"), "--as-of", AS_OF).code == 0
+        assert _run_in(cli, write_config(_config(bucket), "r.yaml"), tmp_path / "w") == 0
     return snapshot(local)
 
 
+@contextmanager
+def _after_a_run(cli: Cli, cfg: Path, work: Path) -> Iterator[ServerHandle]:
+    """A sandbox whose clock stands at 06:00 UTC on AS_OF, after one complete run of ``cfg``."""
+    now = datetime(2024, 7, 1, 6, tzinfo=UTC).timestamp()
+    with cli.sandbox(clock=lambda: now) as server:
+        assert _run_in(cli, cfg, work) == 0
+        yield server
+
+
 def test_a_run_writes_the_same_objects_as_a_local_run(
-    tmp_path: Path,
-    bucket: str,
-    write_config: Callable[..., Path],
-    sandbox_server: Any,
-    env_key: str,
-    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path, bucket: str, write_config: Callable[..., Path], cli: Cli, env_key: str
 ) -> None:
     """A run into s3:// writes byte for byte the files a local run writes, and a manifest."""
-    expected = _local_then_remote(tmp_path, bucket, write_config, sandbox_server, monkeypatch)
+    expected = _local_then_remote(tmp_path, bucket, write_config, cli)
     assert len(expected) > 20
     assert _objects(bucket) == expected
     runs = _objects(bucket, "_runs")
@@ -104,12 +106,7 @@ def test_a_run_writes_the_same_objects_as_a_local_run(
 
 
 def test_restatements_merge_into_the_current_objects(
-    tmp_path: Path,
-    bucket: str,
-    write_config: Callable[..., Path],
-    sandbox_server: Any,
-    env_key: str,
-    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path, bucket: str, write_config: Callable[..., Path], cli: Cli, env_key: str
 ) -> None:
     """A rerun over restated days reads each object, replaces those rows, adds none, and the
     objects equal what the same two runs leave in a local directory."""
@@ -119,15 +116,13 @@ def test_restatements_merge_into_the_current_objects(
         write_config(_config(str(local)), "l.yaml"),
         write_config(_config(bucket), "r.yaml"),
     ]
-    with sandbox_server(clock=lambda: now) as server:
-        monkeypatch.setenv("BRAZE_REST_ENDPOINT", server.url)
+    with cli.sandbox(clock=lambda: now):
         for cfg in configs:
-            assert main(["run", str(cfg), "--as-of", AS_OF]) == 0
+            assert cli("run", cfg, "--as-of", AS_OF).code == 0
     before = _objects(bucket)
-    with sandbox_server(clock=lambda: now, restate=7) as server:
-        monkeypatch.setenv("BRAZE_REST_ENDPOINT", server.url)
+    with cli.sandbox(clock=lambda: now, restate=7):
         for cfg in configs:
-            assert main(["run", str(cfg), "--as-of", AS_OF, "--fresh"]) == 0
+            assert cli("run", cfg, "--as-of", AS_OF, "--fresh").code == 0
     after = _objects(bucket)
     assert after == snapshot(local)
     name = "sessions/day/segment-seg-0/workspace/2024-06.jsonl"
@@ -139,44 +134,31 @@ def test_restatements_merge_into_the_current_objects(
 
 
 def test_a_rerun_on_an_empty_local_disk_resumes_from_the_checkpoint(
-    tmp_path: Path,
-    bucket: str,
-    write_config: Callable[..., Path],
-    sandbox_server: Any,
-    env_key: str,
-    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path, bucket: str, write_config: Callable[..., Path], cli: Cli, env_key: str
 ) -> None:
     """The final checkpoint puts the resume state in the prefix: a rerun with a new work dir
     fetches nothing again."""
     cfg = write_config(_config(bucket))
-    with sandbox_server(limit=0) as server:
-        monkeypatch.setenv("BRAZE_REST_ENDPOINT", server.url)
-        assert main(["run", str(cfg), "--as-of", AS_OF, "--work-dir", str(tmp_path / "a")]) == 0
+    with cli.sandbox(limit=0) as server:
+        assert _run_in(cli, cfg, tmp_path / "a") == 0
         first = sandbox_stats(server.app).requests
-        assert main(["run", str(cfg), "--as-of", AS_OF, "--work-dir", str(tmp_path / "b")]) == 0
+        assert _run_in(cli, cfg, tmp_path / "b") == 0
         assert sandbox_stats(server.app).requests == first
     assert ".braze-export/state.sqlite" in _objects(bucket, ".braze-export")
 
 
 def test_plan_reads_the_checkpointed_state_in_the_prefix(
-    tmp_path: Path,
-    bucket: str,
-    write_config: Callable[..., Path],
-    sandbox_server: Any,
-    env_key: str,
-    monkeypatch: pytest.MonkeyPatch,
-    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path, bucket: str, write_config: Callable[..., Path], cli: Cli, env_key: str
 ) -> None:
     """plan of an object storage output reads the state checkpointed there and changes no
     object: after a complete run, the next run of the same day sends nothing."""
     cfg = write_config(_config(bucket))
-    with sandbox_server(limit=0) as server:
-        monkeypatch.setenv("BRAZE_REST_ENDPOINT", server.url)
-        assert main(["run", str(cfg), "--as-of", AS_OF, "--work-dir", str(tmp_path / "a")]) == 0
+    with cli.sandbox(limit=0):
+        assert _run_in(cli, cfg, tmp_path / "a") == 0
     before = {**_objects(bucket), **_objects(bucket, ".braze-export")}
-    capsys.readouterr()
-    assert main(["plan", str(cfg), "--as-of", AS_OF]) == 0
-    text = capsys.readouterr().out
+    planned = cli("plan", cfg, "--as-of", AS_OF)
+    assert planned.code == 0
+    text = planned.out
     assert f"state:    {bucket}: " in text
     assert "requests: 0 (for 0 periods" in text
     assert {**_objects(bucket), **_objects(bucket, ".braze-export")} == before
@@ -544,43 +526,34 @@ def _damage(store: ObjectStore, name: str, how: str) -> None:
 
 @pytest.mark.parametrize("how", ["deleted", "truncated", "replaced"])
 def test_a_damaged_object_is_fetched_again_and_verify_passes(
-    tmp_path: Path,
-    bucket: str,
-    write_config: Callable[..., Path],
-    sandbox_server: Any,
-    env_key: str,
-    monkeypatch: pytest.MonkeyPatch,
-    capsys: pytest.CaptureFixture[str],
-    how: str,
+    tmp_path: Path, bucket: str, write_config: Callable[..., Path], cli: Cli, env_key: str, how: str
 ) -> None:
     """An object deleted, truncated or replaced under the prefix: plan says so and the one
     request (changing no object); the rerun's one listing finds it, one request fetches its
     10 periods again, exit 0, and verify passes. The warning of a changed object says that a
     run killed after its last checkpoint leaves such objects too."""
     cfg = write_config(_config(bucket))
-    now = datetime(2024, 7, 1, 6, tzinfo=UTC).timestamp()
     name = "sessions/day/segment-seg-0/workspace/2024-06.jsonl"
-    with sandbox_server(clock=lambda: now) as server:
-        monkeypatch.setenv("BRAZE_REST_ENDPOINT", server.url)
-        assert main(["run", str(cfg), "--as-of", AS_OF, "--work-dir", str(tmp_path / "a")]) == 0
+    with _after_a_run(cli, cfg, tmp_path / "a") as server:
         before = _objects(bucket)
         sent = sandbox_stats(server.app).requests
         store = ObjectStore.open(bucket)
         _damage(store, name, how)
         store.close()
         damaged = {**_objects(bucket), **_objects(bucket, ".braze-export")}
-        capsys.readouterr()
-        assert main(["plan", str(cfg), "--as-of", AS_OF, "--json"]) == 0
-        planned = json.loads(capsys.readouterr().out)
+        plan = cli("plan", cfg, "--as-of", AS_OF, "--json")
+        assert plan.code == 0
+        planned = json.loads(plan.out)
         assert {**_objects(bucket), **_objects(bucket, ".braze-export")} == damaged
         assert planned["totals"]["requests"] == 1
         assert planned["file_check"]["periods_taken_back"] == 10
         assert planned["file_check"][f"files_{'missing' if how == 'deleted' else 'changed'}"] == 1
-        assert main(["run", str(cfg), "--as-of", AS_OF, "--work-dir", str(tmp_path / "b")]) == 0
+        rerun = cli("run", cfg, "--as-of", AS_OF, "--work-dir", tmp_path / "b")
+        assert rerun.code == 0
         assert sandbox_stats(server.app).requests == sent + 1
     # The warning names the innocent cause too: a run killed after its last checkpoint.
     killed = "a run killed after its last checkpoint leaves such objects"
-    assert (killed in capsys.readouterr().err) == (how != "deleted")
+    assert (killed in rerun.err) == (how != "deleted")
     assert _objects(bucket) == before
     docs = [json.loads(data) for n, data in _objects(bucket, "_runs").items() if n.endswith("n")]
     check = max(docs, key=lambda doc: doc["sequence"])["file_check"]
@@ -590,37 +563,24 @@ def test_a_damaged_object_is_fetched_again_and_verify_passes(
 
 
 def test_a_rerun_after_the_run_records_are_deleted_leaves_a_verify_that_passes(
-    tmp_path: Path,
-    bucket: str,
-    write_config: Callable[..., Path],
-    sandbox_server: Any,
-    env_key: str,
-    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path, bucket: str, write_config: Callable[..., Path], cli: Cli, env_key: str
 ) -> None:
     """Every object under _runs/ deleted: the rerun, with nothing to fetch, vouches for the
     objects as they are in its manifest, and verify passes."""
     cfg = write_config(_config(bucket))
-    now = datetime(2024, 7, 1, 6, tzinfo=UTC).timestamp()
-    with sandbox_server(clock=lambda: now) as server:
-        monkeypatch.setenv("BRAZE_REST_ENDPOINT", server.url)
-        assert main(["run", str(cfg), "--as-of", AS_OF, "--work-dir", str(tmp_path / "a")]) == 0
+    with _after_a_run(cli, cfg, tmp_path / "a") as server:
         store = ObjectStore.open(bucket)
         for record in store.list("_runs"):
             store.delete(record)
         store.close()
         sent = sandbox_stats(server.app).requests
-        assert main(["run", str(cfg), "--as-of", AS_OF, "--work-dir", str(tmp_path / "b")]) == 0
+        assert _run_in(cli, cfg, tmp_path / "b") == 0
         assert sandbox_stats(server.app).requests == sent
     assert main(["verify", bucket]) == 0
 
 
 def test_an_object_no_run_wrote_is_moved_aside_never_merged_into(
-    tmp_path: Path,
-    bucket: str,
-    write_config: Callable[..., Path],
-    sandbox_server: Any,
-    env_key: str,
-    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path, bucket: str, write_config: Callable[..., Path], cli: Cli, env_key: str
 ) -> None:
     """A parseable object no run wrote, where a run writes: copied to displaced/ and
     replaced by Braze's rows alone, as a local run does; verify passes."""
@@ -629,7 +589,7 @@ def test_an_object_no_run_wrote_is_moved_aside_never_merged_into(
     store = ObjectStore.open(bucket)
     store.put_sync(name, planted)
     store.close()
-    expected = _local_then_remote(tmp_path, bucket, write_config, sandbox_server, monkeypatch)
+    expected = _local_then_remote(tmp_path, bucket, write_config, cli)
     assert _objects(bucket) == expected
     (aside,) = _objects(bucket, ".braze-export/displaced").values()
     assert aside == planted

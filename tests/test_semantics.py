@@ -16,7 +16,7 @@ from exporter.cli import main
 from exporter.config import load_config
 from exporter.plan import build_plan, period_of
 from exporter.sandbox import sandbox_stats
-from tests.conftest import data_files
+from tests.conftest import Cli, Ran, data_files
 from tests.test_e2e import _check_every_row
 
 AS_OF = "2024-07-01"
@@ -50,22 +50,20 @@ def _rows(out: Path) -> list[dict[str, Any]]:
 def _run(
     tmp_path: Path,
     write_config: Callable[..., Path],
-    sandbox_server: Any,
-    monkeypatch: pytest.MonkeyPatch,
+    cli: Cli,
     *,
     tz: str = "America/New_York",
     as_of: str = AS_OF,
     out_name: str = "out",
     **server: Any,
-) -> tuple[int, Path, Path, int]:
+) -> tuple[Ran, Path, Path, int]:
     out = tmp_path / out_name
     config = write_config(CONFIG.format(tz=tz, out=out, concurrency=CONCURRENCY))
     server.setdefault("limit", 0)
-    with sandbox_server(**server) as handle:
-        monkeypatch.setenv("BRAZE_REST_ENDPOINT", handle.url)
-        code = main(["run", str(config), "--as-of", as_of])
+    with cli.sandbox(**server) as handle:
+        ran = cli("run", config, "--as-of", as_of)
         sent = sandbox_stats(handle.app).requests
-    return code, out, config, sent
+    return ran, out, config, sent
 
 
 @pytest.mark.parametrize(
@@ -82,27 +80,23 @@ def _run(
 def test_every_planned_period_exactly_once_whatever_the_window_semantics(
     tmp_path: Path,
     write_config: Callable[..., Path],
-    sandbox_server: Any,
+    cli: Cli,
     env_key: str,
-    monkeypatch: pytest.MonkeyPatch,
-    capsys: pytest.CaptureFixture[str],
     semantics: str,
     tz: str,
     hour_labels: str,
 ) -> None:
     """Each planned period once with the sandbox's value, never the as-of day, and at most
     concurrency + one request per series over the minimum."""
-    code, out, config, sent = _run(
+    ran, out, config, sent = _run(
         tmp_path,
         write_config,
-        sandbox_server,
-        monkeypatch,
+        cli,
         tz=tz,
         semantics=semantics,
         hour_labels=hour_labels,
     )
-    printed = capsys.readouterr()
-    assert code == 0, printed.err
+    assert ran.code == 0, ran.err
     plan = build_plan(load_config(config, env={}), date.fromisoformat(AS_OF))
     wanted = {
         (r.series.segment_id, r.series.app_id or "", r.series.unit, p)
@@ -122,21 +116,19 @@ def test_every_planned_period_exactly_once_whatever_the_window_semantics(
     hours = [period_of("hour", r["time"]) for r in rows if r["unit"] == "hour"]
     assert max(hours) * 3600 < local_end
     assert sent <= len(plan.requests) + CONCURRENCY + len(plan.series)
-    assert f"series: {len(plan.series)} complete, 0 incomplete, 0 failed" in printed.out
+    assert f"series: {len(plan.series)} complete, 0 incomplete, 0 failed" in ran.out
 
 
 def test_calibration_is_logged_once_in_plain_words(
     tmp_path: Path,
     write_config: Callable[..., Path],
-    sandbox_server: Any,
+    cli: Cli,
     env_key: str,
-    monkeypatch: pytest.MonkeyPatch,
-    capsys: pytest.CaptureFixture[str],
 ) -> None:
     """An exclusive server: one line says windows end a period early and requests shift."""
-    code, *_ = _run(tmp_path, write_config, sandbox_server, monkeypatch, semantics="exclusive")
-    assert code == 0
-    said = [line for line in capsys.readouterr().err.splitlines() if "windows ending" in line]
+    ran, *_ = _run(tmp_path, write_config, cli, semantics="exclusive")
+    assert ran.code == 0
+    said = [line for line in ran.err.splitlines() if "windows ending" in line]
     assert sorted(
         line.split(" ", 1)[1] for line in said
     ) == [  # one line per unit, whichever answered first
@@ -150,18 +142,14 @@ def test_calibration_is_logged_once_in_plain_words(
 def test_a_later_run_starts_from_the_measured_offset(
     tmp_path: Path,
     write_config: Callable[..., Path],
-    sandbox_server: Any,
+    cli: Cli,
     env_key: str,
-    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """The offset is kept in the state: a --fresh rerun sends exactly the minimum."""
-    code, _out, config, _ = _run(
-        tmp_path, write_config, sandbox_server, monkeypatch, semantics="exclusive"
-    )
-    assert code == 0
+    ran, _out, config, _ = _run(tmp_path, write_config, cli, semantics="exclusive")
+    assert ran.code == 0
     plan = build_plan(load_config(config, env={}), date.fromisoformat(AS_OF))
-    with sandbox_server(limit=0, semantics="exclusive") as handle:
-        monkeypatch.setenv("BRAZE_REST_ENDPOINT", handle.url)
+    with cli.sandbox(limit=0, semantics="exclusive") as handle:
         assert main(["run", str(config), "--as-of", AS_OF, "--fresh"]) == 0
         assert sandbox_stats(handle.app).requests == len(plan.requests)
 
@@ -169,22 +157,19 @@ def test_a_later_run_starts_from_the_measured_offset(
 def test_periods_the_server_never_returns_are_reported_missing(
     tmp_path: Path,
     write_config: Callable[..., Path],
-    sandbox_server: Any,
+    cli: Cli,
     env_key: str,
-    monkeypatch: pytest.MonkeyPatch,
-    capsys: pytest.CaptureFixture[str],
 ) -> None:
     """A hole in Braze's data: one gap-fill pass, then exit 1 with the missing ranges listed
     in the summary and the manifest; everything else is written."""
-    code, out, config, sent = _run(
+    ran, out, config, sent = _run(
         tmp_path,
         write_config,
-        sandbox_server,
-        monkeypatch,
+        cli,
         missing_days=frozenset({"2024-03-10", "2024-03-11"}),
     )
-    printed = capsys.readouterr().out
-    assert code == 1
+    printed = ran.out
+    assert ran.code == 1
     plan = build_plan(load_config(config, env={}), date.fromisoformat(AS_OF))
     day_series = [s for s in plan.series if s.unit == "day"]
     assert f"{len(plan.series) - len(day_series)} complete, {len(day_series)} incomplete" in (
@@ -205,16 +190,14 @@ def test_periods_the_server_never_returns_are_reported_missing(
 def test_recent_periods_are_read_again_by_a_later_run(
     tmp_path: Path,
     write_config: Callable[..., Path],
-    sandbox_server: Any,
+    cli: Cli,
     env_key: str,
-    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """settle_days: a resumed run (same as-of) skips everything, the next day's run re-reads
     the series whose last days were still settling."""
-    code, _out, config, _ = _run(tmp_path, write_config, sandbox_server, monkeypatch)
-    assert code == 0
-    with sandbox_server(limit=0) as handle:
-        monkeypatch.setenv("BRAZE_REST_ENDPOINT", handle.url)
+    ran, _out, config, _ = _run(tmp_path, write_config, cli)
+    assert ran.code == 0
+    with cli.sandbox(limit=0) as handle:
         assert main(["run", str(config), "--as-of", AS_OF]) == 0
         assert sandbox_stats(handle.app).requests == 0
         assert main(["run", str(config), "--as-of", "2024-07-02"]) == 0

@@ -213,6 +213,24 @@ def _unshare() -> list[str]:
     pytest.skip("pid namespaces are not permitted here")
 
 
+def _sandbox_run_as_pid_1(
+    prefix: list[str], config: Path, out: Path
+) -> subprocess.CompletedProcess[str]:
+    """``run --sandbox`` of ``config`` into ``out`` as PID 1 behind ``_unshare()``'s prefix."""
+    command = (
+        f"exec {sys.executable} -m exporter run {config} --sandbox --out {out} --as-of {AS_OF}"
+    )
+    return subprocess.run(
+        [*prefix, "sh", "-c", command],
+        env=_env("http://127.0.0.1:9"),  # unused: --sandbox
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
 @pytest.mark.slow
 def test_pid_1_in_a_container_after_a_killed_pid_1(tmp_path: Path) -> None:
     """A run that is PID 1 (as in every container) writes although a killed PID 1 left
@@ -223,18 +241,7 @@ def test_pid_1_in_a_container_after_a_killed_pid_1(tmp_path: Path) -> None:
     (out / WORK_DIR / "tmp" / "1-0.part").write_text("left by a killed container")
     config = tmp_path / "c.yaml"
     config.write_text(_config(out, segments=2, days=3))
-    command = (
-        f"exec {sys.executable} -m exporter run {config} --sandbox --out {out} --as-of {AS_OF}"
-    )
-    proc = subprocess.run(
-        [*prefix, "sh", "-c", command],
-        env=_env("http://127.0.0.1:9"),  # unused: --sandbox
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    proc = _sandbox_run_as_pid_1(prefix, config, out)
     assert proc.returncode == 0, proc.stderr
     assert len(data_files(out)) > 0
     assert list((out / WORK_DIR / "tmp").iterdir()) == []
