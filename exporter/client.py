@@ -133,6 +133,11 @@ class BrazeClient:
         self.sandbox = False  # whether any answer came from braze-export's sandbox
 
     @property
+    def secure(self) -> bool:
+        """Whether the endpoint is https (DNS, TCP and TLS all checked by an answer)."""
+        return URL(self._base).scheme == "https"
+
+    @property
     def host(self) -> str:
         """``host:port`` of the endpoint, for messages (never the path or query)."""
         url = URL(self._base)

@@ -27,6 +27,7 @@ from exporter.config import ApiKey, Config, Discover, Export, Unit
 from exporter.coverage import describe_offset
 from exporter.details import DETAILS
 from exporter.dimensions import listed_tables
+from exporter.discover import interpret_list, keeps
 from exporter.errors import (
     EXIT_AUTH,
     EXIT_FAILED,
@@ -41,6 +42,7 @@ from exporter.errors import (
 from exporter.plan import Request, Series, ending_at, hour_range, span_label
 from exporter.ratelimit import RESET_SKEW_S, RateHeaders
 from exporter.refine import SUBJECTS
+from exporter.resolve import discover_spec
 from exporter.series import KINDS
 
 __all__ = ["MAX_REQUESTS", "DoctorReport", "diagnose"]
@@ -58,6 +60,7 @@ class DoctorReport:
     requests: int = 0
     unmeasured: list[str] = field(default_factory=list)  # units whose offset is unknown
     cut_elsewhere: bool = False  # days are not cut in the config's zone
+    probed: set[str] = field(default_factory=set)  # permissions a list read here has shown
 
     def say(self, text: str) -> None:
         self.lines.append(text)
@@ -142,15 +145,70 @@ async def diagnose(
 ) -> DoctorReport:
     """Probe ``endpoint`` as a run of ``config`` would; never more than MAX_REQUESTS."""
     report = DoctorReport()
-    tz = config.tz
-    first = _probe_series(config)
-    if first is None:
-        report.verdict = (
-            "every export discovers an id its series requires: list one id in an export so "
-            "doctor has a series to probe (a run checks the list endpoints itself)"
+    async with make_session(1) as session:
+        client = BrazeClient(session, endpoint, key, timeout_s=config.braze.timeout_s)
+        first = _probe_series(config) or await _first_listed(client, config.exports[0], report)
+        if first is None:
+            return report
+        await _probe_export(client, config, first, report, as_of, clock)
+    return report
+
+
+async def _first_listed(
+    client: BrazeClient, export: Export, report: DoctorReport
+) -> tuple[Export, dict[str, str | None]] | None:
+    """For a config whose every export discovers an id its series requires: the first id
+    the export's filters keep on page 0 of each such list, one request a list. None (the
+    report then says why) when a list cannot be read or keeps no id on its first page."""
+    kind = KINDS[export.series]
+    dims: dict[str, str | None] = {}
+    for param in kind.dimensions:
+        values = export.values(param)
+        if not isinstance(values, Discover):
+            dims[param] = values[0]
+            continue
+        if param not in kind.required:
+            dims[param] = None
+            continue
+        spec = discover_spec(param, values)
+        source = spec.source
+        report.requests += 1
+        try:
+            page = interpret_list(source, await client.get_list(source, 0), page=0)
+        except TransportError as exc:
+            _unreachable(exc, report)
+            return None
+        except ApiError as exc:
+            _refused(exc, source.permission, f"{source.path} page 0", report)
+            return None
+        kept = next((item.id for item in page.items if keeps(spec, item)), None)
+        if kept is None:
+            report.verdict = (
+                f"the first page of {source.path} has no id export {export.name} keeps: "
+                "nothing to probe (a run reads the whole list)"
+            )
+            report.exit_code = EXIT_PROBLEM
+            return None
+        report.say(
+            f"{source.path}: reached; probing {param}={kept!r}, the first id export "
+            f"{export.name} keeps on page 0 (1 request)"
         )
-        report.exit_code = EXIT_PROBLEM
-        return report
+        dims[param] = kept
+        report.probed.add(source.permission)
+    return export, dims
+
+
+async def _probe_export(
+    client: BrazeClient,
+    config: Config,
+    first: tuple[Export, dict[str, str | None]],
+    report: DoctorReport,
+    as_of: date,
+    clock: Callable[[], float],
+) -> None:
+    """Probe the series ``first`` names (its export and dimension values) in every unit the
+    config exports, then say the verdict."""
+    tz = config.tz
     export, dims = first
     kind = KINDS[export.series]
     units = list(dict.fromkeys(u for e in config.exports for u in e.units if u in kind.units))
@@ -160,7 +218,9 @@ async def diagnose(
     )
     others = sorted({KINDS[e.series].permission for e in config.exports} - {kind.permission})
     # Every list a run reads: its discoveries' and its dimension tables'.
-    lists = sorted({source.permission for source, _ in listed_tables(config).values()})
+    lists = sorted(
+        {source.permission for source, _ in listed_tables(config).values()} - report.probed
+    )
     # Campaign and Canvas details, read before their data unless skip_inactive_days is false.
     lists += sorted(
         {
@@ -169,37 +229,37 @@ async def diagnose(
             if e.series in SUBJECTS and e.skip_inactive_days is not False
         }
     )
+    if report.probed:
+        report.say(f"key: accepted, with the permission {', '.join(sorted(report.probed))}")
     if others or lists:
         report.say(
             f"not probed (a run needs them too): {', '.join(others + lists)}; grant them in "
             "Settings > API Keys"
         )
-    async with make_session(1) as session:
-        client = BrazeClient(session, endpoint, key, timeout_s=config.braze.timeout_s)
-        rate: RateHeaders | None = None
-        reached = False
-        for unit in units:
-            probe = _probe(Series.of(export.series, unit, dims), as_of, tz)
-            response = await _send(client, probe, None, report)
-            if response is None:
-                return report
-            if not reached:
-                reached = True
-                how = "DNS, TCP and TLS" if endpoint.startswith("https:") else "plain HTTP"
-                report.say(f"endpoint: reached {client.host} ({how} ok)")
-            rate = response.rate if response.rate.limit is not None else rate
-            points = _points(probe, response, report, tz)
-            if points is None:
-                return report
-            if unit == units[0]:
-                report.say(f"key: accepted, with the permission {kind.permission}")
-            offset = _window(probe, points, report, unit)
-            if unit == "day" and offset is not None and _east_of_utc(probe.last, tz):
-                await _where_days_are_cut(client, probe, points[-1].period, report, tz)
-                if report.exit_code != EXIT_READY:
-                    return report
-        if rate is not None or reached:
-            report.say(_rate_line(rate or RateHeaders(), report.requests, clock()))
+    rate: RateHeaders | None = None
+    reached = False
+    for unit in units:
+        probe = _probe(Series.of(export.series, unit, dims), as_of, tz)
+        response = await _send(client, probe, None, report)
+        if response is None:
+            return
+        if not reached:
+            reached = True
+            how = "DNS, TCP and TLS" if client.secure else "plain HTTP"
+            report.say(f"endpoint: reached {client.host} ({how} ok)")
+        rate = response.rate if response.rate.limit is not None else rate
+        points = _points(probe, response, report, tz)
+        if points is None:
+            return
+        if unit == units[0]:
+            report.say(f"key: accepted, with the permission {kind.permission}")
+        offset = _window(probe, points, report, unit)
+        if unit == "day" and offset is not None and _east_of_utc(probe.last, tz):
+            await _where_days_are_cut(client, probe, points[-1].period, report, tz)
+            if report.exit_code != EXIT_READY:
+                return
+    if rate is not None or reached:
+        report.say(_rate_line(rate or RateHeaders(), report.requests, clock()))
     if report.exit_code == EXIT_READY and report.unmeasured:
         report.verdict = (
             f"reachable and authorised, but no whole window came back for "
@@ -218,7 +278,6 @@ async def diagnose(
             f"ready: endpoint, key and windows as runs need them "
             f"({report.requests} request(s) spent)"
         )
-    return report
 
 
 async def _send(
@@ -228,19 +287,49 @@ async def _send(
     try:
         return await client.get(probe, ending)
     except TransportError as exc:
-        report.say(f"endpoint: {exc.message}")
-        hint = {
-            "dns": "check the host name in braze.endpoint (see README, Hosts) and DNS",
-            "tls": "check the CA bundle (SSL_CERT_FILE) or a TLS-inspecting proxy",
-            "refused": "check braze.endpoint, proxies and firewalls",
-        }.get(exc.cause, "check the network path to Braze, then retry")
-        if exc.connect_failed:
-            report.verdict = f"unreachable: {hint}"
-            report.exit_code = EXIT_UNREACHABLE
-        else:
-            report.verdict = f"no usable answer ({exc.detail}): {hint}"
-            report.exit_code = EXIT_PROBLEM
+        _unreachable(exc, report)
         return None
+
+
+def _unreachable(exc: TransportError, report: DoctorReport) -> None:
+    """A failed exchange in the report: what failed and what to check."""
+    report.say(f"endpoint: {exc.message}")
+    hint = {
+        "dns": "check the host name in braze.endpoint (see README, Hosts) and DNS",
+        "tls": "check the CA bundle (SSL_CERT_FILE) or a TLS-inspecting proxy",
+        "refused": "check braze.endpoint, proxies and firewalls",
+    }.get(exc.cause, "check the network path to Braze, then retry")
+    if exc.connect_failed:
+        report.verdict = f"unreachable: {hint}"
+        report.exit_code = EXIT_UNREACHABLE
+    else:
+        report.verdict = f"no usable answer ({exc.detail}): {hint}"
+        report.exit_code = EXIT_PROBLEM
+
+
+def _refused(exc: ApiError | Unreachable, permission: str, what: str, report: DoctorReport) -> None:
+    """A refused or odd answer to ``what`` (a probe, a list page) in the report."""
+    if isinstance(exc, AuthError):
+        word = "key: rejected (401)" if exc.status == 401 else "key: lacks permission (403)"
+        report.say(f"{word}: {exc.message}")
+        report.verdict = (
+            "the key is invalid, quoted, or for another instance"
+            if exc.status == 401
+            else f"the key needs the permission {permission} (Settings > API Keys)"
+        )
+        report.exit_code = EXIT_AUTH
+    elif isinstance(exc, Unreachable):  # a redirect
+        report.say(f"endpoint: {what} redirected")
+        report.verdict = str(exc)
+        report.exit_code = EXIT_UNREACHABLE
+    elif isinstance(exc, RetryableError):
+        report.say(f"{what}: {exc.reason}")
+        report.verdict = "Braze is busy or odd right now: runs retry this; try doctor later"
+        report.exit_code = EXIT_PROBLEM
+    else:
+        report.say(f"{what}: {exc.reason}")
+        report.verdict = f"{what} was refused: check the first export's ids"
+        report.exit_code = EXIT_PROBLEM
 
 
 def _points(
@@ -256,28 +345,9 @@ def _points(
         return None
     try:
         return interpret(probe, response, tz)
-    except AuthError as exc:
-        word = "key: rejected (401)" if exc.status == 401 else "key: lacks permission (403)"
-        report.say(f"{word}: {exc.message}")
-        report.verdict = (
-            "the key is invalid, quoted, or for another instance"
-            if exc.status == 401
-            else f"the key needs the permission {probe.series.info.permission} (Settings > API "
-            "Keys)"
-        )
-        report.exit_code = EXIT_AUTH
-    except RetryableError as exc:
-        report.say(f"{probe.series.unit}: {exc.reason}")
-        report.verdict = "Braze is busy or odd right now: runs retry this; try doctor later"
-        report.exit_code = EXIT_PROBLEM
-    except ApiError as exc:
-        report.say(f"{probe.series.unit}: {exc.reason}")
-        report.verdict = "the probe was refused: check the first export's segment_id/app_id"
-        report.exit_code = EXIT_PROBLEM
-    except Unreachable as exc:  # a redirect
-        report.say(f"endpoint: {probe.series.unit} probe redirected")
-        report.verdict = str(exc)
-        report.exit_code = EXIT_UNREACHABLE
+    except (ApiError, Unreachable) as exc:
+        what = f"{probe.series.unit} probe"
+        _refused(exc, probe.series.info.permission, what, report)
     return None
 
 

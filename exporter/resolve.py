@@ -212,7 +212,7 @@ class Discovery:
         the config asks of it, apply each, and write its dimension table when this read is
         the one that writes it."""
         param, include_archived, since = read_key
-        wanted = {key: _spec(param, spec) for key, spec in specs.items()}
+        wanted = {key: discover_spec(param, spec) for key, spec in specs.items()}
         # One read serves every filter: with one filter it filters as it reads, with several
         # (or none: a table only) it keeps every listed item and filters them afterwards.
         read = (
@@ -384,7 +384,8 @@ class Discovery:
         self.table_docs.append(doc)
 
 
-def _spec(param: str, spec: Discover) -> DiscoverSpec:
+def discover_spec(param: str, spec: Discover) -> DiscoverSpec:
+    """What a config's ``{discover: ...}`` of ``param`` keeps, as discovery applies it."""
     since = spec.edited_since
     return DiscoverSpec(
         param,

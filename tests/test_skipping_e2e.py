@@ -237,6 +237,31 @@ def test_doctor_names_the_list_and_details_permissions_a_run_needs(
         assert permission in line
 
 
+@pytest.mark.parametrize(
+    ("series", "filters", "code", "said"),
+    [
+        ("campaigns", "", 0, "probing campaign_id="),
+        ("canvas", "", 0, "probing canvas_id="),
+        ("campaigns", ", name: '^no such name$'", 1, "has no id export messages keeps"),
+    ],
+    ids=["campaigns", "canvas", "none-kept"],
+)
+def test_doctor_probes_the_first_id_a_discover_only_config_keeps(
+    write_config: Callable[..., Path],
+    capsys: pytest.CaptureFixture[str],
+    series: str,
+    filters: str,
+    code: int,
+    said: str,
+) -> None:
+    """A config that only discovers its campaigns (or Canvases): doctor reads page 0 of the
+    list (one request) and probes the first id the export keeps. It gave up with exit 1
+    (BREAK19c finding 11)."""
+    path = write_config(_config(Path("out"), series=series, days=30, extra=filters))
+    assert main(["doctor", str(path), "--sandbox"]) == code
+    assert said in capsys.readouterr().out
+
+
 def test_validate_and_plan_count_the_details_requests_in_the_workspace_pool(
     write_config: Callable[..., Path], capsys: pytest.CaptureFixture[str]
 ) -> None:
