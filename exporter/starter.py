@@ -450,7 +450,10 @@ def _messaging(out: _Text, what: str, listed: Listed, series: str) -> None:
     out.add()
     out.add(f"# {what} in this workspace, from {listed.path}, for reference only:")
     key = DIMENSIONS[KINDS[series].dimensions[0]].config_key
-    out.add(f"# To export their analytics, list ids in an export of series: {series}, {key}: [...]")
+    out.add(
+        f"# To export their analytics: an export of series: {series}, with {key}: [...] or "
+        f"{key}: {{discover: all}} (every one listed; days without data are skipped)"
+    )
     if listed.error is not None:
         out.add(f"#   not listed: {_comment(listed.error)}")
     elif not listed.items:
