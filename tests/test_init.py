@@ -156,7 +156,9 @@ async def test_discover_lists_analytics_enabled_segments_and_comments_the_rest()
         "an export of series: campaigns, with campaign_ids: [...] or campaign_ids: {discover: all}"
         in text
     )
-    assert "in an export of series: canvas, canvas_ids: [...]" in text
+    assert (
+        "an export of series: canvas, with canvas_ids: [...] or canvas_ids: {discover: all}" in text
+    )
     assert not any(c.id in text for c in campaigns[MESSAGING_SHOWN:])
     rest = len(campaigns) - MESSAGING_SHOWN
     assert (
