@@ -376,16 +376,31 @@ def test_a_signal_during_the_details_phase_stops_within_the_grace_period(
     assert f"details of {unread} not read: the run stopped" in stopped.stdout
 
 
+def _kill_9(run: _Exporter) -> None:
+    run.proc.send_signal(signal.SIGKILL)
+    assert run.wait(60) == -signal.SIGKILL
+
+
+def _two_signals(run: _Exporter) -> None:
+    run.proc.send_signal(signal.SIGTERM)
+    wait_for(lambda: "then stopping" in run.stderr, "the run to take the stop")
+    run.proc.send_signal(signal.SIGTERM)
+    assert run.wait(60) == 143
+    assert "stopping now" in run.stderr
+
+
 @pytest.mark.slow
-def test_kill_9_during_the_details_phase_keeps_the_details_already_read(
+@pytest.mark.parametrize("stop", [_kill_9, _two_signals])
+def test_a_run_stopped_while_reading_details_keeps_those_already_read(
     tmp_path: Path,
     write_config: Callable[..., Path],
     sandbox_server: Any,
+    stop: Callable[[_Exporter], None],
 ) -> None:
-    """kill -9 while details are read: the rerun asks again only the details not answered,
-    and at most ``2 x concurrency`` more (in flight, or answered and not yet kept). They
-    were kept only at the phase's end, and the rerun read them all again (BREAK19c
-    finding 6)."""
+    """kill -9, or a second signal (which stops at once), while details are read: the rerun
+    asks again only the details not answered, and at most ``2 x concurrency`` more (in
+    flight, or answered and not yet kept). They were kept only at the phase's end, and the
+    rerun read them all again (BREAK19c finding 6)."""
     out = tmp_path / "out"
     concurrency = 2
     config = write_config(_details_config(out, concurrency=concurrency))
@@ -393,13 +408,12 @@ def test_kill_9_during_the_details_phase_keeps_the_details_already_read(
     with sandbox_server(
         limit=0, gate=asyncio.Event(), gate_after=answered, gated=frozenset({DETAILS})
     ) as server:
-        killed = _Exporter(config, server.url)
+        stopped = _Exporter(config, server.url)
         wait_for(
             lambda: sandbox_stats(server.app).paths.get(DETAILS, 0) > answered,
             "a details request held",
         )
-        killed.proc.send_signal(signal.SIGKILL)
-        assert killed.wait(60) == -signal.SIGKILL
+        stop(stopped)
         before = sandbox_stats(server.app).paths[DETAILS]
         server.open_gate()
         rerun = _Exporter(config, server.url, "rerun.")
