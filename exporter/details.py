@@ -40,6 +40,7 @@ from exporter.errors import (
     DiscoveryError,
     ExporterError,
     MalformedResponse,
+    RetryableError,
     TransportError,
     Unreachable,
 )
@@ -266,14 +267,20 @@ async def read_details(
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     clock: Callable[[], float] = time.time,
     rand: Callable[[], float] = random.random,
+    into: DetailsRead | None = None,
+    on_read: Callable[[str, Life], None] = lambda item_id, life: None,
 ) -> DetailsRead:
     """Read the details of ``ids``, ``concurrency`` at a time, each attempt paced by
     ``budget`` (the workspace pool's) and retried by ``retry``; ``read_at`` of each is the
     ``clock`` time of its answer. Raises (in an ExceptionGroup) AuthError for a 401 (no
     request can succeed), Unreachable for a redirect and TransportError when no connection
     reaches the host; a 403 sets ``denied`` and no further id is asked (the first id is asked
-    alone, so a refusal costs one request); any other failure lands in ``failed``."""
-    done = DetailsRead(source)
+    alone, so a refusal costs one request); any other failure lands in ``failed``.
+
+    The read is filled in ``into`` (a new one unless given) as answers come, and ``on_read``
+    is called with each life read: a caller whose reading is cancelled (a stop) still has,
+    and may have kept, what was read."""
+    done = DetailsRead(source) if into is None else into
     gate = asyncio.Semaphore(concurrency)
 
     async def attempt(item_id: str) -> Life:
@@ -289,7 +296,7 @@ async def read_details(
             if done.denied is not None or stopping():
                 return
             try:
-                done.lives[item_id] = await call_with_retries(
+                life = done.lives[item_id] = await call_with_retries(
                     partial(attempt, item_id),
                     policy=retry,
                     label=f"{source.path} {source.param}={item_id}",
@@ -298,6 +305,7 @@ async def read_details(
                     clock=clock,
                     rand=rand,
                 )
+                on_read(item_id, life)
             except AuthError as exc:
                 if exc.status == 401:
                     raise
@@ -305,11 +313,16 @@ async def read_details(
             except TransportError as exc:
                 if exc.connect_failed:  # no connection reaches the host: nothing will
                     raise
-                done.failed[item_id] = str(exc)
+                fail(item_id, exc)
             except Unreachable:
                 raise
             except ExporterError as exc:
-                done.failed[item_id] = str(exc)
+                fail(item_id, exc)
+
+    def fail(item_id: str, exc: ExporterError) -> None:
+        if isinstance(exc, RetryableError) and stopping():
+            return  # retries ended by the stop: not read, and not failed either
+        done.failed[item_id] = str(exc)
 
     # The first id goes alone: a key without the permission is refused once, not once per
     # worker already in flight when the first 403 comes back.

@@ -110,6 +110,7 @@ class SkipReport:
     details_requests: int = 0
     denied: str | None = None
     failed: int = 0
+    unread: int = 0  # details wanted but not read: the run stopped first (a signal, a 401)
     days: Counter[str] = field(default_factory=Counter)  # skipped days by rule
     whole: int = 0  # subjects with no day left to read
     requests_saved: int = 0  # of the data requests the needed periods would take
@@ -145,6 +146,8 @@ class SkipReport:
                 why = "refused"
             elif self.failed:
                 why = "none could be read"
+            elif self.unread:
+                why = "the run stopped first"
         lines = [
             f"{self.things}: {self.subjects}; details read for {read} ({why}; "
             f"{self.details_requests} request(s) to {source.path}), kept from an earlier run "
@@ -154,6 +157,11 @@ class SkipReport:
             lines.append(
                 f"{self.things}: details refused ({self.denied}): their whole windows are "
                 "read, no day is skipped for want of details"
+            )
+        if self.unread:
+            lines.append(
+                f"{self.things}: details of {self.unread} not read: the run stopped before "
+                "their answers came; a rerun reads them"
             )
         if self.failed:
             lines.append(
@@ -180,6 +188,7 @@ class SkipReport:
             "without_details": self.without,
             "details_denied": self.denied,
             "details_failed": self.failed,
+            "details_unread": self.unread,
             "skipped_days": {r: self.days[r] for r in RULES if self.days[r]},
             "nothing_to_read": self.whole,
             "requests_saved": self.requests_saved,

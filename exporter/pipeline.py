@@ -20,13 +20,15 @@ requests get ``grace_s`` to finish before they are cancelled.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import re
 import time
 from array import array
 from collections import Counter
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from typing import Any
 from zoneinfo import ZoneInfo
 
 from exporter.client import Answer, BrazeClient, cannot_reach, interpret, read_answer
@@ -400,7 +402,7 @@ class Pipeline:
             hi - lo + 1 for i in coverage.open_series() if mine[i] for lo, hi in coverage.missing(i)
         )
 
-    async def watch_stop(self, tasks: list[asyncio.Task[None]]) -> None:
+    async def watch_stop(self, tasks: Sequence[asyncio.Task[Any]]) -> None:
         """After stop(), give in-flight requests and pending writes grace_s, then cancel the
         stragglers. Workers only waiting (for a pause, a retry, a token) are cancelled as soon
         as nothing is in flight: nothing they hold would be lost."""
@@ -436,6 +438,31 @@ class Pipeline:
             )
             for task in pending:
                 task.cancel()
+
+    async def under_grace(self, tasks: Sequence[asyncio.Task[Any]]) -> None:
+        """Wait for ``tasks``, work before the data phase (the lists, the details), stopped
+        as the data phase is: after stop(), the requests they have in flight
+        (:meth:`in_flight`) get ``grace_s``, then every task still running is cancelled.
+        A task cancelled so ends cancelled: its owner says what it had done."""
+        watcher = asyncio.create_task(self.watch_stop(tasks))
+        try:
+            await asyncio.wait(tasks)
+        finally:
+            watcher.cancel()
+            for task in tasks:
+                task.cancel()
+            await asyncio.wait([watcher, *tasks])
+
+    @contextlib.contextmanager
+    def in_flight(self) -> Iterator[None]:
+        """Count one request on the wire, from its token to its answer: what a stop's grace
+        waits for (a wait for a token, a pause or a retry is not in flight)."""
+        self._in_flight += 1
+        try:
+            yield
+        finally:
+            self._in_flight -= 1
+            self._landed.set()
 
     def _busy(self) -> bool:
         """Whether a request is on the wire or an answered request's rows are being written."""
@@ -606,18 +633,16 @@ class Pipeline:
                 self.result.count(request, "gap")  # counted when sent, not when queued
             sent[0] = True
             await budget.acquire()  # a wait for a token (or a pause) is not in flight
-            self._in_flight += 1  # from its token to its answer: what a stop waits for
             try:
-                # The window as calibration knows it now, not when the request began waiting.
-                wire, end, text = self._as_sent(request)
-                self.result.count(request, "sent")
-                response = await self.client.get(wire, text)
+                with self.in_flight():
+                    # The window as calibration knows it now, not when the request began
+                    # waiting.
+                    wire, end, text = self._as_sent(request)
+                    self.result.count(request, "sent")
+                    response = await self.client.get(wire, text)
             except TransportError as exc:
                 self._note_transport(exc)
                 raise
-            finally:
-                self._in_flight -= 1
-                self._landed.set()
         self._answered = True
         self._connect_failures = 0
         self._lost_host.reset(self._clock())

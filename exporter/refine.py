@@ -15,6 +15,7 @@ the data phase.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from array import array
@@ -23,16 +24,18 @@ from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
-from exporter.activity import Activity
+from exporter.activity import Activity, Life
+from exporter.client import Response
 from exporter.config import Config
 from exporter.coverage import subtract
-from exporter.details import DETAILS, DetailsRead, Known, read_details
+from exporter.details import DETAILS, DetailsRead, DetailsSource, Known, read_details
 from exporter.errors import AuthError, TransportError, Unreachable
 from exporter.lives import SkipReport, Subject, refresh_reason, split
 from exporter.pipeline import Pipeline
 from exporter.plan import Plan, Span, span_label
 from exporter.ratelimit import Budget
 from exporter.series import WORKSPACE_POOL
+from exporter.state import State
 
 __all__ = [
     "SUBJECTS",
@@ -70,7 +73,10 @@ class Skipping:
         self.skipped: dict[str, list[dict[str, Any]]] = {}  # by id: its skipped spans
 
     async def run(self, plan: Plan) -> Plan:
-        """``plan`` with its campaign and Canvas windows cut (the same plan when it has none)."""
+        """``plan`` with its campaign and Canvas windows cut (the same plan when it has none).
+        A stop (a signal) ends the reading as it ends the data phase: the details requests
+        in flight get the pipeline's grace, then are cancelled; what was read is kept and
+        cuts its windows, and the reports say what was not read."""
         state = self.pipeline.state
         reading = state if not self.pipeline.fresh else None  # --fresh: nothing is done
 
@@ -79,43 +85,68 @@ class Skipping:
 
         windows: dict[int, tuple[Span, ...]] = {}
         whole = read_whole(self.config, plan)
-        for dimension, subjects in subjects_of(plan, done_of, self.listed, whole).items():
-            known = state.details(dimension) if state is not None else {}
-            cut = await self._dimension(dimension, subjects, known)
-            if cut is None:  # the run stops (401, unreachable): plan as it was
-                return plan
-            windows.update(cut)
+        subjects = subjects_of(plan, done_of, self.listed, whole)
+        known = {d: state.details(d) if state is not None else {} for d in subjects}
+        wanted = {
+            dimension: {
+                s.id: why
+                for s in these.values()
+                if (why := refresh_reason(s, known[dimension].get(s.id)))
+            }
+            for dimension, these in subjects.items()
+        }
+        try:
+            for dimension, these in subjects.items():
+                cut = await self._dimension(dimension, these, known[dimension], wanted[dimension])
+                if cut is None:  # the run stops (401, unreachable): plan as it was
+                    return plan
+                windows.update(cut)
+        finally:  # the run stopped before these kinds: none of their details was read
+            for dimension, these in subjects.items():
+                if dimension not in self.reports:
+                    self.reports[dimension] = SkipReport(
+                        dimension, subjects=len(these), unread=len(wanted[dimension])
+                    )
         return with_windows(plan, windows)
 
     async def _dimension(
-        self, dimension: str, subjects: Mapping[int, Subject], known: Mapping[str, Known]
+        self,
+        dimension: str,
+        subjects: Mapping[int, Subject],
+        known: Mapping[str, Known],
+        wanted: Mapping[str, str],
     ) -> dict[int, tuple[Span, ...]] | None:
-        report = self.reports[dimension] = SkipReport(dimension)
-        wanted = {
-            s.id: why for s in subjects.values() if (why := refresh_reason(s, known.get(s.id)))
-        }
-        read = await self._read(dimension, list(wanted)) if wanted else None
-        if read is None and wanted:
-            return None
-        lives = read.lives if read is not None else {}
-        if read is not None:
+        report = self.reports[dimension] = SkipReport(dimension, unread=len(wanted))
+        read = DetailsRead(DETAILS[dimension])
+        keeper = _Keeper(
+            self.pipeline.state,
+            dimension,
+            {s.id: s.listed for s in subjects.values()},
+            self.pipeline.concurrency,
+        )
+        try:
+            going = await self._read(read, list(wanted), keeper.add) if wanted else True
+        finally:  # also when a second signal cancels the reading: keep what it brought
+            keeper.flush()
             report.details_requests = read.requests
             report.denied = read.denied
             report.failed = len(read.failed)
-            state = self.pipeline.state
-            if state is not None and lives:
-                listed = {s.id: s.listed for s in subjects.values()}
-                state.keep_details(
-                    dimension, {i: Known(life, listed[i]) for i, life in lives.items()}
-                )
-            if read.denied is not None:
-                log.warning(
-                    "%s: details refused (%s); their windows are read whole (or as details "
-                    "kept from an earlier run allow)",
-                    DETAILS[dimension].path,
-                    read.denied,
-                    extra={"event": "details_denied"},
-                )
+            if read.denied is None:
+                report.unread = len(wanted) - len(read.lives) - len(read.failed)
+            else:
+                report.unread = 0  # refused: not for want of time
+        if not going:
+            report.subjects = len(subjects)
+            return None
+        lives = read.lives
+        if read.denied is not None:
+            log.warning(
+                "%s: details refused (%s); their windows are read whole (or as details "
+                "kept from an earlier run allow)",
+                DETAILS[dimension].path,
+                read.denied,
+                extra={"event": "details_denied"},
+            )
         windows: dict[int, tuple[Span, ...]] = {}
         for index, subject in subjects.items():
             kept = known.get(subject.id)
@@ -134,29 +165,41 @@ class Skipping:
             windows[index] = activity.kept
         return windows
 
-    async def _read(self, dimension: str, ids: list[str]) -> DetailsRead | None:
-        """The details of ``ids``; None when the run must stop (the pipeline's result says
-        why)."""
+    async def _read(
+        self, read: DetailsRead, ids: list[str], on_read: Callable[[str, Life], None]
+    ) -> bool:
+        """Read the details of ``ids`` into ``read``, under the pipeline's grace; False when
+        the run must stop (the pipeline's result says why)."""
+        task = asyncio.create_task(self._fetch(read, ids, on_read))
+        await self.pipeline.under_grace([task])
+        return task.cancelled() or task.result()
+
+    async def _fetch(
+        self, read: DetailsRead, ids: list[str], on_read: Callable[[str, Life], None]
+    ) -> bool:
         pipeline = self.pipeline
         result = pipeline.result
         try:
-            return await read_details(
-                pipeline.client,
-                DETAILS[dimension],
+            await read_details(
+                _OnTheWire(pipeline),
+                read.source,
                 ids,
                 budget=self.pools[WORKSPACE_POOL],
                 retry=pipeline.policy,
                 concurrency=pipeline.concurrency,
                 stopping=lambda: result.interrupted,
                 clock=self.clock,
+                into=read,
+                on_read=on_read,
             )
+            return True
         except* AuthError as errors:
             result.auth_error = errors.exceptions[0]  # type: ignore[assignment]
         except* Unreachable as errors:
             result.unreachable = errors.exceptions[0]  # type: ignore[assignment]
         except* TransportError as errors:
             result.unreachable = pipeline.cannot_reach(errors.exceptions[0])  # type: ignore[arg-type]
-        return None
+        return False
 
     def _note(self, subject: Subject, activity: Activity) -> None:
         if activity.skipped:
@@ -181,6 +224,47 @@ class Skipping:
             "reports": [report.doc() for report in self.reports.values()],
             "skipped": self.skipped,
         }
+
+
+class _OnTheWire:
+    """The pipeline's client, each details request held ``in_flight`` while it is on the wire
+    (:meth:`exporter.pipeline.Pipeline.in_flight`): what a stop gives the grace."""
+
+    def __init__(self, pipeline: Pipeline) -> None:
+        self.pipeline = pipeline
+
+    async def get_details(self, source: DetailsSource, item_id: str) -> Response:
+        with self.pipeline.in_flight():
+            return await self.pipeline.client.get_details(source, item_id)
+
+
+class _Keeper:
+    """Details read in this run, kept in the resume state as they come, ``batch`` at a time
+    (and at :meth:`flush`): a kill -9 loses fewer than ``batch`` answers beside the requests
+    in flight, so a rerun repeats at most ``2 x concurrency`` details requests."""
+
+    def __init__(
+        self,
+        state: State | None,
+        dimension: str,
+        listed: Mapping[str, datetime | None],
+        batch: int,
+    ) -> None:
+        self.state = state
+        self.dimension = dimension
+        self.listed = listed
+        self.batch = max(1, batch)
+        self.pending: dict[str, Known] = {}
+
+    def add(self, item_id: str, life: Life) -> None:
+        self.pending[item_id] = Known(life, self.listed.get(item_id))
+        if len(self.pending) >= self.batch:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.state is not None and self.pending:
+            self.state.keep_details(self.dimension, self.pending)
+        self.pending = {}
 
 
 def read_whole(config: Config, plan: Plan) -> set[int]:

@@ -29,6 +29,7 @@ import re
 import time
 from collections import Counter
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from datetime import UTC, datetime
 from typing import Any
 
@@ -62,16 +63,21 @@ ListKey = tuple[str, bool, str | None]
 
 class _Counted:
     """A ListFetch that counts what it sends, so a discovery that fails still says what it
-    cost."""
+    cost, and holds each request ``in_flight`` (:meth:`exporter.pipeline.Pipeline.in_flight`)
+    so a stop gives it the grace."""
 
-    def __init__(self, fetch: ListFetch) -> None:
+    def __init__(
+        self, fetch: ListFetch, in_flight: Callable[[], AbstractContextManager[None]]
+    ) -> None:
         self.fetch = fetch
+        self.in_flight = in_flight
         self.requests = 0
         self.pages = 0  # answers received
 
     async def get_list(self, source: ListSource, page: int) -> Response:
         self.requests += 1
-        response = await self.fetch.get_list(source, page)
+        with self.in_flight():
+            response = await self.fetch.get_list(source, page)
         self.pages += 1
         return response
 
@@ -132,15 +138,9 @@ class Discovery:
         is taken as it is). A stop (a signal) ends the reading as it ends the data phase:
         what is in flight gets the pipeline's grace period, then is cancelled."""
         if self.lists:
-            tasks = [asyncio.create_task(self._list(p, specs)) for p, specs in self.lists.items()]
-            watcher = asyncio.create_task(self.pipeline.watch_stop(tasks))
-            try:
-                await asyncio.wait(tasks)
-            finally:
-                watcher.cancel()
-                for task in tasks:
-                    task.cancel()
-                await asyncio.wait([watcher, *tasks])
+            await self.pipeline.under_grace(
+                [asyncio.create_task(self._list(p, specs)) for p, specs in self.lists.items()]
+            )
             order = list(TABLES)
             self.table_docs.sort(key=lambda doc: order.index(doc["table"]))
         if isinstance(request, Plan):
@@ -229,7 +229,7 @@ class Discovery:
         pipeline = self.pipeline
         error: str | None = None
         found: Discovered | None = None
-        fetch = _Counted(pipeline.client)
+        fetch = _Counted(pipeline.client, pipeline.in_flight)
         try:
             found = await discover(
                 fetch,

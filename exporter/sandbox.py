@@ -32,8 +32,9 @@ Faults for reliability tests are deterministic: whether the n-th identical reque
 how, is a hash of (seed, path and parameters, n), whatever order requests arrive in.
 
 A test that must act while a run is mid-way (kill it, start a rival run) passes ``gate``: the
-first ``gate_after`` series requests are answered, the rest are counted and then held until the
-test sets the event, so the run cannot finish early however fast or slow the machine is.
+first ``gate_after`` series requests (and those to the ``gated`` paths) are answered, the rest
+are counted and then held until the test sets the event, so the run cannot finish early however
+fast or slow the machine is.
 """
 
 from __future__ import annotations
@@ -134,6 +135,9 @@ class SandboxOptions:
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
     gate: asyncio.Event | None = None  # None: answer at once; see the module docstring
     gate_after: int = 0  # series answers given before the gate holds the rest
+    # Other paths whose answers the gate holds too (e.g. /campaigns/details), counted with
+    # the series answers in ``gate_after``.
+    gated: frozenset[str] = frozenset()
     # False: answers without the X-Braze-Export-Sandbox header, as Braze's own do (a test
     # standing in for a real host); True everywhere else, so invented rows are marked.
     identify: bool = True
@@ -517,12 +521,12 @@ class _Sandbox:
                 if label[:10] not in opts.missing_days
             ]
             bad = {"message": "success", "data": [{"time": "not-a-time", kind.value_key: -3}]}
-            await self._pass_gate()
+            await self.pass_gate()
             return await self._answer(request, {"message": "success", "data": data}, bad, headers)
 
         return handle
 
-    async def _pass_gate(self) -> None:
+    async def pass_gate(self) -> None:
         """Hold this answer while the test's gate is closed, once ``gate_after`` went out."""
         gate = self.options.gate
         if gate is None or gate.is_set():

@@ -640,6 +640,8 @@ class _Endpoints:
                 return _error(400, exc.message, headers, [exc.detail])
             except ValueError as exc:
                 return _error(400, "Invalid parameters", headers, [str(exc)])
+            if request.path in self.opts.gated:
+                await self.sandbox.pass_gate()
             return await self.sandbox._answer(request, doc, bad, headers)
 
         return handle

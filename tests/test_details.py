@@ -168,7 +168,7 @@ class Harness(MockedBraze):
         url = f"{BASE}/campaigns/details?campaign_id={item_id}"
         self.mocked.get(url, status=status, payload={"message": "success", **doc})
 
-    async def read(self, ids: list[str], concurrency: int = 4) -> DetailsRead:
+    async def read(self, ids: list[str], concurrency: int = 4, **options: Any) -> DetailsRead:
         clock = self.clock
         return await read_details(
             self.client,
@@ -180,6 +180,7 @@ class Harness(MockedBraze):
             sleep=clock.sleep,
             clock=clock,
             rand=lambda: 0.5,
+            **options,
         )
 
 
@@ -252,6 +253,30 @@ async def test_a_401_stops_the_run(harness: Harness) -> None:
     with pytest.raises(ExceptionGroup) as caught:
         await harness.read(["c-1"])
     assert isinstance(caught.value.exceptions[0], AuthError)
+
+
+async def test_a_retry_a_stop_cut_short_leaves_the_id_unread_not_failed(
+    harness: Harness,
+) -> None:
+    """A 5xx, then the run stops before the retry: the id is neither read nor failed (the
+    summary counts it as not read; it was said to have failed), and nothing more is asked."""
+    harness.details("c-1", status=500)
+    harness.details("c-2", status=500)
+    read = await harness.read(["c-1", "c-2"], stopping=lambda: bool(harness.mocked.requests))
+    assert (read.lives, read.failed, read.requests) == ({}, {}, 1)
+
+
+async def test_each_life_is_handed_on_as_it_is_read(harness: Harness) -> None:
+    """``on_read`` gets every life as its answer comes, and ``into`` holds the read: what a
+    stopped or killed run keeps."""
+    harness.details("c-1", first_sent="2023-05-01T00:00:00Z", last_sent="2023-05-02T00:00:00Z")
+    harness.details("c-2", draft=True, first_sent=None)
+    seen: dict[str, Life] = {}
+    into = DetailsRead(CAMPAIGNS)
+    read = await harness.read(["c-1", "c-2"], into=into, on_read=seen.__setitem__)
+    assert read is into
+    assert seen == into.lives
+    assert set(seen) == {"c-1", "c-2"}
 
 
 def _known(edited: str | None = "2023-04-01T00:00:00+00:00") -> Known:

@@ -314,3 +314,122 @@ def test_a_sigint_the_parent_ignores_stays_ignored_for_the_whole_run(
         assert run.wait(120) == 143
     assert "received SIGINT" not in run.stderr
     assert "received SIGTERM" in run.stderr
+
+
+DETAILS = "/campaigns/details"
+
+
+def _details_config(out: Path, concurrency: int) -> str:
+    """Every sandbox campaign discovered; a details request outlives any test (timeout_s)."""
+    return f"""\
+version: 1
+timezone: UTC
+braze: {{timeout_s: 600}}
+limits: {{requests_per_hour: {10**8}, concurrency: {concurrency}}}
+output: {{dir: {out}}}
+exports:
+  - name: c
+    series: campaigns
+    campaign_ids: {{discover: all}}
+    window: {{days: 3}}
+"""
+
+
+def _skipping_report(out: Path, run: _Exporter) -> dict[str, Any]:
+    """The campaigns' details report in the manifest of ``run``."""
+    run_id = re.search(r"_runs/(\S+)\.json", run.stdout + run.stderr)
+    assert run_id is not None, run.stdout
+    manifest = json.loads((out / "_runs" / f"{run_id[1]}.json").read_text())
+    (report,) = manifest["skipping"]["reports"]
+    return dict(report)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("signum", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_a_signal_during_the_details_phase_stops_within_the_grace_period(
+    tmp_path: Path,
+    write_config: Callable[..., Path],
+    sandbox_server: Any,
+    signum: int,
+    code: int,
+) -> None:
+    """A signal while details answers are held: the requests in flight get the grace, then
+    are cancelled, exit 130/143 before the answers come (it waited for them up to
+    ``timeout_s``: BREAK19c finding 4); the summary and the manifest say which details were
+    read and which were not."""
+    out = tmp_path / "out"
+    config = write_config(_details_config(out, concurrency=2))
+    answered = 5
+    gate = asyncio.Event()
+    with sandbox_server(limit=0, gate=gate, gate_after=answered, gated=frozenset({DETAILS})) as (
+        server
+    ):
+        stopped = _Exporter(config, server.url)
+        try:
+            wait_for(
+                lambda: sandbox_stats(server.app).paths.get(DETAILS, 0) > answered,
+                "a details request held",
+            )
+            stopped.proc.send_signal(signum)
+            assert stopped.wait(120) == code
+        finally:
+            if stopped.proc.poll() is None:  # the old code: still waiting for the answers
+                stopped.proc.kill()
+                stopped.proc.wait()
+        assert not gate.is_set()  # the held answers never came: the grace ended the wait
+    assert re.search(r"stopping: cancelling [12] request\(s\) still in flight", stopped.stderr)
+    assert "Traceback" not in stopped.stderr
+    report = _skipping_report(out, stopped)
+    assert sum(report["details_read"].values()) == answered
+    unread = report["subjects"] - answered
+    assert unread > 100
+    assert report["details_unread"] == unread
+    assert f"details of {unread} not read: the run stopped" in stopped.stdout
+
+
+def _kill_9(run: _Exporter) -> None:
+    run.proc.send_signal(signal.SIGKILL)
+    assert run.wait(60) == -signal.SIGKILL
+
+
+def _two_signals(run: _Exporter) -> None:
+    run.proc.send_signal(signal.SIGTERM)
+    wait_for(lambda: "then stopping" in run.stderr, "the run to take the stop")
+    run.proc.send_signal(signal.SIGTERM)
+    assert run.wait(60) == 143
+    assert "stopping now" in run.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stop", [_kill_9, _two_signals])
+def test_a_run_stopped_while_reading_details_keeps_those_already_read(
+    tmp_path: Path,
+    write_config: Callable[..., Path],
+    sandbox_server: Any,
+    stop: Callable[[_Exporter], None],
+) -> None:
+    """kill -9, or a second signal (which stops at once), while details are read: the rerun
+    asks again only the details not answered, and at most ``2 x concurrency`` more (in
+    flight, or answered and not yet kept). They were kept only at the phase's end, and the
+    rerun read them all again (BREAK19c finding 6)."""
+    out = tmp_path / "out"
+    concurrency = 2
+    config = write_config(_details_config(out, concurrency=concurrency))
+    answered = 60
+    with sandbox_server(
+        limit=0, gate=asyncio.Event(), gate_after=answered, gated=frozenset({DETAILS})
+    ) as server:
+        stopped = _Exporter(config, server.url)
+        wait_for(
+            lambda: sandbox_stats(server.app).paths.get(DETAILS, 0) > answered,
+            "a details request held",
+        )
+        stop(stopped)
+        before = sandbox_stats(server.app).paths[DETAILS]
+        server.open_gate()
+        rerun = _Exporter(config, server.url, "rerun.")
+        assert rerun.wait(120) == 0, rerun.stderr
+        again = sandbox_stats(server.app).paths[DETAILS] - before
+    subjects = _skipping_report(out, rerun)["subjects"]
+    assert subjects > answered + 2 * concurrency
+    assert again <= subjects - answered + 2 * concurrency
