@@ -110,6 +110,7 @@ class SkipReport:
     details_requests: int = 0
     denied: str | None = None
     failed: int = 0
+    failure: str | None = None  # the first failed id and Braze's reason, for the summary
     unread: int = 0  # details wanted but not read: the run stopped first (a signal, a 401)
     days: Counter[str] = field(default_factory=Counter)  # skipped days by rule
     whole: int = 0  # subjects with no day left to read
@@ -165,8 +166,8 @@ class SkipReport:
             )
         if self.failed:
             lines.append(
-                f"{self.things}: details of {self.failed} could not be read: their whole "
-                "windows are read"
+                f"{self.things}: details of {self.failed} could not be read (first, "
+                f"{self.failure}): their whole windows are read"
             )
         skipped = ", ".join(f"{self.days[r]:,} {r}" for r in RULES if self.days[r])
         if skipped:
@@ -188,6 +189,7 @@ class SkipReport:
             "without_details": self.without,
             "details_denied": self.denied,
             "details_failed": self.failed,
+            "details_failure": self.failure,
             "details_unread": self.unread,
             "skipped_days": {r: self.days[r] for r in RULES if self.days[r]},
             "nothing_to_read": self.whole,

@@ -131,6 +131,7 @@ class Skipping:
             report.details_requests = read.requests
             report.denied = read.denied
             report.failed = len(read.failed)
+            report.failure = next((f"{i}: {why}" for i, why in read.failed.items()), None)
             if read.denied is None:
                 report.unread = len(wanted) - len(read.lives) - len(read.failed)
             else:

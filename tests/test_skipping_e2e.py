@@ -332,3 +332,28 @@ def test_two_discoveries_of_one_list_are_told_apart_by_their_exports(
     assert len(lines) == 2
     assert lines[0].startswith("discovery: campaign_ids from /campaigns/list (export welcome): ")
     assert lines[1].startswith("discovery: campaign_ids from /campaigns/list (export recent): ")
+
+
+def test_a_details_request_braze_refuses_is_reported_with_braze_s_reason(
+    tmp_path: Path,
+    write_config: Callable[..., Path],
+    messaging_sandbox: Any,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """An id Braze does not know: its details fail with a 400, and the summary and the
+    manifest give Braze's words (they said only that details of 1 could not be read:
+    BREAK19c finding 8)."""
+    out = tmp_path / "out"
+    path = write_config(
+        f"version: 1\ntimezone: UTC\noutput: {{dir: {out}}}\nexports:\n"
+        "  - name: m\n    series: campaigns\n    campaign_ids: [no-such-campaign]\n"
+        "    window: {days: 3}\n"
+    )
+    with messaging_sandbox(campaigns=5, canvases=0) as server:
+        assert _run(server, path) == 1  # its data is refused too
+    said = capsys.readouterr().out
+    assert "details of 1 could not be read (first, no-such-campaign: " in said
+    assert "Invalid campaign_id" in said.split("could not be read", 1)[1].splitlines()[0]
+    doc = json.loads(sorted((out / "_runs").glob("*.json"))[-1].read_text())
+    (report,) = doc["skipping"]["reports"]
+    assert "Invalid campaign_id" in report["details_failure"]
