@@ -24,7 +24,6 @@ from exporter.messaging import MESSAGING, flatten
 from exporter.remote import ObjectStore
 from exporter.sandbox import SandboxOptions, sandbox_stats
 from exporter.sandbox_messaging import (
-    Campaign,
     campaign_day,
     canvas_day,
     messaging_catalogue,
@@ -202,6 +201,23 @@ def restating(monkeypatch: pytest.MonkeyPatch) -> Callable[[], None]:
     return start
 
 
+# The sandbox every run of these tests talks to: unthrottled, its clock on AS_OF.
+_SANDBOX_AS_OF: dict[str, Any] = {
+    "limit": 0,
+    "campaigns_limit": 0,
+    "clock": lambda: _now(AS_OF),
+}
+
+
+def _serve_campaign_days(
+    monkeypatch: pytest.MonkeyPatch, change: Callable[[dict[str, object]], object]
+) -> Callable[..., dict[str, object]]:
+    """Make the sandbox serve each campaign day through ``change``; what it served before."""
+    served: Callable[..., dict[str, object]] = sandbox_messaging.campaign_day
+    monkeypatch.setattr(sandbox_messaging, "campaign_day", lambda *a: change(served(*a)))
+    return served
+
+
 def _run(
     sandbox_server: Any,
     monkeypatch: pytest.MonkeyPatch,
@@ -211,7 +227,7 @@ def _run(
 ) -> dict[str, int]:
     """One run as of ``as_of``; the requests the sandbox served. The sandbox's clock stays on
     AS_OF: its catalogue is dated back from it, so another clock is another workspace."""
-    with sandbox_server(limit=0, campaigns_limit=0, clock=lambda: _now(AS_OF)) as server:
+    with sandbox_server(**_SANDBOX_AS_OF) as server:
         monkeypatch.setenv("BRAZE_REST_ENDPOINT", server.url)
         assert main(["run", str(config), "--as-of", as_of.isoformat(), *extra]) == 0
         return dict(sandbox_stats(server.app).paths)
@@ -318,12 +334,7 @@ def test_a_value_that_is_no_number_is_counted_and_logged(
 ) -> None:
     """A string where Braze documents a number is never written, and never dropped silently:
     the log names it, the summary and the manifest count it."""
-    served = sandbox_messaging.campaign_day
-
-    def odd(campaign: Campaign, label: str) -> dict[str, object]:
-        return {**served(campaign, label), "unique_recipients": "n/a"}
-
-    monkeypatch.setattr(sandbox_messaging, "campaign_day", odd)
+    _serve_campaign_days(monkeypatch, lambda day: {**day, "unique_recipients": "n/a"})
     out = tmp_path / "out"
     config = write_config(_config(str(out), "jsonl"))
     run_as_of(config, AS_OF)
@@ -427,18 +438,14 @@ def test_a_send_braze_no_longer_keeps_fails_alone_saying_why(
 
 
 def test_the_sandbox_lists_the_send_ids_it_answers_and_they_export(
-    tmp_path: Path,
-    write_config: Callable[..., Path],
-    sandbox_server: Any,
-    env_key: str,
-    monkeypatch: pytest.MonkeyPatch,
-    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path, write_config: Callable[..., Path], env_key: str, cli: Cli
 ) -> None:
     """`braze-export sandbox --sends` prints the send ids a docs-only user can export (none
     was findable: BREAK19 finding 5); the sends of its first campaign export, with their
     values on the day printed."""
-    assert main(["sandbox", "--sends"]) == 0
-    header, *lines = capsys.readouterr().out.splitlines()
+    listed = cli("sandbox", "--sends")
+    assert listed.code == 0
+    header, *lines = listed.out.splitlines()
     assert header == "campaign_id\tsend_id\tsent_on"
     rows = [line.split("\t") for line in lines]
     assert rows
@@ -450,9 +457,8 @@ def test_the_sandbox_lists_the_send_ids_it_answers_and_they_export(
         f"  - name: s\n    series: sends\n    campaign_id: {campaign}\n"
         f"    send_ids: [{', '.join(sends)}]\n    window: {{days: 14}}\n"
     )
-    with sandbox_server(limit=0, campaigns_limit=0) as server:
-        monkeypatch.setenv("BRAZE_REST_ENDPOINT", server.url)
-        assert main(["run", str(config)]) == 0
+    ran, _ = cli.against_sandbox("run", config, limit=0, campaigns_limit=0)
+    assert ran.code == 0
     for send, sent_on in sends.items():
         rows_of = [
             json.loads(line)
@@ -501,8 +507,7 @@ def _as_written(row: Row) -> Row:
 def test_a_lone_surrogate_in_a_name_or_key_is_written_as_a_replacement_character(
     tmp_path: Path,
     write_config: Callable[..., Path],
-    sandbox_server: Any,
-    env_key: str,
+    run_as_of: Callable[..., dict[str, int]],
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
     fmt: str,
@@ -517,7 +522,7 @@ def test_a_lone_surrogate_in_a_name_or_key_is_written_as_a_replacement_character
             sandbox_messaging, name, lambda *a, _served=served, **k: _poisoned(_served(*a, **k))
         )
     out = tmp_path / "out"
-    _run(sandbox_server, monkeypatch, write_config(_config(str(out), fmt)), AS_OF)
+    run_as_of(write_config(_config(str(out), fmt)), AS_OF)
     want = Counter({_as_written(row): n for row, n in expected(AS_OF).items()})
     assert exported(_local(out), fmt) == want
     assert any("\ufffd" in str(row) for row in want)
@@ -539,48 +544,39 @@ def _strings(value: object) -> object:
 def test_a_day_with_no_number_at_all_is_left_missing_and_read_again(
     tmp_path: Path,
     write_config: Callable[..., Path],
-    sandbox_server: Any,
+    run_as_of: Callable[..., dict[str, int]],
     env_key: str,
     monkeypatch: pytest.MonkeyPatch,
-    capsys: pytest.CaptureFixture[str],
+    cli: Cli,
 ) -> None:
     """Every campaign value sent as a string: no day is written as an empty day recorded done
     (it was, exit 0, and no later run read it again: BREAK19c finding 1). The days stay
     missing (exit 1, said why); once Braze answers numbers, a rerun writes every value."""
-    served = sandbox_messaging.campaign_day
-    monkeypatch.setattr(sandbox_messaging, "campaign_day", lambda *a: _strings(served(*a)))
+    served = _serve_campaign_days(monkeypatch, _strings)
     out = tmp_path / "out"
     config = write_config(_config(str(out), "jsonl"))
-    with sandbox_server(limit=0, campaigns_limit=0, clock=lambda: _now(AS_OF)) as server:
-        monkeypatch.setenv("BRAZE_REST_ENDPOINT", server.url)
-        assert main(["run", str(config), "--as-of", AS_OF.isoformat()]) == 1
-    said = capsys.readouterr()
+    said, _ = cli.against_sandbox("run", config, "--as-of", AS_OF.isoformat(), **_SANDBOX_AS_OF)
+    assert said.code == 1
     assert "day(s) held no number at all" in said.err
     assert "series: 3 complete, 2 incomplete, 0 failed (of 5)" in said.out
     assert not any(r[1] in (LIVE.id, ONE_OFF.id) for r in exported(_local(out), "jsonl"))
     monkeypatch.setattr(sandbox_messaging, "campaign_day", served)
-    _run(sandbox_server, monkeypatch, config, AS_OF)
+    run_as_of(config, AS_OF)
     assert exported(_local(out), "jsonl") == expected(AS_OF)
 
 
 def test_a_value_no_count_can_be_is_written_and_warned_of(
     tmp_path: Path,
     write_config: Callable[..., Path],
-    sandbox_server: Any,
-    env_key: str,
+    run_as_of: Callable[..., dict[str, int]],
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     """A negative unique_recipients is Braze's to send and is written as sent, but never
     without a word: a warning names the key and its count (BREAK19c finding 9)."""
-    served = sandbox_messaging.campaign_day
-    monkeypatch.setattr(
-        sandbox_messaging,
-        "campaign_day",
-        lambda *a: {**served(*a), "unique_recipients": -5},
-    )
+    _serve_campaign_days(monkeypatch, lambda day: {**day, "unique_recipients": -5})
     out = tmp_path / "out"
-    _run(sandbox_server, monkeypatch, write_config(_config(str(out), "jsonl")), AS_OF)
+    run_as_of(write_config(_config(str(out), "jsonl")), AS_OF)
     said = capsys.readouterr().err
     assert "value(s) negative or beyond 2^53" in said
     assert "by key: data[*].unique_recipients (" in said

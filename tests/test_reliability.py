@@ -345,7 +345,7 @@ def _skipping_report(out: Path, run: _Exporter) -> dict[str, Any]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("signum", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+@STOP_SIGNALS
 def test_a_signal_during_the_details_phase_stops_within_the_grace_period(
     tmp_path: Path,
     write_config: Callable[..., Path],
