@@ -194,6 +194,9 @@ class FileCheck:
     adopted: int = 0
     vouched: list[tuple[str, int, str]] = field(default_factory=list)  # (path, rows, sha256)
     foreign: list[str] = field(default_factory=list)  # files no run wrote, moved aside
+    # Files a killed run renamed (or PUT) into place before it could note them: no
+    # fingerprint yet, but their landing was noted, and they are as it staged them.
+    landed: set[str] = field(default_factory=set)
     unreadable: list[str] = field(default_factory=list)  # run manifests that were, moved aside
     periods_taken_back: int = 0
     taken_back: list[tuple[str, int, int]] = field(default_factory=list)
@@ -244,8 +247,9 @@ class Ownership:
         self._unknown_writes = unknown_writes  # Files.unknown_writes
 
     def wrote(self, relative: str) -> bool:
-        """Whether the state holds a fingerprint of the file (``relative``: to the output)."""
-        return self._state.knows_file(relative)
+        """Whether the state holds a fingerprint of the file (``relative``: to the output),
+        or the file is one a killed run landed before noting it (:attr:`FileCheck.landed`)."""
+        return relative in self._report.landed or self._state.knows_file(relative)
 
     def vouches(self, relative: str, data: bytes) -> bool:
         """Whether a run record gives exactly these bytes for the file."""
@@ -317,6 +321,7 @@ def check_files(
         report.adopted += len(adopt)
     if unvouched:
         _vouch(state, files, fmt, report, unvouched)
+    report.landed = _landed_unnoted(state, files)
     state.clear_pending()
     state.mark_checked()
     if report.missing or report.changed:
@@ -365,6 +370,22 @@ def compare(
                 yield recorded, ADOPT, now
             else:
                 yield recorded, CHANGED, now
+
+
+def _landed_unnoted(state: State, files: Files) -> set[str]:
+    """The files whose landing a run noted (:meth:`State.note_staged`) and was killed before
+    hearing of, with no fingerprint yet (a first write): found as staged, they are ours. (A
+    file with a fingerprint is :func:`compare`'s.) The noted landings are few: those of one
+    batch of writes."""
+    landed: set[str] = set()
+    for path, staged in state.pending().items():
+        if state.knows_file(path):
+            continue
+        directory, _, name = path.rpartition("/")
+        now = files.listing(directory).get(name)
+        if now is not None and any(_matches(now, one) for one in staged):
+            landed.add(path)
+    return landed
 
 
 def would_take_back(
