@@ -74,13 +74,15 @@ SCHEMA = (
 class DetailsSource:
     """A details endpoint: ``param`` is the id parameter (also the dimension), ``first`` and
     ``last`` the fields bounding its sends (``last`` None: none does, as for Canvases, whose
-    ``last_entry`` is no last message)."""
+    ``last_entry`` is no last message), ``latest`` the field naming the last send or entry,
+    read only to check the details are plausible."""
 
     param: str
     path: str
     permission: str
     first: str
     last: str | None
+    latest: str
     pool: str = WORKSPACE_POOL
 
     @property
@@ -92,9 +94,16 @@ DETAILS: dict[str, DetailsSource] = {
     s.param: s
     for s in (
         DetailsSource(
-            "campaign_id", "/campaigns/details", "campaigns.details", "first_sent", "last_sent"
+            "campaign_id",
+            "/campaigns/details",
+            "campaigns.details",
+            "first_sent",
+            "last_sent",
+            "last_sent",
         ),
-        DetailsSource("canvas_id", "/canvas/details", "canvas.details", "first_entry", None),
+        DetailsSource(
+            "canvas_id", "/canvas/details", "canvas.details", "first_entry", None, "last_entry"
+        ),
     )
 }
 
@@ -147,8 +156,8 @@ def _life(source: DetailsSource, doc: Any, read_at: datetime, label: str) -> Lif
     draft = doc.get("draft", False)
     if not isinstance(draft, bool):
         raise MalformedResponse("draft is not true or false", status=200, label=label)
-    first, last = moment(source.first), moment(source.last)
-    doubt = _implausible(source, first, last, read_at)
+    first, last, latest = moment(source.first), moment(source.last), moment(source.latest)
+    doubt = _implausible(source, first, latest, read_at)
     if doubt is not None:
         # Details that contradict themselves prove nothing: no day of this id is skipped.
         log.warning(
@@ -158,7 +167,12 @@ def _life(source: DetailsSource, doc: Any, read_at: datetime, label: str) -> Lif
             extra={"event": "details_implausible"},
         )
         return Life(draft=False, first=_EPOCH, last=None, read_at=read_at, bounded=False)
-    longest, unknown = _conversion_window(doc.get("conversion_behaviors"))
+    # Only a campaign's window bounds days (after its last send); a Canvas' bounds nothing.
+    longest, unknown = (
+        _conversion_window(doc.get("conversion_behaviors", _ABSENT))
+        if source.last is not None
+        else (0, None)
+    )
     if unknown is not None:
         # The first send still bounds the days before it; nothing bounds those after.
         log.warning(
@@ -186,19 +200,25 @@ _CLOCK_SKEW = timedelta(hours=1)
 _LONGEST_WINDOW_S = 10**9  # ~32 years: beyond any window, and within every date's range
 
 
+_ABSENT = object()  # a key the answer does not hold
+
+
 def _conversion_window(behaviors: Any) -> tuple[int, str | None]:
     """The longest ``conversion_behaviors[].window`` in whole seconds (0: none), and why the
     windows cannot be read, or None. Braze documents the window as a number of seconds; a
-    number sent as a string (``"2592000"``) is plausible drift and read. A window that is
-    missing, negative or no number is unknown, and an unknown window bounds nothing: the
-    caller then proves no day empty after the last send."""
-    if behaviors is None:
-        return 0, None
+    number sent as a string (``"2592000"``) is plausible drift and read. An empty list is no
+    conversion event, so no window. The key absent (or null), or a window that is missing,
+    negative or no number, is unknown, and an unknown window bounds nothing: the caller then
+    proves no day empty after the last send."""
+    if behaviors is _ABSENT or behaviors is None:
+        return 0, "no conversion_behaviors"
     if not isinstance(behaviors, list):
         return 0, "conversion_behaviors is not a list"
     longest = 0
     for index, behavior in enumerate(behaviors):
-        window = behavior.get("window") if isinstance(behavior, dict) else None
+        if not isinstance(behavior, dict) or "window" not in behavior:
+            return 0, f"conversion_behaviors[{index}] has no window"
+        window = behavior["window"]
         seconds = _seconds(window)
         if seconds is None:
             return 0, f"conversion_behaviors[{index}].window {window!r} is not seconds"
@@ -224,21 +244,19 @@ def _implausible(
     source: DetailsSource, first: datetime | None, last: datetime | None, read_at: datetime
 ) -> str | None:
     """Why the details' send (or entry) times cannot be true, or None: one after the moment
-    they were read (more than the clocks' skew), a last send without a first, a first
-    without a last, or a last before the first. (A Canvas has no last bound: only its first
-    entry is read.)"""
-    for key, moment in ((source.first, first), (source.last, last)):
+    they were read (more than the clocks' skew), a last without a first, a first without a
+    last, or a last before the first. ``last`` is :attr:`DetailsSource.latest`'s (a Canvas'
+    ``last_entry`` is checked so, though it bounds nothing)."""
+    for key, moment in ((source.first, first), (source.latest, last)):
         if moment is not None and moment > read_at + _CLOCK_SKEW:
             when = read_at.strftime("%Y-%m-%dT%H:%MZ")
             return f"{key} {moment.strftime('%Y-%m-%dT%H:%MZ')} is after they were read ({when})"
-    if source.last is None:
-        return None
     if first is not None and last is None:
-        return f"{source.first} without {source.last}"
+        return f"{source.first} without {source.latest}"
     if first is None and last is not None:
-        return f"{source.last} without {source.first}"
+        return f"{source.latest} without {source.first}"
     if first is not None and last is not None and last < first:
-        return f"{source.last} before {source.first}"
+        return f"{source.latest} before {source.first}"
     return None
 
 

@@ -96,8 +96,9 @@ def test_details_that_contradict_themselves_skip_no_day(doc: dict[str, Any]) -> 
         ),
         (CAMPAIGNS, {"draft": False, "first_sent": "2024-05-01", "last_sent": "2030-01-02"}),
         (CANVASES, {"draft": False, "first_entry": "2030-01-01T00:00:00Z"}),
+        (CANVASES, {"draft": False, "first_entry": "2023-05-01", "last_entry": "2030-01-02"}),
     ],
-    ids=["first-and-last", "last", "canvas-first-entry"],
+    ids=["first-and-last", "last", "canvas-first-entry", "canvas-last-entry"],
 )
 def test_a_send_after_the_details_were_read_skips_no_day(
     source: DetailsSource, doc: dict[str, Any], caplog: pytest.LogCaptureFixture
@@ -109,6 +110,25 @@ def test_a_send_after_the_details_were_read_skips_no_day(
         life = interpret_details(source, _ok(doc), "c-1", READ)
     assert "is after they were read" in caplog.text
     window = [(date(2024, 3, 1).toordinal(), date(2024, 7, 1).toordinal())]
+    for fresh in (True, False):
+        assert list(active_days(window, life, fresh=fresh, confirmed=True).kept) == window
+
+
+@pytest.mark.parametrize(
+    "doc",
+    [
+        {"draft": False, "first_entry": "2023-05-01", "last_entry": None},
+        {"draft": False, "first_entry": None, "last_entry": "2023-05-01"},
+        {"draft": False, "first_entry": "2023-06-01", "last_entry": "2023-05-01"},
+    ],
+    ids=["first-without-last", "last-without-first", "last-before-first"],
+)
+def test_canvas_details_that_contradict_themselves_skip_no_day(doc: dict[str, Any]) -> None:
+    """A Canvas' last_entry bounds nothing, but it is checked as a campaign's last_sent is:
+    details that contradict themselves keep every day (BREAK19d finding 1: a Canvas whose
+    times slipped lost days with data, unflagged)."""
+    life = interpret_details(CANVASES, _ok(doc), "v-1", READ)
+    window = [(date(2023, 3, 1).toordinal(), date(2024, 1, 9).toordinal())]
     for fresh in (True, False):
         assert list(active_days(window, life, fresh=fresh, confirmed=True).kept) == window
 
@@ -130,8 +150,16 @@ def test_a_conversion_window_in_seconds_is_read_as_a_number_or_its_text(
 
 @pytest.mark.parametrize(
     "behaviors",
-    [[{"window": "a month"}], [{"window": -5}], [{"type": "a"}], [{"window": True}], {"w": 1}],
-    ids=["text", "negative", "missing", "bool", "not-a-list"],
+    [
+        [{"window": "a month"}],
+        [{"window": -5}],
+        [{"type": "a"}],
+        [{"window": True}],
+        {"w": 1},
+        None,
+        "absent",
+    ],
+    ids=["text", "negative", "missing", "bool", "not-a-list", "null", "absent"],
 )
 def test_an_unknown_conversion_window_reads_every_day_after_the_first_send(
     behaviors: object, caplog: pytest.LogCaptureFixture
@@ -145,6 +173,8 @@ def test_an_unknown_conversion_window_reads_every_day_after_the_first_send(
         "last_sent": "2023-12-02",
         "conversion_behaviors": behaviors,
     }
+    if behaviors == "absent":  # no key at all: unknown too (BREAK19d finding 6)
+        del doc["conversion_behaviors"]
     with caplog.at_level("WARNING"):
         life = interpret_details(CAMPAIGNS, _ok(doc), "c-1", READ)
     assert "conversion window is unknown" in caplog.text
