@@ -386,7 +386,7 @@ def parse_body(
     on a shape the checks did not foresee. Never a traceback from a server's bytes."""
     try:
         return read(json.loads(body))
-    except MalformedResponse:
+    except ApiError:  # ``read``'s own verdict (malformed, or rejected: not retried)
         raise
     except (ValueError, RecursionError, MemoryError):
         raise MalformedResponse(

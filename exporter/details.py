@@ -39,7 +39,6 @@ from exporter.errors import (
     AuthError,
     DiscoveryError,
     ExporterError,
-    MalformedResponse,
     RetryableError,
     TransportError,
     Unreachable,
@@ -131,8 +130,10 @@ def interpret_details(
     source: DetailsSource, response: Response, item_id: str, read_at: datetime
 ) -> Life:
     """The life a details response describes, or its classified error (as the lists':
-    429 RateLimited, 401/403 AuthError, 5xx ServerError, another status DiscoveryError;
-    a 200 that is not a details object, or whose times are not ISO 8601, MalformedResponse)."""
+    429 RateLimited, 401/403 AuthError, 5xx ServerError, another status DiscoveryError; a
+    200 that is no JSON (a torn answer: retried) MalformedResponse; a JSON answer that is no
+    details object, or whose times are not ISO 8601, DiscoveryError: the same request brings
+    the same answer, so it is not retried, and that id's window is read whole)."""
     label = f"{source.path} {source.param}={item_id}"
     raise_for_status(response, permission=source.permission, label=label, rejected=DiscoveryError)
     return parse_body(response.body, lambda doc: _life(source, doc, read_at, label), label=label)
@@ -140,9 +141,7 @@ def interpret_details(
 
 def _life(source: DetailsSource, doc: Any, read_at: datetime, label: str) -> Life:
     if not isinstance(doc, dict) or doc.get("message", "success") != "success":
-        raise MalformedResponse(
-            "not a details object with message 'success'", status=200, label=label
-        )
+        raise DiscoveryError("not a details object with message 'success'", status=200, label=label)
 
     def moment(key: str | None) -> datetime | None:
         value = None if key is None else doc.get(key)
@@ -150,12 +149,13 @@ def _life(source: DetailsSource, doc: Any, read_at: datetime, label: str) -> Lif
             return None
         found = read_time(value)
         if found is None:
-            raise MalformedResponse(f"{key} is not an ISO 8601 time", status=200, label=label)
+            why = f"{key} {value!r} is not an ISO 8601 time"
+            raise DiscoveryError(why, status=200, label=label)
         return found
 
     draft = doc.get("draft", False)
     if not isinstance(draft, bool):
-        raise MalformedResponse("draft is not true or false", status=200, label=label)
+        raise DiscoveryError(f"draft {draft!r} is not true or false", status=200, label=label)
     first, last, latest = moment(source.first), moment(source.last), moment(source.latest)
     doubt = _implausible(source, first, latest, read_at)
     if doubt is not None:

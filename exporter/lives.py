@@ -110,7 +110,7 @@ class SkipReport:
     details_requests: int = 0
     denied: str | None = None
     failed: int = 0
-    failure: str | None = None  # the first failed id and Braze's reason, for the summary
+    failures: dict[str, str] = field(default_factory=dict)  # failed id -> Braze's reason
     unread: int = 0  # details wanted but not read: the run stopped first (a signal, a 401)
     days: Counter[str] = field(default_factory=Counter)  # skipped days by rule
     whole: int = 0  # subjects with no day left to read
@@ -131,6 +131,11 @@ class SkipReport:
         self.requests_saved += requests_for(subject.needed, subject.limit) - requests_for(
             still, subject.limit
         )
+
+    @property
+    def failure(self) -> str | None:
+        """The first failed id and Braze's reason (None: none failed)."""
+        return next((f"{i}: {why}" for i, why in self.failures.items()), None)
 
     @property
     def things(self) -> str:
@@ -167,7 +172,8 @@ class SkipReport:
         if self.failed:
             lines.append(
                 f"{self.things}: details of {self.failed} could not be read (first, "
-                f"{self.failure}): their whole windows are read"
+                f"{self.failure}; the manifest's details_failures names each): their whole "
+                "windows are read"
             )
         skipped = ", ".join(f"{self.days[r]:,} {r}" for r in RULES if self.days[r])
         if skipped:
@@ -190,6 +196,7 @@ class SkipReport:
             "details_denied": self.denied,
             "details_failed": self.failed,
             "details_failure": self.failure,
+            "details_failures": self.failures,
             "details_unread": self.unread,
             "skipped_days": {r: self.days[r] for r in RULES if self.days[r]},
             "nothing_to_read": self.whole,

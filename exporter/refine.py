@@ -131,7 +131,7 @@ class Skipping:
             report.details_requests = read.requests
             report.denied = read.denied
             report.failed = len(read.failed)
-            report.failure = next((f"{i}: {why}" for i, why in read.failed.items()), None)
+            report.failures = dict(read.failed)
             if read.denied is None:
                 report.unread = len(wanted) - len(read.lives) - len(read.failed)
             else:

@@ -357,3 +357,4 @@ def test_a_details_request_braze_refuses_is_reported_with_braze_s_reason(
     doc = json.loads(sorted((out / "_runs").glob("*.json"))[-1].read_text())
     (report,) = doc["skipping"]["reports"]
     assert "Invalid campaign_id" in report["details_failure"]
+    assert list(report["details_failures"]) == ["no-such-campaign"]  # each id named
