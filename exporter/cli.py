@@ -991,6 +991,8 @@ def _known_ids(config: Config, records: Records) -> dict[Need, list[str]]:
     the ones a backfill skipped whole included (the next run finds them again and reads their
     provisional days). Ids the config lists are not counted again."""
     found = known_ids(config, records.series_keys())
+    for (param, key), ids in found.items():  # those a run found and stopped before reading
+        found[(param, key)] = sorted(set(ids) | records.found(param, key))
     per_param = Counter(param for param, _ in found)
     for (param, key), ids in found.items():
         if param not in DETAILS or per_param[param] > 1:

@@ -294,6 +294,9 @@ class Discovery:
             if found is not None:
                 ids = tuple(i.id for i in found.items if keeps(wanted[key], i))
                 self.found[key] = ids
+                state = self.pipeline.state
+                if state is not None:  # for plan, should the run stop before their data
+                    state.keep_found(param, key[1], ids)
                 if not ids:
                     log.warning(
                         "%s: discovery found no id to export (%d listed, all filtered out)",

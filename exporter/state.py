@@ -28,11 +28,12 @@ import asyncio
 import contextlib
 import heapq
 import itertools
+import json
 import logging
 import shutil
 import sqlite3
 import tempfile
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -77,7 +78,19 @@ _SCHEMA = (
     "PRIMARY KEY (scope, path, size, stamp)) WITHOUT ROWID",
     # Campaign and Canvas details, so a run reads them again only when they may have changed.
     DETAILS_SCHEMA,
+    # The ids each discovery found (``spec``: its filters, :func:`spec_text`), as soon as it
+    # found them: ``plan`` counts them even when the run stopped before any of their data.
+    "CREATE TABLE IF NOT EXISTS discovered (scope TEXT, dimension TEXT, spec TEXT, id TEXT, "
+    "PRIMARY KEY (scope, dimension, spec, id)) WITHOUT ROWID",
 )
+_DISCOVERED = "SELECT id FROM discovered WHERE scope = ? AND dimension = ? AND spec = ?"
+
+
+def spec_text(spec: Hashable) -> str:
+    """A discovery's filters (``Discover.key``) as the ``discovered`` table keeps them."""
+    return json.dumps(spec, default=str)
+
+
 _DETAILS = "SELECT id, listed, life FROM details WHERE scope = ? AND dimension = ?"
 _RUN_OF = "run_id@"  # meta key prefix: the run id of a holder sequence
 _CHECKED = "files_checked"  # meta key: this state's periods all have fingerprints
@@ -486,6 +499,23 @@ class State:
         file of the directory, the latest read of each id."""
         return decode(self._query_all(_DETAILS, (self._scope, dimension)))
 
+    def keep_found(self, dimension: str, spec: Hashable, ids: Iterable[str]) -> None:
+        """Keep the ids a discovery (``spec``: its ``Discover.key``) found, in place of those
+        it found before. Losing them costs only ``plan``'s count: a failure is a warning."""
+        text = spec_text(spec)
+        try:
+            with self._transaction():
+                self._db.execute(
+                    "DELETE FROM discovered WHERE scope = ? AND dimension = ? AND spec = ?",
+                    (self._scope, dimension, text),
+                )
+                self._db.executemany(
+                    "INSERT OR IGNORE INTO discovered VALUES (?, ?, ?, ?)",
+                    [(self._scope, dimension, text, i) for i in ids],
+                )
+        except sqlite3.Error as exc:
+            log.warning("cannot keep the discovered ids in %s: %s", self.path, exc)
+
     def keep_details(self, dimension: str, known: Mapping[str, Known]) -> None:
         """Keep details read in this run (replacing what was kept of those ids), stamped with
         the run's as-of date: a resumed run takes them as its own. Losing them costs only
@@ -634,6 +664,17 @@ class Records:
                 for path, size, stamp in db.execute(sql, (self._scope,)):
                     found.setdefault(path, []).append((size, stamp))
         return found
+
+    def found(self, dimension: str, spec: Hashable) -> set[str]:
+        """The ids the last discovery of ``dimension`` with filters ``spec`` found, by any
+        state file of the directory (read only; a state older than the table has none)."""
+        ids: set[str] = set()
+        for db in self._dbs:
+            with contextlib.suppress(sqlite3.Error):
+                ids.update(
+                    i for (i,) in db.execute(_DISCOVERED, (self._scope, dimension, spec_text(spec)))
+                )
+        return ids
 
     def details(self, dimension: str) -> dict[str, Known]:
         """As :meth:`State.details`, read only (a state older than the table has none)."""

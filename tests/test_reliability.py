@@ -385,6 +385,18 @@ def test_a_signal_during_the_details_phase_stops_within_the_grace_period(
     assert unread > 100
     assert report["details_unread"] == unread
     assert f"details of {unread} not read: the run stopped" in stopped.stdout
+    # plan counts every campaign the stopped run found, not only those whose details it
+    # kept (it said 19 requests where the next run sent ~300: BREAK19d finding 3).
+    planned = subprocess.run(
+        [sys.executable, "-m", "exporter", "plan", str(config), "--as-of", AS_OF, "--json"],
+        env=_env(server.url),
+        capture_output=True,
+        check=False,
+        timeout=120,
+    )
+    assert planned.returncode == 0, planned.stderr.decode()
+    (discovery,) = json.loads(planned.stdout)["discovery"]
+    assert discovery["ids_in_state"] == report["subjects"]
 
 
 def _kill_9(run: _Exporter) -> None:
