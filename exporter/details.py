@@ -301,11 +301,14 @@ async def read_details(
     done = DetailsRead(source) if into is None else into
     gate = asyncio.Semaphore(concurrency)
 
+    async def send(item_id: str) -> Response:
+        done.requests += 1  # counted once paced and sent: an attempt a stop cut short is not
+        return await fetch.get_details(source, item_id)
+
     async def attempt(item_id: str) -> Life:
-        done.requests += 1
         return await paced(
             budget,
-            partial(fetch.get_details, source, item_id),
+            partial(send, item_id),
             lambda r: interpret_details(source, r, item_id, datetime.fromtimestamp(clock(), UTC)),
         )
 

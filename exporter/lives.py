@@ -117,7 +117,8 @@ class SkipReport:
     requests_saved: int = 0  # of the data requests the needed periods would take
 
     def add(self, subject: Subject, activity: Activity, *, source: str) -> None:
-        """Count one subject split by details ``source``: "fresh", "kept" or "none"."""
+        """Count one subject split by details ``source``: "fresh", "kept", "none" or
+        "unread" (wanted, but the run stopped first: :attr:`unread` counts those)."""
         self.subjects += 1
         if source == "kept":
             self.kept += 1

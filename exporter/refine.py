@@ -136,8 +136,10 @@ class Skipping:
                 report.unread = len(wanted) - len(read.lives) - len(read.failed)
             else:
                 report.unread = 0  # refused: not for want of time
-        if not going:
+        if not going:  # a 401 or no host: what was read is kept and counted, nothing skipped
             report.subjects = len(subjects)
+            for item_id in read.lives:
+                report.fresh[wanted[item_id]] += 1
             return None
         lives = read.lives
         if read.denied is not None:
@@ -160,7 +162,13 @@ class Skipping:
                 activity = split(
                     subject, None if kept is None else kept.life, fresh=False, known=kept
                 )
-                source = "none" if kept is None else "kept"
+                unread = subject.id in wanted and subject.id not in read.failed
+                if kept is not None:
+                    source = "kept"
+                elif read.denied is None and unread:
+                    source = "unread"  # counted once, as unread, not also as "none for"
+                else:
+                    source = "none"
             report.add(subject, activity, source=source)
             self._note(subject, activity)
             windows[index] = activity.kept

@@ -385,6 +385,9 @@ def test_a_signal_during_the_details_phase_stops_within_the_grace_period(
     assert unread > 100
     assert report["details_unread"] == unread
     assert f"details of {unread} not read: the run stopped" in stopped.stdout
+    # Counted once, as not read: "none for" counted them again (BREAK19d finding 4).
+    assert f"read for {answered} (" in stopped.stdout
+    assert "kept from an earlier run for 0, none for 0" in stopped.stdout
     # plan counts every campaign the stopped run found, not only those whose details it
     # kept (it said 19 requests where the next run sent ~300: BREAK19d finding 3).
     planned = subprocess.run(
