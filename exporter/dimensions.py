@@ -373,5 +373,12 @@ class TableWriter:
             if self.store is not None:
                 raise WriteError(str(exc)) from None
             raise WriteError(f"cannot write {path}: {exc.strerror or exc}") from None
+        if not table.rows:  # Braze's truth, or a glitch that emptied a listing: say so
+            log.warning(
+                "%s: the list was read to its end and held no item: %s now holds no row",
+                name,
+                relative,
+                extra={"event": "dimension_empty"},
+            )
         sha256 = hashlib.sha256(data).hexdigest()
         return TableWritten(name, relative, len(table.rows), sha256, _iso(table.listed_at))

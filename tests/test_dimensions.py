@@ -495,3 +495,16 @@ def test_a_campaign_list_read_with_edited_since_is_never_the_table(
         return
     rows = read_table(table.read_bytes(), "jsonl")
     assert sorted(r["id"] for r in rows) == sorted(c.id for c in listed)
+
+
+async def test_an_empty_list_is_written_as_an_empty_table_with_a_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An empty listing replaces the table (it may be the workspace's truth), never silently:
+    a warning says the table now holds no row (BREAK19d finding 7)."""
+    writer = TableWriter(tmp_path, "jsonl", token="t0k")
+    await writer.replace("campaigns", [{"id": "a", "name": "A"}], datetime.now(UTC))
+    with caplog.at_level("WARNING"):
+        written = await writer.replace("campaigns", [], datetime.now(UTC))
+    assert written.rows == 0
+    assert "campaigns: the list was read to its end and held no item" in caplog.text
