@@ -178,7 +178,7 @@ async def _first_listed(
         except TransportError as exc:
             _unreachable(exc, report)
             return None
-        except ApiError as exc:
+        except (ApiError, Unreachable) as exc:
             _refused(exc, source.permission, f"{source.path} page 0", report)
             return None
         kept = next((item.id for item in page.items if keeps(spec, item)), None)

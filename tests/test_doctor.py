@@ -208,3 +208,22 @@ def test_doctor_on_a_body_nested_too_deep_exits_1(
     assert code == 1
     assert "body is not JSON" in out
     assert "verdict: Braze is busy or odd right now" in out
+
+
+def test_doctor_on_a_list_page_that_redirects_exits_4(
+    write_config: Callable[..., Path], cli: Cli, env_key: str, not_braze: NotBraze
+) -> None:
+    """A discover-only config whose list page answers a redirect: one line and exit 4, as a
+    redirected probe is (the list page's redirect escaped doctor's verdict)."""
+    not_braze.status = 302
+    not_braze.headers = {"Location": "https://elsewhere.example/campaigns/list"}
+    cli.point_at(not_braze.url)
+    path = write_config(
+        "version: 1\nexports:\n  - name: m\n    series: campaigns\n"
+        "    campaign_ids: {discover: all}\n    window: {days: 3}\n"
+    )
+    ran = cli("doctor", path)
+    assert "Traceback" not in ran.err
+    assert ran.code == 4
+    assert "/campaigns/list page 0 redirected" in ran.out
+    assert "redirects are not followed" in ran.out
