@@ -109,7 +109,6 @@ class SkipReport:
     without: int = 0  # subjects with no details (none kept and none read: 403, a failure)
     details_requests: int = 0
     denied: str | None = None
-    failed: int = 0
     failures: dict[str, str] = field(default_factory=dict)  # failed id -> Braze's reason
     unread: int = 0  # details wanted but not read: the run stopped first (a signal, a 401)
     days: Counter[str] = field(default_factory=Counter)  # skipped days by rule
@@ -132,6 +131,11 @@ class SkipReport:
         self.requests_saved += requests_for(subject.needed, subject.limit) - requests_for(
             still, subject.limit
         )
+
+    @property
+    def failed(self) -> int:
+        """How many ids' details could not be read."""
+        return len(self.failures)
 
     @property
     def failure(self) -> str | None:

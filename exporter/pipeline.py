@@ -555,23 +555,20 @@ class Pipeline:
         if answer.not_numeric:
             self._note_not_numeric(request, answer.not_numeric, answer.withheld)
         if answer.doubtful:
-            log.warning(
-                "%s %s: %d value(s) negative or beyond 2^53 (no count is; float64 holds the "
-                "latter only approximately), written as sent, by key: %s",
-                request.series.label,
-                self._periods(request),
+            self._warn(
+                request,
+                "values_doubtful",
+                "%d value(s) negative or beyond 2^53 (no count is; float64 holds the latter "
+                "only approximately), written as sent, by key: %s",
                 len(answer.doubtful),
                 _by_key(answer.doubtful),
-                extra={"event": "values_doubtful", "series": self._fields(request)},
             )
         if answer.replaced:
-            log.warning(
-                "%s %s: %d lone surrogate(s) (invalid Unicode) in names or metric keys; "
-                "written as U+FFFD",
-                request.series.label,
-                self._periods(request),
+            self._warn(
+                request,
+                "invalid_unicode",
+                "%d lone surrogate(s) (invalid Unicode) in names or metric keys; written as U+FFFD",
                 answer.replaced,
-                extra={"event": "invalid_unicode", "series": self._fields(request)},
             )
         inside = coverage.inside(index, points)
         if len(inside) < len(points):
@@ -715,24 +712,33 @@ class Pipeline:
         self.result.count(request, "not_numeric", len(paths))
         # Every key named, whatever the count: a path with its day and list positions as *
         # (the keys are Braze's, so there are few), and each full path at DEBUG.
-        keys = _by_key(paths)
         days = (
             f"; {len(withheld)} day(s) held no number at all ({_span_of_labels(withheld)}): "
             "not written, left missing to be read again"
             if withheld
             else ""
         )
-        log.warning(
-            "%s %s: %d value(s) not a number, not written, by key: %s%s",
-            request.series.label,
-            self._periods(request),
+        self._warn(
+            request,
+            "values_not_numeric",
+            "%d value(s) not a number, not written, by key: %s%s",
             len(paths),
-            keys,
+            _by_key(paths),
             days,
-            extra={"event": "values_not_numeric", "series": self._fields(request)},
         )
         for path in paths:
             log.debug("%s: %s is not a number", request.series.label, path)
+
+    def _warn(self, request: Request, event: str, message: str, *args: object) -> None:
+        """A warning about what one answer held: ``message`` after the request's series and
+        periods, with ``event`` and the request's fields for a JSON log record."""
+        log.warning(
+            "%s %s: " + message,
+            request.series.label,
+            self._periods(request),
+            *args,
+            extra={"event": event, "series": self._fields(request)},
+        )
 
     def _periods(self, request: Request) -> str:
         return describe_periods(request.series.unit, request.first, request.last)

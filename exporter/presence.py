@@ -301,7 +301,8 @@ def check_files(
     adopt: list[Fingerprint] = []
     unvouched: list[Fingerprint] = []
     records = _Records(files, state, run_id, report)
-    for recorded, verdict, now in compare(state.fingerprints(), files, state.pending(), mine):
+    landing = state.pending()
+    for recorded, verdict, now in compare(state.fingerprints(), files, landing, mine):
         report.checked += 1
         if verdict in (GONE, CHANGED):
             gone.append((recorded, verdict == CHANGED))
@@ -321,7 +322,7 @@ def check_files(
         report.adopted += len(adopt)
     if unvouched:
         _vouch(state, files, fmt, report, unvouched)
-    report.landed = _landed_unnoted(state, files)
+    report.landed = _landed_unnoted(state, files, landing)
     state.clear_pending()
     state.mark_checked()
     if report.missing or report.changed:
@@ -372,13 +373,15 @@ def compare(
                 yield recorded, CHANGED, now
 
 
-def _landed_unnoted(state: State, files: Files) -> set[str]:
+def _landed_unnoted(
+    state: State, files: Files, landing: Mapping[str, Sequence[tuple[int, str]]]
+) -> set[str]:
     """The files whose landing a run noted (:meth:`State.note_staged`) and was killed before
     hearing of, with no fingerprint yet (a first write): found as staged, they are ours. (A
     file with a fingerprint is :func:`compare`'s.) The noted landings are few: those of one
     batch of writes."""
     landed: set[str] = set()
-    for path, staged in state.pending().items():
+    for path, staged in landing.items():
         if state.knows_file(path):
             continue
         directory, _, name = path.rpartition("/")

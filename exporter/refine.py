@@ -130,7 +130,6 @@ class Skipping:
             keeper.flush()
             report.details_requests = read.requests
             report.denied = read.denied
-            report.failed = len(read.failed)
             report.failures = dict(read.failed)
             if read.denied is None:
                 report.unread = len(wanted) - len(read.lives) - len(read.failed)
@@ -333,8 +332,8 @@ def forecast(
     """What ``plan`` (the command) can say before a run: the windows cut by the details kept
     (as a run cuts them before reading any; fresh ones, and the run's list confirming a
     kept draft, can only cut more, so the run sends at most the data requests counted) and,
-    per dimension, the details
-    requests the run will send for the ids whose details it reads again. No list is read,
+    per dimension, the details requests the run will send for the ids whose details it
+    reads again. No list is read,
     so a kept draft is not taken as still one."""
     windows: dict[int, tuple[Span, ...]] = {}
     reports: dict[str, SkipReport] = {}

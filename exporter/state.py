@@ -669,11 +669,10 @@ class Records:
         """The ids the last discovery of ``dimension`` with filters ``spec`` found, by any
         state file of the directory (read only; a state older than the table has none)."""
         ids: set[str] = set()
+        query = (self._scope, dimension, spec_text(spec))
         for db in self._dbs:
             with contextlib.suppress(sqlite3.Error):
-                ids.update(
-                    i for (i,) in db.execute(_DISCOVERED, (self._scope, dimension, spec_text(spec)))
-                )
+                ids.update(i for (i,) in db.execute(_DISCOVERED, query))
         return ids
 
     def details(self, dimension: str) -> dict[str, Known]:

@@ -108,7 +108,7 @@ def test_refused_or_failed_details_are_never_called_none_needed() -> None:
     needed, never 'none needed' for a refusal."""
     refused = SkipReport("campaign_id", denied="refused; check campaigns.details")
     assert "details read for 0 (refused;" in refused.lines()[0]
-    failed = SkipReport("campaign_id", failed=2)
+    failed = SkipReport("campaign_id", failures={"c-1": "HTTP 400", "c-2": "HTTP 400"})
     assert "details read for 0 (none could be read;" in failed.lines()[0]
     assert "(none needed;" in SkipReport("campaign_id").lines()[0]
 
