@@ -1,7 +1,8 @@
 """The first-contact check against a real workspace: ``braze-export doctor CONFIG``.
 
-It spends at most :data:`MAX_REQUESTS` requests (today two: one small probe of 3 periods per
-unit the config uses, on the config's first series). It reports, in plain lines:
+It spends at most :data:`MAX_REQUESTS` requests (today 1 to 4: one small probe of 3 periods
+per unit the config uses, on the config's first series; one more east of UTC; and page 0 of a
+list first when every export discovers its ids). It reports, in plain lines:
 
 * whether the endpoint was reached (DNS, TCP, TLS), or why not;
 * whether the key was accepted (401) and has the permission (403), with what to check;

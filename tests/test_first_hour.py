@@ -213,27 +213,34 @@ def _timeless(line: str) -> str:
 
 
 @pytest.mark.parametrize(
-    ("timezone", "units", "spent"),
-    [("UTC", "[day]", 1), ("UTC", "[day, hour]", 2), ("Asia/Tokyo", "[day, hour]", 3)],
+    ("timezone", "units", "segments", "spent"),
+    [
+        ("UTC", "[day]", "[seg-a]", 1),
+        ("UTC", "[day, hour]", "[seg-a]", 2),
+        ("Asia/Tokyo", "[day, hour]", "[seg-a]", 3),
+        ("Asia/Tokyo", "[day, hour]", "{discover: analytics_enabled}", 4),
+    ],
 )
 def test_doctor_spends_what_the_docs_say(
     timezone: str,
     units: str,
+    segments: str,
     spent: int,
     write_config: Callable[..., Path],
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    """doctor spends one request per unit, one more for a zone east of UTC: 1 to 3, as the
-    README and getting-started say."""
+    """doctor spends one request per unit, one more for a zone east of UTC, and one for the
+    list page when every export discovers its ids: 1 to 4, as the README and
+    getting-started say."""
     config = write_config(
         f"version: 1\ntimezone: {timezone}\nexports:\n  - name: s\n"
-        f"    segment_ids: [seg-a]\n    units: {units}\n    window: {{days: 7}}\n"
+        f"    segment_ids: {segments}\n    units: {units}\n    window: {{days: 7}}\n"
     )
     assert main(["doctor", str(config), "--sandbox"]) == 0
     assert f"({spent} request(s) spent)" in capsys.readouterr().out
     for page in (ROOT / "README.md", DOCS / "getting-started.md"):
         assert "doctor my.yaml  " in page.read_text()
-        assert re.search(r"doctor my\.yaml +# 1-3 requests", page.read_text())
+        assert re.search(r"doctor my\.yaml +# 1-4 requests", page.read_text())
 
 
 def test_a_run_against_a_standalone_sandbox_is_recorded_as_the_sandboxs(
